@@ -1,0 +1,253 @@
+"""Typed pipeline configuration: declared once, validated on load, defaults that run the demo.
+
+Every threshold a validation rule or a promotion gate uses lives here (gates are loaded from the
+declarative gate file config/gates.yaml). Overrides come as a nested mapping or dotted keys
+(``{"teacher.epochs": 3}``) so Airflow Params and CLI flags use the same path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_FILE = REPO_ROOT / "config" / "pipeline.yaml"
+DEFAULT_GATES_FILE = REPO_ROOT / "config" / "gates.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """The interaction-log contract (see README "Interaction logs")."""
+
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: {"view": 1.0, "click": 2.0, "cart": 3.0, "purchase": 5.0}
+    )
+    # Late events: rows landing in day D's partition whose timestamp is up to this many hours
+    # before D (or after D's end, for clock skew) are accepted into D and counted as late.
+    late_tolerance_hours: float = Field(6.0, ge=0, le=48)
+
+    @field_validator("event_weights")
+    @classmethod
+    def _positive_weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        if not weights or any(w <= 0 for w in weights.values()):
+            raise ValueError("event_weights must be a non-empty mapping of positive weights")
+        return weights
+
+
+class ValidationConfig(_Section):
+    min_rows: int = Field(20, ge=1)
+    # Day volume must lie within [low, high] x the trailing median of accepted days.
+    volume_band: tuple[float, float] = (0.25, 4.0)
+    volume_lookback_days: int = Field(7, ge=1)
+    # Redelivered events (same event_id) are normal in at-least-once logs up to this share;
+    # above it the producer is broken and the day is quarantined.
+    max_duplicate_share: float = Field(0.05, ge=0, le=1)
+    max_new_user_share: float = Field(0.6, ge=0, le=1)
+    max_new_item_share: float = Field(0.6, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _band_ordered(self) -> "ValidationConfig":
+        low, high = self.volume_band
+        if not 0 <= low <= 1 <= high:
+            raise ValueError(f"volume_band must satisfy 0 <= low <= 1 <= high, got {self.volume_band}")
+        return self
+
+
+class FeatureConfig(_Section):
+    windows_days: tuple[int, ...] = (1, 7, 28)
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    redis_connection_string: str = "localhost:6379"
+
+
+class GraphConfig(_Section):
+    window_days: int = Field(28, ge=1)
+    # Exponential time decay of edge weights; None disables decay.
+    decay_half_life_days: float | None = Field(14.0, gt=0)
+
+
+class TeacherConfig(_Section):
+    embedding_dim: int = Field(64, ge=2)
+    num_layers: int = Field(3, ge=0)
+    # LightGCN's alpha_k; None means uniform 1/(K+1) as in the paper.
+    layer_weights: tuple[float, ...] | None = None
+    lr: float = Field(1e-3, gt=0)
+    l2: float = Field(1e-4, ge=0)
+    batch_size: int = Field(2048, ge=1)
+    epochs: int = Field(30, ge=1)
+    eval_every: int = Field(5, ge=1)
+    early_stop_patience: int = Field(3, ge=1)
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Propagation backend: "auto" = torch.sparse CSR on CUDA, the measured-faster path on CPU
+    # (see components/models/lightgcn.py); "dgl" = DGL message passing; "sparse" = CSR matmul.
+    propagation: Literal["auto", "dgl", "sparse"] = "auto"
+    # Fewer distinct training pairs than this and the teacher stage raises InsufficientHistory
+    # (the DAG skips the day's model stages instead of training on noise).
+    min_train_pairs: int = Field(50, ge=1)
+
+    @model_validator(mode="after")
+    def _weights_match_layers(self) -> "TeacherConfig":
+        if self.layer_weights is not None and len(self.layer_weights) != self.num_layers + 1:
+            raise ValueError(
+                f"layer_weights needs num_layers + 1 = {self.num_layers + 1} entries, "
+                f"got {len(self.layer_weights)}"
+            )
+        return self
+
+
+class DistillConfig(_Section):
+    # Student embedding size as a fraction of the teacher's (1/8 gives >= 8x fewer parameters).
+    dim_fraction: float = Field(0.125, gt=0, le=1)
+    num_layers: int = Field(3, ge=0)
+    epochs: int = Field(30, ge=1)
+    lr: float = Field(5e-3, gt=0)
+    l2: float = Field(1e-4, ge=0)
+    batch_size: int = Field(2048, ge=1)
+    kd_weight: float = Field(1.0, ge=0)
+    kd_topk: int = Field(20, ge=1)
+    kd_temperature: float = Field(1.0, gt=0)
+    kd_candidates: int = Field(32, ge=1)
+    # kd loss = kd_rank_weight * ranking distillation (teacher top-k as rank-discounted soft
+    # positives, weights exp(-rank / kd_rank_lambda)) + kd_kl_weight * KL over sampled candidates.
+    kd_rank_weight: float = Field(1.0, ge=0)
+    kd_kl_weight: float = Field(1.0, ge=0)
+    kd_rank_lambda: float = Field(5.0, gt=0)
+    # Deliberately corrupt the student's training labels (shuffle items); exists only to prove
+    # the gates reject a bad candidate, see tests/e2e.
+    shuffle_labels: bool = False
+
+
+class PruneConfig(_Section):
+    method: Literal["magnitude", "structured"] = "structured"
+    target_sparsity: float = Field(0.5, ge=0, lt=1)
+    steps: int = Field(2, ge=1)
+    finetune_epochs: int = Field(5, ge=0)
+
+
+class ExportConfig(_Section):
+    top_k: int = Field(50, ge=1)
+    batch_sizes: tuple[int, ...] = (1, 64, 256)
+    opset: int = Field(17, ge=13)
+    exclude_seen: bool = True
+    latency_repeats: int = Field(30, ge=3)
+
+
+class EngineConfig(_Section):
+    runtime: Literal["auto", "tensorrt", "onnxruntime"] = "auto"
+    fp16: bool = True
+    workspace_mb: int = Field(1024, ge=64)
+
+
+class EvalConfig(_Section):
+    ks: tuple[int, ...] = (10, 20, 50)
+    user_batch_size: int = Field(4096, ge=1)
+
+
+class GateSpec(_Section):
+    """One gate: a metric compared with an absolute threshold or with a baseline's value."""
+
+    metric: str
+    kind: Literal["min", "max", "min_ratio_to", "max_regression_vs", "min_lift_over"]
+    threshold: float
+    baseline: Literal["champion", "teacher", "popularity"] | None = None
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _baseline_when_relative(self) -> "GateSpec":
+        relative = self.kind in ("min_ratio_to", "max_regression_vs", "min_lift_over")
+        if relative and self.baseline is None:
+            raise ValueError(f"gate on {self.metric!r} of kind {self.kind} needs a baseline")
+        if not relative and self.baseline is not None:
+            raise ValueError(f"gate on {self.metric!r} of kind {self.kind} takes no baseline")
+        return self
+
+
+class GatesConfig(_Section):
+    gates: tuple[GateSpec, ...]
+    # With no champion yet, relative-to-champion gates are skipped (and reported as such);
+    # every other gate still applies.
+    bootstrap: Literal["absolute_only"] = "absolute_only"
+
+
+def load_gates(path: str | Path = DEFAULT_GATES_FILE) -> GatesConfig:
+    data = yaml.safe_load(Path(path).read_text())
+    try:
+        return GatesConfig.model_validate(data)
+    except Exception as exc:  # pydantic's message names the field; add the file
+        raise ValueError(f"{path}: invalid gate file: {exc}") from exc
+
+
+class PipelineConfig(_Section):
+    root: str = ".graphdistill"
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    validation: ValidationConfig = ValidationConfig()
+    features: FeatureConfig = FeatureConfig()
+    graph: GraphConfig = GraphConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    distill: DistillConfig = DistillConfig()
+    prune: PruneConfig = PruneConfig()
+    export: ExportConfig = ExportConfig()
+    engine: EngineConfig = EngineConfig()
+    eval: EvalConfig = EvalConfig()
+    gates_file: str = str(DEFAULT_GATES_FILE)
+
+    @property
+    def gates(self) -> GatesConfig:
+        return load_gates(self.gates_file)
+
+    def config_hash(self) -> str:
+        """Hash of everything that changes results (root excluded: same config, other place)."""
+        payload = self.model_dump(mode="json", exclude={"root", "gates_file"})
+        payload["gates"] = self.gates.model_dump(mode="json")
+        blob = json.dumps(payload, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _nest(overrides: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+            node[leaf] = _merge(node[leaf], value)
+        else:
+            node[leaf] = value
+    return nested
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(
+    path: str | Path | None = DEFAULT_CONFIG_FILE, overrides: dict[str, Any] | None = None
+) -> PipelineConfig:
+    """Load the YAML config (if any), apply overrides (nested or dotted keys), validate."""
+    data: dict[str, Any] = {}
+    if path is not None and Path(path).exists():
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    if overrides:
+        data = _merge(data, _nest(overrides))
+    try:
+        config = PipelineConfig.model_validate(data)
+    except Exception as exc:
+        raise ValueError(f"{path}: invalid pipeline config: {exc}") from exc
+    config.gates  # fail early on a broken gate file
+    return config

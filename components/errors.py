@@ -1,0 +1,9 @@
+"""Outcomes a stage signals to whatever runs it (Airflow, the CLI, a test), without importing it."""
+
+
+class StageSkipped(Exception):
+    """The stage has nothing to do for this day (e.g. not enough history); downstream is skipped."""
+
+
+class PermanentStageFailure(Exception):
+    """Retrying cannot help (e.g. the day's data failed validation); fail now, no retries."""

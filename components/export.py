@@ -1,0 +1,308 @@
+"""Export stage: the student's final embeddings as a self-contained ONNX "serving graph".
+
+The serving graph maps ``user_idx`` int64 [batch] to the top-K items: ``top_items`` int64
+[batch, K] and ``top_scores`` float32 [batch, K]. Scores are ``user @ item.T`` over the FINAL
+(propagated) embeddings, so serving needs no graph. With ``export.exclude_seen`` the users'
+training positives are baked in as a padded index table [num_users, max_seen] (-1 padding) and
+scattered to -inf before top-K, so a user is never recommended what they already interacted with.
+
+The stage exports with a dynamic batch axis, runs ``onnx.checker``, runs the model with ONNX
+Runtime and measures parity with PyTorch on a seeded user sample; it stores that sample and
+PyTorch's outputs (``parity_reference.npz``) so the engine stage can check its runtime against
+the same reference without rebuilding the PyTorch module.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from components import train
+from components.config import PipelineConfig
+from components.graph import GraphArtifact, Interactions
+from components.storage import ArtifactRef, Layout, read_json, staging_dir, write_json
+
+log = logging.getLogger(__name__)
+
+KIND = "exports"
+INPUT_NAME = "user_idx"
+OUTPUT_NAMES = ("top_items", "top_scores")
+ONNX_FILE = "model.onnx"
+PARITY_FILE = "parity.json"
+REFERENCE_FILE = "parity_reference.npz"
+PARITY_SAMPLE_USERS = 256
+
+
+def load_embeddings(model_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The FINAL user/item embeddings of a model artifact, shape-checked."""
+    user, item = train.load_embeddings(model_dir)
+    if user.ndim != 2 or item.ndim != 2 or user.shape[1] != item.shape[1]:
+        raise ValueError(
+            f"{model_dir}/embeddings.npz: expected user [U, d] and item [I, d], got {user.shape} and {item.shape}"
+        )
+    return user, item
+
+
+def seen_items_table(train: Interactions, num_users: int) -> np.ndarray:
+    """Padded seen-item table [num_users, max_seen] (int32, -1 padding), built without loops.
+
+    int32 halves the table (item indices stay far below 2^31); the graph casts to int64.
+    """
+    if len(train) == 0:
+        return np.full((num_users, 0), -1, dtype=np.int32)
+    order = np.lexsort((train.item, train.user))
+    users, items = train.user[order], train.item[order]
+    counts = np.bincount(users, minlength=num_users)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    position = np.arange(users.shape[0]) - starts[users]
+    table = np.full((num_users, int(counts.max())), -1, dtype=np.int32)
+    table[users, position] = items
+    return table
+
+
+class ServingGraph(nn.Module):
+    """Scores all items for a batch of users and returns the top-K (seen items excluded)."""
+
+    def __init__(
+        self,
+        user_emb: np.ndarray,
+        item_emb: np.ndarray,
+        top_k: int,
+        seen_items: np.ndarray | None = None,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("user_emb", torch.from_numpy(np.ascontiguousarray(user_emb, np.float32)))
+        self.register_buffer("item_emb", torch.from_numpy(np.ascontiguousarray(item_emb, np.float32)))
+        self.num_items = int(item_emb.shape[0])
+        # topk needs K <= number of items; a tiny catalogue serves all of it.
+        self.top_k = min(int(top_k), self.num_items)
+        self.exclude_seen = seen_items is not None and seen_items.shape[1] > 0
+        if self.exclude_seen:
+            if seen_items.shape[0] != user_emb.shape[0]:
+                raise ValueError(
+                    f"seen_items has {seen_items.shape[0]} rows, user_emb has {user_emb.shape[0]} users"
+                )
+            self.register_buffer("seen_items", torch.from_numpy(np.ascontiguousarray(seen_items, np.int32)))
+
+    def forward(self, user_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        users = self.user_emb.index_select(0, user_idx)
+        scores = users @ self.item_emb.t()
+        if self.exclude_seen:
+            seen = self.seen_items.index_select(0, user_idx).long()
+            # -1 padding points at an extra dummy column, dropped after the scatter.
+            seen = torch.where(seen < 0, torch.full_like(seen, self.num_items), seen)
+            padded = torch.cat([scores, torch.zeros_like(scores[:, :1])], dim=1)
+            padded = padded.scatter(1, seen, float("-inf"))
+            scores = padded[:, : self.num_items]
+        top_scores, top_items = torch.topk(scores, self.top_k, dim=1)
+        return top_items, top_scores
+
+
+def export_onnx(module: ServingGraph, path: Path, opset: int) -> None:
+    """Export with a dynamic batch axis and validate with ``onnx.checker``."""
+    import onnx
+
+    module.eval()
+    example = torch.zeros(2, dtype=torch.int64)
+    # The TorchScript exporter: the dynamo exporter needs onnxscript, which we do not depend on.
+    torch.onnx.export(
+        module,
+        (example,),
+        str(path),
+        input_names=[INPUT_NAME],
+        output_names=list(OUTPUT_NAMES),
+        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAMES[0]: {0: "batch"}, OUTPUT_NAMES[1]: {0: "batch"}},
+        opset_version=opset,
+        dynamo=False,
+        do_constant_folding=True,
+    )
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def onnxruntime_session(onnx_path: str | Path, providers: list[str] | None = None, threads: int = 0):
+    """An ONNX Runtime session; ``threads=0`` lets ORT pick."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(onnx_path), options, providers=providers or ["CPUExecutionProvider"])
+
+
+def torch_outputs(module: ServingGraph, user_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    with torch.no_grad():
+        items, scores = module(torch.from_numpy(np.asarray(user_idx, np.int64)))
+    return items.numpy(), scores.numpy()
+
+
+def parity(
+    ref_items: np.ndarray, ref_scores: np.ndarray, items: np.ndarray, scores: np.ndarray
+) -> tuple[float, float]:
+    """(max |score difference|, mean top-K overlap) of an engine's outputs vs the reference.
+
+    Scores are compared position by position: both lists are sorted, and the k-th largest score
+    is continuous in the inputs, so ties reordering items do not count as differences. Overlap is
+    |top-K_ref ∩ top-K_engine| / K per user over the finite (non-excluded) entries, averaged.
+    """
+    if ref_items.shape != items.shape:
+        raise ValueError(f"engine output shape {items.shape} != reference shape {ref_items.shape}")
+    ref_finite, finite = np.isfinite(ref_scores), np.isfinite(scores)
+    both_inf = ~ref_finite & ~finite & (np.sign(ref_scores) == np.sign(scores))
+    with np.errstate(invalid="ignore"):  # -inf - -inf is handled by both_inf
+        diff = np.where(both_inf, 0.0, np.abs(ref_scores.astype(np.float64) - scores.astype(np.float64)))
+    max_abs_diff = float(np.nan_to_num(diff, nan=np.inf).max()) if diff.size else 0.0
+    # An excluded (-inf) slot's item is arbitrary: it only counts as a miss if one side is finite.
+    match = (ref_items[:, :, None] == items[:, None, :]) & finite[:, None, :]
+    hits = (match.any(axis=2) & ref_finite).sum(axis=1)
+    denom = np.maximum(ref_finite.sum(axis=1), finite.sum(axis=1))
+    overlap = np.where(denom > 0, hits / np.maximum(denom, 1), 1.0)
+    return max_abs_diff, float(overlap.mean()) if overlap.size else 1.0
+
+
+def parity_users(num_users: int, seed: int, size: int = PARITY_SAMPLE_USERS) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(num_users, size=min(size, num_users), replace=False)).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """A published export: the ONNX serving graph and its ONNX Runtime parity vs PyTorch."""
+
+    day: str
+    version: str
+    path: str
+    onnx_path: str
+    onnx_bytes: int
+    num_users: int
+    num_items: int
+    embedding_dim: int
+    top_k: int
+    exclude_seen: bool
+    max_seen: int
+    opset: int
+    parity_users: int
+    parity_max_abs_diff: float
+    parity_topk_overlap: float
+    model_version: str
+
+
+def build_serving_graph(model_dir: str | Path, graph: GraphArtifact, cfg: PipelineConfig) -> ServingGraph:
+    user_emb, item_emb = load_embeddings(model_dir)
+    if user_emb.shape[0] != graph.num_users or item_emb.shape[0] != graph.num_items:
+        raise ValueError(
+            f"{model_dir}: embeddings cover {user_emb.shape[0]} users x {item_emb.shape[0]} items, "
+            f"graph {graph.ref.version} has {graph.num_users} x {graph.num_items}"
+        )
+    seen = seen_items_table(graph.train_interactions(), graph.num_users) if cfg.export.exclude_seen else None
+    return ServingGraph(user_emb, item_emb, cfg.export.top_k, seen)
+
+
+def run_export(layout: Layout, day: str, cfg: PipelineConfig) -> ExportResult:
+    """Export the day's pruned student to ONNX, check it, and measure ORT-vs-PyTorch parity."""
+    model_ref = layout.current("models/pruned", day)
+    graph_ref = layout.current("graphs", day)
+    if model_ref is None:
+        raise FileNotFoundError(f"no models/pruned artifact for {day} under {layout.root}")
+    if graph_ref is None:
+        raise FileNotFoundError(f"no graph artifact for {day} under {layout.root}")
+    graph = GraphArtifact.load(graph_ref)
+    module = build_serving_graph(model_ref.path, graph, cfg)
+    max_seen = int(module.seen_items.shape[1]) if module.exclude_seen else 0
+
+    with staging_dir(layout.artifacts(KIND)) as tmp:
+        onnx_path = tmp / ONNX_FILE
+        export_onnx(module, onnx_path, cfg.export.opset)
+        users = parity_users(graph.num_users, cfg.seed)
+        ref_items, ref_scores = torch_outputs(module, users)
+        session = onnxruntime_session(onnx_path)
+        ort_items, ort_scores = session.run(list(OUTPUT_NAMES), {INPUT_NAME: users})
+        max_abs_diff, overlap = parity(ref_items, ref_scores, ort_items, ort_scores)
+        np.savez(tmp / REFERENCE_FILE, user_idx=users, top_items=ref_items, top_scores=ref_scores)
+        parity_report = {
+            "runtime": "onnxruntime",
+            "provider": session.get_providers()[0],
+            "users": int(users.shape[0]),
+            "max_abs_diff": max_abs_diff,
+            "topk_overlap": overlap,
+            "top_k": module.top_k,
+        }
+        write_json(tmp / PARITY_FILE, parity_report)
+        onnx_bytes = onnx_path.stat().st_size
+        ref = layout.publish(
+            KIND,
+            day,
+            tmp,
+            manifest={
+                "inputs": {"model": model_ref.as_lineage(), "graph": graph_ref.as_lineage()},
+                "config_hash": cfg.config_hash(),
+                "metrics": {"onnx_bytes": onnx_bytes, **parity_report},
+                "io": {
+                    "input": {"name": INPUT_NAME, "dtype": "int64", "shape": ["batch"]},
+                    "outputs": [
+                        {"name": OUTPUT_NAMES[0], "dtype": "int64", "shape": ["batch", module.top_k]},
+                        {"name": OUTPUT_NAMES[1], "dtype": "float32", "shape": ["batch", module.top_k]},
+                    ],
+                },
+                "num_users": graph.num_users,
+                "num_items": graph.num_items,
+                "embedding_dim": int(module.user_emb.shape[1]),
+                "exclude_seen": module.exclude_seen,
+                "max_seen": max_seen,
+                "opset": cfg.export.opset,
+            },
+        )
+    result = ExportResult(
+        day=day,
+        version=ref.version,
+        path=ref.path,
+        onnx_path=str(Path(ref.path) / ONNX_FILE),
+        onnx_bytes=onnx_bytes,
+        num_users=graph.num_users,
+        num_items=graph.num_items,
+        embedding_dim=int(module.user_emb.shape[1]),
+        top_k=module.top_k,
+        exclude_seen=module.exclude_seen,
+        max_seen=max_seen,
+        opset=cfg.export.opset,
+        parity_users=int(users.shape[0]),
+        parity_max_abs_diff=max_abs_diff,
+        parity_topk_overlap=overlap,
+        model_version=model_ref.version,
+    )
+    log.info(
+        "export %s: %s (%d bytes, %d users x %d items, d=%d, K=%d, max_seen=%d) ORT parity "
+        "max_abs_diff=%.2e topk_overlap=%.4f over %d users",
+        day, result.version, onnx_bytes, graph.num_users, graph.num_items, result.embedding_dim,
+        result.top_k, max_seen, max_abs_diff, overlap, result.parity_users,
+    )
+    return result
+
+
+def load_export(ref: ArtifactRef) -> ExportResult:
+    """Rebuild the ExportResult of a published export from its manifest."""
+    manifest = ref.manifest
+    report = read_json(Path(ref.path) / PARITY_FILE)
+    top_k = manifest["io"]["outputs"][0]["shape"][1]
+    return ExportResult(
+        day=ref.day,
+        version=ref.version,
+        path=ref.path,
+        onnx_path=str(Path(ref.path) / ONNX_FILE),
+        onnx_bytes=int(manifest["metrics"]["onnx_bytes"]),
+        num_users=int(manifest["num_users"]),
+        num_items=int(manifest["num_items"]),
+        embedding_dim=int(manifest["embedding_dim"]),
+        top_k=int(top_k),
+        exclude_seen=bool(manifest["exclude_seen"]),
+        max_seen=int(manifest["max_seen"]),
+        opset=int(manifest["opset"]),
+        parity_users=int(report["users"]),
+        parity_max_abs_diff=float(report["max_abs_diff"]),
+        parity_topk_overlap=float(report["topk_overlap"]),
+        model_version=manifest["inputs"]["model"]["version"],
+    )

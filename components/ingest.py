@@ -1,0 +1,125 @@
+"""Ingest stage: a day's landing files -> one normalized staging table awaiting validation.
+
+Every input row is kept with its lineage (``source_file``, ``source_row``: 1-based data row in that
+file), so a validation failure can name the file and row, and every row ends in accepted or in
+quarantine. Columns are coerced to the contract's types; a value that cannot be coerced becomes
+null (and the not-null expectation names it). A file that cannot be read at all is recorded with
+its error rather than raised here, so the validate stage can quarantine the whole day with a report.
+
+Idempotent: staging for a day is rebuilt from the landing files and replaced atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+import pandas as pd
+
+from components.config import PipelineConfig
+from components.storage import Layout, replace_dir, staging_dir, write_json
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("event_id", "user_id", "item_id", "event_type", "ts")
+LINEAGE_COLUMNS = ("source_file", "source_row")
+SUPPORTED_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    name: str
+    bytes: int
+    sha256: str
+    rows: int | None  # None when unreadable
+    error: str | None
+    missing_columns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    day: str
+    staging_path: str
+    rows: int
+    files: tuple[SourceFile, ...]
+
+    @property
+    def unreadable(self) -> tuple[SourceFile, ...]:
+        return tuple(f for f in self.files if f.error)
+
+
+def _read_bytes(raw: bytes, name: str) -> pd.DataFrame:
+    import io
+
+    suffix = Path(name).suffix.lower()
+    if suffix == ".parquet":
+        return pd.read_parquet(io.BytesIO(raw))
+    if suffix == ".csv":
+        # Empty file: zero rows, no columns (the validator reports it), not a parse error.
+        return pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False, na_values=[""]) if raw.strip() else pd.DataFrame()
+    if suffix in (".jsonl", ".json"):
+        return pd.read_json(io.BytesIO(raw), lines=True, dtype=False) if raw.strip() else pd.DataFrame()
+    raise ValueError(f"unsupported format {suffix!r}; accepted: {', '.join(SUPPORTED_SUFFIXES)}")
+
+
+def normalize(frame: pd.DataFrame, source_file: str) -> pd.DataFrame:
+    """Coerce to the contract's types; add lineage columns. Unknown extra columns are dropped."""
+    out = pd.DataFrame(index=frame.index)
+    for column in ("event_id", "user_id", "item_id", "event_type"):
+        if column in frame.columns:
+            values = frame[column]
+            out[column] = values.where(values.notna(), None).astype("string").str.strip()
+            out.loc[out[column] == "", column] = pd.NA
+    if "ts" in frame.columns:
+        ts = frame["ts"]
+        if pd.api.types.is_numeric_dtype(ts):  # epoch seconds
+            out["ts"] = pd.to_datetime(ts, unit="s", utc=True, errors="coerce")
+        else:
+            out["ts"] = pd.to_datetime(ts, utc=True, errors="coerce", format="ISO8601")
+        out["ts"] = out["ts"].astype("datetime64[us, UTC]")
+    out["source_file"] = source_file
+    out["source_row"] = pd.RangeIndex(1, len(frame) + 1, dtype="int64")
+    return out.reset_index(drop=True)
+
+
+def list_landing(landing: str) -> list[str]:
+    """Landing files of a partition (local path or fsspec URI), sorted, hidden files ignored."""
+    fs, root = fsspec.core.url_to_fs(landing)
+    if not fs.exists(root):
+        return []
+    names = [p for p in fs.ls(root, detail=False) if not Path(p).name.startswith((".", "_"))]
+    return sorted(names)
+
+
+def run_ingest(layout: Layout, day: str, cfg: PipelineConfig, landing: str | None = None) -> IngestResult:
+    """Read every landing file of ``day`` into ``staging/date=day`` (rows.parquet + files.json)."""
+    landing = landing or str(layout.landing(day))
+    names = list_landing(landing)
+    if not names:
+        raise FileNotFoundError(f"no landing files for {day} under {landing}")
+    fs, _ = fsspec.core.url_to_fs(landing)
+    frames, files = [], []
+    for name in names:  # one iteration per file, not per row
+        raw = fs.cat_file(name)
+        digest = hashlib.sha256(raw).hexdigest()
+        short = Path(name).name
+        try:
+            frame = _read_bytes(raw, short)
+        except Exception as exc:  # any parser failure: record it, the day goes to quarantine
+            files.append(SourceFile(short, len(raw), digest, None, f"{type(exc).__name__}: {exc}"))
+            log.warning("landing file %s unreadable: %s", name, exc)
+            continue
+        missing = tuple(c for c in REQUIRED_COLUMNS if c not in frame.columns)
+        files.append(SourceFile(short, len(raw), digest, len(frame), None, missing))
+        frames.append(normalize(frame, short))
+    staged = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(LINEAGE_COLUMNS))
+    with staging_dir(layout.root / "staging") as tmp:
+        staged.to_parquet(tmp / "rows.parquet", index=False)
+        write_json(tmp / "files.json", {"day": day, "landing": landing, "files": [f.__dict__ for f in files]})
+        replace_dir(tmp, layout.staging(day))
+    log.info("ingest %s: %d files, %d rows staged, %d unreadable", day, len(files), len(staged),
+             sum(1 for f in files if f.error))
+    return IngestResult(day, str(layout.staging(day)), len(staged), tuple(files))

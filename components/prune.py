@@ -1,0 +1,194 @@
+"""Pruning stage: shrink the student, fine-tuning (BPR + distillation from the teacher) between steps.
+
+* ``structured`` (default): remove whole embedding dimensions, least important first, importance of
+  a dimension = L2 norm of its column over all user and item ego embeddings. The exported model is
+  really smaller: dim * (1 - target_sparsity) columns in model.pt and in embeddings.npz.
+* ``magnitude``: zero the smallest-|w| ego weights globally until the step's sparsity; masks stay
+  fixed during fine-tuning (re-applied after every optimizer step). Propagation makes the final
+  embeddings dense again, so the serving embeddings do not shrink; the ego weights are also saved
+  packed (bitmask + nonzero values, ``model_sparse.npz``) and that size is reported.
+
+Sparsity rises linearly over ``prune.steps``: step s targets target_sparsity * s / steps. After
+each step: parameters (total and nonzero), sparsity, bytes on disk and validation quality go to
+history.json and metrics.json.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from components.config import PipelineConfig
+from components.distill import holdout_and_retention, load_stage_inputs, make_kd_loss, teacher_topk
+from components.models.lightgcn import LightGCN, build_adjacency, count_parameters, resolve_backend
+from components.storage import Layout, read_json, staging_dir
+from components.train import (
+    ModelArtifact,
+    evaluate_model,
+    existing_artifact,
+    final_embeddings,
+    fit_lightgcn,
+    load_embeddings,
+    load_model,
+    resolve_device,
+    summary_metrics,
+    write_model_files,
+)
+
+log = logging.getLogger(__name__)
+
+KIND = "models/pruned"
+
+
+def dimension_importance(model: LightGCN) -> torch.Tensor:
+    """L2 norm of each embedding dimension over all user and item ego embeddings."""
+    ego = torch.cat([model.user_embedding.weight, model.item_embedding.weight]).detach()
+    return ego.norm(dim=0)
+
+
+def remove_dimensions(model: LightGCN, keep: int) -> tuple[LightGCN, torch.Tensor]:
+    """A new, smaller LightGCN keeping the ``keep`` most important dimensions (original order)."""
+    kept = torch.sort(torch.topk(dimension_importance(model), keep).indices).values
+    smaller = LightGCN(model.num_users, model.num_items, keep, model.num_layers, model.layer_weights)
+    with torch.no_grad():
+        smaller.user_embedding.weight.copy_(model.user_embedding.weight[:, kept])
+        smaller.item_embedding.weight.copy_(model.item_embedding.weight[:, kept])
+    return smaller, kept
+
+
+def magnitude_masks(model: LightGCN, sparsity: float) -> list[torch.Tensor]:
+    """Global magnitude masks over the ego tables: the smallest ``sparsity`` share of |w| is zeroed."""
+    params = [model.user_embedding.weight, model.item_embedding.weight]
+    flat = torch.cat([p.detach().abs().reshape(-1) for p in params])
+    drop = int(round(sparsity * flat.numel()))
+    if drop == 0:
+        return [torch.ones_like(p, dtype=torch.bool) for p in params]
+    # rank-based (not threshold-based) so ties cannot overshoot or undershoot the target
+    order = torch.argsort(flat, stable=True)
+    keep = torch.ones(flat.numel(), dtype=torch.bool)
+    keep[order[:drop]] = False
+    return list(torch.split(keep, [p.numel() for p in params]))  # flat; applied with view_as
+
+def _apply_masks(model: LightGCN, masks: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for param, mask in zip([model.user_embedding.weight, model.item_embedding.weight], masks):
+            param.mul_(mask.view_as(param).to(param.dtype))
+
+
+def packed_sparse_bytes(model: LightGCN) -> bytes:
+    """Ego tables as bitmask + nonzero float32 values (what a sparse export would ship)."""
+    buffer = io.BytesIO()
+    arrays = {}
+    for name, param in (("user", model.user_embedding.weight), ("item", model.item_embedding.weight)):
+        dense = param.detach().cpu().numpy()
+        mask = dense != 0
+        arrays[f"{name}_mask"] = np.packbits(mask.reshape(-1))
+        arrays[f"{name}_values"] = dense[mask].astype(np.float32)
+        arrays[f"{name}_shape"] = np.array(dense.shape, dtype=np.int64)
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def model_bytes(model: LightGCN) -> int:
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return len(buffer.getvalue())
+
+
+def prune_model(base: LightGCN, train, val, teacher_user: torch.Tensor, teacher_item: torch.Tensor,
+                cfg: PipelineConfig, max_seconds: float | None = None) -> tuple[LightGCN, list[dict]]:
+    """Iteratively prune ``base`` to prune.target_sparsity with fine-tuning; returns (model, per-step report)."""
+    pcfg, dcfg = cfg.prune, cfg.distill
+    device = resolve_device(cfg.teacher.device)
+    backend = resolve_backend(cfg.teacher.propagation, device)
+    topk = teacher_topk(teacher_user, teacher_item, train, dcfg.kd_topk, cfg.eval.user_batch_size)
+    kd = make_kd_loss(teacher_user, teacher_item, topk, cfg, device)
+    base_params = count_parameters(base)
+    model = base
+    adjacency = build_adjacency(train.user, train.item, base.num_users, base.num_items)
+    report: list[dict] = []
+    for step in range(1, pcfg.steps + 1):
+        sparsity = pcfg.target_sparsity * step / pcfg.steps
+        after_step = None
+        if pcfg.method == "structured":
+            keep = max(1, int(round(base.embedding_dim * (1 - sparsity))))
+            model, kept = remove_dimensions(model, keep)
+        else:
+            masks = [m.to(device) for m in magnitude_masks(model, sparsity)]
+            _apply_masks(model, masks)
+            after_step = lambda masks=masks: _apply_masks(model, masks)  # noqa: E731
+        fit = None
+        if pcfg.finetune_epochs > 0:
+            fit = fit_lightgcn(model, train, val, epochs=pcfg.finetune_epochs, lr=dcfg.lr, l2=dcfg.l2,
+                               batch_size=dcfg.batch_size, seed=cfg.seed + 100 + step,
+                               eval_every=pcfg.finetune_epochs, patience=1, device=device,
+                               backend=cfg.teacher.propagation, ks=tuple(cfg.eval.ks),
+                               user_batch_size=cfg.eval.user_batch_size, extra_loss=kd, after_step=after_step,
+                               max_seconds=max_seconds, name=f"prune step {step}")
+            model = fit.model
+        val_metrics = fit.best_val if fit is not None and fit.best_val else (
+            evaluate_model(model, adjacency, backend, train, val, tuple(cfg.eval.ks), cfg.eval.user_batch_size)
+            if val is not None and len(val) else {})
+        nonzero = count_parameters(model, nonzero=True)
+        row = {
+            "step": step, "method": pcfg.method, "target_sparsity": sparsity,
+            "embedding_dim": model.embedding_dim, "num_params": count_parameters(model),
+            "num_params_nonzero": nonzero, "sparsity": 1 - nonzero / base_params,
+            "bytes_model_pt": model_bytes(model),
+            "bytes_packed_sparse": len(packed_sparse_bytes(model)) if pcfg.method == "magnitude" else None,
+            "finetune_epochs": len(fit.history) if fit else 0,
+            **{f"val_{k}": v for k, v in val_metrics.items()},
+        }
+        report.append(row)
+        log.info("prune step %d/%d (%s): dim %d, %d/%d nonzero params (sparsity %.3f), %d bytes, val ndcg@20 %.4f",
+                 step, pcfg.steps, pcfg.method, model.embedding_dim, nonzero, base_params, row["sparsity"],
+                 row["bytes_model_pt"], row.get("val_ndcg@20", float("nan")))
+    return model, report
+
+
+def run_prune(layout: Layout, day: str, cfg: PipelineConfig) -> ModelArtifact:
+    """Prune the day's student (KD from the day's teacher) and publish it (kind models/pruned)."""
+    graph_ref, student_ref, graph, train_all, train, val = load_stage_inputs(layout, day, cfg, "models/student")
+    teacher_ref = layout.current("models/teacher", day)
+    if teacher_ref is None:
+        raise FileNotFoundError(f"{layout.artifacts('models/teacher') / day}: no teacher for day {day}")
+    inputs = [graph_ref.as_lineage(), student_ref.as_lineage(), teacher_ref.as_lineage()]
+    config_hash = cfg.config_hash()
+    done = existing_artifact(layout, KIND, day, inputs, config_hash)
+    if done is not None:
+        return done
+    student, _ = load_model(student_ref.path)
+    teacher_user, teacher_item = (torch.from_numpy(a) for a in load_embeddings(teacher_ref.path))
+    teacher_metrics = read_json(Path(teacher_ref.path) / "metrics.json")
+    student_params = count_parameters(student)
+    model, report = prune_model(student, train, val, teacher_user, teacher_item, cfg)
+    full_adj = build_adjacency(train_all.user, train_all.item, graph.num_users, graph.num_items)
+    user_emb, item_emb = final_embeddings(model, full_adj, resolve_backend(cfg.teacher.propagation, "cpu"))
+    last = report[-1]
+    metrics = {
+        **holdout_and_retention(user_emb, item_emb, graph, train_all, cfg,
+                                {k[4:]: v for k, v in last.items() if k.startswith("val_")}, teacher_metrics),
+        "method": cfg.prune.method, "steps": report,
+        "num_params": last["num_params"], "num_params_nonzero": last["num_params_nonzero"],
+        "sparsity": last["sparsity"], "student_num_params": student_params,
+        "teacher_num_params": teacher_metrics["num_params"],
+        "compression_ratio": teacher_metrics["num_params"] / max(last["num_params_nonzero"], 1),
+        "size_ratio_vs_student": student_params / last["num_params"],
+    }
+    with staging_dir(layout.artifacts(KIND)) as tmp:
+        if cfg.prune.method == "magnitude":
+            (tmp / "model_sparse.npz").write_bytes(packed_sparse_bytes(model))
+        write_model_files(tmp, model, user_emb, item_emb, graph_ref.version, metrics, report,
+                          extra={"prune_method": cfg.prune.method})
+        metrics = read_json(tmp / "metrics.json")
+        ref = layout.publish(KIND, day, tmp, {"inputs": inputs, "config_hash": config_hash,
+                                              "metrics": summary_metrics(metrics)})
+    log.info("pruned %s v%s: %s, sparsity %.3f, %d params (%d nonzero), holdout ndcg@20 %.4f (retention %.3f)",
+             day, ref.version, cfg.prune.method, metrics["sparsity"], metrics["num_params"],
+             metrics["num_params_nonzero"], metrics["holdout"].get("ndcg@20", 0), metrics["ndcg_retention_holdout"])
+    return ModelArtifact(KIND, day, ref.version, ref.path, metrics["num_params"], summary_metrics(metrics))

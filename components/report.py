@@ -1,0 +1,298 @@
+"""Report stage: the run's human-readable report next to the version (reports/<day>/).
+
+report.html with the gate table, the evaluation, the registry outcome and lineage, plus PNGs:
+training curves (teacher / student / pruned loss and validation NDCG per epoch, from each model's
+history.json) and the metric history across days (candidate vs champion NDCG@20 / Recall@20, from
+every previous report's evaluation.json and blessing.json). Also the gate table renderers used by
+the gate stage and the CLI. matplotlib is imported lazily with the Agg backend (no display).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import logging
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from components.config import PipelineConfig
+from components.storage import Layout, atomic_write_bytes, read_json
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "report.html"
+CURVES_PNG = "training_curves.png"
+HISTORY_PNG = "metric_history.png"
+MODEL_KINDS = ("teacher", "student", "pruned")
+
+
+def _as_dict(blessing: Any) -> dict[str, Any]:
+    return asdict(blessing) if is_dataclass(blessing) else dict(blessing)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _gate_rows(blessing: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for gate in blessing["gates"]:
+        rows.append([
+            gate["metric"], gate["kind"], gate["baseline"] or "–", _fmt(gate["value"]),
+            _fmt(gate["baseline_value"]), _fmt(gate["statistic"]), _fmt(gate["threshold"]),
+            gate["verdict"].upper(), gate["note"], gate["measured_by"],
+        ])
+    return rows
+
+
+GATE_HEADER = ["metric", "kind", "baseline", "value", "baseline value", "compared", "threshold", "verdict",
+               "note", "measured by"]
+
+
+def _headline(blessing: dict[str, Any]) -> str:
+    verdict = "BLESSED" if blessing["blessed"] else "REJECTED"
+    boot = " (bootstrap: no champion, champion gates skipped)" if blessing["bootstrap"] else ""
+    return (f"Candidate {blessing['candidate_version']} on {blessing['day']}: {verdict}{boot}; "
+            f"champion {blessing['champion_version'] or 'none'}; engine gates measured on "
+            f"{blessing['runtime_description'] or 'nothing'}; TensorRT: {blessing['tensorrt_status'] or 'n/a'}")
+
+
+def gate_table_markdown(blessing: Any) -> str:
+    """The blessing as a Markdown table (one row per gate) under a one-line verdict."""
+    data = _as_dict(blessing)
+    lines = [f"**{_headline(data)}**", "", "| " + " | ".join(GATE_HEADER) + " |",
+             "|" + "---|" * len(GATE_HEADER)]
+    for row in _gate_rows(data):
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def gate_table_html(blessing: Any, standalone: bool = True) -> str:
+    data = _as_dict(blessing)
+    colors = {"PASS": "#d4f4dd", "FAIL": "#f9d6d5", "SKIPPED": "#eeeeee"}
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in GATE_HEADER)
+    body = "".join(
+        f'<tr style="background:{colors[row[7]]}">' + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+        for row in _gate_rows(data)
+    )
+    table = f"<p><b>{html.escape(_headline(data))}</b></p><table><tr>{head}</tr>{body}</table>"
+    if not standalone:
+        return table
+    return _page(f"Gates {data['day']}", table)
+
+
+def _page(title: str, body: str) -> str:
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1200px} table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;text-align:left} img{max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n")
+
+
+# --- training curves ------------------------------------------------------------------------
+
+
+def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}_"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def training_curve(history: Any) -> dict[str, list[float]]:
+    """(epoch, loss, val NDCG) series from a history.json: a list of per-epoch records, or a dict
+    holding one under "epochs"/"history". Validation NDCG@20 is preferred, any NDCG otherwise;
+    epochs without validation are left out of that series."""
+    if isinstance(history, dict):
+        history = history.get("epochs", history.get("history", []))
+    records = [_flatten(r) for r in history if isinstance(r, dict)]
+    curve: dict[str, list[float]] = {"epoch": [], "loss": [], "val_epoch": [], "val_ndcg": []}
+    ndcg_keys = sorted({k for r in records for k in r if "ndcg" in k.lower()},
+                       key=lambda k: ("20" not in k, "val" not in k.lower(), k))
+    for i, record in enumerate(records):
+        epoch = float(record.get("epoch", i + 1))
+        loss = next((record[k] for k in ("loss", "train_loss", "total_loss", "bpr_loss") if k in record), None)
+        if isinstance(loss, (int, float)):
+            curve["epoch"].append(epoch)
+            curve["loss"].append(float(loss))
+        if ndcg_keys and isinstance(record.get(ndcg_keys[0]), (int, float)):
+            curve["val_epoch"].append(epoch)
+            curve["val_ndcg"].append(float(record[ndcg_keys[0]]))
+    curve["ndcg_key"] = ndcg_keys[0] if ndcg_keys else None  # type: ignore[assignment]
+    return curve
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_training_curves(curves: dict[str, dict[str, list[float]]], out: Path) -> bool:
+    if not any(c["epoch"] or c["val_epoch"] for c in curves.values()):
+        return False
+    plt = _plt()
+    fig, (ax_loss, ax_ndcg) = plt.subplots(1, 2, figsize=(11, 4))
+    for kind, curve in curves.items():
+        if curve["epoch"]:
+            ax_loss.plot(curve["epoch"], curve["loss"], marker=".", label=kind)
+        if curve["val_epoch"]:
+            ax_ndcg.plot(curve["val_epoch"], curve["val_ndcg"], marker="o", label=f"{kind} ({curve['ndcg_key']})")
+    ax_loss.set(title="training loss", xlabel="epoch", ylabel="loss")
+    ax_ndcg.set(title="validation NDCG", xlabel="epoch", ylabel="NDCG")
+    for ax in (ax_loss, ax_ndcg):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return True
+
+
+# --- metric history -------------------------------------------------------------------------
+
+
+def metric_history(layout: Layout, up_to_day: str) -> list[dict[str, Any]]:
+    """One row per report day <= ``up_to_day``: candidate / champion NDCG@20, Recall@20, blessed."""
+    base = layout.root / "reports"
+    rows = []
+    if not base.exists():
+        return rows
+    for day_dir in sorted(p for p in base.iterdir() if p.is_dir() and p.name <= up_to_day):
+        evaluation_path = day_dir / "evaluation.json"
+        if not evaluation_path.exists():
+            continue
+        evaluation = read_json(evaluation_path)
+        blessing_path = day_dir / "blessing.json"
+        blessing = read_json(blessing_path) if blessing_path.exists() else {}
+        champion = evaluation.get("champion") or {}
+        rows.append({
+            "day": day_dir.name,
+            "candidate_ndcg@20": evaluation["candidate"].get("ndcg@20"),
+            "candidate_recall@20": evaluation["candidate"].get("recall@20"),
+            "champion_ndcg@20": champion.get("ndcg@20"),
+            "champion_recall@20": champion.get("recall@20"),
+            "popularity_ndcg@20": evaluation["popularity"].get("ndcg@20"),
+            "blessed": blessing.get("blessed"),
+        })
+    return rows
+
+
+def plot_metric_history(rows: list[dict[str, Any]], out: Path) -> bool:
+    if not rows:
+        return False
+    plt = _plt()
+    import matplotlib.dates as mdates
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    days = [dt.date.fromisoformat(r["day"]) for r in rows]
+    for ax, metric in zip(axes, ("ndcg@20", "recall@20")):
+        for who, style in (("candidate", "o-"), ("champion", "s--")):
+            values = [r[f"{who}_{metric}"] for r in rows]
+            points = [(d, v) for d, v in zip(days, values) if v is not None]
+            if points:
+                ax.plot([d for d, _ in points], [v for _, v in points], style, label=who)
+        rejected = [(d, r[f"candidate_{metric}"]) for d, r in zip(days, rows)
+                    if r["blessed"] is False and r[f"candidate_{metric}"] is not None]
+        if rejected:
+            ax.scatter([d for d, _ in rejected], [v for _, v in rejected], marker="x", s=80, color="red",
+                       label="rejected", zorder=3)
+        ax.set(title=f"{metric.upper()} on each day's holdout", xlabel="day", ylabel=metric)
+        # whole days only (the auto locator shows hours for short spans)
+        span = (days[-1] - days[0]).days
+        ax.xaxis.set_major_locator(mdates.DayLocator(interval=max(1, span // 10)))
+        ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
+        ax.tick_params(axis="x", rotation=45)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return True
+
+
+# --- stage ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    day: str
+    path: str  # reports/<day>/report.html
+    figures: tuple[str, ...]
+    history_days: int
+    blessed: bool | None
+
+
+def _kv_table(data: dict[str, Any]) -> str:
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in data.items())
+    return f"<table>{rows}</table>"
+
+
+def run_report(layout: Layout, day: str, cfg: PipelineConfig) -> ReportResult:
+    """Write reports/<day>/report.html and its PNGs from whatever the day's run produced."""
+    out = layout.reports(day)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = []
+    curves = {}
+    for kind in MODEL_KINDS:
+        ref = layout.current(f"models/{kind}", day)
+        if ref is not None and (Path(ref.path) / "history.json").exists():
+            curves[kind] = training_curve(read_json(Path(ref.path) / "history.json"))
+    if plot_training_curves(curves, out / CURVES_PNG):
+        figures.append(CURVES_PNG)
+    rows = metric_history(layout, day)
+    if plot_metric_history(rows, out / HISTORY_PNG):
+        figures.append(HISTORY_PNG)
+
+    sections = []
+    blessing_path = out / "blessing.json"
+    blessing = read_json(blessing_path) if blessing_path.exists() else None
+    sections.append("<h2>Gates</h2>" + (gate_table_html(blessing, standalone=False) if blessing
+                                        else "<p>No blessing for this day (gate stage did not run).</p>"))
+    evaluation_path = out / "evaluation.json"
+    if evaluation_path.exists():
+        evaluation = read_json(evaluation_path)
+        ks = sorted({k.split("@")[1] for k in evaluation["candidate"] if k.startswith("ndcg@")}, key=int)
+        metrics = [f"{m}@{k}" for k in ks for m in ("ndcg", "recall")]
+        header = "".join(f"<th>{m}</th>" for m in metrics)
+        body = ""
+        for who in ("candidate", "teacher", "champion", "popularity"):
+            if evaluation.get(who):
+                body += f"<tr><th>{who}</th>" + "".join(f"<td>{_fmt(evaluation[who].get(m))}</td>" for m in metrics)
+                body += "</tr>"
+        counts = {k: evaluation[k] for k in ("holdout_users", "holdout_pairs", "users_evaluated",
+                                             "cold_users_skipped", "users_unknown_to_a_model")}
+        sections.append(f"<h2>Evaluation on the fresh day</h2><table><tr><th></th>{header}</tr>{body}</table>"
+                        + _kv_table(counts))
+    for name, title in ((CURVES_PNG, "Training curves"), (HISTORY_PNG, "Metric history across days")):
+        if name in figures:
+            sections.append(f"<h2>{title}</h2><img src='{name}' alt='{title}'>")
+    if rows:
+        header = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
+        body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in r.values()) + "</tr>" for r in rows)
+        sections.append(f"<table><tr>{header}</tr>{body}</table>")
+    pointer = layout.registry() / "candidates" / f"{day}.json"
+    if pointer.exists():
+        registered = read_json(pointer)
+        lineage_path = layout.registry() / "versions" / registered["version"] / "lineage.json"
+        sections.append("<h2>Registry</h2>" + _kv_table(registered))
+        if lineage_path.exists():
+            lineage = read_json(lineage_path)
+            sections.append("<h3>Lineage</h3>" + _kv_table({**lineage["models"], "config_hash": lineage["config_hash"],
+                                                            "code_version": lineage["code_version"]}))
+    atomic_write_bytes(out / REPORT_FILE, _page(f"GraphDistill run {day}", "".join(sections)).encode())
+    log.info("report %s: %s (%d figures, %d days of metric history)", day, out / REPORT_FILE, len(figures), len(rows))
+    return ReportResult(day=day, path=str(out / REPORT_FILE), figures=tuple(str(out / f) for f in figures),
+                        history_days=len(rows), blessed=blessing["blessed"] if blessing else None)

@@ -1,0 +1,1 @@
+"""Data sources: synthetic logs, replay of timestamped public datasets, the LightGCN split format."""

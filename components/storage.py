@@ -1,0 +1,231 @@
+"""The artifact layout under one root, atomic writes, and immutable versioned artifacts.
+
+Layout (``root`` is a local folder or a mounted volume; landing files may be any fsspec URI)::
+
+    landing/date=YYYY-MM-DD/*.{csv,jsonl,parquet}     raw daily logs, never modified
+    staging/date=YYYY-MM-DD/                          normalized rows awaiting validation
+    accepted/date=YYYY-MM-DD/                         validated, deduplicated partition + manifest
+    quarantine/date=YYYY-MM-DD/<attempt>/             raw files, rows, validation result, report
+    features/repo/                                    the Feast repo copy, offline Parquet, online store
+    graphs/<date>/<version>/                          DGL graph, ID maps, stats, manifest
+    models/<kind>/<date>/<version>/                   teacher / student / pruned checkpoints
+    registry/                                         candidate versions, champion pointer, history
+    reports/<date>/                                   run reports (HTML, PNG, JSON)
+
+An artifact is a directory that exists only once complete: it is built under a temporary name
+and renamed into place (atomic on one filesystem), its ``manifest.json`` carrying lineage.
+Versions are content hashes, so a re-run with the same inputs lands on the same version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+CURRENT = "CURRENT"
+_CODE_DIR = Path(__file__).resolve().parent
+
+
+def parse_day(day: str | dt.date) -> dt.date:
+    if isinstance(day, dt.date):
+        return day
+    try:
+        return dt.date.fromisoformat(day)
+    except ValueError as exc:
+        raise ValueError(f"expected a date as YYYY-MM-DD, got {day!r}") from exc
+
+
+def code_version() -> str:
+    """Hash of the library's source: identifies the code without needing git (e.g. in Docker)."""
+    digest = hashlib.sha256()
+    for path in sorted(_CODE_DIR.rglob("*.py")):
+        digest.update(path.relative_to(_CODE_DIR).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def hash_dir(path: Path, exclude: tuple[str, ...] = (MANIFEST,)) -> str:
+    """Content hash of a directory's files (names and bytes), manifest excluded."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = file.relative_to(path).as_posix()
+        if rel in exclude:
+            continue
+        digest.update(rel.encode() + b"\0")
+        with file.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
+def write_json(path: Path, payload: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary sibling, fsync, then rename: readers see old or new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with tmp.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+@contextmanager
+def staging_dir(parent: Path) -> Iterator[Path]:
+    """A temporary directory on the same filesystem as ``parent`` (so a rename is atomic)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_dir(src: Path, dest: Path) -> None:
+    """Atomically put directory ``src`` at ``dest``, replacing whatever was there.
+
+    Two renames: the old directory is moved aside first, so at every instant ``dest`` is either
+    the complete old or the complete new directory (or, for one rename's time, absent).
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    trash = None
+    if dest.exists():
+        trash = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex}")
+        os.replace(dest, trash)
+    os.replace(src, dest)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """A published artifact: kind, the date it is for, its content version, and where it lives."""
+
+    kind: str
+    day: str
+    version: str
+    path: str
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return read_json(Path(self.path) / MANIFEST)
+
+    def as_lineage(self) -> dict[str, str]:
+        return {"kind": self.kind, "day": self.day, "version": self.version, "path": self.path}
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | Path) -> "Layout":
+        return cls(Path(root).expanduser().resolve())
+
+    def landing(self, day: str) -> Path:
+        return self.root / "landing" / f"date={day}"
+
+    def staging(self, day: str) -> Path:
+        return self.root / "staging" / f"date={day}"
+
+    def accepted(self, day: str) -> Path:
+        return self.root / "accepted" / f"date={day}"
+
+    def quarantine(self, day: str) -> Path:
+        return self.root / "quarantine" / f"date={day}"
+
+    def features(self) -> Path:
+        return self.root / "features"
+
+    def registry(self) -> Path:
+        return self.root / "registry"
+
+    def reports(self, day: str) -> Path:
+        return self.root / "reports" / day
+
+    def artifacts(self, kind: str) -> Path:
+        """Versioned artifact family, e.g. ``graphs`` or ``models/teacher``."""
+        return self.root / kind
+
+    def accepted_days(self) -> list[str]:
+        base = self.root / "accepted"
+        if not base.exists():
+            return []
+        return sorted(p.name.split("=", 1)[1] for p in base.glob("date=*") if (p / MANIFEST).exists())
+
+    # --- versioned artifacts -------------------------------------------------------------
+
+    def publish(
+        self,
+        kind: str,
+        day: str,
+        build_dir: Path,
+        manifest: dict[str, Any],
+        version: str | None = None,
+    ) -> ArtifactRef:
+        """Publish ``build_dir`` as an immutable version of ``kind`` for ``day``.
+
+        The version is the content hash of the files; publishing identical content again is a
+        no-op. The day's CURRENT pointer is then moved to this version atomically. Pass
+        ``version`` when a file's bytes are not deterministic (e.g. DGL's graph.bin): it must then
+        be a hash of the artifact's canonical content.
+        """
+        version = version or hash_dir(build_dir)
+        day_dir = self.artifacts(kind) / day
+        final = day_dir / version
+        full_manifest = {
+            "kind": kind,
+            "day": day,
+            "version": version,
+            "code_version": code_version(),
+            **manifest,
+        }
+        if not (final / MANIFEST).exists():
+            write_json(build_dir / MANIFEST, full_manifest)
+            day_dir.mkdir(parents=True, exist_ok=True)
+            if final.exists():  # a crashed publish left a partial dir without manifest
+                shutil.rmtree(final)
+            os.replace(build_dir, final)
+        atomic_write_bytes(day_dir / CURRENT, version.encode())
+        return ArtifactRef(kind=kind, day=day, version=version, path=str(final))
+
+    def current(self, kind: str, day: str) -> ArtifactRef | None:
+        pointer = self.artifacts(kind) / day / CURRENT
+        if not pointer.exists():
+            return None
+        version = pointer.read_text().strip()
+        path = self.artifacts(kind) / day / version
+        if not (path / MANIFEST).exists():
+            return None
+        return ArtifactRef(kind=kind, day=day, version=version, path=str(path))
+
+    def latest_before(self, kind: str, day: str) -> ArtifactRef | None:
+        """The current version of the newest day strictly before ``day`` (warm starts, ID maps)."""
+        base = self.artifacts(kind)
+        if not base.exists():
+            return None
+        for candidate in sorted((p.name for p in base.iterdir() if p.is_dir()), reverse=True):
+            if candidate < day:
+                ref = self.current(kind, candidate)
+                if ref is not None:
+                    return ref
+        return None

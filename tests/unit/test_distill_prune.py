@@ -1,0 +1,96 @@
+"""Distillation and pruning stages on a tiny planted-community graph."""
+
+import numpy as np
+import pytest
+import torch
+
+from components.config import load_config
+from components.distill import run_distill, student_dim, teacher_topk
+from components.graph import Interactions
+from components.models.lightgcn import LightGCN
+from components.prune import magnitude_masks, prune_model, remove_dimensions, run_prune
+from components.storage import Layout, read_json
+from components.train import load_embeddings, load_model, run_teacher
+from model_fixtures import planted, write_graph
+
+DAY = "2026-01-02"
+BASE = {"teacher.embedding_dim": 32, "teacher.num_layers": 2, "teacher.epochs": 12, "teacher.lr": 0.02,
+        "teacher.batch_size": 256, "teacher.eval_every": 4, "teacher.early_stop_patience": 5,
+        "teacher.device": "cpu", "distill.dim_fraction": 0.25, "distill.num_layers": 2, "distill.epochs": 12,
+        "distill.lr": 0.03, "distill.batch_size": 256, "distill.kd_topk": 5, "distill.kd_candidates": 16,
+        "prune.steps": 2, "prune.finetune_epochs": 2, "prune.target_sparsity": 0.5}
+
+
+@pytest.fixture(scope="module")
+def day_with_teacher(tmp_path_factory):
+    layout = Layout.at(tmp_path_factory.mktemp("root"))
+    train, holdout = planted()
+    write_graph(layout, DAY, train, holdout, 120, 80)
+    run_teacher(layout, DAY, load_config(None, BASE))
+    return layout
+
+
+def test_teacher_topk_excludes_training_positives():
+    user = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    item = torch.tensor([[5.0, 0.0], [4.0, -1.0], [0.0, 3.0], [1.0, 1.0]])
+    train = Interactions(np.array([0, 1]), np.array([0, 2]), np.ones(2, np.float32))
+    assert teacher_topk(user, item, train, 2, user_batch_size=1).tolist() == [[1, 3], [3, 0]]
+
+
+def test_student_is_smaller_and_retains_quality(day_with_teacher):
+    layout = day_with_teacher
+    student = run_distill(layout, DAY, load_config(None, BASE))
+    metrics = read_json(f"{student.path}/metrics.json")
+    assert student.kind == "models/student" and student_dim(32, 0.25) == 8
+    assert metrics["embedding_dim"] == 8 and metrics["compression_ratio"] == pytest.approx(4.0)
+    assert metrics["ndcg_retention_holdout"] > 0.8, metrics["ndcg_retention_holdout"]
+    user, item = load_embeddings(student.path)
+    assert user.shape == (120, 8) and item.shape == (80, 8)
+
+
+def test_shuffled_labels_make_a_clearly_worse_student(day_with_teacher):
+    good = read_json(f"{run_distill(day_with_teacher, DAY, load_config(None, BASE)).path}/metrics.json")
+    bad_cfg = load_config(None, {**BASE, "distill.shuffle_labels": True})
+    bad = read_json(f"{run_distill(day_with_teacher, DAY, bad_cfg).path}/metrics.json")
+    assert bad["holdout"]["ndcg@20"] < 0.6 * good["holdout"]["ndcg@20"], (bad["holdout"], good["holdout"])
+
+
+def test_structured_pruning_halves_dims_and_bytes_and_keeps_quality(day_with_teacher):
+    layout = day_with_teacher
+    cfg = load_config(None, BASE)
+    student = run_distill(layout, DAY, cfg)
+    pruned = run_prune(layout, DAY, cfg)
+    metrics = read_json(f"{pruned.path}/metrics.json")
+    steps = read_json(f"{pruned.path}/history.json")
+    assert [s["embedding_dim"] for s in steps] == [6, 4]  # 8 dims -> 25% -> 50% removed
+    assert metrics["sparsity"] == pytest.approx(0.5)
+    assert metrics["size_ratio_vs_student"] == pytest.approx(2.0)
+    student_bytes = read_json(f"{student.path}/metrics.json")["bytes"]
+    assert metrics["bytes"]["embeddings_npz"] < 0.6 * student_bytes["embeddings_npz"]
+    assert metrics["bytes"]["model_pt"] < student_bytes["model_pt"]
+    assert load_embeddings(pruned.path)[0].shape == (120, 4)
+    assert metrics["ndcg_retention_holdout"] > 0.6, metrics["ndcg_retention_holdout"]
+
+
+def test_remove_dimensions_keeps_most_important_columns():
+    model = LightGCN(3, 2, embedding_dim=4)
+    with torch.no_grad():
+        model.user_embedding.weight.copy_(torch.tensor([[1.0, 9, 0, 5]] * 3))
+        model.item_embedding.weight.copy_(torch.tensor([[1.0, 9, 0, 5]] * 2))
+    smaller, kept = remove_dimensions(model, 2)
+    assert kept.tolist() == [1, 3]
+    assert torch.equal(smaller.user_embedding.weight, torch.tensor([[9.0, 5]] * 3))
+
+
+def test_magnitude_pruning_hits_target_sparsity_with_fixed_masks(day_with_teacher):
+    layout = day_with_teacher
+    cfg = load_config(None, {**BASE, "prune.method": "magnitude", "prune.target_sparsity": 0.6})
+    student, _ = load_model(layout.current("models/student", DAY).path)
+    masks = magnitude_masks(student, 0.3)
+    assert sum(int((~m).sum()) for m in masks) == round(0.3 * (120 + 80) * 8)
+    train, _ = planted()
+    teacher_user, teacher_item = (torch.from_numpy(a) for a in load_embeddings(layout.current("models/teacher", DAY).path))
+    model, report = prune_model(student, train, None, teacher_user, teacher_item, cfg)
+    assert [r["sparsity"] for r in report] == pytest.approx([0.3, 0.6], abs=1e-3)  # fine-tuning kept masks
+    assert report[-1]["num_params_nonzero"] == pytest.approx(0.4 * (120 + 80) * 8, abs=1)
+    assert report[-1]["bytes_packed_sparse"] < report[-1]["bytes_model_pt"]

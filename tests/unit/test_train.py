@@ -1,0 +1,121 @@
+"""Teacher training: learns planted communities, reproducible, warm start, resume, stage contract."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from components.config import load_config
+from components.evaluate import evaluate_scorer, popularity_scorer
+from components.graph import Interactions
+from components.models.lightgcn import LightGCN
+from components.storage import Layout, read_json
+from components.train import (
+    InsufficientHistory,
+    fit_lightgcn,
+    load_embeddings,
+    load_model,
+    run_teacher,
+    train_teacher,
+    warm_start_rows,
+)
+from model_fixtures import planted, write_graph
+
+FAST = {"teacher.embedding_dim": 16, "teacher.num_layers": 2, "teacher.epochs": 12, "teacher.lr": 0.02,
+        "teacher.batch_size": 256, "teacher.eval_every": 4, "teacher.early_stop_patience": 5,
+        "teacher.device": "cpu", "teacher.min_train_pairs": 50}
+
+
+def cfg(**extra):
+    return load_config(None, {**FAST, **extra})
+
+
+def test_teacher_beats_popularity_on_planted_communities():
+    train, holdout = planted()
+    config = cfg()
+    trained = train_teacher(train, None, 120, 80, config)
+    users, items = trained.model.user_embedding.weight, trained.model.item_embedding.weight
+    from components.models.lightgcn import build_adjacency
+    from components.train import evaluate_model
+
+    adj = build_adjacency(train.user, train.item, 120, 80)
+    ours = evaluate_model(trained.model, adj, "sparse", train, holdout, (20,))
+    pop = evaluate_scorer(popularity_scorer(train, 80), train, holdout, 80, (20,))
+    assert ours["users_evaluated"] == 120
+    assert ours["recall@20"] > pop["recall@20"] + 0.15, (ours["recall@20"], pop["recall@20"])
+    assert ours["ndcg@20"] > pop["ndcg@20"] * 1.3
+    assert users.shape == (120, 16) and items.shape == (80, 16)
+
+
+def test_two_runs_give_identical_embeddings():
+    train, _ = planted(num_users=60, num_items=40, per_user=8)
+    config = cfg(**{"teacher.epochs": 3})
+    a = train_teacher(train, None, 60, 40, config).model
+    b = train_teacher(train, None, 60, 40, config).model
+    assert torch.equal(a.user_embedding.weight, b.user_embedding.weight)
+    assert torch.equal(a.item_embedding.weight, b.item_embedding.weight)
+
+
+def test_warm_start_copies_rows_by_index_and_leaves_new_rows_fresh():
+    torch.manual_seed(1)
+    old = LightGCN(5, 4, embedding_dim=8)
+    torch.manual_seed(2)
+    new = LightGCN(7, 6, embedding_dim=8)
+    fresh_user_row = new.user_embedding.weight[6].clone()
+    counts = warm_start_rows(new, old)
+    assert counts == {"users_copied": 5, "items_copied": 4, "users_new": 2, "items_new": 2}
+    assert torch.equal(new.user_embedding.weight[:5], old.user_embedding.weight)
+    assert torch.equal(new.item_embedding.weight[:4], old.item_embedding.weight)
+    assert torch.equal(new.user_embedding.weight[6], fresh_user_row)
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
+    train, _ = planted(num_users=60, num_items=40, per_user=8)
+    val = Interactions(train.user[::7], train.item[::7], train.weight[::7])
+    kwargs = dict(lr=0.02, l2=1e-4, batch_size=128, seed=3, eval_every=2, patience=10)
+    torch.manual_seed(0)
+    full = fit_lightgcn(LightGCN(60, 40, 8, 2), train, val, epochs=4, **kwargs)
+    ckpt = tmp_path / "ckpt.pt"
+    torch.manual_seed(0)
+    fit_lightgcn(LightGCN(60, 40, 8, 2), train, val, epochs=2, checkpoint_path=ckpt, **kwargs)  # "crash" after 2
+    torch.manual_seed(5)  # a different init must be overwritten by the checkpoint
+    resumed = fit_lightgcn(LightGCN(60, 40, 8, 2), train, val, epochs=4, checkpoint_path=ckpt, **kwargs)
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3]
+    assert torch.allclose(resumed.model.user_embedding.weight, full.model.user_embedding.weight)
+    assert resumed.best_val["ndcg@20"] == pytest.approx(full.best_val["ndcg@20"])
+
+
+def test_run_teacher_publishes_contract_and_warm_starts_next_day(tmp_path, caplog):
+    layout = Layout.at(tmp_path)
+    train, holdout = planted()
+    write_graph(layout, "2026-01-02", train, holdout, 120, 80)
+    config = cfg(**{"teacher.epochs": 4})
+    first = run_teacher(layout, "2026-01-02", config)
+    assert first.kind == "models/teacher" and first.num_params == (120 + 80) * 16
+    user, item = load_embeddings(first.path)
+    assert user.shape == (120, 16) and item.shape == (80, 16) and user.dtype == np.float32
+    metrics = read_json(f"{first.path}/metrics.json")
+    assert metrics["holdout"]["users_evaluated"] == 120
+    assert metrics["holdout"]["recall@20"] > metrics["popularity_holdout"]["recall@20"]
+    assert "ndcg@20" in metrics["val"] and metrics["bytes"]["model_pt"] > 0
+    assert len(read_json(f"{first.path}/history.json")) == 4
+    assert run_teacher(layout, "2026-01-02", config).version == first.version  # idempotent
+
+    # next day: 10 new users and 5 new items appended; rows of the old model are copied
+    more, more_holdout = planted(num_users=130, num_items=85, seed=1)
+    write_graph(layout, "2026-01-03", more, more_holdout, 130, 85, new_users=10, new_items=5)
+    with caplog.at_level(logging.INFO, logger="components.train"):
+        second = run_teacher(layout, "2026-01-03", config)
+    assert "copied 120 users + 80 items, 10 users + 5 items new" in caplog.text
+    assert read_json(f"{second.path}/metrics.json")["warm_start"]["from"]["version"] == first.version
+    model, payload = load_model(second.path)
+    assert payload["num_users"] == 130 and model.item_embedding.weight.shape == (85, 16)
+
+
+def test_too_little_history_raises_insufficient_history(tmp_path):
+    layout = Layout.at(tmp_path)
+    train, holdout = planted(num_users=4, num_items=10, per_user=3, holdout_per_user=1)
+    write_graph(layout, "2026-01-02", train, holdout, 4, 10)
+    with pytest.raises(InsufficientHistory, match="min_train_pairs=50"):
+        run_teacher(layout, "2026-01-02", cfg())
