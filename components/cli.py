@@ -137,12 +137,17 @@ def airflow_bin() -> str:
 
 
 def run_dag_day(root: Path, day: str, conf: dict[str, Any], log_file: Path) -> int:
-    """``airflow dags test`` for one day: a real, in-process DAG run on SQLite."""
+    """``airflow dags test`` for one day: a real, in-process DAG run on SQLite.
+
+    The DAG processes its data interval's start. A manual run at logical date T covers the interval
+    ending at T, so day D is run at D + 1 day, exactly as the scheduler runs it after D has ended.
+    """
     env = airflow_env(root)
+    run_at = (parse_day(day) + dt.timedelta(days=1)).isoformat()
     if not (root / "airflow" / "airflow.db").exists():
         subprocess.run([airflow_bin(), "db", "migrate"], env=env, check=True, capture_output=True)
     with log_file.open("w") as out:
-        proc = subprocess.run([airflow_bin(), "dags", "test", DAG_ID, day, "--conf", json.dumps(conf)],
+        proc = subprocess.run([airflow_bin(), "dags", "test", DAG_ID, run_at, "--conf", json.dumps(conf)],
                               env=env, stdout=out, stderr=subprocess.STDOUT)
     return proc.returncode
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np

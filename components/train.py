@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from components.config import PipelineConfig
+from components.errors import StageSkipped
 from components.evaluate import embedding_scorer, evaluate_scorer, popularity_scorer
 from components.graph import GraphArtifact, Interactions
 from components.models.lightgcn import (
@@ -49,7 +50,7 @@ SELECT_METRIC = "ndcg@20"
 ExtraLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class InsufficientHistory(RuntimeError):
+class InsufficientHistory(StageSkipped):
     """The day's graph has too little training data to train on; the DAG turns this into a skip."""
 
 

@@ -44,7 +44,7 @@ from components.storage import (
 log = logging.getLogger(__name__)
 
 SUITE_FILE = REPO_ROOT / "config" / "expectations" / "interactions_daily.json"
-MIN_HISTORY_DAYS_FOR_VOLUME = 3
+MIN_HISTORY_DAYS = 3
 SAMPLE_ROWS = 5
 
 
@@ -78,7 +78,7 @@ class RuleResult:
             parts.append(f"expected {self.expected}")
         if self.samples:
             parts.append("e.g. " + ", ".join(self.samples[:3]))
-        return ": ".join(parts[:1]) + (" " + "; ".join(parts[1:]) if len(parts) > 1 else "")
+        return parts[0] + (": " + "; ".join(parts[1:]) if len(parts) > 1 else "")
 
 
 @dataclass(frozen=True)
@@ -125,13 +125,13 @@ def suite_parameters(layout: Layout, day: str, cfg: PipelineConfig) -> tuple[dic
     notes: list[str] = []
     volumes = _trailing_volume(layout, day, v.volume_lookback_days)
     min_rows, max_rows = v.min_rows, None
-    if len(volumes) >= MIN_HISTORY_DAYS_FOR_VOLUME:
+    if len(volumes) >= MIN_HISTORY_DAYS:
         median = float(np.median(volumes))
         min_rows = max(v.min_rows, int(np.floor(v.volume_band[0] * median)))
         max_rows = int(np.ceil(v.volume_band[1] * median))
         notes.append(f"volume band {v.volume_band} x trailing median {median:.0f} of {len(volumes)} accepted days")
     else:
-        notes.append(f"volume band not applied: {len(volumes)} accepted days of history (< {MIN_HISTORY_DAYS_FOR_VOLUME}); floor {v.min_rows} rows")
+        notes.append(f"volume band not applied: {len(volumes)} accepted days of history (< {MIN_HISTORY_DAYS}); floor {v.min_rows} rows")
     tol = cfg.data.late_tolerance_hours
     params = {
         "event_types": sorted(cfg.data.event_weights),
@@ -334,9 +334,11 @@ def run_validate(layout: Layout, day: str, cfg: PipelineConfig) -> ValidationRes
     files = manifest["files"]
     rows = pd.read_parquet(staging / "rows.parquet")
     params, notes = suite_parameters(layout, day, cfg)
-    known = _known_ids(layout, day)
+    history = sum(1 for d in layout.accepted_days() if d < day)
+    # With a short history almost everyone is "new": judge the shares only once it is meaningful.
+    known = _known_ids(layout, day) if history >= MIN_HISTORY_DAYS else None
     if known is None:
-        notes.append("new user/item shares not judged: no earlier graph (first day)")
+        notes.append(f"new user/item shares not judged: {history} accepted days of history (< {MIN_HISTORY_DAYS}) or no earlier graph")
     rules = _file_rules(files)
     gx_json = None
     if len(rows.columns) > len(LINEAGE_COLUMNS):

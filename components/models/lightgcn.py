@@ -30,7 +30,8 @@ from components.dgl_compat import import_dgl
 Backend = Literal["dgl", "sparse"]
 
 # Measured on Gowalla (70k nodes, 1.62M nnz, d=64, 2 CPU threads), forward+backward of 3 layers:
-# see benchmarks/gowalla/results/README.md. "auto" on CPU picks the value below.
+# CSR polynomial 0.21 s, DGL message passing 1.07 s (5x slower, beyond the 1.5x we would accept to
+# keep DGL as the CPU default); see benchmarks/gowalla/results. "auto" on CPU picks the value below.
 CPU_DEFAULT_BACKEND: Backend = "sparse"
 # On CPU the CSR product gathers rows of X at random; at d=64 (18 MB for Gowalla) X falls out of
 # cache and one product costs ~2x two products over 32-column halves, so CPU propagation runs on
@@ -113,8 +114,8 @@ def _horner(csr: torch.Tensor, x: torch.Tensor, weights: tuple[float, ...], bloc
         base = x[:, start:start + block].contiguous()
         acc = base * weights[-1]
         for alpha in reversed(weights[:-1]):
-            acc = torch.sparse.mm(csr, acc)
-            acc.add_(base, alpha=alpha)
+            # alpha * base + A @ acc in one call (torch.sparse.mm would zero-fill, copy, then add)
+            acc = torch.addmm(base, csr, acc, beta=alpha)
         out[:, start:start + block] = acc
     return out
 

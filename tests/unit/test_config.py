@@ -1,0 +1,41 @@
+import pytest
+
+from components.config import DEFAULT_GATES_FILE, load_config, load_gates
+
+
+def test_defaults_load_and_gate_file_is_valid():
+    cfg = load_config()
+    assert cfg.teacher.embedding_dim == 64
+    assert len(cfg.gates.gates) >= 5
+    assert {g.kind for g in load_gates(DEFAULT_GATES_FILE).gates} >= {"min", "max", "min_ratio_to", "max_regression_vs", "min_lift_over"}
+
+
+def test_dotted_overrides_apply_and_change_the_hash():
+    base = load_config()
+    changed = load_config(overrides={"teacher.epochs": 3, "graph": {"window_days": 7}})
+    assert changed.teacher.epochs == 3 and changed.graph.window_days == 7
+    assert changed.teacher.embedding_dim == base.teacher.embedding_dim
+    assert changed.config_hash() != base.config_hash()
+    # The root is where artifacts live, not what they are: it does not change the hash.
+    assert load_config(overrides={"root": "/elsewhere"}).config_hash() == base.config_hash()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"teacher.layer_weights": [0.5, 0.5]}, "layer_weights"),
+        ({"validation.volume_band": [2.0, 3.0]}, "volume_band"),
+        ({"teacher.embeding_dim": 8}, "embeding_dim"),
+        ({"data.event_weights": {"view": -1}}, "positive"),
+    ],
+)
+def test_invalid_config_is_rejected_naming_the_field(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(overrides=overrides)
+
+
+def test_gate_needing_a_baseline_is_rejected(tmp_path):
+    bad = tmp_path / "gates.yaml"
+    bad.write_text("gates:\n  - {metric: ndcg@20, kind: min_ratio_to, threshold: 0.9}\n")
+    with pytest.raises(ValueError, match="needs a baseline"):
+        load_gates(bad)

@@ -1,0 +1,147 @@
+import hashlib
+import json
+
+import pandas as pd
+import pytest
+
+from components.ingest import run_ingest
+from components.sources.synthetic import corrupt_landing, write_log
+from components.validate import DataValidationError, run_validate
+
+from tests.unit.data_fixtures import accept, day, land, setup
+
+
+def _digest(path):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.iterdir()) if p.is_file()}
+
+
+def test_a_good_day_is_accepted_with_a_report(tmp_path):
+    layout, cfg = setup(tmp_path)
+    result = accept(layout, cfg, 0)
+    assert result.success and result.accepted_rows == result.rows > 0
+    events = pd.read_parquet(layout.accepted(day(0)) / "events.parquet")
+    assert events["event_id"].is_unique and len(events) == result.accepted_rows
+    assert set(events["weight"]) <= set(cfg.data.event_weights.values())
+    assert "PASSED" in (layout.reports(day(0)) / "validation" / "report.html").read_text()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_csv_and_jsonl_give_the_same_accepted_rows_as_parquet(tmp_path, fmt):
+    layout, cfg = setup(tmp_path)
+    accept(layout, cfg, 0, "parquet")
+    reference = pd.read_parquet(layout.accepted(day(0)) / "events.parquet").drop(columns=["source_file"])
+    other_layout, _ = setup(tmp_path / fmt)
+    accept(other_layout, cfg, 0, fmt)
+    other = pd.read_parquet(other_layout.accepted(day(0)) / "events.parquet").drop(columns=["source_file"])
+    pd.testing.assert_frame_equal(reference, other)
+
+
+def test_rerunning_a_day_is_byte_identical_and_never_duplicates(tmp_path):
+    layout, cfg = setup(tmp_path)
+    first = accept(layout, cfg, 0)
+    before = _digest(layout.accepted(day(0)))
+    run_ingest(layout, day(0), cfg)
+    second = run_validate(layout, day(0), cfg)
+    assert _digest(layout.accepted(day(0))) == before
+    assert second.accepted_rows == first.accepted_rows
+
+
+def test_small_redelivery_is_deduplicated_and_kept_aside(tmp_path):
+    layout, cfg = setup(tmp_path)
+    path = land(layout, 0)
+    frame = pd.read_parquet(path)
+    write_log(pd.concat([frame, frame.iloc[:2]], ignore_index=True), path)
+    run_ingest(layout, day(0), cfg)
+    result = run_validate(layout, day(0), cfg)
+    assert result.duplicate_rows == 2 and result.accepted_rows == len(frame)
+    duplicates = pd.read_parquet(layout.accepted(day(0)) / "duplicates.parquet")
+    assert len(duplicates) == 2 and result.accepted_rows + len(duplicates) == result.rows  # nothing lost
+
+
+def test_late_events_within_tolerance_are_accepted_and_counted(tmp_path):
+    layout, cfg = setup(tmp_path)
+    path = land(layout, 0)
+    frame = pd.read_parquet(path)
+    frame.loc[:4, "ts"] = pd.Timestamp(day(0), tz="UTC") - pd.Timedelta(hours=2)
+    write_log(frame, path)
+    run_ingest(layout, day(0), cfg)
+    assert run_validate(layout, day(0), cfg).late_rows == 5
+
+
+@pytest.mark.parametrize(
+    "corruption, rule",
+    [
+        ("missing_column", "expect_column_to_exist(item_id)"),
+        ("duplicated_events", "expect_column_proportion_of_unique_values_to_be_between(event_id)"),
+        ("wrong_day", "expect_column_values_to_be_between(ts_offset_hours)"),
+        ("empty_file", "source_file_not_empty"),
+        ("unreadable_file", "source_file_readable"),
+    ],
+)
+def test_corrupted_days_are_quarantined_whole_with_a_report(tmp_path, corruption, rule):
+    layout, cfg = setup(tmp_path)
+    accept(layout, cfg, 0)
+    land(layout, 1)
+    corrupt_landing(layout.landing(day(1)), corruption)
+    staged = run_ingest(layout, day(1), cfg)
+    with pytest.raises(DataValidationError) as failure:
+        run_validate(layout, day(1), cfg)
+    message = str(failure.value)
+    assert rule in message and "events" in message  # names the rule and the file(s)
+    assert not layout.accepted(day(1)).exists()
+    (attempt,) = list(layout.quarantine(day(1)).iterdir())
+    rows = pd.read_parquet(attempt / "rows.parquet")
+    assert len(rows) == staged.rows  # every input row is in quarantine
+    raw = sorted(p.name for p in (attempt / "raw").iterdir())
+    assert raw == sorted(p.name for p in layout.landing(day(1)).iterdir())
+    report = (attempt / "report.html").read_text()
+    assert "FAIL" in report and rule.split("(")[0] in report
+    result = json.loads((attempt / "validation.json").read_text())["result"]
+    assert result["success"] is False and result["quarantined_rows"] == staged.rows
+
+
+def test_failing_rows_are_named_by_file_and_row(tmp_path):
+    layout, cfg = setup(tmp_path)
+    path = land(layout, 0, "csv")
+    frame = pd.read_csv(path)
+    frame.loc[6, "event_type"] = "teleport"
+    frame.to_csv(path, index=False)
+    run_ingest(layout, day(0), cfg)
+    with pytest.raises(DataValidationError, match=r"expect_column_values_to_be_in_set\(event_type\): 1 rows.*events.csv:7 \(teleport\)"):
+        run_validate(layout, day(0), cfg)
+
+
+def test_volume_band_uses_the_trailing_median(tmp_path):
+    layout, cfg = setup(tmp_path)
+    for offset in range(3):
+        accept(layout, cfg, offset)
+    path = land(layout, 3)
+    write_log(pd.read_parquet(path).iloc[:25], path)  # a day with ~5% of normal volume
+    run_ingest(layout, day(3), cfg)
+    with pytest.raises(DataValidationError, match="expect_table_row_count_to_be_between"):
+        run_validate(layout, day(3), cfg)
+
+
+def test_a_previously_accepted_day_that_now_fails_is_superseded_not_lost(tmp_path):
+    layout, cfg = setup(tmp_path)
+    accept(layout, cfg, 0)
+    corrupt_landing(layout.landing(day(0)), "wrong_day")
+    run_ingest(layout, day(0), cfg)
+    with pytest.raises(DataValidationError):
+        run_validate(layout, day(0), cfg)
+    assert not layout.accepted(day(0)).exists()
+    (attempt,) = list(layout.quarantine(day(0)).iterdir())
+    assert (attempt / "superseded_accepted" / "events.parquet").exists()
+
+
+def test_new_user_share_is_judged_once_history_exists(tmp_path):
+    from components.graph import run_graph
+
+    layout, cfg = setup(tmp_path, **{"validation.max_new_user_share": 0.05})
+    for offset in range(3):  # short history: shares are not judged yet
+        accept(layout, cfg, offset)
+    run_graph(layout, day(2), cfg)
+    land(layout, 3)
+    run_ingest(layout, day(3), cfg)
+    with pytest.raises(DataValidationError, match=r"expect_column_mean_to_be_between\(is_new_user\)"):
+        run_validate(layout, day(3), cfg)
