@@ -76,8 +76,9 @@ def test_first_model_day_bootstraps_a_champion(run):
     assert blessing["bootstrap"] is True and blessing["blessed"] is True
     champion_gates = [g for g in blessing["gates"] if g["baseline"] == "champion"]
     assert champion_gates and all(g["verdict"] == "skipped" for g in champion_gates)
-    assert json.loads(snaps[DAYS[1]]["champion"])["version"] == blessing["candidate_version"] or \
-        blessing["candidate_version"] in snaps[DAYS[1]]["champion"]
+    registered = json.loads((root / "registry" / "candidates" / f"{DAYS[1]}.json").read_text())
+    assert registered["status"] == "blessed"
+    assert json.loads(snaps[DAYS[1]]["champion"])["version"] == registered["version"]
     assert snaps[DAYS[1]]["states"]["promote"] == "success"
     report = layout.reports(DAYS[1])
     assert (report / "report.html").exists() and list(report.glob("*.png"))

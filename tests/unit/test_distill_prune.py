@@ -11,7 +11,7 @@ from components.models.lightgcn import LightGCN
 from components.prune import magnitude_masks, prune_model, remove_dimensions, run_prune
 from components.storage import Layout, read_json
 from components.train import load_embeddings, load_model, run_teacher
-from model_fixtures import planted, write_graph
+from tests.unit.model_fixtures import planted, write_graph
 
 DAY = "2026-01-02"
 BASE = {"teacher.embedding_dim": 32, "teacher.num_layers": 2, "teacher.epochs": 12, "teacher.lr": 0.02,

@@ -19,7 +19,7 @@ from components.engine import (
 from components.export import ServingGraph, export_onnx, parity, torch_outputs
 from components.storage import Layout
 
-from ship_fixtures import make_world, random_embeddings, run_ship_day, tiny_config
+from tests.unit.ship_fixtures import make_world, random_embeddings, run_ship_day, tiny_config
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 

@@ -19,7 +19,7 @@ from components.export import (
 from components.graph import Interactions
 from components.storage import Layout
 
-from ship_fixtures import cluster_embeddings, make_graph, make_model, make_world, random_embeddings, tiny_config
+from tests.unit.ship_fixtures import cluster_embeddings, make_graph, make_model, make_world, random_embeddings, tiny_config
 
 
 def _interactions(users, items):

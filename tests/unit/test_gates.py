@@ -15,7 +15,7 @@ from components.engine import EngineResult
 from components.gates import BOOTSTRAP_NOTE, Blessing, EvaluationResult, judge, prefix_scorer, run_evaluate
 from components.storage import Layout, write_json
 
-from ship_fixtures import make_world, random_embeddings, run_ship_day, tiny_config, write_gates
+from tests.unit.ship_fixtures import make_world, random_embeddings, run_ship_day, tiny_config, write_gates
 
 
 def _evaluation(candidate, champion=None, teacher=None, popularity=None):

@@ -9,7 +9,7 @@ import torch
 from components.models.lightgcn import LightGCN, adjacency_from_heterograph, build_adjacency, count_parameters
 from components.models.losses import bpr_loss, ego_l2, kl_distillation_loss, rank_discount_weights
 from components.models.sampling import positive_keys, sample_epoch
-from model_fixtures import planted
+from tests.unit.model_fixtures import planted
 
 
 def test_adjacency_is_symmetric_degree_normalized_and_binary():

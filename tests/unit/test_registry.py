@@ -27,7 +27,7 @@ from components.registry import (
 )
 from components.storage import Layout, read_json
 
-from ship_fixtures import make_world, run_ship_day, tiny_config
+from tests.unit.ship_fixtures import make_world, run_ship_day, tiny_config
 
 DAYS = ("2024-01-08", "2024-01-09", "2024-01-10")
 VERSION_FILES = {

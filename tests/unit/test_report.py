@@ -11,7 +11,7 @@ from components.registry import run_promote, run_register
 from components.report import gate_table_markdown, metric_history, run_report, training_curve
 from components.storage import Layout
 
-from ship_fixtures import make_world, run_ship_day, tiny_config
+from tests.unit.ship_fixtures import make_world, run_ship_day, tiny_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

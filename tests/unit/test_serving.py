@@ -11,7 +11,7 @@ from components.registry import run_promote, run_register
 from components.serving import Recommender, export_triton_repository
 from components.storage import Layout
 
-from ship_fixtures import make_world, run_ship_day, tiny_config
+from tests.unit.ship_fixtures import make_world, run_ship_day, tiny_config
 
 DAY = "2024-01-08"
 
