@@ -104,8 +104,9 @@ class TeacherConfig(_Section):
 
 
 class DistillConfig(_Section):
-    # Student embedding size as a fraction of the teacher's (1/8 gives >= 8x fewer parameters).
-    dim_fraction: float = Field(0.125, gt=0, le=1)
+    # Student embedding size as a fraction of the teacher's. 1/4 here, then structured pruning of
+    # half its dimensions, ships a model with 1/8 of the teacher's parameters.
+    dim_fraction: float = Field(0.25, gt=0, le=1)
     num_layers: int = Field(3, ge=0)
     epochs: int = Field(30, ge=1)
     lr: float = Field(5e-3, gt=0)

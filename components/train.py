@@ -214,7 +214,8 @@ def fit_lightgcn(
         row = {"epoch": epoch, "loss": float(total_loss) / max(n, 1), "seconds": epoch_seconds,
                "pairs_per_s": n / epoch_seconds, "train_seconds_total": train_seconds}
         eta = train_seconds / (epoch + 1) * (epochs - epoch - 1)
-        if has_val and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
+        out_of_time = max_seconds is not None and train_seconds >= max_seconds and epoch + 1 < epochs
+        if has_val and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs or out_of_time):
             model.eval()
             scores = evaluate_model(model, adjacency, backend_, train, val, ks, user_batch_size)
             row.update({f"val_{k}": v for k, v in scores.items()})
@@ -225,7 +226,7 @@ def fit_lightgcn(
                 bad_evals += 1
                 if bad_evals >= patience:
                     stopped = "early_stop"
-        if max_seconds is not None and train_seconds >= max_seconds and epoch + 1 < epochs and stopped == "epochs":
+        if out_of_time and stopped == "epochs":  # evaluated above, so the last epochs are not thrown away
             stopped = "time_budget"
         history.append(row)
         val_text = f" val {metric} {row['val_' + metric]:.4f} recall@20 {row.get('val_recall@20', float('nan')):.4f}" \

@@ -119,3 +119,15 @@ def test_too_little_history_raises_insufficient_history(tmp_path):
     write_graph(layout, "2026-01-02", train, holdout, 4, 10)
     with pytest.raises(InsufficientHistory, match="min_train_pairs=50"):
         run_teacher(layout, "2026-01-02", cfg())
+
+
+def test_time_budget_stop_evaluates_the_last_epoch_instead_of_discarding_it():
+    # Bug caught on Gowalla: stopping on the wall-clock budget between evaluations restored the
+    # last *evaluated* state, throwing away the epochs trained since.
+    train, _ = planted(num_users=60, num_items=40, per_user=8)
+    val = Interactions(train.user[::7], train.item[::7], train.weight[::7])
+    torch.manual_seed(0)
+    fit = fit_lightgcn(LightGCN(60, 40, 8, 2), train, val, epochs=50, lr=0.02, l2=1e-4, batch_size=128, seed=0,
+                       eval_every=40, patience=3, max_seconds=1e-9)
+    assert fit.stopped == "time_budget" and len(fit.history) == 1
+    assert "val_ndcg@20" in fit.history[0] and fit.best_epoch == 0
