@@ -57,7 +57,8 @@ def run(tmp_path_factory):
         rcs[day] = run_dag_day(root, day, {"root": str(root), "overrides": overrides}, root / f"{day}.log")
         snapshots[day] = {"champion": (root / "registry" / "champion.json").read_text()
                           if (root / "registry" / "champion.json").exists() else None,
-                          "states": _task_states(root, day)}
+                          "states": _task_states(root, day),
+                          "graphs": _tree_digest(root / "graphs") if (root / "graphs").exists() else {}}
     return root, layout, rcs, snapshots
 
 
@@ -110,6 +111,7 @@ def test_corrupted_day_is_quarantined_and_nothing_downstream_runs(run):
     assert "expect_column_to_exist" in (attempt / "report.md").read_text()
     assert "validation failed for 2026-03-05" in (root / f"{DAYS[3]}.log").read_text()
     assert snaps[DAYS[3]]["champion"] == snaps[DAYS[2]]["champion"]
+    assert snaps[DAYS[3]]["graphs"] == snaps[DAYS[2]]["graphs"]  # yesterday's graph untouched
 
 
 def test_bad_candidate_is_rejected_and_champion_unchanged(run):

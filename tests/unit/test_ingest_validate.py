@@ -145,3 +145,18 @@ def test_new_user_share_is_judged_once_history_exists(tmp_path):
     run_ingest(layout, day(3), cfg)
     with pytest.raises(DataValidationError, match=r"expect_column_mean_to_be_between\(is_new_user\)"):
         run_validate(layout, day(3), cfg)
+
+
+def test_landing_may_be_any_fsspec_uri(tmp_path):
+    import fsspec
+
+    from components.sources.synthetic import generate_day
+    from tests.unit.data_fixtures import START, WORLD
+
+    layout, cfg = setup(tmp_path)
+    fs = fsspec.filesystem("memory")
+    with fs.open(f"/landing-{tmp_path.name}/date={day(0)}/events.parquet", "wb") as handle:
+        handle.write(generate_day(WORLD, START).to_parquet(index=False))
+    staged = run_ingest(layout, day(0), cfg, landing=f"memory:///landing-{tmp_path.name}/date={day(0)}")
+    assert staged.rows == len(generate_day(WORLD, START))
+    assert run_validate(layout, day(0), cfg).accepted_rows == staged.rows
