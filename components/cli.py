@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from components.config import REPO_ROOT
+from components.errors import PermanentStageFailure, StageSkipped
 from components.pipeline import STAGES, resolve, run_stage
 from components.storage import MANIFEST, Layout, parse_day, read_json
 
@@ -294,7 +295,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except StageSkipped as exc:
+        print(f"graphdistill {args.command}: skipped: {exc}", file=sys.stderr)
+        return 0
+    except (PermanentStageFailure, LookupError, PermissionError, FileNotFoundError, ValueError) as exc:
+        # Expected operator errors (nothing to roll back, unblessed version, bad input): one clear line.
+        print(f"graphdistill {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
