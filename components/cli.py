@@ -74,6 +74,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     result = replay(Path(args.source), Layout.at(args.root).root / "landing",
                     shift_to=parse_day(args.shift_to) if args.shift_to else None, max_days=args.max_days)
+    if not result.days:
+        raise ValueError(f"{args.source}: no rows to replay")
     print(f"{result.rows} rows into {len(result.days)} days: {result.days[0]} .. {result.days[-1]}")
     return 0
 
@@ -158,7 +160,9 @@ def day_summary(layout: Layout, day: str) -> dict[str, Any]:
     stages = layout.reports(day) / "stages"
     read = lambda name: read_json(stages / f"{name}.json") if (stages / f"{name}.json").exists() else None  # noqa: E731
     accepted = read_json(layout.accepted(day) / MANIFEST) if (layout.accepted(day) / MANIFEST).exists() else None
-    quarantined = sorted(layout.quarantine(day).glob("*/rows.parquet")) if layout.quarantine(day).exists() else []
+    # The newest quarantine attempt counts only if the day is not accepted (a later fix wins).
+    quarantined = [] if accepted or not layout.quarantine(day).exists() else sorted(
+        layout.quarantine(day).glob("*/rows.parquet"), key=lambda p: p.stat().st_mtime)
     summary: dict[str, Any] = {
         "day": day,
         "accepted_rows": accepted["rows_accepted"] if accepted else 0,
@@ -191,7 +195,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         shutil.rmtree(root)
     layout = Layout.at(root)
     days = _days(args.start, args.days)
-    bad_day = days[args.bad_day_index] if args.bad_day_index is not None and args.days > 2 else None
+    bad_day = days[args.bad_day_index] if 0 <= args.bad_day_index < len(days) else None
     gen = argparse.Namespace(root=str(root), start=args.start, days=args.days, users=args.users, items=args.items,
                              seed=args.seed, format="parquet",
                              corrupt=[f"{bad_day}:duplicated_events"] if bad_day else [])
@@ -262,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--users", type=int, default=400)
     demo.add_argument("--items", type=int, default=300)
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--bad-day-index", type=int, default=3, help="which day gets corrupted logs (none: -1 days)")
+    demo.add_argument("--bad-day-index", type=int, default=3, help="index of the day whose logs are corrupted (duplicated events); -1 for none")
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     demo.add_argument("--no-fresh", dest="fresh", action="store_false", help="keep an existing demo root")
     demo.set_defaults(func=cmd_demo)

@@ -173,10 +173,9 @@ class GateSpec(_Section):
 
 
 class GatesConfig(_Section):
-    gates: tuple[GateSpec, ...]
     # With no champion yet, relative-to-champion gates are skipped (and reported as such);
-    # every other gate still applies.
-    bootstrap: Literal["absolute_only"] = "absolute_only"
+    # every other gate still applies (components/gates.py judge_gate).
+    gates: tuple[GateSpec, ...]
 
 
 def load_gates(path: str | Path = DEFAULT_GATES_FILE) -> GatesConfig:
@@ -243,7 +242,9 @@ def load_config(
 ) -> PipelineConfig:
     """Load the YAML config (if any), apply overrides (nested or dotted keys), validate."""
     data: dict[str, Any] = {}
-    if path is not None and Path(path).exists():
+    if path is not None:
+        if not Path(path).exists():  # a typo must not silently run the defaults
+            raise FileNotFoundError(f"pipeline config {path} does not exist")
         data = yaml.safe_load(Path(path).read_text()) or {}
     if overrides:
         data = _merge(data, _nest(overrides))

@@ -90,6 +90,15 @@ def make_kd_loss(teacher_user: torch.Tensor, teacher_item: torch.Tensor, topk: t
     return loss
 
 
+def known_pairs(train: Interactions, val: Interactions | None) -> Interactions:
+    """Pairs the teacher's soft positives must exclude: fit and validation pairs alike, so the
+    distillation targets never leak validation items into the student's early stopping."""
+    if val is None or len(val) == 0:
+        return train
+    return Interactions(np.concatenate([train.user, val.user]), np.concatenate([train.item, val.item]),
+                        np.concatenate([train.weight, val.weight]))
+
+
 def student_dim(teacher_dim: int, fraction: float) -> int:
     return max(1, int(round(teacher_dim * fraction)))
 
@@ -110,7 +119,7 @@ def train_student(train: Interactions, val: Interactions | None, num_users: int,
         teacher_item = teacher_item[torch.from_numpy(np.random.default_rng([cfg.seed, 98]).permutation(num_items))]
         log.warning("distill.shuffle_labels is on: training labels and teacher items are permuted (bad candidate)")
     device = resolve_device(cfg.teacher.device)
-    topk = teacher_topk(teacher_user, teacher_item, train, dcfg.kd_topk, cfg.eval.user_batch_size)
+    topk = teacher_topk(teacher_user, teacher_item, known_pairs(train, val), dcfg.kd_topk, cfg.eval.user_batch_size)
     torch.manual_seed(cfg.seed + 1)
     dim = student_dim(teacher_user.shape[1], dcfg.dim_fraction)
     model = LightGCN(num_users, num_items, dim, dcfg.num_layers)

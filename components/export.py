@@ -14,6 +14,8 @@ the same reference without rebuilding the PyTorch module.
 
 from __future__ import annotations
 
+import math
+
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,13 +157,15 @@ def parity(
     both_inf = ~ref_finite & ~finite & (np.sign(ref_scores) == np.sign(scores))
     with np.errstate(invalid="ignore"):  # -inf - -inf is handled by both_inf
         diff = np.where(both_inf, 0.0, np.abs(ref_scores.astype(np.float64) - scores.astype(np.float64)))
-    max_abs_diff = float(np.nan_to_num(diff, nan=np.inf).max()) if diff.size else 0.0
+    if not diff.size:  # nothing measured is not a pass: NaN fails every parity gate
+        return math.nan, math.nan
+    max_abs_diff = float(np.nan_to_num(diff, nan=np.inf).max())
     # An excluded (-inf) slot's item is arbitrary: it only counts as a miss if one side is finite.
     match = (ref_items[:, :, None] == items[:, None, :]) & finite[:, None, :]
     hits = (match.any(axis=2) & ref_finite).sum(axis=1)
     denom = np.maximum(ref_finite.sum(axis=1), finite.sum(axis=1))
     overlap = np.where(denom > 0, hits / np.maximum(denom, 1), 1.0)
-    return max_abs_diff, float(overlap.mean()) if overlap.size else 1.0
+    return max_abs_diff, float(overlap.mean())
 
 
 def parity_users(num_users: int, seed: int, size: int = PARITY_SAMPLE_USERS) -> np.ndarray:
@@ -281,28 +285,3 @@ def run_export(layout: Layout, day: str, cfg: PipelineConfig) -> ExportResult:
         result.top_k, max_seen, max_abs_diff, overlap, result.parity_users,
     )
     return result
-
-
-def load_export(ref: ArtifactRef) -> ExportResult:
-    """Rebuild the ExportResult of a published export from its manifest."""
-    manifest = ref.manifest
-    report = read_json(Path(ref.path) / PARITY_FILE)
-    top_k = manifest["io"]["outputs"][0]["shape"][1]
-    return ExportResult(
-        day=ref.day,
-        version=ref.version,
-        path=ref.path,
-        onnx_path=str(Path(ref.path) / ONNX_FILE),
-        onnx_bytes=int(manifest["metrics"]["onnx_bytes"]),
-        num_users=int(manifest["num_users"]),
-        num_items=int(manifest["num_items"]),
-        embedding_dim=int(manifest["embedding_dim"]),
-        top_k=int(top_k),
-        exclude_seen=bool(manifest["exclude_seen"]),
-        max_seen=int(manifest["max_seen"]),
-        opset=int(manifest["opset"]),
-        parity_users=int(report["users"]),
-        parity_max_abs_diff=float(report["max_abs_diff"]),
-        parity_topk_overlap=float(report["topk_overlap"]),
-        model_version=manifest["inputs"]["model"]["version"],
-    )

@@ -219,9 +219,9 @@ def _statistic(kind: str, value: float, base: float | None) -> float:
         return value
     assert base is not None
     if base == 0:  # a zero baseline: any positive value is an infinite ratio/lift, no regression
-        if kind == "max_regression_vs":
-            return 0.0 if value >= 0 else math.inf
-        return math.inf if value > 0 else (1.0 if kind == "min_ratio_to" else 0.0)
+        if value == 0:  # 0 vs 0 measures nothing (e.g. no users evaluated): never a pass
+            return math.nan
+        return 0.0 if kind == "max_regression_vs" else math.inf
     if kind == "min_ratio_to":
         return value / base
     if kind == "max_regression_vs":

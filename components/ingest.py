@@ -75,8 +75,10 @@ def normalize(frame: pd.DataFrame, source_file: str) -> pd.DataFrame:
             out.loc[out[column] == "", column] = pd.NA
     if "ts" in frame.columns:
         ts = frame["ts"]
-        if pd.api.types.is_numeric_dtype(ts):  # epoch seconds
-            out["ts"] = pd.to_datetime(ts, unit="s", utc=True, errors="coerce")
+        # Epoch seconds arrive as numbers (Parquet, JSONL) or as digit strings (CSV is read as text).
+        epoch = pd.api.types.is_numeric_dtype(ts) or bool(ts.dropna().astype(str).str.fullmatch(r"\d+(\.\d+)?").all() and ts.notna().any())
+        if epoch:
+            out["ts"] = pd.to_datetime(pd.to_numeric(ts, errors="coerce"), unit="s", utc=True, errors="coerce")
         else:
             out["ts"] = pd.to_datetime(ts, utc=True, errors="coerce", format="ISO8601")
         out["ts"] = out["ts"].astype("datetime64[us, UTC]")
@@ -90,7 +92,8 @@ def list_landing(landing: str) -> list[str]:
     fs, root = fsspec.core.url_to_fs(landing)
     if not fs.exists(root):
         return []
-    names = [p for p in fs.ls(root, detail=False) if not Path(p).name.startswith((".", "_"))]
+    entries = fs.ls(root, detail=True)
+    names = [e["name"] for e in entries if e["type"] == "file" and not Path(e["name"]).name.startswith((".", "_"))]
     return sorted(names)
 
 

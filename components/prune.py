@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from components.config import PipelineConfig
-from components.distill import holdout_and_retention, load_stage_inputs, make_kd_loss, teacher_topk
+from components.distill import holdout_and_retention, known_pairs, load_stage_inputs, make_kd_loss, teacher_topk
 from components.models.lightgcn import LightGCN, build_adjacency, count_parameters, resolve_backend
 from components.storage import Layout, read_json, staging_dir
 from components.train import (
@@ -76,7 +76,8 @@ def magnitude_masks(model: LightGCN, sparsity: float) -> list[torch.Tensor]:
 def _apply_masks(model: LightGCN, masks: list[torch.Tensor]) -> None:
     with torch.no_grad():
         for param, mask in zip([model.user_embedding.weight, model.item_embedding.weight], masks):
-            param.mul_(mask.view_as(param).to(param.dtype))
+            # masks stay on the CPU; the model may be on the GPU while fine-tuning
+            param.mul_(mask.view_as(param).to(param.device, param.dtype))
 
 
 def packed_sparse_bytes(model: LightGCN) -> bytes:
@@ -105,7 +106,7 @@ def prune_model(base: LightGCN, train, val, teacher_user: torch.Tensor, teacher_
     pcfg, dcfg = cfg.prune, cfg.distill
     device = resolve_device(cfg.teacher.device)
     backend = resolve_backend(cfg.teacher.propagation, device)
-    topk = teacher_topk(teacher_user, teacher_item, train, dcfg.kd_topk, cfg.eval.user_batch_size)
+    topk = teacher_topk(teacher_user, teacher_item, known_pairs(train, val), dcfg.kd_topk, cfg.eval.user_batch_size)
     kd = make_kd_loss(teacher_user, teacher_item, topk, cfg, device)
     base_params = count_parameters(base)
     model = base
@@ -116,9 +117,9 @@ def prune_model(base: LightGCN, train, val, teacher_user: torch.Tensor, teacher_
         after_step = None
         if pcfg.method == "structured":
             keep = max(1, int(round(base.embedding_dim * (1 - sparsity))))
-            model, kept = remove_dimensions(model, keep)
+            model, _ = remove_dimensions(model, keep)
         else:
-            masks = [m.to(device) for m in magnitude_masks(model, sparsity)]
+            masks = magnitude_masks(model, sparsity)
             _apply_masks(model, masks)
             after_step = lambda masks=masks: _apply_masks(model, masks)  # noqa: E731
         fit = None

@@ -21,12 +21,14 @@ appended after the rename, and a missing entry (crash in between) is repaired on
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -334,7 +336,26 @@ def _move_pointer(layout: Layout, payload: dict[str, Any], fault_hook: FaultHook
         fault_hook("after_pointer_rename")
 
 
+@contextmanager
+def _pointer_lock(layout: Layout) -> Iterator[None]:
+    """Serialize read-modify-write of the champion pointer (the DAG and an operator's CLI call)."""
+    layout.registry().mkdir(parents=True, exist_ok=True)
+    with (layout.registry() / ".lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def promote(layout: Layout, version: str, reason: str, *, fault_hook: FaultHook | None = None) -> PromotionResult:
+    with _pointer_lock(layout):
+        return _promote(layout, version, reason, fault_hook=fault_hook)
+
+
+def rollback(layout: Layout, reason: str = "rollback", *, fault_hook: FaultHook | None = None) -> str:
+    with _pointer_lock(layout):
+        return _rollback(layout, reason, fault_hook=fault_hook)
+
+
+def _promote(layout: Layout, version: str, reason: str, *, fault_hook: FaultHook | None = None) -> PromotionResult:
     """Make ``version`` the champion. Refuses unblessed or incomplete versions; promoting the
     current champion is a no-op. ``fault_hook(step)`` is called at each step (crash tests)."""
     manifest = version_manifest(layout, version)
@@ -366,7 +387,7 @@ def promote(layout: Layout, version: str, reason: str, *, fault_hook: FaultHook 
                            previous_champion=current.version if current else None, reason=reason)
 
 
-def rollback(layout: Layout, reason: str = "rollback", *, fault_hook: FaultHook | None = None) -> str:
+def _rollback(layout: Layout, reason: str = "rollback", *, fault_hook: FaultHook | None = None) -> str:
     """Restore the champion the current one replaced; returns the restored version."""
     _repair_history(layout)
     current = champion(layout)

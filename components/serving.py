@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import shutil
 import string
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ import pandas as pd
 
 from components.config import REPO_ROOT
 from components.registry import champion_in
-from components.storage import Layout, read_json, write_json
+from components.storage import Layout, atomic_write_bytes, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +34,6 @@ def _registry_root(source: str | Path | Layout) -> Path:
     root = Path(source)
     # Accept the registry folder itself or a pipeline root holding registry/.
     return root if (root / "champion.json").exists() or root.name == "registry" else root / "registry"
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    item_id: str
-    score: float
 
 
 class Recommender:
@@ -151,14 +144,16 @@ def export_triton_repository(source: str | Path | Layout, out_dir: str | Path) -
     written = []
     for runtime, (model_name, file_name) in TRITON_MODELS.items():
         src = version_dir / file_name
+        model_dir = out / model_name
+        if model_dir.exists():  # never leave a previous champion's model for Triton to serve
+            shutil.rmtree(model_dir)
         if not src.exists():
             continue
-        model_dir = out / model_name
         (model_dir / "1").mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, model_dir / "1" / file_name)
         config = render_triton_config(TRITON_TEMPLATES / model_name / "config.pbtxt", model_name,
                                       int(serving["top_k"]), batch_sizes)
-        (model_dir / "config.pbtxt").write_text(config)
+        atomic_write_bytes(model_dir / "config.pbtxt", config.encode())
         written.append(model_dir)
     write_json(out / "graphdistill_version.json", {"version": champ.version, "models": [p.name for p in written]})
     log.info("triton repository %s: champion %s as %s", out, champ.version, ", ".join(p.name for p in written))

@@ -30,10 +30,11 @@ import pandas as pd
 
 from components.config import REPO_ROOT, PipelineConfig
 from components.errors import PermanentStageFailure
-from components.ingest import LINEAGE_COLUMNS, REQUIRED_COLUMNS, list_landing
+from components.ingest import LINEAGE_COLUMNS, REQUIRED_COLUMNS
 from components.storage import (
     MANIFEST,
     Layout,
+    atomic_write_bytes,
     code_version,
     read_json,
     replace_dir,
@@ -275,9 +276,21 @@ tr.bad{{background:#fdd}}tr.ok{{background:#efe}}</style></head><body>
     return "\n".join(md) + "\n", page
 
 
+def _earlier_event_ids(layout: Layout, day: str, window_days: int) -> pd.Series:
+    start = (dt.date.fromisoformat(day) - dt.timedelta(days=window_days)).isoformat()
+    days = [d for d in layout.accepted_days() if start <= d < day]
+    if not days:
+        return pd.Series([], dtype="string")
+    return pd.concat([pd.read_parquet(layout.accepted(d) / "events.parquet", columns=["event_id"])["event_id"]
+                      for d in days], ignore_index=True)
+
+
 def _accept(layout: Layout, day: str, rows: pd.DataFrame, cfg: PipelineConfig, summary: dict[str, Any]) -> tuple[Path, int, int, int]:
     ordered = rows.sort_values(["ts", "source_file", "source_row"], kind="stable")
-    first = ~ordered["event_id"].duplicated(keep="first")
+    # Redeliveries across days too: an event accepted on an earlier day of the window is dropped here.
+    earlier = _earlier_event_ids(layout, day, cfg.graph.window_days)
+    seen_before = ordered["event_id"].isin(earlier)
+    first = ~ordered["event_id"].duplicated(keep="first") & ~seen_before
     events = ordered[first].copy()
     duplicates = ordered[~first].copy()
     start = pd.Timestamp(day, tz="UTC")
@@ -292,6 +305,7 @@ def _accept(layout: Layout, day: str, rows: pd.DataFrame, cfg: PipelineConfig, s
             "rows_in": int(len(rows)),
             "rows_accepted": int(len(events)),
             "rows_duplicate_dropped": int(len(duplicates)),
+            "rows_duplicate_of_earlier_days": int(seen_before.sum()),
             "rows_late": int(events["late"].sum()),
             "config_hash": cfg.config_hash(),
             "code_version": code_version(),
@@ -308,10 +322,10 @@ def _quarantine(layout: Layout, day: str, landing: str, files: list[dict[str, An
     attempt = hashlib.sha256("".join(sorted(f["sha256"] for f in files)).encode()).hexdigest()[:12]
     target = layout.quarantine(day) / attempt
     with staging_dir(layout.quarantine(day)) as tmp:
-        fs, _ = fsspec.core.url_to_fs(landing)
+        fs, base = fsspec.core.url_to_fs(landing)
         (tmp / "raw").mkdir()
-        for name in list_landing(landing):
-            (tmp / "raw" / Path(name).name).write_bytes(fs.cat_file(name))
+        for source in files:  # exactly the files that were ingested (and hashed), nothing listed later
+            (tmp / "raw" / source["name"]).write_bytes(fs.cat_file(f"{base.rstrip('/')}/{source['name']}"))
         rows.to_parquet(tmp / "rows.parquet", index=False)
         if layout.accepted(day).exists():  # a previously accepted version of the day is superseded, not lost
             shutil.copytree(layout.accepted(day), tmp / "superseded_accepted")
@@ -357,8 +371,8 @@ def run_validate(layout: Layout, day: str, cfg: PipelineConfig) -> ValidationRes
                                   quarantined_rows=0, accepted_path=str(path), report_path=str(reports / "report.html"))
         markdown, page = render_report(result, files)
         write_json(reports / "validation.json", {"result": asdict(result), "great_expectations": gx_json})
-        (reports / "report.md").write_text(markdown)
-        (reports / "report.html").write_text(page)
+        atomic_write_bytes(reports / "report.md", markdown.encode())
+        atomic_write_bytes(reports / "report.html", page.encode())
         log.info("validate %s: PASSED %d rules; accepted %d rows (%d duplicates dropped, %d late)",
                  day, len(rules), accepted, dups, late)
         return result

@@ -80,7 +80,7 @@ def _run(stage: str) -> dict[str, Any]:
     doc_md=__doc__,
 )
 def gnn_recsys_nightly():
-    @task(retries=0)
+    @task  # idempotent: a transient read error of the landing store is worth a retry
     def ingest() -> dict:
         return _run("ingest")
 

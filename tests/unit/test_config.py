@@ -39,3 +39,8 @@ def test_gate_needing_a_baseline_is_rejected(tmp_path):
     bad.write_text("gates:\n  - {metric: ndcg@20, kind: min_ratio_to, threshold: 0.9}\n")
     with pytest.raises(ValueError, match="needs a baseline"):
         load_gates(bad)
+
+
+def test_a_missing_config_file_is_an_error_not_the_defaults(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_config(tmp_path / "typo.yaml")

@@ -136,3 +136,13 @@ def test_run_export_rejects_embeddings_that_do_not_match_the_graph(tmp_path):
     make_model(layout, "pruned", "2024-01-08", user[:-1], item, graph)
     with pytest.raises(ValueError, match="embeddings cover 39 users"):
         run_export(layout, "2024-01-08", tiny_config(tmp_path))
+
+
+def test_parity_on_no_users_is_not_a_pass():
+    import math
+
+    from components.export import parity
+
+    empty_items, empty_scores = np.zeros((0, 5), np.int64), np.zeros((0, 5), np.float32)
+    diff, overlap = parity(empty_items, empty_scores, empty_items, empty_scores)
+    assert math.isnan(diff) and math.isnan(overlap)

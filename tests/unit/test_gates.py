@@ -203,3 +203,11 @@ def test_run_gate_writes_blessing_and_tables(tmp_path):
     run_ship_day(layout, "2024-01-08", strict, make_world(), candidate="bad")
     rejected = Blessing.load(out / "blessing.json")
     assert not rejected.blessed and rejected.failed == ("ndcg@20 min_ratio_to teacher",)
+
+
+def test_zero_versus_zero_fails_relative_gates():
+    from components.gates import _passes, _statistic
+
+    for kind, threshold in (("min_ratio_to", 0.8), ("max_regression_vs", 0.05), ("min_lift_over", 0.0)):
+        assert not _passes(kind, _statistic(kind, 0.0, 0.0), threshold)
+    assert _passes("min_lift_over", _statistic("min_lift_over", 0.1, 0.0), 0.05)

@@ -160,3 +160,33 @@ def test_landing_may_be_any_fsspec_uri(tmp_path):
     staged = run_ingest(layout, day(0), cfg, landing=f"memory:///landing-{tmp_path.name}/date={day(0)}")
     assert staged.rows == len(generate_day(WORLD, START))
     assert run_validate(layout, day(0), cfg).accepted_rows == staged.rows
+
+
+def test_epoch_second_timestamps_parse_in_every_format(tmp_path):
+    from components.ingest import normalize
+
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    expected = [start, start + pd.Timedelta(seconds=90)]
+    epochs = [int(t.timestamp()) for t in expected]
+    as_text = pd.DataFrame({"ts": [str(e) for e in epochs]})  # how CSV arrives (read as text)
+    as_numbers = pd.DataFrame({"ts": epochs})
+    iso = pd.DataFrame({"ts": ["2026-01-01T00:00:00Z", "2026-01-01T00:01:30Z"]})
+    for frame in (as_text, as_numbers, iso):
+        assert normalize(frame, "f")["ts"].tolist() == expected
+
+
+def test_an_event_redelivered_on_a_later_day_is_not_accepted_twice(tmp_path):
+    layout, cfg = setup(tmp_path)
+    accept(layout, cfg, 0)
+    yesterday = pd.read_parquet(layout.landing(day(0)) / "events.parquet").iloc[:3]
+    path = land(layout, 1)
+    frame = pd.read_parquet(path)
+    late = yesterday.assign(ts=pd.Timestamp(day(1), tz="UTC") + pd.Timedelta(minutes=5))
+    write_log(pd.concat([frame, late], ignore_index=True), path)
+    run_ingest(layout, day(1), cfg)
+    result = run_validate(layout, day(1), cfg)
+    assert result.accepted_rows == len(frame) and result.duplicate_rows == 3
+    manifest = json.loads((layout.accepted(day(1)) / "manifest.json").read_text())
+    assert manifest["rows_duplicate_of_earlier_days"] == 3
+    accepted = pd.concat([pd.read_parquet(layout.accepted(day(d)) / "events.parquet") for d in (0, 1)])
+    assert accepted["event_id"].is_unique
