@@ -162,7 +162,7 @@ def tiny_config(tmp_path: Path, **overrides) -> PipelineConfig:
 def write_gates(path: Path, gates: list[dict]) -> Path:
     import yaml
 
-    path.write_text(yaml.safe_dump({"bootstrap": "absolute_only", "gates": gates}))
+    path.write_text(yaml.safe_dump({"gates": gates}))
     return path
 
 
