@@ -205,12 +205,32 @@ class PipelineConfig(_Section):
     def gates(self) -> GatesConfig:
         return load_gates(self.gates_file)
 
-    def config_hash(self) -> str:
-        """Hash of everything that changes results (root excluded: same config, other place)."""
+    def config_hash(self, stage: str | None = None) -> str:
+        """Hash of the settings that change a stage's result (all of them, gates included, when
+        ``stage`` is None). Per-stage hashes let ops retune a gate or a threshold without
+        invalidating trained models; the root is excluded (same config, other place)."""
         payload = self.model_dump(mode="json", exclude={"root", "gates_file"})
         payload["gates"] = self.gates.model_dump(mode="json")
+        if stage is not None:
+            if stage not in STAGE_SECTIONS:
+                raise KeyError(f"no config sections declared for stage {stage!r}; known: {sorted(STAGE_SECTIONS)}")
+            payload = {key: payload[key] for key in STAGE_SECTIONS[stage]}
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# The config sections each stage's output depends on (upstream artifacts are pinned by version
+# in the stage's lineage, so only the stage's own knobs are listed, plus the seed).
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "validate": ("data", "validation"),
+    "features": ("features",),
+    "graph": ("data", "graph"),
+    "teacher": ("seed", "teacher", "eval"),
+    "distill": ("seed", "teacher", "eval", "distill"),
+    "prune": ("seed", "teacher", "eval", "distill", "prune"),
+    "export": ("seed", "export"),
+    "engine": ("seed", "export", "engine"),
+}
 
 
 def _nest(overrides: dict[str, Any]) -> dict[str, Any]:

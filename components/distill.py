@@ -165,7 +165,7 @@ def run_distill(layout: Layout, day: str, cfg: PipelineConfig) -> ModelArtifact:
     """Distill the day's teacher into a student and publish it (kind models/student)."""
     graph_ref, teacher_ref, graph, train_all, train, val = load_stage_inputs(layout, day, cfg, "models/teacher")
     inputs = [graph_ref.as_lineage(), teacher_ref.as_lineage()]
-    config_hash = cfg.config_hash()
+    config_hash = cfg.config_hash("distill")
     done = existing_artifact(layout, KIND, day, inputs, config_hash)
     if done is not None:
         return done

@@ -296,7 +296,7 @@ def run_convert(layout: Layout, day: str, cfg: PipelineConfig) -> EngineResult:
     export_ref = layout.current(EXPORT_KIND, day)
     if export_ref is None:
         raise FileNotFoundError(f"no exports artifact for {day} under {layout.root}")
-    config_hash = cfg.config_hash()
+    config_hash = cfg.config_hash("engine")
     existing = layout.current(KIND, day)
     if existing is not None:
         manifest = existing.manifest

@@ -243,7 +243,7 @@ def run_export(layout: Layout, day: str, cfg: PipelineConfig) -> ExportResult:
             tmp,
             manifest={
                 "inputs": {"model": model_ref.as_lineage(), "graph": graph_ref.as_lineage()},
-                "config_hash": cfg.config_hash(),
+                "config_hash": cfg.config_hash("export"),
                 "metrics": {"onnx_bytes": onnx_bytes, **parity_report},
                 "io": {
                     "input": {"name": INPUT_NAME, "dtype": "int64", "shape": ["batch"]},

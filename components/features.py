@@ -334,7 +334,7 @@ def run_features(layout: Layout, day: str, cfg: PipelineConfig) -> FeatureResult
         accepted_days_used=tuple(used),
     )
     write_json(layout.features() / "runs" / f"{day}.json", {
-        "result": asdict(result), "config_hash": cfg.config_hash(),
+        "result": asdict(result), "config_hash": cfg.config_hash("features"),
         "inputs": [{"kind": "accepted", "day": d, "path": str(layout.accepted(d))} for d in used],
     })
     return result

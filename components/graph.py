@@ -242,7 +242,7 @@ def run_graph(layout: Layout, day: str, cfg: PipelineConfig) -> GraphResult:
         version = hashlib.sha256(
             (hash_dir(tmp, exclude=(MANIFEST, "graph.bin")) + train_pairs.to_csv(index=False)).encode()
         ).hexdigest()[:12]
-        ref = layout.publish(KIND, day, tmp, {"inputs": inputs, "config_hash": cfg.config_hash(), "stats": stats},
+        ref = layout.publish(KIND, day, tmp, {"inputs": inputs, "config_hash": cfg.config_hash("graph"), "stats": stats},
                              version=version)
     log.info(
         "graph %s v%s: %d users (%d new), %d items (%d new), %d train pairs from %d days, holdout %d pairs "

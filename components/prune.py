@@ -158,7 +158,7 @@ def run_prune(layout: Layout, day: str, cfg: PipelineConfig) -> ModelArtifact:
     if teacher_ref is None:
         raise FileNotFoundError(f"{layout.artifacts('models/teacher') / day}: no teacher for day {day}")
     inputs = [graph_ref.as_lineage(), student_ref.as_lineage(), teacher_ref.as_lineage()]
-    config_hash = cfg.config_hash()
+    config_hash = cfg.config_hash("prune")
     done = existing_artifact(layout, KIND, day, inputs, config_hash)
     if done is not None:
         return done

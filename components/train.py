@@ -351,7 +351,7 @@ def run_teacher(layout: Layout, day: str, cfg: PipelineConfig) -> ModelArtifact:
                                   f"fewer than teacher.min_train_pairs={tcfg.min_train_pairs}")
     previous_ref = layout.latest_before(KIND, day)
     inputs = [graph_ref.as_lineage()] + ([previous_ref.as_lineage()] if previous_ref else [])
-    config_hash = cfg.config_hash()
+    config_hash = cfg.config_hash("teacher")
     done = existing_artifact(layout, KIND, day, inputs, config_hash)
     if done is not None:
         return done

@@ -307,7 +307,7 @@ def _accept(layout: Layout, day: str, rows: pd.DataFrame, cfg: PipelineConfig, s
             "rows_duplicate_dropped": int(len(duplicates)),
             "rows_duplicate_of_earlier_days": int(seen_before.sum()),
             "rows_late": int(events["late"].sum()),
-            "config_hash": cfg.config_hash(),
+            "config_hash": cfg.config_hash("validate"),
             "code_version": code_version(),
             **summary,
         })

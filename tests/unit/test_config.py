@@ -44,3 +44,14 @@ def test_gate_needing_a_baseline_is_rejected(tmp_path):
 def test_a_missing_config_file_is_an_error_not_the_defaults(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_config(tmp_path / "typo.yaml")
+
+
+def test_retuning_a_gate_does_not_invalidate_trained_models(tmp_path):
+    gates = tmp_path / "gates.yaml"
+    gates.write_text(DEFAULT_GATES_FILE.read_text().replace("threshold: 0.80", "threshold: 0.85"))
+    base, retuned = load_config(), load_config(overrides={"gates_file": str(gates)})
+    assert retuned.config_hash() != base.config_hash()
+    for stage in ("validate", "graph", "teacher", "distill", "prune", "export", "engine"):
+        assert retuned.config_hash(stage) == base.config_hash(stage)
+    assert load_config(overrides={"distill.epochs": 3}).config_hash("teacher") == base.config_hash("teacher")
+    assert load_config(overrides={"distill.epochs": 3}).config_hash("distill") != base.config_hash("distill")
