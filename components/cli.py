@@ -174,7 +174,8 @@ def day_summary(layout: Layout, day: str) -> dict[str, Any]:
         summary["quarantined_rows"] = len(pd.read_parquet(quarantined[-1]))
     features, graph, gate, promotion = read("features"), read("graph"), read("gate"), read("promote")
     if features:
-        summary["features_rows"] = features.get("materialized_rows")
+        rows = features.get("materialized_rows") or {}
+        summary["features_rows"] = f"{rows.get('user_activity', 0)}u/{rows.get('item_popularity', 0)}i"
     if graph:
         summary["graph"] = f"{graph['num_users']}u/{graph['num_items']}i/{graph['train_pairs']}e"
     if gate:
@@ -210,10 +211,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         summary["dag_run"] = "success" if rc == 0 else f"failed (rc={rc}, log {logs / f'{day}.log'})"
         rows.append(summary)
         print(json.dumps(summary, default=str))
-    print("\nday        | accepted | quarantined | features | graph (users/items/edges) | blessed | champion")
+    print("\nday        | accepted | quarantined | features online | graph (users/items/edges) | blessed | champion")
     for r in rows:
         print(f"{r['day']} | {r['accepted_rows']:8} | {r.get('quarantined_rows', 0) if r['quarantined'] else 0:11} | "
-              f"{str(r.get('features_rows', '-')):8} | {r.get('graph', '-'):25} | {str(r.get('blessed', '-')):7} | "
+              f"{str(r.get('features_rows', '-')):15} | {r.get('graph', '-'):25} | {str(r.get('blessed', '-')):7} | "
               f"{r.get('champion', '-')}")
     current = champion(layout)
     print(f"\nchampion: {current.version if current else 'none'}")
