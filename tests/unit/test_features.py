@@ -84,14 +84,19 @@ def write_accepted(layout: Layout, days: list[str]) -> None:
         write_json(part / "manifest.json", {"day": day, "rows_accepted": len(rows)})
 
 
-def expected_users(day: str, visible: list[str]) -> pd.DataFrame:
-    """Recompute user features with calendar dates: window w holds event dates in [D-w+1, D]."""
+def _lookback(day: str, visible: list[str]):
+    """(day, events of the visible partitions dated within 28 days up to day, their dates)."""
     events = event_frame()
     events = events[events["partition"].isin(visible)]
     d = dt.date.fromisoformat(day)
     date = events["ts"].dt.date
     events = events[(date <= d) & (date >= d - dt.timedelta(days=28))]
-    date = events["ts"].dt.date
+    return d, events, events["ts"].dt.date
+
+
+def expected_users(day: str, visible: list[str]) -> pd.DataFrame:
+    """Recompute user features with calendar dates: window w holds event dates in [D-w+1, D]."""
+    d, events, date = _lookback(day, visible)
     rows = {}
     for user, group in events.groupby("user_id"):
         gdate = date[group.index]
@@ -107,12 +112,7 @@ def expected_users(day: str, visible: list[str]) -> pd.DataFrame:
 
 
 def expected_items(day: str, visible: list[str]) -> pd.DataFrame:
-    events = event_frame()
-    events = events[events["partition"].isin(visible)]
-    d = dt.date.fromisoformat(day)
-    date = events["ts"].dt.date
-    events = events[(date <= d) & (date >= d - dt.timedelta(days=28))]
-    date = events["ts"].dt.date
+    d, events, date = _lookback(day, visible)
     rows = {}
     for item, group in events.groupby("item_id"):
         gdate = date[group.index]
