@@ -122,6 +122,10 @@ class DistillConfig(_Section):
     kd_rank_weight: float = Field(1.0, ge=0)
     kd_kl_weight: float = Field(1.0, ge=0)
     kd_rank_lambda: float = Field(5.0, gt=0)
+    # "teacher": student ego = teacher ego projected onto the teacher's top principal axes
+    # (propagation is linear, so the student starts from the teacher's best low-rank scores);
+    # "random": N(0, 0.1^2) like the teacher.
+    init: Literal["teacher", "random"] = "teacher"
     # Deliberately corrupt the student's training labels (shuffle items); exists only to prove
     # the gates reject a bad candidate, see tests/e2e.
     shuffle_labels: bool = False

@@ -1,6 +1,9 @@
 """Distillation stage: a small LightGCN-shaped student trained with BPR + ranking distillation.
 
-Student: same propagation, embedding size round(teacher_dim * distill.dim_fraction). Loss:
+Student: same propagation, embedding size round(teacher_dim * distill.dim_fraction), initialized
+(``distill.init: teacher``, the default) as the teacher's ego embeddings projected onto the top
+principal axes of the teacher's final embeddings: propagation is linear, so the student starts at
+the teacher's best low-rank scores and distillation refines from there. Loss:
 
     BPR + L2(ego) + kd_weight * (kd_rank_weight * RD + kd_kl_weight * KL)
 
@@ -25,7 +28,14 @@ import torch
 from components.config import PipelineConfig
 from components.evaluate import embedding_scorer, evaluate_scorer
 from components.graph import GraphArtifact, Interactions
-from components.models.lightgcn import LightGCN, build_adjacency, count_parameters, resolve_backend
+from components.models.lightgcn import (
+    LightGCN,
+    build_adjacency,
+    count_parameters,
+    principal_axes,
+    project_ego,
+    resolve_backend,
+)
 from components.models.losses import kl_distillation_loss, rank_discount_weights, ranking_distillation_loss
 from components.storage import Layout, read_json, staging_dir
 from components.train import (
@@ -36,6 +46,7 @@ from components.train import (
     final_embeddings,
     fit_lightgcn,
     load_embeddings,
+    load_model,
     resolve_device,
     split_validation,
     summary_metrics,
@@ -111,21 +122,34 @@ def corrupt_labels(train: Interactions, seed: int) -> Interactions:
 
 def train_student(train: Interactions, val: Interactions | None, num_users: int, num_items: int,
                   teacher_user: torch.Tensor, teacher_item: torch.Tensor, cfg: PipelineConfig,
-                  checkpoint_path: Path | None = None, max_seconds: float | None = None) -> FitResult:
-    """Fit the student with BPR + distillation from the teacher's final embeddings."""
+                  teacher: LightGCN | None = None, checkpoint_path: Path | None = None,
+                  max_seconds: float | None = None) -> FitResult:
+    """Fit the student with BPR + distillation from the teacher's final embeddings (and, with
+    ``distill.init: teacher``, initialized from ``teacher``'s ego embeddings)."""
     dcfg = cfg.distill
+    # the deliberately bad candidate gets no head start from the teacher: even shuffled teacher egos,
+    # propagated over the true graph at evaluation, rebuild much of the teacher's quality
+    init = "random" if dcfg.shuffle_labels else dcfg.init
+    if init == "teacher" and teacher is None:
+        raise ValueError("distill.init is 'teacher' but no teacher model was given")
     if dcfg.shuffle_labels:
         train = corrupt_labels(train, cfg.seed)
-        teacher_item = teacher_item[torch.from_numpy(np.random.default_rng([cfg.seed, 98]).permutation(num_items))]
+        item_perm = torch.from_numpy(np.random.default_rng([cfg.seed, 98]).permutation(num_items))
+        teacher_item = teacher_item[item_perm]
         log.warning("distill.shuffle_labels is on: training labels and teacher items are permuted (bad candidate)")
     device = resolve_device(cfg.teacher.device)
     topk = teacher_topk(teacher_user, teacher_item, known_pairs(train, val), dcfg.kd_topk, cfg.eval.user_batch_size)
     torch.manual_seed(cfg.seed + 1)
     dim = student_dim(teacher_user.shape[1], dcfg.dim_fraction)
-    model = LightGCN(num_users, num_items, dim, dcfg.num_layers)
-    log.info("student: dim %d (teacher %d), %d layers, kd_weight %.2f (rank %.2f, kl %.2f, top-%d, %d candidates)",
-             dim, teacher_user.shape[1], dcfg.num_layers, dcfg.kd_weight, dcfg.kd_rank_weight, dcfg.kd_kl_weight,
-             dcfg.kd_topk, dcfg.kd_candidates)
+    if init == "teacher":
+        # student ego = teacher ego @ (teacher's top-`dim` principal axes): the student starts from the
+        # teacher's best rank-`dim` scores instead of noise (the student may have other layer weights)
+        model = project_ego(teacher, principal_axes(teacher_user, teacher_item)[0][:, :dim], dcfg.num_layers)
+    else:
+        model = LightGCN(num_users, num_items, dim, dcfg.num_layers)
+    log.info("student: dim %d (teacher %d), %d layers, init %s, kd_weight %.2f (rank %.2f, kl %.2f, top-%d, "
+             "%d candidates)", dim, teacher_user.shape[1], dcfg.num_layers, init, dcfg.kd_weight,
+             dcfg.kd_rank_weight, dcfg.kd_kl_weight, dcfg.kd_topk, dcfg.kd_candidates)
     return fit_lightgcn(model, train, val, epochs=dcfg.epochs, lr=dcfg.lr, l2=dcfg.l2, batch_size=dcfg.batch_size,
                         seed=cfg.seed + 1, eval_every=cfg.teacher.eval_every, patience=cfg.teacher.early_stop_patience,
                         device=device, backend=cfg.teacher.propagation, ks=tuple(cfg.eval.ks),
@@ -172,7 +196,8 @@ def run_distill(layout: Layout, day: str, cfg: PipelineConfig) -> ModelArtifact:
     teacher_user, teacher_item = (torch.from_numpy(a) for a in load_embeddings(teacher_ref.path))
     teacher_metrics = read_json(Path(teacher_ref.path) / "metrics.json")
     work = work_dir(layout, "student", day, f"{config_hash}-{teacher_ref.version}")
-    fit = train_student(train, val, graph.num_users, graph.num_items, teacher_user, teacher_item, cfg,
+    teacher = load_model(teacher_ref.path)[0] if cfg.distill.init == "teacher" else None
+    fit = train_student(train, val, graph.num_users, graph.num_items, teacher_user, teacher_item, cfg, teacher,
                         work / "checkpoint.pt")
     full_adj = build_adjacency(train_all.user, train_all.item, graph.num_users, graph.num_items)
     user_emb, item_emb = final_embeddings(fit.model, full_adj, resolve_backend(cfg.teacher.propagation, "cpu"))

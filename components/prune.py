@@ -1,8 +1,10 @@
 """Pruning stage: shrink the student, fine-tuning (BPR + distillation from the teacher) between steps.
 
-* ``structured`` (default): remove whole embedding dimensions, least important first, importance of
-  a dimension = L2 norm of its column over all user and item ego embeddings. The exported model is
-  really smaller: dim * (1 - target_sparsity) columns in model.pt and in embeddings.npz.
+* ``structured`` (default): remove whole embedding dimensions, least important first. The ego
+  embeddings are first rotated onto the principal axes of the model's final embeddings (an
+  orthonormal rotation changes no score), importance = the axis' eigenvalue, i.e. its share of
+  the score mass. The exported model is really smaller: dim * (1 - target_sparsity) columns in
+  model.pt and in embeddings.npz.
 * ``magnitude``: zero the smallest-|w| ego weights globally until the step's sparsity; masks stay
   fixed during fine-tuning (re-applied after every optimizer step). Propagation makes the final
   embeddings dense again, so the serving embeddings do not shrink; the ego weights are also saved
@@ -24,7 +26,16 @@ import torch
 
 from components.config import PipelineConfig
 from components.distill import holdout_and_retention, known_pairs, load_stage_inputs, make_kd_loss, teacher_topk
-from components.models.lightgcn import LightGCN, build_adjacency, count_parameters, resolve_backend
+from components.models.lightgcn import (
+    Backend,
+    LightGCN,
+    NormalizedAdjacency,
+    build_adjacency,
+    count_parameters,
+    principal_axes,
+    project_ego,
+    resolve_backend,
+)
 from components.storage import Layout, read_json, staging_dir
 from components.train import (
     ModelArtifact,
@@ -44,20 +55,13 @@ log = logging.getLogger(__name__)
 KIND = "models/pruned"
 
 
-def dimension_importance(model: LightGCN) -> torch.Tensor:
-    """L2 norm of each embedding dimension over all user and item ego embeddings."""
-    ego = torch.cat([model.user_embedding.weight, model.item_embedding.weight]).detach()
-    return ego.norm(dim=0)
-
-
-def remove_dimensions(model: LightGCN, keep: int) -> tuple[LightGCN, torch.Tensor]:
-    """A new, smaller LightGCN keeping the ``keep`` most important dimensions (original order)."""
-    kept = torch.sort(torch.topk(dimension_importance(model), keep).indices).values
-    smaller = LightGCN(model.num_users, model.num_items, keep, model.num_layers, model.layer_weights)
-    with torch.no_grad():
-        smaller.user_embedding.weight.copy_(model.user_embedding.weight[:, kept])
-        smaller.item_embedding.weight.copy_(model.item_embedding.weight[:, kept])
-    return smaller, kept
+def remove_dimensions(model: LightGCN, keep: int, adjacency: NormalizedAdjacency,
+                      backend: Backend) -> tuple[LightGCN, torch.Tensor]:
+    """(smaller model, importance of every axis): rotate the ego embeddings onto the principal axes
+    of the model's final embeddings (a rotation changes no score) and keep the ``keep`` most
+    important axes, so what is cut is the least score mass, not merely the smallest raw column."""
+    axes, importance = principal_axes(*final_embeddings(model, adjacency, backend))
+    return project_ego(model, axes[:, :keep]), importance
 
 
 def magnitude_masks(model: LightGCN, sparsity: float) -> list[torch.Tensor]:
@@ -117,7 +121,9 @@ def prune_model(base: LightGCN, train, val, teacher_user: torch.Tensor, teacher_
         after_step = None
         if pcfg.method == "structured":
             keep = max(1, int(round(base.embedding_dim * (1 - sparsity))))
-            model, _ = remove_dimensions(model, keep)
+            model, importance = remove_dimensions(model, keep, adjacency, backend)
+            log.info("prune step %d: keeping %d of %d principal axes (%.1f%% of the second moment)", step, keep,
+                     len(importance), 100 * float(importance[:keep].sum() / importance.sum().clamp_min(1e-12)))
         else:
             masks = magnitude_masks(model, sparsity)
             _apply_masks(model, masks)

@@ -210,6 +210,30 @@ class LightGCN(nn.Module):
         return model
 
 
+def principal_axes(user: torch.Tensor, item: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(axes [d, d], importance [d]): eigenvectors of the embeddings' second moment, users and items
+    weighted equally (scores are inner products), columns by decreasing eigenvalue.
+
+    The axes are orthonormal, so rotating both sides onto them changes no score; keeping the first k
+    keeps the k directions that carry the most score mass (distill init, structured pruning).
+    """
+    moment = (user.T @ user / max(len(user), 1) + item.T @ item / max(len(item), 1)).double()
+    values, vectors = torch.linalg.eigh(moment)  # ascending
+    return vectors.flip(1).to(user.dtype), values.flip(0).to(user.dtype)
+
+
+def project_ego(model: "LightGCN", basis: torch.Tensor, num_layers: int | None = None) -> "LightGCN":
+    """A LightGCN of width basis.shape[1] with ego embeddings model_ego @ basis. Propagation is
+    linear, so its final embeddings are model_final @ basis (same layers and weights)."""
+    layers = model.num_layers if num_layers is None else num_layers
+    weights = model.layer_weights if layers == model.num_layers else None
+    out = LightGCN(model.num_users, model.num_items, basis.shape[1], layers, weights)
+    with torch.no_grad():
+        out.user_embedding.weight.copy_(model.user_embedding.weight @ basis)
+        out.item_embedding.weight.copy_(model.item_embedding.weight @ basis)
+    return out
+
+
 def count_parameters(model: nn.Module, nonzero: bool = False) -> int:
     if nonzero:
         return int(sum(int(torch.count_nonzero(p)) for p in model.parameters()))

@@ -7,7 +7,7 @@ import torch
 from components.config import load_config
 from components.distill import run_distill, student_dim, teacher_topk
 from components.graph import Interactions
-from components.models.lightgcn import LightGCN
+from components.models.lightgcn import LightGCN, build_adjacency, principal_axes, project_ego
 from components.prune import magnitude_masks, prune_model, remove_dimensions, run_prune
 from components.storage import Layout, read_json
 from components.train import load_embeddings, load_model, run_teacher
@@ -72,14 +72,36 @@ def test_structured_pruning_halves_dims_and_bytes_and_keeps_quality(day_with_tea
     assert metrics["ndcg_retention_holdout"] > 0.6, metrics["ndcg_retention_holdout"]
 
 
-def test_remove_dimensions_keeps_most_important_columns():
-    model = LightGCN(3, 2, embedding_dim=4)
+def test_structured_pruning_keeps_the_principal_axes_and_their_scores():
+    # ego embeddings of rank 2 in 4 dims: two principal axes carry every score, so cutting to 2 dims
+    # after the rotation changes no score, while dropping raw columns would
+    torch.manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(4, 4))[0][:, :2]
+    model = LightGCN(30, 20, embedding_dim=4, num_layers=2)
     with torch.no_grad():
-        model.user_embedding.weight.copy_(torch.tensor([[1.0, 9, 0, 5]] * 3))
-        model.item_embedding.weight.copy_(torch.tensor([[1.0, 9, 0, 5]] * 2))
-    smaller, kept = remove_dimensions(model, 2)
-    assert kept.tolist() == [1, 3]
-    assert torch.equal(smaller.user_embedding.weight, torch.tensor([[9.0, 5]] * 3))
+        model.user_embedding.weight.copy_(torch.randn(30, 2) @ basis.T)
+        model.item_embedding.weight.copy_(torch.randn(20, 2) @ basis.T)
+    train, _ = planted(num_users=30, num_items=20, per_user=4, seed=4)
+    adjacency = build_adjacency(train.user, train.item, 30, 20)
+    smaller, importance = remove_dimensions(model, 2, adjacency, "sparse")
+    assert smaller.embedding_dim == 2 and importance[2:].abs().max() < 1e-5 * importance[0]
+    (u4, i4), (u2, i2) = model(adjacency), smaller(adjacency)
+    assert torch.allclose(u2 @ i2.T, u4 @ i4.T, atol=1e-5)
+
+
+def test_teacher_init_starts_the_student_at_the_teachers_low_rank_scores(day_with_teacher):
+    teacher, _ = load_model(day_with_teacher.current("models/teacher", DAY).path)
+    train, _ = planted()
+    adjacency = build_adjacency(train.user, train.item, teacher.num_users, teacher.num_items)
+    t_user, t_item = teacher(adjacency)
+    axes, _ = principal_axes(t_user.detach(), t_item.detach())
+    student = project_ego(teacher, axes[:, :8])
+    s_user, s_item = student(adjacency)
+    assert student.embedding_dim == 8
+    assert torch.allclose(s_user, t_user @ axes[:, :8], atol=1e-5)  # P (E M) = (P E) M
+    full = project_ego(teacher, axes)  # all axes: a rotation, every score unchanged
+    f_user, f_item = full(adjacency)
+    assert torch.allclose(f_user @ f_item.T, t_user @ t_item.T, atol=1e-4)
 
 
 def test_magnitude_pruning_hits_target_sparsity_with_fixed_masks(day_with_teacher):
