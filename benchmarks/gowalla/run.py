@@ -108,10 +108,12 @@ def compute_targets(r: dict) -> dict[str, tuple[float, bool]]:
     elif teacher and teacher.get("seconds_per_epoch_median"):
         ref = REFERENCE["official_seconds_per_epoch_batch2048"] / teacher["seconds_per_epoch_median"]
         out["epoch speedup >= 10x vs official 235 s reference"] = (ref, ref >= TARGETS["train_speedup"])
-    eval_s = (probe or {}).get("eval_pass_s") or r.get("timings", {}).get("eval_pass_s")
+    # every full test pass measured (run and probe): one median, no choosing between measurements
+    passes = r.get("timings", {}).get("eval_pass_runs", []) + (probe or {}).get("eval_pass_runs", [])
+    eval_s = statistics.median(passes) if passes else None
     if eval_s:
         ratio = REFERENCE["official_full_test_pass_seconds"] / eval_s
-        out["eval speedup >= 20x"] = (ratio, ratio >= TARGETS["eval_speedup"])
+        out[f"eval speedup >= 20x (median of {len(passes)} passes)"] = (ratio, ratio >= TARGETS["eval_speedup"])
     if teacher and student:
         params = teacher["num_params"] / student["num_params"]
         out["student params ratio >= 8"] = (params, params >= TARGETS["student_param_ratio"])
@@ -177,9 +179,12 @@ def render_markdown(r: dict) -> str:
                   f"{probe['same_process_speedup']:.1f}x |",
                   f"| official code as measured on a 2-core machine (whole epoch, incl. its sampler) | "
                   f"{ref_epoch:.0f} | {ref_epoch / probe['seconds_per_epoch_estimate']:.1f}x |",
-                  f"| of which the whole-graph propagation, forward+backward (3 + 3 sparse products of 1.6M "
-                  f"nonzeros x 64 columns per step; no exact LightGCN step avoids them) | "
-                  f"{probe['propagation_floor_seconds_per_epoch']:.1f} | |", "",
+                  "",
+                  f"The official-style step alone (no sampler) took {probe['official_style_seconds_per_epoch_estimate']:.0f} s "
+                  f"per epoch here, the whole official epoch {ref_epoch:.0f} s when the reference was taken: this "
+                  f"(shared, virtual) machine ran at least "
+                  f"{probe['official_style_seconds_per_epoch_estimate'] / ref_epoch:.2f}x slower than then, so the "
+                  "ratios against the fixed references understate; the same-process ratio is the fair one.", "",
                   f"Full test pass {probe['eval_pass_s']:.2f} s "
                   f"({ref['official_full_test_pass_seconds'] / probe['eval_pass_s']:.1f}x), "
                   f"adjacency {probe['adjacency_build_s']:.2f} s."]
@@ -204,6 +209,10 @@ def render_markdown(r: dict) -> str:
                      f"{_fmt(ratio, '.3f')} |")
     lines.append(f"| paper (LightGCN, converged) | 64 | | | | | 1000 | | {ref['paper_recall@20']:.4f} | "
                  f"{ref['paper_ndcg@20']:.4f} | |")
+    student = r.get("student")
+    if student and "init" in student:
+        lines += ["", f"Student: init `{student['init']}` (distill.init), lr {student['lr']}, kd_weight "
+                  f"{student['kd_weight']}, stopped: {student['stopped']}."]
     if teacher:
         lines += ["", "Teacher training seconds to reach Recall@20 (evaluation time excluded): "
                   + ", ".join(f"{k}: {_fmt(v, '.0f')}" for k, v in teacher.get("time_to_recall", {}).items()),
@@ -292,12 +301,7 @@ def epoch_time_probe(train, num_users: int, num_items: int, repeats: int, steps:
         loss.backward()
         optimizer.step()
 
-    def propagation_only(u, p, q):  # the floor: forward + backward of the whole-graph propagation
-        model.zero_grad(set_to_none=True)
-        final = model.propagate(adjacency, "sparse")
-        final[torch.cat([u, p + num_users, q + num_users])].sum().backward()
-
-    steps_fns = [("ours", ours), ("official_style", official), ("propagation_only", propagation_only)]
+    steps_fns = [("ours", ours), ("official_style", official)]
     per_step: dict[str, list[float]] = {name: [] for name, _ in steps_fns}
     for rep in range(repeats + 1):  # the first run warms up allocators and is dropped
         # rotate the order each repeat: on a shared VM, drift must not favour whichever runs first
@@ -309,11 +313,8 @@ def epoch_time_probe(train, num_users: int, num_items: int, repeats: int, steps:
             if rep:
                 per_step[name].append((time.perf_counter() - tic) / steps)
     steps_per_epoch = -(-len(train) // batch)
-    ours_s, official_s, floor_s = (statistics.median(per_step[k]) * steps_per_epoch
-                                   for k in ("ours", "official_style", "propagation_only"))
+    ours_s, official_s = (statistics.median(per_step[k]) * steps_per_epoch for k in ("ours", "official_style"))
     return {"step_seconds_runs": per_step["ours"], "official_style_step_seconds_runs": per_step["official_style"],
-            "propagation_only_step_seconds_runs": per_step["propagation_only"],
-            "propagation_floor_seconds_per_epoch": floor_s,
             "steps_per_epoch": steps_per_epoch, "seconds_per_epoch_estimate": ours_s,
             "official_style_seconds_per_epoch_estimate": official_s, "same_process_speedup": official_s / ours_s,
             "load_average": os.getloadavg()}
@@ -409,9 +410,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.teacher_from:
         teacher_model = load_model(args.teacher_from)[0]
         teacher, teacher_stopped = previous["teacher"], previous["teacher"]["stopped"]
-        results["notes"].append(f"Teacher loaded from {args.teacher_from} (trained by the run of "
-                                f"{previous['started']}: `{previous['command']}`).")
-        results["teacher_run"] = {k: previous[k] for k in ("command", "started", "wall_seconds") if k in previous}
+        # provenance of the run that trained the teacher, through any chain of --teacher-from runs
+        results["teacher_run"] = previous.get("teacher_run") or {
+            k: previous[k] for k in ("command", "started", "wall_seconds") if k in previous}
+        results["notes"].append(f"Teacher loaded from {args.teacher_from}, trained by the run of "
+                                f"{results['teacher_run']['started']}: `{results['teacher_run']['command']}`.")
     else:
         teacher_budget = budget * args.teacher_share - (time.time() - started)
         torch.manual_seed(args.seed)
@@ -437,7 +440,8 @@ def main(argv: list[str] | None = None) -> dict:
     student_fit = train_student(train, test, num_users, num_items, t_user, t_item, cfg, teacher_model,
                                 max_seconds=student_budget)
     student = model_summary("student", student_fit.model, adjacency.to("cpu"), train, test, ks, cache / "student",
-                            student_fit.history, {"stopped": student_fit.stopped})
+                            student_fit.history, {"stopped": student_fit.stopped, "init": cfg.distill.init,
+                                                  "lr": cfg.distill.lr, "kd_weight": cfg.distill.kd_weight})
     results["student"] = student
     write_results(results, out_dir)
 
