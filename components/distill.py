@@ -134,8 +134,7 @@ def train_student(train: Interactions, val: Interactions | None, num_users: int,
         raise ValueError("distill.init is 'teacher' but no teacher model was given")
     if dcfg.shuffle_labels:
         train = corrupt_labels(train, cfg.seed)
-        item_perm = torch.from_numpy(np.random.default_rng([cfg.seed, 98]).permutation(num_items))
-        teacher_item = teacher_item[item_perm]
+        teacher_item = teacher_item[torch.from_numpy(np.random.default_rng([cfg.seed, 98]).permutation(num_items))]
         log.warning("distill.shuffle_labels is on: training labels and teacher items are permuted (bad candidate)")
     device = resolve_device(cfg.teacher.device)
     topk = teacher_topk(teacher_user, teacher_item, known_pairs(train, val), dcfg.kd_topk, cfg.eval.user_batch_size)
