@@ -109,7 +109,8 @@ class DistillConfig(_Section):
     dim_fraction: float = Field(0.25, gt=0, le=1)
     num_layers: int = Field(3, ge=0)
     epochs: int = Field(30, ge=1)
-    # A small student fresh from initialization needs a larger step than the warm-started teacher.
+    # Tuned on the demo data (nightly runs train few epochs); over a longer Gowalla run 5e-3 did
+    # slightly better (93.1% vs 92.3% of the teacher's NDCG@20, benchmarks/gowalla).
     lr: float = Field(2e-2, gt=0)
     l2: float = Field(1e-4, ge=0)
     batch_size: int = Field(2048, ge=1)

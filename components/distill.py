@@ -195,7 +195,7 @@ def run_distill(layout: Layout, day: str, cfg: PipelineConfig) -> ModelArtifact:
     teacher_user, teacher_item = (torch.from_numpy(a) for a in load_embeddings(teacher_ref.path))
     teacher_metrics = read_json(Path(teacher_ref.path) / "metrics.json")
     work = work_dir(layout, "student", day, f"{config_hash}-{teacher_ref.version}")
-    teacher = load_model(teacher_ref.path)[0] if cfg.distill.init == "teacher" else None
+    teacher = load_model(teacher_ref.path)[0]
     fit = train_student(train, val, graph.num_users, graph.num_items, teacher_user, teacher_item, cfg, teacher,
                         work / "checkpoint.pt")
     full_adj = build_adjacency(train_all.user, train_all.item, graph.num_users, graph.num_items)

@@ -14,9 +14,8 @@ the same reference without rebuilding the PyTorch module.
 
 from __future__ import annotations
 
-import math
-
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -131,6 +131,26 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def train_step(model: LightGCN, adjacency: NormalizedAdjacency, backend: Backend, optimizer: torch.optim.Optimizer,
+               u: torch.Tensor, p: torch.Tensor, q: torch.Tensor, l2: float,
+               extra_loss: ExtraLoss | None = None) -> torch.Tensor:
+    """One optimizer step on a batch of (user, positive, negative): whole-graph propagation, BPR,
+    L2 on the batch's ego embeddings, optional extra loss. Returns the (detached) batch loss."""
+    final = model.propagate(adjacency, backend)
+    # one gather for the batch's users, positives and negatives: one scatter in backward
+    u_e, p_e, q_e = final[torch.cat([u, p + model.num_users, q + model.num_users])].split(u.numel())
+    loss = bpr_loss((u_e * p_e).sum(1), (u_e * q_e).sum(1))
+    if l2 > 0:
+        loss = loss + l2 * ego_l2(model.user_embedding.weight[u], model.item_embedding.weight[p],
+                                  model.item_embedding.weight[q])
+    if extra_loss is not None:
+        loss = loss + extra_loss(final[: model.num_users], final[model.num_users:], u, p, q)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 def fit_lightgcn(
     model: LightGCN,
     train: Interactions,
@@ -194,21 +214,10 @@ def fit_lightgcn(
         total_loss = torch.zeros((), device=device)
         for start in range(0, n, batch_size):
             u, p, q = users[start:start + batch_size], pos[start:start + batch_size], neg[start:start + batch_size]
-            final = model.propagate(adjacency, backend_)
-            # one gather for the batch's users, positives and negatives: one scatter in backward
-            u_e, p_e, q_e = final[torch.cat([u, p + model.num_users, q + model.num_users])].split(u.numel())
-            loss = bpr_loss((u_e * p_e).sum(1), (u_e * q_e).sum(1))
-            if l2 > 0:
-                loss = loss + l2 * ego_l2(model.user_embedding.weight[u], model.item_embedding.weight[p],
-                                          model.item_embedding.weight[q])
-            if extra_loss is not None:
-                loss = loss + extra_loss(final[: model.num_users], final[model.num_users:], u, p, q)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = train_step(model, adjacency, backend_, optimizer, u, p, q, l2, extra_loss)
             if after_step is not None:
                 after_step()
-            total_loss += loss.detach() * u.numel()
+            total_loss += loss * u.numel()
         epoch_seconds = time.perf_counter() - tic
         train_seconds += epoch_seconds
         row = {"epoch": epoch, "loss": float(total_loss) / max(n, 1), "seconds": epoch_seconds,

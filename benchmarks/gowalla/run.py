@@ -36,7 +36,7 @@ from components.models.lightgcn import LightGCN, build_adjacency, count_paramete
 from components.prune import prune_model  # noqa: E402
 from components.sources.lightgcn_split import load_lightgcn_split  # noqa: E402
 from components.storage import write_json  # noqa: E402
-from components.train import final_embeddings, fit_lightgcn, load_model, write_model_files  # noqa: E402
+from components.train import final_embeddings, fit_lightgcn, load_model, train_step, write_model_files  # noqa: E402
 
 log = logging.getLogger("benchmarks.gowalla")
 
@@ -279,9 +279,8 @@ class OfficialStyleStep:
 def epoch_time_probe(train, num_users: int, num_items: int, repeats: int, steps: int, seed: int = 0) -> dict:
     """Seconds per epoch of our training step and of the official-style step (``OfficialStyleStep``),
     measured in the same process, alternating, ``repeats`` runs of ``steps`` steps each: median step
-    time x steps per epoch. Ours is fit_lightgcn's step: propagate, one gather, BPR + ego L2, fused Adam.
+    time x steps per epoch. Ours is components.train.train_step, the step fit_lightgcn runs.
     """
-    from components.models.losses import bpr_loss, ego_l2
     from components.models.sampling import sample_epoch
 
     adjacency = build_adjacency(train.user, train.item, num_users, num_items)
@@ -293,13 +292,7 @@ def epoch_time_probe(train, num_users: int, num_items: int, repeats: int, steps:
     batch = 2048
 
     def ours(u, p, q):
-        final = model.propagate(adjacency, "sparse")
-        u_e, p_e, q_e = final[torch.cat([u, p + num_users, q + num_users])].split(u.numel())
-        loss = bpr_loss((u_e * p_e).sum(1), (u_e * q_e).sum(1)) + 1e-4 * ego_l2(
-            model.user_embedding.weight[u], model.item_embedding.weight[p], model.item_embedding.weight[q])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, adjacency, "sparse", optimizer, u, p, q, l2=1e-4)
 
     steps_fns = [("ours", ours), ("official_style", official)]
     per_step: dict[str, list[float]] = {name: [] for name, _ in steps_fns}
