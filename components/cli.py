@@ -5,7 +5,8 @@ registry operations, and the demo that runs the real Airflow DAG day by day.
     graphdistill generate --days 6 --corrupt 2026-01-05:duplicated_events
     graphdistill replay ml-100k/u.data --shift-to 2026-01-01
     graphdistill demo --days 6
-    graphdistill champion | rollback | promote VERSION | recommend u1 u2 | triton-export OUT
+    graphdistill champion | history | outcome DAY | rollback | promote VERSION --reason WHY
+    graphdistill recommend u1 u2 | triton-export OUT
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import yaml
 
 from components.config import REPO_ROOT
 from components.errors import PermanentStageFailure, StageSkipped
-from components.pipeline import STAGES, resolve, run_stage
-from components.storage import MANIFEST, Layout, parse_day, read_json
+from components.pipeline import RUN_SCOPED, STAGES, resolve, run_stage
+from components.storage import MANIFEST, Layout, cli_run_key, latest_run, parse_day, read_json, run_dir, run_key_for
 
 DAG_ID = "gnn_recsys_nightly"
 log = logging.getLogger("graphdistill")
@@ -48,9 +49,33 @@ def _days(start: str, count: int) -> list[str]:
     return [(first + dt.timedelta(days=i)).isoformat() for i in range(count)]
 
 
+def cli_run_key_for(stage: str, layout: Layout, day: str, run_key: str | None) -> str:
+    """The run a CLI stage belongs to: ``--run-key``; else a new run for a stage that starts one,
+    the day's latest run for a stage that continues one (gate, register, promote, report)."""
+    if run_key:
+        return run_key_for(run_key)
+    if stage in RUN_SCOPED and stage != "evaluate":
+        latest = latest_run(layout, day)
+        if latest is None:
+            raise FileNotFoundError(f"no run of {day} to continue: run evaluate first, or pass --run-key")
+        return latest["run_key"]
+    return cli_run_key()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = resolve(args.root, args.config, _overrides(args.set))
-    print(json.dumps(run_stage(args.stage, args.day, cfg), indent=2, default=str))
+    day = parse_day(args.day).isoformat()
+    layout = Layout.at(cfg.root)
+    run_key = cli_run_key_for(args.stage, layout, day, args.run_key)
+    upstream = None
+    previous = {"gate": "evaluate", "register": "gate", "promote": "register"}.get(args.stage)
+    if previous:  # the CLI passes the run's own upstream result, as the DAG does
+        recorded = run_dir(layout, day, run_key) / "stages" / f"{previous}.json"
+        if not recorded.exists():
+            raise FileNotFoundError(f"run {run_key} of {day} has no {previous} result ({recorded}); run {previous} first")
+        upstream = read_json(recorded)
+    print(f"run key: {run_key} ({run_dir(layout, day, run_key)})", file=sys.stderr)
+    print(json.dumps(run_stage(args.stage, day, cfg, run_key=run_key, upstream=upstream), indent=2, default=str))
     return 0
 
 
@@ -91,7 +116,36 @@ def cmd_champion(args: argparse.Namespace) -> int:
 def cmd_promote(args: argparse.Namespace) -> int:
     from components.registry import promote
 
-    print(promote(Layout.at(args.root), args.version, reason=args.reason))
+    result = promote(Layout.at(args.root), args.version, reason=args.reason)
+    print(json.dumps(result.__dict__, indent=2))
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """Every promotion, rollback and not-promoted decision, with its reason."""
+    from components.registry import history
+
+    for entry in history(Layout.at(args.root)):
+        manual = " (by hand)" if entry.get("manual") else ""
+        print(f"{entry.get('at', '?')}  {entry['event']:<12} {entry['version']}{manual}  {entry.get('reason', '')}")
+    return 0
+
+
+def cmd_outcome(args: argparse.Namespace) -> int:
+    """What the day's latest run (or ``--run-key``) decided and why."""
+    from components.storage import read_outcome
+
+    layout = Layout.at(args.root)
+    day = parse_day(args.day).isoformat()
+    if args.run_key:
+        outcome = read_outcome(layout, day, run_key_for(args.run_key))
+    else:
+        latest = latest_run(layout, day)
+        outcome = read_outcome(layout, day, latest["run_key"]) if latest else None
+    if outcome is None:
+        raise FileNotFoundError(f"no recorded outcome for {day}{' run ' + args.run_key if args.run_key else ''} "
+                                f"under {layout.reports(day)}")
+    print(json.dumps(outcome, indent=2))
     return 0
 
 
@@ -156,8 +210,9 @@ def run_dag_day(root: Path, day: str, conf: dict[str, Any], log_file: Path) -> i
 
 
 def day_summary(layout: Layout, day: str) -> dict[str, Any]:
-    """What happened on a day, read back from the artifacts (not from logs)."""
-    stages = layout.reports(day) / "stages"
+    """What the day's latest run did, read back from its artifacts (not from logs)."""
+    latest = latest_run(layout, day)
+    stages = Path(latest["dir"]) / "stages" if latest else layout.reports(day) / "missing"
     read = lambda name: read_json(stages / f"{name}.json") if (stages / f"{name}.json").exists() else None  # noqa: E731
     accepted = read_json(layout.accepted(day) / MANIFEST) if (layout.accepted(day) / MANIFEST).exists() else None
     # The newest quarantine attempt counts only if the day is not accepted (a later fix wins).
@@ -179,10 +234,14 @@ def day_summary(layout: Layout, day: str) -> dict[str, Any]:
     if graph:
         summary["graph"] = f"{graph['num_users']}u/{graph['num_items']}i/{graph['train_pairs']}e"
     if gate:
-        summary["blessed"] = gate.get("blessed")
+        summary["verdict"] = gate.get("verdict")
+        summary["users_evaluated"] = gate.get("users_evaluated")
         summary["failed_gates"] = list(gate.get("failed", []))
+        summary["inconclusive_gates"] = list(gate.get("inconclusive", []))
     if promotion:
         summary["champion"] = promotion.get("champion_version")
+    if latest and latest.get("outcome"):
+        summary["outcome"] = f"{latest['outcome']}: {latest['reason']}"
     return summary
 
 
@@ -211,18 +270,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         summary["dag_run"] = "success" if rc == 0 else f"failed (rc={rc}, log {logs / f'{day}.log'})"
         rows.append(summary)
         print(json.dumps(summary, default=str))
-    print("\nday        | accepted | quarantined | features online | graph (users/items/edges) | blessed | champion")
+    print("\nday        | accepted | quarantined | graph (users/items/edges) | evaluated | verdict      | outcome")
     for r in rows:
         print(f"{r['day']} | {r['accepted_rows']:8} | {r.get('quarantined_rows', 0) if r['quarantined'] else 0:11} | "
-              f"{str(r.get('features_rows', '-')):15} | {r.get('graph', '-'):25} | {str(r.get('blessed', '-')):7} | "
-              f"{r.get('champion', '-')}")
+              f"{r.get('graph', '-'):25} | {str(r.get('users_evaluated', '-')):9} | {str(r.get('verdict', '-')):12} | "
+              f"{r.get('outcome', '-')}")
     current = champion(layout)
     print(f"\nchampion: {current.version if current else 'none'}")
-    last = next((d for d in reversed(days) if (layout.reports(d) / "blessing.json").exists()), None)
+    judged = [(d, latest_run(layout, d)) for d in reversed(days)]
+    last = next(((d, Path(lr["dir"])) for d, lr in judged if lr and (Path(lr["dir"]) / "blessing.json").exists()), None)
     if last:
-        print(f"\ngate table of {last}:\n")
-        print(gate_table_markdown(Blessing.load(layout.reports(last) / "blessing.json")))
-        print(f"report: {layout.reports(last) / 'report.html'}")
+        print(f"\ngate table of {last[0]}:\n")
+        print(gate_table_markdown(Blessing.load(last[1] / "blessing.json")))
+        print(f"report: {last[1] / 'report.html'}")
     return 0 if current else 1
 
 
@@ -239,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--root", default=default_root)
     run.add_argument("--config", default=None, help="pipeline YAML (default config/pipeline.yaml)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    run.add_argument("--run-key", default=None,
+                     help="run the stage as part of this run (reports/<day>/runs/<key>/); default: a new cli-<UTC> "
+                          "run for evaluate and earlier stages, the day's latest run for gate..report")
     run.set_defaults(func=cmd_run)
 
     gen = sub.add_parser("generate", help="write synthetic landing partitions")
@@ -279,11 +342,20 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "rollback":
             p.add_argument("--reason", default="manual rollback")
         p.set_defaults(func=func)
-    prom = sub.add_parser("promote", help="promote a blessed registry version")
+    prom = sub.add_parser("promote", help="promote any blessed registry version by hand (recorded as manual; "
+                                          "lifts a rollback; skips the automatic compare-and-swap checks)")
     prom.add_argument("version")
     prom.add_argument("--root", default=default_root)
-    prom.add_argument("--reason", default="manual promotion")
+    prom.add_argument("--reason", required=True, help="why (recorded in the registry history)")
     prom.set_defaults(func=cmd_promote)
+    hist = sub.add_parser("history", help="promotions, rollbacks and not-promoted decisions with reasons")
+    hist.add_argument("--root", default=default_root)
+    hist.set_defaults(func=cmd_history)
+    out = sub.add_parser("outcome", help="what a day's latest run (or --run-key) decided, and why")
+    out.add_argument("day")
+    out.add_argument("--run-key", default=None)
+    out.add_argument("--root", default=default_root)
+    out.set_defaults(func=cmd_outcome)
     rec = sub.add_parser("recommend", help="top-k items for users from the champion")
     rec.add_argument("users", nargs="+")
     rec.add_argument("-k", type=int, default=10)

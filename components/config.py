@@ -144,7 +144,8 @@ class ExportConfig(_Section):
     batch_sizes: tuple[int, ...] = (1, 64, 256)
     opset: int = Field(17, ge=13)
     exclude_seen: bool = True
-    latency_repeats: int = Field(30, ge=3)
+    # Timed calls per batch size after warm-up; the latency gates need >= gates' min_latency_calls.
+    latency_repeats: int = Field(1000, ge=3)
 
 
 class EngineConfig(_Section):
@@ -158,18 +159,27 @@ class EvalConfig(_Section):
     user_batch_size: int = Field(4096, ge=1)
 
 
+GATE_KINDS = ("min", "max", "min_ratio_to", "max_regression_vs", "min_lift_over")
+RELATIVE_KINDS = ("min_ratio_to", "max_regression_vs", "min_lift_over")
+
+
 class GateSpec(_Section):
-    """One gate: a metric compared with an absolute threshold or with a baseline's value."""
+    """One gate: a metric compared with an absolute threshold or with a baseline's value.
+
+    Evaluation metrics are judged on a paired bootstrap interval over users (see config/gates.yaml
+    for each kind's rule); ``segment`` picks which users: all, warm (known to the model) or cold
+    (answered by serving's fallback)."""
 
     metric: str
     kind: Literal["min", "max", "min_ratio_to", "max_regression_vs", "min_lift_over"]
     threshold: float
     baseline: Literal["champion", "teacher", "popularity"] | None = None
+    segment: Literal["all", "warm", "cold"] = "all"
     description: str = ""
 
     @model_validator(mode="after")
     def _baseline_when_relative(self) -> "GateSpec":
-        relative = self.kind in ("min_ratio_to", "max_regression_vs", "min_lift_over")
+        relative = self.kind in RELATIVE_KINDS
         if relative and self.baseline is None:
             raise ValueError(f"gate on {self.metric!r} of kind {self.kind} needs a baseline")
         if not relative and self.baseline is not None:
@@ -181,6 +191,16 @@ class GatesConfig(_Section):
     # With no champion yet, relative-to-champion gates are skipped (and reported as such);
     # every other gate still applies (components/gates.py judge_gate).
     gates: tuple[GateSpec, ...]
+    # Paired bootstrap (scipy.stats.bootstrap) of every evaluation-metric gate's statistic over users.
+    bootstrap_resamples: int = Field(2000, ge=1000)
+    # Two-sided level: each bound of a 90% interval is a one-sided 95% bound.
+    confidence_level: float = Field(0.90, gt=0.5, lt=1)
+    bootstrap_method: Literal["percentile", "basic", "BCa"] = "percentile"
+    # What an INCONCLUSIVE gate (interval straddles the threshold, too few users or timed calls)
+    # means for promotion: keep the champion (default), or promote as if it had passed.
+    inconclusive: Literal["keep_champion", "promote"] = "keep_champion"
+    # Latency gates need at least this many timed calls (after warm-up) to decide.
+    min_latency_calls: int = Field(1000, ge=1)
 
 
 def load_gates(path: str | Path = DEFAULT_GATES_FILE) -> GatesConfig:

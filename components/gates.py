@@ -1,16 +1,22 @@
 """Evaluate and gate stages: the candidate against its baselines on the fresh day, then a blessing.
 
-Evaluation (``run_evaluate``): the candidate (pruned student), the teacher, the serving champion
-and a popularity baseline are ranked over the full catalogue for the SAME holdout users of the
-run day (the graph's holdout), training positives excluded, via ``components.evaluate``. ID maps
-are append-only, so an older champion covers an index prefix: its missing item rows score -inf
-(it cannot recommend what it never saw) and only holdout users known to every compared model are
-evaluated. The counts of what was restricted are recorded.
+Evaluation (``run_evaluate``) measures. The candidate named by the run's engine reference (see
+components/candidate.py), its teacher, the champion *as of the day* (the registry's newest
+promoted model of an earlier day: never a model that has seen the day, and the same baseline
+whenever the day is re-run) and a popularity baseline are ranked over the full catalogue for
+every holdout user of the day, training positives excluded, via ``components.evaluate``. Each
+model is evaluated *as served*: users it has a trained embedding for get its scores, every other
+user gets serving's cold-user answer (``components.serving.cold_user_scorer``). Users without
+training history are the "cold" segment, the rest "warm". Per-user metric vectors of every model
+are kept (per_user.npz) so that gates can compute paired intervals.
 
-Gating (``judge``, ``run_gate``), TFX Evaluator style: every gate in config/gates.yaml gets a
-verdict (pass / fail / skipped) with its metric, value, baseline value, threshold and who
-measured it; the candidate is blessed only if no gate failed. Without a champion (bootstrap),
-gates against the champion are skipped and say so; every other gate applies.
+Gating (``judge``, ``run_gate``) judges, as a pure function of the measurements and
+config/gates.yaml: each evaluation gate gets a paired bootstrap confidence interval
+(``scipy.stats.bootstrap``, seeded) of its statistic over users and a verdict PASS / FAIL /
+INCONCLUSIVE by the rule of its kind; engine gates compare the engine's measurements (latency from
+>= ``min_latency_calls`` timed calls). Without a champion (bootstrap), gates against the champion
+are skipped and say so. The blessing records n, point value and interval of every gate. The
+registry decides promotion (components/registry.py); nothing here imports it back.
 """
 
 from __future__ import annotations
@@ -24,23 +30,29 @@ from typing import Any
 import numpy as np
 import torch
 
+from components.candidate import CandidateRefs, candidate_id
 from components.config import GateSpec, GatesConfig, PipelineConfig
-from components.evaluate import evaluate_scorer, popularity_scorer
-from components.graph import GraphArtifact, Interactions
-from components.storage import Layout, atomic_write_bytes, read_json, write_json
+from components.evaluate import Scorer, UserMetrics, popularity_scorer, user_metrics
+from components.graph import GraphArtifact
+from components.storage import Layout, atomic_write_bytes, read_json, record_outcome, run_dir, write_json
 
 log = logging.getLogger(__name__)
 
 EVALUATION_FILE = "evaluation.json"
+PER_USER_FILE = "per_user.npz"
 BLESSING_FILE = "blessing.json"
-ENGINE_METRICS = ("parity_max_abs_diff", "parity_topk_overlap", "latency_p99_ms", "engine_bytes")
+LATENCY_METRICS = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms")
+ENGINE_METRICS = ("parity_max_abs_diff", "parity_topk_overlap", "engine_bytes") + LATENCY_METRICS
+COUNT_METRICS = ("users_evaluated",)
+MODELS = ("candidate", "teacher", "champion", "popularity")
+SEGMENTS = ("all", "warm", "cold")
 BOOTSTRAP_NOTE = "skipped (no champion: bootstrap)"
 
 
 # --- evaluation -------------------------------------------------------------------------------
 
 
-def prefix_scorer(user_emb: np.ndarray, item_emb: np.ndarray, num_items: int):
+def prefix_scorer(user_emb: np.ndarray, item_emb: np.ndarray, num_items: int) -> Scorer:
     """Inner-product scorer over ``num_items`` items for a model covering an item prefix:
     items beyond its embeddings score -inf."""
     user_t = torch.as_tensor(user_emb, dtype=torch.float32)
@@ -57,111 +69,169 @@ def prefix_scorer(user_emb: np.ndarray, item_emb: np.ndarray, num_items: int):
     return score
 
 
+def served_scorer(model: Scorer, has_embedding: np.ndarray, fallback: Scorer) -> Scorer:
+    """What serving answers: ``model`` for users with a trained embedding, ``fallback`` for the rest
+    (users beyond ``has_embedding`` are unknown to the model)."""
+    known_t = torch.from_numpy(np.asarray(has_embedding, dtype=bool))
+
+    def score(users: torch.Tensor) -> torch.Tensor:
+        scores = fallback(users)
+        inside = users < known_t.numel()
+        warm = torch.zeros_like(inside)
+        warm[inside] = known_t[users[inside]]
+        if warm.any():
+            scores[warm] = model(users[warm])
+        return scores
+
+    return score
+
+
 @dataclass(frozen=True)
 class EvaluationResult:
-    """Metrics of candidate, teacher, champion (None at bootstrap) and popularity on one user set."""
+    """Means per model and segment on one user set; per-user vectors live in ``per_user_path``."""
 
     day: str
-    path: str  # reports/<day>/evaluation.json
+    run_key: str
+    path: str  # reports/<day>/runs/<run_key>/evaluation.json
+    per_user_path: str  # per_user.npz: users, cold flag, "<model>__<metric>" vectors
+    candidate_id: str  # the registry version this candidate registers as
+    candidate_refs: dict[str, Any]  # CandidateRefs.as_dict()
     graph_version: str
-    candidate_version: str
+    candidate_version: str  # = candidate_id (one id everywhere)
     teacher_version: str | None
-    champion_version: str | None
-    candidate: dict[str, float]
+    champion_version: str | None  # the baseline: champion as of the day (None at bootstrap)
+    baseline_reason: str  # why this baseline (or why none)
+    candidate: dict[str, float]  # all-segment means (segments below)
     teacher: dict[str, float] | None
     champion: dict[str, float] | None
     popularity: dict[str, float]
+    segments: dict[str, dict[str, dict[str, float]]]  # model -> segment -> metric means
     holdout_users: int  # distinct users in the day's holdout
     holdout_pairs: int
-    users_unknown_to_a_model: int  # holdout users outside some compared model's user range
-    pairs_unknown_to_a_model: int
     users_evaluated: int
-    cold_users_skipped: int
-    known_users_bound: int  # users with index < this are known to every compared model
+    warm_users_evaluated: int
+    cold_users_evaluated: int  # answered by serving's cold-user path, evaluated as served
+    users_without_unseen_test_items: int
 
-    def metrics_of(self, baseline: str) -> dict[str, float] | None:
-        return {"candidate": self.candidate, "teacher": self.teacher, "champion": self.champion,
-                "popularity": self.popularity}[baseline]
+    def metrics_of(self, model: str, segment: str = "all") -> dict[str, float] | None:
+        return (self.segments.get(model) or {}).get(segment)
 
     @classmethod
     def load(cls, path: str | Path) -> "EvaluationResult":
         return cls(**read_json(path))
 
 
-def _restrict_users(test: Interactions, bound: int) -> Interactions:
-    keep = test.user < bound
-    return Interactions(test.user[keep], test.item[keep], test.weight[keep])
+@dataclass(frozen=True)
+class PerUser:
+    """Aligned per-user vectors of every evaluated model (row i = user ``users[i]``)."""
+
+    users: np.ndarray
+    cold: np.ndarray
+    values: dict[str, dict[str, np.ndarray]]  # model -> metric -> vector
+
+    def segment_mask(self, segment: str) -> np.ndarray:
+        return {"all": np.ones_like(self.cold), "warm": ~self.cold, "cold": self.cold}[segment]
+
+    def save(self, path: Path) -> None:
+        arrays = {f"{model}__{metric}": v for model, metrics in self.values.items() for metric, v in metrics.items()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp.npz")
+        np.savez_compressed(tmp, users=self.users, cold=self.cold, **arrays)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PerUser":
+        values: dict[str, dict[str, np.ndarray]] = {}
+        with np.load(path) as data:
+            for key in data.files:
+                if "__" in key:
+                    model, metric = key.split("__", 1)
+                    values.setdefault(model, {})[metric] = data[key]
+            return cls(users=data["users"], cold=data["cold"].astype(bool), values=values)
 
 
-def run_evaluate(layout: Layout, day: str, cfg: PipelineConfig) -> EvaluationResult:
-    """Evaluate candidate, teacher, champion and popularity on the day's holdout; write
-    reports/<day>/evaluation.json."""
+def _segment_means(metrics: UserMetrics, cold: np.ndarray) -> dict[str, dict[str, float]]:
+    out = {}
+    for segment, mask in (("all", np.ones_like(cold)), ("warm", ~cold), ("cold", cold)):
+        means = {name: float(v[mask].mean()) if mask.any() else 0.0 for name, v in metrics.values.items()}
+        out[segment] = {**means, "users_evaluated": int(mask.sum())}
+    out["all"].update(metrics.coverage)
+    return out
+
+
+def run_evaluate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
+                 candidate: CandidateRefs | dict[str, Any] | None = None) -> EvaluationResult:
+    """Evaluate the candidate (``candidate``: its engine reference or CandidateRefs; the CLI's
+    default is the day's current engine), its teacher, the champion as of ``day`` and popularity
+    on the day's holdout, as served; write evaluation.json and per_user.npz to the run's folder."""
     from components.export import load_embeddings
-    from components.registry import champion as current_champion
+    from components.registry import champion_as_of, version_has_history, version_popularity
+    from components.serving import cold_user_scorer
 
-    graph_ref = layout.current("graphs", day)
-    candidate_ref = layout.current("models/pruned", day)
-    if graph_ref is None or candidate_ref is None:
-        missing = "graphs" if graph_ref is None else "models/pruned"
-        raise FileNotFoundError(f"run_evaluate {day}: no {missing} artifact under {layout.root}")
-    teacher_ref = layout.current("models/teacher", day)
-    champ = current_champion(layout)
-    graph = GraphArtifact.load(graph_ref)
-    train, holdout = graph.train_interactions(), graph.holdout_interactions()
-
-    models: dict[str, tuple[np.ndarray, np.ndarray]] = {"candidate": load_embeddings(candidate_ref.path)}
-    if teacher_ref is not None:
-        models["teacher"] = load_embeddings(teacher_ref.path)
+    if candidate is None:
+        refs = CandidateRefs.current(layout, day)
+    elif isinstance(candidate, CandidateRefs):
+        refs = candidate
     else:
-        log.warning("evaluate %s: no teacher artifact; teacher-relative gates will fail", day)
-    if champ is not None:
-        models["champion"] = load_embeddings(champ.path)
-    for name, (user_emb, item_emb) in models.items():
-        if user_emb.shape[0] > graph.num_users or item_emb.shape[0] > graph.num_items:
-            raise ValueError(
-                f"evaluate {day}: {name} covers {user_emb.shape[0]} users x {item_emb.shape[0]} items, "
-                f"more than graph {graph_ref.version} ({graph.num_users} x {graph.num_items})"
-            )
-    bound = min(user_emb.shape[0] for user_emb, _ in models.values())
-    test = _restrict_users(holdout, bound)
-    holdout_users = int(np.unique(holdout.user).size)
-    unknown_users = holdout_users - int(np.unique(test.user).size)
+        refs = CandidateRefs.from_engine(layout, candidate.get("engine", candidate))
+    if refs.day != day:
+        raise ValueError(f"evaluate {day}: the candidate's artifacts are of {refs.day}")
+    baseline, baseline_reason = champion_as_of(layout, day)
+    cid = candidate_id(refs, cfg.config_hash(), baseline.version if baseline else None)
+    graph = GraphArtifact.load(refs.graph)
+    train, holdout = graph.train_interactions(), graph.holdout_interactions()
+    num_items = graph.num_items
+    has_train = np.bincount(train.user, minlength=graph.num_users) > 0
+    fallback = cold_user_scorer(np.bincount(train.item, minlength=num_items), num_items)
+
+    def served(name: str, user_emb: np.ndarray, item_emb: np.ndarray, has_history: np.ndarray, cold: Scorer):
+        if user_emb.shape[0] > graph.num_users or item_emb.shape[0] > num_items:
+            raise ValueError(f"evaluate {day}: {name} covers {user_emb.shape[0]} users x {item_emb.shape[0]} items, "
+                             f"more than graph {refs.graph.version} ({graph.num_users} x {num_items})")
+        return served_scorer(prefix_scorer(user_emb, item_emb, num_items), has_history[: user_emb.shape[0]], cold)
+
+    scorers: dict[str, Scorer] = {"candidate": served("candidate", *load_embeddings(refs.pruned.path), has_train,
+                                                      fallback)}
+    if refs.teacher is not None:
+        scorers["teacher"] = served("teacher", *load_embeddings(refs.teacher.path), has_train, fallback)
+    else:
+        log.warning("evaluate %s: candidate %s names no teacher; teacher-relative gates will fail", day, cid)
+    if baseline is not None:
+        scorers["champion"] = served("champion", *load_embeddings(baseline.path),
+                                     version_has_history(layout, baseline.version),
+                                     cold_user_scorer(version_popularity(layout, baseline.version), num_items))
+    scorers["popularity"] = popularity_scorer(train, num_items)
 
     ks, batch = tuple(cfg.eval.ks), cfg.eval.user_batch_size
-    metrics: dict[str, dict[str, float]] = {}
-    for name, (user_emb, item_emb) in models.items():
-        metrics[name] = evaluate_scorer(prefix_scorer(user_emb, item_emb, graph.num_items), train, test,
-                                        graph.num_items, ks, batch)
-    metrics["popularity"] = evaluate_scorer(popularity_scorer(train, graph.num_items), train, test,
-                                            graph.num_items, ks, batch)
-
+    measured = {name: user_metrics(scorer, train, holdout, num_items, ks, batch, include_cold=True)
+                for name, scorer in scorers.items()}
+    first = measured["candidate"]
+    cold = ~has_train[first.users]
+    out = run_dir(layout, day, run_key)
+    per_user = PerUser(users=first.users, cold=cold, values={n: m.values for n, m in measured.items()})
+    per_user.save(out / PER_USER_FILE)
+    segments = {name: _segment_means(m, cold) for name, m in measured.items()}
+    all_of = lambda name: segments[name]["all"] if name in segments else None  # noqa: E731
     result = EvaluationResult(
-        day=day,
-        path=str(layout.reports(day) / EVALUATION_FILE),
-        graph_version=graph_ref.version,
-        candidate_version=candidate_ref.version,
-        teacher_version=teacher_ref.version if teacher_ref else None,
-        champion_version=champ.version if champ else None,
-        candidate=metrics["candidate"],
-        teacher=metrics.get("teacher"),
-        champion=metrics.get("champion"),
-        popularity=metrics["popularity"],
-        holdout_users=holdout_users,
-        holdout_pairs=len(holdout),
-        users_unknown_to_a_model=unknown_users,
-        pairs_unknown_to_a_model=len(holdout) - len(test),
-        users_evaluated=int(metrics["candidate"]["users_evaluated"]),
-        cold_users_skipped=int(metrics["candidate"]["cold_users_skipped"]),
-        known_users_bound=int(bound),
+        day=day, run_key=run_key, path=str(out / EVALUATION_FILE), per_user_path=str(out / PER_USER_FILE),
+        candidate_id=cid, candidate_refs=refs.as_dict(), graph_version=refs.graph.version,
+        candidate_version=cid, teacher_version=refs.teacher.version if refs.teacher else None,
+        champion_version=baseline.version if baseline else None, baseline_reason=baseline_reason,
+        candidate=all_of("candidate"), teacher=all_of("teacher"), champion=all_of("champion"),
+        popularity=all_of("popularity"), segments=segments,
+        holdout_users=int(np.unique(holdout.user).size), holdout_pairs=len(holdout),
+        users_evaluated=int(first.users.size), warm_users_evaluated=int((~cold).sum()),
+        cold_users_evaluated=int(cold.sum()),
+        users_without_unseen_test_items=int(first.counts["users_without_unseen_test_items"]),
     )
     write_json(Path(result.path), asdict(result))
     k = 20 if 20 in ks else ks[0]
     log.info(
-        "evaluate %s: %d holdout users, %d evaluated (%d cold, %d unknown to %s); ndcg@%d candidate %.4f "
-        "teacher %s champion %s popularity %.4f",
-        day, holdout_users, result.users_evaluated, result.cold_users_skipped, unknown_users,
-        "the champion" if champ else "a model", k, result.candidate[f"ndcg@{k}"],
-        f"{result.teacher[f'ndcg@{k}']:.4f}" if result.teacher else "n/a",
+        "evaluate %s run %s: candidate %s (engine %s), baseline %s (%s); %d users evaluated (%d warm, %d cold, "
+        "as served); ndcg@%d candidate %.4f teacher %s champion %s popularity %.4f",
+        day, run_key, cid, refs.engine.version, result.champion_version or "none", baseline_reason,
+        result.users_evaluated, result.warm_users_evaluated, result.cold_users_evaluated, k,
+        result.candidate[f"ndcg@{k}"], f"{result.teacher[f'ndcg@{k}']:.4f}" if result.teacher else "n/a",
         f"{result.champion[f'ndcg@{k}']:.4f}" if result.champion else "n/a (bootstrap)",
         result.popularity[f"ndcg@{k}"],
     )
@@ -179,12 +249,16 @@ class GateResult:
     kind: str
     threshold: float
     baseline: str | None
-    value: float | None  # the candidate's (or engine's) value
+    segment: str
+    n: int  # users (evaluation gates) or timed calls (latency gates) behind the value
+    value: float | None  # the candidate's (or engine's) point value
     baseline_value: float | None
-    statistic: float | None  # what is compared with the threshold: value, ratio, regression or lift
-    verdict: str  # "pass" | "fail" | "skipped"
+    statistic: float | None  # point value of what is judged: value, ratio or relative change
+    ci_low: float | None  # bootstrap interval of the statistic (None: a measurement without one)
+    ci_high: float | None
+    verdict: str  # "pass" | "fail" | "inconclusive" | "skipped"
     note: str
-    measured_by: str  # "evaluation" or the runtime that measured an engine metric
+    measured_by: str  # "evaluation (...)" or the runtime that measured an engine metric
     description: str = ""
 
 
@@ -193,16 +267,24 @@ class Blessing:
     """The TFX-style blessing: promotion reads only this."""
 
     day: str
+    run_key: str
     blessed: bool
-    candidate_version: str
-    champion_version: str | None
+    verdict: str  # "blessed" | "rejected" (a gate failed) | "inconclusive" (none failed, some undecided)
+    candidate_version: str  # the candidate id = its registry version
+    candidate_refs: dict[str, Any]
+    champion_version: str | None  # the baseline it was judged against (champion as of the day)
+    baseline_reason: str
     bootstrap: bool
     runtime: str | None  # runtime that measured the engine gates
     runtime_description: str | None
     tensorrt_status: str | None
     users_evaluated: int
+    confidence_level: float
+    bootstrap_resamples: int
     gates: tuple[GateResult, ...] = field(default_factory=tuple)
     failed: tuple[str, ...] = field(default_factory=tuple)
+    inconclusive: tuple[str, ...] = field(default_factory=tuple)
+    evaluation_path: str = ""
     path: str = ""
 
     @classmethod
@@ -210,130 +292,244 @@ class Blessing:
         data = read_json(path)
         data["gates"] = tuple(GateResult(**g) for g in data["gates"])
         data["failed"] = tuple(data["failed"])
+        data["inconclusive"] = tuple(data["inconclusive"])
         return cls(**data)
 
 
-def _statistic(kind: str, value: float, base: float | None) -> float:
-    """The quantity a gate kind compares with its threshold (see config/gates.yaml)."""
-    if kind in ("min", "max"):
-        return value
-    assert base is not None
-    if base == 0:  # a zero baseline: any positive value is an infinite ratio/lift, no regression
-        if value == 0:  # 0 vs 0 measures nothing (e.g. no users evaluated): never a pass
-            return math.nan
-        return 0.0 if kind == "max_regression_vs" else math.inf
-    if kind == "min_ratio_to":
-        return value / base
-    if kind == "max_regression_vs":
-        return (base - value) / base
-    if kind == "min_lift_over":
-        return value / base - 1.0
-    raise ValueError(f"unknown gate kind {kind!r}")
+# A gate kind judges statistic s with interval [lo, hi] against a bound: PASS when the whole
+# interval satisfies the rule, FAIL when the whole interval violates it, INCONCLUSIVE otherwise.
+def _rule(kind: str, threshold: float) -> tuple[str, float, str]:
+    """(statistic name, bound, direction) of a gate kind (see config/gates.yaml)."""
+    return {
+        "min": ("value", threshold, ">="),
+        "max": ("value", threshold, "<="),
+        "min_ratio_to": ("ratio", threshold, ">="),
+        # non-inferiority: relative change c/b - 1 >= -threshold (at most a `threshold` drop)
+        "max_regression_vs": ("relative change", -threshold, ">="),
+        # lift: relative change c/b - 1 > threshold
+        "min_lift_over": ("relative change", threshold, ">"),
+    }[kind]
 
 
-def _passes(kind: str, statistic: float, threshold: float) -> bool:
-    if math.isnan(statistic):
-        return False
-    if kind in ("max", "max_regression_vs"):
-        return statistic <= threshold
-    return statistic >= threshold
+def _holds(direction: str, value: float, bound: float) -> bool:
+    return {">=": value >= bound, ">": value > bound, "<=": value <= bound}[direction]
 
 
-def _engine_value(metric: str, engine) -> float:
-    if metric == "latency_p99_ms":
-        return float(engine.latency_p99_ms)
-    return float(getattr(engine, metric))
+def decide(direction: str, bound: float, low: float, high: float) -> str:
+    """PASS if the whole interval satisfies ``direction bound``, FAIL if none of it does."""
+    if math.isnan(low) or math.isnan(high):
+        return "inconclusive"
+    best, worst = (high, low) if direction in (">=", ">") else (low, high)
+    if _holds(direction, worst, bound):
+        return "pass"
+    if not _holds(direction, best, bound):
+        return "fail"
+    return "inconclusive"
 
 
-def judge_gate(spec: GateSpec, evaluation: EvaluationResult, engine, has_champion: bool) -> GateResult:
+def _mean(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(x, axis=axis)
+
+
+def _ratio(c: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.mean(c, axis=axis) / np.mean(b, axis=axis)
+
+
+def _relative_change(c: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    return _ratio(c, b, axis) - 1.0
+
+
+STATISTICS = {"value": _mean, "ratio": _ratio, "relative change": _relative_change}
+
+
+def bootstrap_interval(samples: tuple[np.ndarray, ...], statistic: str, gates: GatesConfig,
+                       seed: int) -> tuple[float, float]:
+    """Seeded (paired, for two samples) bootstrap interval of ``statistic`` over users."""
+    from scipy.stats import bootstrap
+
+    if samples[0].size < 2 or all(np.all(s == s[0]) for s in samples):
+        # scipy cannot resample one user; identical values have a degenerate interval.
+        point = float(STATISTICS[statistic](*samples)) if samples[0].size else math.nan
+        return (point, point) if samples[0].size >= 2 else (math.nan, math.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        result = bootstrap(samples, STATISTICS[statistic], paired=len(samples) > 1, vectorized=True,
+                           n_resamples=gates.bootstrap_resamples, confidence_level=gates.confidence_level,
+                           method=gates.bootstrap_method, random_state=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def _engine_value(metric: str, engine) -> tuple[float, int]:
+    """(value, timed calls behind it) of an engine metric; latency at the largest batch size."""
+    if metric in LATENCY_METRICS:
+        stats = engine.latency_ms[str(engine.largest_batch)]
+        key = metric.removeprefix("latency_")
+        if key not in stats:
+            raise ValueError(f"engine {engine.version} measured no {key} (has {sorted(stats)}); re-run convert")
+        return float(stats[key]), int(stats.get("repeats", 0))
+    return float(getattr(engine, metric)), 0
+
+
+def _label(spec: GateSpec) -> str:
+    return (f"{spec.metric} {spec.kind}{' ' + spec.baseline if spec.baseline else ''}"
+            f"{'' if spec.segment == 'all' else ' [' + spec.segment + ']'}")
+
+
+def judge_gate(spec: GateSpec, evaluation: EvaluationResult, per_user: PerUser | None, engine,
+               gates: GatesConfig, seed: int) -> GateResult:
     common = dict(metric=spec.metric, kind=spec.kind, threshold=spec.threshold, baseline=spec.baseline,
-                  description=spec.description)
+                  segment=spec.segment, description=spec.description)
+    name, bound, direction = _rule(spec.kind, spec.threshold)
     if spec.metric in ENGINE_METRICS:
         if spec.baseline is not None:
             raise ValueError(f"gate on engine metric {spec.metric!r} supports kinds min/max only, got {spec.kind}")
         if engine is None:
-            return GateResult(**common, value=None, baseline_value=None, statistic=None, verdict="fail",
-                              note="no engine result: engine metrics were not measured", measured_by="none")
-        value = _engine_value(spec.metric, engine)
+            return GateResult(**common, n=0, value=None, baseline_value=None, statistic=None, ci_low=None,
+                              ci_high=None, verdict="fail", note="no engine result: engine metrics were not measured",
+                              measured_by="none")
+        value, calls = _engine_value(spec.metric, engine)
         measured_by = f"{engine.runtime} ({engine.runtime_description})"
-        if spec.metric == "latency_p99_ms":
-            measured_by += f", batch {engine.largest_batch}"
-    else:
-        if spec.metric not in evaluation.candidate:
-            raise ValueError(
-                f"gate metric {spec.metric!r} is neither an engine metric {ENGINE_METRICS} nor an evaluation "
-                f"metric (have {sorted(evaluation.candidate)})"
-            )
-        value = float(evaluation.candidate[spec.metric])
-        measured_by = f"evaluation ({evaluation.users_evaluated} holdout users)"
+        verdict = "pass" if _holds(direction, value, bound) else "fail"
+        note = f"{name} {value:.6g} {direction} {bound:g}" + ("" if verdict == "pass" else " violated")
+        if spec.metric in LATENCY_METRICS:
+            measured_by += f", batch {engine.largest_batch}, {calls} timed calls"
+            if calls < gates.min_latency_calls:
+                verdict = "inconclusive"
+                note = f"only {calls} timed calls (< min_latency_calls {gates.min_latency_calls}): {note}"
+        return GateResult(**common, n=calls, value=value, baseline_value=None, statistic=value, ci_low=None,
+                          ci_high=None, verdict=verdict, note=note, measured_by=measured_by)
 
+    if spec.metric in COUNT_METRICS:  # min_users_evaluated: too few users decide nothing
+        segment = evaluation.metrics_of("candidate", spec.segment) or {}
+        value = float(segment.get("users_evaluated", 0))
+        ok = _holds(direction, value, bound)
+        return GateResult(**common, n=int(value), value=value, baseline_value=None, statistic=value, ci_low=None,
+                          ci_high=None, verdict="pass" if ok else "inconclusive",
+                          note=f"{int(value)} users {direction} {bound:g}" + ("" if ok else ": too few to decide"),
+                          measured_by=f"evaluation ({spec.segment} users)")
+
+    if per_user is None or spec.metric not in per_user.values["candidate"]:
+        raise ValueError(f"gate metric {spec.metric!r} is neither an engine metric {ENGINE_METRICS}, a count "
+                         f"{COUNT_METRICS} nor a per-user evaluation metric "
+                         f"(have {sorted(per_user.values['candidate']) if per_user else 'none'})")
+    mask = per_user.segment_mask(spec.segment)
+    candidate = per_user.values["candidate"][spec.metric][mask]
+    n = int(candidate.size)
+    value = float(candidate.mean()) if n else None
+    measured_by = f"evaluation ({n} {spec.segment} users, paired bootstrap {gates.bootstrap_resamples}x)"
+    samples: tuple[np.ndarray, ...] = (candidate,)
     base = None
     if spec.baseline is not None:
-        if spec.baseline == "champion" and not has_champion:
-            return GateResult(**common, value=value, baseline_value=None, statistic=None, verdict="skipped",
-                              note=BOOTSTRAP_NOTE, measured_by=measured_by)
-        baseline_metrics = evaluation.metrics_of(spec.baseline)
-        if baseline_metrics is None:
-            return GateResult(**common, value=value, baseline_value=None, statistic=None, verdict="fail",
-                              note=f"baseline {spec.baseline} was not evaluated", measured_by=measured_by)
-        base = float(baseline_metrics[spec.metric])
-    statistic = _statistic(spec.kind, value, base)
-    verdict = "pass" if _passes(spec.kind, statistic, spec.threshold) else "fail"
-    op = "<=" if spec.kind in ("max", "max_regression_vs") else ">="
-    label = {"min": "value", "max": "value", "min_ratio_to": "ratio", "max_regression_vs": "regression",
-             "min_lift_over": "lift"}[spec.kind]
-    note = f"{label} {statistic:.6g} {op} {spec.threshold:g}" + ("" if verdict == "pass" else " violated")
-    return GateResult(**common, value=value, baseline_value=base, statistic=statistic, verdict=verdict,
-                      note=note, measured_by=measured_by)
+        if spec.baseline == "champion" and "champion" not in per_user.values:
+            return GateResult(**common, n=n, value=value, baseline_value=None, statistic=None, ci_low=None,
+                              ci_high=None, verdict="skipped", note=BOOTSTRAP_NOTE, measured_by=measured_by)
+        if spec.baseline not in per_user.values:
+            return GateResult(**common, n=n, value=value, baseline_value=None, statistic=None, ci_low=None,
+                              ci_high=None, verdict="fail", note=f"baseline {spec.baseline} was not evaluated",
+                              measured_by=measured_by)
+        baseline = per_user.values[spec.baseline][spec.metric][mask]
+        base = float(baseline.mean()) if n else None
+        samples = (candidate, baseline)
+    if n < 2:
+        return GateResult(**common, n=n, value=value, baseline_value=base, statistic=None, ci_low=None, ci_high=None,
+                          verdict="inconclusive", note=f"{n} users: no interval", measured_by=measured_by)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        statistic = float(STATISTICS[name](*samples))
+    low, high = bootstrap_interval(samples, name, gates, seed)
+    verdict = decide(direction, bound, low, high)
+    level = f"{gates.confidence_level:.0%}"
+    note = f"{name} {statistic:.4g}, {level} CI [{low:.4g}, {high:.4g}] {direction} {bound:g}: " + {
+        "pass": "whole interval holds", "fail": "whole interval violates",
+        "inconclusive": "interval straddles the bound"}[verdict]
+    return GateResult(**common, n=n, value=value, baseline_value=base, statistic=statistic, ci_low=low,
+                      ci_high=high, verdict=verdict, note=note, measured_by=measured_by)
 
 
-def judge(evaluation: EvaluationResult, engine_result, gates: GatesConfig, has_champion: bool) -> Blessing:
-    """Apply every gate; blessed iff none failed (skipped gates are listed, never counted as passed)."""
-    results = tuple(judge_gate(spec, evaluation, engine_result, has_champion) for spec in gates.gates)
-    failed = tuple(f"{g.metric} {g.kind}{' ' + g.baseline if g.baseline else ''}" for g in results
-                   if g.verdict == "fail")
+def judge(evaluation: EvaluationResult, per_user: PerUser | None, engine_result, gates: GatesConfig,
+          seed: int = 0) -> Blessing:
+    """Apply every gate; blessed iff none failed and none is inconclusive (unless gates.yaml says
+    inconclusive promotes). Skipped gates are listed, never counted as passed."""
+    results = tuple(judge_gate(spec, evaluation, per_user, engine_result, gates, seed) for spec in gates.gates)
+    failed = tuple(_label(spec) for spec, g in zip(gates.gates, results) if g.verdict == "fail")
+    inconclusive = tuple(_label(spec) for spec, g in zip(gates.gates, results) if g.verdict == "inconclusive")
+    blocked = bool(failed) or (bool(inconclusive) and gates.inconclusive == "keep_champion")
     return Blessing(
         day=evaluation.day,
-        blessed=not failed,
-        candidate_version=evaluation.candidate_version,
-        champion_version=evaluation.champion_version if has_champion else None,
-        bootstrap=not has_champion,
+        run_key=evaluation.run_key,
+        blessed=not blocked,
+        verdict="rejected" if failed else "inconclusive" if blocked else "blessed",
+        candidate_version=evaluation.candidate_id,
+        candidate_refs=evaluation.candidate_refs,
+        champion_version=evaluation.champion_version,
+        baseline_reason=evaluation.baseline_reason,
+        bootstrap=evaluation.champion_version is None,
         runtime=engine_result.runtime if engine_result else None,
         runtime_description=engine_result.runtime_description if engine_result else None,
         tensorrt_status=engine_result.tensorrt_status if engine_result else None,
         users_evaluated=evaluation.users_evaluated,
+        confidence_level=gates.confidence_level,
+        bootstrap_resamples=gates.bootstrap_resamples,
         gates=results,
         failed=failed,
+        inconclusive=inconclusive,
+        evaluation_path=evaluation.path,
     )
 
 
-def run_gate(layout: Layout, day: str, cfg: PipelineConfig) -> Blessing:
-    """Judge the day's evaluation and engine; write blessing.json, gates.md and gates.html."""
-    from components.engine import KIND as ENGINE_KIND, load_engine_result
+def key_metrics(evaluation: EvaluationResult) -> dict[str, Any]:
+    """The few numbers an outcome shows (UI, CLI): n and NDCG@20 / Recall@20 of candidate and baseline."""
+    out: dict[str, Any] = {"users_evaluated": evaluation.users_evaluated,
+                           "cold_users_evaluated": evaluation.cold_users_evaluated}
+    for who in ("candidate", "champion"):
+        metrics = evaluation.metrics_of(who) or {}
+        for metric in ("ndcg@20", "recall@20"):
+            if metric in metrics:
+                out[f"{who}_{metric}"] = metrics[metric]
+    return out
+
+
+def run_gate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
+             evaluation: EvaluationResult | dict[str, Any] | None = None) -> Blessing:
+    """Judge the run's evaluation (default: the run folder's evaluation.json) and its candidate's
+    engine; write blessing.json, gates.md and gates.html to the run's folder; a candidate that is
+    not blessed is the run's outcome (rejected / inconclusive)."""
+    from components.engine import load_engine_result
     from components.report import gate_table_html, gate_table_markdown
 
-    evaluation_path = layout.reports(day) / EVALUATION_FILE
-    if not evaluation_path.exists():
-        raise FileNotFoundError(f"run_gate {day}: {evaluation_path} missing (run the evaluate stage first)")
-    evaluation = EvaluationResult.load(evaluation_path)
-    engine_ref = layout.current(ENGINE_KIND, day)
-    if engine_ref is None:
-        raise FileNotFoundError(f"run_gate {day}: no engines artifact under {layout.root} (run convert first)")
-    engine = load_engine_result(engine_ref)
-    blessing = judge(evaluation, engine, cfg.gates, has_champion=evaluation.champion is not None)
-    out = layout.reports(day)
-    blessing = Blessing(**{**blessing.__dict__, "path": str(out / BLESSING_FILE)})
+    out = run_dir(layout, day, run_key)
+    path = Path(evaluation["path"] if isinstance(evaluation, dict) else
+                evaluation.path if evaluation is not None else out / EVALUATION_FILE)
+    if not path.exists():
+        raise FileNotFoundError(f"run_gate {day}: {path} missing (run the evaluate stage of run {run_key} first)")
+    evaluation = EvaluationResult.load(path)
+    if evaluation.day != day:
+        raise ValueError(f"run_gate {day}: {path} evaluates {evaluation.day}")
+    refs = CandidateRefs.from_dict(layout, evaluation.candidate_refs)
+    engine = load_engine_result(refs.engine)
+    blessing = judge(evaluation, PerUser.load(evaluation.per_user_path), engine, cfg.gates, cfg.seed)
+    blessing = Blessing(**{**blessing.__dict__, "run_key": run_key, "path": str(out / BLESSING_FILE)})
     write_json(out / BLESSING_FILE, asdict(blessing))
     atomic_write_bytes(out / "gates.md", gate_table_markdown(blessing).encode())
     atomic_write_bytes(out / "gates.html", gate_table_html(blessing).encode())
     for gate in blessing.gates:
-        log.info("gate %s %s%s: %s (value %s, baseline %s, threshold %g; %s)", gate.metric, gate.kind,
-                 f" vs {gate.baseline}" if gate.baseline else "", gate.verdict.upper(), _fmt(gate.value),
-                 _fmt(gate.baseline_value), gate.threshold, gate.note)
-    log.info("gate %s: candidate %s %s (%d gates, %d failed, %d skipped; engine gates on %s)", day,
-             blessing.candidate_version, "BLESSED" if blessing.blessed else "REJECTED", len(blessing.gates),
-             len(blessing.failed), sum(g.verdict == "skipped" for g in blessing.gates),
+        log.info("gate %s %s%s [%s]: %s (n %d, value %s, baseline %s; %s)", gate.metric, gate.kind,
+                 f" vs {gate.baseline}" if gate.baseline else "", gate.segment, gate.verdict.upper(), gate.n,
+                 _fmt(gate.value), _fmt(gate.baseline_value), gate.note)
+    log.info("gate %s run %s: candidate %s %s against %s (%d gates, %d failed, %d inconclusive, %d skipped; "
+             "engine gates on %s)", day, run_key, blessing.candidate_version, blessing.verdict.upper(),
+             blessing.champion_version or "no champion (bootstrap)", len(blessing.gates), len(blessing.failed),
+             len(blessing.inconclusive), sum(g.verdict == "skipped" for g in blessing.gates),
              blessing.runtime_description)
+    if not blessing.blessed:
+        from components.registry import champion
+
+        serving = champion(layout)
+        reason = (f"failed gates: {'; '.join(blessing.failed)}" if blessing.failed
+                  else f"inconclusive gates (champion kept): {'; '.join(blessing.inconclusive)}")
+        record_outcome(layout, day, run_key, blessing.verdict, reason, candidate=blessing.candidate_version,
+                       champion_before=serving.version if serving else None,
+                       champion_after=serving.version if serving else None,
+                       metrics=key_metrics(evaluation))
     return blessing
 
 

@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from components.config import DEFAULT_CONFIG_FILE, PipelineConfig, load_config
-from components.storage import Layout, parse_day, write_json
+from components.errors import PermanentStageFailure, StageSkipped
+from components.storage import Layout, cli_run_key, mark_latest, parse_day, record_outcome, run_dir, write_json
 
 log = logging.getLogger(__name__)
 
-# name -> (module, function); every function is run(layout, day, cfg) -> frozen dataclass.
+# name -> (module, function); every function is run(layout, day, cfg) -> frozen dataclass. The
+# decision stages (RUN_SCOPED) also take the run's key and their upstream's result as keywords:
+# evaluate(candidate=<convert result>) -> gate(evaluation=) -> register(blessing=) -> promote(registration=).
 STAGES: dict[str, tuple[str, str]] = {
     "ingest": ("components.ingest", "run_ingest"),
     "validate": ("components.validate", "run_validate"),
@@ -34,6 +37,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "promote": ("components.registry", "run_promote"),
     "report": ("components.report", "run_report"),
 }
+RUN_SCOPED = {"evaluate": "candidate", "gate": "evaluation", "register": "blessing", "promote": "registration",
+              "report": None}
 
 
 def resolve(root: str | None, config_file: str | None, overrides: dict[str, Any] | None) -> PipelineConfig:
@@ -44,16 +49,34 @@ def resolve(root: str | None, config_file: str | None, overrides: dict[str, Any]
     return load_config(Path(config_file) if config_file else DEFAULT_CONFIG_FILE, merged)
 
 
-def run_stage(name: str, day: str, cfg: PipelineConfig) -> dict[str, Any]:
-    """Run one stage for ``day``; returns its result as a JSON-serializable dict."""
+def run_stage(name: str, day: str, cfg: PipelineConfig, *, run_key: str | None = None,
+              upstream: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one stage for ``day`` as part of run ``run_key`` (default: a new CLI run key); returns its
+    result as a JSON-serializable dict. ``upstream`` is the result the stage works on (RUN_SCOPED)."""
     if name not in STAGES:
         raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
     module, function = STAGES[name]
     run = getattr(importlib.import_module(module), function)
     day = parse_day(day).isoformat()
     layout = Layout.at(cfg.root)
-    result = run(layout, day, cfg)
+    run_key = run_key or cli_run_key()
+    try:
+        if name in RUN_SCOPED:
+            keyword = RUN_SCOPED[name]
+            result = run(layout, day, cfg, run_key=run_key, **({keyword: upstream} if keyword else {}))
+        else:
+            if upstream is not None:
+                raise ValueError(f"stage {name} takes no upstream result")
+            result = run(layout, day, cfg)
+    except StageSkipped as exc:  # a decision too: the run's outcome says why nothing was trained
+        record_outcome(layout, day, run_key, "skipped", f"{name}: {exc}")
+        raise
+    except PermanentStageFailure as exc:
+        if name == "validate":
+            record_outcome(layout, day, run_key, "quarantined", f"validation failed: {exc}")
+        raise
     payload = dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result
     # The run's own record of each stage's result: the demo summary and ops read it back.
-    write_json(layout.reports(day) / "stages" / f"{name}.json", payload)
+    write_json(run_dir(layout, day, run_key) / "stages" / f"{name}.json", payload)
+    mark_latest(layout, day, run_key)
     return payload

@@ -7,9 +7,18 @@ Layout under ``layout.registry()``::
         users.parquet items.parquet                          ID maps (string id -> index)
         seen.npz popularity.npy                              serving: seen items (CSR), fallback
         metrics.json blessing.json lineage.json manifest.json
-    candidates/<day>.json    which version the day's run registered
+    candidates/<day>.json    index: which version the day's newest run registered (stages never read it)
     champion.json            THE pointer: version + the stack of champions it replaced
-    history.jsonl            audit log of promotions and rollbacks (one JSON object a line)
+    history.jsonl            audit log: promotions (automatic / manual), rollbacks, and candidates
+                             blessed but not promoted, each with its reason (one JSON object a line)
+
+Deciding (``decide_promotion``, under the lock) is compare-and-swap: a blessed candidate of day D
+judged against baseline B is promoted only if B is still the champion, D is newer than the
+champion's day, and the candidate (or its day) was not rolled back; otherwise it is recorded as
+blessed-but-not-promoted with the reason. An operator's ``promote`` of a blessed version skips those
+checks (recorded as manual; it lifts a rollback). The baseline of day D (``champion_as_of``) is the
+champion that served before D: the newest promotion of a version of an earlier day (so trained on a
+window that ends before D), ignoring versions rolled back since (unless re-promoted by hand).
 
 Crash safety: a version directory is staged and renamed into place (complete or absent); the
 champion moves by one atomic write-temp-and-rename of champion.json, which names only complete
@@ -36,7 +45,8 @@ from typing import Any
 import numpy as np
 
 from components.config import PipelineConfig
-from components.storage import MANIFEST, Layout, code_version, read_json, staging_dir, write_json
+from components.storage import (MANIFEST, Layout, code_version, read_json, record_outcome, run_dir, staging_dir,
+                                write_json)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +54,9 @@ CHAMPION_FILE = "champion.json"
 HISTORY_FILE = "history.jsonl"
 STATUS_BLESSED = "blessed"
 STATUS_REJECTED = "rejected"
+STATUS_INCONCLUSIVE = "inconclusive"
+STATUSES = (STATUS_BLESSED, STATUS_REJECTED, STATUS_INCONCLUSIVE)
+POINTER_EVENTS = ("promote", "rollback", "recovered")
 # Files copied from artifacts into a version: (artifact, file, required).
 MODEL_FILES = ("embeddings.npz", "model.pt")
 
@@ -76,11 +89,13 @@ class ChampionRef:
 @dataclass(frozen=True)
 class RegistryResult:
     day: str
-    version: str
+    run_key: str
+    version: str  # = the blessing's candidate id
     path: str
-    status: str  # "blessed" | "rejected"
+    status: str  # "blessed" | "rejected" | "inconclusive"
     blessed: bool
     newly_registered: bool
+    judged_against: str | None  # the baseline the blessing was judged against
     champion_version: str | None  # champion at registration time (unchanged by registering)
 
 
@@ -90,8 +105,9 @@ class PromotionResult:
     version: str
     promoted: bool  # the pointer moved in this call
     champion_version: str | None  # champion after the call
-    previous_champion: str | None
+    previous_champion: str | None  # champion before the call
     reason: str
+    outcome: str = ""  # "promoted" | "not_promoted" (automatic decisions)
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -123,6 +139,59 @@ def version_manifest(layout: Layout, version: str) -> dict[str, Any]:
     return read_json(path)
 
 
+def version_day(layout: Layout, version: str) -> str:
+    return version_manifest(layout, version)["day"]
+
+
+def version_has_history(layout: Layout, version: str) -> np.ndarray:
+    """Per user index of the version: True where it has a trained embedding (serving uses the model)."""
+    with np.load(version_dir(layout, version) / "seen.npz") as seen:
+        return np.diff(seen["indptr"]) > 0
+
+
+def version_popularity(layout: Layout, version: str) -> np.ndarray:
+    """The version's popularity counts: serving's answer for users it has no embedding for."""
+    return np.load(version_dir(layout, version) / "popularity.npy")
+
+
+def _version_ref(layout: Layout, version: str, reason: str) -> ChampionRef:
+    return ChampionRef(version=version, path=str(version_dir(layout, version)), promoted_at="", reason=reason,
+                       previous=())
+
+
+def rolled_back(layout: Layout, entries: list[dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Versions taken away by a rollback and not re-promoted by hand since: version -> rollback entry."""
+    out: dict[str, dict[str, Any]] = {}
+    for entry in history(layout) if entries is None else entries:
+        if entry.get("event") == "rollback" and entry.get("previous"):
+            out[entry["previous"]] = entry
+        elif entry.get("event") == "promote" and entry.get("manual"):
+            out.pop(entry["version"], None)
+    return out
+
+
+def champion_as_of(layout: Layout, day: str) -> tuple[ChampionRef | None, str]:
+    """The baseline of a run for ``day``: the champion that served before ``day``.
+
+    The newest promotion in the history (automatic or manual) of a version of an earlier day that
+    was not rolled back since. A version registered for day X trained on a window ending X-1 and
+    was judged on X, so an earlier day's version never saw ``day``; later days' promotions do not
+    change it, so re-running ``day`` reproduces its judgement. Returns (ref, why)."""
+    entries = history(layout)
+    taken_back = rolled_back(layout, entries)
+    for entry in reversed(entries):
+        if entry.get("event") not in ("promote", "recovered") or entry["version"] in taken_back:
+            continue
+        try:
+            vday = version_day(layout, entry["version"])
+        except FileNotFoundError:  # a version removed by hand is nobody's baseline
+            continue
+        if vday < day:
+            return (_version_ref(layout, entry["version"], "champion as of the day"),
+                    f"champion as of {day}: newest promotion of an earlier day's version ({vday}, {entry['at']})")
+    return None, f"no version of a day before {day} was ever promoted (bootstrap)"
+
+
 def list_versions(layout: Layout) -> list[str]:
     base = _versions(layout)
     if not base.exists():
@@ -147,12 +216,6 @@ def history(layout: Layout) -> list[dict[str, Any]]:
 # --- registering ----------------------------------------------------------------------------
 
 
-def registry_version(day: str, lineage: dict[str, Any]) -> str:
-    """``<day>-<hash>`` of the candidate's lineage: the same candidate always gets the same version."""
-    blob = json.dumps(lineage, sort_keys=True).encode()
-    return f"{day}-{hashlib.sha256(blob).hexdigest()[:10]}"
-
-
 def seen_csr(train_user: np.ndarray, train_item: np.ndarray, num_users: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.lexsort((train_item, train_user))
     indptr = np.concatenate([[0], np.cumsum(np.bincount(train_user, minlength=num_users))]).astype(np.int64)
@@ -174,8 +237,8 @@ def register_candidate(
 
     Idempotent: if the version exists (complete), nothing is written. Returns (path, created).
     """
-    if status not in (STATUS_BLESSED, STATUS_REJECTED):
-        raise ValueError(f"status must be {STATUS_BLESSED!r} or {STATUS_REJECTED!r}, got {status!r}")
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
     final = version_dir(layout, version)
     if (final / MANIFEST).exists():
         existing = read_json(final / MANIFEST)["status"]
@@ -209,58 +272,64 @@ def _day_pointer(layout: Layout, day: str) -> Path:
     return layout.registry() / "candidates" / f"{day}.json"
 
 
-def run_register(layout: Layout, day: str, cfg: PipelineConfig) -> RegistryResult:
-    """Register the day's candidate (blessed or rejected) with artifacts, metrics, report, lineage."""
-    from components.engine import KIND as ENGINE_KIND, PLAN_FILE, load_engine_result
-    from components.export import KIND as EXPORT_KIND, ONNX_FILE
-    from components.gates import BLESSING_FILE, EVALUATION_FILE
+def run_register(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
+                 blessing: dict[str, Any] | str | Path | None = None) -> RegistryResult:
+    """Register the candidate the run's blessing judged (blessed, rejected or inconclusive) as the
+    version named by its candidate id, with its artifacts, metrics, blessing copy and lineage.
+
+    ``blessing``: the gate stage's result (or the path of its blessing.json); default the run
+    folder's blessing.json. The candidate's artifacts come from the blessing, never from the day's
+    current pointers, so a partial re-run cannot register another candidate than the one judged."""
+    from components.candidate import CandidateRefs
+    from components.engine import PLAN_FILE, load_engine_result
+    from components.export import ONNX_FILE
     from components.graph import GraphArtifact
 
-    refs = {kind: layout.current(kind, day) for kind in
-            ("graphs", "models/teacher", "models/student", "models/pruned", EXPORT_KIND, ENGINE_KIND)}
-    for kind in ("graphs", "models/pruned", EXPORT_KIND, ENGINE_KIND):
-        if refs[kind] is None:
-            raise FileNotFoundError(f"run_register {day}: no {kind} artifact under {layout.root}")
-    blessing_path = layout.reports(day) / BLESSING_FILE
-    evaluation_path = layout.reports(day) / EVALUATION_FILE
-    for path in (blessing_path, evaluation_path):
-        if not path.exists():
-            raise FileNotFoundError(f"run_register {day}: {path} missing (run evaluate and gate first)")
-    blessing = read_json(blessing_path)
-    engine = load_engine_result(refs[ENGINE_KIND])
-    graph = GraphArtifact.load(refs["graphs"])
-    pruned, export = refs["models/pruned"], refs[EXPORT_KIND]
-
+    if isinstance(blessing, dict):
+        blessing_path = Path(blessing["path"])
+    else:
+        blessing_path = Path(blessing) if blessing else run_dir(layout, day, run_key) / "blessing.json"
+    if not blessing_path.exists():
+        raise FileNotFoundError(f"run_register {day}: {blessing_path} missing (run evaluate and gate first)")
+    judged = read_json(blessing_path)
+    if judged["day"] != day:
+        raise ValueError(f"run_register {day}: {blessing_path} judges day {judged['day']}")
+    refs = CandidateRefs.from_dict(layout, judged["candidate_refs"])
+    version = judged["candidate_version"]
+    evaluation_path = Path(judged["evaluation_path"])
+    engine = load_engine_result(refs.engine)
+    graph = GraphArtifact.load(refs.graph)
     lineage = {
         "day": day,
-        "data": {"graph": refs["graphs"].as_lineage(), "graph_inputs": refs["graphs"].manifest.get("inputs", {})},
-        "models": {k: (r.version if r else None) for k, r in refs.items()},
+        "candidate_id": version,
+        "judged_against": judged["champion_version"],
+        "data": {"graph": refs.graph.as_lineage(), "graph_inputs": refs.graph.manifest.get("inputs", {})},
+        "models": refs.versions(),
         "config_hash": cfg.config_hash(),
         "code_version": code_version(),
-        "candidate_blessed": bool(blessing["blessed"]),
+        "registered_by_run": run_key,
     }
-    # Versions are keyed by what the candidate IS (its inputs + config), not by when it ran.
-    version = registry_version(day, {k: v for k, v in lineage.items() if k != "code_version"})
-    status = STATUS_BLESSED if blessing["blessed"] else STATUS_REJECTED
+    status = {"blessed": STATUS_BLESSED, "rejected": STATUS_REJECTED,
+              "inconclusive": STATUS_INCONCLUSIVE}[judged["verdict"]]
 
     train = graph.train_interactions()
     indptr, indices = seen_csr(train.user, train.item, graph.num_users)
     popularity = np.bincount(train.item, minlength=graph.num_items).astype(np.float32)
-    files = {name: Path(pruned.path) / name for name in MODEL_FILES}
-    files["model.onnx"] = Path(export.path) / ONNX_FILE
+    files = {name: Path(refs.pruned.path) / name for name in MODEL_FILES}
+    files["model.onnx"] = Path(refs.export.path) / ONNX_FILE
     if engine.tensorrt_status == "built":
         files["model.plan"] = Path(engine.path) / PLAN_FILE
-    files["users.parquet"] = graph.path / "users.parquet"
-    files["items.parquet"] = graph.path / "items.parquet"
-    files["blessing.json"] = blessing_path
-    export_manifest = export.manifest
+    files["users.parquet"] = Path(refs.graph.path) / "users.parquet"
+    files["items.parquet"] = Path(refs.graph.path) / "items.parquet"
+    files["blessing.json"] = blessing_path  # the version keeps the blessing it was registered with
+    export_manifest = refs.export.manifest
+    pruned_metrics = Path(refs.pruned.path) / "metrics.json"
     metrics = {
         "evaluation": read_json(evaluation_path),
         "engine": asdict(engine),
         "export": {k: export_manifest.get(k) for k in ("metrics", "io", "num_users", "num_items", "exclude_seen",
                                                        "opset")},
-        "pruned": read_json(Path(pruned.path) / "metrics.json") if (Path(pruned.path) / "metrics.json").exists()
-        else {},
+        "pruned": read_json(pruned_metrics) if pruned_metrics.exists() else {},
     }
     path, created = register_candidate(
         layout,
@@ -276,12 +345,14 @@ def run_register(layout: Layout, day: str, cfg: PipelineConfig) -> RegistryResul
                                     "tensorrt_status": engine.tensorrt_status}},
         status=status,
     )
-    write_json(_day_pointer(layout, day), {"day": day, "version": version, "status": status})
+    write_json(_day_pointer(layout, day), {"day": day, "version": version, "status": status, "run_key": run_key})
     champ = champion(layout)
-    log.info("register %s: version %s %s (%s); champion %s", day, version, status,
-             "new" if created else "already registered", champ.version if champ else "none")
-    return RegistryResult(day=day, version=version, path=str(path), status=status, blessed=status == STATUS_BLESSED,
-                          newly_registered=created, champion_version=champ.version if champ else None)
+    log.info("register %s run %s: candidate %s %s (%s), judged against %s; champion %s", day, run_key, version,
+             status, "new" if created else "already registered", judged["champion_version"] or "none (bootstrap)",
+             champ.version if champ else "none")
+    return RegistryResult(day=day, run_key=run_key, version=version, path=str(path), status=status,
+                          blessed=status == STATUS_BLESSED, newly_registered=created,
+                          judged_against=judged["champion_version"], champion_version=champ.version if champ else None)
 
 
 # --- promotion ------------------------------------------------------------------------------
@@ -302,8 +373,8 @@ def _repair_history(layout: Layout) -> None:
     champ = champion(layout)
     if champ is None:
         return
-    entries = history(layout)
-    if not entries or entries[-1].get("version") != champ.version:
+    moves = [e for e in history(layout) if e.get("event") in POINTER_EVENTS]
+    if not moves or moves[-1].get("version") != champ.version:
         _append_history(layout, {"event": "recovered", "version": champ.version, "at": _now(),
                                  "previous": champ.previous[-1] if champ.previous else None,
                                  "reason": f"pointer moved before a crash: {champ.reason}"})
@@ -346,8 +417,9 @@ def _pointer_lock(layout: Layout) -> Iterator[None]:
 
 
 def promote(layout: Layout, version: str, reason: str, *, fault_hook: FaultHook | None = None) -> PromotionResult:
+    """An operator's promotion of any blessed version (recorded as manual; lifts a rollback)."""
     with _pointer_lock(layout):
-        return _promote(layout, version, reason, fault_hook=fault_hook)
+        return _promote(layout, version, reason, manual=True, fault_hook=fault_hook)
 
 
 def rollback(layout: Layout, reason: str = "rollback", *, fault_hook: FaultHook | None = None) -> str:
@@ -355,36 +427,91 @@ def rollback(layout: Layout, reason: str = "rollback", *, fault_hook: FaultHook 
         return _rollback(layout, reason, fault_hook=fault_hook)
 
 
-def _promote(layout: Layout, version: str, reason: str, *, fault_hook: FaultHook | None = None) -> PromotionResult:
-    """Make ``version`` the champion. Refuses unblessed or incomplete versions; promoting the
-    current champion is a no-op. ``fault_hook(step)`` is called at each step (crash tests)."""
+def _check_blessed(layout: Layout, version: str) -> dict[str, Any]:
     manifest = version_manifest(layout, version)
     blessing_path = version_dir(layout, version) / "blessing.json"
     blessing = read_json(blessing_path) if blessing_path.exists() else {"blessed": False}
     if manifest["status"] != STATUS_BLESSED or not blessing.get("blessed"):
         raise PermissionError(
             f"refusing to promote {version}: status {manifest['status']!r}, blessed={blessing.get('blessed')} "
-            f"(failed gates: {', '.join(blessing.get('failed', [])) or 'n/a'})"
+            f"(failed gates: {', '.join(blessing.get('failed', [])) or 'n/a'}; inconclusive: "
+            f"{', '.join(blessing.get('inconclusive', [])) or 'n/a'})"
         )
-    day = manifest["day"]
+    return manifest
+
+
+def _promote(layout: Layout, version: str, reason: str, *, manual: bool,
+             fault_hook: FaultHook | None = None) -> PromotionResult:
+    """Make ``version`` the champion. Refuses unblessed or incomplete versions; promoting the
+    current champion is a no-op. ``fault_hook(step)`` is called at each step (crash tests)."""
+    day = _check_blessed(layout, version)["day"]
     _repair_history(layout)
     current = champion(layout)
     if current is not None and current.version == version:
         log.info("promote: %s is already the champion; nothing to do", version)
         return PromotionResult(day=day, version=version, promoted=False, champion_version=version,
-                               previous_champion=current.previous[-1] if current.previous else None,
-                               reason="already champion")
+                               previous_champion=version, reason="already champion", outcome="not_promoted")
     if fault_hook:
         fault_hook("validated")
     previous = list(current.previous) + [current.version] if current else []
     at = _now()
     _move_pointer(layout, {"version": version, "promoted_at": at, "reason": reason, "event": "promote",
-                           "previous": previous}, fault_hook)
+                           "manual": manual, "previous": previous}, fault_hook)
     _append_history(layout, {"event": "promote", "version": version, "previous": current.version if current else None,
-                             "at": at, "reason": reason})
-    log.info("promote: champion %s -> %s (%s)", current.version if current else "none", version, reason)
+                             "at": at, "reason": reason, "manual": manual})
+    log.info("promote: champion %s -> %s (%s%s)", current.version if current else "none", version, reason,
+             ", by hand" if manual else "")
     return PromotionResult(day=day, version=version, promoted=True, champion_version=version,
-                           previous_champion=current.version if current else None, reason=reason)
+                           previous_champion=current.version if current else None, reason=reason, outcome="promoted")
+
+
+def ineligibility(layout: Layout, version: str, day: str, judged_against: str | None) -> str | None:
+    """Why an automatic promotion of ``version`` (of ``day``, judged against ``judged_against``)
+    must not happen now, or None. Read under the lock: compare-and-swap's compare."""
+    current = champion(layout)
+    if current is not None and current.version == version:
+        return "already the champion"
+    taken_back = rolled_back(layout)
+    if version in taken_back:
+        entry = taken_back[version]
+        return f"rolled back: {version} was rolled back at {entry['at']} ({entry['reason']}); promote it by hand to lift"
+    days_back = {version_day(layout, v): (v, e) for v, e in taken_back.items()}
+    if day in days_back:
+        other, entry = days_back[day]
+        return (f"rolled back: {day}'s version {other} was rolled back at {entry['at']} ({entry['reason']}); "
+                f"promote by hand to lift")
+    if current is not None:
+        current_day = version_day(layout, current.version)
+        if day <= current_day:
+            return f"historical day: not newer than the champion ({current.version} of {current_day})"
+    if (current.version if current else None) != judged_against:
+        return (f"stale: champion changed since judged (judged against {judged_against or 'no champion'}, "
+                f"serving {current.version if current else 'none'})")
+    return None
+
+
+def decide_promotion(layout: Layout, version: str, judged_against: str | None, *,
+                     fault_hook: FaultHook | None = None) -> PromotionResult:
+    """Compare-and-swap promotion of a blessed candidate, under the registry lock: promoted only if
+    the champion is still ``judged_against``, the candidate's day is newer than the champion's and
+    it was not rolled back. Otherwise the champion is untouched and the decision is logged in the
+    history as not_promoted with its reason."""
+    with _pointer_lock(layout):
+        day = _check_blessed(layout, version)["day"]
+        _repair_history(layout)
+        current = champion(layout)
+        why_not = ineligibility(layout, version, day, judged_against)
+        if why_not is None:
+            reason = f"blessed on {day} against {judged_against or 'no champion (bootstrap: first champion)'}"
+            return _promote(layout, version, reason, manual=False, fault_hook=fault_hook)
+        _append_history(layout, {"event": "not_promoted", "version": version, "at": _now(), "reason": why_not,
+                                 "judged_against": judged_against, "champion": current.version if current else None})
+        log.warning("promote: candidate %s blessed but NOT promoted: %s; champion stays %s", version, why_not,
+                    current.version if current else "none")
+        return PromotionResult(day=day, version=version, promoted=False,
+                               champion_version=current.version if current else None,
+                               previous_champion=current.version if current else None, reason=why_not,
+                               outcome="not_promoted")
 
 
 def _rollback(layout: Layout, reason: str = "rollback", *, fault_hook: FaultHook | None = None) -> str:
@@ -405,21 +532,33 @@ def _rollback(layout: Layout, reason: str = "rollback", *, fault_hook: FaultHook
     return target
 
 
-def run_promote(layout: Layout, day: str, cfg: PipelineConfig) -> PromotionResult:
-    """Promote the day's registered candidate if blessed; a rejected one leaves the champion alone."""
-    pointer = _day_pointer(layout, day)
-    if not pointer.exists():
-        raise FileNotFoundError(f"run_promote {day}: {pointer} missing (run the register stage first)")
-    registered = read_json(pointer)
-    version = registered["version"]
-    current = champion(layout)
-    if registered["status"] != STATUS_BLESSED:
-        log.info("promote %s: candidate %s was rejected by the gates; champion stays %s", day, version,
-                 current.version if current else "none")
-        return PromotionResult(day=day, version=version, promoted=False,
-                               champion_version=current.version if current else None,
-                               previous_champion=current.version if current else None,
-                               reason="candidate rejected by the gates")
-    reason = f"blessed on {day}" + (" (bootstrap: first champion)" if current is None else "")
-    result = promote(layout, version, reason)
+def run_promote(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
+                registration: RegistryResult | dict[str, Any] | None = None,
+                fault_hook: FaultHook | None = None) -> PromotionResult:
+    """Decide the run's registered candidate (``registration``: the register stage's result; the
+    CLI's default is the day's index entry) and record the run's outcome."""
+    if registration is None:
+        pointer = _day_pointer(layout, day)
+        if not pointer.exists():
+            raise FileNotFoundError(f"run_promote {day}: {pointer} missing (run the register stage first)")
+        registration = read_json(pointer)
+    elif not isinstance(registration, dict):
+        registration = asdict(registration)
+    version = registration["version"]
+    manifest = version_manifest(layout, version)
+    if manifest["day"] != day:
+        raise ValueError(f"run_promote {day}: registered version {version} is of {manifest['day']}")
+    blessing = read_json(version_dir(layout, version) / "blessing.json")
+    metrics = {k: v for k, v in read_json(version_dir(layout, version) / "metrics.json")["evaluation"].items()
+               if k in ("users_evaluated", "cold_users_evaluated")}
+    if manifest["status"] != STATUS_BLESSED:
+        current = champion(layout)
+        result = PromotionResult(day=day, version=version, promoted=False,
+                                 champion_version=current.version if current else None,
+                                 previous_champion=current.version if current else None,
+                                 reason=f"candidate {manifest['status']} by the gates", outcome=manifest["status"])
+    else:
+        result = decide_promotion(layout, version, blessing["champion_version"], fault_hook=fault_hook)
+    record_outcome(layout, day, run_key, result.outcome, result.reason, candidate=version,
+                   champion_before=result.previous_champion, champion_after=result.champion_version, metrics=metrics)
     return PromotionResult(**{**asdict(result), "day": day})

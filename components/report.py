@@ -1,9 +1,11 @@
-"""Report stage: the run's human-readable report next to the version (reports/<day>/).
+"""Report stage: one run's human-readable report (reports/<day>/runs/<run_key>/, never shared by
+two runs; reports/<day>/latest.json points at the day's newest run).
 
-report.html with the gate table, the evaluation, the registry outcome and lineage, plus PNGs:
+report.html with the run's outcome, the gate table (n, point value and interval of every gate),
+the evaluation per segment (warm / cold users as served), the registry entry and lineage, plus PNGs:
 training curves (teacher / student / pruned loss and validation NDCG per epoch, from each model's
 history.json) and the metric history across days (candidate vs champion NDCG@20 / Recall@20, from
-every previous report's evaluation.json and blessing.json). Also the gate table renderers used by
+each earlier day's latest run's evaluation.json and blessing.json). Also the gate table renderers used by
 the gate stage and the CLI. matplotlib is imported lazily with the Agg backend (no display).
 """
 
@@ -17,14 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from components.config import PipelineConfig
-from components.storage import Layout, atomic_write_bytes, read_json
+from components.storage import Layout, atomic_write_bytes, latest_run, read_json, read_outcome, run_dir
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.html"
 CURVES_PNG = "training_curves.png"
 HISTORY_PNG = "metric_history.png"
-MODEL_KINDS = ("teacher", "student", "pruned")
 
 
 def _as_dict(blessing: Any) -> dict[str, Any]:
@@ -39,27 +40,38 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _interval(gate: dict[str, Any]) -> str:
+    if gate.get("ci_low") is None:
+        return "–"
+    return f"[{_fmt(gate['ci_low'])}, {_fmt(gate['ci_high'])}]"
+
+
 def _gate_rows(blessing: dict[str, Any]) -> list[list[str]]:
     rows = []
     for gate in blessing["gates"]:
         rows.append([
-            gate["metric"], gate["kind"], gate["baseline"] or "–", _fmt(gate["value"]),
-            _fmt(gate["baseline_value"]), _fmt(gate["statistic"]), _fmt(gate["threshold"]),
-            gate["verdict"].upper(), gate["note"], gate["measured_by"],
+            gate["metric"], gate["kind"], gate.get("segment", "all"), gate["baseline"] or "–", _fmt(gate.get("n")),
+            _fmt(gate["value"]), _fmt(gate["baseline_value"]), _fmt(gate["statistic"]), _interval(gate),
+            _fmt(gate["threshold"]), gate["verdict"].upper(), gate["note"], gate["measured_by"],
         ])
     return rows
 
 
-GATE_HEADER = ["metric", "kind", "baseline", "value", "baseline value", "compared", "threshold", "verdict",
-               "note", "measured by"]
+GATE_HEADER = ["metric", "kind", "segment", "baseline", "n", "value", "baseline value", "statistic",
+               "interval", "threshold", "verdict", "note", "measured by"]
+VERDICT_COLUMN = GATE_HEADER.index("verdict")
 
 
 def _headline(blessing: dict[str, Any]) -> str:
-    verdict = "BLESSED" if blessing["blessed"] else "REJECTED"
+    verdict = blessing.get("verdict", "blessed" if blessing["blessed"] else "rejected").upper()
     boot = " (bootstrap: no champion, champion gates skipped)" if blessing["bootstrap"] else ""
-    return (f"Candidate {blessing['candidate_version']} on {blessing['day']}: {verdict}{boot}; "
-            f"champion {blessing['champion_version'] or 'none'}; engine gates measured on "
-            f"{blessing['runtime_description'] or 'nothing'}; TensorRT: {blessing['tensorrt_status'] or 'n/a'}")
+    level = blessing.get("confidence_level")
+    stats = (f"; {level:.0%} paired bootstrap intervals ({blessing.get('bootstrap_resamples')} resamples)"
+             if level else "")
+    return (f"Candidate {blessing['candidate_version']} on {blessing['day']}: {verdict}{boot}; judged against "
+            f"{blessing['champion_version'] or 'no champion'}; {blessing['users_evaluated']} users evaluated{stats}; "
+            f"engine gates measured on {blessing['runtime_description'] or 'nothing'}; "
+            f"TensorRT: {blessing['tensorrt_status'] or 'n/a'}")
 
 
 def gate_table_markdown(blessing: Any) -> str:
@@ -74,10 +86,10 @@ def gate_table_markdown(blessing: Any) -> str:
 
 def gate_table_html(blessing: Any, standalone: bool = True) -> str:
     data = _as_dict(blessing)
-    colors = {"PASS": "#d4f4dd", "FAIL": "#f9d6d5", "SKIPPED": "#eeeeee"}
+    colors = {"PASS": "#d4f4dd", "FAIL": "#f9d6d5", "INCONCLUSIVE": "#fbeec1", "SKIPPED": "#eeeeee"}
     head = "".join(f"<th>{html.escape(h)}</th>" for h in GATE_HEADER)
     body = "".join(
-        f'<tr style="background:{colors[row[7]]}">' + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+        f'<tr style="background:{colors[row[VERDICT_COLUMN]]}">' + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
         for row in _gate_rows(data)
     )
     table = f"<p><b>{html.escape(_headline(data))}</b></p><table><tr>{head}</tr>{body}</table>"
@@ -165,12 +177,17 @@ def plot_training_curves(curves: dict[str, dict[str, list[float]]], out: Path) -
 
 
 def metric_history(layout: Layout, up_to_day: str) -> list[dict[str, Any]]:
-    """One row per report day <= ``up_to_day``: candidate / champion NDCG@20, Recall@20, blessed."""
+    """One row per report day <= ``up_to_day`` (its latest run): candidate / champion NDCG@20,
+    Recall@20, blessed."""
     base = layout.root / "reports"
     rows = []
     if not base.exists():
         return rows
-    for day_dir in sorted(p for p in base.iterdir() if p.is_dir() and p.name <= up_to_day):
+    for day in sorted(p.name for p in base.iterdir() if p.is_dir() and p.name <= up_to_day):
+        latest = latest_run(layout, day)
+        if latest is None:
+            continue
+        day_dir = Path(latest["dir"])
         evaluation_path = day_dir / "evaluation.json"
         if not evaluation_path.exists():
             continue
@@ -179,7 +196,7 @@ def metric_history(layout: Layout, up_to_day: str) -> list[dict[str, Any]]:
         blessing = read_json(blessing_path) if blessing_path.exists() else {}
         champion = evaluation.get("champion") or {}
         rows.append({
-            "day": day_dir.name,
+            "day": day,
             "candidate_ndcg@20": evaluation["candidate"].get("ndcg@20"),
             "candidate_recall@20": evaluation["candidate"].get("recall@20"),
             "champion_ndcg@20": champion.get("ndcg@20"),
@@ -229,10 +246,12 @@ def plot_metric_history(rows: list[dict[str, Any]], out: Path) -> bool:
 @dataclass(frozen=True)
 class ReportResult:
     day: str
-    path: str  # reports/<day>/report.html
+    run_key: str
+    path: str  # reports/<day>/runs/<run_key>/report.html
     figures: tuple[str, ...]
     history_days: int
     blessed: bool | None
+    outcome: str | None  # the run's decision (outcome.json kind), None if no decision was recorded
 
 
 def _kv_table(data: dict[str, Any]) -> str:
@@ -240,16 +259,22 @@ def _kv_table(data: dict[str, Any]) -> str:
     return f"<table>{rows}</table>"
 
 
-def run_report(layout: Layout, day: str, cfg: PipelineConfig) -> ReportResult:
-    """Write reports/<day>/report.html and its PNGs from whatever the day's run produced."""
-    out = layout.reports(day)
+def run_report(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str) -> ReportResult:
+    """Write the run's report.html and PNGs into its folder from whatever the run produced."""
+    from components.candidate import CandidateRefs
+
+    out = run_dir(layout, day, run_key)
     out.mkdir(parents=True, exist_ok=True)
+    blessing_path = out / "blessing.json"
+    blessing = read_json(blessing_path) if blessing_path.exists() else None
+    outcome = read_outcome(layout, day, run_key)
     figures = []
     curves = {}
-    for kind in MODEL_KINDS:
-        ref = layout.current(f"models/{kind}", day)
-        if ref is not None and (Path(ref.path) / "history.json").exists():
-            curves[kind] = training_curve(read_json(Path(ref.path) / "history.json"))
+    if blessing is not None:  # the judged candidate's own models, not the day's current ones
+        refs = CandidateRefs.from_dict(layout, blessing["candidate_refs"])
+        for kind, ref in (("teacher", refs.teacher), ("pruned", refs.pruned)):
+            if ref is not None and (Path(ref.path) / "history.json").exists():
+                curves[kind] = training_curve(read_json(Path(ref.path) / "history.json"))
     if plot_training_curves(curves, out / CURVES_PNG):
         figures.append(CURVES_PNG)
     rows = metric_history(layout, day)
@@ -257,10 +282,14 @@ def run_report(layout: Layout, day: str, cfg: PipelineConfig) -> ReportResult:
         figures.append(HISTORY_PNG)
 
     sections = []
-    blessing_path = out / "blessing.json"
-    blessing = read_json(blessing_path) if blessing_path.exists() else None
+    if outcome is not None:
+        sections.append(f"<h2>Outcome: {html.escape(outcome['kind'].upper())}</h2><p>{html.escape(outcome['reason'])}"
+                        "</p>" + _kv_table({k: outcome[k] for k in ("candidate", "champion_before", "champion_after")}))
+    else:
+        sections.append("<h2>Outcome: none recorded</h2><p>No decision was recorded for this run "
+                        "(a stage before the decision failed or was not run).</p>")
     sections.append("<h2>Gates</h2>" + (gate_table_html(blessing, standalone=False) if blessing
-                                        else "<p>No blessing for this day (gate stage did not run).</p>"))
+                                        else "<p>No blessing in this run (gate stage did not run).</p>"))
     evaluation_path = out / "evaluation.json"
     if evaluation_path.exists():
         evaluation = read_json(evaluation_path)
@@ -269,13 +298,16 @@ def run_report(layout: Layout, day: str, cfg: PipelineConfig) -> ReportResult:
         header = "".join(f"<th>{m}</th>" for m in metrics)
         body = ""
         for who in ("candidate", "teacher", "champion", "popularity"):
-            if evaluation.get(who):
-                body += f"<tr><th>{who}</th>" + "".join(f"<td>{_fmt(evaluation[who].get(m))}</td>" for m in metrics)
-                body += "</tr>"
-        counts = {k: evaluation[k] for k in ("holdout_users", "holdout_pairs", "users_evaluated",
-                                             "cold_users_skipped", "users_unknown_to_a_model")}
-        sections.append(f"<h2>Evaluation on the fresh day</h2><table><tr><th></th>{header}</tr>{body}</table>"
-                        + _kv_table(counts))
+            for segment in ("all", "warm", "cold"):
+                values = (evaluation["segments"].get(who) or {}).get(segment)
+                if values:
+                    body += (f"<tr><th>{who}</th><td>{segment} ({values['users_evaluated']} users)</td>"
+                             + "".join(f"<td>{_fmt(values.get(m))}</td>" for m in metrics) + "</tr>")
+        counts = {k: evaluation[k] for k in ("holdout_users", "holdout_pairs", "users_evaluated", "warm_users_evaluated",
+                                             "cold_users_evaluated", "users_without_unseen_test_items",
+                                             "champion_version", "baseline_reason")}
+        sections.append("<h2>Evaluation on the fresh day (as served: cold users get serving's fallback)</h2>"
+                        f"<table><tr><th></th><th>segment</th>{header}</tr>{body}</table>" + _kv_table(counts))
     for name, title in ((CURVES_PNG, "Training curves"), (HISTORY_PNG, "Metric history across days")):
         if name in figures:
             sections.append(f"<h2>{title}</h2><img src='{name}' alt='{title}'>")
@@ -283,16 +315,17 @@ def run_report(layout: Layout, day: str, cfg: PipelineConfig) -> ReportResult:
         header = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
         body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in r.values()) + "</tr>" for r in rows)
         sections.append(f"<table><tr>{header}</tr>{body}</table>")
-    pointer = layout.registry() / "candidates" / f"{day}.json"
-    if pointer.exists():
-        registered = read_json(pointer)
-        lineage_path = layout.registry() / "versions" / registered["version"] / "lineage.json"
-        sections.append("<h2>Registry</h2>" + _kv_table(registered))
-        if lineage_path.exists():
-            lineage = read_json(lineage_path)
-            sections.append("<h3>Lineage</h3>" + _kv_table({**lineage["models"], "config_hash": lineage["config_hash"],
-                                                            "code_version": lineage["code_version"]}))
-    atomic_write_bytes(out / REPORT_FILE, _page(f"GraphDistill run {day}", "".join(sections)).encode())
-    log.info("report %s: %s (%d figures, %d days of metric history)", day, out / REPORT_FILE, len(figures), len(rows))
-    return ReportResult(day=day, path=str(out / REPORT_FILE), figures=tuple(str(out / f) for f in figures),
-                        history_days=len(rows), blessed=blessing["blessed"] if blessing else None)
+    version = (outcome or {}).get("candidate") or (blessing or {}).get("candidate_version")
+    lineage_path = layout.registry() / "versions" / str(version) / "lineage.json"
+    if version and lineage_path.exists():
+        lineage = read_json(lineage_path)
+        sections.append("<h2>Registry</h2>" + _kv_table({"version": version, "judged_against": lineage.get(
+            "judged_against"), "registered_by_run": lineage.get("registered_by_run")}))
+        sections.append("<h3>Lineage</h3>" + _kv_table({**lineage["models"], "config_hash": lineage["config_hash"],
+                                                        "code_version": lineage["code_version"]}))
+    atomic_write_bytes(out / REPORT_FILE, _page(f"GraphDistill run {day} ({run_key})", "".join(sections)).encode())
+    log.info("report %s run %s: %s (outcome %s; %d figures, %d days of metric history)", day, run_key,
+             out / REPORT_FILE, outcome["kind"] if outcome else "none", len(figures), len(rows))
+    return ReportResult(day=day, run_key=run_key, path=str(out / REPORT_FILE),
+                        figures=tuple(str(out / f) for f in figures), history_days=len(rows),
+                        blessed=blessing["blessed"] if blessing else None, outcome=outcome["kind"] if outcome else None)

@@ -116,6 +116,15 @@ class Recommender:
         return ~((position >= 0) & self._has_history[idx])
 
 
+def cold_user_scorer(version_popularity: np.ndarray, num_items: int):
+    """How serving answers a user the model has no trained embedding for, as an evaluation scorer
+    over ``num_items`` items: today the version's popularity ranking (what ``recommend`` returns
+    for such users). The gates evaluate cold users through this one function."""
+    from components.evaluate import ranking_scorer
+
+    return ranking_scorer(version_popularity, num_items)
+
+
 # --- Triton ---------------------------------------------------------------------------------
 
 

@@ -10,7 +10,8 @@ Layout (``root`` is a local folder or a mounted volume; landing files may be any
     graphs/<date>/<version>/                          DGL graph, ID maps, stats, manifest
     models/<kind>/<date>/<version>/                   teacher / student / pruned checkpoints
     registry/                                         candidate versions, champion pointer, history
-    reports/<date>/                                   run reports (HTML, PNG, JSON)
+    reports/<date>/runs/<run_key>/                    one run's reports (HTML, PNG, JSON, outcome.json)
+    reports/<date>/latest.json                        the day's newest run: {run_key, dir, outcome, ...}
 
 An artifact is a directory that exists only once complete: it is built under a temporary name
 and renamed into place (atomic on one filesystem), its ``manifest.json`` carrying lineage.
@@ -23,6 +24,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -34,6 +36,11 @@ from typing import Any
 
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
+OUTCOME_FILE = "outcome.json"
+LATEST_FILE = "latest.json"
+# What a run decided, as the CLI, the report and the Airflow UI show it.
+OUTCOME_KINDS = ("promoted", "rejected", "inconclusive", "not_promoted", "skipped", "quarantined")
+_UNSAFE_IN_RUN_KEY = re.compile(r"[^A-Za-z0-9._-]")
 _CODE_DIR = Path(__file__).resolve().parent
 
 
@@ -116,6 +123,61 @@ def replace_dir(src: Path, dest: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
+def run_key_for(run_id: str) -> str:
+    """A filesystem-safe run key from an Airflow run_id (or any run name)."""
+    if not run_id:
+        raise ValueError("run key: empty run id")
+    return _UNSAFE_IN_RUN_KEY.sub("_", run_id)
+
+
+def cli_run_key() -> str:
+    """The run key of a CLI run: ``cli-<UTC timestamp>`` (microseconds: two runs never collide)."""
+    return "cli-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def run_dir(layout: "Layout", day: str, run_key: str) -> Path:
+    """reports/<day>/runs/<run_key>/: everything one run of ``day`` reports; never shared by two runs."""
+    if run_key != run_key_for(run_key) or run_key in (".", ".."):
+        raise ValueError(f"run key {run_key!r} is not filesystem-safe (use run_key_for)")
+    return layout.reports(day) / "runs" / run_key
+
+
+def latest_run(layout: "Layout", day: str) -> dict[str, Any] | None:
+    """The day's newest run: ``{"run_key", "dir", "outcome", "reason", "candidate", ...}`` or None."""
+    path = layout.reports(day) / LATEST_FILE
+    return read_json(path) if path.exists() else None
+
+
+def read_outcome(layout: "Layout", day: str, run_key: str) -> dict[str, Any] | None:
+    path = run_dir(layout, day, run_key) / OUTCOME_FILE
+    return read_json(path) if path.exists() else None
+
+
+def mark_latest(layout: "Layout", day: str, run_key: str) -> dict[str, Any]:
+    """Point reports/<day>/latest.json at this run, carrying its outcome when it has one."""
+    outcome = read_outcome(layout, day, run_key) or {}
+    latest = {"run_key": run_key, "dir": str(run_dir(layout, day, run_key)), "day": day,
+              "outcome": outcome.get("kind"), "reason": outcome.get("reason"),
+              "candidate": outcome.get("candidate"), "champion_after": outcome.get("champion_after"),
+              "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    write_json(layout.reports(day) / LATEST_FILE, latest)
+    return latest
+
+
+def record_outcome(layout: "Layout", day: str, run_key: str, kind: str, reason: str, *,
+                   candidate: str | None = None, champion_before: str | None = None,
+                   champion_after: str | None = None, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the run's decision to runs/<run_key>/outcome.json and point latest.json at the run."""
+    if kind not in OUTCOME_KINDS:
+        raise ValueError(f"outcome kind must be one of {OUTCOME_KINDS}, got {kind!r}")
+    outcome = {"kind": kind, "reason": reason, "day": day, "run_key": run_key, "candidate": candidate,
+               "champion_before": champion_before, "champion_after": champion_after, "metrics": metrics or {},
+               "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    write_json(run_dir(layout, day, run_key) / OUTCOME_FILE, outcome)
+    mark_latest(layout, day, run_key)
+    return outcome
+
+
 @dataclass(frozen=True)
 class ArtifactRef:
     """A published artifact: kind, the date it is for, its content version, and where it lives."""
@@ -131,6 +193,13 @@ class ArtifactRef:
 
     def as_lineage(self) -> dict[str, str]:
         return {"kind": self.kind, "day": self.day, "version": self.version, "path": self.path}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, str]) -> "ArtifactRef":
+        ref = cls(kind=data["kind"], day=data["day"], version=data["version"], path=data["path"])
+        if not (Path(ref.path) / MANIFEST).exists():
+            raise FileNotFoundError(f"{ref.kind} artifact {ref.version} of {ref.day}: {ref.path} is not complete")
+        return ref
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """GraphDistill nightly: ingest -> validate -> features -> graph -> teacher -> distill -> prune ->
-export -> convert -> evaluate -> gate -> promote, then the run's report.
+export -> convert -> evaluate -> gate -> register -> promote, then the run's report.
 
 Wiring only: every step is a function in components/ (see components/pipeline.py STAGES), run
 here for the run's day = the data interval's start (UTC). A run for day D processes the landing
@@ -35,21 +35,23 @@ def _on_failure(context: dict[str, Any]) -> None:
     )
 
 
-def _run(stage: str) -> dict[str, Any]:
-    """Run a components stage for this run's day, mapping its outcomes onto Airflow's."""
+def _run(stage: str, upstream: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run a components stage for this run's day and run (reports/<day>/runs/<run_key>/), on the
+    upstream task's result, mapping its outcomes onto Airflow's."""
     import sys
 
     if str(REPO_ROOT) not in sys.path:  # the repo's library, when not pip-installed
         sys.path.insert(0, str(REPO_ROOT))
     from components.errors import PermanentStageFailure, StageSkipped
     from components.pipeline import resolve, run_stage
+    from components.storage import run_key_for
 
     context = get_current_context()
     params = context["params"]
     day = context["data_interval_start"].date().isoformat()
     cfg = resolve(params.get("root"), params.get("config_file"), params.get("overrides"))
     try:
-        return run_stage(stage, day, cfg)
+        return run_stage(stage, day, cfg, run_key=run_key_for(context["run_id"]), upstream=upstream)
     except StageSkipped as exc:
         raise AirflowSkipException(f"{stage} skipped for {day}: {exc}") from exc
     except PermanentStageFailure as exc:
@@ -116,28 +118,39 @@ def gnn_recsys_nightly():
     def convert() -> dict:
         return _run("convert")
 
+    # The decision stages pass explicit references: evaluate judges the engine convert built (its
+    # lineage pins export, model and graph), gate -> register -> promote hand on what they decided.
     @task
-    def evaluate() -> dict:
-        return _run("evaluate")
+    def evaluate(engine: dict) -> dict:
+        return _run("evaluate", engine)
 
     @task
-    def gate() -> dict:
-        """Writes the blessing (every gate's value, threshold, verdict) and registers the candidate."""
-        blessing = _run("gate")
-        _run("register")
-        return blessing
+    def gate(evaluation: dict) -> dict:
+        """Writes the blessing: every gate's n, value, interval, threshold and verdict."""
+        return _run("gate", evaluation)
+
+    @task
+    def register(blessing: dict) -> dict:
+        """Registers the judged candidate (blessed or not) under its candidate id."""
+        return _run("register", blessing)
 
     @task.short_circuit(ignore_downstream_trigger_rules=False)
-    def blessed(blessing: dict) -> bool:
-        if not blessing["blessed"]:
-            log.warning("candidate %s NOT promoted (champion %s keeps serving); failing gates: %s; report %s",
-                        blessing["candidate_version"], blessing["champion_version"],
-                        "; ".join(blessing["failed"]), blessing["path"])
-        return bool(blessing["blessed"])
+    def blessed(registration: dict) -> bool:
+        if not registration["blessed"]:
+            log.warning("candidate %s NOT promoted (%s by the gates; judged against %s; champion %s keeps serving)",
+                        registration["version"], registration["status"], registration["judged_against"],
+                        registration["champion_version"])
+        return bool(registration["blessed"])
 
     @task
-    def promote() -> dict:
-        return _run("promote")
+    def promote(registration: dict) -> dict:
+        """Compare-and-swap under the registry lock; a blessed candidate that may not be promoted
+        (stale, historical day, rolled back) skips this task with the reason."""
+        decision = _run("promote", registration)
+        if not decision["promoted"]:
+            raise AirflowSkipException(f"candidate {decision['version']} blessed but not promoted: "
+                                       f"{decision['reason']}; champion stays {decision['champion_version']}")
+        return decision
 
     @task(trigger_rule="none_failed")
     def report() -> dict:
@@ -147,11 +160,10 @@ def gnn_recsys_nightly():
     validated = validate()
     built_graph = graph()
     ingested >> validated >> [features(), built_graph]
-    evaluated = evaluate()
-    built_graph >> teacher() >> distill() >> prune() >> export() >> convert() >> evaluated
-    blessing = gate()
-    evaluated >> blessing
-    blessed(blessing) >> promote() >> report()
+    built_engine = convert()
+    built_graph >> teacher() >> distill() >> prune() >> export() >> built_engine
+    registration = register(gate(evaluate(built_engine)))
+    blessed(registration) >> promote(registration) >> report()
 
 
 gnn_recsys_nightly()

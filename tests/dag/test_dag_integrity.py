@@ -12,8 +12,8 @@ DAG_FILE = REPO / "dags" / "gnn_recsys_nightly.py"
 EXPECTED_EDGES = {
     ("ingest", "validate"), ("validate", "features"), ("validate", "graph"), ("graph", "teacher"),
     ("teacher", "distill"), ("distill", "prune"), ("prune", "export"), ("export", "convert"),
-    ("convert", "evaluate"), ("evaluate", "gate"), ("gate", "blessed"), ("blessed", "promote"),
-    ("promote", "report"),
+    ("convert", "evaluate"), ("evaluate", "gate"), ("gate", "register"), ("register", "blessed"),
+    ("register", "promote"), ("blessed", "promote"), ("promote", "report"),
 }
 
 

@@ -23,8 +23,8 @@ def served(tmp_path_factory):
     cfg = tiny_config(root)
     world = make_world()
     run_ship_day(layout, DAY, cfg, world, cold_users=2)  # u38, u39: in the ID map, no training pairs
-    run_register(layout, DAY, cfg)
-    run_promote(layout, DAY, cfg)
+    registration = run_register(layout, DAY, cfg, run_key="r1")
+    assert run_promote(layout, DAY, cfg, run_key="r1", registration=registration).promoted
     return layout
 
 
