@@ -345,7 +345,7 @@ def run_register(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
                                     "tensorrt_status": engine.tensorrt_status}},
         status=status,
     )
-    write_json(_day_pointer(layout, day), {"day": day, "version": version, "status": status, "run_key": run_key})
+    write_json(_day_pointer(layout, day), {"day": day, "version": version, "status": status})
     champ = champion(layout)
     log.info("register %s run %s: candidate %s %s (%s), judged against %s; champion %s", day, run_key, version,
              status, "new" if created else "already registered", judged["champion_version"] or "none (bootstrap)",

@@ -1,81 +1,161 @@
-"""Gates: each kind's verdict, bootstrap, failures, and the evaluation's champion-prefix rule."""
+"""Gates: bootstrap intervals and PASS / FAIL / INCONCLUSIVE per kind, counts and latency gates,
+segments, bootstrap (no champion), and the evaluation as served with the champion as of the day."""
 
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy.stats import bootstrap
 
 from components.config import GateSpec, GatesConfig, load_gates
 from components.engine import EngineResult
-from components.gates import BOOTSTRAP_NOTE, Blessing, EvaluationResult, judge, prefix_scorer, run_evaluate
-from components.storage import Layout, write_json
+from components.evaluate import ranking_scorer, user_metrics
+from components.gates import (
+    BOOTSTRAP_NOTE,
+    Blessing,
+    EvaluationResult,
+    PerUser,
+    bootstrap_interval,
+    decide,
+    judge,
+    prefix_scorer,
+    run_evaluate,
+    served_scorer,
+)
+from components.graph import GraphArtifact
+from components.storage import Layout, read_json, write_json
 
 from tests.unit.ship_fixtures import make_world, random_embeddings, run_ship_day, tiny_config, write_gates
 
-
-def _evaluation(candidate, champion=None, teacher=None, popularity=None):
-    return EvaluationResult(
-        day="2024-01-08", path="", graph_version="g", candidate_version="c", teacher_version="t",
-        champion_version="v1" if champion else None, candidate=candidate, teacher=teacher,
-        champion=champion, popularity=popularity or {"ndcg@20": 0.1, "recall@20": 0.2},
-        holdout_users=10, holdout_pairs=30, users_unknown_to_a_model=0, pairs_unknown_to_a_model=0,
-        users_evaluated=10, cold_users_skipped=0, known_users_bound=10,
-    )
-
-
+CALLS = 1000
 ENGINE = EngineResult(
     day="2024-01-08", version="e", path="", runtime="onnxruntime", runtime_reason="test",
     runtime_description="ONNX Runtime (CPUExecutionProvider)", tensorrt_status="skipped: test",
     engine_path="m.onnx", engine_bytes=5000, parity_users=10, parity_max_abs_diff=2e-6,
     parity_topk_overlap=1.0,
-    latency_ms={"1": {"p50_ms": 0.1, "p99_ms": 0.2}, "64": {"p50_ms": 1.0, "p99_ms": 3.0}},
+    latency_ms={"1": {"p50_ms": 0.1, "p95_ms": 0.15, "p99_ms": 0.2, "repeats": CALLS},
+                "64": {"p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0, "repeats": CALLS}},
 )
 
 
-def _gates(*specs):
-    return GatesConfig(gates=tuple(GateSpec(**s) for s in specs))
+def _gates(*specs, **settings):
+    return GatesConfig(gates=tuple(GateSpec(**s) for s in specs), **settings)
 
 
-@pytest.mark.parametrize(
-    "spec, candidate, baseline_metrics, statistic, verdict",
-    [
-        ({"metric": "ndcg@20", "kind": "min", "threshold": 0.2}, 0.25, None, 0.25, "pass"),
-        ({"metric": "ndcg@20", "kind": "min", "threshold": 0.3}, 0.25, None, 0.25, "fail"),
-        ({"metric": "ndcg@20", "kind": "max", "threshold": 0.3}, 0.25, None, 0.25, "pass"),
-        ({"metric": "ndcg@20", "kind": "min_ratio_to", "baseline": "teacher", "threshold": 0.8}, 0.25, 0.30,
-         0.25 / 0.30, "pass"),
-        ({"metric": "ndcg@20", "kind": "min_ratio_to", "baseline": "teacher", "threshold": 0.9}, 0.25, 0.30,
-         0.25 / 0.30, "fail"),
-        ({"metric": "ndcg@20", "kind": "max_regression_vs", "baseline": "champion", "threshold": 0.05}, 0.24,
-         0.25, 0.04, "pass"),
-        ({"metric": "ndcg@20", "kind": "max_regression_vs", "baseline": "champion", "threshold": 0.05}, 0.23,
-         0.25, 0.08, "fail"),
-        ({"metric": "ndcg@20", "kind": "min_lift_over", "baseline": "popularity", "threshold": 0.05}, 0.25,
-         0.20, 0.25, "pass"),
-        ({"metric": "ndcg@20", "kind": "min_lift_over", "baseline": "popularity", "threshold": 0.05}, 0.20,
-         0.20, 0.0, "fail"),
-    ],
-)
-def test_each_gate_kind(spec, candidate, baseline_metrics, statistic, verdict):
-    base = {"ndcg@20": baseline_metrics} if baseline_metrics is not None else None
-    evaluation = _evaluation(
-        {"ndcg@20": candidate},
-        champion=base if spec.get("baseline") == "champion" else {"ndcg@20": 1.0},
-        teacher=base if spec.get("baseline") == "teacher" else None,
-        popularity=base if spec.get("baseline") == "popularity" else {"ndcg@20": 0.0},
-    )
-    blessing = judge(evaluation, ENGINE, _gates(spec), has_champion=True)
+def _measured(candidate, champion=None, teacher=None, popularity=None, cold=None, metric="ndcg@20"):
+    """Per-user vectors (one metric) and the evaluation summary a gate reads."""
+    candidate = np.asarray(candidate, dtype=float)
+    n = candidate.size
+    cold = np.zeros(n, bool) if cold is None else np.asarray(cold, bool)
+    models = {"candidate": candidate, "champion": champion, "teacher": teacher,
+              "popularity": popularity if popularity is not None else np.zeros(n)}
+    values = {m: {metric: np.asarray(v, float)} for m, v in models.items() if v is not None}
+    per_user = PerUser(users=np.arange(n), cold=cold, values=values)
+    segments = {m: {seg: {metric: float(v[metric][mask].mean()) if mask.any() else 0.0,
+                          "users_evaluated": int(mask.sum())}
+                    for seg, mask in (("all", np.ones(n, bool)), ("warm", ~cold), ("cold", cold))}
+                for m, v in values.items()}
+    evaluation = EvaluationResult(
+        day="2024-01-08", run_key="r", path="", per_user_path="", candidate_id="2024-01-08-c", candidate_refs={},
+        graph_version="g", candidate_version="2024-01-08-c", teacher_version="t",
+        champion_version="v1" if champion is not None else None, baseline_reason="test",
+        candidate=segments["candidate"]["all"], teacher=segments.get("teacher", {}).get("all"),
+        champion=segments.get("champion", {}).get("all"), popularity=segments["popularity"]["all"],
+        segments=segments, holdout_users=n, holdout_pairs=3 * n, users_evaluated=n,
+        warm_users_evaluated=int((~cold).sum()), cold_users_evaluated=int(cold.sum()),
+        users_without_unseen_test_items=0)
+    return evaluation, per_user
+
+
+def _judge(spec, **kwargs):
+    evaluation, per_user = _measured(**kwargs)
+    return judge(evaluation, per_user, ENGINE, _gates(spec), seed=0)
+
+
+@pytest.mark.parametrize("direction, bound, low, high, verdict", [
+    (">=", -0.05, -0.02, 0.03, "pass"), (">=", -0.05, -0.09, -0.06, "fail"), (">=", -0.05, -0.08, 0.01, "inconclusive"),
+    (">", 0.05, 0.05, 0.2, "inconclusive"), (">", 0.05, 0.051, 0.2, "pass"), (">", 0.05, 0.0, 0.05, "fail"),
+    ("<=", 250.0, 10.0, 12.0, "pass"), ("<=", 250.0, 251.0, 300.0, "fail"),
+    (">=", 0.0, float("nan"), 1.0, "inconclusive"),
+])
+def test_a_verdict_needs_the_whole_interval(direction, bound, low, high, verdict):
+    assert decide(direction, bound, low, high) == verdict
+
+
+RNG = np.random.default_rng(0)
+BASE = RNG.uniform(0.1, 0.5, 2000)
+NOISE = RNG.normal(0, 0.05, 2000)
+
+
+@pytest.mark.parametrize("candidate, verdict", [
+    (BASE + NOISE, "pass"),                 # same quality: the interval excludes a 5% drop
+    (0.8 * BASE + NOISE, "fail"),           # a 20% drop: the whole interval is below -5%
+    ((BASE + NOISE)[:12], "inconclusive"),  # 12 users: the interval is too wide to tell
+])
+def test_non_inferiority_against_the_champion(candidate, verdict):
+    spec = {"metric": "ndcg@20", "kind": "max_regression_vs", "baseline": "champion", "threshold": 0.05}
+    blessing = _judge(spec, candidate=candidate, champion=BASE[: candidate.size])
     (gate,) = blessing.gates
-    assert gate.statistic == pytest.approx(statistic)
-    assert gate.verdict == verdict
-    assert gate.value == candidate and gate.threshold == spec["threshold"]
-    assert gate.baseline_value == baseline_metrics
+    assert gate.verdict == verdict and gate.n == candidate.size
+    assert gate.statistic == pytest.approx(candidate.mean() / BASE[: candidate.size].mean() - 1)
+    assert gate.ci_low < gate.statistic < gate.ci_high
+    assert gate.baseline_value == pytest.approx(BASE[: candidate.size].mean())
+    assert blessing.verdict == {"pass": "blessed", "fail": "rejected", "inconclusive": "inconclusive"}[verdict]
     assert blessing.blessed is (verdict == "pass")
+
+
+def test_interval_is_scipy_paired_bootstrap_seeded_and_reproducible():
+    candidate, champion = BASE[:300] + NOISE[:300], BASE[:300]
+    gates = _gates({"metric": "ndcg@20", "kind": "min", "threshold": 0})
+    first = bootstrap_interval((candidate, champion), "relative change", gates, seed=7)
+    assert bootstrap_interval((candidate, champion), "relative change", gates, seed=7) == first
+    reference = bootstrap((candidate, champion), lambda c, b, axis: c.mean(axis) / b.mean(axis) - 1, paired=True,
+                          vectorized=True, n_resamples=gates.bootstrap_resamples, confidence_level=0.90,
+                          method="percentile", random_state=np.random.default_rng(7)).confidence_interval
+    assert first == pytest.approx((reference.low, reference.high))
+    with pytest.raises(ValueError, match="greater than or equal to 1000"):
+        _gates({"metric": "ndcg@20", "kind": "min", "threshold": 0}, bootstrap_resamples=100)
+
+
+def test_lift_ratio_and_absolute_floor():
+    lift = _judge({"metric": "ndcg@20", "kind": "min_lift_over", "baseline": "popularity", "threshold": 0.05},
+                  candidate=BASE + NOISE, popularity=0.5 * BASE)
+    assert lift.gates[0].verdict == "pass" and lift.gates[0].ci_low > 0.05
+    ratio = _judge({"metric": "ndcg@20", "kind": "min_ratio_to", "baseline": "teacher", "threshold": 0.9},
+                   candidate=0.7 * BASE, teacher=BASE)
+    assert ratio.gates[0].verdict == "fail" and ratio.gates[0].ci_high < 0.9
+    assert ratio.failed == ("ndcg@20 min_ratio_to teacher",)
+    floor = _judge({"metric": "ndcg@20", "kind": "min", "threshold": 0.2}, candidate=BASE)
+    assert floor.gates[0].verdict == "pass" and floor.gates[0].value == pytest.approx(BASE.mean())
+
+
+def test_too_few_users_is_inconclusive_and_keeps_the_champion_unless_configured():
+    spec = {"metric": "users_evaluated", "kind": "min", "threshold": 1000}
+    evaluation, per_user = _measured(candidate=BASE[:50], champion=BASE[:50])
+    blessing = judge(evaluation, per_user, ENGINE, _gates(spec), seed=0)
+    assert blessing.gates[0].verdict == "inconclusive" and blessing.gates[0].n == 50
+    assert "too few to decide" in blessing.gates[0].note
+    assert (blessing.blessed, blessing.verdict, blessing.inconclusive) == (False, "inconclusive",
+                                                                          ("users_evaluated min",))
+    lenient = judge(evaluation, per_user, ENGINE, _gates(spec, inconclusive="promote"), seed=0)
+    assert lenient.blessed and lenient.verdict == "blessed"
+    enough = judge(*_measured(candidate=BASE), ENGINE, _gates(spec), seed=0)
+    assert enough.gates[0].verdict == "pass"
+
+
+def test_segment_gate_judges_only_its_users():
+    cold = np.arange(BASE.size) < 200
+    candidate = np.where(cold, 0.5 * BASE, BASE)  # cold users served much worse
+    spec = {"metric": "ndcg@20", "kind": "max_regression_vs", "baseline": "champion", "threshold": 0.05}
+    warm = _judge({**spec, "segment": "warm"}, candidate=candidate, champion=BASE, cold=cold)
+    cold_gate = _judge({**spec, "segment": "cold"}, candidate=candidate, champion=BASE, cold=cold)
+    assert warm.gates[0].n == 1800 and warm.gates[0].verdict == "pass"
+    assert cold_gate.gates[0].n == 200 and cold_gate.gates[0].verdict == "fail"
+    assert cold_gate.failed == ("ndcg@20 max_regression_vs champion [cold]",)
 
 
 def test_engine_gates_use_engine_measurements_at_the_largest_batch():
@@ -83,65 +163,54 @@ def test_engine_gates_use_engine_measurements_at_the_largest_batch():
         {"metric": "parity_max_abs_diff", "kind": "max", "threshold": 1e-5},
         {"metric": "parity_topk_overlap", "kind": "min", "threshold": 0.95},
         {"metric": "latency_p99_ms", "kind": "max", "threshold": 2.5},
+        {"metric": "latency_p95_ms", "kind": "max", "threshold": 2.5},
         {"metric": "engine_bytes", "kind": "max", "threshold": 10_000},
     )
-    blessing = judge(_evaluation({"ndcg@20": 0.3}), ENGINE, gates, has_champion=False)
+    blessing = judge(*_measured(candidate=BASE), ENGINE, gates, seed=0)
     verdicts = {g.metric: (g.value, g.verdict) for g in blessing.gates}
     assert verdicts == {
         "parity_max_abs_diff": (2e-6, "pass"),
         "parity_topk_overlap": (1.0, "pass"),
         "latency_p99_ms": (3.0, "fail"),  # batch 64's p99, not batch 1's 0.2
+        "latency_p95_ms": (2.0, "pass"),
         "engine_bytes": (5000.0, "pass"),
     }
     assert not blessing.blessed and blessing.failed == ("latency_p99_ms max",)
-    assert blessing.runtime == "onnxruntime"
     assert all("onnxruntime" in g.measured_by for g in blessing.gates)
-    assert "batch 64" in blessing.gates[2].measured_by
+    assert "batch 64, 1000 timed calls" in blessing.gates[2].measured_by and blessing.gates[2].n == CALLS
+
+
+def test_latency_from_too_few_calls_is_inconclusive():
+    few = EngineResult(**{**ENGINE.__dict__, "latency_ms": {"64": {"p50_ms": 1.0, "p95_ms": 1.1, "p99_ms": 1.2,
+                                                                 "repeats": 30}}})
+    blessing = judge(*_measured(candidate=BASE), few, _gates({"metric": "latency_p99_ms", "kind": "max",
+                                                               "threshold": 250}), seed=0)
+    assert blessing.gates[0].verdict == "inconclusive" and "only 30 timed calls" in blessing.gates[0].note
 
 
 def test_missing_engine_result_fails_engine_gates_never_passes_them():
     gates = _gates({"metric": "parity_topk_overlap", "kind": "min", "threshold": 0.95})
-    blessing = judge(_evaluation({"ndcg@20": 0.3}), None, gates, has_champion=False)
+    blessing = judge(*_measured(candidate=BASE), None, gates, seed=0)
     assert blessing.gates[0].verdict == "fail" and not blessing.blessed
 
 
 def test_bootstrap_skips_champion_gates_and_applies_the_rest():
     gates = load_gates()  # the shipped config/gates.yaml
-    evaluation = _evaluation({"ndcg@20": 0.30, "recall@20": 0.40}, teacher={"ndcg@20": 0.32, "recall@20": 0.41},
-                             popularity={"ndcg@20": 0.10, "recall@20": 0.15})
-    blessing = judge(evaluation, ENGINE, gates, has_champion=False)
+    evaluation, per_user = _measured(candidate=BASE + NOISE, teacher=BASE, popularity=0.3 * BASE)
+    per_user.values["candidate"]["recall@20"] = 2 * (BASE + NOISE)
+    for model in ("teacher", "popularity"):
+        per_user.values[model]["recall@20"] = 2 * per_user.values[model]["ndcg@20"]
+    blessing = judge(evaluation, per_user, ENGINE, gates, seed=0)
     skipped = [g for g in blessing.gates if g.verdict == "skipped"]
     assert skipped and all(g.baseline == "champion" and g.note == BOOTSTRAP_NOTE for g in skipped)
     assert len(skipped) == sum(1 for s in gates.gates if s.baseline == "champion")
-    assert all(g.verdict == "pass" for g in blessing.gates if g.baseline != "champion")
+    assert all(g.verdict == "pass" for g in blessing.gates if g.baseline != "champion"), blessing.gates
     assert blessing.blessed and blessing.bootstrap and blessing.champion_version is None
-
-
-def test_a_failing_gate_rejects_and_is_named():
-    gates = load_gates()
-    evaluation = _evaluation({"ndcg@20": 0.20, "recall@20": 0.40}, champion={"ndcg@20": 0.30, "recall@20": 0.40},
-                             teacher={"ndcg@20": 0.21}, popularity={"ndcg@20": 0.10, "recall@20": 0.15})
-    blessing = judge(evaluation, ENGINE, gates, has_champion=True)
-    assert not blessing.blessed
-    assert blessing.failed == ("ndcg@20 max_regression_vs champion",)
-    failed = next(g for g in blessing.gates if g.verdict == "fail")
-    assert failed.statistic == pytest.approx(1 / 3) and failed.baseline_value == 0.30
-
-
-def test_zero_baseline_and_nan_values():
-    gates = _gates({"metric": "ndcg@20", "kind": "min_lift_over", "baseline": "popularity", "threshold": 0.05})
-    lifted = judge(_evaluation({"ndcg@20": 0.1}, popularity={"ndcg@20": 0.0}), ENGINE, gates, True)
-    assert lifted.gates[0].statistic == math.inf and lifted.blessed
-    flat = judge(_evaluation({"ndcg@20": 0.0}, popularity={"ndcg@20": 0.0}), ENGINE, gates, True)
-    assert not flat.blessed
-    nan = judge(_evaluation({"ndcg@20": float("nan")}), ENGINE,
-                _gates({"metric": "ndcg@20", "kind": "min", "threshold": 0.0}), True)
-    assert not nan.blessed
 
 
 def test_unknown_metric_is_a_config_error():
     with pytest.raises(ValueError, match="'ndcg@7' is neither an engine metric"):
-        judge(_evaluation({"ndcg@20": 0.1}), ENGINE, _gates({"metric": "ndcg@7", "kind": "min", "threshold": 0}), True)
+        _judge({"metric": "ndcg@7", "kind": "min", "threshold": 0}, candidate=BASE)
 
 
 def test_prefix_scorer_scores_unknown_items_minus_inf():
@@ -152,62 +221,98 @@ def test_prefix_scorer_scores_unknown_items_minus_inf():
     assert torch.isneginf(scores[:, 4:]).all()
 
 
-def test_run_evaluate_compares_on_users_known_to_every_model(tmp_path):
+def test_served_scorer_answers_users_without_embedding_with_the_fallback():
+    user, item = random_embeddings(3, 4, seed=0)
+    fallback = ranking_scorer(np.array([1.0, 5.0, 3.0, 0.0]), 4)
+    scorer = served_scorer(prefix_scorer(user, item, 4), np.array([True, False, True]), fallback)
+    scores = scorer(torch.tensor([0, 1, 2, 7]))  # user 1: no history; user 7: unknown to the model
+    np.testing.assert_allclose(scores[[0, 2]].numpy(), user[[0, 2]] @ item.T, rtol=1e-6)
+    assert scores[1].tolist() == scores[3].tolist() == [-2.0, 0.0, -1.0, -3.0]  # -(popularity rank)
+
+
+def _old_champion(layout: Layout, num_users: int = 30, num_items: int = 50, day: str = "2024-01-07"):
+    """A registered, promoted champion of an earlier day over an ID-map prefix (fewer users, items)."""
+    version = f"{day}-old"
+    user, item = random_embeddings(num_users, num_items, seed=9)
+    path = layout.registry() / "versions" / version
+    path.mkdir(parents=True)
+    np.savez(path / "embeddings.npz", user=user, item=item)
+    history = np.ones(num_users, bool)
+    history[5] = False  # a user the champion never trained: served by its fallback
+    np.savez(path / "seen.npz", indptr=np.concatenate([[0], np.cumsum(history)]), indices=np.zeros(history.sum()))
+    np.save(path / "popularity.npy", np.arange(num_items, dtype=np.float32)[::-1].copy())
+    write_json(path / "manifest.json", {"version": version, "day": day, "status": "blessed"})
+    write_json(layout.registry() / "champion.json", {"version": version, "promoted_at": "x", "reason": "test",
+                                                      "previous": []})
+    (layout.registry() / "history.jsonl").write_text(json.dumps({"event": "promote", "version": version,
+                                                                 "at": "x", "reason": "test"}) + "\n")
+    return version, path
+
+
+def test_run_evaluate_scores_every_user_as_served_against_the_champion_as_of_the_day(tmp_path):
     layout = Layout.at(tmp_path)
     cfg = tiny_config(tmp_path)
-    world = make_world()
-    run_ship_day(layout, "2024-01-08", cfg, world, gate=False)
-    # A champion trained on an older, smaller ID range: 30 users x 50 items, placed in the registry.
-    user, item = random_embeddings(30, 50, seed=9)
-    champion_dir = layout.registry() / "versions" / "2024-01-07-old"
-    champion_dir.mkdir(parents=True)
-    np.savez(champion_dir / "embeddings.npz", user=user, item=item)
-    write_json(champion_dir / "manifest.json", {"version": "2024-01-07-old", "status": "blessed"})
-    write_json(layout.registry() / "champion.json", {"version": "2024-01-07-old", "promoted_at": "x",
-                                                      "reason": "test", "previous": []})
-    result = run_evaluate(layout, "2024-01-08", cfg)
-    holdout = pd.read_parquet(f"{layout.current('graphs', '2024-01-08').path}/holdout.parquet")
-    expected_known = holdout["user_idx"][holdout["user_idx"] < 30].nunique()
-    assert result.known_users_bound == 30
-    assert result.users_evaluated == expected_known
-    assert result.users_unknown_to_a_model == holdout["user_idx"].nunique() - expected_known
-    assert result.pairs_unknown_to_a_model == int((holdout["user_idx"] >= 30).sum())
-    assert result.champion["users_evaluated"] == result.candidate["users_evaluated"] == expected_known
-    assert result.champion_version == "2024-01-07-old"
+    day = "2024-01-08"
+    run_ship_day(layout, day, cfg, make_world(), gate=False, cold_users=3)
+    version, path = _old_champion(layout)
+    result = run_evaluate(layout, day, cfg, run_key="r1")
+    assert result.champion_version == version and "champion as of 2024-01-08" in result.baseline_reason
+    graph = GraphArtifact.load(layout.current("graphs", day))
+    holdout = pd.read_parquet(f"{graph.ref.path}/holdout.parquet")
+    assert result.users_evaluated == holdout["user_idx"].nunique() == 40  # nobody dropped
+    assert result.cold_users_evaluated == 3 and result.warm_users_evaluated == 37
+    per_user = PerUser.load(result.per_user_path)
+    assert per_user.users.tolist() == list(range(40)) and per_user.cold.sum() == 3
+    # Users the champion cannot serve (unknown: >= 30; untrained: 5) get its popularity, as served.
+    train, test = graph.train_interactions(), graph.holdout_interactions()
+    fallback = user_metrics(ranking_scorer(np.load(path / "popularity.npy"), graph.num_items), train, test,
+                            graph.num_items, cfg.eval.ks, include_cold=True)
+    served_by_fallback = np.isin(per_user.users, [5, *range(30, 40)])
+    np.testing.assert_allclose(per_user.values["champion"]["ndcg@20"][served_by_fallback],
+                               fallback.values["ndcg@20"][served_by_fallback])
     # the planted-cluster candidate beats a random champion and popularity on the same users
     assert result.candidate["ndcg@20"] > result.champion["ndcg@20"]
-    assert result.candidate["ndcg@20"] > result.popularity["ndcg@20"]
-    stored = json.loads((layout.reports("2024-01-08") / "evaluation.json").read_text())
-    assert stored["candidate"] == result.candidate
+    assert result.segments["candidate"]["warm"]["ndcg@20"] > result.popularity["ndcg@20"]
+    # cold users: candidate and popularity both answer with this graph's popularity
+    assert result.segments["candidate"]["cold"]["ndcg@20"] == result.segments["popularity"]["cold"]["ndcg@20"]
+    stored = read_json(layout.reports(day) / "runs" / "r1" / "evaluation.json")
+    assert stored["candidate"] == result.candidate and stored["candidate_id"].startswith(day)
 
 
-def test_run_gate_writes_blessing_and_tables(tmp_path):
+def test_a_newer_champion_is_never_the_baseline_of_an_older_day(tmp_path):
     layout = Layout.at(tmp_path)
     cfg = tiny_config(tmp_path)
-    blessing = run_ship_day(layout, "2024-01-08", cfg, make_world())
-    out = layout.reports("2024-01-08")
-    assert blessing.blessed and blessing.bootstrap
-    loaded = Blessing.load(out / "blessing.json")
-    assert loaded == blessing
+    run_ship_day(layout, "2024-01-08", cfg, make_world(), gate=False)
+    _old_champion(layout, num_users=45, num_items=70, day="2024-01-09")  # newer and larger than the graph
+    result = run_evaluate(layout, "2024-01-08", cfg, run_key="r1")  # no crash: judged as a bootstrap
+    assert result.champion_version is None and "bootstrap" in result.baseline_reason
+
+
+def test_run_gate_writes_a_blessing_per_run_and_never_overwrites_another_run(tmp_path):
+    layout = Layout.at(tmp_path)
+    cfg = tiny_config(tmp_path)
+    day = "2024-01-08"
+    blessing = run_ship_day(layout, day, cfg, make_world(), run_key="first")
+    out = layout.reports(day) / "runs" / "first"
+    assert blessing.blessed and blessing.bootstrap and blessing.verdict == "blessed"
+    assert Blessing.load(out / "blessing.json") == blessing
     markdown = (out / "gates.md").read_text()
     assert markdown.count("\n| ") == len(cfg.gates.gates) + 1  # header + one row per gate
-    assert "skipped (no champion: bootstrap)" in markdown
+    assert "skipped (no champion: bootstrap)" in markdown and "90% CI [" in markdown
     assert "<table>" in (out / "gates.html").read_text()
+    first_bytes = (out / "blessing.json").read_bytes()
 
-    # a bad candidate on the same day (and a stricter teacher gate) is rejected and says why
+    # a bad candidate on the same day, in another run, is rejected and says why; the first run's files stay
     gates_file = write_gates(tmp_path / "strict.yaml", [
         {"metric": "ndcg@20", "kind": "min_ratio_to", "baseline": "teacher", "threshold": 0.9},
         {"metric": "parity_topk_overlap", "kind": "min", "threshold": 0.95},
     ])
     strict = tiny_config(tmp_path, gates_file=str(gates_file))
-    run_ship_day(layout, "2024-01-08", strict, make_world(), candidate="bad")
-    rejected = Blessing.load(out / "blessing.json")
+    run_ship_day(layout, day, strict, make_world(), candidate="bad", run_key="second")
+    rejected = Blessing.load(layout.reports(day) / "runs" / "second" / "blessing.json")
     assert not rejected.blessed and rejected.failed == ("ndcg@20 min_ratio_to teacher",)
-
-
-def test_zero_versus_zero_fails_relative_gates():
-    from components.gates import _passes, _statistic
-
-    for kind, threshold in (("min_ratio_to", 0.8), ("max_regression_vs", 0.05), ("min_lift_over", 0.0)):
-        assert not _passes(kind, _statistic(kind, 0.0, 0.0), threshold)
-    assert _passes("min_lift_over", _statistic("min_lift_over", 0.1, 0.0), 0.05)
+    assert rejected.candidate_version != blessing.candidate_version
+    assert (out / "blessing.json").read_bytes() == first_bytes
+    outcome = read_json(layout.reports(day) / "runs" / "second" / "outcome.json")
+    assert outcome["kind"] == "rejected" and "ndcg@20 min_ratio_to teacher" in outcome["reason"]
+    assert read_json(layout.reports(day) / "latest.json")["run_key"] == "second"

@@ -9,7 +9,7 @@ import pytest
 from components.gates import Blessing
 from components.registry import run_promote, run_register
 from components.report import gate_table_markdown, metric_history, run_report, training_curve
-from components.storage import Layout
+from components.storage import Layout, latest_run
 
 from tests.unit.ship_fixtures import make_world, run_ship_day, tiny_config
 
@@ -30,25 +30,48 @@ def test_run_report_over_two_days(tmp_path):
     cfg = tiny_config(tmp_path)
     world = make_world()
     for seed, day in enumerate(("2024-01-08", "2024-01-09")):
-        run_ship_day(layout, day, cfg, world, seed=seed)
-        run_register(layout, day, cfg)
-        run_promote(layout, day, cfg)
-    result = run_report(layout, "2024-01-09", cfg)
-    assert result.history_days == 2 and result.blessed is True
+        run_ship_day(layout, day, cfg, world, seed=seed, run_key="r1")
+        registration = run_register(layout, day, cfg, run_key="r1")
+        assert run_promote(layout, day, cfg, run_key="r1", registration=registration).promoted
+    result = run_report(layout, "2024-01-09", cfg, run_key="r1")
+    assert result.history_days == 2 and result.blessed is True and result.outcome == "promoted"
     assert len(result.figures) == 2
     for figure in result.figures:
         with open(figure, "rb") as handle:
             assert handle.read(8) == PNG_MAGIC
-    html = (layout.reports("2024-01-09") / "report.html").read_text()
+    run_dir = layout.reports("2024-01-09") / "runs" / "r1"
+    html = (run_dir / "report.html").read_text()
     assert "training_curves.png" in html and "metric_history.png" in html and "Lineage" in html
+    assert "Outcome: PROMOTED" in html and "90% CI [" in html and "cold (0 users)" in html
 
     rows = metric_history(layout, "2024-01-09")
     assert [r["day"] for r in rows] == ["2024-01-08", "2024-01-09"]
     assert rows[0]["champion_ndcg@20"] is None  # bootstrap day: no champion yet
-    evaluation = json.loads((layout.reports("2024-01-09") / "evaluation.json").read_text())
+    evaluation = json.loads((run_dir / "evaluation.json").read_text())
     assert rows[1]["champion_ndcg@20"] == pytest.approx(evaluation["champion"]["ndcg@20"])
     # the earlier day's report does not see the future
-    assert run_report(layout, "2024-01-08", cfg).history_days == 1
+    assert run_report(layout, "2024-01-08", cfg, run_key="r1").history_days == 1
+
+
+def test_a_rerun_writes_its_own_report_and_the_day_points_to_it(tmp_path):
+    layout = Layout.at(tmp_path)
+    cfg = tiny_config(tmp_path)
+    day = "2024-01-08"
+    run_ship_day(layout, day, cfg, make_world(), run_key="first")
+    registration = run_register(layout, day, cfg, run_key="first")
+    run_promote(layout, day, cfg, run_key="first", registration=registration)
+    first = run_report(layout, day, cfg, run_key="first")
+    first_html = open(first.path, "rb").read()
+    run_ship_day(layout, day, cfg, make_world(), run_key="second")
+    registration = run_register(layout, day, cfg, run_key="second")
+    decision = run_promote(layout, day, cfg, run_key="second", registration=registration)
+    second = run_report(layout, day, cfg, run_key="second")
+    assert not decision.promoted and second.outcome == "not_promoted" and second.path != first.path
+    assert open(first.path, "rb").read() == first_html and "Outcome: PROMOTED" in first_html.decode()
+    assert "already the champion" in open(second.path).read()
+    latest = latest_run(layout, day)
+    assert latest["run_key"] == "second" and latest["outcome"] == "not_promoted"
+    assert latest["dir"] == str(layout.reports(day) / "runs" / "second")
 
 
 def test_gate_table_markdown_lists_every_gate(tmp_path):
@@ -60,4 +83,4 @@ def test_gate_table_markdown_lists_every_gate(tmp_path):
     assert len(rows) == len(blessing.gates)
     assert sum("SKIPPED" in r for r in rows) == sum(g.verdict == "skipped" for g in blessing.gates) > 0
     assert "BLESSED" in table.splitlines()[0]
-    assert gate_table_markdown(Blessing.load(layout.reports("2024-01-08") / "blessing.json")) == table
+    assert gate_table_markdown(Blessing.load(layout.reports("2024-01-08") / "runs" / "r1" / "blessing.json")) == table

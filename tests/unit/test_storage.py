@@ -1,3 +1,4 @@
+import json
 import os
 
 import pytest
@@ -51,3 +52,25 @@ def test_atomic_write_leaves_old_content_when_the_write_fails(tmp_path, monkeypa
     with pytest.raises(OSError):
         atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"old"
+
+
+def test_run_keys_are_filesystem_safe_and_each_run_has_its_own_folder(tmp_path):
+    from components.storage import latest_run, record_outcome, run_dir, run_key_for
+
+    layout = Layout.at(tmp_path)
+    key = run_key_for("manual__2026-01-06T00:00:00+00:00")
+    assert key == "manual__2026-01-06T00_00_00_00_00"
+    assert run_dir(layout, "2026-01-05", key) == tmp_path / "reports" / "2026-01-05" / "runs" / key
+    with pytest.raises(ValueError, match="not filesystem-safe"):
+        run_dir(layout, "2026-01-05", "../escape")
+    assert latest_run(layout, "2026-01-05") is None
+    record_outcome(layout, "2026-01-05", key, "promoted", "blessed on 2026-01-05", candidate="v1",
+                   champion_before=None, champion_after="v1")
+    record_outcome(layout, "2026-01-05", "cli-2", "not_promoted", "historical day: not newer than the champion",
+                   candidate="v1", champion_before="v2", champion_after="v2")
+    latest = latest_run(layout, "2026-01-05")
+    assert (latest["run_key"], latest["outcome"], latest["champion_after"]) == ("cli-2", "not_promoted", "v2")
+    first = json.loads((run_dir(layout, "2026-01-05", key) / "outcome.json").read_text())
+    assert (first["kind"], first["candidate"], first["champion_after"]) == ("promoted", "v1", "v1")
+    with pytest.raises(ValueError, match="outcome kind must be one of"):
+        record_outcome(layout, "2026-01-05", key, "blessed", "not a decision")
