@@ -86,6 +86,56 @@ def served_scorer(model: Scorer, has_embedding: np.ndarray, fallback: Scorer) ->
     return score
 
 
+def version_served_scorer(layout: Layout, version: str, graph: GraphArtifact) -> Scorer:
+    """A registered version as serving answers the users of ``graph``: through the version's own
+    string-ID maps (any subset or order of today's IDs), its embeddings for users it trained,
+    serving's cold-user answer for the rest; items it never saw score -inf."""
+    import pandas as pd
+
+    from components.export import load_embeddings
+    from components.registry import version_dir, version_has_history, version_popularity
+    from components.serving import cold_user_scorer
+
+    path = version_dir(layout, version)
+    user_emb, item_emb = load_embeddings(path)
+
+    def index_map(name: str, id_column: str, size: int) -> np.ndarray:
+        """Today's index -> the version's index (-1: unknown to the version)."""
+        ours, theirs = pd.read_parquet(Path(graph.ref.path) / name), pd.read_parquet(path / name)
+        position = pd.Index(theirs[id_column].astype(str)).get_indexer(ours[id_column].astype(str))
+        mapping = np.full(size, -1, dtype=np.int64)
+        mapping[ours["idx"].to_numpy(np.int64)] = np.where(position >= 0,
+                                                            theirs["idx"].to_numpy(np.int64)[position], -1)
+        return mapping
+
+    user_map = index_map("users.parquet", "user_id", graph.num_users)
+    item_map = index_map("items.parquet", "item_id", graph.num_items)
+    trained = version_has_history(layout, version)
+    known_items = np.flatnonzero(item_map >= 0)
+    counts = np.zeros(graph.num_items)
+    counts[known_items] = version_popularity(layout, version)[item_map[known_items]]
+    popular = cold_user_scorer(counts, graph.num_items)
+    unknown_items = torch.from_numpy(np.flatnonzero(item_map < 0))
+    user_t = torch.as_tensor(user_emb, dtype=torch.float32)
+    item_t = torch.as_tensor(item_emb[item_map[known_items]], dtype=torch.float32)
+    known_t = torch.from_numpy(known_items)
+    ours_to_theirs = torch.from_numpy(user_map)
+    warm_t = torch.from_numpy(np.concatenate([trained, [False]]))  # index -1 -> the appended False
+
+    def score(users: torch.Tensor) -> torch.Tensor:
+        scores = popular(users)
+        scores[:, unknown_items] = -torch.inf
+        theirs = ours_to_theirs[users]
+        warm = warm_t[theirs]
+        if warm.any():
+            rows = torch.full((int(warm.sum()), graph.num_items), -torch.inf)
+            rows[:, known_t] = user_t[theirs[warm]] @ item_t.T
+            scores[warm] = rows
+        return scores
+
+    return score
+
+
 @dataclass(frozen=True)
 class EvaluationResult:
     """Means per model and segment on one user set; per-user vectors live in ``per_user_path``."""
@@ -165,7 +215,7 @@ def run_evaluate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
     default is the day's current engine), its teacher, the champion as of ``day`` and popularity
     on the day's holdout, as served; write evaluation.json and per_user.npz to the run's folder."""
     from components.export import load_embeddings
-    from components.registry import champion_as_of, version_has_history, version_popularity
+    from components.registry import champion_as_of
     from components.serving import cold_user_scorer
 
     if candidate is None:
@@ -196,10 +246,8 @@ def run_evaluate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
         scorers["teacher"] = served("teacher", *load_embeddings(refs.teacher.path), has_train, fallback)
     else:
         log.warning("evaluate %s: candidate %s names no teacher; teacher-relative gates will fail", day, cid)
-    if baseline is not None:
-        scorers["champion"] = served("champion", *load_embeddings(baseline.path),
-                                     version_has_history(layout, baseline.version),
-                                     cold_user_scorer(version_popularity(layout, baseline.version), num_items))
+    if baseline is not None:  # through its own ID maps: it may know fewer (or other) users and items
+        scorers["champion"] = version_served_scorer(layout, baseline.version, graph)
     scorers["popularity"] = popularity_scorer(train, num_items)
 
     ks, batch = tuple(cfg.eval.ks), cfg.eval.user_batch_size

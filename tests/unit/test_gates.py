@@ -230,8 +230,10 @@ def test_served_scorer_answers_users_without_embedding_with_the_fallback():
     assert scores[1].tolist() == scores[3].tolist() == [-2.0, 0.0, -1.0, -3.0]  # -(popularity rank)
 
 
-def _old_champion(layout: Layout, num_users: int = 30, num_items: int = 50, day: str = "2024-01-07"):
-    """A registered, promoted champion of an earlier day over an ID-map prefix (fewer users, items)."""
+def _old_champion(layout: Layout, num_users: int = 30, num_items: int = 50, day: str = "2024-01-07",
+                  user_order=None, item_order=None):
+    """A registered, promoted champion of an earlier day over a subset of today's IDs (``*_order``:
+    the champion's index of each of its IDs u0.., i0..; identity by default)."""
     version = f"{day}-old"
     user, item = random_embeddings(num_users, num_items, seed=9)
     path = layout.registry() / "versions" / version
@@ -241,12 +243,44 @@ def _old_champion(layout: Layout, num_users: int = 30, num_items: int = 50, day:
     history[5] = False  # a user the champion never trained: served by its fallback
     np.savez(path / "seen.npz", indptr=np.concatenate([[0], np.cumsum(history)]), indices=np.zeros(history.sum()))
     np.save(path / "popularity.npy", np.arange(num_items, dtype=np.float32)[::-1].copy())
+    user_order = np.arange(num_users) if user_order is None else np.asarray(user_order)
+    item_order = np.arange(num_items) if item_order is None else np.asarray(item_order)
+    pd.DataFrame({"user_id": [f"u{i}" for i in range(num_users)], "idx": user_order}).to_parquet(path / "users.parquet")
+    pd.DataFrame({"item_id": [f"i{i}" for i in range(num_items)], "idx": item_order}).to_parquet(path / "items.parquet")
     write_json(path / "manifest.json", {"version": version, "day": day, "status": "blessed"})
     write_json(layout.registry() / "champion.json", {"version": version, "promoted_at": "x", "reason": "test",
                                                       "previous": []})
     (layout.registry() / "history.jsonl").write_text(json.dumps({"event": "promote", "version": version,
                                                                  "at": "x", "reason": "test"}) + "\n")
     return version, path
+
+
+def test_the_champion_is_scored_through_its_own_id_maps(tmp_path):
+    """A champion whose indices differ from today's graph (other order, fewer IDs) is scored by ID."""
+    layout = Layout.at(tmp_path)
+    cfg = tiny_config(tmp_path)
+    day = "2024-01-08"
+    run_ship_day(layout, day, cfg, make_world(), gate=False)
+    rng = np.random.default_rng(3)
+    user_order, item_order = rng.permutation(30), rng.permutation(50)
+    version, path = _old_champion(layout, user_order=user_order, item_order=item_order)
+    result = run_evaluate(layout, day, cfg, run_key="r1")
+    assert result.champion_version == version
+    graph = GraphArtifact.load(layout.current("graphs", day))
+    with np.load(path / "embeddings.npz") as saved:
+        user, item = saved["user"], saved["item"]
+    # Today's user u / item i is the champion's user_order[u] / item_order[i]; i50.. are unknown to it.
+    expected = np.full((graph.num_users, graph.num_items), -np.inf, dtype=np.float32)
+    expected[:30, :50] = user[user_order] @ item[item_order].T
+    popularity = np.full(graph.num_items, -np.inf, dtype=np.float32)
+    popularity[:50] = np.load(path / "popularity.npy")[item_order]
+    fallback_rows = np.isin(np.arange(graph.num_users), [*range(30, graph.num_users), int(np.flatnonzero(user_order == 5)[0])])
+    expected[fallback_rows] = popularity  # ranked like the popularity counts (unknown items stay -inf)
+    direct = user_metrics(lambda users: torch.from_numpy(expected[users.numpy()].copy()),
+                          graph.train_interactions(), graph.holdout_interactions(), graph.num_items, cfg.eval.ks,
+                          include_cold=True)
+    per_user = PerUser.load(result.per_user_path)
+    np.testing.assert_allclose(per_user.values["champion"]["ndcg@20"], direct.values["ndcg@20"], rtol=1e-6)
 
 
 def test_run_evaluate_scores_every_user_as_served_against_the_champion_as_of_the_day(tmp_path):
@@ -265,8 +299,10 @@ def test_run_evaluate_scores_every_user_as_served_against_the_champion_as_of_the
     assert per_user.users.tolist() == list(range(40)) and per_user.cold.sum() == 3
     # Users the champion cannot serve (unknown: >= 30; untrained: 5) get its popularity, as served.
     train, test = graph.train_interactions(), graph.holdout_interactions()
-    fallback = user_metrics(ranking_scorer(np.load(path / "popularity.npy"), graph.num_items), train, test,
-                            graph.num_items, cfg.eval.ks, include_cold=True)
+    counts = np.zeros(graph.num_items)
+    counts[:50] = np.load(path / "popularity.npy")
+    fallback = user_metrics(ranking_scorer(counts, graph.num_items), train, test, graph.num_items, cfg.eval.ks,
+                            include_cold=True)
     served_by_fallback = np.isin(per_user.users, [5, *range(30, 40)])
     np.testing.assert_allclose(per_user.values["champion"]["ndcg@20"][served_by_fallback],
                                fallback.values["ndcg@20"][served_by_fallback])
