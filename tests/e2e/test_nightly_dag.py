@@ -5,9 +5,10 @@ moves between gate and promote, and a day too small to decide.
 Days: d0 history only (model stages skip: no training window yet); d1 bootstraps a champion; d2 is
 judged against it and promoted; d3 is corrupted (quarantined, nothing downstream, champion
 untouched); d4 is forced to produce a bad candidate (shuffled labels), which the gates reject; d5
-is judged against d2's champion and promoted. The world is small (~80 evaluated users a day), so
-these runs use gates with a low users floor and a lenient champion bound (SMALL_WORLD_GATES);
-the production gates (config/gates.yaml) judge the same day INCONCLUSIVE (test below).
+is judged against d2's champion and promoted. The world is small (~100 evaluated users a day), so
+these runs use gates with a low users floor and a 20% non-inferiority bound (SMALL_WORLD_GATES:
+measured intervals, good days vs champion about [+0.16, +0.42], the shuffled candidate [-0.47,
+-0.27]); the production gates (config/gates.yaml) judge such a day INCONCLUSIVE (test below).
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ SMALL_WORLD_GATES = {
         {"metric": "users_evaluated", "kind": "min", "threshold": 30},
         {"metric": "ndcg@20", "kind": "min", "threshold": 0.01},
         {"metric": "ndcg@20", "kind": "min_lift_over", "baseline": "popularity", "threshold": 0.0},
-        {"metric": "ndcg@20", "kind": "max_regression_vs", "baseline": "champion", "threshold": 0.5},
-        {"metric": "ndcg@20", "kind": "min_ratio_to", "baseline": "teacher", "threshold": 0.5},
+        {"metric": "ndcg@20", "kind": "max_regression_vs", "baseline": "champion", "threshold": 0.2},
+        {"metric": "ndcg@20", "kind": "min_ratio_to", "baseline": "teacher", "threshold": 0.8},
         {"metric": "parity_topk_overlap", "kind": "min", "threshold": 0.95},
         {"metric": "latency_p99_ms", "kind": "max", "threshold": 250.0},
     ]
