@@ -332,6 +332,7 @@ class Blessing:
     gates: tuple[GateResult, ...] = field(default_factory=tuple)
     failed: tuple[str, ...] = field(default_factory=tuple)
     inconclusive: tuple[str, ...] = field(default_factory=tuple)
+    reason: str = ""  # one line: why blessed / rejected / inconclusive (what outcomes and the UI show)
     evaluation_path: str = ""
     path: str = ""
 
@@ -501,6 +502,13 @@ def judge(evaluation: EvaluationResult, per_user: PerUser | None, engine_result,
     failed = tuple(_label(spec) for spec, g in zip(gates.gates, results) if g.verdict == "fail")
     inconclusive = tuple(_label(spec) for spec, g in zip(gates.gates, results) if g.verdict == "inconclusive")
     blocked = bool(failed) or (bool(inconclusive) and gates.inconclusive == "keep_champion")
+    if failed:
+        reason = f"failed gates: {'; '.join(failed)}"
+    elif blocked:
+        reason = f"inconclusive gates (champion kept): {'; '.join(inconclusive)}"
+    else:
+        reason = "no gate failed" + (f"; inconclusive treated as pass: {'; '.join(inconclusive)}" if inconclusive
+                                     else "")
     return Blessing(
         day=evaluation.day,
         run_key=evaluation.run_key,
@@ -520,6 +528,7 @@ def judge(evaluation: EvaluationResult, per_user: PerUser | None, engine_result,
         gates=results,
         failed=failed,
         inconclusive=inconclusive,
+        reason=reason,
         evaluation_path=evaluation.path,
     )
 
@@ -572,9 +581,7 @@ def run_gate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
         from components.registry import champion
 
         serving = champion(layout)
-        reason = (f"failed gates: {'; '.join(blessing.failed)}" if blessing.failed
-                  else f"inconclusive gates (champion kept): {'; '.join(blessing.inconclusive)}")
-        record_outcome(layout, day, run_key, blessing.verdict, reason, candidate=blessing.candidate_version,
+        record_outcome(layout, day, run_key, blessing.verdict, blessing.reason, candidate=blessing.candidate_version,
                        champion_before=serving.version if serving else None,
                        champion_after=serving.version if serving else None,
                        metrics=key_metrics(evaluation))

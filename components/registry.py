@@ -555,7 +555,7 @@ def run_promote(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
         result = PromotionResult(day=day, version=version, promoted=False,
                                  champion_version=current.version if current else None,
                                  previous_champion=current.version if current else None,
-                                 reason=f"candidate {manifest['status']} by the gates", outcome=manifest["status"])
+                                 reason=blessing["reason"], outcome=manifest["status"])
     else:
         result = decide_promotion(layout, version, blessing["champion_version"], fault_hook=fault_hook)
     record_outcome(layout, day, run_key, result.outcome, result.reason, candidate=version,

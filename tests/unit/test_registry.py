@@ -181,6 +181,7 @@ def test_rejected_candidate_is_registered_but_never_promoted(env):
     assert read_json(Path(bad.path) / "blessing.json")["blessed"] is False
     result = run_promote(layout, DAYS[3], cfg, run_key="a", registration=bad)
     assert not result.promoted and result.champion_version == good.version and result.outcome == "rejected"
+    assert result.reason.startswith("failed gates: ") and read_outcome(layout, DAYS[3], "a")["reason"] == result.reason
     with pytest.raises(PermissionError, match=f"refusing to promote {bad.version}"):
         promote(layout, bad.version, "force it")
     assert champion(layout).version == good.version
