@@ -193,3 +193,92 @@ def test_an_event_redelivered_on_a_later_day_is_not_accepted_twice(tmp_path):
     assert manifest["rows_duplicate_of_earlier_days"] == 3
     accepted = pd.concat([pd.read_parquet(layout.accepted(day(d)) / "events.parquet") for d in (0, 1)])
     assert accepted["event_id"].is_unique
+
+
+def test_an_unknown_column_is_kept_beside_the_events_and_reported(tmp_path):
+    layout, cfg = setup(tmp_path)
+    path = land(layout, 0)
+    frame = pd.read_parquet(path)
+    write_log(frame.assign(session=[f"s{i % 7}" for i in range(len(frame))]), path)
+    run_ingest(layout, day(0), cfg)
+    result = run_validate(layout, day(0), cfg)
+    assert result.success and result.unknown_columns == ("session",)
+    (drift,) = [r for r in result.warnings if r.rule == "unknown_columns"]
+    assert drift.observed == "session" and drift.samples == ("events.parquet (session)",)
+    sidecar = pd.read_parquet(layout.accepted(day(0)) / "extra_columns.parquet")
+    events = pd.read_parquet(layout.accepted(day(0)) / "events.parquet")
+    assert sidecar["event_id"].tolist() == events["event_id"].tolist()  # row for row
+    by_event = frame.assign(session=[f"s{i % 7}" for i in range(len(frame))]).set_index("event_id")["session"]
+    assert sidecar["session"].tolist() == by_event.loc[sidecar["event_id"]].tolist()
+    assert "session" in (layout.reports(day(0)) / "validation" / "report.md").read_text()
+
+
+def test_a_changed_column_type_quarantines_naming_column_expected_and_seen(tmp_path):
+    layout, cfg = setup(tmp_path)
+    path = land(layout, 0)
+    frame = pd.read_parquet(path)
+    write_log(frame.assign(user_id=frame.index.to_numpy() + 0.5), path)  # ids became floats
+    staged = run_ingest(layout, day(0), cfg)
+    with pytest.raises(DataValidationError) as failure:
+        run_validate(layout, day(0), cfg)
+    assert "expect_column_type(user_id)" in str(failure.value)
+    assert "events.parquet (user_id: expected string or integer, seen float)" in str(failure.value)
+    (attempt,) = list(layout.quarantine(day(0)).iterdir())
+    assert len(pd.read_parquet(attempt / "rows.parquet")) == staged.rows
+
+
+def test_a_one_user_day_is_flagged_loudly_and_config_decides_warn_or_quarantine(tmp_path, caplog):
+    layout, cfg = setup(tmp_path)
+    path = land(layout, 0)
+    frame = pd.read_parquet(path)
+    write_log(frame.assign(user_id="bot-1"), path)
+    run_ingest(layout, day(0), cfg)
+    with caplog.at_level("WARNING", logger="components.validate"):
+        result = run_validate(layout, day(0), cfg)
+    (bot,) = [r for r in result.warnings if r.rule == "bot_suspect"]
+    assert bot.observed == f"user bot-1: {len(frame)} of {len(frame)} events (100%)"
+    assert "WARN bot_suspect(user_id)" in caplog.text
+
+    strict_layout, strict = setup(tmp_path / "strict", **{"validation.severity": {"bot_suspect": "quarantine"}})
+    write_log(frame.assign(user_id="bot-1"), land(strict_layout, 0))
+    run_ingest(strict_layout, day(0), strict)
+    with pytest.raises(DataValidationError, match="FAIL bot_suspect"):
+        run_validate(strict_layout, day(0), strict)
+
+
+def test_a_quarantined_day_makes_no_later_day_look_new_or_abnormal(tmp_path):
+    layout, cfg = setup(tmp_path, **{"validation.min_history_days": 4})
+    for offset in range(5):
+        accept(layout, cfg, offset)
+    land(layout, 5)
+    corrupt_landing(layout.landing(day(5)), "wrong_day")
+    run_ingest(layout, day(5), cfg)
+    with pytest.raises(DataValidationError):
+        run_validate(layout, day(5), cfg)
+    after = [accept(layout, cfg, offset) for offset in (6, 7)]
+    assert all(r.success and not r.warnings for r in after)
+    # Users first seen on the quarantined day are not new on the next one.
+    quarantined = pd.read_parquet(next(layout.quarantine(day(5)).iterdir()) / "rows.parquet")
+    seen = pd.concat([pd.read_parquet(layout.accepted(day(d)) / "events.parquet") for d in range(5)] + [quarantined])
+    rows6 = pd.read_parquet(layout.accepted(day(6)) / "events.parquet")
+    assert after[0].profile["new_user_share"] == pytest.approx((~rows6["user_id"].isin(seen["user_id"])).mean())
+    # The quarantined day is not part of the history the bands are computed from.
+    assert "5 accepted days" in after[0].notes[0]
+
+
+def test_a_failing_days_log_fits_on_a_screen_summary_first(tmp_path, caplog):
+    layout, cfg = setup(tmp_path)
+    path = land(layout, 0, "csv")
+    frame = pd.read_csv(path)
+    frame.loc[6, "event_type"] = "teleport"
+    frame.loc[3, "user_id"] = None
+    frame.to_csv(path, index=False)
+    run_ingest(layout, day(0), cfg)
+    with caplog.at_level("INFO"), pytest.raises(DataValidationError) as failure:
+        run_validate(layout, day(0), cfg)
+    lines = str(failure.value).splitlines()
+    assert lines[0].startswith(f"validation FAILED for {day(0)}: 2 rule(s) failed")
+    assert lines[1].startswith("  - FAIL ") and lines[2].startswith("  - FAIL ")
+    assert lines[-1].startswith("report: ") and lines[-1].endswith("report.html")
+    assert "Skipping registering function" not in caplog.text
+    assert len(caplog.text.splitlines()) < 25
