@@ -89,7 +89,9 @@ class ValidationConfig(_Section):
     # Graph-level checks after the graph is built (recorded in graphs/<day>/stats.json "checks").
     graph_max_degree_drift: float = Field(0.25, ge=0, le=1)  # total variation of log2 degree histograms vs the previous graph
     graph_max_isolated_share: float = Field(0.5, ge=0, le=1)  # nodes without a training edge
-    graph_max_cold_share: float = Field(0.5, ge=0, le=1)  # holdout pairs whose user or item has no training edge
+    # Holdout pairs whose user or item has no training edge: 0.35-0.99 on normal MovieLens-100k days
+    # (most raters are new there), so only a day where nearly nothing can be evaluated warns.
+    graph_max_cold_share: float = Field(0.99, ge=0, le=1)
 
     @field_validator("min_band")
     @classmethod

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 EVALUATION_FILE = "evaluation.json"
 BLESSING_FILE = "blessing.json"
 ENGINE_METRICS = ("parity_max_abs_diff", "parity_topk_overlap", "latency_p99_ms", "engine_bytes")
+DATA_METRICS = ("validation_warnings",)  # components/validate.py validation_metrics
 BOOTSTRAP_NOTE = "skipped (no champion: bootstrap)"
 
 
@@ -245,10 +246,18 @@ def _engine_value(metric: str, engine) -> float:
     return float(getattr(engine, metric))
 
 
-def judge_gate(spec: GateSpec, evaluation: EvaluationResult, engine, has_champion: bool) -> GateResult:
+def judge_gate(spec: GateSpec, evaluation: EvaluationResult, engine, has_champion: bool,
+               data_metrics: dict[str, float] | None = None) -> GateResult:
     common = dict(metric=spec.metric, kind=spec.kind, threshold=spec.threshold, baseline=spec.baseline,
                   description=spec.description)
-    if spec.metric in ENGINE_METRICS:
+    if spec.metric in DATA_METRICS:  # issue 9: the day's data, e.g. validation warnings (kinds min/max)
+        if spec.baseline is not None:
+            raise ValueError(f"gate on data metric {spec.metric!r} supports kinds min/max only, got {spec.kind}")
+        if spec.metric not in (data_metrics or {}):
+            return GateResult(**common, value=None, baseline_value=None, statistic=None, verdict="skipped",
+                              note="no validation record for this day", measured_by="none")
+        value, measured_by = float(data_metrics[spec.metric]), "validation"
+    elif spec.metric in ENGINE_METRICS:
         if spec.baseline is not None:
             raise ValueError(f"gate on engine metric {spec.metric!r} supports kinds min/max only, got {spec.kind}")
         if engine is None:
@@ -287,9 +296,10 @@ def judge_gate(spec: GateSpec, evaluation: EvaluationResult, engine, has_champio
                       note=note, measured_by=measured_by)
 
 
-def judge(evaluation: EvaluationResult, engine_result, gates: GatesConfig, has_champion: bool) -> Blessing:
+def judge(evaluation: EvaluationResult, engine_result, gates: GatesConfig, has_champion: bool,
+          data_metrics: dict[str, float] | None = None) -> Blessing:
     """Apply every gate; blessed iff none failed (skipped gates are listed, never counted as passed)."""
-    results = tuple(judge_gate(spec, evaluation, engine_result, has_champion) for spec in gates.gates)
+    results = tuple(judge_gate(spec, evaluation, engine_result, has_champion, data_metrics) for spec in gates.gates)
     failed = tuple(f"{g.metric} {g.kind}{' ' + g.baseline if g.baseline else ''}" for g in results
                    if g.verdict == "fail")
     return Blessing(
@@ -320,7 +330,10 @@ def run_gate(layout: Layout, day: str, cfg: PipelineConfig) -> Blessing:
     if engine_ref is None:
         raise FileNotFoundError(f"run_gate {day}: no engines artifact under {layout.root} (run convert first)")
     engine = load_engine_result(engine_ref)
-    blessing = judge(evaluation, engine, cfg.gates, has_champion=evaluation.champion is not None)
+    from components.validate import validation_metrics
+
+    blessing = judge(evaluation, engine, cfg.gates, has_champion=evaluation.champion is not None,
+                     data_metrics=validation_metrics(layout, day))
     out = layout.reports(day)
     blessing = Blessing(**{**blessing.__dict__, "path": str(out / BLESSING_FILE)})
     write_json(out / BLESSING_FILE, asdict(blessing))

@@ -256,7 +256,9 @@ def run_report(layout: Layout, day: str, cfg: PipelineConfig) -> ReportResult:
     if plot_metric_history(rows, out / HISTORY_PNG):
         figures.append(HISTORY_PNG)
 
-    sections = []
+    from components.validate import data_checks_html  # issue 9: validation warnings and graph checks
+
+    sections = [data_checks_html(layout, day)]
     blessing_path = out / "blessing.json"
     blessing = read_json(blessing_path) if blessing_path.exists() else None
     sections.append("<h2>Gates</h2>" + (gate_table_html(blessing, standalone=False) if blessing

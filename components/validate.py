@@ -326,6 +326,48 @@ def schema_rules(files: list[dict[str, Any]], cfg: PipelineConfig) -> list[RuleR
     return rules
 
 
+# --- what gates and the run report read --------------------------------------------------------
+
+
+def validation_metrics(layout: Layout, day: str) -> dict[str, float]:
+    """Gateable numbers of the day's validation (config/gates.yaml ``validation_warnings``)."""
+    path = layout.reports(day) / "validation" / "validation.json"
+    if not path.exists():
+        return {}
+    rules = read_json(path)["result"]["rules"]
+    return {"validation_warnings": float(sum(1 for r in rules if not r["success"] and not r.get("skipped")
+                                             and r.get("severity") == WARN))}
+
+
+def data_checks_html(layout: Layout, day: str) -> str:
+    """The run report's "Data checks" section: the day's validation warnings (value and band) and
+    the graph-level checks."""
+    parts = ["<h2>Data checks</h2>"]
+    path = layout.reports(day) / "validation" / "validation.json"
+    if path.exists():
+        rules = [r for r in read_json(path)["result"]["rules"] if not r["success"] and not r.get("skipped")]
+        if rules:
+            rows = "".join(
+                f"<tr class=warn><td>{html.escape(r['rule'])}{'(' + html.escape(r['column']) + ')' if r.get('column') else ''}</td>"
+                f"<td>{html.escape(str(r.get('observed')))}</td><td>{html.escape(_fmt_band(r.get('band')))}</td>"
+                f"<td>{html.escape(r.get('expected', ''))}</td></tr>" for r in rules)
+            parts.append(f"<p><b>{len(rules)} validation warning(s)</b> (<a href='validation/report.html'>validation report</a>)</p>"
+                         f"<table><tr><th>rule</th><th>observed</th><th>band</th><th>expected</th></tr>{rows}</table>")
+        else:
+            parts.append("<p>Validation: no warnings (<a href='validation/report.html'>validation report</a>).</p>")
+    else:
+        parts.append("<p>Validation: no record for this day.</p>")
+    graph = layout.current("graphs", day)
+    checks = read_json(Path(graph.path) / "stats.json").get("checks", []) if graph else []
+    if checks:
+        rows = "".join(f"<tr class={'warn' if c['verdict'] == 'WARN' else 'ok'}><td>{html.escape(c['check'])}</td>"
+                       f"<td>{c['value']}</td><td>{'' if c['threshold'] is None else c['threshold']}</td>"
+                       f"<td>{c['verdict']}</td><td>{html.escape(c['detail'])}</td></tr>" for c in checks)
+        parts.append("<h3>Graph checks</h3><table><tr><th>check</th><th>value</th><th>max</th><th>verdict</th>"
+                     f"<th>detail</th></tr>{rows}</table>")
+    return "".join(parts)
+
+
 # --- contract checks -------------------------------------------------------------------------
 
 
