@@ -262,7 +262,8 @@ def anomaly_rules(profile: dict[str, Any], history: list[tuple[str, dict[str, An
         value = profile.get(metric)
         past = np.array([p[metric] for _, p in basis if p.get(metric) is not None], dtype=float)
         shown = None if value is None else _plain(value)
-        if value is None or len(history) < v.min_history_days or past.size < v.min_history_days:
+        required = v.weekday_min_days if basis_name == "same-weekday" else v.min_history_days
+        if value is None or len(history) < v.min_history_days or past.size < required:
             reason = (f"{len(history)} accepted days of history (< {v.min_history_days})"
                       if len(history) < v.min_history_days else "no value for this day or its history")
             rules.append(RuleResult(metric, None, True, observed=shown, severity=severity, skipped=reason))

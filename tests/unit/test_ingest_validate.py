@@ -282,3 +282,26 @@ def test_a_failing_days_log_fits_on_a_screen_summary_first(tmp_path, caplog):
     assert lines[-1].startswith("report: ") and lines[-1].endswith("report.html")
     assert "Skipping registering function" not in caplog.text
     assert len(caplog.text.splitlines()) < 25
+
+
+def test_anomaly_bands_use_the_same_weekday_once_enough_of_them_exist():
+    import datetime as dt
+
+    from components.config import load_config
+    from components.validate import anomaly_rules
+
+    cfg = load_config()
+    start = dt.date(2026, 1, 1)
+    # 28 days: Thursdays carry 1000 events, every other day 100.
+    history = [((start + dt.timedelta(days=i)).isoformat(), {"volume": 1000 if (start + dt.timedelta(days=i)).weekday() == 3 else 100})
+               for i in range(28)]
+    thursday = (start + dt.timedelta(days=28)).isoformat()  # 2026-01-29, a Thursday
+    (volume,) = [r for r in anomaly_rules({"volume": 1000}, history, thursday, cfg) if r.rule == "volume"]
+    assert volume.verdict == "pass" and "4 same-weekday" in volume.expected
+    (low,) = [r for r in anomaly_rules({"volume": 100}, history, thursday, cfg) if r.rule == "volume"]
+    assert low.verdict == "WARN" and low.band[0] > 100  # normal for a Friday, not for a Thursday
+    friday = (start + dt.timedelta(days=29)).isoformat()
+    (fri,) = [r for r in anomaly_rules({"volume": 100}, history[1:], friday, cfg) if r.rule == "volume"]
+    assert fri.verdict == "pass"
+    short = anomaly_rules({"volume": 5}, history[:6], thursday, cfg)
+    assert all(r.verdict == "skipped" and "6 accepted days" in r.skipped for r in short)
