@@ -290,7 +290,7 @@ def test_anomaly_bands_use_the_same_weekday_once_enough_of_them_exist():
     from components.config import load_config
     from components.validate import anomaly_rules
 
-    cfg = load_config()
+    cfg = load_config(overrides={"validation.anomaly_lookback_days": 28, "validation.weekday_min_days": 4})
     start = dt.date(2026, 1, 1)
     # 28 days: Thursdays carry 1000 events, every other day 100.
     history = [((start + dt.timedelta(days=i)).isoformat(), {"volume": 1000 if (start + dt.timedelta(days=i)).weekday() == 3 else 100})
