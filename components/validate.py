@@ -171,23 +171,22 @@ def _quarantined_days(layout: Layout) -> list[str]:
     return sorted(p.name.split("=", 1)[1] for p in base.glob("date=*")) if base.exists() else []
 
 
-def _known_ids(layout: Layout, day: str) -> tuple[pd.Index, pd.Index, int]:
-    """Users and items seen on any earlier day, accepted or quarantined, and how many days that is.
+def _known_ids(layout: Layout, day: str) -> tuple[pd.Index, pd.Index]:
+    """Users and items seen on any earlier day, accepted or quarantined.
 
     Quarantined rows count as seen: the people behind a held day are not new the day after, so one
     bad day cannot make the following days look new (no cascade)."""
     columns = ["user_id", "item_id"]
     frames = [pd.read_parquet(layout.accepted(d) / "events.parquet", columns=columns)
               for d in layout.accepted_days() if d < day]
-    accepted = len(frames)
     for d in _quarantined_days(layout):
         if d < day:
             frames += [pd.read_parquet(a / "rows.parquet").reindex(columns=columns)
                        for a in sorted(layout.quarantine(d).iterdir()) if (a / "rows.parquet").exists()]
     if not frames:
-        return pd.Index([]), pd.Index([]), 0
+        return pd.Index([]), pd.Index([])
     seen = pd.concat(frames, ignore_index=True)
-    return pd.Index(seen["user_id"].dropna().unique()), pd.Index(seen["item_id"].dropna().unique()), accepted
+    return pd.Index(seen["user_id"].dropna().unique()), pd.Index(seen["item_id"].dropna().unique())
 
 
 def day_profile(rows: pd.DataFrame, known_users: pd.Index, known_items: pd.Index, judged_new: bool) -> dict[str, Any]:
@@ -601,7 +600,7 @@ def run_validate(layout: Layout, day: str, cfg: PipelineConfig) -> ValidationRes
     files = manifest["files"]
     rows = pd.read_parquet(staging / "rows.parquet")
     params = suite_parameters(cfg)
-    known_users, known_items, _ = _known_ids(layout, day)
+    known_users, known_items = _known_ids(layout, day)
     earlier_days = [d for d in (*layout.accepted_days(), *_quarantined_days(layout)) if d < day]
     profile = day_profile(rows, known_users, known_items, judged_new=bool(earlier_days))
     history = _history(layout, day, cfg)
