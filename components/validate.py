@@ -11,8 +11,8 @@ Two severities (``validation.severity`` overrides any rule):
   columns (kept in ``extra_columns.parquet``). Warnings are recorded in the result, the manifest and
   the report, logged first, and gateable (``validation_warnings``); they never stop the day.
 
-No cascade: quarantined days are not history, and their users/items still count as seen, so one
-bad day makes no later day look new.
+No cascade: a quarantined day's users/items still count as seen, and its metrics that were normal
+stay in the history (those that warned do not), so one bad day makes no later day look new or odd.
 
 Pass: ``accepted/date=D`` is (re)written atomically: events.parquet deduplicated by event_id
 (first by ts, file, row), duplicates.parquet holding every dropped redelivery, the unknown columns'
@@ -213,16 +213,31 @@ def day_profile(rows: pd.DataFrame, known_users: pd.Index, known_items: pd.Index
     }
 
 
-def _history(layout: Layout, day: str, cfg: PipelineConfig) -> list[tuple[str, dict[str, Any]]]:
-    """Profiles of the accepted days in the lookback (quarantined days are not history)."""
+def _history(layout: Layout, day: str, cfg: PipelineConfig) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    """Profiles of the days in the lookback, and how many of them were quarantined.
+
+    A quarantined day broke the contract, yet its distribution may be perfectly normal (a broken
+    timestamp column says nothing about who came): its metrics that were judged normal stay in the
+    history, those that warned are left out. Dropping the whole day would shift every band and
+    could flag a later borderline day because of it."""
     start = (dt.date.fromisoformat(day) - dt.timedelta(days=cfg.validation.anomaly_lookback_days)).isoformat()
-    history = []
-    for d in layout.accepted_days():
-        if start <= d < day:
-            profile = read_json(layout.accepted(d) / MANIFEST).get("profile")
-            if profile:
-                history.append((d, profile))
-    return history
+    accepted = [d for d in layout.accepted_days() if start <= d < day]
+    history = [(d, read_json(layout.accepted(d) / MANIFEST).get("profile")) for d in accepted]
+    quarantined = 0
+    for d in _quarantined_days(layout):
+        if not start <= d < day or d in accepted:
+            continue
+        records = sorted(layout.quarantine(d).glob("*/validation.json"), key=lambda p: p.stat().st_mtime)
+        result = read_json(records[-1])["result"] if records else {}
+        if not result.get("profile"):
+            continue
+        warned = {r["rule"] for r in result["rules"] if r["rule"] in ANOMALY_METRICS and r.get("severity") == WARN
+                  and not r["success"] and not r.get("skipped")}
+        mix_normal = "event_type_mix_shift" not in warned
+        history.append((d, {k: v for k, v in result["profile"].items()
+                            if k not in warned and (mix_normal or k != "event_type_mix")}))
+        quarantined += 1
+    return sorted((d, p) for d, p in history if p), quarantined
 
 
 def _mix_shift(mix: dict[str, float], reference: dict[str, float]) -> float:
@@ -263,7 +278,7 @@ def anomaly_rules(profile: dict[str, Any], history: list[tuple[str, dict[str, An
         shown = None if value is None else _plain(value)
         required = v.weekday_min_days if basis_name == "same-weekday" else v.min_history_days
         if value is None or len(history) < v.min_history_days or past.size < required:
-            reason = (f"{len(history)} accepted days of history (< {v.min_history_days})"
+            reason = (f"{len(history)} days of history (< {v.min_history_days})"
                       if len(history) < v.min_history_days else "no value for this day or its history")
             rules.append(RuleResult(metric, None, True, observed=shown, severity=severity, skipped=reason))
             continue
@@ -278,7 +293,7 @@ def anomaly_rules(profile: dict[str, Any], history: list[tuple[str, dict[str, An
         rules.append(RuleResult(
             metric, None, bool(ok), observed=shown, severity=severity, unit="",
             band=(None if low_bound is None else _plain(low), _plain(high)),
-            expected=f"{band_text} (median {_plain(center)} +- {v.anomaly_k:g} MAD of {past.size} {basis_name} accepted days)",
+            expected=f"{band_text} (median {_plain(center)} +- {v.anomaly_k:g} MAD of {past.size} {basis_name} days)",
         ))
     return rules
 
@@ -603,9 +618,9 @@ def run_validate(layout: Layout, day: str, cfg: PipelineConfig) -> ValidationRes
     known_users, known_items = _known_ids(layout, day)
     earlier_days = [d for d in (*layout.accepted_days(), *_quarantined_days(layout)) if d < day]
     profile = day_profile(rows, known_users, known_items, judged_new=bool(earlier_days))
-    history = _history(layout, day, cfg)
-    notes = [f"anomaly history: {len(history)} accepted days in the {cfg.validation.anomaly_lookback_days}-day lookback "
-             f"(quarantined days excluded; judged from {cfg.validation.min_history_days})"]
+    history, held = _history(layout, day, cfg)
+    notes = [f"anomaly history: {len(history)} days in the {cfg.validation.anomaly_lookback_days}-day lookback, "
+             f"{held} of them quarantined (only their metrics judged normal count); judged from {cfg.validation.min_history_days}"]
     rules = _file_rules(files) + schema_rules(files, cfg)
     gx_json = None
     if any(c in rows.columns for c in REQUIRED_COLUMNS):

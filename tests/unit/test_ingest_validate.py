@@ -262,8 +262,9 @@ def test_a_quarantined_day_makes_no_later_day_look_new_or_abnormal(tmp_path):
     seen = pd.concat([pd.read_parquet(layout.accepted(day(d)) / "events.parquet") for d in range(5)] + [quarantined])
     rows6 = pd.read_parquet(layout.accepted(day(6)) / "events.parquet")
     assert after[0].profile["new_user_share"] == pytest.approx((~rows6["user_id"].isin(seen["user_id"])).mean())
-    # The quarantined day is not part of the history the bands are computed from.
-    assert "5 accepted days" in after[0].notes[0]
+    # The quarantined day's normal metrics stay in the history (its timestamps were broken, not its
+    # users): the bands are those of an uninterrupted history.
+    assert "6 days in the 56-day lookback, 1 of them quarantined" in after[0].notes[0]
 
 
 def test_a_failing_days_log_fits_on_a_screen_summary_first(tmp_path, caplog):
@@ -304,4 +305,22 @@ def test_anomaly_bands_use_the_same_weekday_once_enough_of_them_exist():
     (fri,) = [r for r in anomaly_rules({"volume": 100}, history[1:], friday, cfg) if r.rule == "volume"]
     assert fri.verdict == "pass"
     short = anomaly_rules({"volume": 5}, history[:6], thursday, cfg)
-    assert all(r.verdict == "skipped" and "6 accepted days" in r.skipped for r in short)
+    assert all(r.verdict == "skipped" and "6 days of history" in r.skipped for r in short)
+
+
+def test_a_quarantined_days_anomalous_metrics_stay_out_of_the_history(tmp_path):
+    from components.validate import _history
+
+    layout, cfg = setup(tmp_path, **{"validation.min_history_days": 4, "validation.severity": {"bot_suspect": "quarantine"}})
+    for offset in range(5):
+        accept(layout, cfg, offset)
+    path = land(layout, 5)
+    write_log(pd.read_parquet(path).assign(user_id="bot-1"), path)
+    run_ingest(layout, day(5), cfg)
+    with pytest.raises(DataValidationError, match="FAIL bot_suspect") as failure:
+        run_validate(layout, day(5), cfg)
+    assert "WARN top_user_share" in str(failure.value)
+    history, held = _history(layout, day(6), cfg)
+    assert held == 1 and [d for d, _ in history] == [day(d) for d in range(6)]
+    bot_day = dict(history)[day(5)]
+    assert "top_user_share" not in bot_day and bot_day["volume"] == len(pd.read_parquet(path))
