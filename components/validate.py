@@ -142,7 +142,9 @@ class ValidationResult:
 
     def summary_lines(self) -> list[str]:
         """One line per failed rule, quarantining ones first: what the log shows first."""
-        return [f"{r.verdict} {r.describe()}" for r in (*self.failed, *self.warnings)]
+        # A missing column fails every rule on it: its existence rule, the cause, comes first.
+        failed = sorted(self.failed, key=lambda r: r.rule != "expect_column_to_exist")
+        return [f"{r.verdict} {r.describe()}" for r in (*failed, *self.warnings)]
 
 
 def severity_of(cfg: PipelineConfig, rule: str, column: str | None) -> str:
@@ -447,7 +449,9 @@ def _gx_rules(frame: pd.DataFrame, params: dict[str, Any]) -> tuple[list[RuleRes
             for row in (res.get("partial_unexpected_index_list") or [])[:SAMPLE_ROWS]
         )
         observed = res.get("observed_value")
-        if item.exception_info and item.exception_info.get("raised_exception"):
+        if config.kwargs.get("column") and config.kwargs["column"] not in frame.columns:
+            observed = "column missing"  # GX raises inside the expectation; say what happened
+        elif item.exception_info and item.exception_info.get("raised_exception"):
             observed = f"error: {str(item.exception_info.get('exception_message'))[:160]}"
         rules.append(
             RuleResult(
