@@ -74,6 +74,9 @@ class ValidationConfig(_Section):
     anomaly_lookback_days: int = Field(56, ge=1)
     min_history_days: int = Field(7, ge=1)
     weekday_min_days: int = Field(8, ge=1)
+    # Shares and per-user rates of a day with fewer rows are not judged (MovieLens-100k has days of
+    # 1, 4 and 6 ratings whose "top item share" is noise); the volume check still judges such a day.
+    anomaly_min_rows: int = Field(50, ge=1)
     min_band: dict[str, float] = Field(default_factory=lambda: {
         "volume": 1.0,  # log scale: at least e^1 = 2.7x either way
         "new_user_share": 0.1,

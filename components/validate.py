@@ -279,9 +279,11 @@ def anomaly_rules(profile: dict[str, Any], history: list[tuple[str, dict[str, An
         past = np.array([p[metric] for _, p in basis if p.get(metric) is not None], dtype=float)
         shown = None if value is None else _plain(value)
         required = v.weekday_min_days if basis_name == "same-weekday" else v.min_history_days
-        if value is None or len(history) < v.min_history_days or past.size < required:
-            reason = (f"{len(history)} days of history (< {v.min_history_days})"
-                      if len(history) < v.min_history_days else "no value for this day or its history")
+        too_small = metric != "volume" and profile.get("volume", 0) < v.anomaly_min_rows
+        if value is None or len(history) < v.min_history_days or past.size < required or too_small:
+            reason = (f"{len(history)} days of history (< {v.min_history_days})" if len(history) < v.min_history_days
+                      else f"{profile.get('volume', 0)} rows (< anomaly_min_rows {v.anomaly_min_rows}): shares not judged"
+                      if too_small else "no value for this day or its history")
             rules.append(RuleResult(metric, None, True, observed=shown, severity=severity, skipped=reason))
             continue
         log_scale = metric in LOG_SCALE

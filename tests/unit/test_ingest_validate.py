@@ -324,3 +324,16 @@ def test_a_quarantined_days_anomalous_metrics_stay_out_of_the_history(tmp_path):
     assert held == 1 and [d for d, _ in history] == [day(d) for d in range(6)]
     bot_day = dict(history)[day(5)]
     assert "top_user_share" not in bot_day and bot_day["volume"] == len(pd.read_parquet(path))
+
+
+def test_shares_of_a_tiny_day_are_not_judged_but_its_volume_is():
+    from components.config import load_config
+    from components.validate import anomaly_rules
+
+    cfg = load_config()
+    history = [(f"2026-01-{d:02d}", {"volume": 400, "top_item_share": 0.02}) for d in range(1, 15)]
+    rules = {r.rule: r for r in anomaly_rules({"volume": 4, "top_item_share": 0.5}, history, "2026-01-15", cfg)}
+    assert rules["volume"].verdict == "WARN"
+    assert rules["top_item_share"].verdict == "skipped" and "4 rows (< anomaly_min_rows 50)" in rules["top_item_share"].skipped
+    rules = {r.rule: r for r in anomaly_rules({"volume": 400, "top_item_share": 0.5}, history, "2026-01-15", cfg)}
+    assert rules["top_item_share"].verdict == "WARN" and rules["top_item_share"].band == (None, 0.07)
