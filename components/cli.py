@@ -223,6 +223,8 @@ def day_summary(layout: Layout, day: str) -> dict[str, Any]:
         "accepted_rows": accepted["rows_accepted"] if accepted else 0,
         "quarantined": bool(quarantined),
     }
+    if accepted and accepted.get("warnings"):  # anomalies the day was accepted with (validate.py)
+        summary["validation_warnings"] = [w.split(":", 1)[0] for w in accepted["warnings"]]
     if quarantined:
         import pandas as pd
 

@@ -44,6 +44,7 @@ BLESSING_FILE = "blessing.json"
 LATENCY_METRICS = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms")
 ENGINE_METRICS = ("parity_max_abs_diff", "parity_topk_overlap", "engine_bytes") + LATENCY_METRICS
 COUNT_METRICS = ("users_evaluated",)
+DATA_METRICS = ("validation_warnings",)  # components/validate.py validation_metrics
 MODELS = ("candidate", "teacher", "champion", "popularity")
 SEGMENTS = ("all", "warm", "cold")
 BOOTSTRAP_NOTE = "skipped (no champion: bootstrap)"
@@ -425,10 +426,23 @@ def _label(spec: GateSpec) -> str:
 
 
 def judge_gate(spec: GateSpec, evaluation: EvaluationResult, per_user: PerUser | None, engine,
-               gates: GatesConfig, seed: int) -> GateResult:
+               gates: GatesConfig, seed: int, data_metrics: dict[str, float] | None = None) -> GateResult:
     common = dict(metric=spec.metric, kind=spec.kind, threshold=spec.threshold, baseline=spec.baseline,
                   segment=spec.segment, description=spec.description)
     name, bound, direction = _rule(spec.kind, spec.threshold)
+    if spec.metric in DATA_METRICS:  # the day's data, e.g. validation warnings (kinds min/max)
+        if spec.baseline is not None:
+            raise ValueError(f"gate on data metric {spec.metric!r} supports kinds min/max only, got {spec.kind}")
+        if spec.metric not in (data_metrics or {}):
+            return GateResult(**common, n=0, value=None, baseline_value=None, statistic=None, ci_low=None,
+                              ci_high=None, verdict="skipped", note="no validation record for this day",
+                              measured_by="none")
+        value = float(data_metrics[spec.metric])
+        verdict = "pass" if _holds(direction, value, bound) else "fail"
+        return GateResult(**common, n=0, value=value, baseline_value=None, statistic=value, ci_low=None,
+                          ci_high=None, verdict=verdict,
+                          note=f"{name} {value:g} {direction} {bound:g}" + ("" if verdict == "pass" else " violated"),
+                          measured_by="validation")
     if spec.metric in ENGINE_METRICS:
         if spec.baseline is not None:
             raise ValueError(f"gate on engine metric {spec.metric!r} supports kinds min/max only, got {spec.kind}")
@@ -495,10 +509,10 @@ def judge_gate(spec: GateSpec, evaluation: EvaluationResult, per_user: PerUser |
 
 
 def judge(evaluation: EvaluationResult, per_user: PerUser | None, engine_result, gates: GatesConfig,
-          seed: int = 0) -> Blessing:
+          seed: int = 0, data_metrics: dict[str, float] | None = None) -> Blessing:
     """Apply every gate; blessed iff none failed and none is inconclusive (unless gates.yaml says
     inconclusive promotes). Skipped gates are listed, never counted as passed."""
-    results = tuple(judge_gate(spec, evaluation, per_user, engine_result, gates, seed) for spec in gates.gates)
+    results = tuple(judge_gate(spec, evaluation, per_user, engine_result, gates, seed, data_metrics) for spec in gates.gates)
     failed = tuple(_label(spec) for spec, g in zip(gates.gates, results) if g.verdict == "fail")
     inconclusive = tuple(_label(spec) for spec, g in zip(gates.gates, results) if g.verdict == "inconclusive")
     blocked = bool(failed) or (bool(inconclusive) and gates.inconclusive == "keep_champion")
@@ -563,7 +577,10 @@ def run_gate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
         raise ValueError(f"run_gate {day}: {path} evaluates {evaluation.day}")
     refs = CandidateRefs.from_dict(layout, evaluation.candidate_refs)
     engine = load_engine_result(refs.engine)
-    blessing = judge(evaluation, PerUser.load(evaluation.per_user_path), engine, cfg.gates, cfg.seed)
+    from components.validate import validation_metrics
+
+    blessing = judge(evaluation, PerUser.load(evaluation.per_user_path), engine, cfg.gates, cfg.seed,
+                     data_metrics=validation_metrics(layout, day))
     blessing = Blessing(**{**blessing.__dict__, "run_key": run_key, "path": str(out / BLESSING_FILE)})
     write_json(out / BLESSING_FILE, asdict(blessing))
     atomic_write_bytes(out / "gates.md", gate_table_markdown(blessing).encode())

@@ -19,6 +19,7 @@ import pandas as pd
 
 from components.config import GraphConfig, PipelineConfig
 from components.dgl_compat import import_dgl
+from components.graph_checks import graph_checks
 from components.storage import (
     MANIFEST,
     ArtifactRef,
@@ -140,6 +141,23 @@ def extend_id_map(previous: pd.DataFrame, events: pd.DataFrame, id_column: str) 
     return combined.astype({id_column: "string", "idx": "int64", "first_seen": "string"})
 
 
+def newest_id_maps(layout: Layout) -> ArtifactRef | None:
+    """The graph holding the longest ID maps, of any day and version.
+
+    Every map extends the longest one, so all maps form one append-only chain: a day re-landed and
+    re-run after later days extends the newest maps (not its previous day's), so its new IDs
+    cannot take indices that a later day already gave to other IDs.
+    """
+    best, best_size = None, (-1, -1)
+    for manifest in layout.artifacts(KIND).glob(f"*/*/{MANIFEST}"):
+        stats = read_json(manifest).get("stats", {})
+        size = (stats.get("num_users", -1), stats.get("num_items", -1))
+        if size > best_size:
+            record = read_json(manifest)
+            best, best_size = ArtifactRef(KIND, record["day"], record["version"], str(manifest.parent)), size
+    return best
+
+
 def aggregate_pairs(events: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame,
                     as_of: pd.Timestamp, half_life_days: float | None) -> pd.DataFrame:
     """Sum event weights per (user, item), decayed by age at ``as_of`` (0.5 per half-life)."""
@@ -188,7 +206,7 @@ def run_graph(layout: Layout, day: str, cfg: PipelineConfig) -> GraphResult:
     train_events = _read_days(layout, train_days)
     holdout_events = _read_days(layout, [day])
 
-    previous = layout.latest_before(KIND, day)
+    previous = newest_id_maps(layout)
     empty = pd.DataFrame({"idx": pd.Series(dtype="int64"), "first_seen": pd.Series(dtype="string")})
     prev_users = pd.read_parquet(Path(previous.path) / "users.parquet") if previous else empty.assign(user_id=pd.Series(dtype="string"))
     prev_items = pd.read_parquet(Path(previous.path) / "items.parquet") if previous else empty.assign(item_id=pd.Series(dtype="string"))
@@ -206,6 +224,8 @@ def run_graph(layout: Layout, day: str, cfg: PipelineConfig) -> GraphResult:
     train_items = np.unique(train_pairs["item_idx"].to_numpy())
     cold_user = ~np.isin(holdout_pairs["user_idx"].to_numpy(), train_users)
     cold_item = ~np.isin(holdout_pairs["item_idx"].to_numpy(), train_items)
+    yesterday = layout.latest_before(KIND, day)
+    yesterday_stats = read_json(Path(yesterday.path) / "stats.json") if yesterday else None
     stats = {
         "day": day,
         "train_days": train_days,
@@ -213,8 +233,9 @@ def run_graph(layout: Layout, day: str, cfg: PipelineConfig) -> GraphResult:
         "decay_half_life_days": gcfg.decay_half_life_days,
         "num_users": len(users),
         "num_items": len(items),
-        "new_users": len(users) - len(prev_users),
-        "new_items": len(items) - len(prev_items),
+        # New relative to yesterday's graph (the ID maps may extend a longer, later chain link).
+        "new_users": len(users) - (yesterday_stats["num_users"] if yesterday_stats else 0),
+        "new_items": len(items) - (yesterday_stats["num_items"] if yesterday_stats else 0),
         "train_events": len(train_events),
         "train_pairs": len(train_pairs),
         "user_degree": _percentiles(np.bincount(train_pairs["user_idx"], minlength=len(users))[train_users]),
@@ -228,6 +249,8 @@ def run_graph(layout: Layout, day: str, cfg: PipelineConfig) -> GraphResult:
             "pairs_with_cold_item": int(cold_item.sum()),
         },
     }
+    stats.update(graph_checks(layout, day, train_days, train_pairs, holdout_pairs, len(users), len(items),
+                              yesterday_stats, cfg.validation))
     dgl = import_dgl()
     with staging_dir(layout.artifacts(KIND)) as tmp:
         dgl.save_graphs(str(tmp / "graph.bin"), [graph])

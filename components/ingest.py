@@ -26,6 +26,18 @@ log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("event_id", "user_id", "item_id", "event_type", "ts")
 LINEAGE_COLUMNS = ("source_file", "source_row")
+# Unknown columns (schema drift) are kept in staging under this prefix, as text, so they can never
+# collide with the contract's or the validator's own columns; acceptance keeps them in a sidecar.
+EXTRA_PREFIX = "extra."
+# What each contract column may arrive as (kinds from ``value_kind``); anything else is a changed
+# type, a contract violation naming the column, the expected kinds and the kind seen.
+EXPECTED_KINDS: dict[str, tuple[str, ...]] = {
+    "event_id": ("string", "integer"),
+    "user_id": ("string", "integer"),
+    "item_id": ("string", "integer"),
+    "event_type": ("string",),
+    "ts": ("timestamp", "integer", "float", "string"),
+}
 SUPPORTED_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 
 
@@ -37,6 +49,8 @@ class SourceFile:
     rows: int | None  # None when unreadable
     error: str | None
     missing_columns: tuple[str, ...] = ()
+    extra_columns: tuple[str, ...] = ()
+    column_kinds: dict[str, str] | None = None  # contract column -> kind seen in this file
 
 
 @dataclass(frozen=True)
@@ -65,8 +79,31 @@ def _read_bytes(raw: bytes, name: str) -> pd.DataFrame:
     raise ValueError(f"unsupported format {suffix!r}; accepted: {', '.join(SUPPORTED_SUFFIXES)}")
 
 
+def value_kind(values: pd.Series) -> str:
+    """The kind of a raw column as delivered: timestamp, integer, float, boolean, string or mixed.
+
+    Floats that are all whole numbers count as integer (JSON/Parquet turn an integer column with
+    nulls into floats); CSV is read as text, so its columns are strings.
+    """
+    present = values.dropna()
+    if pd.api.types.is_bool_dtype(values):
+        return "boolean"
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return "timestamp"
+    if pd.api.types.is_integer_dtype(values):
+        return "integer"
+    if pd.api.types.is_float_dtype(values):
+        return "integer" if bool((present == present.round()).all()) else "float"
+    kinds = {type(v).__name__ for v in present}
+    names = {"str": "string", "int": "integer", "float": "float", "bool": "boolean", "Timestamp": "timestamp",
+             "datetime": "timestamp"}
+    seen = sorted({names.get(k, k) for k in kinds})
+    return seen[0] if len(seen) == 1 else ("string" if not seen else "mixed(" + ",".join(seen) + ")")
+
+
 def normalize(frame: pd.DataFrame, source_file: str) -> pd.DataFrame:
-    """Coerce to the contract's types; add lineage columns. Unknown extra columns are dropped."""
+    """Coerce to the contract's types; add lineage columns. Unknown columns are kept as text
+    under ``EXTRA_PREFIX`` (schema drift is reported by the validator, never dropped)."""
     out = pd.DataFrame(index=frame.index)
     for column in ("event_id", "user_id", "item_id", "event_type"):
         if column in frame.columns:
@@ -82,6 +119,10 @@ def normalize(frame: pd.DataFrame, source_file: str) -> pd.DataFrame:
         else:
             out["ts"] = pd.to_datetime(ts, utc=True, errors="coerce", format="ISO8601")
         out["ts"] = out["ts"].astype("datetime64[us, UTC]")
+    for column in frame.columns:
+        if column not in REQUIRED_COLUMNS:
+            values = frame[column]
+            out[f"{EXTRA_PREFIX}{column}"] = values.where(values.notna(), None).astype("string")
     out["source_file"] = source_file
     out["source_row"] = pd.RangeIndex(1, len(frame) + 1, dtype="int64")
     return out.reset_index(drop=True)
@@ -116,7 +157,9 @@ def run_ingest(layout: Layout, day: str, cfg: PipelineConfig, landing: str | Non
             log.warning("landing file %s unreadable: %s", name, exc)
             continue
         missing = tuple(c for c in REQUIRED_COLUMNS if c not in frame.columns)
-        files.append(SourceFile(short, len(raw), digest, len(frame), None, missing))
+        extra = tuple(str(c) for c in frame.columns if c not in REQUIRED_COLUMNS)
+        kinds = {c: value_kind(frame[c]) for c in REQUIRED_COLUMNS if c in frame.columns}
+        files.append(SourceFile(short, len(raw), digest, len(frame), None, missing, extra, kinds))
         frames.append(normalize(frame, short))
     staged = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(LINEAGE_COLUMNS))
     with staging_dir(layout.root / "staging") as tmp:

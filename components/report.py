@@ -281,6 +281,8 @@ def run_report(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str) -
     if plot_metric_history(rows, out / HISTORY_PNG):
         figures.append(HISTORY_PNG)
 
+    from components.validate import data_checks_html  # validation warnings and graph checks of the day
+
     sections = []
     if outcome is not None:
         sections.append(f"<h2>Outcome: {html.escape(outcome['kind'].upper())}</h2><p>{html.escape(outcome['reason'])}"
@@ -288,6 +290,7 @@ def run_report(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str) -
     else:
         sections.append("<h2>Outcome: none recorded</h2><p>No decision was recorded for this run "
                         "(a stage before the decision failed or was not run).</p>")
+    sections.append(data_checks_html(layout, day))
     sections.append("<h2>Gates</h2>" + (gate_table_html(blessing, standalone=False) if blessing
                                         else "<p>No blessing in this run (gate stage did not run).</p>"))
     evaluation_path = out / "evaluation.json"

@@ -1,13 +1,22 @@
-"""Validate stage: Great Expectations (GX Core 1.x) on a staged day, then accept or quarantine.
+"""Validate stage: a contract that quarantines and anomaly checks that warn, then accept or quarantine.
 
-The suite lives in the repo (config/expectations/interactions_daily.json); its thresholds are
-``$PARAMETER``s filled from ValidationConfig and the trailing history of accepted days. File-level
-rules GX cannot see (a file that cannot be parsed, an empty file) are checked beside it and
-reported the same way.
+Two severities (``validation.severity`` overrides any rule):
+- Contract rules quarantine the day: the Great Expectations (GX Core 1.x) suite in
+  config/expectations/interactions_daily.json (columns, nulls, event types, timestamps in the
+  window, duplicates beyond tolerance, not empty; its ``$PARAMETER``s come from config only), plus
+  what GX cannot see: unreadable or empty files and a changed column type per file.
+- Anomaly checks warn: the day's profile (volume, new-user/item shares, top-user and top-item
+  shares, events per user, event-type mix) against a robust band (median +- k MAD) of the trailing
+  accepted days, same weekday when there are enough; an obviously automated (one-user) day; unknown
+  columns (kept in ``extra_columns.parquet``). Warnings are recorded in the result, the manifest and
+  the report, logged first, and gateable (``validation_warnings``); they never stop the day.
+
+No cascade: a quarantined day's users/items still count as seen, and its metrics that were normal
+stay in the history (those that warned do not), so one bad day makes no later day look new or odd.
 
 Pass: ``accepted/date=D`` is (re)written atomically: events.parquet deduplicated by event_id
-(first by ts, file, row), duplicates.parquet holding every dropped redelivery, a deterministic
-manifest. Re-running a day yields byte-identical files.
+(first by ts, file, row), duplicates.parquet holding every dropped redelivery, the unknown columns'
+sidecar, a deterministic manifest with the day's profile. Re-running a day yields identical files.
 Fail: the raw files, all staged rows and the validation result go to
 ``quarantine/date=D/<attempt>`` with a readable report (an accepted partition the day may have had
 is moved there too), and ``DataValidationError`` names each failed rule with counts, file and row.
@@ -28,9 +37,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.config import REPO_ROOT, PipelineConfig
+from components.config import ANOMALY_METRICS, REPO_ROOT, PipelineConfig
 from components.errors import PermanentStageFailure
-from components.ingest import LINEAGE_COLUMNS, REQUIRED_COLUMNS
+from components.ingest import EXPECTED_KINDS, EXTRA_PREFIX, LINEAGE_COLUMNS, REQUIRED_COLUMNS
 from components.storage import (
     MANIFEST,
     Layout,
@@ -45,8 +54,14 @@ from components.storage import (
 log = logging.getLogger(__name__)
 
 SUITE_FILE = REPO_ROOT / "config" / "expectations" / "interactions_daily.json"
-MIN_HISTORY_DAYS = 3
 SAMPLE_ROWS = 5
+EXTRA_FILE = "extra_columns.parquet"  # unknown columns of the accepted events (schema drift)
+QUARANTINE, WARN, OFF = "quarantine", "warn", "off"
+# Rules that warn unless config says otherwise; every other rule (the GX contract suite, file and
+# type rules) quarantines. validation.severity overrides either.
+DEFAULT_SEVERITY: dict[str, str] = {"unknown_columns": WARN, "bot_suspect": WARN, **{m: WARN for m in ANOMALY_METRICS}}
+LOG_SCALE = ("volume", "events_per_user")  # vary multiplicatively: judged on log values
+TWO_SIDED = ("volume",)  # the rest only warn when high (a drop in new users is no alarm)
 
 
 class DataValidationError(PermanentStageFailure):
@@ -67,25 +82,40 @@ class RuleResult:
     expected: str = ""
     samples: tuple[str, ...] = ()  # "file:row (value)"
     unit: str = "rows"
+    severity: str = QUARANTINE  # what a failure does: quarantine the day, or warn
+    band: tuple[float | None, float | None] | None = None  # anomaly checks: the accepted band
+    skipped: str = ""  # why the rule was not judged (reported as skipped, never as passed)
+
+    @property
+    def name(self) -> str:
+        return f"{self.rule}({self.column})" if self.column else self.rule
+
+    @property
+    def verdict(self) -> str:
+        if self.skipped:
+            return "skipped"
+        if self.success:
+            return "pass"
+        return "FAIL" if self.severity == QUARANTINE else "WARN"
 
     def describe(self) -> str:
-        target = f"({self.column})" if self.column else ""
-        parts = [f"{self.rule}{target}"]
+        parts = [self.name]
+        details = []
         if self.unexpected_count is not None:
-            parts.append(f"{self.unexpected_count} {self.unit}")
+            details.append(f"{self.unexpected_count} {self.unit}")
         if self.observed is not None:
-            parts.append(f"observed {self.observed}")
+            details.append(f"observed {self.observed}")
         if self.expected:
-            parts.append(f"expected {self.expected}")
+            details.append(f"expected {self.expected}")
         if self.samples:
-            parts.append("e.g. " + ", ".join(self.samples[:3]))
-        return parts[0] + (": " + "; ".join(parts[1:]) if len(parts) > 1 else "")
+            details.append("e.g. " + ", ".join(self.samples[:3]))
+        return parts[0] + (": " + "; ".join(details) if details else "")
 
 
 @dataclass(frozen=True)
 class ValidationResult:
     day: str
-    success: bool
+    success: bool  # no quarantine-severity rule failed (warnings do not stop the day)
     rows: int
     accepted_rows: int
     duplicate_rows: int
@@ -97,71 +127,276 @@ class ValidationResult:
     accepted_path: str | None = None
     quarantine_path: str | None = None
     report_path: str | None = None
+    profile: dict[str, Any] = field(default_factory=dict)  # the day's metrics the anomaly checks judge
+    unknown_columns: tuple[str, ...] = ()
 
     @property
     def failed(self) -> tuple[RuleResult, ...]:
-        return tuple(r for r in self.rules if not r.success)
+        """Rules that quarantine the day."""
+        return tuple(r for r in self.rules if r.verdict == "FAIL")
+
+    @property
+    def warnings(self) -> tuple[RuleResult, ...]:
+        """Anomalies: recorded, reported and gateable, but the day goes on."""
+        return tuple(r for r in self.rules if r.verdict == "WARN")
+
+    def summary_lines(self) -> list[str]:
+        """One line per failed rule, quarantining ones first: what the log shows first."""
+        # A missing column fails every rule on it: its existence rule, the cause, comes first.
+        failed = sorted(self.failed, key=lambda r: r.rule != "expect_column_to_exist")
+        return [f"{r.verdict} {r.describe()}" for r in (*failed, *self.warnings)]
 
 
-# --- parameters from config and history ------------------------------------------------------
+def severity_of(cfg: PipelineConfig, rule: str, column: str | None) -> str:
+    overrides = cfg.validation.severity
+    name = f"{rule}({column})" if column else rule
+    return overrides.get(name) or overrides.get(rule) or DEFAULT_SEVERITY.get(rule, QUARANTINE)
 
 
-def _trailing_volume(layout: Layout, day: str, lookback: int) -> list[int]:
-    prior = [d for d in layout.accepted_days() if d < day][-lookback:]
-    return [read_json(layout.accepted(d) / MANIFEST)["rows_accepted"] for d in prior]
+# --- parameters, history and the day's profile ------------------------------------------------
 
 
-def _known_ids(layout: Layout, day: str) -> tuple[set[str], set[str]] | None:
-    """Users and items known before ``day``: the newest graph's append-only ID maps."""
-    ref = layout.latest_before("graphs", day)
-    if ref is None:
-        return None
-    users = pd.read_parquet(Path(ref.path) / "users.parquet", columns=["user_id"])["user_id"]
-    items = pd.read_parquet(Path(ref.path) / "items.parquet", columns=["item_id"])["item_id"]
-    return set(users), set(items)
-
-
-def suite_parameters(layout: Layout, day: str, cfg: PipelineConfig) -> tuple[dict[str, Any], list[str]]:
-    v = cfg.validation
-    notes: list[str] = []
-    volumes = _trailing_volume(layout, day, v.volume_lookback_days)
-    min_rows, max_rows = v.min_rows, None
-    if len(volumes) >= MIN_HISTORY_DAYS:
-        median = float(np.median(volumes))
-        min_rows = max(v.min_rows, int(np.floor(v.volume_band[0] * median)))
-        max_rows = int(np.ceil(v.volume_band[1] * median))
-        notes.append(f"volume band {v.volume_band} x trailing median {median:.0f} of {len(volumes)} accepted days")
-    else:
-        notes.append(f"volume band not applied: {len(volumes)} accepted days of history (< {MIN_HISTORY_DAYS}); floor {v.min_rows} rows")
+def suite_parameters(cfg: PipelineConfig) -> dict[str, Any]:
+    """The contract suite's $PARAMETERs: fixed by config, never by history."""
     tol = cfg.data.late_tolerance_hours
-    params = {
+    return {
         "event_types": sorted(cfg.data.event_weights),
         "ts_offset_min_hours": -tol,
         "ts_offset_max_hours": 24.0 + tol,
-        "min_unique_event_share": 1.0 - v.max_duplicate_share,
-        "min_rows": min_rows,
-        "max_rows": max_rows,
-        "max_new_user_share": v.max_new_user_share,
-        "max_new_item_share": v.max_new_item_share,
+        "min_unique_event_share": 1.0 - cfg.validation.max_duplicate_share,
+        "min_rows": cfg.validation.min_rows,
     }
-    return params, notes
 
 
-# --- checks ----------------------------------------------------------------------------------
+def _quarantined_days(layout: Layout) -> list[str]:
+    base = layout.root / "quarantine"
+    return sorted(p.name.split("=", 1)[1] for p in base.glob("date=*")) if base.exists() else []
 
 
-def _with_derived_columns(rows: pd.DataFrame, day: str, known: tuple[set[str], set[str]] | None) -> pd.DataFrame:
+def _known_ids(layout: Layout, day: str) -> tuple[pd.Index, pd.Index]:
+    """Users and items seen on any earlier day, accepted or quarantined.
+
+    Quarantined rows count as seen: the people behind a held day are not new the day after, so one
+    bad day cannot make the following days look new (no cascade)."""
+    columns = ["user_id", "item_id"]
+    frames = [pd.read_parquet(layout.accepted(d) / "events.parquet", columns=columns)
+              for d in layout.accepted_days() if d < day]
+    for d in _quarantined_days(layout):
+        if d < day:
+            frames += [pd.read_parquet(a / "rows.parquet").reindex(columns=columns)
+                       for a in sorted(layout.quarantine(d).iterdir()) if (a / "rows.parquet").exists()]
+    if not frames:
+        return pd.Index([]), pd.Index([])
+    seen = pd.concat(frames, ignore_index=True)
+    return pd.Index(seen["user_id"].dropna().unique()), pd.Index(seen["item_id"].dropna().unique())
+
+
+def day_profile(rows: pd.DataFrame, known_users: pd.Index, known_items: pd.Index, judged_new: bool) -> dict[str, Any]:
+    """The day's whole-day metrics (vectorized); stored in the accepted manifest as history."""
+    if rows.empty or not {"user_id", "item_id", "event_type"} <= set(rows.columns):
+        return {"volume": int(len(rows))}
+    users = rows["user_id"].value_counts()
+    items = rows["item_id"].value_counts()
+    n = len(rows)
+    mix = rows["event_type"].value_counts(normalize=True)
+    return {
+        "volume": int(n),
+        "users": int(users.size),
+        "items": int(items.size),
+        "new_user_share": float((~rows["user_id"].isin(known_users)).mean()) if judged_new else None,
+        "new_item_share": float((~rows["item_id"].isin(known_items)).mean()) if judged_new else None,
+        "top_user": str(users.index[0]) if users.size else None,
+        "top_user_events": int(users.iloc[0]) if users.size else 0,
+        "top_user_share": float(users.iloc[0] / n) if users.size else 0.0,
+        "events_per_user": float(n / users.size) if users.size else 0.0,
+        "top_item": str(items.index[0]) if items.size else None,
+        "top_item_share": float(items.iloc[0] / n) if items.size else 0.0,
+        "event_type_mix": {str(k): float(v) for k, v in mix.sort_index().items()},
+    }
+
+
+def _history(layout: Layout, day: str, cfg: PipelineConfig) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    """Profiles of the days in the lookback, and how many of them were quarantined.
+
+    A quarantined day broke the contract, yet its distribution may be perfectly normal (a broken
+    timestamp column says nothing about who came): its metrics that were judged normal stay in the
+    history, those that warned are left out. Dropping the whole day would shift every band and
+    could flag a later borderline day because of it."""
+    start = (dt.date.fromisoformat(day) - dt.timedelta(days=cfg.validation.anomaly_lookback_days)).isoformat()
+    accepted = [d for d in layout.accepted_days() if start <= d < day]
+    history = [(d, read_json(layout.accepted(d) / MANIFEST).get("profile")) for d in accepted]
+    quarantined = 0
+    for d in _quarantined_days(layout):
+        if not start <= d < day or d in accepted:
+            continue
+        records = sorted(layout.quarantine(d).glob("*/validation.json"), key=lambda p: p.stat().st_mtime)
+        result = read_json(records[-1])["result"] if records else {}
+        if not result.get("profile"):
+            continue
+        warned = {r["rule"] for r in result["rules"] if r["rule"] in ANOMALY_METRICS and r.get("severity") == WARN
+                  and not r["success"] and not r.get("skipped")}
+        mix_normal = "event_type_mix_shift" not in warned
+        history.append((d, {k: v for k, v in result["profile"].items()
+                            if k not in warned and (mix_normal or k != "event_type_mix")}))
+        quarantined += 1
+    return sorted((d, p) for d, p in history if p), quarantined
+
+
+def _mix_shift(mix: dict[str, float], reference: dict[str, float]) -> float:
+    """Total variation distance between two event-type mixes (0 = same, 1 = disjoint)."""
+    types = set(mix) | set(reference)
+    return 0.5 * sum(abs(mix.get(t, 0.0) - reference.get(t, 0.0)) for t in types)
+
+
+def robust_band(values: np.ndarray, k: float, min_half_width: float) -> tuple[float, float, float]:
+    """(center, low, high): median +- max(k * 1.4826 * MAD, min_half_width)."""
+    center = float(np.median(values))
+    mad = 1.4826 * float(np.median(np.abs(values - center)))
+    half = max(k * mad, min_half_width)
+    return center, center - half, center + half
+
+
+def anomaly_rules(profile: dict[str, Any], history: list[tuple[str, dict[str, Any]]], day: str,
+                  cfg: PipelineConfig) -> list[RuleResult]:
+    """Each anomaly metric of the day against the robust band of its trailing history."""
+    v = cfg.validation
+    weekday = dt.date.fromisoformat(day).weekday()
+    same_weekday = [(d, p) for d, p in history if dt.date.fromisoformat(d).weekday() == weekday]
+    basis, basis_name = (same_weekday, "same-weekday") if len(same_weekday) >= v.weekday_min_days else (history, "trailing")
+    if profile.get("event_type_mix") is not None:
+        mixes = [p["event_type_mix"] for _, p in basis if p.get("event_type_mix")]
+        types = sorted({t for m in mixes for t in m})
+        reference = {t: float(np.median([m.get(t, 0.0) for m in mixes])) for t in types}
+        profile = {**profile, "event_type_mix_shift": _mix_shift(profile["event_type_mix"], reference) if mixes else None}
+        basis = [(d, {**p, "event_type_mix_shift": _mix_shift(p["event_type_mix"], reference)})
+                 for d, p in basis if p.get("event_type_mix")] if mixes else basis
+    rules = []
+    for metric in ANOMALY_METRICS:
+        severity = severity_of(cfg, metric, None)
+        if severity == OFF:
+            continue
+        value = profile.get(metric)
+        past = np.array([p[metric] for _, p in basis if p.get(metric) is not None], dtype=float)
+        shown = None if value is None else _plain(value)
+        required = v.weekday_min_days if basis_name == "same-weekday" else v.min_history_days
+        too_small = metric != "volume" and profile.get("volume", 0) < v.anomaly_min_rows
+        if value is None or len(history) < v.min_history_days or past.size < required or too_small:
+            reason = (f"{len(history)} days of history (< {v.min_history_days})" if len(history) < v.min_history_days
+                      else f"{profile.get('volume', 0)} rows (< anomaly_min_rows {v.anomaly_min_rows}): shares not judged"
+                      if too_small else "no value for this day or its history")
+            rules.append(RuleResult(metric, None, True, observed=shown, severity=severity, skipped=reason))
+            continue
+        log_scale = metric in LOG_SCALE
+        transform = (lambda x: np.log(np.maximum(x, 1e-9))) if log_scale else (lambda x: x)
+        center, low, high = robust_band(transform(past), v.anomaly_k, v.min_band[metric])
+        if log_scale:
+            center, low, high = float(np.exp(center)), float(np.exp(low)), float(np.exp(high))
+        low_bound = low if metric in TWO_SIDED else None
+        ok = value <= high and (low_bound is None or value >= low_bound)
+        band_text = (f"[{_plain(low)}, {_plain(high)}]" if low_bound is not None else f"<= {_plain(high)}")
+        rules.append(RuleResult(
+            metric, None, bool(ok), observed=shown, severity=severity, unit="",
+            band=(None if low_bound is None else _plain(low), _plain(high)),
+            expected=f"{band_text} (median {_plain(center)} +- {v.anomaly_k:g} MAD of {past.size} {basis_name} days)",
+        ))
+    return rules
+
+
+def bot_rule(profile: dict[str, Any], cfg: PipelineConfig) -> RuleResult | None:
+    """An obviously automated day: one user behind nearly all of a day's events."""
+    v = cfg.validation
+    severity = severity_of(cfg, "bot_suspect", None)
+    if severity == OFF or "top_user_share" not in profile:
+        return None
+    share, events = profile["top_user_share"], profile["top_user_events"]
+    suspect = share >= v.bot_top_user_share and events >= v.bot_min_events
+    return RuleResult(
+        "bot_suspect", "user_id", not suspect, severity=severity, unit="",
+        observed=f"user {profile['top_user']}: {events} of {profile['volume']} events ({share:.0%})",
+        expected=f"top user < {v.bot_top_user_share:.0%} of the day's events when it has >= {v.bot_min_events}",
+    )
+
+
+def schema_rules(files: list[dict[str, Any]], cfg: PipelineConfig) -> list[RuleResult]:
+    """Schema drift: a changed type quarantines; unknown columns are kept and reported."""
+    rules = []
+    for column, allowed in EXPECTED_KINDS.items():
+        seen = [(f["name"], (f.get("column_kinds") or {}).get(column)) for f in files if not f["error"]]
+        wrong = [(name, kind) for name, kind in seen if kind is not None and kind not in allowed]
+        severity = severity_of(cfg, "expect_column_type", column)
+        if severity == OFF:
+            continue
+        rules.append(RuleResult(
+            "expect_column_type", column, not wrong, severity=severity, unit="files",
+            unexpected_count=len(wrong) if wrong else None,
+            observed=", ".join(sorted({kind for _, kind in wrong})) or None,
+            expected=" or ".join(allowed),
+            samples=tuple(f"{name} ({column}: expected {' or '.join(allowed)}, seen {kind})" for name, kind in wrong),
+        ))
+    extra = sorted({c for f in files for c in (f.get("extra_columns") or ())})
+    severity = severity_of(cfg, "unknown_columns", None)
+    if severity != OFF:
+        rules.append(RuleResult(
+            "unknown_columns", None, not extra, severity=severity, unit="columns",
+            unexpected_count=len(extra) if extra else None, observed=", ".join(extra) or None,
+            expected=f"only the contract's columns ({', '.join(REQUIRED_COLUMNS)}); extras are kept in extra_columns.parquet",
+            samples=tuple(f"{f['name']} ({', '.join(f['extra_columns'])})" for f in files if f.get("extra_columns")),
+        ))
+    return rules
+
+
+# --- what gates and the run report read --------------------------------------------------------
+
+
+def validation_metrics(layout: Layout, day: str) -> dict[str, float]:
+    """Gateable numbers of the day's validation (config/gates.yaml ``validation_warnings``)."""
+    path = layout.reports(day) / "validation" / "validation.json"
+    if not path.exists():
+        return {}
+    rules = read_json(path)["result"]["rules"]
+    return {"validation_warnings": float(sum(1 for r in rules if not r["success"] and not r.get("skipped")
+                                             and r.get("severity") == WARN))}
+
+
+def data_checks_html(layout: Layout, day: str) -> str:
+    """The run report's "Data checks" section: the day's validation warnings (value and band) and
+    the graph-level checks."""
+    parts = ["<h2>Data checks</h2>"]
+    path = layout.reports(day) / "validation" / "validation.json"
+    if path.exists():
+        rules = [r for r in read_json(path)["result"]["rules"] if not r["success"] and not r.get("skipped")]
+        if rules:
+            rows = "".join(
+                f"<tr class=warn><td>{html.escape(r['rule'])}{'(' + html.escape(r['column']) + ')' if r.get('column') else ''}</td>"
+                f"<td>{html.escape(str(r.get('observed')))}</td><td>{html.escape(_fmt_band(r.get('band')))}</td>"
+                f"<td>{html.escape(r.get('expected', ''))}</td></tr>" for r in rules)
+            parts.append(f"<p><b>{len(rules)} validation warning(s)</b> (<a href='../../validation/report.html'>validation report</a>)</p>"
+                         f"<table><tr><th>rule</th><th>observed</th><th>band</th><th>expected</th></tr>{rows}</table>")
+        else:
+            parts.append("<p>Validation: no warnings (<a href='../../validation/report.html'>validation report</a>).</p>")
+    else:
+        parts.append("<p>Validation: no record for this day.</p>")
+    graph = layout.current("graphs", day)
+    checks = read_json(Path(graph.path) / "stats.json").get("checks", []) if graph else []
+    if checks:
+        rows = "".join(f"<tr class={'warn' if c['verdict'] == 'WARN' else 'ok'}><td>{html.escape(c['check'])}</td>"
+                       f"<td>{c['value']}</td><td>{'' if c['threshold'] is None else c['threshold']}</td>"
+                       f"<td>{c['verdict']}</td><td>{html.escape(c['detail'])}</td></tr>" for c in checks)
+        parts.append("<h3>Graph checks</h3><table><tr><th>check</th><th>value</th><th>max</th><th>verdict</th>"
+                     f"<th>detail</th></tr>{rows}</table>")
+    return "".join(parts)
+
+
+# --- contract checks -------------------------------------------------------------------------
+
+
+def _with_derived_columns(rows: pd.DataFrame, day: str) -> pd.DataFrame:
     derived = rows.copy()
     start = pd.Timestamp(day, tz="UTC")
     if "ts" in derived.columns:
         derived["ts_offset_hours"] = (derived["ts"] - start) / pd.Timedelta(hours=1)
     else:
         derived["ts_offset_hours"] = np.nan
-    for column, flag, ids in (("user_id", "is_new_user", 0), ("item_id", "is_new_item", 1)):
-        if known is None or column not in derived.columns:
-            derived[flag] = 0.0  # no history yet: nothing can be judged new
-        else:
-            derived[flag] = (~derived[column].isin(known[ids])).astype(float)
     return derived
 
 
@@ -179,6 +414,9 @@ def _file_rules(files: list[dict[str, Any]]) -> list[RuleResult]:
 
 
 def _gx_rules(frame: pd.DataFrame, params: dict[str, Any]) -> tuple[list[RuleResult], dict[str, Any]]:
+    # GX logs ~200 INFO lines ("Skipping registering function ...") while importing its public API;
+    # they buried the failure summary in the task log.
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     import great_expectations as gx
     from great_expectations.core.expectation_suite import ExpectationSuite
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -213,7 +451,9 @@ def _gx_rules(frame: pd.DataFrame, params: dict[str, Any]) -> tuple[list[RuleRes
             for row in (res.get("partial_unexpected_index_list") or [])[:SAMPLE_ROWS]
         )
         observed = res.get("observed_value")
-        if item.exception_info and item.exception_info.get("raised_exception"):
+        if config.kwargs.get("column") and config.kwargs["column"] not in frame.columns:
+            observed = "column missing"  # GX raises inside the expectation; say what happened
+        elif item.exception_info and item.exception_info.get("raised_exception"):
             observed = f"error: {str(item.exception_info.get('exception_message'))[:160]}"
         rules.append(
             RuleResult(
@@ -231,47 +471,75 @@ def _gx_rules(frame: pd.DataFrame, params: dict[str, Any]) -> tuple[list[RuleRes
 
 def _plain(value: Any) -> Any:
     if isinstance(value, (np.floating, float)):
-        return round(float(value), 6)
+        return round(float(value), 4)
     if isinstance(value, np.integer):
         return int(value)
     return value
 
 
+def _with_severity(rules: list[RuleResult], cfg: PipelineConfig) -> list[RuleResult]:
+    """Contract rules take their configured severity; rules set "off" are dropped."""
+    graded = [replace(r, severity=severity_of(cfg, r.rule, r.column)) for r in rules]
+    return [r for r in graded if r.severity != OFF]
+
+
 # --- outcomes --------------------------------------------------------------------------------
 
 
+def _status(result: ValidationResult) -> str:
+    if not result.success:
+        return "FAILED: day quarantined"
+    return f"PASSED with {len(result.warnings)} warning(s)" if result.warnings else "PASSED"
+
+
+def _fmt_band(band: tuple[float | None, float | None] | None) -> str:
+    if band is None:
+        return ""
+    low, high = band
+    return f"<= {high}" if low is None else f"[{low}, {high}]"
+
+
 def render_report(result: ValidationResult, files: list[dict[str, Any]]) -> tuple[str, str]:
-    """A readable report as (markdown, html)."""
-    status = "PASSED" if result.success else "FAILED: day quarantined"
-    md = [f"# Validation {result.day}: {status}", "",
-          f"rows {result.rows}, accepted {result.accepted_rows}, duplicates dropped {result.duplicate_rows}, "
-          f"late {result.late_rows}, quarantined {result.quarantined_rows}", "",
-          "| rule | column | verdict | observed | unexpected rows | expected | examples (file:row) |",
-          "|---|---|---|---|---|---|---|"]
-    for r in result.rules:
-        md.append(f"| {r.rule} | {r.column or ''} | {'pass' if r.success else '**FAIL**'} | {r.observed if r.observed is not None else ''} "
-                  f"| {'' if r.unexpected_count is None else r.unexpected_count} | {r.expected} | {'; '.join(r.samples)} |")
-    md += ["", "## Files", "", "| file | bytes | rows | sha256 | error |", "|---|---|---|---|---|"]
-    md += [f"| {f['name']} | {f['bytes']} | {f['rows']} | {f['sha256'][:12]} | {f['error'] or ''} |" for f in files]
+    """A readable report as (markdown, html): failures and warnings first, then every rule."""
+    status = _status(result)
+    counts = (f"rows {result.rows}, accepted {result.accepted_rows}, duplicates dropped {result.duplicate_rows}, "
+              f"late {result.late_rows}, quarantined {result.quarantined_rows}")
+    ordered = sorted(result.rules, key=lambda r: {"FAIL": 0, "WARN": 1, "skipped": 2, "pass": 3}[r.verdict])
+    md = [f"# Validation {result.day}: {status}", "", counts, ""]
+    if result.summary_lines():
+        md += ["## Failures and warnings", ""] + [f"- {line}" for line in result.summary_lines()] + [""]
+    md += ["| rule | column | severity | verdict | observed | band | unexpected | expected | examples (file:row) |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in ordered:
+        md.append(f"| {r.rule} | {r.column or ''} | {r.severity} | {'**' + r.verdict + '**' if r.verdict in ('FAIL', 'WARN') else r.verdict} "
+                  f"| {r.observed if r.observed is not None else ''} | {_fmt_band(r.band)} "
+                  f"| {'' if r.unexpected_count is None else r.unexpected_count} | {r.skipped or r.expected} | {'; '.join(r.samples)} |")
+    md += ["", "## Files", "", "| file | bytes | rows | sha256 | unknown columns | error |", "|---|---|---|---|---|---|"]
+    md += [f"| {f['name']} | {f['bytes']} | {f['rows']} | {f['sha256'][:12]} | {', '.join(f.get('extra_columns') or ())} "
+           f"| {f['error'] or ''} |" for f in files]
     md += ["", "## Notes", ""] + [f"- {n}" for n in result.notes]
+    css = {"FAIL": "bad", "WARN": "warn", "skipped": "skip", "pass": "ok"}
     rows_html = "".join(
-        f"<tr class={'ok' if r.success else 'bad'}><td>{html.escape(r.rule)}</td><td>{html.escape(r.column or '')}</td>"
-        f"<td>{'pass' if r.success else 'FAIL'}</td><td>{html.escape(str(r.observed if r.observed is not None else ''))}</td>"
-        f"<td>{'' if r.unexpected_count is None else r.unexpected_count}</td><td>{html.escape(r.expected)}</td>"
-        f"<td>{html.escape('; '.join(r.samples))}</td></tr>"
-        for r in result.rules
+        f"<tr class={css[r.verdict]}><td>{html.escape(r.rule)}</td><td>{html.escape(r.column or '')}</td>"
+        f"<td>{r.severity}</td><td>{r.verdict}</td><td>{html.escape(str(r.observed if r.observed is not None else ''))}</td>"
+        f"<td>{html.escape(_fmt_band(r.band))}</td><td>{'' if r.unexpected_count is None else r.unexpected_count}</td>"
+        f"<td>{html.escape(r.skipped or r.expected)}</td><td>{html.escape('; '.join(r.samples))}</td></tr>"
+        for r in ordered
     )
     files_html = "".join(
-        f"<tr><td>{html.escape(f['name'])}</td><td>{f['bytes']}</td><td>{f['rows']}</td><td>{html.escape(f['error'] or '')}</td></tr>"
+        f"<tr><td>{html.escape(f['name'])}</td><td>{f['bytes']}</td><td>{f['rows']}</td>"
+        f"<td>{html.escape(', '.join(f.get('extra_columns') or ()))}</td><td>{html.escape(f['error'] or '')}</td></tr>"
         for f in files
     )
+    summary_html = "".join(f"<li>{html.escape(line)}</li>" for line in result.summary_lines())
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Validation {result.day}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}
-tr.bad{{background:#fdd}}tr.ok{{background:#efe}}</style></head><body>
+tr.bad{{background:#fdd}}tr.warn{{background:#ffe8b0}}tr.skip{{background:#eee}}tr.ok{{background:#efe}}</style></head><body>
 <h1>Validation {result.day}: {html.escape(status)}</h1>
-<p>rows {result.rows}, accepted {result.accepted_rows}, duplicates dropped {result.duplicate_rows}, late {result.late_rows}, quarantined {result.quarantined_rows}</p>
-<table><tr><th>rule</th><th>column</th><th>verdict</th><th>observed</th><th>unexpected rows</th><th>expected</th><th>examples (file:row)</th></tr>{rows_html}</table>
-<h2>Files</h2><table><tr><th>file</th><th>bytes</th><th>rows</th><th>error</th></tr>{files_html}</table>
+<p>{html.escape(counts)}</p>
+{f'<h2>Failures and warnings</h2><ul>{summary_html}</ul>' if summary_html else ''}
+<table><tr><th>rule</th><th>column</th><th>severity</th><th>verdict</th><th>observed</th><th>band</th><th>unexpected</th><th>expected</th><th>examples (file:row)</th></tr>{rows_html}</table>
+<h2>Files</h2><table><tr><th>file</th><th>bytes</th><th>rows</th><th>unknown columns</th><th>error</th></tr>{files_html}</table>
 <h2>Notes</h2><ul>{''.join(f'<li>{html.escape(n)}</li>' for n in result.notes)}</ul></body></html>"""
     return "\n".join(md) + "\n", page
 
@@ -297,9 +565,13 @@ def _accept(layout: Layout, day: str, rows: pd.DataFrame, cfg: PipelineConfig, s
     events["weight"] = events["event_type"].map(cfg.data.event_weights).astype("float64")
     events["late"] = (events["ts"] < start) | (events["ts"] >= start + pd.Timedelta(days=1))
     columns = [*REQUIRED_COLUMNS, "weight", "late", *LINEAGE_COLUMNS]
+    extras = [c for c in events.columns if c.startswith(EXTRA_PREFIX)]
     with staging_dir(layout.root / "accepted") as tmp:
         events[columns].reset_index(drop=True).to_parquet(tmp / "events.parquet", index=False)
         duplicates.reset_index(drop=True).to_parquet(tmp / "duplicates.parquet", index=False)
+        if extras:  # schema drift: unknown columns travel beside the events, row for row
+            sidecar = events[["event_id", *LINEAGE_COLUMNS, *extras]].rename(columns=lambda c: c.removeprefix(EXTRA_PREFIX))
+            sidecar.reset_index(drop=True).to_parquet(tmp / EXTRA_FILE, index=False)
         write_json(tmp / MANIFEST, {
             "day": day,
             "rows_in": int(len(rows)),
@@ -307,6 +579,7 @@ def _accept(layout: Layout, day: str, rows: pd.DataFrame, cfg: PipelineConfig, s
             "rows_duplicate_dropped": int(len(duplicates)),
             "rows_duplicate_of_earlier_days": int(seen_before.sum()),
             "rows_late": int(events["late"].sum()),
+            "unknown_columns": [c.removeprefix(EXTRA_PREFIX) for c in extras],
             "config_hash": cfg.config_hash("validate"),
             "code_version": code_version(),
             **summary,
@@ -340,32 +613,40 @@ def _quarantine(layout: Layout, day: str, landing: str, files: list[dict[str, An
 
 
 def run_validate(layout: Layout, day: str, cfg: PipelineConfig) -> ValidationResult:
-    """Validate the staged day; accept it or quarantine it (raising DataValidationError)."""
+    """Validate the staged day; accept it (warnings recorded) or quarantine it (raising DataValidationError)."""
     staging = layout.staging(day)
     if not (staging / "files.json").exists():
         raise FileNotFoundError(f"{staging}: no staged data for {day}; run ingest first")
     manifest = read_json(staging / "files.json")
     files = manifest["files"]
     rows = pd.read_parquet(staging / "rows.parquet")
-    params, notes = suite_parameters(layout, day, cfg)
-    history = sum(1 for d in layout.accepted_days() if d < day)
-    # With a short history almost everyone is "new": judge the shares only once it is meaningful.
-    known = _known_ids(layout, day) if history >= MIN_HISTORY_DAYS else None
-    if known is None:
-        notes.append(f"new user/item shares not judged: {history} accepted days of history (< {MIN_HISTORY_DAYS}) or no earlier graph")
-    rules = _file_rules(files)
+    params = suite_parameters(cfg)
+    known_users, known_items = _known_ids(layout, day)
+    earlier_days = [d for d in (*layout.accepted_days(), *_quarantined_days(layout)) if d < day]
+    profile = day_profile(rows, known_users, known_items, judged_new=bool(earlier_days))
+    history, held = _history(layout, day, cfg)
+    notes = [f"anomaly history: {len(history)} days in the {cfg.validation.anomaly_lookback_days}-day lookback, "
+             f"{held} of them quarantined (only their metrics judged normal count); judged from {cfg.validation.min_history_days}"]
+    rules = _file_rules(files) + schema_rules(files, cfg)
     gx_json = None
-    if len(rows.columns) > len(LINEAGE_COLUMNS):
-        gx_rules, gx_json = _gx_rules(_with_derived_columns(rows, day, known), params)
+    if any(c in rows.columns for c in REQUIRED_COLUMNS):
+        gx_rules, gx_json = _gx_rules(_with_derived_columns(rows, day), params)
         rules += gx_rules
     else:
         rules.append(RuleResult("expect_table_row_count_to_be_between", None, False, observed=0,
                                 expected=f"min_value={params['min_rows']}"))
-    success = all(r.success for r in rules)
-    base = dict(day=day, success=success, rows=len(rows), rules=tuple(rules), parameters=params, notes=tuple(notes))
+    rules = _with_severity(rules, cfg)
+    rules += anomaly_rules(profile, history, day, cfg)
+    bot = bot_rule(profile, cfg)
+    rules += [bot] if bot is not None else []
+    success = not any(r.verdict == "FAIL" for r in rules)
+    unknown = tuple(sorted({c for f in files for c in (f.get("extra_columns") or ())}))
+    base = dict(day=day, success=success, rows=len(rows), rules=tuple(rules), parameters=params, notes=tuple(notes),
+                profile=profile, unknown_columns=unknown)
     reports = layout.reports(day) / "validation"
     if success:
-        summary = {"files": files, "rules_checked": len(rules), "suite": SUITE_FILE.name}
+        summary = {"files": files, "rules_checked": len(rules), "suite": SUITE_FILE.name, "profile": profile,
+                   "warnings": [r.describe() for r in rules if r.verdict == "WARN"]}
         path, accepted, dups, late = _accept(layout, day, rows, cfg, summary)
         result = ValidationResult(**base, accepted_rows=accepted, duplicate_rows=dups, late_rows=late,
                                   quarantined_rows=0, accepted_path=str(path), report_path=str(reports / "report.html"))
@@ -373,15 +654,22 @@ def run_validate(layout: Layout, day: str, cfg: PipelineConfig) -> ValidationRes
         write_json(reports / "validation.json", {"result": asdict(result), "great_expectations": gx_json})
         atomic_write_bytes(reports / "report.md", markdown.encode())
         atomic_write_bytes(reports / "report.html", page.encode())
+        if result.warnings:
+            log.warning("validate %s: PASSED with %d WARNING(S); report %s\n%s", day, len(result.warnings),
+                        result.report_path, "\n".join(f"  - {line}" for line in result.summary_lines()))
         log.info("validate %s: PASSED %d rules; accepted %d rows (%d duplicates dropped, %d late)",
                  day, len(rules), accepted, dups, late)
         return result
     pending = ValidationResult(**base, accepted_rows=0, duplicate_rows=0, late_rows=0, quarantined_rows=len(rows))
     target = _quarantine(layout, day, manifest["landing"], files, rows, gx_json, pending)
     result = replace(pending, quarantine_path=str(target), report_path=str(target / "report.html"))
-    failed = "\n".join(f"  - {r.describe()}" for r in result.failed)
     file_names = ", ".join(f["name"] for f in files)
-    message = (f"validation failed for {day} (landing files: {file_names}); {len(rows)} rows quarantined to "
-               f"{target}; report {target / 'report.html'}; failed rules:\n{failed}")
+    # Summary first, one line per failed rule: the Airflow log view clips long lines and long logs.
+    message = "\n".join([
+        f"validation FAILED for {day}: {len(result.failed)} rule(s) failed, {len(rows)} rows quarantined",
+        *(f"  - {line}" for line in result.summary_lines()),
+        f"landing files: {file_names}",
+        f"report: {target / 'report.html'}",
+    ])
     log.error(message)
     raise DataValidationError(message, str(target / "report.html"))

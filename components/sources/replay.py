@@ -1,9 +1,11 @@
 """Replay a timestamped public dataset as daily landing partitions, so the pipeline can run on
 real data day by day.
 
-Understands MovieLens ``u.data`` (tab separated), ``ratings.dat`` (``::`` separated) and
-``ratings.csv`` (userId,movieId,rating,timestamp), and any CSV with user, item and timestamp
-columns (names given). Ratings, where present, become event types (5 -> purchase, 4 -> cart,
+Understands MovieLens ``u.data`` (tab separated), ``ratings.dat`` (``::`` separated),
+``ratings.csv`` (userId,movieId,rating,timestamp), RecBole atomic ``.inter`` files
+(``user_id:token<TAB>item_id:token<TAB>rating:float<TAB>timestamp:float``), a packaged public log
+by name (``ml-100k``, see components/sources/public_logs.py), and any CSV with user, item and
+timestamp columns (names given). Ratings, where present, become event types (5 -> purchase, 4 -> cart,
 3 -> click, else view). Timestamps are epoch seconds or ISO strings.
 """
 
@@ -30,12 +32,18 @@ class ReplayResult:
 
 
 def read_timestamped(
-    path: Path, user_col: str = "user", item_col: str = "item", ts_col: str = "timestamp"
+    path: Path | str, user_col: str = "user", item_col: str = "item", ts_col: str = "timestamp"
 ) -> pd.DataFrame:
     """Read a dataset into columns user_id, item_id, ts (UTC), rating (NaN if absent)."""
-    path = Path(path)
+    from components.sources.public_logs import PUBLIC_LOGS, public_log
+
+    path = public_log(str(path)) if str(path) in PUBLIC_LOGS else Path(path)
     name = path.name.lower()
-    if name == "u.data":
+    if name.endswith(".inter"):
+        raw = pd.read_csv(path, sep="\t")
+        raw.columns = [c.split(":", 1)[0] for c in raw.columns]
+        raw = raw.rename(columns={"user_id": "user", "item_id": "item"})
+    elif name == "u.data":
         raw = pd.read_csv(path, sep="\t", names=["user", "item", "rating", "timestamp"])
     elif name.endswith(".dat"):
         raw = pd.read_csv(path, sep="::", engine="python", names=["user", "item", "rating", "timestamp"])
@@ -77,7 +85,7 @@ def to_events(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def replay(
-    source: Path,
+    source: Path | str,
     landing_root: Path,
     shift_to: dt.date | None = None,
     max_days: int | None = None,

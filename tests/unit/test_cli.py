@@ -19,10 +19,10 @@ def test_generate_then_run_stages_from_the_cli(tmp_path, capsys):
     assert (tmp_path / "root" / "reports" / "2026-01-01" / "runs" / latest["run_key"] / "stages" / "validate.json").exists()
     assert main(["run", "ingest", "--day", "2026-01-02", "--root", root]) == 0
     assert main(["run", "validate", "--day", "2026-01-02", "--root", root]) == 2
-    assert "validation failed for 2026-01-02" in capsys.readouterr().err
+    assert "validation FAILED for 2026-01-02" in capsys.readouterr().err
     assert main(["outcome", "2026-01-02", "--root", root]) == 0
     outcome = json.loads(capsys.readouterr().out)
-    assert outcome["kind"] == "quarantined" and "validation failed for 2026-01-02" in outcome["reason"]
+    assert outcome["kind"] == "quarantined" and "validation FAILED for 2026-01-02" in outcome["reason"]
 
 
 def test_rollback_without_a_champion_is_a_clear_error(tmp_path, capsys):

@@ -24,7 +24,8 @@ def test_dotted_overrides_apply_and_change_the_hash():
     "overrides, message",
     [
         ({"teacher.layer_weights": [0.5, 0.5]}, "layer_weights"),
-        ({"validation.volume_band": [2.0, 3.0]}, "volume_band"),
+        ({"validation.min_band": {"volumes": 1.0}}, "unknown metric"),
+        ({"validation.severity": {"volume": "ignore"}}, "severity"),
         ({"teacher.embeding_dim": 8}, "embeding_dim"),
         ({"data.event_weights": {"view": -1}}, "positive"),
     ],

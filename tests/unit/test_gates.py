@@ -200,7 +200,7 @@ def test_bootstrap_skips_champion_gates_and_applies_the_rest():
     per_user.values["candidate"]["recall@20"] = 2 * (BASE + NOISE)
     for model in ("teacher", "popularity"):
         per_user.values[model]["recall@20"] = 2 * per_user.values[model]["ndcg@20"]
-    blessing = judge(evaluation, per_user, ENGINE, gates, seed=0)
+    blessing = judge(evaluation, per_user, ENGINE, gates, seed=0, data_metrics={"validation_warnings": 0})
     skipped = [g for g in blessing.gates if g.verdict == "skipped"]
     assert skipped and all(g.baseline == "champion" and g.note == BOOTSTRAP_NOTE for g in skipped)
     assert len(skipped) == sum(1 for s in gates.gates if s.baseline == "champion")

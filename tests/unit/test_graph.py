@@ -82,3 +82,62 @@ def test_extend_id_map_orders_new_ids_by_first_seen_then_id():
     out = extend_id_map(previous, events, "user_id")
     assert out["user_id"].tolist() == ["b", "c", "z", "a"]
     assert out["idx"].tolist() == [0, 1, 2, 3]
+
+
+def test_a_day_relanded_after_later_days_extends_the_newest_id_maps_without_forking(tmp_path):
+    from components.ingest import run_ingest
+    from components.sources.synthetic import corrupt_landing
+    from components.validate import DataValidationError, run_validate
+    from tests.unit.data_fixtures import land
+
+    layout, cfg = setup(tmp_path)
+    for offset in (0, 1):
+        accept(layout, cfg, offset)
+    land(layout, 2)
+    corrupt_landing(layout.landing(day(2)), "wrong_day")
+    run_ingest(layout, day(2), cfg)
+    with pytest.raises(DataValidationError):
+        run_validate(layout, day(2), cfg)
+    accept(layout, cfg, 3)
+    for offset in (1, 3):
+        run_graph(layout, day(offset), cfg)
+    accept(layout, cfg, 2)  # the fixed day is re-landed late and re-run
+    run_graph(layout, day(2), cfg)
+    accept(layout, cfg, 4)
+    run_graph(layout, day(4), cfg)
+    maps = {d: GraphArtifact.load(layout.current("graphs", day(d))).user_ids() for d in (1, 3, 2, 4)}
+    chain = [maps[1], maps[3], maps[2], maps[4]]  # in the order they were built
+    for shorter, longer in zip(chain, chain[1:]):
+        pd.testing.assert_frame_equal(shorter, longer.iloc[: len(shorter)])
+    combined = pd.concat(chain).drop_duplicates()
+    assert combined["user_id"].is_unique and combined["idx"].is_unique  # one index per user, ever
+    relanded = set(pd.read_parquet(layout.accepted(day(2)) / "events.parquet")["user_id"])
+    assert relanded <= set(maps[2]["user_id"])
+
+
+def test_graph_checks_are_written_to_the_stats(tmp_path):
+    layout, cfg = setup(tmp_path, **{"graph.window_days": 2})
+    for offset in range(4):
+        accept(layout, cfg, offset)
+    run_graph(layout, day(2), cfg)
+    run_graph(layout, day(3), cfg)
+    stats = GraphArtifact.load(layout.current("graphs", day(3))).ref.manifest["stats"]
+    checks = {c["check"]: c for c in stats["checks"]}
+    assert checks["leaked_events"]["value"] == 0 and checks["duplicate_edges"]["value"] == 0
+    assert checks["degree_drift"]["verdict"] in ("pass", "WARN") and 0 <= checks["degree_drift"]["value"] <= 1
+    hist = stats["degree_hist"]["user"]
+    assert sum(hist) == pytest.approx(1.0) and len(hist) >= 1
+    holdout = stats["holdout"]
+    graph = GraphArtifact.load(layout.current("graphs", day(3)))
+    train, hold = graph.train_interactions(), graph.holdout_interactions()
+    cold = ~np.isin(hold.user, train.user) | ~np.isin(hold.item, train.item)
+    assert checks["cold_share"]["value"] == pytest.approx(cold.mean(), abs=1e-6)
+    assert holdout["pairs"] == len(hold)
+
+
+def test_degree_drift_and_leakage_are_measured_exactly():
+    from components.graph_checks import degree_histogram, histogram_drift
+
+    assert degree_histogram(np.array([0, 1, 2, 3, 4])) == [0.25, 0.5, 0.25]
+    assert histogram_drift([1.0], [0.0, 1.0]) == 1.0
+    assert histogram_drift([0.5, 0.5], [0.5, 0.5]) == 0.0
