@@ -24,10 +24,10 @@ def test_a_warned_day_fails_the_validation_gate_and_a_clean_day_passes(tmp_path)
     run_validate(layout, day(1), cfg)
     clean, warned = validation_metrics(layout, day(0)), validation_metrics(layout, day(1))
     assert clean == {"validation_warnings": 0.0} and warned == {"validation_warnings": 2.0}
-    assert judge_gate(SPEC, None, None, True, clean).verdict == "pass"
-    failed = judge_gate(SPEC, None, None, True, warned)
+    assert judge_gate(SPEC, None, None, None, load_gates(), 0, clean).verdict == "pass"
+    failed = judge_gate(SPEC, None, None, None, load_gates(), 0, warned)
     assert failed.verdict == "fail" and failed.value == 2.0 and failed.measured_by == "validation"
-    missing = judge_gate(SPEC, None, None, True, validation_metrics(layout, day(5)))
+    missing = judge_gate(SPEC, None, None, None, load_gates(), 0, validation_metrics(layout, day(5)))
     assert missing.verdict == "skipped" and "no validation record" in missing.note
 
 
