@@ -98,6 +98,7 @@ def run_evaluate(layout: Layout, day: str, cfg: PipelineConfig) -> EvaluationRes
     reports/<day>/evaluation.json."""
     from components.export import load_embeddings
     from components.registry import champion as current_champion
+    from components.teacher import load_teacher_scorer
 
     graph_ref = layout.current("graphs", day)
     candidate_ref = layout.current("models/pruned", day)
@@ -110,9 +111,7 @@ def run_evaluate(layout: Layout, day: str, cfg: PipelineConfig) -> EvaluationRes
     train, holdout = graph.train_interactions(), graph.holdout_interactions()
 
     models: dict[str, tuple[np.ndarray, np.ndarray]] = {"candidate": load_embeddings(candidate_ref.path)}
-    if teacher_ref is not None:
-        models["teacher"] = load_embeddings(teacher_ref.path)
-    else:
+    if teacher_ref is None:
         log.warning("evaluate %s: no teacher artifact; teacher-relative gates will fail", day)
     if champ is not None:
         models["champion"] = load_embeddings(champ.path)
@@ -132,6 +131,9 @@ def run_evaluate(layout: Layout, day: str, cfg: PipelineConfig) -> EvaluationRes
     for name, (user_emb, item_emb) in models.items():
         metrics[name] = evaluate_scorer(prefix_scorer(user_emb, item_emb, graph.num_items), train, test,
                                         graph.num_items, ks, batch)
+    if teacher_ref is not None:  # either teacher kind, built on this graph (covers all its users)
+        metrics["teacher"] = evaluate_scorer(load_teacher_scorer(teacher_ref.path, train), train, test,
+                                             graph.num_items, ks, batch)
     metrics["popularity"] = evaluate_scorer(popularity_scorer(train, graph.num_items), train, test,
                                             graph.num_items, ks, batch)
 
