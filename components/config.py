@@ -171,6 +171,18 @@ class ExportConfig(_Section):
     opset: int = Field(17, ge=13)
     exclude_seen: bool = True
     latency_repeats: int = Field(30, ge=3)
+    # Embedding tables in the ONNX graph: fp32, fp16 or int8 (per-row symmetric scales).
+    precision: Literal["fp32", "fp16", "int8"] = "int8"
+    # The export fails if the quantized graph's top-K agrees with the fp32 graph's less than this.
+    min_topk_overlap_vs_fp32: dict[str, float] = Field(
+        default_factory=lambda: {"fp32": 1.0, "fp16": 0.99, "int8": 0.95})
+
+    @field_validator("min_topk_overlap_vs_fp32")
+    @classmethod
+    def _overlap_floors(cls, floors: dict[str, float]) -> dict[str, float]:
+        if set(floors) != {"fp32", "fp16", "int8"} or not all(0 <= v <= 1 for v in floors.values()):
+            raise ValueError("min_topk_overlap_vs_fp32 needs a floor in [0, 1] for each of fp32, fp16, int8")
+        return floors
 
 
 class EngineConfig(_Section):
