@@ -57,8 +57,9 @@ def teacher_targets_cached(cfg, train, num_users, num_items, cache: Path):
     tic = time.perf_counter()
     graph_filter = fit_graph_filter(train, num_users, num_items, cfg)
     fit_seconds = time.perf_counter() - tic
-    key = hashlib.sha256(json.dumps([cfg.teacher.model_dump(mode="json"), cfg.distill.kd_topk, cfg.seed, len(train)],
-                                    sort_keys=True).encode()).hexdigest()[:12]
+    what = [cfg.teacher.kind, cfg.teacher.edge_weights, cfg.teacher.graph_filter.model_dump(mode="json"),
+            cfg.distill.kd_topk, cfg.seed, len(train)]
+    key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
     file = cache / f"teacher_topk_{key}.pt"
     if file.exists():
         payload = torch.load(file)
