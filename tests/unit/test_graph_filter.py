@@ -108,6 +108,23 @@ def test_spectral_student_starts_at_the_filters_low_rank_scores():
     assert float(torch.cat([student.user_embedding.weight, student.item_embedding.weight]).std()) == pytest.approx(0.1, rel=1e-3)
 
 
+def test_spectral_student_without_propagation_starts_at_the_ideal_low_pass_scores():
+    graph_filter, edges = _fit()
+    student = spectral_student(graph_filter, dim=6, num_layers=0)
+    u, v, s = graph_filter.low_rank_factors(6)
+    r = torch.zeros(40, 30)
+    r[edges.user, edges.item] = 1.0
+    ideal = ((r * graph_filter.item_inv_sqrt) @ v) @ (v.T * graph_filter.item_sqrt)  # r D^-1/2 V V^T D^1/2
+    got = (student.user_embedding.weight @ student.item_embedding.weight.T).detach()
+    # equal up to a positive scale per user (d_u^1/2 and the global init scale): same ranking
+    ratio = got / ideal.clamp(min=1e-9)
+    keep = ideal.abs() > 1e-4
+    per_user = torch.stack([ratio[i][keep[i]].median() for i in range(40) if keep[i].any()])
+    assert bool((per_user > 0).all())
+    rows = [i for i in range(40) if keep[i].any()]
+    assert torch.allclose(got[rows], ideal[rows] * per_user[:, None], rtol=1e-3, atol=1e-6)
+
+
 def test_svd_is_seeded():
     a, _ = _fit()
     b, _ = _fit()
