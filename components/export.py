@@ -41,6 +41,7 @@ ONNX_FILE = "model.onnx"
 PARITY_FILE = "parity.json"
 REFERENCE_FILE = "parity_reference.npz"
 PARITY_SAMPLE_USERS = 256
+TIE_TOLERANCE = 1e-6  # relative: scores this close to the K-th are ties for the top-K overlap
 
 
 class QuantizationError(ValueError):
@@ -175,7 +176,8 @@ def parity(
 
     Scores are compared position by position: both lists are sorted, and the k-th largest score
     is continuous in the inputs, so ties reordering items do not count as differences. Overlap is
-    |top-K_ref ∩ top-K_engine| / K per user over the finite (non-excluded) entries, averaged.
+    |top-K_ref ∩ top-K_engine| / K per user over the finite (non-excluded) entries, averaged; an
+    engine item tied with the reference's K-th score counts as shared (ties at the cut).
     """
     if ref_items.shape != items.shape:
         raise ValueError(f"engine output shape {items.shape} != reference shape {ref_items.shape}")
@@ -189,6 +191,11 @@ def parity(
     # An excluded (-inf) slot's item is arbitrary: it only counts as a miss if one side is finite.
     match = (ref_items[:, :, None] == items[:, None, :]) & finite[:, None, :]
     hits = (match.any(axis=2) & ref_finite).sum(axis=1)
+    # Ties at the cut: an engine item outside the reference's top-K whose score equals the reference's
+    # K-th score is an equally valid pick (runtimes break ties differently; quantized tables tie often).
+    kth = np.where(ref_finite, ref_scores, np.inf).min(axis=1, keepdims=True)
+    tie = finite & ~match.any(axis=1) & (np.abs(scores - kth) <= TIE_TOLERANCE * np.maximum(np.abs(kth), 1.0))
+    hits = np.minimum(hits + tie.sum(axis=1), ref_finite.sum(axis=1))
     denom = np.maximum(ref_finite.sum(axis=1), finite.sum(axis=1))
     overlap = np.where(denom > 0, hits / np.maximum(denom, 1), 1.0)
     return max_abs_diff, float(overlap.mean())

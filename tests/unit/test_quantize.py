@@ -82,3 +82,14 @@ def test_quantization_parity_knows_the_precision_and_fails_below_its_floor():
     diff, overlap = quantization_parity(int8, fp32, users, {**floors, "int8": 0.0})
     assert overlap == 0.0 and diff == pytest.approx(0.0008, abs=2e-4)
     assert quantization_parity(fp32, fp32, users, floors) == (0.0, 1.0)
+
+
+def test_parity_counts_a_different_pick_among_items_tied_at_the_cut_as_shared():
+    from components.export import parity
+
+    ref_items = np.array([[0, 1, 2]])
+    ref_scores = np.array([[3.0, 2.0, 1.0]], np.float32)  # items 2 and 7 both score 1.0
+    assert parity(ref_items, ref_scores, np.array([[0, 1, 7]]), ref_scores)[1] == 1.0
+    # a different item with a lower score is a real miss
+    assert parity(ref_items, ref_scores, np.array([[0, 1, 7]]), np.array([[3.0, 2.0, 0.9]], np.float32))[1] == \
+        pytest.approx(2 / 3)
