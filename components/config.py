@@ -119,7 +119,34 @@ class GraphConfig(_Section):
     decay_half_life_days: float | None = Field(14.0, gt=0)
 
 
+class GraphFilterConfig(_Section):
+    """The closed-form teacher (components/models/graph_filter.py); used when teacher.kind is graph_filter."""
+
+    # gf_cf: linear filter + ideal low-pass (Shen et al. 2021); bspm: blur, add ideal, sharpen (Choi et al. 2023)
+    variant: Literal["gf_cf", "bspm"] = "gf_cf"
+    # Rank of the randomized SVD of R~ (the ideal low-pass filter's cut-off); GF-CF's Gowalla setting is 256.
+    rank: int = Field(256, ge=1)
+    ideal_weight: float = Field(0.3, ge=0)
+    # torch.svd_lowrank sketches rank + oversample columns and runs this many power iterations.
+    svd_oversample: int = Field(16, ge=0)
+    svd_iterations: int = Field(2, ge=0)
+    # BSPM's Euler integration of blurring (ds/dt = s (P - I)) and sharpening (ds/dt = -s P), P = R~^T R~.
+    blur_time: float = Field(1.0, ge=0)
+    blur_steps: int = Field(1, ge=1)
+    sharpen_time: float = Field(2.5, ge=0)
+    sharpen_steps: int = Field(1, ge=1)
+    # Users scored per block: peak scoring memory ~ 4 bytes * block_users * (2 * num_items + num_users).
+    block_users: int = Field(1024, ge=1)
+
+
 class TeacherConfig(_Section):
+    # graph_filter: recomputed from each night's graph in closed form (no training); lightgcn: trained,
+    # warm-started from yesterday's teacher. The LightGCN fields below apply to kind lightgcn only.
+    kind: Literal["graph_filter", "lightgcn"] = "graph_filter"
+    graph_filter: GraphFilterConfig = GraphFilterConfig()
+    # Entries of the adjacency both teacher kinds and the student normalize: "binary" (1 per distinct
+    # pair, the papers' choice) or "weighted" (summed, time-decayed event weights from the graph).
+    edge_weights: Literal["binary", "weighted"] = "binary"
     embedding_dim: int = Field(64, ge=2)
     num_layers: int = Field(3, ge=0)
     # LightGCN's alpha_k; None means uniform 1/(K+1) as in the paper.
@@ -150,9 +177,9 @@ class TeacherConfig(_Section):
 
 
 class DistillConfig(_Section):
-    # Student embedding size as a fraction of the teacher's. 1/4 here, then structured pruning of
-    # half its dimensions, ships a model with 1/8 of the teacher's parameters.
-    dim_fraction: float = Field(0.25, gt=0, le=1)
+    # Student embedding size (a graph-filter teacher has no embedding size to take a fraction of);
+    # structured pruning then removes prune.target_sparsity of these dimensions.
+    embedding_dim: int = Field(16, ge=1)
     num_layers: int = Field(3, ge=0)
     epochs: int = Field(30, ge=1)
     # Tuned on the demo data (nightly runs train few epochs); over a longer Gowalla run 5e-3 did
@@ -163,15 +190,14 @@ class DistillConfig(_Section):
     kd_weight: float = Field(1.0, ge=0)
     kd_topk: int = Field(20, ge=1)
     kd_temperature: float = Field(1.0, gt=0)
-    kd_candidates: int = Field(32, ge=1)
     # kd loss = kd_rank_weight * ranking distillation (teacher top-k as rank-discounted soft
-    # positives, weights exp(-rank / kd_rank_lambda)) + kd_kl_weight * KL over sampled candidates.
+    # positives, weights exp(-rank / kd_rank_lambda)) + kd_kl_weight * KL over the teacher's top-k.
+    # kd_weight 0 trains the no-KD twin (BPR only, same init and schedule).
     kd_rank_weight: float = Field(1.0, ge=0)
     kd_kl_weight: float = Field(1.0, ge=0)
     kd_rank_lambda: float = Field(5.0, gt=0)
-    # "teacher": student ego = teacher ego projected onto the teacher's top principal axes
-    # (propagation is linear, so the student starts from the teacher's best low-rank scores);
-    # "random": N(0, 0.1^2) like the teacher.
+    # "teacher": the student starts from the teacher's best low-rank scores (graph filter: its top
+    # singular vectors; LightGCN: its egos projected on its top principal axes); "random": N(0, 0.1^2).
     init: Literal["teacher", "random"] = "teacher"
     # Deliberately corrupt the student's training labels (shuffle items); exists only to prove
     # the gates reject a bad candidate, see tests/e2e.
@@ -192,6 +218,18 @@ class ExportConfig(_Section):
     exclude_seen: bool = True
     # Timed calls per batch size after warm-up; the latency gates need >= gates' min_latency_calls.
     latency_repeats: int = Field(1000, ge=3)
+    # Embedding tables in the ONNX graph: fp32, fp16 or int8 (per-row symmetric scales).
+    precision: Literal["fp32", "fp16", "int8"] = "int8"
+    # The export fails if the quantized graph's top-K agrees with the fp32 graph's less than this.
+    min_topk_overlap_vs_fp32: dict[str, float] = Field(
+        default_factory=lambda: {"fp32": 1.0, "fp16": 0.99, "int8": 0.95})
+
+    @field_validator("min_topk_overlap_vs_fp32")
+    @classmethod
+    def _overlap_floors(cls, floors: dict[str, float]) -> dict[str, float]:
+        if set(floors) != {"fp32", "fp16", "int8"} or not all(0 <= v <= 1 for v in floors.values()):
+            raise ValueError("min_topk_overlap_vs_fp32 needs a floor in [0, 1] for each of fp32, fp16, int8")
+        return floors
 
 
 class EngineConfig(_Section):

@@ -1,16 +1,16 @@
 """Distillation stage: a small LightGCN-shaped student trained with BPR + ranking distillation.
 
-Student: same propagation, embedding size round(teacher_dim * distill.dim_fraction), initialized
-(``distill.init: teacher``, the default) as the teacher's ego embeddings projected onto the top
-principal axes of the teacher's final embeddings: propagation is linear, so the student starts at
-the teacher's best low-rank scores and distillation refines from there. Loss:
+The teacher is either kind (components/teacher.py); distillation needs only its top-k per user.
+Student: LightGCN propagation, ``distill.embedding_dim`` dims, initialized (``distill.init:
+teacher``, the default) at the teacher's best low-rank scores: a graph filter's top singular
+vectors (spectral init), or a LightGCN teacher's egos projected on its top principal axes. Loss:
 
     BPR + L2(ego) + kd_weight * (kd_rank_weight * RD + kd_kl_weight * KL)
 
 * RD (Ranking Distillation, Tang & Wang, KDD 2018): the teacher's top-``kd_topk`` items per user
   (training positives excluded) are soft positives, weighted by rank as w_r ~ exp(-r / lambda);
-* KL: temperature-scaled KL between teacher and student score distributions over
-  ``kd_candidates`` uniformly sampled items per user in the batch (Hinton et al. 2015).
+* KL: temperature-scaled KL between the teacher's and the student's score distributions over
+  the teacher's top-``kd_topk`` items (Hinton et al. 2015), teacher scores standardized per user.
 
 ``distill.shuffle_labels`` permutes the item column of the training pairs and the teacher's item
 identities: a deliberately bad candidate that the gates must reject (tests/e2e).
@@ -28,25 +28,18 @@ import torch
 from components.config import PipelineConfig
 from components.evaluate import embedding_scorer, evaluate_scorer
 from components.graph import GraphArtifact, Interactions
-from components.models.lightgcn import (
-    LightGCN,
-    build_adjacency,
-    count_parameters,
-    principal_axes,
-    project_ego,
-    resolve_backend,
-)
+from components.models.lightgcn import LightGCN, count_parameters, resolve_backend
 from components.models.losses import kl_distillation_loss, rank_discount_weights, ranking_distillation_loss
 from components.storage import Layout, read_json, staging_dir
+from components.teacher import Teacher, load_teacher, teacher_topk
 from components.train import (
     ExtraLoss,
     FitResult,
     ModelArtifact,
+    adjacency_of,
     existing_artifact,
     final_embeddings,
     fit_lightgcn,
-    load_embeddings,
-    load_model,
     resolve_device,
     split_validation,
     summary_metrics,
@@ -59,43 +52,27 @@ log = logging.getLogger(__name__)
 KIND = "models/student"
 
 
-def teacher_topk(teacher_user: torch.Tensor, teacher_item: torch.Tensor, train: Interactions, k: int,
-                 user_batch_size: int = 4096) -> torch.Tensor:
-    """[num_users, k] teacher's top-k items per user, training positives excluded (batched, no user loop)."""
-    num_users, num_items = teacher_user.shape[0], teacher_item.shape[0]
-    k = min(k, num_items)
-    keys = torch.from_numpy(np.unique(train.user.astype(np.int64) * num_items + train.item))
-    out = torch.empty(num_users, k, dtype=torch.long)
-    for start in range(0, num_users, user_batch_size):
-        stop = min(start + user_batch_size, num_users)
-        scores = teacher_user[start:stop] @ teacher_item.T
-        lo, hi = torch.searchsorted(keys, torch.tensor([start * num_items, stop * num_items]))
-        batch_keys = keys[lo:hi]
-        scores[batch_keys // num_items - start, batch_keys % num_items] = -torch.inf
-        out[start:stop] = torch.topk(scores, k, dim=1).indices
-    return out
+def make_kd_loss(top_scores: torch.Tensor, top_items: torch.Tensor, cfg: PipelineConfig,
+                 device: torch.device) -> ExtraLoss:
+    """The distillation term added to BPR: kd_weight * (rank * RD + kl * KL) over the teacher's top-k.
 
-
-def make_kd_loss(teacher_user: torch.Tensor, teacher_item: torch.Tensor, topk: torch.Tensor,
-                 cfg: PipelineConfig, device: torch.device) -> ExtraLoss:
-    """The distillation term added to BPR: kd_weight * (rank * RD + kl * KL), per config."""
+    Only the teacher's top-k (scores, items) per user is needed, so any teacher kind works. The KL
+    target is softmax of the teacher's top-k scores standardized per user (zero mean, unit std):
+    score scales differ by orders of magnitude between a graph filter and an embedding model.
+    """
     dcfg = cfg.distill
-    teacher_user, teacher_item, topk = teacher_user.to(device), teacher_item.to(device), topk.to(device)
-    weights = rank_discount_weights(topk.shape[1], dcfg.kd_rank_lambda, device)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed + 17)
-    num_items = teacher_item.shape[0]
+    top_items = top_items.to(device)
+    weights = rank_discount_weights(top_items.shape[1], dcfg.kd_rank_lambda, device)
+    centered = top_scores - top_scores.mean(1, keepdim=True)
+    target = (centered / centered.std(1, keepdim=True).clamp(min=1e-6)).to(device)
 
     def loss(user_final, item_final, users, positives, negatives):
+        scores = (user_final[users][:, None, :] * item_final[top_items[users]]).sum(-1)
         total = torch.zeros((), device=user_final.device)
-        u_e = user_final[users]
         if dcfg.kd_rank_weight > 0:
-            rd_scores = (u_e[:, None, :] * item_final[topk[users]]).sum(-1)
-            total = total + dcfg.kd_rank_weight * ranking_distillation_loss(rd_scores, weights)
+            total = total + dcfg.kd_rank_weight * ranking_distillation_loss(scores, weights)
         if dcfg.kd_kl_weight > 0:
-            cand = torch.randint(0, num_items, (users.numel(), dcfg.kd_candidates), device=device, generator=generator)
-            student = (u_e[:, None, :] * item_final[cand]).sum(-1)
-            teacher = (teacher_user[users][:, None, :] * teacher_item[cand]).sum(-1)
-            total = total + dcfg.kd_kl_weight * kl_distillation_loss(student, teacher, dcfg.kd_temperature)
+            total = total + dcfg.kd_kl_weight * kl_distillation_loss(scores, target[users], dcfg.kd_temperature)
         return dcfg.kd_weight * total
 
     return loss
@@ -110,51 +87,50 @@ def known_pairs(train: Interactions, val: Interactions | None) -> Interactions:
                         np.concatenate([train.weight, val.weight]))
 
 
-def student_dim(teacher_dim: int, fraction: float) -> int:
-    return max(1, int(round(teacher_dim * fraction)))
-
-
 def corrupt_labels(train: Interactions, seed: int) -> Interactions:
     """Permute the item column: every pair now points at a random item (a deliberately bad model)."""
     perm = np.random.default_rng([seed, 99]).permutation(len(train))
     return Interactions(train.user, train.item[perm], train.weight)
 
 
-def train_student(train: Interactions, val: Interactions | None, num_users: int, num_items: int,
-                  teacher_user: torch.Tensor, teacher_item: torch.Tensor, cfg: PipelineConfig,
-                  teacher: LightGCN | None = None, checkpoint_path: Path | None = None,
-                  max_seconds: float | None = None) -> FitResult:
-    """Fit the student with BPR + distillation from the teacher's final embeddings (and, with
-    ``distill.init: teacher``, initialized from ``teacher``'s ego embeddings)."""
+def teacher_targets(teacher: Teacher, known: Interactions, cfg: PipelineConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores, items) [num_users, kd_topk]: the teacher's top-k with ``known`` pairs excluded."""
+    return teacher_topk(teacher.scorer, known, teacher.num_users, teacher.num_items, cfg.distill.kd_topk,
+                        cfg.eval.user_batch_size)
+
+
+def train_student(train: Interactions, val: Interactions | None, num_users: int, num_items: int, teacher: Teacher,
+                  cfg: PipelineConfig, checkpoint_path: Path | None = None, max_seconds: float | None = None,
+                  targets: tuple[torch.Tensor, torch.Tensor] | None = None) -> FitResult:
+    """Fit the student with BPR + distillation from ``teacher``'s top-k (no distillation term when
+    distill.kd_weight is 0: the no-KD twin), initialized per distill.init. ``targets`` reuses a
+    precomputed :func:`teacher_targets` (the benchmark trains several students from one teacher)."""
     dcfg = cfg.distill
     # the deliberately bad candidate gets no head start from the teacher: even shuffled teacher egos,
     # propagated over the true graph at evaluation, rebuild much of the teacher's quality
     init = "random" if dcfg.shuffle_labels else dcfg.init
-    if init == "teacher" and teacher is None:
-        raise ValueError("distill.init is 'teacher' but no teacher model was given")
+    device = resolve_device(cfg.teacher.device)
+    kd = None
+    if dcfg.kd_weight > 0:
+        top_scores, top_items = targets if targets is not None else teacher_targets(teacher, known_pairs(train, val), cfg)
+        if dcfg.shuffle_labels:
+            permutation = torch.from_numpy(np.random.default_rng([cfg.seed, 98]).permutation(num_items))
+            top_items = permutation[top_items]
+        kd = make_kd_loss(top_scores, top_items, cfg, device)
     if dcfg.shuffle_labels:
         train = corrupt_labels(train, cfg.seed)
-        teacher_item = teacher_item[torch.from_numpy(np.random.default_rng([cfg.seed, 98]).permutation(num_items))]
         log.warning("distill.shuffle_labels is on: training labels and teacher items are permuted (bad candidate)")
-    device = resolve_device(cfg.teacher.device)
-    topk = teacher_topk(teacher_user, teacher_item, known_pairs(train, val), dcfg.kd_topk, cfg.eval.user_batch_size)
     torch.manual_seed(cfg.seed + 1)
-    dim = student_dim(teacher_user.shape[1], dcfg.dim_fraction)
-    if init == "teacher":
-        # student ego = teacher ego @ (teacher's top-`dim` principal axes): the student starts from the
-        # teacher's best rank-`dim` scores instead of noise (the student may have other layer weights)
-        model = project_ego(teacher, principal_axes(teacher_user, teacher_item)[0][:, :dim], dcfg.num_layers)
-    else:
-        model = LightGCN(num_users, num_items, dim, dcfg.num_layers)
-    log.info("student: dim %d (teacher %d), %d layers, init %s, kd_weight %.2f (rank %.2f, kl %.2f, top-%d, "
-             "%d candidates)", dim, teacher_user.shape[1], dcfg.num_layers, init, dcfg.kd_weight,
-             dcfg.kd_rank_weight, dcfg.kd_kl_weight, dcfg.kd_topk, dcfg.kd_candidates)
+    dim = dcfg.embedding_dim
+    model = teacher.init_student(dim, dcfg.num_layers) if init == "teacher" else \
+        LightGCN(num_users, num_items, dim, dcfg.num_layers)
+    log.info("student: dim %d, %d layers, init %s (teacher %s), kd_weight %.2f (rank %.2f, kl %.2f, top-%d)", dim,
+             dcfg.num_layers, init, teacher.kind, dcfg.kd_weight, dcfg.kd_rank_weight, dcfg.kd_kl_weight, dcfg.kd_topk)
     return fit_lightgcn(model, train, val, epochs=dcfg.epochs, lr=dcfg.lr, l2=dcfg.l2, batch_size=dcfg.batch_size,
                         seed=cfg.seed + 1, eval_every=cfg.teacher.eval_every, patience=cfg.teacher.early_stop_patience,
                         device=device, backend=cfg.teacher.propagation, ks=tuple(cfg.eval.ks),
-                        user_batch_size=cfg.eval.user_batch_size,
-                        extra_loss=make_kd_loss(teacher_user, teacher_item, topk, cfg, device),
-                        checkpoint_path=checkpoint_path, max_seconds=max_seconds, name="student")
+                        user_batch_size=cfg.eval.user_batch_size, extra_loss=kd, checkpoint_path=checkpoint_path,
+                        max_seconds=max_seconds, name="student", weighted=cfg.teacher.edge_weights == "weighted")
 
 
 def load_stage_inputs(layout: Layout, day: str, cfg: PipelineConfig, model_kind: str):
@@ -192,13 +168,11 @@ def run_distill(layout: Layout, day: str, cfg: PipelineConfig) -> ModelArtifact:
     done = existing_artifact(layout, KIND, day, inputs, config_hash)
     if done is not None:
         return done
-    teacher_user, teacher_item = (torch.from_numpy(a) for a in load_embeddings(teacher_ref.path))
+    teacher = load_teacher(teacher_ref.path, train_all)
     teacher_metrics = read_json(Path(teacher_ref.path) / "metrics.json")
     work = work_dir(layout, "student", day, f"{config_hash}-{teacher_ref.version}")
-    teacher = load_model(teacher_ref.path)[0]
-    fit = train_student(train, val, graph.num_users, graph.num_items, teacher_user, teacher_item, cfg, teacher,
-                        work / "checkpoint.pt")
-    full_adj = build_adjacency(train_all.user, train_all.item, graph.num_users, graph.num_items)
+    fit = train_student(train, val, graph.num_users, graph.num_items, teacher, cfg, work / "checkpoint.pt")
+    full_adj = adjacency_of(train_all, graph.num_users, graph.num_items, cfg.teacher.edge_weights == "weighted")
     user_emb, item_emb = final_embeddings(fit.model, full_adj, resolve_backend(cfg.teacher.propagation, "cpu"))
     num_params = count_parameters(fit.model)
     metrics = {

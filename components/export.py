@@ -9,7 +9,10 @@ scattered to -inf before top-K, so a user is never recommended what they already
 The stage exports with a dynamic batch axis, runs ``onnx.checker``, runs the model with ONNX
 Runtime and measures parity with PyTorch on a seeded user sample; it stores that sample and
 PyTorch's outputs (``parity_reference.npz``) so the engine stage can check its runtime against
-the same reference without rebuilding the PyTorch module.
+the same reference without rebuilding the PyTorch module. With ``export.precision`` fp16 or int8
+the tables are quantized (components/models/quantize.py); the reference is the quantized PyTorch
+graph (engine parity compares like with like), and what quantization itself costs is measured
+against the fp32 graph and gated per precision (``export.min_topk_overlap_vs_fp32``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from torch import nn
 from components import train
 from components.config import PipelineConfig
 from components.graph import GraphArtifact, Interactions
+from components.models.quantize import Precision, quantize_rows, table_bytes
 from components.storage import ArtifactRef, Layout, read_json, staging_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -37,6 +41,11 @@ ONNX_FILE = "model.onnx"
 PARITY_FILE = "parity.json"
 REFERENCE_FILE = "parity_reference.npz"
 PARITY_SAMPLE_USERS = 256
+TIE_TOLERANCE = 1e-6  # relative: scores this close to the K-th are ties for the top-K overlap
+
+
+class QuantizationError(ValueError):
+    """Quantized embedding tables change the top-K more than export.min_topk_overlap_vs_fp32 allows."""
 
 
 def load_embeddings(model_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +76,12 @@ def seen_items_table(train: Interactions, num_users: int) -> np.ndarray:
 
 
 class ServingGraph(nn.Module):
-    """Scores all items for a batch of users and returns the top-K (seen items excluded)."""
+    """Scores all items for a batch of users and returns the top-K (seen items excluded).
+
+    The embedding tables are stored at ``precision`` (components/models/quantize.py): fp32, fp16,
+    or int8 with a float32 scale per row; the graph dequantizes the gathered user rows and the
+    item table (Cast, Mul) and scores in float32.
+    """
 
     def __init__(
         self,
@@ -75,10 +89,15 @@ class ServingGraph(nn.Module):
         item_emb: np.ndarray,
         top_k: int,
         seen_items: np.ndarray | None = None,
+        precision: Precision = "fp32",
     ) -> None:
         super().__init__()
-        self.register_buffer("user_emb", torch.from_numpy(np.ascontiguousarray(user_emb, np.float32)))
-        self.register_buffer("item_emb", torch.from_numpy(np.ascontiguousarray(item_emb, np.float32)))
+        self.precision = precision
+        self.tables = {"user": quantize_rows(user_emb, precision), "item": quantize_rows(item_emb, precision)}
+        for name, table in self.tables.items():
+            self.register_buffer(f"{name}_emb", torch.from_numpy(np.ascontiguousarray(table.values)))
+            if table.scale is not None:
+                self.register_buffer(f"{name}_scale", torch.from_numpy(table.scale))
         self.num_items = int(item_emb.shape[0])
         # topk needs K <= number of items; a tiny catalogue serves all of it.
         self.top_k = min(int(top_k), self.num_items)
@@ -90,9 +109,18 @@ class ServingGraph(nn.Module):
                 )
             self.register_buffer("seen_items", torch.from_numpy(np.ascontiguousarray(seen_items, np.int32)))
 
+    @property
+    def table_bytes(self) -> int:
+        """Bytes of the two embedding tables at this precision (scales included)."""
+        return sum(table_bytes(t) for t in self.tables.values())
+
     def forward(self, user_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        users = self.user_emb.index_select(0, user_idx)
-        scores = users @ self.item_emb.t()
+        users = self.user_emb.index_select(0, user_idx).float()
+        items = self.item_emb.float()
+        if self.precision == "int8":
+            users = users * self.user_scale.index_select(0, user_idx)
+            items = items * self.item_scale
+        scores = users @ items.t()
         if self.exclude_seen:
             seen = self.seen_items.index_select(0, user_idx).long()
             # -1 padding points at an extra dummy column, dropped after the scatter.
@@ -148,7 +176,8 @@ def parity(
 
     Scores are compared position by position: both lists are sorted, and the k-th largest score
     is continuous in the inputs, so ties reordering items do not count as differences. Overlap is
-    |top-K_ref ∩ top-K_engine| / K per user over the finite (non-excluded) entries, averaged.
+    |top-K_ref ∩ top-K_engine| / K per user over the finite (non-excluded) entries, averaged; an
+    engine item tied with the reference's K-th score counts as shared (ties at the cut).
     """
     if ref_items.shape != items.shape:
         raise ValueError(f"engine output shape {items.shape} != reference shape {ref_items.shape}")
@@ -162,6 +191,11 @@ def parity(
     # An excluded (-inf) slot's item is arbitrary: it only counts as a miss if one side is finite.
     match = (ref_items[:, :, None] == items[:, None, :]) & finite[:, None, :]
     hits = (match.any(axis=2) & ref_finite).sum(axis=1)
+    # Ties at the cut: an engine item outside the reference's top-K whose score equals the reference's
+    # K-th score is an equally valid pick (runtimes break ties differently; quantized tables tie often).
+    kth = np.where(ref_finite, ref_scores, np.inf).min(axis=1, keepdims=True)
+    tie = finite & ~match.any(axis=1) & (np.abs(scores - kth) <= TIE_TOLERANCE * np.maximum(np.abs(kth), 1.0))
+    hits = np.minimum(hits + tie.sum(axis=1), ref_finite.sum(axis=1))
     denom = np.maximum(ref_finite.sum(axis=1), finite.sum(axis=1))
     overlap = np.where(denom > 0, hits / np.maximum(denom, 1), 1.0)
     return max_abs_diff, float(overlap.mean())
@@ -170,6 +204,18 @@ def parity(
 def parity_users(num_users: int, seed: int, size: int = PARITY_SAMPLE_USERS) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(num_users, size=min(size, num_users), replace=False)).astype(np.int64)
+
+
+def quantization_parity(module: ServingGraph, fp32: ServingGraph, users: np.ndarray,
+                        floors: dict[str, float]) -> tuple[float, float]:
+    """(max |score diff|, top-K overlap) of ``module`` vs the same model in fp32 on ``users``; raises
+    QuantizationError when the overlap is below the floor for ``module``'s precision."""
+    diff, overlap = parity(*torch_outputs(fp32, users), *torch_outputs(module, users))
+    floor = floors[module.precision]
+    if not overlap >= floor:  # NaN fails too
+        raise QuantizationError(f"{module.precision} tables keep top-{module.top_k} overlap {overlap:.4f} with "
+                                f"fp32, below export.min_topk_overlap_vs_fp32[{module.precision}] = {floor}")
+    return diff, overlap
 
 
 @dataclass(frozen=True)
@@ -192,9 +238,17 @@ class ExportResult:
     parity_max_abs_diff: float
     parity_topk_overlap: float
     model_version: str
+    precision: str  # embedding tables: fp32 | fp16 | int8 (per-row symmetric)
+    table_bytes: int  # both embedding tables at that precision, scales included
+    fp32_table_bytes: int
+    # the quantized graph vs the same model in fp32 (PyTorch, same users): what quantization costs
+    quantization_max_abs_diff: float
+    quantization_topk_overlap: float
 
 
-def build_serving_graph(model_dir: str | Path, graph: GraphArtifact, cfg: PipelineConfig) -> ServingGraph:
+def build_serving_graph(model_dir: str | Path, graph: GraphArtifact, cfg: PipelineConfig,
+                        precision: Precision | None = None) -> ServingGraph:
+    """The day's serving graph at ``precision`` (default: export.precision)."""
     user_emb, item_emb = load_embeddings(model_dir)
     if user_emb.shape[0] != graph.num_users or item_emb.shape[0] != graph.num_items:
         raise ValueError(
@@ -202,7 +256,7 @@ def build_serving_graph(model_dir: str | Path, graph: GraphArtifact, cfg: Pipeli
             f"graph {graph.ref.version} has {graph.num_users} x {graph.num_items}"
         )
     seen = seen_items_table(graph.train_interactions(), graph.num_users) if cfg.export.exclude_seen else None
-    return ServingGraph(user_emb, item_emb, cfg.export.top_k, seen)
+    return ServingGraph(user_emb, item_emb, cfg.export.top_k, seen, precision or cfg.export.precision)
 
 
 def run_export(layout: Layout, day: str, cfg: PipelineConfig) -> ExportResult:
@@ -216,12 +270,14 @@ def run_export(layout: Layout, day: str, cfg: PipelineConfig) -> ExportResult:
     graph = GraphArtifact.load(graph_ref)
     module = build_serving_graph(model_ref.path, graph, cfg)
     max_seen = int(module.seen_items.shape[1]) if module.exclude_seen else 0
+    users = parity_users(graph.num_users, cfg.seed)
+    ref_items, ref_scores = torch_outputs(module, users)
+    fp32 = build_serving_graph(model_ref.path, graph, cfg, "fp32") if module.precision != "fp32" else module
+    quant_diff, quant_overlap = quantization_parity(module, fp32, users, cfg.export.min_topk_overlap_vs_fp32)
 
     with staging_dir(layout.artifacts(KIND)) as tmp:
         onnx_path = tmp / ONNX_FILE
         export_onnx(module, onnx_path, cfg.export.opset)
-        users = parity_users(graph.num_users, cfg.seed)
-        ref_items, ref_scores = torch_outputs(module, users)
         session = onnxruntime_session(onnx_path)
         ort_items, ort_scores = session.run(list(OUTPUT_NAMES), {INPUT_NAME: users})
         max_abs_diff, overlap = parity(ref_items, ref_scores, ort_items, ort_scores)
@@ -233,6 +289,11 @@ def run_export(layout: Layout, day: str, cfg: PipelineConfig) -> ExportResult:
             "max_abs_diff": max_abs_diff,
             "topk_overlap": overlap,
             "top_k": module.top_k,
+            "precision": module.precision,
+            "table_bytes": module.table_bytes,
+            "fp32_table_bytes": fp32.table_bytes,
+            "quantization_max_abs_diff": quant_diff,
+            "quantization_topk_overlap": quant_overlap,
         }
         write_json(tmp / PARITY_FILE, parity_report)
         onnx_bytes = onnx_path.stat().st_size
@@ -254,6 +315,7 @@ def run_export(layout: Layout, day: str, cfg: PipelineConfig) -> ExportResult:
                 "num_users": graph.num_users,
                 "num_items": graph.num_items,
                 "embedding_dim": int(module.user_emb.shape[1]),
+                "precision": module.precision,
                 "exclude_seen": module.exclude_seen,
                 "max_seen": max_seen,
                 "opset": cfg.export.opset,
@@ -276,11 +338,17 @@ def run_export(layout: Layout, day: str, cfg: PipelineConfig) -> ExportResult:
         parity_max_abs_diff=max_abs_diff,
         parity_topk_overlap=overlap,
         model_version=model_ref.version,
+        precision=module.precision,
+        table_bytes=module.table_bytes,
+        fp32_table_bytes=fp32.table_bytes,
+        quantization_max_abs_diff=quant_diff,
+        quantization_topk_overlap=quant_overlap,
     )
     log.info(
-        "export %s: %s (%d bytes, %d users x %d items, d=%d, K=%d, max_seen=%d) ORT parity "
-        "max_abs_diff=%.2e topk_overlap=%.4f over %d users",
+        "export %s: %s (%d bytes, %d users x %d items, d=%d, K=%d, max_seen=%d, %s tables %d bytes vs fp32 %d, "
+        "top-K overlap with fp32 %.4f) ORT parity max_abs_diff=%.2e topk_overlap=%.4f over %d users",
         day, result.version, onnx_bytes, graph.num_users, graph.num_items, result.embedding_dim,
-        result.top_k, max_seen, max_abs_diff, overlap, result.parity_users,
+        result.top_k, max_seen, result.precision, result.table_bytes, result.fp32_table_bytes, quant_overlap,
+        max_abs_diff, overlap, result.parity_users,
     )
     return result

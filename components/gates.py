@@ -218,6 +218,7 @@ def run_evaluate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
     from components.export import load_embeddings
     from components.registry import champion_as_of
     from components.serving import cold_user_scorer
+    from components.teacher import load_teacher_scorer
 
     if candidate is None:
         refs = CandidateRefs.current(layout, day)
@@ -243,8 +244,8 @@ def run_evaluate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
 
     scorers: dict[str, Scorer] = {"candidate": served("candidate", *load_embeddings(refs.pruned.path), has_train,
                                                       fallback)}
-    if refs.teacher is not None:
-        scorers["teacher"] = served("teacher", *load_embeddings(refs.teacher.path), has_train, fallback)
+    if refs.teacher is not None:  # either teacher kind, built on this graph (covers all its users)
+        scorers["teacher"] = served_scorer(load_teacher_scorer(refs.teacher.path, train), has_train, fallback)
     else:
         log.warning("evaluate %s: candidate %s names no teacher; teacher-relative gates will fail", day, cid)
     if baseline is not None:  # through its own ID maps: it may know fewer (or other) users and items

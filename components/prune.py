@@ -25,25 +25,25 @@ import numpy as np
 import torch
 
 from components.config import PipelineConfig
-from components.distill import holdout_and_retention, known_pairs, load_stage_inputs, make_kd_loss, teacher_topk
+from components.distill import holdout_and_retention, known_pairs, load_stage_inputs, make_kd_loss, teacher_targets
 from components.models.lightgcn import (
     Backend,
     LightGCN,
     NormalizedAdjacency,
-    build_adjacency,
     count_parameters,
     principal_axes,
     project_ego,
     resolve_backend,
 )
 from components.storage import Layout, read_json, staging_dir
+from components.teacher import Teacher, load_teacher
 from components.train import (
     ModelArtifact,
+    adjacency_of,
     evaluate_model,
     existing_artifact,
     final_embeddings,
     fit_lightgcn,
-    load_embeddings,
     load_model,
     resolve_device,
     summary_metrics,
@@ -104,17 +104,21 @@ def model_bytes(model: LightGCN) -> int:
     return len(buffer.getvalue())
 
 
-def prune_model(base: LightGCN, train, val, teacher_user: torch.Tensor, teacher_item: torch.Tensor,
-                cfg: PipelineConfig, max_seconds: float | None = None) -> tuple[LightGCN, list[dict]]:
-    """Iteratively prune ``base`` to prune.target_sparsity with fine-tuning; returns (model, per-step report)."""
+def prune_model(base: LightGCN, train, val, teacher: Teacher, cfg: PipelineConfig, max_seconds: float | None = None,
+                targets: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[LightGCN, list[dict]]:
+    """Iteratively prune ``base`` to prune.target_sparsity with fine-tuning (KD from ``teacher``'s
+    top-k, or the precomputed ``targets``); returns (model, per-step report)."""
     pcfg, dcfg = cfg.prune, cfg.distill
     device = resolve_device(cfg.teacher.device)
     backend = resolve_backend(cfg.teacher.propagation, device)
-    topk = teacher_topk(teacher_user, teacher_item, known_pairs(train, val), dcfg.kd_topk, cfg.eval.user_batch_size)
-    kd = make_kd_loss(teacher_user, teacher_item, topk, cfg, device)
+    weighted = cfg.teacher.edge_weights == "weighted"
+    kd = None
+    if dcfg.kd_weight > 0 and pcfg.finetune_epochs > 0:
+        top_scores, top_items = targets if targets is not None else teacher_targets(teacher, known_pairs(train, val), cfg)
+        kd = make_kd_loss(top_scores, top_items, cfg, device)
     base_params = count_parameters(base)
     model = base
-    adjacency = build_adjacency(train.user, train.item, base.num_users, base.num_items)
+    adjacency = adjacency_of(train, base.num_users, base.num_items, weighted)
     report: list[dict] = []
     for step in range(1, pcfg.steps + 1):
         sparsity = pcfg.target_sparsity * step / pcfg.steps
@@ -135,7 +139,7 @@ def prune_model(base: LightGCN, train, val, teacher_user: torch.Tensor, teacher_
                                eval_every=pcfg.finetune_epochs, patience=1, device=device,
                                backend=cfg.teacher.propagation, ks=tuple(cfg.eval.ks),
                                user_batch_size=cfg.eval.user_batch_size, extra_loss=kd, after_step=after_step,
-                               max_seconds=max_seconds, name=f"prune step {step}")
+                               max_seconds=max_seconds, name=f"prune step {step}", weighted=weighted)
             model = fit.model
         val_metrics = fit.best_val if fit is not None and fit.best_val else (
             evaluate_model(model, adjacency, backend, train, val, tuple(cfg.eval.ks), cfg.eval.user_batch_size)
@@ -169,11 +173,11 @@ def run_prune(layout: Layout, day: str, cfg: PipelineConfig) -> ModelArtifact:
     if done is not None:
         return done
     student, _ = load_model(student_ref.path)
-    teacher_user, teacher_item = (torch.from_numpy(a) for a in load_embeddings(teacher_ref.path))
+    teacher = load_teacher(teacher_ref.path, train_all)
     teacher_metrics = read_json(Path(teacher_ref.path) / "metrics.json")
     student_params = count_parameters(student)
-    model, report = prune_model(student, train, val, teacher_user, teacher_item, cfg)
-    full_adj = build_adjacency(train_all.user, train_all.item, graph.num_users, graph.num_items)
+    model, report = prune_model(student, train, val, teacher, cfg)
+    full_adj = adjacency_of(train_all, graph.num_users, graph.num_items, cfg.teacher.edge_weights == "weighted")
     user_emb, item_emb = final_embeddings(model, full_adj, resolve_backend(cfg.teacher.propagation, "cpu"))
     last = report[-1]
     metrics = {

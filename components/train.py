@@ -1,4 +1,8 @@
-"""Teacher stage: LightGCN on the day's graph, warm-started, early-stopped, checkpointed, published.
+"""Teacher stage: the day's teacher, either kind (``teacher.kind``), evaluated and published.
+
+``graph_filter`` (default) is computed in closed form from the day's graph (components/teacher.py,
+components/models/graph_filter.py); ``lightgcn`` is trained here, warm-started, early-stopped,
+checkpointed.
 
 ``fit_lightgcn`` is the one training loop (teacher, student and pruning fine-tunes use it): BPR +
 L2 on the batch's ego embeddings (LightGCN paper code), per-epoch negatives drawn from (seed,
@@ -40,6 +44,7 @@ from components.models.lightgcn import (
 from components.models.losses import bpr_loss, ego_l2
 from components.models.sampling import positive_keys, sample_epoch
 from components.storage import Layout, read_json, staging_dir, write_json
+from components.teacher import FILTER_FILE, fit_graph_filter, graph_filter_teacher, lightgcn_teacher, write_graph_filter
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +129,11 @@ def split_validation(train: Interactions, fraction: float, seed: int) -> tuple[I
     return pick(~held), pick(held)
 
 
+def adjacency_of(pairs: Interactions, num_users: int, num_items: int, weighted: bool) -> NormalizedAdjacency:
+    """The normalized adjacency of ``pairs``: binary, or weighted by ``pairs.weight`` (teacher.edge_weights)."""
+    return build_adjacency(pairs.user, pairs.item, num_users, num_items, pairs.weight if weighted else None)
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -172,6 +182,7 @@ def fit_lightgcn(
     checkpoint_path: Path | None = None,
     max_seconds: float | None = None,
     name: str = "lightgcn",
+    weighted: bool = False,
 ) -> FitResult:
     """Train ``model`` with BPR (+ ``extra_loss``) on ``train``; early-stop on ``val`` NDCG@20.
 
@@ -181,7 +192,7 @@ def fit_lightgcn(
     device = torch.device(device)
     backend_ = resolve_backend(backend, device)
     model = model.to(device)
-    adjacency = build_adjacency(train.user, train.item, model.num_users, model.num_items).to(device)
+    adjacency = adjacency_of(train, model.num_users, model.num_items, weighted).to(device)
     keys = positive_keys(train.user, train.item, model.num_items)
     # fused Adam: one kernel over the (large, dense) embedding tables instead of a dozen passes
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
@@ -295,7 +306,7 @@ def train_teacher(train: Interactions, val: Interactions | None, num_users: int,
                        seed=cfg.seed, eval_every=tcfg.eval_every, patience=tcfg.early_stop_patience,
                        device=resolve_device(tcfg.device), backend=tcfg.propagation, ks=tuple(cfg.eval.ks),
                        user_batch_size=cfg.eval.user_batch_size, checkpoint_path=checkpoint_path,
-                       max_seconds=max_seconds, name="teacher")
+                       max_seconds=max_seconds, name="teacher", weighted=tcfg.edge_weights == "weighted")
     return TrainedModel(fit.model, fit, warm)
 
 
@@ -348,7 +359,8 @@ def work_dir(layout: Layout, stage: str, day: str, key: str) -> Path:
 
 
 def run_teacher(layout: Layout, day: str, cfg: PipelineConfig) -> ModelArtifact:
-    """Train, evaluate (validation + fresh-day holdout + popularity baseline) and publish the teacher."""
+    """Build (graph_filter: compute, lightgcn: train) the day's teacher, evaluate it (validation +
+    fresh-day holdout + popularity baseline) and publish it."""
     graph_ref = layout.current("graphs", day)
     if graph_ref is None:
         raise FileNotFoundError(f"{layout.artifacts('graphs') / day}: no graph for day {day}; run the graph stage first")
@@ -358,7 +370,8 @@ def run_teacher(layout: Layout, day: str, cfg: PipelineConfig) -> ModelArtifact:
     if len(train_all) < tcfg.min_train_pairs:
         raise InsufficientHistory(f"graph {day} v{graph_ref.version} has {len(train_all)} training pairs, "
                                   f"fewer than teacher.min_train_pairs={tcfg.min_train_pairs}")
-    previous_ref = layout.latest_before(KIND, day)
+    # a graph filter is recomputed from the day's graph alone; a LightGCN warm-starts from yesterday's
+    previous_ref = layout.latest_before(KIND, day) if tcfg.kind == "lightgcn" else None
     inputs = [graph_ref.as_lineage()] + ([previous_ref.as_lineage()] if previous_ref else [])
     config_hash = cfg.config_hash("teacher")
     done = existing_artifact(layout, KIND, day, inputs, config_hash)
@@ -366,38 +379,56 @@ def run_teacher(layout: Layout, day: str, cfg: PipelineConfig) -> ModelArtifact:
         return done
 
     train, val = split_validation(train_all, tcfg.val_fraction, cfg.seed)
-    previous = load_model(previous_ref.path)[0] if previous_ref else None
-    work = work_dir(layout, "teacher", day, f"{config_hash}-{graph_ref.version}-{previous_ref.version if previous_ref else 'cold'}")
-    trained = train_teacher(train, val, graph.num_users, graph.num_items, cfg, previous, work / "checkpoint.pt")
-
-    # Serving sees every training pair: propagate over the full window graph, exclude all of it.
-    full_adj = build_adjacency(train_all.user, train_all.item, graph.num_users, graph.num_items)
-    backend = resolve_backend(tcfg.propagation, "cpu")
-    user_emb, item_emb = final_embeddings(trained.model, full_adj, backend)
-    holdout = graph.holdout_interactions()
     ks = tuple(cfg.eval.ks)
-    holdout_metrics = evaluate_scorer(embedding_scorer(user_emb, item_emb), train_all, holdout, graph.num_items,
-                                      ks, cfg.eval.user_batch_size)
+    work = work_dir(layout, "teacher", day, f"{config_hash}-{graph_ref.version}-{previous_ref.version if previous_ref else 'cold'}")
+    if tcfg.kind == "graph_filter":
+        tic = time.perf_counter()
+        # validation: the filter of the fit split, scored on the held-out pairs (same protocol as LightGCN)
+        val_metrics = evaluate_scorer(fit_graph_filter(train, graph.num_users, graph.num_items, cfg).score, train,
+                                      val, graph.num_items, ks, cfg.eval.user_batch_size) if len(val) else {}
+        graph_filter = fit_graph_filter(train_all, graph.num_users, graph.num_items, cfg)
+        teacher = graph_filter_teacher(graph_filter)
+        train_info = {"seconds": time.perf_counter() - tic, "train_pairs": len(train_all), "val_pairs": len(val),
+                      "variant": tcfg.graph_filter.variant, "rank": int(graph_filter.v.shape[1])}
+        history: list[dict] = []
+        warm_start: dict = {"from": None}
+    else:
+        previous = load_model(previous_ref.path)[0] if previous_ref else None
+        trained = train_teacher(train, val, graph.num_users, graph.num_items, cfg, previous, work / "checkpoint.pt")
+        # Serving sees every training pair: propagate over the full window graph, exclude all of it.
+        full_adj = adjacency_of(train_all, graph.num_users, graph.num_items, tcfg.edge_weights == "weighted")
+        user_emb, item_emb = final_embeddings(trained.model, full_adj, resolve_backend(tcfg.propagation, "cpu"))
+        teacher = lightgcn_teacher(lambda: trained.model, user_emb, item_emb)
+        val_metrics, history = trained.fit.best_val, trained.fit.history
+        train_info = {"epochs_run": len(trained.fit.history), "best_epoch": trained.fit.best_epoch + 1,
+                      "stopped": trained.fit.stopped, "seconds": trained.fit.train_seconds,
+                      "train_pairs": len(train), "val_pairs": len(val)}
+        warm_start = {"from": previous_ref.as_lineage() if previous_ref else None, **trained.warm_start}
+    holdout = graph.holdout_interactions()
+    holdout_metrics = evaluate_scorer(teacher.scorer, train_all, holdout, graph.num_items, ks, cfg.eval.user_batch_size)
     popularity = evaluate_scorer(popularity_scorer(train_all, graph.num_items), train_all, holdout,
                                  graph.num_items, ks, cfg.eval.user_batch_size)
     stats = read_json(graph.path / "stats.json")
     metrics = {
-        "val": trained.fit.best_val, "holdout": holdout_metrics, "popularity_holdout": popularity,
+        "kind": tcfg.kind, "edge_weights": tcfg.edge_weights,
+        "val": val_metrics, "holdout": holdout_metrics, "popularity_holdout": popularity,
         "holdout_counts": stats.get("holdout", {}), "new_users": stats.get("new_users"),
-        "new_items": stats.get("new_items"), "num_params": count_parameters(trained.model),
-        "train": {"epochs_run": len(trained.fit.history), "best_epoch": trained.fit.best_epoch + 1,
-                  "stopped": trained.fit.stopped, "seconds": trained.fit.train_seconds,
-                  "train_pairs": len(train), "val_pairs": len(val)},
-        "warm_start": {"from": previous_ref.as_lineage() if previous_ref else None, **trained.warm_start},
+        "new_items": stats.get("new_items"), "num_params": teacher.num_params, "train": train_info,
+        "warm_start": warm_start,
     }
     with staging_dir(layout.artifacts(KIND)) as tmp:
-        write_model_files(tmp, trained.model, user_emb, item_emb, graph_ref.version, metrics, trained.fit.history)
+        if tcfg.kind == "graph_filter":
+            write_graph_filter(tmp, graph_filter, cfg)
+            write_json(tmp / "metrics.json", {**metrics, "bytes": {"filter_npz": (tmp / FILTER_FILE).stat().st_size}})
+            write_json(tmp / "history.json", history)
+        else:
+            write_model_files(tmp, trained.model, user_emb, item_emb, graph_ref.version, metrics, history)
         metrics = read_json(tmp / "metrics.json")
         ref = layout.publish(KIND, day, tmp, {"inputs": inputs, "config_hash": config_hash,
                                               "metrics": summary_metrics(metrics)})
     shutil.rmtree(work, ignore_errors=True)
-    log.info("teacher %s v%s: holdout recall@20 %.4f ndcg@20 %.4f (popularity %.4f / %.4f), %d users evaluated, "
-             "%d cold skipped", day, ref.version, holdout_metrics.get("recall@20", 0), holdout_metrics.get("ndcg@20", 0),
-             popularity.get("recall@20", 0), popularity.get("ndcg@20", 0), holdout_metrics["users_evaluated"],
-             holdout_metrics["cold_users_skipped"])
+    log.info("teacher %s v%s (%s): holdout recall@20 %.4f ndcg@20 %.4f (popularity %.4f / %.4f), %d users "
+             "evaluated, %d cold skipped", day, ref.version, tcfg.kind, holdout_metrics.get("recall@20", 0),
+             holdout_metrics.get("ndcg@20", 0), popularity.get("recall@20", 0), popularity.get("ndcg@20", 0),
+             holdout_metrics["users_evaluated"], holdout_metrics["cold_users_skipped"])
     return ModelArtifact(KIND, day, ref.version, ref.path, metrics["num_params"], summary_metrics(metrics))

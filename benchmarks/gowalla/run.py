@@ -36,6 +36,7 @@ from components.models.lightgcn import LightGCN, build_adjacency, count_paramete
 from components.prune import prune_model  # noqa: E402
 from components.sources.lightgcn_split import load_lightgcn_split  # noqa: E402
 from components.storage import write_json  # noqa: E402
+from components.teacher import lightgcn_teacher, teacher_topk  # noqa: E402
 from components.train import final_embeddings, fit_lightgcn, load_model, train_step, write_model_files  # noqa: E402
 
 log = logging.getLogger("benchmarks.gowalla")
@@ -394,7 +395,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["popularity"] = {k: pop[k] for k in ("recall@20", "ndcg@20", "recall@50", "ndcg@50", "coverage@20")}
     write_results(results, out_dir)
 
-    cfg = load_config(None, {"seed": args.seed, "teacher.embedding_dim": 64, "teacher.num_layers": 3,
+    cfg = load_config(None, {"seed": args.seed, "teacher.kind": "lightgcn", "teacher.embedding_dim": 64, "teacher.num_layers": 3,
                              "teacher.batch_size": 2048, "teacher.lr": 1e-3, "teacher.l2": 1e-4,
                              "distill.epochs": args.student_epochs, "teacher.eval_every": args.eval_every,
                              "teacher.early_stop_patience": 1000, "prune.finetune_epochs": args.prune_finetune_epochs,
@@ -430,8 +431,11 @@ def main(argv: list[str] | None = None) -> dict:
     write_results(results, out_dir)
 
     student_budget = budget * (args.teacher_share + args.student_share) - (time.time() - started)
-    student_fit = train_student(train, test, num_users, num_items, t_user, t_item, cfg, teacher_model,
-                                max_seconds=student_budget)
+    # this route's teacher is the trained LightGCN (the graph-filter route: graph_filter.py, students.py)
+    lightgcn = lightgcn_teacher(lambda: teacher_model, t_user, t_item)
+    targets = teacher_topk(lightgcn.scorer, train, num_users, num_items, cfg.distill.kd_topk)
+    student_fit = train_student(train, test, num_users, num_items, lightgcn, cfg, max_seconds=student_budget,
+                                targets=targets)
     student = model_summary("student", student_fit.model, adjacency.to("cpu"), train, test, ks, cache / "student",
                             student_fit.history, {"stopped": student_fit.stopped, "init": cfg.distill.init,
                                                   "lr": cfg.distill.lr, "kd_weight": cfg.distill.kd_weight})
@@ -442,8 +446,8 @@ def main(argv: list[str] | None = None) -> dict:
     for key in PRUNED:
         method = key.split("_")[1]
         prune_cfg = cfg.model_copy(update={"prune": cfg.prune.model_copy(update={"method": method})})
-        pruned_model, steps = prune_model(copy.deepcopy(student_fit.model), train, test, t_user, t_item, prune_cfg,
-                                          max_seconds=prune_budget)
+        pruned_model, steps = prune_model(copy.deepcopy(student_fit.model), train, test, lightgcn, prune_cfg,
+                                          max_seconds=prune_budget, targets=targets)
         results[key] = model_summary(key, pruned_model, adjacency.to("cpu"), train, test, ks, cache / key, [],
                                      {"steps": steps, "method": method,
                                       "epochs_run": sum(s["finetune_epochs"] for s in steps)})

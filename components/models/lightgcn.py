@@ -2,8 +2,8 @@
 
     E^(k+1) = D^-1/2 A D^-1/2 E^(k),     E_final = sum_k alpha_k E^(k),     score(u, i) = e_u . e_i
 
-A is the *binary* user-item adjacency (as in the paper; edge strengths do not enter), normalized
-once per graph by :func:`build_adjacency`. Propagation runs one of two ways on the same matrix:
+A is the user-item adjacency, binary as in the paper or weighted by the graph's edge strengths
+(``teacher.edge_weights``), normalized once per graph by :func:`build_adjacency` with DGL's ops. Propagation runs one of two ways on the same matrix:
 
 * ``"dgl"``: DGL message passing (``u_mul_e`` + ``sum``) on the homogeneous bipartite graph
   derived from the heterograph's two edge types -- the documented CPU path;
@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from components.dgl_compat import import_dgl
+from components.graph import Interactions, normalized_edges
 
 Backend = Literal["dgl", "sparse"]
 
@@ -74,18 +75,19 @@ class NormalizedAdjacency:
 _DGL_CACHE: dict[int, tuple[NormalizedAdjacency, object]] = {}
 
 
-def build_adjacency(user: np.ndarray, item: np.ndarray, num_users: int, num_items: int) -> NormalizedAdjacency:
-    """Normalized binary adjacency from (user, item) index pairs (duplicates collapse to one edge)."""
-    if len(user) and (int(np.max(user)) >= num_users or int(np.max(item)) >= num_items):
-        raise ValueError(f"pair index out of range: max user {int(np.max(user))} (of {num_users}), "
-                         f"max item {int(np.max(item))} (of {num_items})")
-    keys = np.unique(np.asarray(user, np.int64) * num_items + np.asarray(item, np.int64))
-    u, i = keys // num_items, keys % num_items + num_users
+def build_adjacency(user: np.ndarray, item: np.ndarray, num_users: int, num_items: int,
+                    weight: np.ndarray | None = None) -> NormalizedAdjacency:
+    """Normalized adjacency from (user, item) index pairs: binary (duplicates collapse to one edge)
+    when ``weight`` is None, else weighted by the pairs' summed ``weight``. Dedup, degrees and
+    normalization come from DGL (components.graph.normalized_edges)."""
+    strength = np.ones(len(user), np.float32) if weight is None else np.asarray(weight, np.float32)
+    edges = normalized_edges(Interactions(np.asarray(user, np.int64), np.asarray(item, np.int64), strength),
+                             num_users, num_items, weighted=weight is not None)
+    u, i = edges.user, edges.item + num_users
     n = num_users + num_items
     src = np.concatenate([u, i])
     dst = np.concatenate([i, u])
-    degree = np.bincount(src, minlength=n).astype(np.float64)
-    norm = (1.0 / np.sqrt(degree[src] * degree[dst])).astype(np.float32)
+    norm = np.concatenate([edges.norm, edges.norm])
     # CSR rows = destination: row v sums norm * x[src] over v's in-edges, as message passing does.
     order = np.lexsort((src, dst))
     indptr = np.zeros(n + 1, dtype=np.int64)

@@ -22,7 +22,7 @@ from components.train import (
 )
 from tests.unit.model_fixtures import planted, write_graph
 
-FAST = {"teacher.embedding_dim": 16, "teacher.num_layers": 2, "teacher.epochs": 12, "teacher.lr": 0.02,
+FAST = {"teacher.kind": "lightgcn", "teacher.embedding_dim": 16, "teacher.num_layers": 2, "teacher.epochs": 12, "teacher.lr": 0.02,
         "teacher.batch_size": 256, "teacher.eval_every": 4, "teacher.early_stop_patience": 5,
         "teacher.device": "cpu", "teacher.min_train_pairs": 50}
 
