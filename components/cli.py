@@ -103,11 +103,15 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
+    from components.features import online_history
     from components.serving import Recommender
 
-    recommender = Recommender.load(Layout.at(args.root))
-    for user, items in zip(args.users, recommender.recommend(args.users, args.k)):
-        print(user, " ".join(f"{item}:{score:.3f}" for item, score in items))
+    cfg = resolve(args.root, args.config, _overrides(args.set))
+    layout = Layout.at(cfg.root)
+    recommender = Recommender.load(layout, history=online_history(layout, cfg))
+    segments = recommender.segments(args.users)
+    for user, segment, items in zip(args.users, segments, recommender.recommend(args.users, args.k)):
+        print(user, f"[{segment}]", " ".join(f"{item}:{score:.3f}" for item, score in items))
     return 0
 
 
@@ -284,10 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     prom.add_argument("--root", default=default_root)
     prom.add_argument("--reason", default="manual promotion")
     prom.set_defaults(func=cmd_promote)
-    rec = sub.add_parser("recommend", help="top-k items for users from the champion")
+    rec = sub.add_parser("recommend", help="top-k items for users from the champion and their Feast history")
     rec.add_argument("users", nargs="+")
     rec.add_argument("-k", type=int, default=10)
     rec.add_argument("--root", default=default_root)
+    rec.add_argument("--config", default=None, help="pipeline YAML (its features section opens the online store)")
+    rec.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     rec.set_defaults(func=cmd_recommend)
     tri = sub.add_parser("triton-export", help="write a Triton model repository for the champion")
     tri.add_argument("out")

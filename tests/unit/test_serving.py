@@ -173,3 +173,14 @@ def test_cold_users_with_history_are_folded_in(served_with_feast):
     assert all(int(i[1:]) % 4 == 0 for i, _ in out[0])
     assert all(int(i[1:]) % 4 == 1 for i, _ in out[1]) and not {"i1", "i5"} & {i for i, _ in out[1]}
     assert out[2] == out[3] == engine_only.recommend(["nobody"], k=5)[0]  # popularity (i_new unknown)
+
+
+def test_cli_recommend_reads_the_online_store(served_with_feast, served, capsys):
+    from components.cli import main
+
+    _, rec, _, _ = served_with_feast
+    assert main(["recommend", "newbie", "nobody", "-k", "3", "--root", str(served.root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    expected = rec.recommend(["newbie", "nobody"], k=3)
+    assert lines == [f"{user} [{segment}] " + " ".join(f"{i}:{s:.3f}" for i, s in items)
+                     for user, segment, items in zip(["newbie", "nobody"], ["fold_in", "popularity"], expected)]
