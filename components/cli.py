@@ -143,11 +143,12 @@ def airflow_bin() -> str:
     return str(Path(sys.executable).with_name("airflow"))
 
 
-def run_dag_day(root: Path, day: str, conf: dict[str, Any], log_file: Path) -> int:
+def run_dag_day(root: Path, day: str, conf: dict[str, Any], log_file: Path, timeout_s: float | None = None) -> int:
     """``airflow dags test`` for one day: a real, in-process DAG run on SQLite.
 
     The DAG processes its data interval's start. A manual run at logical date T covers the interval
     ending at T, so day D is run at D + 1 day, exactly as the scheduler runs it after D has ended.
+    Past ``timeout_s`` the run is killed and subprocess.TimeoutExpired raised.
     """
     env = airflow_env(root)
     run_at = (parse_day(day) + dt.timedelta(days=1)).isoformat()
@@ -155,7 +156,7 @@ def run_dag_day(root: Path, day: str, conf: dict[str, Any], log_file: Path) -> i
         subprocess.run([airflow_bin(), "db", "migrate"], env=env, check=True, capture_output=True)
     with log_file.open("w") as out:
         proc = subprocess.run([airflow_bin(), "dags", "test", DAG_ID, run_at, "--conf", json.dumps(conf)],
-                              env=env, stdout=out, stderr=subprocess.STDOUT)
+                              env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s)
     return proc.returncode
 
 

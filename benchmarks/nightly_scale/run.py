@@ -103,12 +103,16 @@ def task_durations(airflow_db: Path, day: str) -> list[dict]:
             for t, s, a, b, d in rows]
 
 
-def night(root: Path, day: str, conf: dict, logs: Path) -> dict:
+def night(root: Path, day: str, conf: dict, logs: Path, timeout_s: float | None) -> dict:
     log.info("night %s: airflow dags test (log %s)", day, logs / f"{day}.log")
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     tic = time.perf_counter()
     with TreeRssSampler() as sampler:
-        rc = run_dag_day(root, day, conf, logs / f"{day}.log")
+        try:
+            rc = run_dag_day(root, day, conf, logs / f"{day}.log", timeout_s)
+            outcome = "success" if rc == 0 else f"failed (rc={rc})"
+        except subprocess.TimeoutExpired:  # the tasks that finished keep their Airflow records
+            outcome = f"killed after {timeout_s / 60:.0f} min (--night-timeout-minutes)"
     seconds = time.perf_counter() - tic
     after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     layout = Layout.at(root)
@@ -116,7 +120,7 @@ def night(root: Path, day: str, conf: dict, logs: Path) -> dict:
     graph = read_json(stages / "graph.json") if (stages / "graph.json").exists() else {}
     result = {
         "day": day,
-        "dag_run": "success" if rc == 0 else f"failed (rc={rc})",
+        "dag_run": outcome,
         "wall_seconds": round(seconds, 1),
         "peak_tree_rss_gb": round(sampler.peak / GB, 3),
         # ru_maxrss of children is a running maximum: only an increase is this night's.
@@ -178,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root", default=str(REPO / ".graphdistill" / "nightly_scale"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    parser.add_argument("--night-timeout-minutes", type=float, default=None,
+                        help="kill a night that runs longer (its finished tasks are still reported)")
     parser.add_argument("--label", default=None, help="results file name (default: <users>u-<items>i)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = parser.parse_args(argv)
@@ -226,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], env=env, check=True,
                    capture_output=True)  # outside the measured night, as on a running deployment
     for day in days[-args.nights:]:
-        results["nights"].append(night(root, day, conf, logs))
+        timeout_s = 60 * args.night_timeout_minutes if args.night_timeout_minutes else None
+        results["nights"].append(night(root, day, conf, logs, timeout_s))
         write_json(out / f"{label}.json", results)  # after each night: a run cut short keeps its numbers
         (out / f"{label}.md").write_text(markdown(results))
     print(markdown(results))
