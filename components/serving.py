@@ -18,6 +18,7 @@ seen since the champion's training window are not recommended again.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import shutil
 import string
@@ -51,8 +52,8 @@ def _registry_root(source: str | Path | Layout) -> Path:
 def history_csr(histories: Sequence[Sequence[str]], item_index: pd.Index) -> tuple[np.ndarray, np.ndarray]:
     """Histories as CSR (indptr, item indices) over a model's catalogue; unknown items dropped."""
     lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
-    flat = [str(i) for h in histories for i in h]
-    indices = item_index.get_indexer(pd.Index(flat, dtype=object)) if flat else np.empty(0, np.int64)
+    flat = pd.Index(list(itertools.chain.from_iterable(histories)), dtype=object).astype(str)
+    indices = item_index.get_indexer(flat) if len(flat) else np.empty(0, np.int64)
     known = indices >= 0
     rows = np.repeat(np.arange(len(histories)), lengths)[known]
     indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(histories)))])
@@ -97,8 +98,10 @@ def top_k_excluding(
     rows = np.repeat(np.arange(scores.shape[0]), np.diff(indptr))
     scores[rows, indices] = -np.inf
     width = min(k, scores.shape[1])
-    top = np.argpartition(-scores, width - 1, axis=1)[:, :width] if width < scores.shape[1] else \
-        np.tile(np.arange(scores.shape[1]), (scores.shape[0], 1))
+    if width < scores.shape[1]:
+        top = np.argpartition(-scores, width - 1, axis=1)[:, :width]
+    else:  # the whole catalogue fits in k
+        top = np.tile(np.arange(scores.shape[1]), (scores.shape[0], 1))
     top_scores = np.take_along_axis(scores, top, axis=1)
     order = np.argsort(-top_scores, axis=1, kind="stable")
     items, top_scores = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
