@@ -220,6 +220,7 @@ def test_idle_entities_zero_then_keep_last_snapshot(pipeline):
         users, items = (frame.set_index(frame.columns[0]) for frame in online[label])
         assert users.loc["u_old", USER_FEATURES].tolist() == [0, 0, 0, 0.0, 0, 28], label
         assert items.loc["i_old", ITEM_FEATURES].tolist() == [0, 0, 0, 0, 28], label
+        assert len(users.loc["u_old", "recent_items"]) == 0, label  # serving must not exclude stale items
     users_d3 = online["d3"][0].set_index("user_id")
     assert users_d3.loc[["u5", "nobody"], USER_FEATURES].isna().all().all()  # u5 only after D3 ends
 
