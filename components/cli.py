@@ -157,11 +157,15 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
+    from components.features import online_history
     from components.serving import Recommender
 
-    recommender = Recommender.load(Layout.at(args.root))
-    for user, items in zip(args.users, recommender.recommend(args.users, args.k)):
-        print(user, " ".join(f"{item}:{score:.3f}" for item, score in items))
+    cfg = resolve(args.root, args.config, _overrides(args.set))
+    layout = Layout.at(cfg.root)
+    recommender = Recommender.load(layout, history=online_history(layout, cfg))
+    segments = recommender.segments(args.users)
+    for user, segment, items in zip(args.users, segments, recommender.recommend(args.users, args.k)):
+        print(user, f"[{segment}]", " ".join(f"{item}:{score:.3f}" for item, score in items))
     return 0
 
 
@@ -193,11 +197,12 @@ def airflow_bin() -> str:
     return str(Path(sys.executable).with_name("airflow"))
 
 
-def run_dag_day(root: Path, day: str, conf: dict[str, Any], log_file: Path) -> int:
+def run_dag_day(root: Path, day: str, conf: dict[str, Any], log_file: Path, timeout_s: float | None = None) -> int:
     """``airflow dags test`` for one day: a real, in-process DAG run on SQLite.
 
     The DAG processes its data interval's start. A manual run at logical date T covers the interval
     ending at T, so day D is run at D + 1 day, exactly as the scheduler runs it after D has ended.
+    Past ``timeout_s`` the run is killed and subprocess.TimeoutExpired raised.
     """
     env = airflow_env(root)
     run_at = (parse_day(day) + dt.timedelta(days=1)).isoformat()
@@ -205,7 +210,7 @@ def run_dag_day(root: Path, day: str, conf: dict[str, Any], log_file: Path) -> i
         subprocess.run([airflow_bin(), "db", "migrate"], env=env, check=True, capture_output=True)
     with log_file.open("w") as out:
         proc = subprocess.run([airflow_bin(), "dags", "test", DAG_ID, run_at, "--conf", json.dumps(conf)],
-                              env=env, stdout=out, stderr=subprocess.STDOUT)
+                              env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s)
     return proc.returncode
 
 
@@ -366,10 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--run-key", default=None)
     out.add_argument("--root", default=default_root)
     out.set_defaults(func=cmd_outcome)
-    rec = sub.add_parser("recommend", help="top-k items for users from the champion")
+    rec = sub.add_parser("recommend", help="top-k items for users from the champion and their Feast history")
     rec.add_argument("users", nargs="+")
     rec.add_argument("-k", type=int, default=10)
     rec.add_argument("--root", default=default_root)
+    rec.add_argument("--config", default=None, help="pipeline YAML (its features section opens the online store)")
+    rec.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     rec.set_defaults(func=cmd_recommend)
     tri = sub.add_parser("triton-export", help="write a Triton model repository for the champion")
     tri.add_argument("out")

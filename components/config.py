@@ -109,6 +109,9 @@ class ValidationConfig(_Section):
 
 class FeatureConfig(_Section):
     windows_days: tuple[int, ...] = (1, 7, 28)
+    # Length of the user_activity:recent_items list (distinct items of the largest window, most
+    # recent first): serving excludes these and folds users the model does not know in from them.
+    recent_items: int = Field(50, ge=1)
     online_store: Literal["sqlite", "redis"] = "sqlite"
     redis_connection_string: str = "localhost:6379"
 

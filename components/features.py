@@ -26,14 +26,16 @@ the same files work for a person's ``feast apply`` in any copy.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import importlib.util
 import io
 import logging
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -132,13 +134,32 @@ def _distinct_within(recent: pd.DataFrame, key: str, other: str, window: int) ->
     return pairs.groupby(key).size()
 
 
+def _recent_items(recent: pd.DataFrame, users: pd.Index, window: int, limit: int) -> pd.Series:
+    """Per user (in ``users`` order): up to ``limit`` distinct items of the last ``window`` days,
+    most recent first (ties by item id), as lists built in one Arrow ListArray (no per-user loop)."""
+    within = recent.loc[recent["age"] < window, ["user_id", "item_id", "ts"]]
+    ordered = within.sort_values(["user_id", "ts", "item_id"], ascending=[True, False, True], kind="stable")
+    ordered = ordered.drop_duplicates(["user_id", "item_id"], keep="first")
+    kept = ordered[ordered.groupby("user_id", sort=False).cumcount().to_numpy() < limit]
+    counts = kept.groupby("user_id", sort=True).size()
+    per_user = np.zeros(len(users), dtype=np.int32)
+    # Both sides are sorted by user_id, so kept's rows are already in the users' order.
+    per_user[users.get_indexer(counts.index)] = counts.to_numpy()
+    offsets = np.concatenate([[0], np.cumsum(per_user)]).astype(np.int32)
+    lists = pa.ListArray.from_arrays(pa.array(offsets), pa.array(kept["item_id"].astype(str).to_numpy()))
+    return pd.Series(lists.to_pandas().to_numpy(), index=users)
+
+
 def compute_user_features(
-    events: pd.DataFrame, day: str, windows: tuple[int, ...], created_at: pd.Timestamp | None = None
+    events: pd.DataFrame, day: str, windows: tuple[int, ...], created_at: pd.Timestamp | None = None,
+    recent_items: int = 50,
 ) -> pd.DataFrame:
     """User snapshot as of the end of ``day``: one row per user active in the largest window + 1 day.
 
     Columns: user_id, events_{w}d per window, weighted_{median w}d, distinct_items_{max w}d,
-    days_since_last_event (capped at max w), event_timestamp, created_timestamp.
+    days_since_last_event (capped at max w), recent_items (up to ``recent_items`` distinct item ids
+    of the largest window, most recent first: what serving excludes and folds cold users in from),
+    event_timestamp, created_timestamp.
     """
     recent = _lookback(events, day, windows)
     mid, top = _median_window(windows), max(windows)
@@ -148,6 +169,7 @@ def compute_user_features(
     distinct = _distinct_within(recent, "user_id", "item_id", top)
     users[f"distinct_items_{top}d"] = distinct.reindex(users.index, fill_value=0).astype("int64")
     users["days_since_last_event"] = recent.groupby("user_id")["age"].min().clip(upper=top).astype("int64")
+    users["recent_items"] = _recent_items(recent, users.index, top, recent_items)
     return _stamp(users.reset_index(), day, created_at)
 
 
@@ -253,7 +275,8 @@ def _read_accepted(layout: Layout, day: str, windows: tuple[int, ...]) -> tuple[
 
 def _write_snapshot(directory: Path, day: str, snapshot: pd.DataFrame, view) -> Path:
     """Atomically (re)write the day's file with the view's Arrow types (all files share one schema)."""
-    types = {"String": pa.string(), "Int64": pa.int64(), "Float64": pa.float64()}
+    types = {"String": pa.string(), "Int64": pa.int64(), "Float64": pa.float64(),
+             "Array(String)": pa.list_(pa.string())}
     fields = [pa.field(f.name, types[str(f.dtype)]) for f in _columns(view)]
     fields += [pa.field("event_timestamp", TS_TYPE), pa.field("created_timestamp", TS_TYPE)]
     schema = pa.schema(fields)
@@ -302,7 +325,7 @@ def run_features(layout: Layout, day: str, cfg: PipelineConfig) -> FeatureResult
     if day not in used:
         log.warning("features %s: no accepted partition for the day; snapshot from %d earlier days", day, len(used))
     created_at = pd.Timestamp.now(tz="UTC")
-    users = compute_user_features(events, day, windows, created_at)
+    users = compute_user_features(events, day, windows, created_at, cfg.features.recent_items)
     items = compute_item_features(events, day, windows, created_at)
 
     repo = sync_feature_repo(layout)
@@ -352,3 +375,40 @@ def read_online_features(
         return store.get_online_features(features=refs, entity_rows={key: list(ids)}).to_df()
 
     return read(USER_VIEW, "user_id", user_ids), read(ITEM_VIEW, "item_id", item_ids)
+
+
+# --- serving reads ------------------------------------------------------------------------------
+
+RECENT_ITEMS = "recent_items"
+
+
+def read_recent_items(store, user_ids: Sequence[str]) -> list[list[str]]:
+    """``user_activity:recent_items`` per user from the online store ([] for users without a row)."""
+    if not user_ids:
+        return []
+    values = store.get_online_features(features=[f"{USER_VIEW}:{RECENT_ITEMS}"],
+                                       entity_rows={"user_id": [str(u) for u in user_ids]}).to_dict()[RECENT_ITEMS]
+    return [list(v) if v is not None else [] for v in values]
+
+
+def online_history(layout: Layout, cfg: PipelineConfig) -> Callable[[Sequence[str]], list[list[str]]]:
+    """What serving knows of users right now: their recent items in the Feast online store."""
+    return functools.partial(read_recent_items, open_store(layout, cfg))
+
+
+def recent_items_as_of(
+    layout: Layout, cfg: PipelineConfig, user_ids: Sequence[str], as_of: pd.Timestamp
+) -> list[list[str]]:
+    """The recent items the online store held at ``as_of``, through Feast's point-in-time join on
+    the offline snapshots: evaluating day D "as served" reads them as of D's start (the snapshot
+    of D - 1), never D's own events, which the online store already holds when D is evaluated."""
+    if not user_ids:
+        return []
+    store = open_store(layout, cfg)
+    entities = pd.DataFrame({"user_id": [str(u) for u in user_ids],
+                             "event_timestamp": pd.Timestamp(as_of).tz_convert("UTC")})
+    frame = store.get_historical_features(entity_df=entities,
+                                          features=[f"{USER_VIEW}:{RECENT_ITEMS}"]).to_df()
+    # The join may reorder rows; map back by user id (entity rows are one per user).
+    lists = dict(zip(frame["user_id"], frame[RECENT_ITEMS]))
+    return [list(v) if isinstance(v, (list, np.ndarray)) else [] for v in (lists.get(str(u)) for u in user_ids)]

@@ -1,19 +1,29 @@
 """Serving: recommendations from the registry's champion, and a Triton model repository export.
 
-``Recommender.load(registry_root or layout)`` opens the champion's complete version directory:
-the TensorRT plan when one was built and TensorRT + CUDA are here, the ONNX model on ONNX Runtime
-otherwise. ``recommend(user_ids, k)`` maps string IDs through the version's ID maps; users the
-model cannot serve (unknown, or known but without any training interaction, so their embedding
-was never trained) get the champion's popularity ranking (computed from its training data and
-stored in the version).
+``Recommender.load(registry_root or layout, history=...)`` opens the champion's complete version
+directory: the TensorRT plan when one was built and TensorRT + CUDA are here, the ONNX model on ONNX
+Runtime otherwise. ``recommend(user_ids, k)`` maps string IDs through the version's ID maps and
+answers each user from one of three segments:
+
+- ``model``: users with training interactions: the engine's top-K (training items excluded);
+- ``fold_in``: users the model has no trained embedding for (new since its graph, or without
+  training pairs) but with items in their ``history``: the normalized sum of those items'
+  embeddings (one LightGCN propagation step, :func:`fold_in`), ranked over all items;
+- ``popularity``: everyone else: the champion's popularity ranking (from its training data).
+
+``history`` maps user ids to their recent item ids: in production the Feast online store
+(:func:`components.features.online_history`). Every segment excludes those items too, so items
+seen since the champion's training window are not recommended again.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import shutil
 import string
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,6 +36,9 @@ log = logging.getLogger(__name__)
 
 TRITON_TEMPLATES = REPO_ROOT / "deploy" / "triton"
 TRITON_MODELS = {"tensorrt": ("graphdistill_trt", "model.plan"), "onnxruntime": ("graphdistill_onnx", "model.onnx")}
+SEGMENTS = ("model", "fold_in", "popularity")
+# User ids -> their recent item ids (most recent first), e.g. features.online_history(layout, cfg).
+HistorySource = Callable[[Sequence[str]], list[list[str]]]
 
 
 def _registry_root(source: str | Path | Layout) -> Path:
@@ -36,13 +49,77 @@ def _registry_root(source: str | Path | Layout) -> Path:
     return root if (root / "champion.json").exists() or root.name == "registry" else root / "registry"
 
 
-class Recommender:
-    """The champion model behind a string-ID interface."""
+def history_csr(histories: Sequence[Sequence[str]], item_index: pd.Index) -> tuple[np.ndarray, np.ndarray]:
+    """Histories as CSR (indptr, item indices) over a model's catalogue; unknown items dropped."""
+    lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
+    flat = pd.Index(list(itertools.chain.from_iterable(histories)), dtype=object).astype(str)
+    indices = item_index.get_indexer(flat) if len(flat) else np.empty(0, np.int64)
+    known = indices >= 0
+    rows = np.repeat(np.arange(len(histories)), lengths)[known]
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(histories)))])
+    return indptr.astype(np.int64), indices[known].astype(np.int64)
 
-    def __init__(self, version_dir: Path, runtime: str = "auto") -> None:
+
+def csr_rows(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The CSR restricted to ``rows`` (in that order), gathered without a loop."""
+    lengths = np.diff(indptr)[rows]
+    sub_indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    gather = np.repeat(indptr[rows] - sub_indptr[:-1], lengths) + np.arange(sub_indptr[-1])
+    return sub_indptr, indices[gather]
+
+
+def fold_in(
+    item_embeddings: np.ndarray, indptr: np.ndarray, indices: np.ndarray, item_degrees: np.ndarray | None = None
+) -> np.ndarray:
+    """Embeddings [num_users, d] for users outside the model, from their items (CSR ``indptr``,
+    ``indices``): LightGCN's propagation step e_u = sum_i e_i / sqrt(|N(u)| |N(i)|) over the model's
+    final item embeddings. With ``item_degrees`` (training interactions per item), items the model
+    never trained (degree 0) are left out; without, every item counts with |N(i)| = 1. Users with
+    no usable item get a zero row (score 0 everywhere: callers answer them otherwise)."""
+    import scipy.sparse as sp
+
+    indptr, indices = np.asarray(indptr, np.int64), np.asarray(indices, np.int64)
+    num_users, num_items = indptr.size - 1, item_embeddings.shape[0]
+    degree = np.ones(num_items) if item_degrees is None else np.asarray(item_degrees, np.float64)
+    weight = np.where(degree[indices] > 0, 1.0 / np.sqrt(np.maximum(degree[indices], 1.0)), 0.0)
+    rows = np.repeat(np.arange(num_users), np.diff(indptr))
+    user_degree = np.bincount(rows, weights=weight > 0, minlength=num_users)
+    weight = weight / np.sqrt(np.maximum(user_degree[rows], 1.0))
+    adjacency = sp.csr_matrix((weight, indices, indptr), shape=(num_users, num_items))
+    return np.asarray(adjacency @ item_embeddings.astype(np.float64), dtype=np.float32)
+
+
+def top_k_excluding(
+    user_embeddings: np.ndarray, item_embeddings: np.ndarray, indptr: np.ndarray, indices: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (items int64 [n, k], scores float32 [n, k]) by dot product, the CSR's items
+    excluded (-1 / -inf where fewer than k items remain)."""
+    scores = user_embeddings @ item_embeddings.T
+    rows = np.repeat(np.arange(scores.shape[0]), np.diff(indptr))
+    scores[rows, indices] = -np.inf
+    width = min(k, scores.shape[1])
+    if width < scores.shape[1]:
+        top = np.argpartition(-scores, width - 1, axis=1)[:, :width]
+    else:  # the whole catalogue fits in k
+        top = np.tile(np.arange(scores.shape[1]), (scores.shape[0], 1))
+    top_scores = np.take_along_axis(scores, top, axis=1)
+    order = np.argsort(-top_scores, axis=1, kind="stable")
+    items, top_scores = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
+    out_items = np.full((scores.shape[0], k), -1, dtype=np.int64)
+    out_scores = np.full((scores.shape[0], k), -np.inf, dtype=np.float32)
+    out_items[:, :width], out_scores[:, :width] = items, top_scores
+    out_items[~np.isfinite(out_scores)] = -1
+    return out_items, out_scores
+
+
+class Recommender:
+    """The champion model behind a string-ID interface (see the module docstring)."""
+
+    def __init__(self, version_dir: Path, runtime: str = "auto", history: HistorySource | None = None) -> None:
         from components.engine import OnnxRuntimeRunner, TensorRTRunner, tensorrt_available
 
         self.version_dir = Path(version_dir)
+        self.history = history
         manifest = read_json(self.version_dir / "manifest.json")
         self.version = manifest["version"]
         serving = read_json(self.version_dir / "serving.json")
@@ -54,9 +131,13 @@ class Recommender:
         self._user_idx = users["idx"].to_numpy(np.int64)
         self._item_ids = np.empty(len(items), dtype=object)
         self._item_ids[items["idx"].to_numpy(np.int64)] = items["item_id"].astype(str).to_numpy()
+        self._item_index = pd.Index(self._item_ids)
         with np.load(self.version_dir / "seen.npz") as seen:
             self._has_history = np.diff(seen["indptr"]) > 0
+        with np.load(self.version_dir / "embeddings.npz") as embeddings:
+            self._item_emb = embeddings["item"].astype(np.float32)
         popularity = np.load(self.version_dir / "popularity.npy")
+        self._item_degree = popularity  # training interactions per item: fold-in's |N(i)|
         # Padded to top_k (-1 / -inf) so fallback and model rows share one shape.
         popular = np.argsort(-popularity, kind="stable")[: self.top_k]
         self._popular = np.full(self.top_k, -1, dtype=np.int64)
@@ -73,47 +154,80 @@ class Recommender:
             self.runner = TensorRTRunner(plan)
         else:
             self.runner = OnnxRuntimeRunner(self.version_dir / "model.onnx")
-        log.info("serving champion %s on %s (%d users, %d items, top-%d)", self.version,
-                 self.runner.description, len(self._user_index), len(self._item_ids), self.top_k)
+        log.info("serving champion %s on %s (%d users, %d items, top-%d, history: %s)", self.version,
+                 self.runner.description, len(self._user_index), len(self._item_ids), self.top_k,
+                 "yes" if history else "none")
 
     @classmethod
-    def load(cls, source: str | Path | Layout, runtime: str = "auto") -> "Recommender":
+    def load(cls, source: str | Path | Layout, runtime: str = "auto",
+             history: HistorySource | None = None) -> "Recommender":
         registry_root = _registry_root(source)
         champ = champion_in(registry_root)
         if champ is None:
             raise LookupError(f"no champion in registry {registry_root} (nothing promoted yet)")
-        return cls(Path(champ.path), runtime)
+        return cls(Path(champ.path), runtime, history)
 
-    def recommend(self, user_ids: list[str], k: int) -> list[list[tuple[str, float]]]:
-        """Top-``k`` (item_id, score) per user, seen items excluded; popularity for users the model
-        cannot serve. Entries the model excluded (score -inf, tiny catalogues) are dropped."""
+    def _plan(self, user_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(model user index or -1, segment code per user (index into SEGMENTS), history CSR)."""
+        ids = [str(u) for u in user_ids]
+        position = self._user_index.get_indexer(pd.Index(ids, dtype=object))
+        idx = np.where(position >= 0, self._user_idx[np.maximum(position, 0)], -1)
+        trained = (idx >= 0) & self._has_history[np.clip(idx, 0, None)]
+        histories = self.history(ids) if self.history is not None else [[] for _ in ids]
+        indptr, indices = history_csr(histories, self._item_index)
+        usable = np.bincount(np.repeat(np.arange(len(ids)), np.diff(indptr)),
+                             weights=self._item_degree[indices] > 0, minlength=len(ids)) > 0
+        segment = np.where(trained, 0, np.where(usable, 1, 2))
+        return idx, segment, indptr, indices
+
+    def segments(self, user_ids: Sequence[str]) -> np.ndarray:
+        """Which segment answers each user: "model", "fold_in" or "popularity"."""
+        return np.asarray(SEGMENTS, dtype=object)[self._plan(user_ids)[1]]
+
+    def fallback_mask(self, user_ids: Sequence[str]) -> np.ndarray:
+        """True where ``recommend`` answers with popularity (no trained embedding, no usable history)."""
+        return self._plan(user_ids)[1] == 2
+
+    def recommend(self, user_ids: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
+        """Top-``k`` (item_id, score) per user from their segment, seen and recent items excluded.
+        Entries excluded everywhere (tiny catalogues, or more of the engine's top-K seen since its
+        training than top_k - k) are dropped, so a row may be shorter than k."""
         if not 1 <= k <= self.top_k:
             raise ValueError(f"k must be in [1, {self.top_k}] (the exported top-K), got {k}")
-        position = self._user_index.get_indexer(pd.Index([str(u) for u in user_ids]))
-        known = position >= 0
-        idx = np.where(known, self._user_idx[np.maximum(position, 0)], -1)
-        served = known & self._has_history[np.clip(idx, 0, None)]
-        items = np.tile(self._popular[:k], (len(user_ids), 1))
-        scores = np.tile(self._popular_scores[:k], (len(user_ids), 1))
-        rows = np.flatnonzero(served)
-        for start in range(0, rows.size, self.max_batch):
-            chunk = rows[start : start + self.max_batch]
-            top_items, top_scores = self.runner.run(idx[chunk])
-            width = min(k, top_items.shape[1])  # the export clamps K to the catalogue size
-            items[chunk, :width], scores[chunk, :width] = top_items[:, :width], top_scores[:, :width]
-            items[chunk, width:], scores[chunk, width:] = -1, -np.inf
-        valid = np.isfinite(scores) & (items >= 0)
+        idx, segment, indptr, indices = self._plan(user_ids)
+        n = len(user_ids)
+        items = np.tile(self._popular, (n, 1))
+        scores = np.tile(self._popular_scores, (n, 1))
+        for code, answer in ((0, self._run_engine), (1, self._run_fold_in)):
+            rows = np.flatnonzero(segment == code)
+            for start in range(0, rows.size, self.max_batch):
+                chunk = rows[start : start + self.max_batch]
+                items[chunk], scores[chunk] = answer(chunk, idx, indptr, indices)
+        # Recent items (the history) are excluded in every segment; then the first k that remain.
+        rows = np.repeat(np.arange(n), np.diff(indptr))
+        seen_keys = rows * len(self._item_ids) + indices
+        candidate_keys = np.arange(n)[:, None] * len(self._item_ids) + np.clip(items, 0, None)
+        valid = np.isfinite(scores) & (items >= 0) & ~np.isin(candidate_keys, seen_keys)
+        order = np.argsort(~valid, axis=1, kind="stable")[:, :k]  # valid first, score order kept
+        items, scores, valid = (np.take_along_axis(a, order, axis=1) for a in (items, scores, valid))
         names = self._item_ids[np.clip(items, 0, None)]
         return [
-            [(str(n), float(s)) for n, s in zip(names[r][valid[r]], scores[r][valid[r]])]
-            for r in range(len(user_ids))
+            [(str(name), float(score)) for name, score in zip(names[r][valid[r]], scores[r][valid[r]])]
+            for r in range(n)
         ]
 
-    def fallback_mask(self, user_ids: list[str]) -> np.ndarray:
-        """True where ``recommend`` answers with popularity (unknown or history-less users)."""
-        position = self._user_index.get_indexer(pd.Index([str(u) for u in user_ids]))
-        idx = self._user_idx[np.maximum(position, 0)]
-        return ~((position >= 0) & self._has_history[idx])
+    def _run_engine(self, chunk, idx, indptr, indices) -> tuple[np.ndarray, np.ndarray]:
+        top_items, top_scores = self.runner.run(idx[chunk])
+        items = np.full((chunk.size, self.top_k), -1, dtype=np.int64)
+        scores = np.full((chunk.size, self.top_k), -np.inf, dtype=np.float32)
+        width = min(self.top_k, top_items.shape[1])  # the export clamps K to the catalogue size
+        items[:, :width], scores[:, :width] = top_items[:, :width], top_scores[:, :width]
+        return items, scores
+
+    def _run_fold_in(self, chunk, idx, indptr, indices) -> tuple[np.ndarray, np.ndarray]:
+        sub_indptr, sub_indices = csr_rows(indptr, indices, chunk)
+        users = fold_in(self._item_emb, sub_indptr, sub_indices, self._item_degree)
+        return top_k_excluding(users, self._item_emb, sub_indptr, sub_indices, self.top_k)
 
 
 def cold_user_scorer(version_popularity: np.ndarray, num_items: int):

@@ -10,7 +10,7 @@ checks that its computed columns match these schemas and names any difference.
 from datetime import timedelta
 
 from feast import Entity, FeatureView, Field, FileSource, ValueType
-from feast.types import Float64, Int64, String
+from feast.types import Array, Float64, Int64, String
 
 # A snapshot older than this is stale; a week tolerates skipped (quarantined) days.
 SNAPSHOT_TTL = timedelta(days=7)
@@ -48,6 +48,9 @@ user_activity = FeatureView(
         Field(name="distinct_items_28d", dtype=Int64, description="distinct items over 28 days"),
         Field(name="days_since_last_event", dtype=Int64,
               description="whole days since the last event, capped at 28 (none in the window)"),
+        Field(name="recent_items", dtype=Array(String),
+              description="distinct item ids of the last 28 days, most recent first (up to "
+                          "features.recent_items); serving excludes them and folds cold users in"),
     ],
     source=user_features_source,
     online=True,

@@ -30,6 +30,7 @@ HOURLY_PROFILE = np.array(
     [2, 1, 1, 1, 1, 2, 3, 4, 5, 5, 5, 5, 6, 6, 5, 5, 6, 7, 9, 10, 10, 9, 6, 4], dtype=float
 )
 WEEKDAY_FACTOR = np.array([0.95, 0.95, 1.0, 1.0, 1.05, 1.15, 1.2])  # Monday .. Sunday
+FAVOURITES = 5  # items per user that they come back to
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class _Universe:
     item_community: np.ndarray
     item_release_day: np.ndarray
     item_popularity: np.ndarray  # unnormalised Zipf weights
-    favourites: np.ndarray  # [num_users, 5] item indices
+    favourites: np.ndarray  # [num_users, FAVOURITES] item indices
 
     @classmethod
     def build(cls, world: SyntheticWorld) -> "_Universe":
@@ -79,12 +80,53 @@ class _Universe:
 
         user_join_day = join_days(world.num_users, world.initial_user_share)
         item_release_day = join_days(world.num_items, world.initial_item_share)
-        # Favourites: popular items of the user's own community (vectorized via Gumbel top-k).
-        same = user_community[:, None] == item_community[None, :]
-        logits = np.where(same, np.log(item_popularity)[None, :], -np.inf)
-        gumbel = rng.gumbel(size=logits.shape)
-        favourites = np.argsort(-(logits + gumbel), axis=1)[:, :5]
+        favourites = _favourites(rng, user_community, item_community, item_popularity, FAVOURITES)
         return cls(user_community, user_join_day, item_community, item_release_day, item_popularity, favourites)
+
+
+def _favourites(
+    rng: np.random.Generator, user_community: np.ndarray, item_community: np.ndarray,
+    item_popularity: np.ndarray, k: int, draws_per_round: int = 4,
+) -> np.ndarray:
+    """[num_users, k] distinct items per user, drawn by popularity within the user's community.
+
+    Weighted sampling without replacement equals drawing with replacement and keeping first
+    occurrences, so each round draws ``draws_per_round * k`` items per unfinished user by inverse
+    CDF and dedupes (user, item) pairs: memory O(users * k + items), never users x items. A user
+    whose community has fewer than k items repeats them; a community without items uses all items.
+    """
+    num_users, num_items = user_community.size, item_community.size
+    favourites = np.empty((num_users, k), dtype=np.int64)
+    by_community = np.argsort(item_community, kind="stable")
+    bounds = np.searchsorted(item_community[by_community], np.arange(user_community.max(initial=0) + 2))
+    for community in np.unique(user_community):  # a handful of communities
+        users = np.flatnonzero(user_community == community)
+        pool = by_community[bounds[community] : bounds[community + 1]]
+        pool = pool if pool.size else np.arange(num_items)
+        cdf = np.cumsum(item_popularity[pool])
+        need = min(k, pool.size)
+        draw_user = np.empty(0, np.int64)
+        draw_item = np.empty(0, np.int64)
+        pending = np.arange(users.size)
+        while pending.size:
+            batch_user = np.repeat(pending, draws_per_round * k)
+            batch_item = np.searchsorted(cdf, rng.random(batch_user.size) * cdf[-1], side="right")
+            draw_user = np.concatenate([draw_user, batch_user])
+            draw_item = np.concatenate([draw_item, np.minimum(batch_item, pool.size - 1)])
+            # First occurrence of each (user, item), in draw order (stable sorts keep it).
+            _, first = np.unique(draw_user * pool.size + draw_item, return_index=True)
+            first.sort()
+            draw_user, draw_item = draw_user[first], draw_item[first]
+            order = np.argsort(draw_user, kind="stable")
+            draw_user, draw_item = draw_user[order], draw_item[order]
+            counts = np.bincount(draw_user, minlength=users.size)
+            rank = np.arange(draw_user.size) - np.repeat(np.cumsum(counts) - counts, counts)
+            keep = rank < need
+            draw_user, draw_item = draw_user[keep], draw_item[keep]
+            pending = np.flatnonzero(np.minimum(counts, need) < need)
+        chosen = pool[draw_item].reshape(users.size, need)
+        favourites[users] = chosen[:, np.arange(k) % need]
+    return favourites
 
 
 def _day_seed(seed: int, day: dt.date) -> list[int]:
@@ -108,7 +150,7 @@ def generate_day(world: SyntheticWorld, day: dt.date, universe: _Universe | None
     kind = rng.choice(3, size=n, p=[world.repeat_share, world.noise_share, 1 - world.repeat_share - world.noise_share])
     item = np.empty(n, dtype=np.int64)
     repeat = kind == 0
-    item[repeat] = universe.favourites[event_user[repeat], rng.integers(0, 5, repeat.sum())]
+    item[repeat] = universe.favourites[event_user[repeat], rng.integers(0, FAVOURITES, repeat.sum())]
     noise = kind == 1
     live_idx = np.flatnonzero(items_live)
     item[noise] = live_idx[rng.integers(0, live_idx.size, noise.sum())]
@@ -136,7 +178,7 @@ def generate_day(world: SyntheticWorld, day: dt.date, universe: _Universe | None
     digest = hashlib.sha256(f"{world.seed}:{day.isoformat()}".encode()).hexdigest()[:8]
     frame = pd.DataFrame(
         {
-            "event_id": [f"e{digest}-{i:07d}" for i in range(n)],
+            "event_id": np.char.add(f"e{digest}-", np.char.zfill(np.arange(n).astype(str), 7)),
             "user_id": np.char.add("u", event_user.astype(str)),
             "item_id": np.char.add("i", item.astype(str)),
             "event_type": event_type,

@@ -107,6 +107,7 @@ def expected_users(day: str, visible: list[str]) -> pd.DataFrame:
             "weighted_7d": float(within(7)["weight"].sum()),
             "distinct_items_28d": within(28)["item_id"].nunique(),
             "days_since_last_event": min((d - gdate.max()).days, 28),
+            "recent_items": list(dict.fromkeys(within(28).sort_values(["ts", "item_id"], ascending=[False, True])["item_id"])),
         }
     return pd.DataFrame.from_dict(rows, orient="index")
 
@@ -127,7 +128,9 @@ def expected_items(day: str, visible: list[str]) -> pd.DataFrame:
 
 
 def assert_frame_values(actual: pd.DataFrame, expected: pd.DataFrame, key: str, columns: list[str]) -> None:
-    got = actual.set_index(key).loc[expected.index, columns]
+    got = actual.set_index(key).loc[expected.index]
+    if "recent_items" in expected:
+        assert [list(v) for v in got["recent_items"]] == expected["recent_items"].tolist()
     for column in columns:
         np.testing.assert_array_equal(got[column].to_numpy(dtype="float64"),
                                       expected[column].to_numpy(dtype="float64"), err_msg=column)
@@ -217,6 +220,7 @@ def test_idle_entities_zero_then_keep_last_snapshot(pipeline):
         users, items = (frame.set_index(frame.columns[0]) for frame in online[label])
         assert users.loc["u_old", USER_FEATURES].tolist() == [0, 0, 0, 0.0, 0, 28], label
         assert items.loc["i_old", ITEM_FEATURES].tolist() == [0, 0, 0, 0, 28], label
+        assert len(users.loc["u_old", "recent_items"]) == 0, label  # serving must not exclude stale items
     users_d3 = online["d3"][0].set_index("user_id")
     assert users_d3.loc[["u5", "nobody"], USER_FEATURES].isna().all().all()  # u5 only after D3 ends
 
@@ -257,7 +261,7 @@ def test_feast_cli_applies_a_copy_of_the_pipeline_repo_from_another_directory(pi
     assert (repo / "data" / "registry.db").read_bytes() == original_registry
     assert (copy / "data" / "registry.db").read_bytes() != original_registry
     store = FeatureStore(repo_path=str(copy))
-    features = [f"user_activity:{name}" for name in USER_FEATURES]
+    features = [f"user_activity:{name}" for name in [*USER_FEATURES, "recent_items"]]
     users = store.get_online_features(features=features, entity_rows={"user_id": ALL_USERS}).to_df()
     pd.testing.assert_frame_equal(users[online["d3"][0].columns], online["d3"][0])
 

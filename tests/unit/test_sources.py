@@ -41,6 +41,33 @@ def test_synthetic_logs_have_the_advertised_structure():
     assert frames["event_id"].is_unique
 
 
+def test_favourites_are_distinct_popular_community_items():
+    universe = SyntheticWorld(num_users=3000, num_items=500, num_communities=4, seed=5).universe()
+    favourites = universe.favourites
+    ordered = np.sort(favourites, axis=1)
+    assert (ordered[:, 1:] != ordered[:, :-1]).all()
+    assert (universe.item_community[favourites] == universe.user_community[:, None]).all()
+    # Drawn by popularity: the community's most popular item is a favourite of most of its users.
+    community = universe.user_community == 0
+    members = np.flatnonzero(universe.item_community == 0)
+    top = members[np.argmax(universe.item_popularity[members])]
+    assert (favourites[community] == top).any(axis=1).mean() > 0.5
+
+
+def test_a_large_world_is_built_in_memory_linear_in_users_and_items():
+    # The former users x items favourites draw needed ~360 GB here (dense float64 logits, Gumbel
+    # noise and argsort indices); numpy reports its allocations to tracemalloc.
+    import tracemalloc
+
+    world = SyntheticWorld(num_users=100_000, num_items=150_000, num_communities=8, seed=1)
+    tracemalloc.start()
+    universe = world.universe()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert universe.favourites.shape == (100_000, 5)
+    assert peak < 100 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+
+
 def test_replay_movielens_u_data(tmp_path):
     source = tmp_path / "u.data"
     rows = [(1, 10, 5, 86400 * 3 + 5), (2, 11, 3, 86400 * 3 + 100), (1, 12, 4, 86400 * 4 + 7), (3, 10, 1, 86400 * 6)]
