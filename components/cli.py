@@ -127,6 +127,7 @@ def airflow_env(root: Path) -> dict[str, str]:
     env.update({
         "AIRFLOW_HOME": str(root / "airflow"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         "GRAPHDISTILL_TASK_RETRIES": "0",  # a failed day fails now instead of waiting for retries
@@ -142,15 +143,15 @@ def airflow_bin() -> str:
 def run_dag_day(root: Path, day: str, conf: dict[str, Any], log_file: Path) -> int:
     """``airflow dags test`` for one day: a real, in-process DAG run on SQLite.
 
-    The DAG processes its data interval's start. A manual run at logical date T covers the interval
-    ending at T, so day D is run at D + 1 day, exactly as the scheduler runs it after D has ended.
+    The day is named in the conf (a manual run must name its day, components.outcome.run_day); the
+    logical date D + 1 is the one the scheduler would give day D's run (it starts once D has ended).
     """
     env = airflow_env(root)
     run_at = (parse_day(day) + dt.timedelta(days=1)).isoformat()
     if not (root / "airflow" / "airflow.db").exists():
         subprocess.run([airflow_bin(), "db", "migrate"], env=env, check=True, capture_output=True)
     with log_file.open("w") as out:
-        proc = subprocess.run([airflow_bin(), "dags", "test", DAG_ID, run_at, "--conf", json.dumps(conf)],
+        proc = subprocess.run([airflow_bin(), "dags", "test", DAG_ID, run_at, "--conf", json.dumps({**conf, "day": day})],
                               env=env, stdout=out, stderr=subprocess.STDOUT)
     return proc.returncode
 

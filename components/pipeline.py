@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import DEFAULT_CONFIG_FILE, PipelineConfig, load_config
+from components.errors import StageSkipped
 from components.storage import Layout, parse_day, write_json
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,12 @@ def run_stage(name: str, day: str, cfg: PipelineConfig) -> dict[str, Any]:
     run = getattr(importlib.import_module(module), function)
     day = parse_day(day).isoformat()
     layout = Layout.at(cfg.root)
-    result = run(layout, day, cfg)
+    try:
+        result = run(layout, day, cfg)
+    except StageSkipped as exc:
+        # The reason a night ends without a verdict (components.outcome reads it back).
+        write_json(layout.reports(day) / "stages" / "skipped.json", {"stage": name, "reason": str(exc)})
+        raise
     payload = dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result
     # The run's own record of each stage's result: the demo summary and ops read it back.
     write_json(layout.reports(day) / "stages" / f"{name}.json", payload)

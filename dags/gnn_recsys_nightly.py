@@ -2,9 +2,10 @@
 export -> convert -> evaluate -> gate -> promote, then the run's report.
 
 Wiring only: every step is a function in components/ (see components/pipeline.py STAGES), run
-here for the run's day = the data interval's start (UTC). A run for day D processes the landing
-partition of D, trains on the window ending D-1 and judges the candidate on D.
-Heavy libraries are imported inside tasks: this file is parsed over and over.
+here for the run's day (components.outcome.run_day: the data interval's start for scheduled and
+backfill runs, the ``day`` param for manual runs). A run for day D processes the landing partition
+of D, trains on the window ending D-1 and judges the candidate on D. The ops runbook (the DAG's
+docs in the UI) is RUNBOOK.md. Heavy libraries are imported inside tasks: this file is parsed over and over.
 """
 
 from __future__ import annotations
@@ -12,72 +13,146 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
+from airflow.sdk import (AsyncCallback, CronDataIntervalTimetable, DeadlineAlert, DeadlineReference, Param, dag,
+                         get_current_context, task, teardown)
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # the repo's library, when not pip-installed
+    sys.path.insert(0, str(REPO_ROOT))
+
+from components.config import default_config_file, default_root, load_config  # noqa: E402  (pydantic + yaml: light)
+from graphdistill_airflow.alerts import DEADLINE_MISSED, GraphDistillNotifier  # noqa: E402
+from graphdistill_airflow.assets import CHAMPION, NIGHTLY_OUTCOME  # noqa: E402
+
+DAG_ID = "gnn_recsys_nightly"
+OPS = load_config(default_config_file()).ops  # deadline, timeout, alert connection (config/pipeline.yaml "ops")
 log = logging.getLogger(__name__)
 
 
-def _on_failure(context: dict[str, Any]) -> None:
-    """One line ops can alert on; the champion keeps serving whatever failed."""
-    ti = context.get("task_instance")
-    log.error(
-        "GraphDistill task failed: dag=%s task=%s day=%s try=%s error=%s; the current champion keeps serving",
-        context.get("dag").dag_id if context.get("dag") else "?",
-        getattr(ti, "task_id", "?"),
-        context.get("data_interval_start"),
-        getattr(ti, "try_number", "?"),
-        context.get("exception"),
-    )
+def _context_day(context: dict[str, Any]) -> str:
+    """The day this run processes (components.outcome.run_day); a manual run without a day fails here."""
+    from components.outcome import RunDayError, run_day
+
+    run = context["dag_run"]
+    try:
+        return run_day(str(getattr(run.run_type, "value", run.run_type)), context.get("data_interval_start"),
+                       context["params"].get("day"))
+    except RunDayError as exc:
+        raise AirflowFailException(str(exc)) from exc
 
 
 def _run(stage: str) -> dict[str, Any]:
     """Run a components stage for this run's day, mapping its outcomes onto Airflow's."""
-    import sys
-
-    if str(REPO_ROOT) not in sys.path:  # the repo's library, when not pip-installed
-        sys.path.insert(0, str(REPO_ROOT))
     from components.errors import PermanentStageFailure, StageSkipped
     from components.pipeline import resolve, run_stage
 
     context = get_current_context()
     params = context["params"]
-    day = context["data_interval_start"].date().isoformat()
+    day = _context_day(context)
     cfg = resolve(params.get("root"), params.get("config_file"), params.get("overrides"))
     try:
         return run_stage(stage, day, cfg)
     except StageSkipped as exc:
+        # Logged before raising: Airflow files the skip exception under the collapsed "Post Execute".
+        log.warning("SKIPPED %s for %s: %s", stage, day, exc)
         raise AirflowSkipException(f"{stage} skipped for {day}: {exc}") from exc
     except PermanentStageFailure as exc:
         raise AirflowFailException(str(exc)) from exc
 
 
+def _announce_champion(promotion: dict[str, Any]) -> None:
+    """Attach the new champion's metadata to this task's CHAMPION Asset event (skip when nothing moved)."""
+    from components.outcome import run_outcome
+    from components.storage import Layout
+
+    if not promotion["promoted"]:
+        reason = f"champion unchanged ({promotion['reason']}); no champion Asset event"
+        log.warning("SKIPPED promote event for %s: %s", promotion["day"], reason)
+        raise AirflowSkipException(reason)
+    context = get_current_context()
+    root = context["params"].get("root") or default_root()
+    outcome = run_outcome(Layout.at(root), promotion["day"], context["run_id"])
+    context["outlet_events"][CHAMPION].extra = {
+        "version": promotion["version"], "day": promotion["day"], "previous": promotion["previous_champion"],
+        "metrics": outcome.metrics, "gates": outcome.gates, "runtime": outcome.runtime,
+        "registry": str(Layout.at(root).registry()), "root": str(Layout.at(root).root),
+        "report": f"/graphdistill/runs/{DAG_ID}/{context['run_id']}/report.html",
+    }
+    log.info("champion Asset event: %s -> %s for %s", promotion["previous_champion"], promotion["version"],
+             promotion["day"])
+
+
+def _publish_outcome() -> dict[str, Any]:
+    """The night's decision, first in the log, then where ops look: the run note, the nightly-outcome
+    Asset, metrics, and alerts (quarantined day, stale champion)."""
+    from components.outcome import QUARANTINED, champion_day, nights_since_promotion, note_markdown, run_outcome
+    from components.pipeline import resolve
+    from components.storage import Layout
+    from graphdistill_airflow import alerts
+    from graphdistill_airflow.metrics import emit_outcome_metrics
+    from graphdistill_airflow.notes import write_run_note
+
+    context = get_current_context()
+    params = context["params"]
+    day = _context_day(context)
+    cfg = resolve(params.get("root"), params.get("config_file"), params.get("overrides"))
+    layout = Layout.at(cfg.root)
+    outcome = run_outcome(layout, day, context["run_id"])
+    log.info("OUTCOME %s", outcome.headline)
+    if outcome.report or outcome.validation_report:
+        log.info("reports: %s", ", ".join(filter(None, (outcome.report, outcome.validation_report))))
+    context["outlet_events"][NIGHTLY_OUTCOME].extra = outcome.as_dict()
+    write_run_note(DAG_ID, context["run_id"], note_markdown(outcome), cfg.ops.api_connection_id)
+    emit_outcome_metrics(outcome)
+    details = {"day": day, "run_id": context["run_id"], "kind": outcome.kind}
+    if outcome.kind == QUARANTINED:
+        alerts.send_alert(alerts.QUARANTINED, outcome.headline, details, cfg.ops.alert_connection_id)
+    nights = nights_since_promotion(champion_day(layout), day)
+    if nights is not None and nights >= cfg.ops.stale_champion_nights:
+        alerts.send_alert(alerts.STALE_CHAMPION, f"the champion was trained for {champion_day(layout)}, {nights} "
+                          f"nights before {day} (alert at {cfg.ops.stale_champion_nights}); last night: "
+                          f"{outcome.headline}", {**details, "nights": nights}, cfg.ops.alert_connection_id)
+    return outcome.as_dict()
+
+
 @dag(
-    dag_id="gnn_recsys_nightly",
+    dag_id=DAG_ID,
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
     catchup=True,
     max_active_runs=1,
+    # A stuck run fails (the champion keeps serving) instead of blocking the next nights.
+    dagrun_timeout=dt.timedelta(hours=OPS.run_timeout_hours),
+    deadline=DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=dt.timedelta(hours=OPS.run_deadline_hours),
+        callback=AsyncCallback(GraphDistillNotifier, kwargs={
+            "event": DEADLINE_MISSED, "conn_id": OPS.alert_connection_id,
+            "message": f"{DAG_ID}: a run has not finished {OPS.run_deadline_hours:g} h after it was queued"}),
+    ),
     default_args={
         # Deployment knob (the demo and tests set 0 so a failing day fails at once).
         "retries": int(os.environ.get("GRAPHDISTILL_TASK_RETRIES", "2")),
         "retry_delay": dt.timedelta(minutes=5),
         "retry_exponential_backoff": True,
-        "on_failure_callback": _on_failure,
+        "on_failure_callback": GraphDistillNotifier(conn_id=OPS.alert_connection_id),
     },
     params={
-        "root": Param(os.environ.get("GRAPHDISTILL_ROOT", str(REPO_ROOT / ".graphdistill")), type="string",
+        "root": Param(default_root(), type="string",
                       description="artifact root (landing, accepted, quarantine, features, graphs, models, registry)"),
-        "config_file": Param(os.environ.get("GRAPHDISTILL_CONFIG", str(REPO_ROOT / "config" / "pipeline.yaml")),
-                             type="string", description="pipeline config YAML (gates: config/gates.yaml)"),
+        "config_file": Param(default_config_file(), type="string",
+                             description="pipeline config YAML (gates: config/gates.yaml)"),
         "overrides": Param({}, type="object", description='dotted config overrides, e.g. {"teacher.epochs": 5}'),
+        "day": Param(None, type=["null", "string"], format="date",
+                     description="the day to process (YYYY-MM-DD); required for manual runs, see the runbook"),
     },
     tags=["graphdistill", "recsys"],
-    doc_md=__doc__,
+    doc_md=(Path(__file__).with_name("RUNBOOK.md")).read_text(),
 )
 def gnn_recsys_nightly():
     @task  # idempotent: a transient read error of the landing store is worth a retry
@@ -135,23 +210,34 @@ def gnn_recsys_nightly():
                         "; ".join(blessing["failed"]), blessing["path"])
         return bool(blessing["blessed"])
 
-    @task
+    @task(outlets=[CHAMPION])
     def promote() -> dict:
-        return _run("promote")
+        promotion = _run("promote")
+        _announce_champion(promotion)
+        return promotion
 
     @task(trigger_rule="none_failed")
     def report() -> dict:
         return _run("report")
 
+    # Runs last whatever happened (a teardown does not change the run's state): the decision, visible.
+    @teardown
+    @task(outlets=[NIGHTLY_OUTCOME])
+    def outcome() -> dict:
+        return _publish_outcome()
+
     ingested = ingest()
     validated = validate()
     built_graph = graph()
-    ingested >> validated >> [features(), built_graph]
+    features_done = features()
+    ingested >> validated >> [features_done, built_graph]
     evaluated = evaluate()
     built_graph >> teacher() >> distill() >> prune() >> export() >> convert() >> evaluated
     blessing = gate()
     evaluated >> blessing
-    blessed(blessing) >> promote() >> report()
+    reported = report()
+    blessed(blessing) >> promote() >> reported
+    [reported, features_done] >> outcome()
 
 
 gnn_recsys_nightly()
