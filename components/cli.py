@@ -111,6 +111,18 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_outcome(args: argparse.Namespace) -> int:
+    from components.outcome import run_outcome
+
+    layout = Layout.at(args.root)
+    days = args.day or sorted({p.name for p in (layout.root / "reports").glob("*-*-*")} |
+                              {p.name.split("=", 1)[1] for p in (layout.root / "quarantine").glob("date=*")})
+    for day in days:
+        outcome = run_outcome(layout, day)
+        print(json.dumps(outcome.as_dict(), default=str) if args.json else outcome.headline)
+    return 0
+
+
 def cmd_triton_export(args: argparse.Namespace) -> int:
     from components.serving import export_triton_repository
 
@@ -292,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("-k", type=int, default=10)
     rec.add_argument("--root", default=default_root)
     rec.set_defaults(func=cmd_recommend)
+    out = sub.add_parser("outcome", help="each night's decision (promoted, rejected, quarantined, ...) and why")
+    out.add_argument("--day", action="append", default=[], help="a day (repeatable); default: every day with records")
+    out.add_argument("--root", default=default_root)
+    out.add_argument("--json", action="store_true", help="the full outcome as one JSON object a line")
+    out.set_defaults(func=cmd_outcome)
     tri = sub.add_parser("triton-export", help="write a Triton model repository for the champion")
     tri.add_argument("out")
     tri.add_argument("--root", default=default_root)

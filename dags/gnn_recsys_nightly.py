@@ -99,8 +99,12 @@ def _publish_outcome() -> dict[str, Any]:
 
     context = get_current_context()
     params = context["params"]
-    day = _context_day(context)
     cfg = resolve(params.get("root"), params.get("config_file"), params.get("overrides"))
+    try:
+        day = _context_day(context)
+    except AirflowFailException as exc:  # a misuse (no or wrong day): say so on the run itself
+        write_run_note(DAG_ID, context["run_id"], f"**NOT RUN** {exc}"[:1000], cfg.ops.api_connection_id)
+        raise
     layout = Layout.at(cfg.root)
     outcome = run_outcome(layout, day, context["run_id"])
     log.info("OUTCOME %s", outcome.headline)

@@ -15,6 +15,7 @@ Everything it shows comes from components.outcome (the run's day, its outcome, w
 from __future__ import annotations
 
 import html
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -79,6 +80,10 @@ def _page(title: str, body: str) -> HTMLResponse:
                         f"<style>{style}</style></head><body>{body}</body></html>")
 
 
+def _quote(segment: str) -> str:
+    return html.escape(urllib.parse.quote(segment, safe=""))
+
+
 def _badge(kind: str, big: bool = False) -> str:
     return (f"<span class='badge{' big' if big else ''}' style='background:{COLOURS.get(kind, '#555')}'>"
             f"{html.escape(kind.upper().replace('_', ' '))}</span>")
@@ -106,7 +111,7 @@ def run_page(dag_id: str, run_id: str) -> HTMLResponse:
         label = "Quarantine report" if outcome.kind == "quarantined" else "Validation report"
         links.append(f"<a href='{{0}}/validation.html' target='_blank'>{label}</a>")
     links.append(f"<a href='{URL_PREFIX}/models' target='_blank'>Models: champion, history, rollback</a>")
-    base = f"{URL_PREFIX}/runs/{e(dag_id)}/{e(run_id)}"
+    base = f"{URL_PREFIX}/runs/{_quote(dag_id)}/{_quote(run_id)}"
     parts = [f"<p>{_badge(outcome.kind, big=True)} &nbsp;<b>day {e(outcome.day)}</b> &nbsp;run <code>{e(run_id)}</code></p>",
              f"<p class='big'>{e(outcome.reason)}</p>"]
     if outcome.failed_gates:
@@ -175,7 +180,7 @@ def models_page(limit: Annotated[int, "recent runs to list"] = 14) -> HTMLRespon
         except HTTPException as exc:
             rows.append(["?", _badge("inconclusive"), e(str(exc.detail)), e(run_id)])
             continue
-        link = f"{URL_PREFIX}/runs/{NIGHTLY_DAG_ID}/{e(run_id)}"
+        link = f"{URL_PREFIX}/runs/{NIGHTLY_DAG_ID}/{_quote(run_id)}"
         rows.append([e(outcome.day), _badge(outcome.kind), e(outcome.reason[:220]),
                      f"<a href='{link}'>{e(run_id)}</a>"])
     layout = Layout.at(default_root())

@@ -49,11 +49,11 @@ def test_schedule_catchup_and_params(dagbag):
 
 
 def test_alerts_deadline_timeout_and_assets(dagbag):
-    from components.config import OpsConfig
+    from components.config import load_config
     from graphdistill_airflow.alerts import DEADLINE_MISSED, GraphDistillNotifier
 
     dag = dagbag.dags["gnn_recsys_nightly"]
-    ops = OpsConfig()  # config/pipeline.yaml leaves "ops" at its defaults
+    ops = load_config().ops  # config/pipeline.yaml
     failure = dag.default_args["on_failure_callback"]
     assert isinstance(failure, GraphDistillNotifier) and failure.conn_id == ops.alert_connection_id
     assert dag.dagrun_timeout.total_seconds() == ops.run_timeout_hours * 3600

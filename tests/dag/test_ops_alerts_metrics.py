@@ -62,8 +62,11 @@ def test_deadline_alert_fires_the_notifier_as_the_triggerer_runs_it(nightly_dag,
 
     events = asyncio.run(collect())
     assert [e["state"] for e in events] == ["running", "success"], events
+    from components.config import load_config
+
+    hours = load_config().ops.run_deadline_hours
     (alert,) = webhook
-    assert alert["event"] == "deadline_missed" and "has not finished 8 h after it was queued" in alert["text"]
+    assert alert["event"] == "deadline_missed" and f"has not finished {hours:g} h after it was queued" in alert["text"]
 
 
 def test_task_failure_notifier_posts_the_task_and_error(nightly_dag, webhook):

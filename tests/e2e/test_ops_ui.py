@@ -163,3 +163,16 @@ def test_alerts_reach_the_webhook_for_quarantine_stale_champion_and_failure(ops)
     # The champion (trained for d1) is 1 night old on d2 and 2 on d3; the threshold is 1.
     assert [(a["day"], a["nights"]) for a in by_event["stale_champion"]] == [(DAYS[2], 1), (DAYS[3], 2)]
     assert [a["task_id"] for a in by_event["task_failed"]] == ["validate"]
+
+
+def test_a_manual_run_without_a_day_fails_at_once_and_says_how_to_run_a_day(ops):
+    root, server = ops["root"], ops["server"]
+    # `airflow dags trigger -l 2026-04-05...` without a day: Airflow would hand the run a data
+    # interval from the trigger time; the run must refuse instead of processing some other day.
+    done = subprocess.run([airflow_bin(), "dags", "test", DAG, "2026-04-05T00:00:00+00:00", "--conf",
+                           json.dumps({"root": str(root)})], env={**airflow_env(root), **server.task_env()},
+                          capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "must name its day" in done.stdout + done.stderr and '--conf \'{"day": "D"}\'' in done.stdout + done.stderr
+    runs = server.get_json(f"/api/v2/dags/{DAG}/dagRuns?order_by=id", ops["token"])["dag_runs"]
+    assert runs[-1]["state"] == "failed" and runs[-1]["note"].startswith("**NOT RUN**")

@@ -104,3 +104,13 @@ def test_run_day_scheduled_backfill_and_manual():
         run_day("backfill", start, "2026-01-07")
     with pytest.raises(RunDayError, match="not a date"):
         run_day("manual", None, "2026-13-01")
+
+
+def test_cli_prints_each_nights_decision(nights, capsys):
+    from components.cli import main
+
+    assert main(["outcome", "--root", str(nights.root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(": ", 1)[1].split(" - ")[0] for line in lines] == ["INCONCLUSIVE", "PROMOTED", "REJECTED",
+                                                                           "QUARANTINED"]
+    assert lines[0].startswith(day(0))
