@@ -111,7 +111,7 @@ def _metrics(evaluation: dict[str, Any] | None) -> dict[str, dict[str, float]]:
 
 def _fmt_gate(gate: dict[str, Any]) -> str:
     value = "n/a" if gate["statistic"] is None else f"{gate['statistic']:.4g}"
-    baseline = f" vs {gate['baseline']}" if gate["baseline"] else ""
+    baseline = f" {gate['baseline']}" if gate["baseline"] else ""
     return f"{gate['metric']} {gate['kind']}{baseline}: {value} (threshold {gate['threshold']:.4g})"
 
 
