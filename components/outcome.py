@@ -215,11 +215,11 @@ def gauges(outcome: Outcome) -> dict[str, float]:
 
 
 def note_markdown(outcome: Outcome, limit: int = 1000) -> str:
-    """The DAG-run note (Airflow caps notes at 1000 characters): headline first, then links."""
-    lines = [f"**{outcome.kind.upper().replace('_', ' ')}** day {outcome.day}", "", outcome.reason]
+    """The DAG-run note (Airflow caps notes at 1000 characters; the run header shows its first line):
+    the kind, the day and the reason first, then the champion."""
+    text = f"**{outcome.kind.upper().replace('_', ' ')}** day {outcome.day}: {outcome.reason}"
     if outcome.champion_after:
-        lines += ["", f"champion: {outcome.champion_after}"]
-    text = "\n".join(lines)
+        text += f"\n\nserving champion: {outcome.champion_after}"
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
     catchup=False,
     max_active_runs=1,
+    is_paused_upon_creation=False,  # serving must follow every promotion from the first one on
     default_args={"retries": 2, "retry_delay": dt.timedelta(minutes=2), "on_failure_callback": GraphDistillNotifier()},
     tags=["graphdistill", "serving"],
     doc_md=__doc__,

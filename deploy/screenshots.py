@@ -48,6 +48,10 @@ def run_nights(root: Path, port: int) -> None:
         write_landing_day(world, layout.landing(day), parse_day(day), "parquet", universe)
     corrupt_landing(layout.landing(DAYS[3]), "missing_column")
     with api_server(root, port, root / "api-server-runs.log") as server:
+        # The DAGs in the metadata DB first: champion_serving_refresh (unpaused at creation) then
+        # gets a queued Asset-triggered run for each promotion, which a scheduler picks up.
+        subprocess.run([airflow_bin(), "dags", "reserialize"], env=server_env(root, port, "ops", "unused"),
+                       check=True, capture_output=True)
         for day in DAYS:
             overrides = {**SMALL, "distill.shuffle_labels": True} if day == DAYS[4] else SMALL
             started = time.monotonic()
@@ -124,9 +128,10 @@ def main(argv: list[str] | None = None) -> int:
                                          headers={"Authorization": f"Bearer {token}"})
         runs = {r["conf"]["day"]: r["dag_run_id"] for r in json.loads(urllib.request.urlopen(request).read())["dag_runs"]}
         if args.with_scheduler:
-            subprocess.run([airflow_bin(), "dags", "unpause", "champion_serving_refresh"], env=env, check=True,
-                           capture_output=True)
-            time.sleep(60)  # the scheduler creates the Asset-triggered run; the executor runs it
+            time.sleep(90)  # the scheduler creates the queued Asset-triggered run; the executor runs it
+        request = urllib.request.Request(f"{base}/api/v2/assets?name_pattern=graphdistill_champion",
+                                         headers={"Authorization": f"Bearer {token}"})
+        champion_asset = json.loads(urllib.request.urlopen(request).read())["assets"][0]["id"]
         rejected = urllib.parse.quote(runs[DAYS[4]], safe="")
         shoot(browser, base, "/dags", out / "dags_list.png", size="1500,700")
         shoot(browser, base, f"/dags/{DAG}", out / "grid.png")
@@ -135,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         shoot(browser, base, f"/graphdistill/runs/{DAG}/{rejected}/report.html", out / "rejected_report.png",
               size="1300,1600")
         shoot(browser, base, "/plugin/graphdistill_models", out / "models.png", size="1500,1200")
-        shoot(browser, base, "/assets", out / "assets.png", size="1500,700")
+        shoot(browser, base, "/assets", out / "assets.png", size="1500,600")
+        shoot(browser, base, f"/assets/{champion_asset}", out / "champion_asset.png", size="1500,950")
+        if args.with_scheduler:
+            shoot(browser, base, "/dags/champion_serving_refresh", out / "champion_serving_refresh.png")
     return 0
 
 

@@ -73,6 +73,7 @@ def test_champion_refresh_dag_is_scheduled_on_the_champion_asset(dagbag):
     dag = dagbag.dags["champion_serving_refresh"]
     assert [a.name for a in dag.timetable.asset_condition.objects] == ["graphdistill_champion"]
     assert [a.name for a in dag.task_dict["export_triton_repository"].inlets] == ["graphdistill_champion"]
+    assert dag.is_paused_upon_creation is False  # serving follows promotions without a manual unpause
 
 
 def test_dag_file_imports_no_heavy_library_at_parse_time():
