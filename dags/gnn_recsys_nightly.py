@@ -28,22 +28,11 @@ if str(REPO_ROOT) not in sys.path:  # the repo's library, when not pip-installed
 from components.config import default_config_file, default_root, load_config  # noqa: E402  (pydantic + yaml: light)
 from graphdistill_airflow.alerts import DEADLINE_MISSED, GraphDistillNotifier  # noqa: E402
 from graphdistill_airflow.assets import CHAMPION, NIGHTLY_OUTCOME  # noqa: E402
+from graphdistill_airflow.nightly import announce_champion, context_day, publish_outcome  # noqa: E402
 
 DAG_ID = "gnn_recsys_nightly"
 OPS = load_config(default_config_file()).ops  # deadline, timeout, alert connection (config/pipeline.yaml "ops")
 log = logging.getLogger(__name__)
-
-
-def _context_day(context: dict[str, Any]) -> str:
-    """The day this run processes (components.outcome.run_day); a manual run without a day fails here."""
-    from components.outcome import RunDayError, run_day
-
-    run = context["dag_run"]
-    try:
-        return run_day(str(getattr(run.run_type, "value", run.run_type)), context.get("data_interval_start"),
-                       context["params"].get("day"))
-    except RunDayError as exc:
-        raise AirflowFailException(str(exc)) from exc
 
 
 def _run(stage: str) -> dict[str, Any]:
@@ -53,7 +42,7 @@ def _run(stage: str) -> dict[str, Any]:
 
     context = get_current_context()
     params = context["params"]
-    day = _context_day(context)
+    day = context_day(context)
     cfg = resolve(params.get("root"), params.get("config_file"), params.get("overrides"))
     try:
         return run_stage(stage, day, cfg)
@@ -63,65 +52,6 @@ def _run(stage: str) -> dict[str, Any]:
         raise AirflowSkipException(f"{stage} skipped for {day}: {exc}") from exc
     except PermanentStageFailure as exc:
         raise AirflowFailException(str(exc)) from exc
-
-
-def _announce_champion(promotion: dict[str, Any]) -> None:
-    """Attach the new champion's metadata to this task's CHAMPION Asset event (skip when nothing moved)."""
-    from components.outcome import run_outcome
-    from components.storage import Layout
-
-    if not promotion["promoted"]:
-        reason = f"champion unchanged ({promotion['reason']}); no champion Asset event"
-        log.warning("SKIPPED promote event for %s: %s", promotion["day"], reason)
-        raise AirflowSkipException(reason)
-    context = get_current_context()
-    root = context["params"].get("root") or default_root()
-    outcome = run_outcome(Layout.at(root), promotion["day"], context["run_id"])
-    context["outlet_events"][CHAMPION].extra = {
-        "version": promotion["version"], "day": promotion["day"], "previous": promotion["previous_champion"],
-        "metrics": outcome.metrics, "gates": outcome.gates, "runtime": outcome.runtime,
-        "registry": str(Layout.at(root).registry()), "root": str(Layout.at(root).root),
-        "report": f"/graphdistill/runs/{DAG_ID}/{context['run_id']}/report.html",
-    }
-    log.info("champion Asset event: %s -> %s for %s", promotion["previous_champion"], promotion["version"],
-             promotion["day"])
-
-
-def _publish_outcome() -> dict[str, Any]:
-    """The night's decision, first in the log, then where ops look: the run note, the nightly-outcome
-    Asset, metrics, and alerts (quarantined day, stale champion)."""
-    from components.outcome import QUARANTINED, champion_day, nights_since_promotion, note_markdown, run_outcome
-    from components.pipeline import resolve
-    from components.storage import Layout
-    from graphdistill_airflow import alerts
-    from graphdistill_airflow.metrics import emit_outcome_metrics
-    from graphdistill_airflow.notes import write_run_note
-
-    context = get_current_context()
-    params = context["params"]
-    cfg = resolve(params.get("root"), params.get("config_file"), params.get("overrides"))
-    try:
-        day = _context_day(context)
-    except AirflowFailException as exc:  # a misuse (no or wrong day): say so on the run itself
-        write_run_note(DAG_ID, context["run_id"], f"**NOT RUN** {exc}"[:1000], cfg.ops.api_connection_id)
-        raise
-    layout = Layout.at(cfg.root)
-    outcome = run_outcome(layout, day, context["run_id"])
-    log.info("OUTCOME %s", outcome.headline)
-    if outcome.report or outcome.validation_report:
-        log.info("reports: %s", ", ".join(filter(None, (outcome.report, outcome.validation_report))))
-    context["outlet_events"][NIGHTLY_OUTCOME].extra = outcome.as_dict()
-    write_run_note(DAG_ID, context["run_id"], note_markdown(outcome), cfg.ops.api_connection_id)
-    emit_outcome_metrics(outcome)
-    details = {"day": day, "run_id": context["run_id"], "kind": outcome.kind}
-    if outcome.kind == QUARANTINED:
-        alerts.send_alert(alerts.QUARANTINED, outcome.headline, details, cfg.ops.alert_connection_id)
-    nights = nights_since_promotion(champion_day(layout), day)
-    if nights is not None and nights >= cfg.ops.stale_champion_nights:
-        alerts.send_alert(alerts.STALE_CHAMPION, f"the champion was trained for {champion_day(layout)}, {nights} "
-                          f"nights before {day} (alert at {cfg.ops.stale_champion_nights}); last night: "
-                          f"{outcome.headline}", {**details, "nights": nights}, cfg.ops.alert_connection_id)
-    return outcome.as_dict()
 
 
 @dag(
@@ -218,7 +148,7 @@ def gnn_recsys_nightly():
     @task(outlets=[CHAMPION])
     def promote() -> dict:
         promotion = _run("promote")
-        _announce_champion(promotion)
+        announce_champion(get_current_context(), promotion)
         return promotion
 
     @task(trigger_rule="none_failed")
@@ -229,7 +159,7 @@ def gnn_recsys_nightly():
     @teardown
     @task(outlets=[NIGHTLY_OUTCOME])
     def outcome() -> dict:
-        return _publish_outcome()
+        return publish_outcome(get_current_context())
 
     ingested = ingest()
     validated = validate()

@@ -88,7 +88,15 @@ def shoot(browser: str, base: str, path: str, out: Path, size: str = "1500,950",
     subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                     f"--window-size={size}", f"--virtual-time-budget={wait_ms}", f"--screenshot={out}", url],
                    check=True, capture_output=True, timeout=120)
+    shrink(out)
     print(f"{out} <- {path}", flush=True)
+
+
+def shrink(png: Path) -> None:
+    """256-colour palette PNG: UI screenshots lose nothing visible and the repo stays small."""
+    from PIL import Image
+
+    Image.open(png).convert("RGB").quantize(256).save(png, optimize=True)
 
 
 def main(argv: list[str] | None = None) -> int:

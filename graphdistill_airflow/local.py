@@ -66,6 +66,8 @@ def server_env(root: Path, port: int, user: str, password: str) -> dict[str, str
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
         "AIRFLOW__API_AUTH__JWT_SECRET": "graphdistill-local-only",
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        # Where task workers (scheduler's executor) reach the Execution API: this server.
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "AIRFLOW__CORE__LAZY_LOAD_PLUGINS": "False",
         "GRAPHDISTILL_ROOT": str(root),
     }
