@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+import urllib.request
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def run_nights(root: Path, port: int) -> None:
     with api_server(root, port, root / "api-server-runs.log") as server:
         # The DAGs in the metadata DB first: champion_serving_refresh (unpaused at creation) then
         # gets a queued Asset-triggered run for each promotion, which a scheduler picks up.
-        subprocess.run([airflow_bin(), "dags", "reserialize"], env=server_env(root, port, "ops", "unused"),
+        subprocess.run([airflow_bin(), "dags", "reserialize"], env=server_env(root, port, "ops"),
                        check=True, capture_output=True)
         for day in DAYS:
             overrides = {**SMALL, "distill.shuffle_labels": True} if day == DAYS[4] else SMALL
@@ -73,6 +74,33 @@ def airflow_process(args: list[str], env: dict[str, str], log: Path):
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+class Api:
+    """The public REST API as the all-admins UI user (a token without credentials)."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        for _ in range(180):
+            try:
+                urllib.request.urlopen(f"{base}/api/v2/monitor/health", timeout=5)
+                break
+            except OSError:
+                time.sleep(1)
+        self.token = json.loads(urllib.request.urlopen(f"{base}/auth/token", timeout=30).read())["access_token"]
+
+    def get(self, path: str) -> dict:
+        request = urllib.request.Request(f"{self.base}{path}", headers={"Authorization": f"Bearer {self.token}"})
+        return json.loads(urllib.request.urlopen(request, timeout=60).read())
+
+    def wait_for_run(self, dag_id: str, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            runs = self.get(f"/api/v2/dags/{dag_id}/dagRuns?order_by=-id&limit=1")["dag_runs"]
+            if runs and runs[0]["state"] in ("success", "failed"):
+                return runs[0]
+            time.sleep(5)
+        raise TimeoutError(f"no finished run of {dag_id} after {timeout:.0f} s")
 
 
 def chromium() -> str:
@@ -106,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=28720)
     parser.add_argument("--reuse", action="store_true", help="keep the root and its runs")
     parser.add_argument("--with-scheduler", action="store_true",
-                        help="also run scheduler, dag-processor, triggerer (the Asset-triggered DAG runs)")
+                        help="then run scheduler, dag-processor, triggerer until the Asset-triggered refresh ran")
     args = parser.parse_args(argv)
     root, out = Path(args.root).resolve(), Path(args.out)
     browser = chromium()
@@ -115,31 +143,15 @@ def main(argv: list[str] | None = None) -> int:
         root.mkdir(parents=True)
         run_nights(root, args.port)
     out.mkdir(parents=True, exist_ok=True)
-    env = {**server_env(root, args.port, "ops", "unused"), "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True"}
+    env = {**server_env(root, args.port, "ops"), "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True"}
     base = f"http://127.0.0.1:{args.port}"
     with ExitStack() as stack:
         stack.enter_context(airflow_process(["api-server", "--host", "127.0.0.1", "--port", str(args.port),
                                              "--workers", "1"], env, root / "api-server-ui.log"))
-        if args.with_scheduler:
-            for component in ("scheduler", "dag-processor", "triggerer"):
-                stack.enter_context(airflow_process([component], env, root / f"{component}.log"))
-        import urllib.request
-
-        for _ in range(180):
-            try:
-                urllib.request.urlopen(f"{base}/api/v2/monitor/health", timeout=5)
-                break
-            except OSError:
-                time.sleep(1)
-        token = json.loads(urllib.request.urlopen(f"{base}/auth/token", timeout=30).read())["access_token"]
-        request = urllib.request.Request(f"{base}/api/v2/dags/{DAG}/dagRuns?order_by=id",
-                                         headers={"Authorization": f"Bearer {token}"})
-        runs = {r["conf"]["day"]: r["dag_run_id"] for r in json.loads(urllib.request.urlopen(request).read())["dag_runs"]}
-        if args.with_scheduler:
-            time.sleep(90)  # the scheduler creates the queued Asset-triggered run; the executor runs it
-        request = urllib.request.Request(f"{base}/api/v2/assets?name_pattern=graphdistill_champion",
-                                         headers={"Authorization": f"Bearer {token}"})
-        champion_asset = json.loads(urllib.request.urlopen(request).read())["assets"][0]["id"]
+        api = Api(base)
+        runs = {r["conf"]["day"]: r["dag_run_id"] for r in api.get(f"/api/v2/dags/{DAG}/dagRuns?order_by=id")["dag_runs"]
+                if r["conf"].get("day")}
+        champion_asset = api.get("/api/v2/assets?name_pattern=graphdistill_champion")["assets"][0]["id"]
         rejected = urllib.parse.quote(runs[DAYS[4]], safe="")
         shoot(browser, base, "/dags", out / "dags_list.png", size="1500,700")
         shoot(browser, base, f"/dags/{DAG}", out / "grid.png")
@@ -149,8 +161,14 @@ def main(argv: list[str] | None = None) -> int:
               size="1300,1600")
         shoot(browser, base, "/plugin/graphdistill_models", out / "models.png", size="1500,1200")
         shoot(browser, base, "/assets", out / "assets.png", size="1500,600")
-        shoot(browser, base, f"/assets/{champion_asset}", out / "champion_asset.png", size="1500,950")
+        shoot(browser, base, f"/assets/{champion_asset}", out / "champion_asset.png", size="1500,950", wait_ms=25000)
         if args.with_scheduler:
+            with ExitStack() as scheduler:
+                for component in ("scheduler", "dag-processor", "triggerer"):
+                    scheduler.enter_context(airflow_process([component], env, root / f"{component}.log"))
+                refresh = api.wait_for_run("champion_serving_refresh", timeout=600)
+                print(f"champion_serving_refresh run {refresh['dag_run_id']}: {refresh['state']}", flush=True)
+            # Shot once the scheduler is gone: a page that keeps polling running work never settles.
             shoot(browser, base, "/dags/champion_serving_refresh", out / "champion_serving_refresh.png")
     return 0
 

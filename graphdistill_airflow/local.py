@@ -56,14 +56,16 @@ class LocalApiServer:
         return {"AIRFLOW_CONN_GRAPHDISTILL_API": f"http://{self.user}:{self.password}@{host}"}
 
 
-def server_env(root: Path, port: int, user: str, password: str) -> dict[str, str]:
-    passwords = root / "airflow" / "simple_auth_manager_passwords.json"
-    passwords.parent.mkdir(parents=True, exist_ok=True)
-    passwords.write_text(json.dumps({user: password}))
+def _passwords_file(root: Path) -> Path:
+    return Path(root) / "airflow" / "simple_auth_manager_passwords.json"
+
+
+def server_env(root: Path, port: int, user: str) -> dict[str, str]:
+    """Airflow settings of the local api-server (and of any component sharing its metadata DB)."""
     return {
         **airflow_env(root),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{user}:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(_passwords_file(root)),
         "AIRFLOW__API_AUTH__JWT_SECRET": "graphdistill-local-only",
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
         # Where task workers (scheduler's executor) reach the Execution API: this server.
@@ -78,7 +80,9 @@ def api_server(root: Path, port: int, log_file: Path, user: str = "ops", passwor
                startup_timeout: float = 180.0) -> Iterator[LocalApiServer]:
     """Start ``airflow api-server`` on 127.0.0.1:port (DB migrated first); stop it on exit."""
     root = Path(root)
-    env = server_env(root, port, user, password)
+    env = server_env(root, port, user)
+    _passwords_file(root).parent.mkdir(parents=True, exist_ok=True)
+    _passwords_file(root).write_text(json.dumps({user: password}))
     subprocess.run([airflow_bin(), "db", "migrate"], env=env, check=True, capture_output=True)
     server = LocalApiServer(f"http://127.0.0.1:{port}", user, password)
     with log_file.open("w") as out:

@@ -72,7 +72,11 @@ def publish_outcome(context: dict[str, Any]) -> dict[str, Any]:
     if outcome.report or outcome.validation_report:
         log.info("reports: %s", ", ".join(filter(None, (outcome.report, outcome.validation_report))))
     context["outlet_events"][NIGHTLY_OUTCOME].extra = outcome.as_dict()
-    write_run_note(dag_id, run_id, note_markdown(outcome), cfg.ops.api_connection_id)
+    try:
+        write_run_note(dag_id, run_id, note_markdown(outcome), cfg.ops.api_connection_id)
+    except OSError as exc:  # HTTP and connection errors: the note is one display of many, keep going
+        log.error("DAG-run note NOT written through connection %r: %s (the Asset event, metrics and alerts "
+                  "still go out; check the connection's URL, user and password)", cfg.ops.api_connection_id, exc)
     emit_outcome_metrics(outcome)
     details = {"day": day, "run_id": run_id, "kind": outcome.kind}
     if outcome.kind == QUARANTINED:
