@@ -11,6 +11,7 @@ ARG EXTRAS=""
 
 ENV GRAPHDISTILL_ROOT=/opt/airflow/graphdistill \
     AIRFLOW__CORE__DAGS_FOLDER=/opt/graphdistill/dags \
+    AIRFLOW__CORE__PLUGINS_FOLDER=/opt/graphdistill/plugins \
     AIRFLOW__CORE__LOAD_EXAMPLES=False \
     PYTHONPATH=/opt/graphdistill
 
@@ -26,6 +27,9 @@ RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" -e ".${EXTRA
 
 COPY --chown=airflow:root config ./config
 COPY --chown=airflow:root dags ./dags
+# The Airflow-facing adapters (Assets, notifier, run notes, metrics, UI plugin) and the plugins folder.
+COPY --chown=airflow:root graphdistill_airflow ./graphdistill_airflow
+COPY --chown=airflow:root plugins ./plugins
 COPY --chown=airflow:root feature_repo ./feature_repo
 COPY --chown=airflow:root deploy ./deploy
 

@@ -131,24 +131,6 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_outcome(args: argparse.Namespace) -> int:
-    """What the day's latest run (or ``--run-key``) decided and why."""
-    from components.storage import read_outcome
-
-    layout = Layout.at(args.root)
-    day = parse_day(args.day).isoformat()
-    if args.run_key:
-        outcome = read_outcome(layout, day, run_key_for(args.run_key))
-    else:
-        latest = latest_run(layout, day)
-        outcome = read_outcome(layout, day, latest["run_key"]) if latest else None
-    if outcome is None:
-        raise FileNotFoundError(f"no recorded outcome for {day}{' run ' + args.run_key if args.run_key else ''} "
-                                f"under {layout.reports(day)}")
-    print(json.dumps(outcome, indent=2))
-    return 0
-
-
 def cmd_rollback(args: argparse.Namespace) -> int:
     from components.registry import rollback
 
@@ -169,6 +151,18 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_outcome(args: argparse.Namespace) -> int:
+    from components.outcome import run_outcome
+
+    layout = Layout.at(args.root)
+    days = args.day or sorted({p.name for p in (layout.root / "reports").glob("*-*-*")} |
+                              {p.name.split("=", 1)[1] for p in (layout.root / "quarantine").glob("date=*")})
+    for day in days:
+        outcome = run_outcome(layout, day, args.run_key)
+        print(json.dumps(outcome.as_dict(), default=str) if args.json else outcome.headline)
+    return 0
+
+
 def cmd_triton_export(args: argparse.Namespace) -> int:
     from components.serving import export_triton_repository
 
@@ -185,9 +179,12 @@ def airflow_env(root: Path) -> dict[str, str]:
     env.update({
         "AIRFLOW_HOME": str(root / "airflow"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         "GRAPHDISTILL_TASK_RETRIES": "0",  # a failed day fails now instead of waiting for retries
+        # `airflow dags test` crashes on a DAG with a DeadlineAlert (airflow#73428); deadlines need a scheduler.
+        "GRAPHDISTILL_DEADLINE_ALERT": "off",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
     })
     return env
@@ -197,19 +194,20 @@ def airflow_bin() -> str:
     return str(Path(sys.executable).with_name("airflow"))
 
 
-def run_dag_day(root: Path, day: str, conf: dict[str, Any], log_file: Path, timeout_s: float | None = None) -> int:
+def run_dag_day(root: Path, day: str, conf: dict[str, Any], log_file: Path, timeout_s: float | None = None,
+                extra_env: dict[str, str] | None = None) -> int:
     """``airflow dags test`` for one day: a real, in-process DAG run on SQLite.
 
-    The DAG processes its data interval's start. A manual run at logical date T covers the interval
-    ending at T, so day D is run at D + 1 day, exactly as the scheduler runs it after D has ended.
+    The day is named in the conf (a manual run must name its day, components.outcome.run_day); the
+    logical date D + 1 is the one the scheduler would give day D's run (it starts once D has ended).
     Past ``timeout_s`` the run is killed and subprocess.TimeoutExpired raised.
     """
-    env = airflow_env(root)
+    env = {**airflow_env(root), **(extra_env or {})}
     run_at = (parse_day(day) + dt.timedelta(days=1)).isoformat()
     if not (root / "airflow" / "airflow.db").exists():
         subprocess.run([airflow_bin(), "db", "migrate"], env=env, check=True, capture_output=True)
     with log_file.open("w") as out:
-        proc = subprocess.run([airflow_bin(), "dags", "test", DAG_ID, run_at, "--conf", json.dumps(conf)],
+        proc = subprocess.run([airflow_bin(), "dags", "test", DAG_ID, run_at, "--conf", json.dumps({**conf, "day": day})],
                               env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s)
     return proc.returncode
 
@@ -366,11 +364,6 @@ def build_parser() -> argparse.ArgumentParser:
     hist = sub.add_parser("history", help="promotions, rollbacks and not-promoted decisions with reasons")
     hist.add_argument("--root", default=default_root)
     hist.set_defaults(func=cmd_history)
-    out = sub.add_parser("outcome", help="what a day's latest run (or --run-key) decided, and why")
-    out.add_argument("day")
-    out.add_argument("--run-key", default=None)
-    out.add_argument("--root", default=default_root)
-    out.set_defaults(func=cmd_outcome)
     rec = sub.add_parser("recommend", help="top-k items for users from the champion and their Feast history")
     rec.add_argument("users", nargs="+")
     rec.add_argument("-k", type=int, default=10)
@@ -378,6 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--config", default=None, help="pipeline YAML (its features section opens the online store)")
     rec.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     rec.set_defaults(func=cmd_recommend)
+    out = sub.add_parser("outcome", help="each night's decision (promoted, rejected, quarantined, ...) and why")
+    out.add_argument("day", nargs="*", help="days (YYYY-MM-DD); default: every day with records")
+    out.add_argument("--run-key", default=None, help="a run of the day (Airflow run_id or CLI run key); default: its latest")
+    out.add_argument("--root", default=default_root)
+    out.add_argument("--json", action="store_true", help="the full outcome as one JSON object a line")
+    out.set_defaults(func=cmd_outcome)
     tri = sub.add_parser("triton-export", help="write a Triton model repository for the champion")
     tri.add_argument("out")
     tri.add_argument("--root", default=default_root)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +19,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = REPO_ROOT / "config" / "pipeline.yaml"
 DEFAULT_GATES_FILE = REPO_ROOT / "config" / "gates.yaml"
+
+
+def default_root() -> str:
+    """The artifact root when none is given: $GRAPHDISTILL_ROOT, else <repo>/.graphdistill."""
+    return os.environ.get("GRAPHDISTILL_ROOT", str(REPO_ROOT / ".graphdistill"))
+
+
+def default_config_file() -> str:
+    """The pipeline config when none is given: $GRAPHDISTILL_CONFIG, else config/pipeline.yaml."""
+    return os.environ.get("GRAPHDISTILL_CONFIG", str(DEFAULT_CONFIG_FILE))
 
 
 class _Section(BaseModel):
@@ -298,6 +309,23 @@ def load_gates(path: str | Path = DEFAULT_GATES_FILE) -> GatesConfig:
         raise ValueError(f"{path}: invalid gate file: {exc}") from exc
 
 
+class OpsConfig(_Section):
+    """Alerting, deadlines and serving hand-off (read by the DAG at parse time and by its tasks)."""
+
+    # Alert when the serving champion was trained for a day this many nights before the run's day.
+    stale_champion_nights: int = Field(5, ge=1)
+    # DeadlineAlert: a run must finish this long after it was queued, else the alert fires.
+    run_deadline_hours: float = Field(8.0, gt=0)
+    # dagrun_timeout: a run still going after this long is failed (the champion keeps serving).
+    run_timeout_hours: float = Field(12.0, gt=0)
+    # Airflow connections (absent = the alert is a log line; the note is skipped with a log line):
+    # an http(s) webhook (Slack incoming webhook or any JSON endpoint) and the api-server for run notes.
+    alert_connection_id: str = "graphdistill_alerts"
+    api_connection_id: str = "graphdistill_api"
+    # Where the champion-refresh DAG writes the Triton model repository (relative to root if not absolute).
+    triton_repository: str = "serving/triton_repository"
+
+
 class PipelineConfig(_Section):
     root: str = ".graphdistill"
     seed: int = 0
@@ -311,6 +339,7 @@ class PipelineConfig(_Section):
     export: ExportConfig = ExportConfig()
     engine: EngineConfig = EngineConfig()
     eval: EvalConfig = EvalConfig()
+    ops: OpsConfig = OpsConfig()
     gates_file: str = str(DEFAULT_GATES_FILE)
 
     @property
@@ -321,7 +350,7 @@ class PipelineConfig(_Section):
         """Hash of the settings that change a stage's result (all of them, gates included, when
         ``stage`` is None). Per-stage hashes let ops retune a gate or a threshold without
         invalidating trained models; the root is excluded (same config, other place)."""
-        payload = self.model_dump(mode="json", exclude={"root", "gates_file"})
+        payload = self.model_dump(mode="json", exclude={"root", "gates_file", "ops"})
         payload["gates"] = self.gates.model_dump(mode="json")
         if stage is not None:
             if stage not in STAGE_SECTIONS:

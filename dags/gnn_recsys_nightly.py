@@ -2,9 +2,10 @@
 export -> convert -> evaluate -> gate -> register -> promote, then the run's report.
 
 Wiring only: every step is a function in components/ (see components/pipeline.py STAGES), run
-here for the run's day = the data interval's start (UTC). A run for day D processes the landing
-partition of D, trains on the window ending D-1 and judges the candidate on D.
-Heavy libraries are imported inside tasks: this file is parsed over and over.
+here for the run's day (components.outcome.run_day: the data interval's start for scheduled and
+backfill runs, the ``day`` param for manual runs). A run for day D processes the landing partition
+of D, trains on the window ending D-1 and judges the candidate on D. The ops runbook (the DAG's
+docs in the UI) is RUNBOOK.md. Heavy libraries are imported inside tasks: this file is parsed over and over.
 """
 
 from __future__ import annotations
@@ -12,74 +13,83 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
+from airflow.sdk import (AsyncCallback, CronDataIntervalTimetable, DeadlineAlert, DeadlineReference, Param, dag,
+                         get_current_context, task, teardown)
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # the repo's library, when not pip-installed
+    sys.path.insert(0, str(REPO_ROOT))
+
+from components.config import default_config_file, default_root, load_config  # noqa: E402  (pydantic + yaml: light)
+from graphdistill_airflow.alerts import DEADLINE_MISSED, GraphDistillNotifier  # noqa: E402
+from graphdistill_airflow.assets import CHAMPION, NIGHTLY_OUTCOME  # noqa: E402
+from graphdistill_airflow.nightly import announce_champion, context_day, publish_outcome  # noqa: E402
+
+DAG_ID = "gnn_recsys_nightly"
+OPS = load_config(default_config_file()).ops  # deadline, timeout, alert connection (config/pipeline.yaml "ops")
 log = logging.getLogger(__name__)
-
-
-def _on_failure(context: dict[str, Any]) -> None:
-    """One line ops can alert on; the champion keeps serving whatever failed."""
-    ti = context.get("task_instance")
-    log.error(
-        "GraphDistill task failed: dag=%s task=%s day=%s try=%s error=%s; the current champion keeps serving",
-        context.get("dag").dag_id if context.get("dag") else "?",
-        getattr(ti, "task_id", "?"),
-        context.get("data_interval_start"),
-        getattr(ti, "try_number", "?"),
-        context.get("exception"),
-    )
 
 
 def _run(stage: str, upstream: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run a components stage for this run's day and run (reports/<day>/runs/<run_key>/), on the
     upstream task's result, mapping its outcomes onto Airflow's."""
-    import sys
-
-    if str(REPO_ROOT) not in sys.path:  # the repo's library, when not pip-installed
-        sys.path.insert(0, str(REPO_ROOT))
     from components.errors import PermanentStageFailure, StageSkipped
     from components.pipeline import resolve, run_stage
     from components.storage import run_key_for
 
     context = get_current_context()
     params = context["params"]
-    day = context["data_interval_start"].date().isoformat()
+    day = context_day(context)
     cfg = resolve(params.get("root"), params.get("config_file"), params.get("overrides"))
     try:
         return run_stage(stage, day, cfg, run_key=run_key_for(context["run_id"]), upstream=upstream)
     except StageSkipped as exc:
+        # Logged before raising: Airflow files the skip exception under the collapsed "Post Execute".
+        log.warning("SKIPPED %s for %s: %s", stage, day, exc)
         raise AirflowSkipException(f"{stage} skipped for {day}: {exc}") from exc
     except PermanentStageFailure as exc:
         raise AirflowFailException(str(exc)) from exc
 
 
 @dag(
-    dag_id="gnn_recsys_nightly",
+    dag_id=DAG_ID,
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
     catchup=True,
     max_active_runs=1,
+    # A stuck run fails (the champion keeps serving) instead of blocking the next nights.
+    dagrun_timeout=dt.timedelta(hours=OPS.run_timeout_hours),
+    deadline=DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=dt.timedelta(hours=OPS.run_deadline_hours),
+        callback=AsyncCallback(GraphDistillNotifier, kwargs={
+            "event": DEADLINE_MISSED, "conn_id": OPS.alert_connection_id,
+            "message": f"{DAG_ID}: a run has not finished {OPS.run_deadline_hours:g} h after it was queued"}),
+    ) if os.environ.get("GRAPHDISTILL_DEADLINE_ALERT", "on") != "off" else None,
+    # ("off" only for `airflow dags test`, which crashes on DAGs with a deadline: airflow#73428, 3.3.2.)
     default_args={
         # Deployment knob (the demo and tests set 0 so a failing day fails at once).
         "retries": int(os.environ.get("GRAPHDISTILL_TASK_RETRIES", "2")),
         "retry_delay": dt.timedelta(minutes=5),
         "retry_exponential_backoff": True,
-        "on_failure_callback": _on_failure,
+        "on_failure_callback": GraphDistillNotifier(conn_id=OPS.alert_connection_id),
     },
     params={
-        "root": Param(os.environ.get("GRAPHDISTILL_ROOT", str(REPO_ROOT / ".graphdistill")), type="string",
+        "root": Param(default_root(), type="string",
                       description="artifact root (landing, accepted, quarantine, features, graphs, models, registry)"),
-        "config_file": Param(os.environ.get("GRAPHDISTILL_CONFIG", str(REPO_ROOT / "config" / "pipeline.yaml")),
-                             type="string", description="pipeline config YAML (gates: config/gates.yaml)"),
+        "config_file": Param(default_config_file(), type="string",
+                             description="pipeline config YAML (gates: config/gates.yaml)"),
         "overrides": Param({}, type="object", description='dotted config overrides, e.g. {"teacher.epochs": 5}'),
+        "day": Param(None, type=["null", "string"], format="date",
+                     description="the day to process (YYYY-MM-DD); required for manual runs, see the runbook"),
     },
     tags=["graphdistill", "recsys"],
-    doc_md=__doc__,
+    doc_md=(Path(__file__).with_name("RUNBOOK.md")).read_text(),
 )
 def gnn_recsys_nightly():
     @task  # idempotent: a transient read error of the landing store is worth a retry
@@ -142,28 +152,40 @@ def gnn_recsys_nightly():
                         registration["champion_version"])
         return bool(registration["blessed"])
 
-    @task
+    @task(outlets=[CHAMPION])
     def promote(registration: dict) -> dict:
         """Compare-and-swap under the registry lock; a blessed candidate that may not be promoted
-        (stale, historical day, rolled back) skips this task with the reason."""
+        (stale, historical day, rolled back) skips this task with the reason (and no Asset event)."""
         decision = _run("promote", registration)
         if not decision["promoted"]:
-            raise AirflowSkipException(f"candidate {decision['version']} blessed but not promoted: "
-                                       f"{decision['reason']}; champion stays {decision['champion_version']}")
+            reason = (f"candidate {decision['version']} blessed but not promoted: {decision['reason']}; "
+                      f"champion stays {decision['champion_version']}")
+            log.warning("SKIPPED promote: %s", reason)
+            raise AirflowSkipException(reason)
+        announce_champion(get_current_context(), decision)
         return decision
 
     @task(trigger_rule="none_failed")
     def report() -> dict:
         return _run("report")
 
+    # Runs last whatever happened (a teardown does not change the run's state): the decision, visible.
+    @teardown
+    @task(outlets=[NIGHTLY_OUTCOME])
+    def outcome() -> dict:
+        return publish_outcome(get_current_context())
+
     ingested = ingest()
     validated = validate()
     built_graph = graph()
-    ingested >> validated >> [features(), built_graph]
+    features_done = features()
+    ingested >> validated >> [features_done, built_graph]
     built_engine = convert()
     built_graph >> teacher() >> distill() >> prune() >> export() >> built_engine
     registration = register(gate(evaluate(built_engine)))
-    blessed(registration) >> promote(registration) >> report()
+    reported = report()
+    blessed(registration) >> promote(registration) >> reported
+    [reported, features_done] >> outcome()
 
 
 gnn_recsys_nightly()

@@ -13,7 +13,8 @@ EXPECTED_EDGES = {
     ("ingest", "validate"), ("validate", "features"), ("validate", "graph"), ("graph", "teacher"),
     ("teacher", "distill"), ("distill", "prune"), ("prune", "export"), ("export", "convert"),
     ("convert", "evaluate"), ("evaluate", "gate"), ("gate", "register"), ("register", "blessed"),
-    ("register", "promote"), ("blessed", "promote"), ("promote", "report"),
+    ("register", "promote"), ("blessed", "promote"), ("promote", "report"), ("report", "outcome"),
+    ("features", "outcome"),
 }
 
 
@@ -44,8 +45,36 @@ def test_schedule_catchup_and_params(dagbag):
     dag = dagbag.dags["gnn_recsys_nightly"]
     assert dag.catchup is True and dag.max_active_runs == 1
     assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
-    assert set(dag.params.keys()) == {"root", "config_file", "overrides"}
-    assert dag.default_args["on_failure_callback"] is not None
+    assert set(dag.params.keys()) == {"root", "config_file", "overrides", "day"}
+    assert dag.params["day"] is None  # scheduled runs take their data interval; manual runs must name it
+
+
+def test_alerts_deadline_timeout_and_assets(dagbag):
+    from components.config import load_config
+    from graphdistill_airflow.alerts import DEADLINE_MISSED, GraphDistillNotifier
+
+    dag = dagbag.dags["gnn_recsys_nightly"]
+    ops = load_config().ops  # config/pipeline.yaml
+    failure = dag.default_args["on_failure_callback"]
+    assert isinstance(failure, GraphDistillNotifier) and failure.conn_id == ops.alert_connection_id
+    assert dag.dagrun_timeout.total_seconds() == ops.run_timeout_hours * 3600
+    (deadline,) = dag.deadline if isinstance(dag.deadline, list) else [dag.deadline]
+    assert type(deadline.reference).__name__ == "DagRunQueuedAtDeadline"
+    assert deadline.interval.total_seconds() == ops.run_deadline_hours * 3600
+    # The triggerer imports the notifier by path and awaits it with these kwargs.
+    assert deadline.callback.path == "graphdistill_airflow.alerts.GraphDistillNotifier"
+    assert deadline.callback.kwargs["event"] == DEADLINE_MISSED
+    assert [a.name for a in dag.task_dict["promote"].outlets] == ["graphdistill_champion"]
+    outcome = dag.task_dict["outcome"]
+    assert outcome.is_teardown and [a.name for a in outcome.outlets] == ["graphdistill_nightly_outcome"]
+    assert "Run one day by hand" in dag.doc_md and "Roll back" in dag.doc_md
+
+
+def test_champion_refresh_dag_is_scheduled_on_the_champion_asset(dagbag):
+    dag = dagbag.dags["champion_serving_refresh"]
+    assert [a.name for a in dag.timetable.asset_condition.objects] == ["graphdistill_champion"]
+    assert [a.name for a in dag.task_dict["export_triton_repository"].inlets] == ["graphdistill_champion"]
+    assert dag.is_paused_upon_creation is False  # serving follows promotions without a manual unpause
 
 
 def test_dag_file_imports_no_heavy_library_at_parse_time():

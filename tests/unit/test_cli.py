@@ -20,7 +20,7 @@ def test_generate_then_run_stages_from_the_cli(tmp_path, capsys):
     assert main(["run", "ingest", "--day", "2026-01-02", "--root", root]) == 0
     assert main(["run", "validate", "--day", "2026-01-02", "--root", root]) == 2
     assert "validation FAILED for 2026-01-02" in capsys.readouterr().err
-    assert main(["outcome", "2026-01-02", "--root", root]) == 0
+    assert main(["outcome", "2026-01-02", "--json", "--root", root]) == 0
     outcome = json.loads(capsys.readouterr().out)
     assert outcome["kind"] == "quarantined" and "validation FAILED for 2026-01-02" in outcome["reason"]
 

@@ -1,0 +1,92 @@
+"""The GraphDistill notifier: task failures, quarantined days, a stale champion, a missed deadline.
+
+A webhook configured as an Airflow connection (``ops.alert_connection_id``, default
+``graphdistill_alerts``; an http(s) URL, e.g. a Slack incoming webhook, or ``extra.webhook_url``)
+receives ``{"text": ..., "event": ..., **details}`` as JSON. Without that connection every alert is
+one WARNING log line, which is also written when the webhook is reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import urllib.request
+from typing import Any
+
+from airflow.sdk import BaseNotifier
+
+log = logging.getLogger(__name__)
+
+TASK_FAILED = "task_failed"
+QUARANTINED = "quarantined"
+STALE_CHAMPION = "stale_champion"
+DEADLINE_MISSED = "deadline_missed"
+DEFAULT_CONNECTION = "graphdistill_alerts"
+
+
+def webhook_url(conn_id: str) -> str | None:
+    """The webhook URL of the alert connection, or None when the connection is not configured."""
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = Connection.get(conn_id)
+    except AirflowNotFoundException:
+        return None
+    if conn.extra_dejson.get("webhook_url"):
+        return conn.extra_dejson["webhook_url"]
+    scheme = conn.conn_type if conn.conn_type in ("http", "https") else "https"
+    port = f":{conn.port}" if conn.port else ""
+    path = f"/{conn.schema}" if conn.schema else ""
+    return f"{scheme}://{conn.host}{port}{path}"
+
+
+def send_alert(event: str, text: str, details: dict[str, Any] | None = None,
+               conn_id: str = DEFAULT_CONNECTION) -> bool:
+    """Log the alert and post it to the webhook if one is configured; True when it was posted."""
+    log.warning("GRAPHDISTILL ALERT [%s] %s", event, text)
+    url = webhook_url(conn_id)
+    if url is None:
+        log.info("alert connection %r not configured: the alert above is the only notification", conn_id)
+        return False
+    body = json.dumps({"text": f"[GraphDistill {event}] {text}", "event": event, **(details or {})},
+                      default=str).encode()
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:  # an unreachable webhook is an error, not silence
+        log.info("alert %s posted to connection %r (HTTP %s)", event, conn_id, response.status)
+    return True
+
+
+class GraphDistillNotifier(BaseNotifier):
+    """Airflow notifier for on_failure_callback (sync) and DeadlineAlert (async, in the triggerer)."""
+
+    template_fields = ("message",)
+
+    def __init__(self, event: str = TASK_FAILED, message: str = "", conn_id: str = DEFAULT_CONNECTION, **kwargs):
+        super().__init__(**kwargs)
+        self.event = event
+        self.message = message
+        self.conn_id = conn_id
+
+    def _text(self, context: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        ti = context.get("task_instance") or context.get("ti")
+        dag_run = context.get("dag_run")
+        details = {
+            "dag_id": getattr(dag_run, "dag_id", None) or getattr(ti, "dag_id", None),
+            "run_id": getattr(dag_run, "run_id", None) or getattr(ti, "run_id", None),
+            "task_id": getattr(ti, "task_id", None),
+            "try_number": getattr(ti, "try_number", None),
+        }
+        if self.message:
+            return self.message, details
+        error = context.get("exception")
+        return (f"task {details['task_id']} of {details['dag_id']} run {details['run_id']} failed "
+                f"(try {details['try_number']}): {error}; the current champion keeps serving"), details
+
+    def notify(self, context: dict[str, Any]) -> None:
+        text, details = self._text(context)
+        send_alert(self.event, text, details, self.conn_id)
+
+    async def async_notify(self, context: dict[str, Any]) -> None:
+        await asyncio.to_thread(self.notify, context)

@@ -1,0 +1,90 @@
+"""What the nightly DAG's tasks do around the pipeline stages: the run's day, the champion Asset
+event, and the night's outcome published where ops look. Called from dags/gnn_recsys_nightly.py
+with the task's Airflow context; the decisions themselves come from components.outcome."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from graphdistill_airflow.assets import CHAMPION, NIGHTLY_OUTCOME
+
+log = logging.getLogger(__name__)
+
+
+def context_day(context: dict[str, Any]) -> str:
+    """The day this run processes (components.outcome.run_day); a manual run without a day fails here."""
+    from components.outcome import RunDayError, run_day
+
+    run = context["dag_run"]
+    try:
+        return run_day(str(getattr(run.run_type, "value", run.run_type)), context.get("data_interval_start"),
+                       context["params"].get("day"))
+    except RunDayError as exc:
+        raise AirflowFailException(str(exc)) from exc
+
+
+def announce_champion(context: dict[str, Any], promotion: dict[str, Any]) -> None:
+    """Attach the new champion's metadata to the promote task's CHAMPION Asset event; a promotion
+    that moved nothing (re-run of a promoted day) is skipped, with its reason, and emits no event."""
+    from components.config import default_root
+    from components.outcome import run_outcome
+    from components.storage import Layout
+
+    if not promotion["promoted"]:
+        reason = f"champion unchanged ({promotion['reason']}); no champion Asset event"
+        log.warning("SKIPPED promote event for %s: %s", promotion["day"], reason)
+        raise AirflowSkipException(reason)
+    layout = Layout.at(context["params"].get("root") or default_root())
+    outcome = run_outcome(layout, promotion["day"], context["run_id"])
+    context["outlet_events"][CHAMPION].extra = {
+        "version": promotion["version"], "day": promotion["day"], "previous": promotion["previous_champion"],
+        "metrics": outcome.metrics, "gates": outcome.gates, "runtime": outcome.runtime,
+        "registry": str(layout.registry()), "root": str(layout.root),
+        "report": f"/graphdistill/runs/{context['dag'].dag_id}/{context['run_id']}/report.html",
+    }
+    log.info("champion Asset event: %s -> %s for %s", promotion["previous_champion"], promotion["version"],
+             promotion["day"])
+
+
+def publish_outcome(context: dict[str, Any]) -> dict[str, Any]:
+    """The night's decision, first in the log, then where ops look: the run note, the nightly-outcome
+    Asset event, metrics, and alerts (quarantined day, stale champion)."""
+    from components.outcome import QUARANTINED, champion_day, nights_since_promotion, note_markdown, run_outcome
+    from components.pipeline import resolve
+    from components.storage import Layout
+    from graphdistill_airflow import alerts
+    from graphdistill_airflow.metrics import emit_outcome_metrics
+    from graphdistill_airflow.notes import write_run_note
+
+    params, dag_id, run_id = context["params"], context["dag"].dag_id, context["run_id"]
+    cfg = resolve(params.get("root"), params.get("config_file"), params.get("overrides"))
+    try:
+        day = context_day(context)
+    except AirflowFailException as exc:  # a misuse (no or wrong day): say so on the run itself
+        write_run_note(dag_id, run_id, f"**NOT RUN** {exc}"[:1000], cfg.ops.api_connection_id)
+        raise
+    layout = Layout.at(cfg.root)
+    outcome = run_outcome(layout, day, run_id)
+    log.info("OUTCOME %s", outcome.headline)
+    if outcome.report or outcome.validation_report:
+        log.info("reports: %s", ", ".join(filter(None, (outcome.report, outcome.validation_report))))
+    context["outlet_events"][NIGHTLY_OUTCOME].extra = outcome.as_dict()
+    try:
+        write_run_note(dag_id, run_id, note_markdown(outcome), cfg.ops.api_connection_id)
+    except OSError as exc:  # HTTP and connection errors: the note is one display of many, keep going
+        log.error("DAG-run note NOT written through connection %r: %s (the Asset event, metrics and alerts "
+                  "still go out; check the connection's URL, user and password)", cfg.ops.api_connection_id, exc)
+    emit_outcome_metrics(outcome)
+    details = {"day": day, "run_id": run_id, "kind": outcome.kind}
+    if outcome.kind == QUARANTINED:
+        alerts.send_alert(alerts.QUARANTINED, outcome.headline, details, cfg.ops.alert_connection_id)
+    trained_for = champion_day(layout)
+    nights = nights_since_promotion(trained_for, day)
+    if nights is not None and nights >= cfg.ops.stale_champion_nights:
+        alerts.send_alert(alerts.STALE_CHAMPION, f"the champion was trained for {trained_for}, {nights} nights "
+                          f"before {day} (alert at {cfg.ops.stale_champion_nights}); last night: {outcome.headline}",
+                          {**details, "nights": nights}, cfg.ops.alert_connection_id)
+    return outcome.as_dict()

@@ -1,0 +1,215 @@
+"""The GraphDistill Airflow UI plugin: a night's decision and its reports one click from the run.
+
+A FastAPI app mounted by the api-server at ``/graphdistill`` (behind Airflow's auth: the UI's
+session cookie or an API bearer token, and the user's read access to the DAG's runs):
+
+    /graphdistill/runs/{dag_id}/{run_id}                 the run's outcome (HTML; ``.json`` for machines)
+    /graphdistill/runs/{dag_id}/{run_id}/report.html     the run report (gates, curves) and its PNGs
+    /graphdistill/runs/{dag_id}/{run_id}/validation.html the validation or quarantine report
+    /graphdistill/models                                 champion, recent nights, promotion history, rollback
+
+and two external views: "GraphDistill outcome" on every DAG run, "Models" in the navigation.
+Everything it shows comes from components.outcome (the run's day, its outcome, where its files are).
+"""
+
+from __future__ import annotations
+
+import html
+import urllib.parse
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+from airflow.api_fastapi.core_api.security import requires_access_dag
+from airflow.plugins_manager import AirflowPlugin
+
+NIGHTLY_DAG_ID = "gnn_recsys_nightly"
+URL_PREFIX = "/graphdistill"
+COLOURS = {"promoted": "#1b7f3b", "rejected": "#c0392b", "quarantined": "#8e44ad", "not_promoted": "#d68910",
+           "inconclusive": "#7f8c8d", "skipped": "#5d6d7e"}
+
+app = FastAPI(title="GraphDistill", description="Nightly outcomes, run reports and the champion")
+ReadRun = Depends(requires_access_dag(method="GET", access_entity=DagAccessEntity.RUN))
+
+
+def _dag_run(dag_id: str, run_id: str) -> Any:
+    from sqlalchemy import select
+
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+        if run is None:
+            raise HTTPException(404, f"no run {run_id!r} of DAG {dag_id!r}")
+        session.expunge(run)
+        return run
+
+
+def _run_context(dag_id: str, run_id: str) -> tuple[Any, str]:
+    """The run's artifact layout and day, the same way its tasks resolved them."""
+    from components.config import default_root
+    from components.outcome import RunDayError, run_day
+    from components.storage import Layout
+
+    run = _dag_run(dag_id, run_id)
+    conf = run.conf or {}
+    try:
+        day = run_day(str(getattr(run.run_type, "value", run.run_type)), run.data_interval_start, conf.get("day"))
+    except RunDayError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    return Layout.at(conf.get("root") or default_root()), day
+
+
+def _outcome(dag_id: str, run_id: str):
+    from components.outcome import run_outcome
+
+    layout, day = _run_context(dag_id, run_id)
+    return layout, run_outcome(layout, day, run_id)
+
+
+def _page(title: str, body: str) -> HTMLResponse:
+    style = ("body{font-family:system-ui,sans-serif;margin:1.5em;max-width:1100px;color:#222}"
+             "table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;"
+             "text-align:left}.badge{display:inline-block;color:#fff;padding:.25em .7em;border-radius:4px;"
+             "font-weight:bold}.big{font-size:1.6em}a{color:#1565c0}code,pre{background:#f4f4f4;padding:2px 4px}")
+    return HTMLResponse(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                        f"<style>{style}</style></head><body>{body}</body></html>")
+
+
+def _quote(segment: str) -> str:
+    return html.escape(urllib.parse.quote(segment, safe=""))
+
+
+def _badge(kind: str, big: bool = False) -> str:
+    return (f"<span class='badge{' big' if big else ''}' style='background:{COLOURS.get(kind, '#555')}'>"
+            f"{html.escape(kind.upper().replace('_', ' '))}</span>")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+@app.get("/runs/{dag_id}/{run_id}.json", dependencies=[ReadRun])
+def run_outcome_json(dag_id: str, run_id: str) -> JSONResponse:
+    return JSONResponse(_outcome(dag_id, run_id)[1].as_dict())
+
+
+@app.get("/runs/{dag_id}/{run_id}", dependencies=[ReadRun], response_class=HTMLResponse)
+def run_page(dag_id: str, run_id: str) -> HTMLResponse:
+    _, outcome = _outcome(dag_id, run_id)
+    e = html.escape
+    links = []
+    if outcome.report:
+        links.append("<a href='{0}/report.html' target='_blank'>Run report</a> (gates, evaluation, curves)")
+    if outcome.validation_report:
+        label = "Quarantine report" if outcome.kind == "quarantined" else "Validation report"
+        links.append(f"<a href='{{0}}/validation.html' target='_blank'>{label}</a>")
+    links.append(f"<a href='{URL_PREFIX}/models' target='_blank'>Models: champion, history, rollback</a>")
+    base = f"{URL_PREFIX}/runs/{_quote(dag_id)}/{_quote(run_id)}"
+    parts = [f"<p>{_badge(outcome.kind, big=True)} &nbsp;<b>day {e(outcome.day)}</b> &nbsp;run <code>{e(run_id)}</code></p>",
+             f"<p class='big'>{e(outcome.reason)}</p>"]
+    if outcome.failed_gates:
+        parts.append("<h3>Failing gates</h3><ul>" + "".join(f"<li>{e(g)}</li>" for g in outcome.failed_gates) + "</ul>")
+    if outcome.failed_rules:
+        parts.append("<h3>Failed data rules</h3><ul>" + "".join(f"<li>{e(r)}</li>" for r in outcome.failed_rules) + "</ul>")
+    if outcome.metrics:
+        names = sorted({k for m in outcome.metrics.values() for k in m})
+        parts.append("<h3>Key metrics on the fresh day</h3>" + _table(
+            ["model", *names], [[e(model), *(f"{m.get(k, float('nan')):.4f}" for k in names)]
+                                for model, m in outcome.metrics.items()]))
+    facts = [["candidate", outcome.candidate_version], ["champion before", outcome.champion_before],
+             ["champion after", outcome.champion_after], ["rows accepted", outcome.rows_accepted],
+             ["rows quarantined", outcome.rows_quarantined], ["engine runtime", outcome.runtime]]
+    parts.append(_table(["", ""], [[e(k), e(str(v))] for k, v in facts if v is not None]))
+    parts.append("<p>" + " &middot; ".join(link.format(base) for link in links) + "</p>")
+    return _page(f"GraphDistill {outcome.day}: {outcome.kind}", "".join(parts))
+
+
+@app.get("/runs/{dag_id}/{run_id}/validation.html", dependencies=[ReadRun])
+def validation_page(dag_id: str, run_id: str) -> FileResponse:
+    from components.outcome import validation_report
+
+    layout, day = _run_context(dag_id, run_id)
+    path = validation_report(layout, day)
+    if path is None:
+        raise HTTPException(404, f"no validation or quarantine report for {day}")
+    return FileResponse(path, media_type="text/html")
+
+
+@app.get("/runs/{dag_id}/{run_id}/{name}", dependencies=[ReadRun])
+def report_file(dag_id: str, run_id: str, name: str) -> FileResponse:
+    """The run report and the files it links to (PNGs, gates.html), from the run's report folder."""
+    from components.outcome import run_report_dir
+
+    layout, day = _run_context(dag_id, run_id)
+    folder = run_report_dir(layout, day, run_id)
+    path = folder / name
+    if Path(name).name != name or not path.is_file():
+        raise HTTPException(404, f"{name!r} not found in the report folder of {day}")
+    return FileResponse(path)
+
+
+@app.get("/models", dependencies=[Depends(requires_access_dag(method="GET", access_entity=DagAccessEntity.RUN,
+                                                                  param_dag_id=NIGHTLY_DAG_ID))],
+         response_class=HTMLResponse)
+def models_page(limit: Annotated[int, "recent runs to list"] = 14) -> HTMLResponse:
+    from sqlalchemy import select
+
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from components.config import default_root
+    from components.outcome import champion_day, run_outcome
+    from components.registry import champion, history
+    from components.storage import Layout
+
+    e = html.escape
+    with create_session() as session:
+        runs = session.scalars(select(DagRun).where(DagRun.dag_id == NIGHTLY_DAG_ID)
+                               .order_by(DagRun.id.desc()).limit(limit)).all()
+        run_ids = [r.run_id for r in runs]
+    rows = []
+    for run_id in run_ids:
+        try:
+            _, outcome = _outcome(NIGHTLY_DAG_ID, run_id)
+        except HTTPException as exc:
+            rows.append(["?", _badge("inconclusive"), e(str(exc.detail)), e(run_id)])
+            continue
+        link = f"{URL_PREFIX}/runs/{NIGHTLY_DAG_ID}/{_quote(run_id)}"
+        rows.append([e(outcome.day), _badge(outcome.kind), e(outcome.reason[:220]),
+                     f"<a href='{link}'>{e(run_id)}</a>"])
+    layout = Layout.at(default_root())
+    current = champion(layout)
+    parts = []
+    if current:
+        parts.append(f"<h2>Champion {e(current.version)}</h2><p>trained for day {e(str(champion_day(layout)))}, "
+                     f"promoted {e(current.promoted_at)} ({e(current.reason)}); previous: "
+                     f"{e(', '.join(current.previous) or 'none')}</p>")
+    else:
+        parts.append(f"<h2>No champion yet</h2><p>root {e(str(layout.root))}</p>")
+    parts.append("<h2>Recent nights</h2>" + _table(["day", "outcome", "reason", "run"], rows))
+    events = [[e(h.get("at", "")), e(h.get("event", "")), e(str(h.get("previous"))), e(h.get("version", "")),
+               e(h.get("reason", ""))] for h in reversed(history(layout))]
+    parts.append("<h2>Promotion history</h2>" + _table(["at", "event", "from", "to", "reason"], events))
+    parts.append("<h2>Roll back</h2><p>Restore the champion the current one replaced (atomic, audited):</p>"
+                 f"<pre>graphdistill rollback --root {e(str(layout.root))} --reason \"...\"</pre>"
+                 "<p>or promote a specific blessed version: <code>graphdistill promote &lt;version&gt; "
+                 "--reason \"...\"</code>. Then refresh serving: the champion-refresh DAG runs on the next "
+                 "promotion, or <code>graphdistill triton-export &lt;model repository&gt;</code> now.</p>")
+    return _page("GraphDistill models", "<h1>GraphDistill models</h1>" + "".join(parts))
+
+
+class GraphDistillPlugin(AirflowPlugin):
+    name = "graphdistill"
+    fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "GraphDistill"}]
+    external_views = [
+        {"name": "GraphDistill outcome", "href": "graphdistill/runs/{DAG_ID}/{RUN_ID}", "destination": "dag_run",
+         "url_route": "graphdistill_outcome"},
+        {"name": "Models", "href": "graphdistill/models", "destination": "nav", "url_route": "graphdistill_models",
+         "category": "browse"},
+    ]

@@ -1,0 +1,178 @@
+"""Ops view of real nights: a real api-server with the GraphDistill plugin, real DAG runs, a real webhook.
+
+The api-server runs on loopback while `airflow dags test` runs four days, so the outcome task writes
+each run's note through the public REST API. Days: d0 history only (skipped), d1 bootstraps a
+champion (promoted), d2 a shuffled-label candidate (rejected; the champion is then 1 night old,
+the stale threshold), d3 corrupted (quarantined). Then everything is read back over HTTP, and the
+champion-refresh DAG runs on the champion Asset's newest event.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from components.cli import airflow_bin, airflow_env, run_dag_day
+from components.sources.synthetic import SyntheticWorld, corrupt_landing, write_landing_day
+from components.storage import Layout, parse_day
+from graphdistill_airflow.local import api_server
+
+pytestmark = pytest.mark.e2e
+
+DAYS = ["2026-04-01", "2026-04-02", "2026-04-03", "2026-04-04"]
+SMALL = {"teacher.epochs": 10, "teacher.eval_every": 5, "distill.epochs": 10, "prune.finetune_epochs": 2,
+         "export.latency_repeats": 5, "ops.stale_champion_nights": 1}
+BAD = {**SMALL, "distill.shuffle_labels": True}
+DAG = "gnn_recsys_nightly"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Webhook(BaseHTTPRequestHandler):
+    received: list[dict] = []
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        self.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def ops(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ops")
+    layout = Layout.at(root)
+    world = SyntheticWorld(start=parse_day(DAYS[0]), seed=5)
+    universe = world.universe()
+    for day in DAYS:
+        write_landing_day(world, layout.landing(day), parse_day(day), "parquet", universe)
+    corrupt_landing(layout.landing(DAYS[3]), "missing_column")
+    hook = HTTPServer(("127.0.0.1", 0), _Webhook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    alerts_env = {"AIRFLOW_CONN_GRAPHDISTILL_ALERTS": f"http://127.0.0.1:{hook.server_port}/alerts"}
+    try:
+        with api_server(root, _free_port(), root / "api-server.log") as server:
+            env = {**server.task_env(), **alerts_env}
+            rcs = {day: run_dag_day(root, day, {"root": str(root), "overrides": BAD if day == DAYS[2] else SMALL},
+                                    root / f"{day}.log", extra_env=env) for day in DAYS}
+            refresh = subprocess.run([airflow_bin(), "dags", "test", "champion_serving_refresh"],
+                                     env={**airflow_env(root), **env}, capture_output=True, text=True)
+            token = server.token()
+            runs = server.get_json(f"/api/v2/dags/{DAG}/dagRuns?order_by=id", token)["dag_runs"]
+            yield {"root": root, "layout": layout, "server": server, "token": token, "rcs": rcs, "refresh": refresh,
+                   "runs": {r["conf"]["day"]: r for r in runs}, "alerts": list(_Webhook.received)}
+    finally:
+        hook.shutdown()
+
+
+def _outcome(ops, day):
+    run_id = urllib.parse.quote(ops["runs"][day]["dag_run_id"], safe="")
+    return run_id, ops["server"].get_json(f"/graphdistill/runs/{DAG}/{run_id}.json", ops["token"])
+
+
+def test_every_run_carries_its_decision_as_a_note(ops):
+    root = ops["root"]
+    assert [ops["rcs"][d] for d in DAYS[:3]] == [0, 0, 0], (root / f"{DAYS[2]}.log").read_text()[-3000:]
+    assert ops["rcs"][DAYS[3]] != 0  # a quarantined day is a failed run
+    notes = {day: run["note"] or "" for day, run in ops["runs"].items()}
+    assert notes[DAYS[0]].startswith(f"**SKIPPED** day {DAYS[0]}") and "teacher skipped" in notes[DAYS[0]]
+    assert notes[DAYS[1]].startswith(f"**PROMOTED** day {DAYS[1]}") and "none (bootstrap) ->" in notes[DAYS[1]]
+    assert notes[DAYS[2]].startswith(f"**REJECTED** day {DAYS[2]}") and "failed" in notes[DAYS[2]]
+    assert notes[DAYS[3]].startswith(f"**QUARANTINED** day {DAYS[3]}") and "expect_column_to_exist" in notes[DAYS[3]]
+    assert ops["runs"][DAYS[2]]["state"] == "success" and ops["runs"][DAYS[3]]["state"] == "failed"
+
+
+def test_plugin_serves_a_rejected_runs_outcome_and_report_behind_auth(ops):
+    server, token = ops["server"], ops["token"]
+    run_id, outcome = _outcome(ops, DAYS[2])
+    blessing = json.loads((ops["layout"].reports(DAYS[2]) / "blessing.json").read_text())
+    assert outcome["kind"] == "rejected" and len(outcome["failed_gates"]) == len(blessing["failed"]) > 0
+    assert outcome["champion_after"] == outcome["champion_before"] is not None
+    assert server.get(f"/graphdistill/runs/{DAG}/{run_id}", None)[0] == 401  # behind Airflow's auth
+    status, page = server.get(f"/graphdistill/runs/{DAG}/{run_id}", token)
+    assert status == 200 and b"REJECTED" in page and outcome["failed_gates"][0].encode() in page
+    status, report = server.get(f"/graphdistill/runs/{DAG}/{run_id}/report.html", token)
+    assert status == 200 and report == (ops["layout"].reports(DAYS[2]) / "report.html").read_bytes()
+    status, png = server.get(f"/graphdistill/runs/{DAG}/{run_id}/training_curves.png", token)
+    assert status == 200 and png.startswith(b"\x89PNG")
+    assert server.get(f"/graphdistill/runs/{DAG}/{run_id}/..%2Fblessing.json", token)[0] == 404
+
+
+def test_plugin_serves_a_quarantined_days_rules_and_quarantine_report(ops):
+    server, token = ops["server"], ops["token"]
+    run_id, outcome = _outcome(ops, DAYS[3])
+    (attempt,) = list(ops["layout"].quarantine(DAYS[3]).iterdir())
+    assert outcome["kind"] == "quarantined" and outcome["rows_quarantined"] > 0
+    assert any(r.startswith("expect_column_to_exist") for r in outcome["failed_rules"])
+    status, page = server.get(f"/graphdistill/runs/{DAG}/{run_id}/validation.html", token)
+    assert status == 200 and page == (attempt / "report.html").read_bytes()
+
+
+def test_models_page_lists_the_champion_the_nights_and_how_to_roll_back(ops):
+    status, page = ops["server"].get("/graphdistill/models", ops["token"])
+    champion = json.loads((ops["root"] / "registry" / "champion.json").read_text())["version"]
+    text = page.decode()
+    assert status == 200 and f"Champion {champion}" in text and "graphdistill rollback" in text
+    assert all(kind in text for kind in ("PROMOTED", "REJECTED", "QUARANTINED", "SKIPPED"))
+    plugins = ops["server"].get_json("/api/v2/plugins", ops["token"])["plugins"]
+    views = {v["name"]: v for p in plugins if p["name"] == "graphdistill" for v in p["external_views"]}
+    assert views["GraphDistill outcome"]["destination"] == "dag_run" and views["Models"]["destination"] == "nav"
+
+
+def test_champion_asset_has_one_event_per_promotion_with_metadata(ops):
+    server, token = ops["server"], ops["token"]
+    events = server.get_json("/api/v2/assets/events?order_by=timestamp&limit=100", token)["asset_events"]
+    champion_events = [e for e in events if e["name"] == "graphdistill_champion"]
+    outcome_events = [e for e in events if e["name"] == "graphdistill_nightly_outcome"]
+    (event,) = champion_events  # one promotion (d1): one event
+    champion = json.loads((ops["root"] / "registry" / "champion.json").read_text())["version"]
+    assert event["extra"]["version"] == champion and event["extra"]["day"] == DAYS[1]
+    assert event["extra"]["metrics"]["candidate"]["ndcg@20"] > 0 and event["extra"]["gates"]
+    assert event["extra"]["runtime"] == "onnxruntime" and event["extra"]["report"].endswith("/report.html")
+    assert [e["extra"]["kind"] for e in outcome_events] == ["skipped", "promoted", "rejected", "quarantined"]
+
+
+def test_champion_refresh_dag_exports_the_newest_champion_for_triton(ops):
+    refresh = ops["refresh"]
+    assert refresh.returncode == 0, refresh.stdout[-3000:] + refresh.stderr[-3000:]
+    exported = json.loads((ops["root"] / "serving" / "triton_repository" / "graphdistill_version.json").read_text())
+    champion = json.loads((ops["root"] / "registry" / "champion.json").read_text())["version"]
+    assert exported["version"] == champion and exported["models"]
+
+
+def test_alerts_reach_the_webhook_for_quarantine_stale_champion_and_failure(ops):
+    alerts = ops["alerts"]
+    by_event = {}
+    for alert in alerts:
+        by_event.setdefault(alert["event"], []).append(alert)
+    assert [a["day"] for a in by_event["quarantined"]] == [DAYS[3]]
+    assert "expect_column_to_exist" in by_event["quarantined"][0]["text"]
+    # The champion (trained for d1) is 1 night old on d2 and 2 on d3; the threshold is 1.
+    assert [(a["day"], a["nights"]) for a in by_event["stale_champion"]] == [(DAYS[2], 1), (DAYS[3], 2)]
+    assert [a["task_id"] for a in by_event["task_failed"]] == ["validate"]
+
+
+def test_a_manual_run_without_a_day_fails_at_once_and_says_how_to_run_a_day(ops):
+    root, server = ops["root"], ops["server"]
+    # `airflow dags trigger -l 2026-04-05...` without a day: Airflow would hand the run a data
+    # interval from the trigger time; the run must refuse instead of processing some other day.
+    done = subprocess.run([airflow_bin(), "dags", "test", DAG, "2026-04-05T00:00:00+00:00", "--conf",
+                           json.dumps({"root": str(root)})], env={**airflow_env(root), **server.task_env()},
+                          capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "must name its day" in done.stdout + done.stderr and '--conf \'{"day": "D"}\'' in done.stdout + done.stderr
+    runs = server.get_json(f"/api/v2/dags/{DAG}/dagRuns?order_by=id", ops["token"])["dag_runs"]
+    assert runs[-1]["state"] == "failed" and runs[-1]["note"].startswith("**NOT RUN**")

@@ -1,0 +1,115 @@
+"""A night's outcome read back from its real records (validation, blessing, registry), and the run's day."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from components.outcome import (
+    PROMOTED, QUARANTINED, REJECTED, RunDayError, champion_day, gauges, nights_since_promotion, note_markdown,
+    run_day, run_outcome, validation_report,
+)
+from components.registry import run_promote, run_register
+from components.sources.synthetic import corrupt_landing
+from components.ingest import run_ingest
+from components.validate import DataValidationError, run_validate
+
+from tests.unit.data_fixtures import accept, day, land
+from tests.unit.ship_fixtures import make_world, run_ship_day, tiny_config
+from components.storage import Layout, run_key_for
+
+
+RUN = run_key_for("scheduled__x")
+
+
+@pytest.fixture(scope="module")
+def nights(tmp_path_factory):
+    """day(0..2) accepted; day(1) promotes a good candidate, day(2) a random one is rejected; day(3) quarantined."""
+    root = tmp_path_factory.mktemp("outcome") / "root"
+    layout, cfg = Layout.at(root), tiny_config(root)
+    for offset in range(3):
+        accept(layout, cfg, offset)
+    world = make_world()
+    for offset, candidate in ((1, "good"), (2, "random")):
+        run_ship_day(layout, day(offset), cfg, world, seed=offset, candidate=candidate, run_key=RUN)
+        registration = run_register(layout, day(offset), cfg, run_key=RUN)
+        run_promote(layout, day(offset), cfg, run_key=RUN, registration=registration)
+    land(layout, 3)
+    corrupt_landing(layout.landing(day(3)), "missing_column")
+    run_ingest(layout, day(3), cfg)
+    with pytest.raises(DataValidationError):
+        run_validate(layout, day(3), cfg)
+    return layout
+
+
+def test_a_promotion_names_old_and_new_champion_and_the_metrics(nights):
+    layout = nights
+    outcome = run_outcome(layout, day(1), "scheduled__x")
+    evaluation = json.loads((layout.reports(day(1)) / "runs" / RUN / "evaluation.json").read_text())
+    assert outcome.kind == PROMOTED and outcome.champion_before is None
+    assert outcome.champion_after == outcome.candidate_version
+    assert outcome.metrics["candidate"]["ndcg@20"] == pytest.approx(evaluation["candidate"]["ndcg@20"])
+    assert "none (bootstrap)" in outcome.reason and outcome.candidate_version in outcome.reason
+    assert outcome.rows_accepted == json.loads((layout.accepted(day(1)) / "manifest.json").read_text())["rows_accepted"]
+    assert outcome.validation_report == str(layout.reports(day(1)) / "validation" / "report.html")
+    assert set(outcome.gates.values()) <= {"pass", "skipped"}
+
+
+def test_a_rejection_names_each_failing_gate_with_its_value_and_keeps_the_champion(nights):
+    layout = nights
+    outcome = run_outcome(layout, day(2), None)
+    blessing = json.loads((layout.reports(day(2)) / "runs" / RUN / "blessing.json").read_text())
+    failing = [g for g in blessing["gates"] if g["verdict"] == "fail"]
+    assert outcome.kind == REJECTED and len(outcome.failed_gates) == len(failing) > 0
+    assert all(g["metric"] in text and f"{g['statistic']:.4g}" in text for g, text in zip(failing, outcome.failed_gates))
+    assert all(g["metric"] in outcome.reason for g in failing)
+    first_champion = run_outcome(layout, day(1)).champion_after
+    assert outcome.champion_before == outcome.champion_after == first_champion
+    note = note_markdown(outcome)
+    assert note.startswith(f"**REJECTED** day {day(2)}") and len(note) <= 1000
+    values = gauges(outcome)
+    assert values["outcome.rejected"] == 1.0 and values["outcome.promoted"] == 0.0
+    assert values["candidate.ndcg_at_20"] == pytest.approx(outcome.metrics["candidate"]["ndcg@20"])
+    assert sorted(v for k, v in values.items() if k.startswith("gate.")).count(0.0) == len(failing)
+
+
+def test_a_quarantined_day_names_its_rules_and_links_the_quarantine_report(nights):
+    layout = nights
+    outcome = run_outcome(layout, day(3))
+    (attempt,) = list(layout.quarantine(day(3)).iterdir())
+    assert outcome.kind == QUARANTINED and outcome.rows_accepted == 0 and outcome.rows_quarantined > 0
+    assert any(rule.startswith("expect_column_to_exist") for rule in outcome.failed_rules)
+    assert outcome.validation_report == str(attempt / "report.html") == str(validation_report(layout, day(3)))
+    assert outcome.report is None and gauges(outcome)["rows.quarantined"] == outcome.rows_quarantined
+
+
+def test_nights_since_promotion_counts_from_the_champions_day(nights):
+    layout = nights
+    assert champion_day(layout) == day(1)
+    assert nights_since_promotion(champion_day(layout), day(6)) == 5
+    assert nights_since_promotion(None, day(6)) is None
+
+
+def test_run_day_scheduled_backfill_and_manual():
+    start = dt.datetime(2026, 1, 6, tzinfo=dt.timezone.utc)
+    assert run_day("scheduled", start, None) == "2026-01-06"
+    assert run_day("backfill", start, "2026-01-06") == "2026-01-06"
+    assert run_day("manual", dt.datetime(2026, 11, 22, tzinfo=dt.timezone.utc), "2026-01-06") == "2026-01-06"
+    with pytest.raises(RunDayError, match="must name its day"):
+        run_day("manual", dt.datetime(2026, 11, 22, tzinfo=dt.timezone.utc), None)
+    with pytest.raises(RunDayError, match="disagrees"):
+        run_day("backfill", start, "2026-01-07")
+    with pytest.raises(RunDayError, match="not a date"):
+        run_day("manual", None, "2026-13-01")
+
+
+def test_cli_prints_each_nights_decision(nights, capsys):
+    from components.cli import main
+
+    assert main(["outcome", "--root", str(nights.root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(": ", 1)[1].split(" - ")[0] for line in lines] == ["INCOMPLETE", "PROMOTED", "REJECTED",
+                                                                           "QUARANTINED"]
+    assert lines[0].startswith(day(0))
