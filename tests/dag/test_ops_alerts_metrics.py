@@ -109,7 +109,7 @@ def test_outcome_gauges_reach_statsd_through_airflow_metrics_settings(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     packets = set()
     try:
-        while len(packets) < 11:
+        while len(packets) < 12:  # 7 outcome kinds, 2 metrics, 1 gate, 2 row counts
             packets.add(receiver.recv(4096).decode())
     except socket.timeout:
         pass

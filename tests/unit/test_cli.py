@@ -22,7 +22,7 @@ def test_generate_then_run_stages_from_the_cli(tmp_path, capsys):
     assert "validation FAILED for 2026-01-02" in capsys.readouterr().err
     assert main(["outcome", "2026-01-02", "--json", "--root", root]) == 0
     outcome = json.loads(capsys.readouterr().out)
-    assert outcome["kind"] == "quarantined" and "validation FAILED for 2026-01-02" in outcome["reason"]
+    assert outcome["kind"] == "quarantined" and "rows quarantined; failed rules: expect_column_values_to_be_between(ts_offset_hours)" in outcome["reason"]
 
 
 def test_rollback_without_a_champion_is_a_clear_error(tmp_path, capsys):
