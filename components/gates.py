@@ -32,7 +32,7 @@ import torch
 
 from components.candidate import CandidateRefs, candidate_id
 from components.config import GateSpec, GatesConfig, PipelineConfig
-from components.evaluate import Scorer, UserMetrics, popularity_scorer, user_metrics
+from components.evaluate import Scorer, UserMetrics, popularity_scorer, ranking_scorer, user_metrics
 from components.graph import GraphArtifact
 from components.storage import Layout, atomic_write_bytes, read_json, record_outcome, run_dir, write_json
 
@@ -87,15 +87,84 @@ def served_scorer(model: Scorer, has_embedding: np.ndarray, fallback: Scorer) ->
     return score
 
 
-def version_served_scorer(layout: Layout, version: str, graph: GraphArtifact) -> Scorer:
+@dataclass(frozen=True)
+class History:
+    """Users' recent items as serving reads them (Feast), as CSR over today's user and item indices."""
+
+    indptr: np.ndarray  # [num_users + 1]
+    indices: np.ndarray  # today's item indices, most recent first per user
+
+    @classmethod
+    def empty(cls, num_users: int) -> "History":
+        return cls(np.zeros(num_users + 1, np.int64), np.zeros(0, np.int64))
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(user, item) index arrays, one per history entry."""
+        return np.repeat(np.arange(self.indptr.size - 1), np.diff(self.indptr)), self.indices
+
+
+def cold_served_scorer(item_emb: np.ndarray, item_degrees: np.ndarray, item_map: np.ndarray, history: History,
+                       num_items: int) -> tuple[Scorer, np.ndarray]:
+    """Serving's answer to users a model has no trained embedding for (``serving.cold_user_scorer``:
+    fold-in from their history, else the model's popularity) over today's ``num_items`` items.
+    ``item_map``: today's item index -> the model's (-1: unknown to it; scored -inf, and dropped
+    from histories as serving drops items outside the version's catalogue). Returns (scorer, folded
+    per today's user)."""
+    from components.serving import cold_user_scorer
+
+    users, items = history.pairs()
+    mapped = item_map[items]
+    keep = mapped >= 0
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(users[keep], minlength=history.indptr.size - 1))])
+    cold, folded = cold_user_scorer(item_emb, item_degrees, indptr, mapped[keep])
+    known = np.flatnonzero(item_map >= 0)
+    today_cols, model_cols = torch.from_numpy(known), torch.from_numpy(item_map[known])
+
+    def score(batch: torch.Tensor) -> torch.Tensor:
+        scores = torch.full((batch.numel(), num_items), -torch.inf)
+        scores[:, today_cols] = cold(batch)[:, model_cols]
+        return scores
+
+    return score, folded
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A model as served over today's users: its scorer and who it answers how (per today's user)."""
+
+    scorer: Scorer
+    has_embedding: np.ndarray  # bool [num_users]: answered by the model itself
+    folded: np.ndarray  # bool [num_users]: answered by fold-in where it has no embedding
+
+    def answered_by(self, users: np.ndarray) -> dict[str, int]:
+        model = self.has_embedding[users]
+        fold = ~model & self.folded[users]
+        return {"model": int(model.sum()), "fold_in": int(fold.sum()), "popularity": int((~model & ~fold).sum())}
+
+
+def embedding_served(user_emb: np.ndarray, item_emb: np.ndarray, has_history: np.ndarray, item_degrees: np.ndarray,
+                     history: History, num_items: int) -> ServedModel:
+    """A model over an item prefix of today's graph (trained on it: ``has_history`` per its users,
+    ``item_degrees`` its training interactions per item), as served."""
+    known = item_emb.shape[0]
+    item_map = np.where(np.arange(num_items) < known, np.arange(num_items), -1)
+    cold, folded = cold_served_scorer(item_emb, item_degrees[:known], item_map, history, num_items)
+    has_embedding = np.zeros(history.indptr.size - 1, bool)
+    has_embedding[: user_emb.shape[0]] = has_history[: user_emb.shape[0]]
+    return ServedModel(served_scorer(prefix_scorer(user_emb, item_emb, num_items), has_embedding, cold),
+                       has_embedding, folded)
+
+
+def version_served_scorer(layout: Layout, version: str, graph: GraphArtifact, history: History | None = None
+                          ) -> ServedModel:
     """A registered version as serving answers the users of ``graph``: through the version's own
     string-ID maps (any subset or order of today's IDs), its embeddings for users it trained,
-    serving's cold-user answer for the rest; items it never saw score -inf."""
+    serving's cold-user answer (fold-in from ``history``, its popularity) for the rest; items it
+    never saw score -inf."""
     import pandas as pd
 
     from components.export import load_embeddings
     from components.registry import version_dir, version_has_history, version_popularity
-    from components.serving import cold_user_scorer
 
     path = version_dir(layout, version)
     user_emb, item_emb = load_embeddings(path)
@@ -111,30 +180,50 @@ def version_served_scorer(layout: Layout, version: str, graph: GraphArtifact) ->
 
     user_map = index_map("users.parquet", "user_id", graph.num_users)
     item_map = index_map("items.parquet", "item_id", graph.num_items)
-    trained = version_has_history(layout, version)
-    known_items = np.flatnonzero(item_map >= 0)
-    counts = np.zeros(graph.num_items)
-    counts[known_items] = version_popularity(layout, version)[item_map[known_items]]
-    popular = cold_user_scorer(counts, graph.num_items)
-    unknown_items = torch.from_numpy(np.flatnonzero(item_map < 0))
+    history = History.empty(graph.num_users) if history is None else history
+    # popularity.npy: the version's training interactions per item (serving's fold-in |N(i)| too)
+    cold, folded = cold_served_scorer(item_emb, version_popularity(layout, version), item_map, history,
+                                      graph.num_items)
+    has_embedding = np.concatenate([version_has_history(layout, version), [False]])[user_map]  # -1 -> False
+    known_t = torch.from_numpy(np.flatnonzero(item_map >= 0))
     user_t = torch.as_tensor(user_emb, dtype=torch.float32)
-    item_t = torch.as_tensor(item_emb[item_map[known_items]], dtype=torch.float32)
-    known_t = torch.from_numpy(known_items)
+    item_t = torch.as_tensor(item_emb[item_map[item_map >= 0]], dtype=torch.float32)
     ours_to_theirs = torch.from_numpy(user_map)
-    warm_t = torch.from_numpy(np.concatenate([trained, [False]]))  # index -1 -> the appended False
 
-    def score(users: torch.Tensor) -> torch.Tensor:
-        scores = popular(users)
-        scores[:, unknown_items] = -torch.inf
-        theirs = ours_to_theirs[users]
-        warm = warm_t[theirs]
-        if warm.any():
-            rows = torch.full((int(warm.sum()), graph.num_items), -torch.inf)
-            rows[:, known_t] = user_t[theirs[warm]] @ item_t.T
-            scores[warm] = rows
+    def model(users: torch.Tensor) -> torch.Tensor:
+        scores = torch.full((users.numel(), graph.num_items), -torch.inf)
+        scores[:, known_t] = user_t[ours_to_theirs[users]] @ item_t.T
         return scores
 
-    return score
+    return ServedModel(served_scorer(model, has_embedding, cold), has_embedding, folded)
+
+
+def read_history(layout: Layout, cfg: PipelineConfig, graph: GraphArtifact, users: np.ndarray, day: str
+                 ) -> tuple[History, str]:
+    """``users``' recent items as serving read them when ``day`` began (Feast point-in-time join on
+    the offline snapshots: the day's own events never count), as CSR over the graph's indices; and
+    how cold users are answered. Without a Feast repo (no features stage for this root) nobody has
+    history: popularity only, said in the result."""
+    import pandas as pd
+
+    from components.features import feature_repo_path, recent_items_as_of
+    from components.serving import history_csr
+
+    if not (feature_repo_path(layout) / "feature_store.yaml").exists():
+        log.warning("evaluate %s: no Feast repo at %s: cold users are answered by popularity only",
+                    day, feature_repo_path(layout))
+        return History.empty(graph.num_users), "popularity (no feature store)"
+    user_ids = pd.read_parquet(Path(graph.ref.path) / "users.parquet").set_index("idx")["user_id"].astype(str)
+    items = pd.read_parquet(Path(graph.ref.path) / "items.parquet").sort_values("idx")
+    as_of = pd.Timestamp(day, tz="UTC")
+    histories = recent_items_as_of(layout, cfg, user_ids.loc[users].tolist(), as_of)
+    indptr, indices = history_csr(histories, pd.Index(items["item_id"].astype(str).to_numpy()))
+    counts = np.zeros(graph.num_users, np.int64)
+    counts[users] = np.diff(indptr)  # users are sorted, so their CSR rows keep today's order
+    history = History(np.concatenate([[0], np.cumsum(counts)]), indices)
+    log.info("evaluate %s: recent items as of %s for %d holdout users (%d with history, %d items) from Feast",
+             day, as_of.isoformat(), len(users), int((counts > 0).sum()), indices.size)
+    return history, f"fold-in from Feast recent items as of {as_of.isoformat()}, else popularity"
 
 
 @dataclass(frozen=True)
@@ -162,7 +251,11 @@ class EvaluationResult:
     users_evaluated: int
     warm_users_evaluated: int
     cold_users_evaluated: int  # answered by serving's cold-user path, evaluated as served
-    users_without_unseen_test_items: int
+    users_without_unseen_test_items: int  # every test item was a training positive or a recent item
+    # How users without a trained embedding were answered (fold-in from Feast history, or popularity
+    # only when the root has no feature store); defaults read records written before fold-in.
+    cold_answer: str = "popularity"
+    answered_by: dict[str, dict[str, int]] = field(default_factory=dict)  # model -> model/fold_in/popularity users
 
     def metrics_of(self, model: str, segment: str = "all") -> dict[str, float] | None:
         return (self.segments.get(model) or {}).get(segment)
@@ -216,9 +309,9 @@ def run_evaluate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
     default is the day's current engine), its teacher, the champion as of ``day`` and popularity
     on the day's holdout, as served; write evaluation.json and per_user.npz to the run's folder."""
     from components.export import load_embeddings
+    from components.graph import Interactions
     from components.registry import champion_as_of
-    from components.serving import cold_user_scorer
-    from components.teacher import load_teacher_scorer
+    from components.teacher import load_teacher
 
     if candidate is None:
         refs = CandidateRefs.current(layout, day)
@@ -234,29 +327,40 @@ def run_evaluate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
     train, holdout = graph.train_interactions(), graph.holdout_interactions()
     num_items = graph.num_items
     has_train = np.bincount(train.user, minlength=graph.num_users) > 0
-    fallback = cold_user_scorer(np.bincount(train.item, minlength=num_items), num_items)
+    degrees = np.bincount(train.item, minlength=num_items)
+    history, cold_answer = read_history(layout, cfg, graph, np.unique(holdout.user), day)
 
-    def served(name: str, user_emb: np.ndarray, item_emb: np.ndarray, has_history: np.ndarray, cold: Scorer):
+    def served(name: str, user_emb: np.ndarray, item_emb: np.ndarray) -> ServedModel:
         if user_emb.shape[0] > graph.num_users or item_emb.shape[0] > num_items:
             raise ValueError(f"evaluate {day}: {name} covers {user_emb.shape[0]} users x {item_emb.shape[0]} items, "
                              f"more than graph {refs.graph.version} ({graph.num_users} x {num_items})")
-        return served_scorer(prefix_scorer(user_emb, item_emb, num_items), has_history[: user_emb.shape[0]], cold)
+        return embedding_served(user_emb, item_emb, has_train, degrees, history, num_items)
 
-    scorers: dict[str, Scorer] = {"candidate": served("candidate", *load_embeddings(refs.pruned.path), has_train,
-                                                      fallback)}
-    if refs.teacher is not None:  # either teacher kind, built on this graph (covers all its users)
-        scorers["teacher"] = served_scorer(load_teacher_scorer(refs.teacher.path, train), has_train, fallback)
-    else:
+    models: dict[str, ServedModel] = {"candidate": served("candidate", *load_embeddings(refs.pruned.path))}
+    teacher = load_teacher(refs.teacher.path, train) if refs.teacher is not None else None
+    if teacher is None:
         log.warning("evaluate %s: candidate %s names no teacher; teacher-relative gates will fail", day, cid)
+    elif teacher.kind == "lightgcn":
+        models["teacher"] = served("teacher", *load_embeddings(refs.teacher.path))
+    else:  # a graph filter scores every user of its graph from their rows; no item embeddings to fold into
+        scorer = served_scorer(teacher.scorer, has_train, ranking_scorer(degrees, num_items))
+        models["teacher"] = ServedModel(scorer, has_train, np.zeros(graph.num_users, bool))
     if baseline is not None:  # through its own ID maps: it may know fewer (or other) users and items
-        scorers["champion"] = version_served_scorer(layout, baseline.version, graph)
+        models["champion"] = version_served_scorer(layout, baseline.version, graph, history)
+    scorers: dict[str, Scorer] = {name: m.scorer for name, m in models.items()}
     scorers["popularity"] = popularity_scorer(train, num_items)
 
+    # Serving never recommends a user's recent items (in any segment): exclude them as training
+    # positives are (user_metrics unions the keys, so items in both count once).
+    history_user, history_item = history.pairs()
+    excluded = Interactions(np.concatenate([train.user, history_user]), np.concatenate([train.item, history_item]),
+                            np.concatenate([train.weight, np.ones(history_item.size, train.weight.dtype)]))
     ks, batch = tuple(cfg.eval.ks), cfg.eval.user_batch_size
-    measured = {name: user_metrics(scorer, train, holdout, num_items, ks, batch, include_cold=True)
+    measured = {name: user_metrics(scorer, excluded, holdout, num_items, ks, batch, include_cold=True)
                 for name, scorer in scorers.items()}
     first = measured["candidate"]
     cold = ~has_train[first.users]
+    answered_by = {name: m.answered_by(first.users) for name, m in models.items()}
     out = run_dir(layout, day, run_key)
     per_user = PerUser(users=first.users, cold=cold, values={n: m.values for n, m in measured.items()})
     per_user.save(out / PER_USER_FILE)
@@ -273,14 +377,17 @@ def run_evaluate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
         users_evaluated=int(first.users.size), warm_users_evaluated=int((~cold).sum()),
         cold_users_evaluated=int(cold.sum()),
         users_without_unseen_test_items=int(first.counts["users_without_unseen_test_items"]),
+        cold_answer=cold_answer, answered_by=answered_by,
     )
     write_json(Path(result.path), asdict(result))
     k = 20 if 20 in ks else ks[0]
     log.info(
         "evaluate %s run %s: candidate %s (engine %s), baseline %s (%s); %d users evaluated (%d warm, %d cold, "
-        "as served); ndcg@%d candidate %.4f teacher %s champion %s popularity %.4f",
+        "as served: %d by fold-in, %d by popularity; %s); ndcg@%d candidate %.4f teacher %s champion %s "
+        "popularity %.4f",
         day, run_key, cid, refs.engine.version, result.champion_version or "none", baseline_reason,
-        result.users_evaluated, result.warm_users_evaluated, result.cold_users_evaluated, k,
+        result.users_evaluated, result.warm_users_evaluated, result.cold_users_evaluated,
+        answered_by["candidate"]["fold_in"], answered_by["candidate"]["popularity"], cold_answer, k,
         result.candidate[f"ndcg@{k}"], f"{result.teacher[f'ndcg@{k}']:.4f}" if result.teacher else "n/a",
         f"{result.champion[f'ndcg@{k}']:.4f}" if result.champion else "n/a (bootstrap)",
         result.popularity[f"ndcg@{k}"],

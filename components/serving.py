@@ -167,18 +167,23 @@ class Recommender:
             raise LookupError(f"no champion in registry {registry_root} (nothing promoted yet)")
         return cls(Path(champ.path), runtime, history)
 
-    def _plan(self, user_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(model user index or -1, segment code per user (index into SEGMENTS), history CSR)."""
+    def _plan(self, user_ids: Sequence[str]):
+        """(model user index or -1, segment code per user (index into SEGMENTS), history CSR,
+        fold-in embeddings (rows of users without a trained embedding; zero elsewhere))."""
         ids = [str(u) for u in user_ids]
         position = self._user_index.get_indexer(pd.Index(ids, dtype=object))
         idx = np.where(position >= 0, self._user_idx[np.maximum(position, 0)], -1)
         trained = (idx >= 0) & self._has_history[np.clip(idx, 0, None)]
         histories = self.history(ids) if self.history is not None else [[] for _ in ids]
         indptr, indices = history_csr(histories, self._item_index)
-        usable = np.bincount(np.repeat(np.arange(len(ids)), np.diff(indptr)),
-                             weights=self._item_degree[indices] > 0, minlength=len(ids)) > 0
-        segment = np.where(trained, 0, np.where(usable, 1, 2))
-        return idx, segment, indptr, indices
+        cold = np.flatnonzero(~trained)
+        folded, cold_emb = answer_cold_users(self._item_emb, self._item_degree, *csr_rows(indptr, indices, cold))
+        folded_emb = np.zeros((len(ids), self._item_emb.shape[1]), dtype=np.float32)
+        folded_emb[cold] = cold_emb
+        segment = np.full(len(ids), 2)
+        segment[cold[folded]] = 1
+        segment[trained] = 0
+        return idx, segment, indptr, indices, folded_emb
 
     def segments(self, user_ids: Sequence[str]) -> np.ndarray:
         """Which segment answers each user: "model", "fold_in" or "popularity"."""
@@ -194,7 +199,7 @@ class Recommender:
         training than top_k - k) are dropped, so a row may be shorter than k."""
         if not 1 <= k <= self.top_k:
             raise ValueError(f"k must be in [1, {self.top_k}] (the exported top-K), got {k}")
-        idx, segment, indptr, indices = self._plan(user_ids)
+        idx, segment, indptr, indices, folded_emb = self._plan(user_ids)
         n = len(user_ids)
         items = np.tile(self._popular, (n, 1))
         scores = np.tile(self._popular_scores, (n, 1))
@@ -202,7 +207,7 @@ class Recommender:
             rows = np.flatnonzero(segment == code)
             for start in range(0, rows.size, self.max_batch):
                 chunk = rows[start : start + self.max_batch]
-                items[chunk], scores[chunk] = answer(chunk, idx, indptr, indices)
+                items[chunk], scores[chunk] = answer(chunk, idx, indptr, indices, folded_emb)
         # Recent items (the history) are excluded in every segment; then the first k that remain.
         rows = np.repeat(np.arange(n), np.diff(indptr))
         seen_keys = rows * len(self._item_ids) + indices
@@ -216,7 +221,7 @@ class Recommender:
             for r in range(n)
         ]
 
-    def _run_engine(self, chunk, idx, indptr, indices) -> tuple[np.ndarray, np.ndarray]:
+    def _run_engine(self, chunk, idx, indptr, indices, folded_emb) -> tuple[np.ndarray, np.ndarray]:
         top_items, top_scores = self.runner.run(idx[chunk])
         items = np.full((chunk.size, self.top_k), -1, dtype=np.int64)
         scores = np.full((chunk.size, self.top_k), -np.inf, dtype=np.float32)
@@ -224,19 +229,51 @@ class Recommender:
         items[:, :width], scores[:, :width] = top_items[:, :width], top_scores[:, :width]
         return items, scores
 
-    def _run_fold_in(self, chunk, idx, indptr, indices) -> tuple[np.ndarray, np.ndarray]:
+    def _run_fold_in(self, chunk, idx, indptr, indices, folded_emb) -> tuple[np.ndarray, np.ndarray]:
         sub_indptr, sub_indices = csr_rows(indptr, indices, chunk)
-        users = fold_in(self._item_emb, sub_indptr, sub_indices, self._item_degree)
-        return top_k_excluding(users, self._item_emb, sub_indptr, sub_indices, self.top_k)
+        return top_k_excluding(folded_emb[chunk], self._item_emb, sub_indptr, sub_indices, self.top_k)
 
 
-def cold_user_scorer(version_popularity: np.ndarray, num_items: int):
-    """How serving answers a user the model has no trained embedding for, as an evaluation scorer
-    over ``num_items`` items: today the version's popularity ranking (what ``recommend`` returns
-    for such users). The gates evaluate cold users through this one function."""
+def answer_cold_users(
+    item_embeddings: np.ndarray, item_degrees: np.ndarray, indptr: np.ndarray, indices: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """How a user the model has no trained embedding for is answered, in serving (``Recommender``)
+    and in evaluation as served (:func:`cold_user_scorer`): (folded bool [n], embeddings [n, d]).
+    Users with at least one history item (CSR over the model's items) that the model trained
+    (``item_degrees`` > 0: its training interactions per item) are ranked by their fold-in embedding
+    (:func:`fold_in`) @ item_embeddings.T; the rest get the model's popularity ranking (the same
+    ``item_degrees``). Callers exclude the history items from either answer."""
+    indptr, indices = np.asarray(indptr, np.int64), np.asarray(indices, np.int64)
+    degrees = np.asarray(item_degrees, np.float64)
+    rows = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))
+    folded = np.bincount(rows, weights=degrees[indices] > 0, minlength=indptr.size - 1) > 0
+    return folded, fold_in(item_embeddings, indptr, indices, degrees)
+
+
+def cold_user_scorer(item_embeddings: np.ndarray, item_degrees: np.ndarray, indptr: np.ndarray,
+                     indices: np.ndarray):
+    """:func:`answer_cold_users` as an evaluation scorer over the model's items: row u of the
+    history CSR is user index u (users beyond it have no history); fold-in scores where folded,
+    -(popularity rank) elsewhere. Returns (scorer, folded)."""
+    import torch
+
     from components.evaluate import ranking_scorer
 
-    return ranking_scorer(version_popularity, num_items)
+    folded, user_emb = answer_cold_users(item_embeddings, item_degrees, indptr, indices)
+    popular = ranking_scorer(np.asarray(item_degrees), item_embeddings.shape[0])
+    folded_t, user_t = torch.from_numpy(folded), torch.from_numpy(user_emb)
+    item_t = torch.as_tensor(item_embeddings, dtype=torch.float32)
+
+    def score(users: torch.Tensor) -> torch.Tensor:
+        scores = popular(users)
+        inside = users < folded_t.numel()
+        by_fold_in = torch.zeros_like(inside)
+        by_fold_in[inside] = folded_t[users[inside]]
+        if by_fold_in.any():
+            scores[by_fold_in] = user_t[users[by_fold_in]] @ item_t.T
+        return scores
+
+    return score, folded
 
 
 # --- Triton ---------------------------------------------------------------------------------
