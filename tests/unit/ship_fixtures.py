@@ -206,3 +206,16 @@ def run_ship_day(layout: Layout, day: str, cfg: PipelineConfig, world: World, se
         return None
     evaluation = gates.run_evaluate(layout, day, cfg, run_key=run_key, candidate={"day": day, "version": built.version})
     return gates.run_gate(layout, day, cfg, run_key=run_key, evaluation=evaluation)
+
+
+def write_accepted_events(layout, day, rows):
+    """An accepted partition in the validate stage's format (what the features stage reads)."""
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "ts"])
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True).astype("datetime64[us, UTC]")
+    frame["event_id"] = [f"e{i}" for i in range(len(frame))]
+    frame["event_type"], frame["weight"], frame["late"] = "view", 1.0, False
+    part = layout.accepted(day)
+    part.mkdir(parents=True, exist_ok=True)
+    frame.astype({c: "string" for c in ("event_id", "user_id", "item_id", "event_type")}).to_parquet(
+        part / "events.parquet", index=False)
+    write_json(part / "manifest.json", {"day": day, "rows_accepted": len(frame)})

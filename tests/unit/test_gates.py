@@ -295,6 +295,10 @@ def test_run_evaluate_scores_every_user_as_served_against_the_champion_as_of_the
     holdout = pd.read_parquet(f"{graph.ref.path}/holdout.parquet")
     assert result.users_evaluated == holdout["user_idx"].nunique() == 40  # nobody dropped
     assert result.cold_users_evaluated == 3 and result.warm_users_evaluated == 37
+    # No features stage for this root: no history to fold in, said in the record.
+    assert result.cold_answer == "popularity (no feature store)"
+    assert result.answered_by["candidate"] == {"model": 37, "fold_in": 0, "popularity": 3}
+    assert result.answered_by["champion"] == {"model": 29, "fold_in": 0, "popularity": 11}
     per_user = PerUser.load(result.per_user_path)
     assert per_user.users.tolist() == list(range(40)) and per_user.cold.sum() == 3
     # Users the champion cannot serve (unknown: >= 30; untrained: 5) get its popularity, as served.

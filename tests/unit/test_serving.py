@@ -12,9 +12,9 @@ from components.registry import run_promote, run_register
 from components.features import online_history, recent_items_as_of, run_features
 from components.serving import (Recommender, csr_rows, export_triton_repository, fold_in, history_csr,
                                 top_k_excluding)
-from components.storage import Layout, write_json
+from components.storage import Layout
 
-from tests.unit.ship_fixtures import make_world, run_ship_day, tiny_config
+from tests.unit.ship_fixtures import make_world, run_ship_day, tiny_config, write_accepted_events
 
 DAY = "2024-01-08"
 
@@ -106,19 +106,6 @@ def test_csr_helpers_map_histories_and_gather_rows():
                                   np.array([0, 1]), np.array([0]), 3)
     np.testing.assert_array_equal(top, [[2, 1, -1]])  # item 0 excluded, only two remain
     np.testing.assert_allclose(scores[0, :2], [1.0, 0.0])
-
-
-def write_accepted_events(layout, day, rows):
-    """An accepted partition in the validate stage's format (what the features stage reads)."""
-    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "ts"])
-    frame["ts"] = pd.to_datetime(frame["ts"], utc=True).astype("datetime64[us, UTC]")
-    frame["event_id"] = [f"e{i}" for i in range(len(frame))]
-    frame["event_type"], frame["weight"], frame["late"] = "view", 1.0, False
-    part = layout.accepted(day)
-    part.mkdir(parents=True, exist_ok=True)
-    frame.astype({c: "string" for c in ("event_id", "user_id", "item_id", "event_type")}).to_parquet(
-        part / "events.parquet", index=False)
-    write_json(part / "manifest.json", {"day": day, "rows_accepted": len(frame)})
 
 
 @pytest.fixture(scope="module")
