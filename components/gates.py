@@ -4,11 +4,14 @@ Evaluation (``run_evaluate``) measures. The candidate named by the run's engine 
 components/candidate.py), its teacher, the champion *as of the day* (the registry's newest
 promoted model of an earlier day: never a model that has seen the day, and the same baseline
 whenever the day is re-run) and a popularity baseline are ranked over the full catalogue for
-every holdout user of the day, training positives excluded, via ``components.evaluate``. Each
-model is evaluated *as served*: users it has a trained embedding for get its scores, every other
-user gets serving's cold-user answer (``components.serving.cold_user_scorer``). Users without
-training history are the "cold" segment, the rest "warm". Per-user metric vectors of every model
-are kept (per_user.npz) so that gates can compute paired intervals.
+every holdout user of the day, training positives and the user's recent items excluded (serving
+never recommends those), via ``components.evaluate``. Each model is evaluated *as served*: users it
+has a trained embedding for get its scores, every other user gets serving's cold-user answer
+(``components.serving.answer_cold_users``: fold-in over that model's item embeddings from the
+user's recent items in Feast as of the day's start, else the model's popularity). Users without
+training history are the "cold" segment, the rest "warm"; the record counts, per model, the users
+answered by the model, by fold-in and by popularity. Per-user metric vectors of every model are
+kept (per_user.npz) so that gates can compute paired intervals.
 
 Gating (``judge``, ``run_gate``) judges, as a pure function of the measurements and
 config/gates.yaml: each evaluation gate gets a paired bootstrap confidence interval

@@ -309,8 +309,16 @@ def run_report(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str) -
         counts = {k: evaluation[k] for k in ("holdout_users", "holdout_pairs", "users_evaluated", "warm_users_evaluated",
                                              "cold_users_evaluated", "users_without_unseen_test_items",
                                              "champion_version", "baseline_reason")}
-        sections.append("<h2>Evaluation on the fresh day (as served: cold users get serving's fallback)</h2>"
-                        f"<table><tr><th></th><th>segment</th>{header}</tr>{body}</table>" + _kv_table(counts))
+        counts["cold users answered by"] = evaluation.get("cold_answer", "popularity")
+        # Per model: users without its trained embedding split by how serving answers them.
+        answered = "".join(f"<tr><th>{who}</th>" + "".join(f"<td>{n}</td>" for n in by.values()) + "</tr>"
+                           for who, by in evaluation.get("answered_by", {}).items())
+        answered_table = ("<table><tr><th>answered by</th><th>model</th><th>fold-in</th><th>popularity</th></tr>"
+                          f"{answered}</table>" if answered else "")
+        sections.append("<h2>Evaluation on the fresh day (as served: users without a trained embedding get "
+                        "serving's fold-in or popularity answer)</h2>"
+                        f"<table><tr><th></th><th>segment</th>{header}</tr>{body}</table>" + _kv_table(counts)
+                        + answered_table)
     for name, title in ((CURVES_PNG, "Training curves"), (HISTORY_PNG, "Metric history across days")):
         if name in figures:
             sections.append(f"<h2>{title}</h2><img src='{name}' alt='{title}'>")

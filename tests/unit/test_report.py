@@ -43,6 +43,7 @@ def test_run_report_over_two_days(tmp_path):
     html = (run_dir / "report.html").read_text()
     assert "training_curves.png" in html and "metric_history.png" in html and "Lineage" in html
     assert "Outcome: PROMOTED" in html and "90% CI [" in html and "cold (0 users)" in html
+    assert "<th>cold users answered by</th><td>popularity (no feature store)</td>" in html
 
     rows = metric_history(layout, "2024-01-09")
     assert [r["day"] for r in rows] == ["2024-01-08", "2024-01-09"]
