@@ -167,7 +167,7 @@ class Recommender:
             raise LookupError(f"no champion in registry {registry_root} (nothing promoted yet)")
         return cls(Path(champ.path), runtime, history)
 
-    def _plan(self, user_ids: Sequence[str]):
+    def _plan(self, user_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(model user index or -1, segment code per user (index into SEGMENTS), history CSR,
         fold-in embeddings (rows of users without a trained embedding; zero elsewhere))."""
         ids = [str(u) for u in user_ids]
