@@ -93,6 +93,18 @@ def corrupt_labels(train: Interactions, seed: int) -> Interactions:
     return Interactions(train.user, train.item[perm], train.weight)
 
 
+def training_signal(train: Interactions, top_items: torch.Tensor | None, num_items: int,
+                    cfg: PipelineConfig) -> tuple[Interactions, torch.Tensor | None]:
+    """The pairs and teacher items a student trains on: as given, or, with distill.shuffle_labels,
+    both permuted. Distillation and pruning's fine-tune both use it, so the shipped candidate is bad."""
+    if not cfg.distill.shuffle_labels:
+        return train, top_items
+    log.warning("distill.shuffle_labels is on: training labels and teacher items are permuted (bad candidate)")
+    if top_items is not None:
+        top_items = torch.from_numpy(np.random.default_rng([cfg.seed, 98]).permutation(num_items))[top_items]
+    return corrupt_labels(train, cfg.seed), top_items
+
+
 def teacher_targets(teacher: Teacher, known: Interactions, cfg: PipelineConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores, items) [num_users, kd_topk]: the teacher's top-k with ``known`` pairs excluded."""
     return teacher_topk(teacher.scorer, known, teacher.num_users, teacher.num_items, cfg.distill.kd_topk,
@@ -113,13 +125,10 @@ def train_student(train: Interactions, val: Interactions | None, num_users: int,
     kd = None
     if dcfg.kd_weight > 0:
         top_scores, top_items = targets if targets is not None else teacher_targets(teacher, known_pairs(train, val), cfg)
-        if dcfg.shuffle_labels:
-            permutation = torch.from_numpy(np.random.default_rng([cfg.seed, 98]).permutation(num_items))
-            top_items = permutation[top_items]
+        train, top_items = training_signal(train, top_items, num_items, cfg)
         kd = make_kd_loss(top_scores, top_items, cfg, device)
-    if dcfg.shuffle_labels:
-        train = corrupt_labels(train, cfg.seed)
-        log.warning("distill.shuffle_labels is on: training labels and teacher items are permuted (bad candidate)")
+    else:
+        train, _ = training_signal(train, None, num_items, cfg)
     torch.manual_seed(cfg.seed + 1)
     dim = dcfg.embedding_dim
     model = teacher.init_student(dim, dcfg.num_layers) if init == "teacher" else \

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from components.config import PipelineConfig
-from components.distill import holdout_and_retention, known_pairs, load_stage_inputs, make_kd_loss, teacher_targets
+from components.distill import (holdout_and_retention, known_pairs, load_stage_inputs, make_kd_loss, teacher_targets,
+                                training_signal)
 from components.models.lightgcn import (
     Backend,
     LightGCN,
@@ -115,7 +116,10 @@ def prune_model(base: LightGCN, train, val, teacher: Teacher, cfg: PipelineConfi
     kd = None
     if dcfg.kd_weight > 0 and pcfg.finetune_epochs > 0:
         top_scores, top_items = targets if targets is not None else teacher_targets(teacher, known_pairs(train, val), cfg)
+        train, top_items = training_signal(train, top_items, base.num_items, cfg)
         kd = make_kd_loss(top_scores, top_items, cfg, device)
+    elif pcfg.finetune_epochs > 0:
+        train, _ = training_signal(train, None, base.num_items, cfg)
     base_params = count_parameters(base)
     model = base
     adjacency = adjacency_of(train, base.num_users, base.num_items, weighted)

@@ -56,6 +56,9 @@ def test_shuffled_labels_make_a_clearly_worse_student(day_with_teacher):
     bad_cfg = load_config(None, {**BASE, "distill.shuffle_labels": True})
     bad = read_json(f"{run_distill(day_with_teacher, DAY, bad_cfg).path}/metrics.json")
     assert bad["holdout"]["ndcg@20"] < 0.6 * good["holdout"]["ndcg@20"], (bad["holdout"], good["holdout"])
+    # pruning's fine-tune must not repair it: the shipped candidate is the bad one
+    bad_pruned = read_json(f"{run_prune(day_with_teacher, DAY, bad_cfg).path}/metrics.json")
+    assert bad_pruned["holdout"]["ndcg@20"] < 0.6 * good["holdout"]["ndcg@20"], (bad_pruned["holdout"], good["holdout"])
 
 
 def test_structured_pruning_halves_dims_and_bytes_and_keeps_quality(day_with_teacher):

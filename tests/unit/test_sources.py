@@ -96,3 +96,15 @@ def test_replay_generic_csv_names_missing_columns(tmp_path):
     odd.write_text("user,item,timestamp\n1,2,2026-01-01T00:00:00Z\n1,3,not-a-time\n")
     with pytest.raises(ValueError, match="odd.csv: row 3: unparsable timestamp 'not-a-time'"):
         read_timestamped(odd)
+
+
+def test_recbole_atomic_inter_files_and_packaged_logs_by_name(tmp_path):
+    from components.sources.public_logs import public_log
+
+    source = tmp_path / "tiny.inter"
+    source.write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n7\t42\t5\t881250949\n8\t43\t2\t881250950\n")
+    frame = read_timestamped(source)
+    assert frame["user_id"].tolist() == ["7", "8"] and frame["item_id"].tolist() == ["42", "43"]
+    assert frame["ts"].iloc[0] == pd.Timestamp(881250949, unit="s", tz="UTC") and frame["rating"].tolist() == [5, 2]
+    with pytest.raises(KeyError, match="unknown public log 'ml-1m'; known: ml-100k"):
+        public_log("ml-1m")
