@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 import urllib.parse
 import urllib.request
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,7 +31,7 @@ sys.path.insert(0, str(REPO))
 from components.cli import airflow_bin, run_dag_day  # noqa: E402
 from components.sources.synthetic import SyntheticWorld, corrupt_landing, write_landing_day  # noqa: E402
 from components.storage import Layout, parse_day  # noqa: E402
-from graphdistill_airflow.local import api_server, server_env  # noqa: E402
+from graphdistill_airflow.local import airflow_process, api_server, server_env  # noqa: E402
 
 DAYS = ["2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04", "2026-01-05"]
 SMALL = {"teacher.epochs": 10, "teacher.eval_every": 5, "distill.epochs": 10, "prune.finetune_epochs": 2,
@@ -59,21 +57,6 @@ def run_nights(root: Path, port: int) -> None:
             rc = run_dag_day(root, day, {"root": str(root), "overrides": overrides}, root / f"{day}.log",
                              extra_env=server.task_env())
             print(f"{day}: rc={rc} in {time.monotonic() - started:.0f} s (log {root / f'{day}.log'})", flush=True)
-
-
-@contextmanager
-def airflow_process(args: list[str], env: dict[str, str], log: Path):
-    with log.open("w") as out:
-        proc = subprocess.Popen([airflow_bin(), *args], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    try:
-        yield proc
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 class Api:

@@ -85,28 +85,35 @@ def api_server(root: Path, port: int, log_file: Path, user: str = "ops", passwor
     _passwords_file(root).write_text(json.dumps({user: password}))
     subprocess.run([airflow_bin(), "db", "migrate"], env=env, check=True, capture_output=True)
     server = LocalApiServer(f"http://127.0.0.1:{port}", user, password)
-    with log_file.open("w") as out:
-        proc = subprocess.Popen([airflow_bin(), "api-server", "--host", "127.0.0.1", "--port", str(port),
-                                 "--workers", "1"], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # its own process group: stopped with its workers
-        try:
-            deadline = time.monotonic() + startup_timeout
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"api-server exited with {proc.returncode}; see {log_file}")
-                try:
-                    if server.get("/api/v2/monitor/health")[0] == 200:
-                        break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"api-server not healthy after {startup_timeout:.0f} s; see {log_file}")
-                time.sleep(1)
-            yield server
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
+    with airflow_process(["api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], env,
+                         log_file) as proc:
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"api-server exited with {proc.returncode}; see {log_file}")
             try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                if server.get("/api/v2/monitor/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"api-server not healthy after {startup_timeout:.0f} s; see {log_file}")
+            time.sleep(1)
+        yield server
+
+
+@contextmanager
+def airflow_process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    """``airflow <args>`` in its own process group (stopped with its workers on exit), output to ``log``."""
+    with log.open("w") as out:
+        proc = subprocess.Popen([airflow_bin(), *args], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
