@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import fcntl
 import json
 import logging
 import os
@@ -192,6 +193,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--nights must be at least 1 and fewer than --days (earlier days form the window)")
 
     root = Path(args.root).resolve()
+    # The run starts from an empty root: a second run on the same root would delete the first's files.
+    root.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(root.parent / f".{root.name}.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        parser.error(f"another nightly_scale run is using {root}; pass another --root")
     shutil.rmtree(root, ignore_errors=True)
     overrides = _overrides(args.set)
     cfg = resolve(str(root), None, overrides)
