@@ -97,7 +97,7 @@ def task_durations(airflow_db: Path, day: str) -> list[dict]:
         rows = db.execute(
             "SELECT ti.task_id, ti.state, ti.start_date, ti.end_date, ti.duration FROM task_instance ti "
             "JOIN dag_run dr ON ti.dag_id = dr.dag_id AND ti.run_id = dr.run_id "
-            "WHERE ti.dag_id = ? AND substr(dr.logical_date, 1, 10) = ? ORDER BY ti.start_date",
+            "WHERE ti.dag_id = ? AND substr(dr.logical_date, 1, 10) = ? ORDER BY ti.start_date IS NULL, ti.start_date",
             (DAG_ID, logical),
         ).fetchall()
     return [{"task": t, "state": s, "start": a, "end": b, "seconds": round(d, 1) if d is not None else None}
