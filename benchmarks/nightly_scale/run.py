@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import fcntl
 import json
 import logging
 import os
@@ -96,7 +97,7 @@ def task_durations(airflow_db: Path, day: str) -> list[dict]:
         rows = db.execute(
             "SELECT ti.task_id, ti.state, ti.start_date, ti.end_date, ti.duration FROM task_instance ti "
             "JOIN dag_run dr ON ti.dag_id = dr.dag_id AND ti.run_id = dr.run_id "
-            "WHERE ti.dag_id = ? AND substr(dr.logical_date, 1, 10) = ? ORDER BY ti.start_date",
+            "WHERE ti.dag_id = ? AND substr(dr.logical_date, 1, 10) = ? ORDER BY ti.start_date IS NULL, ti.start_date",
             (DAG_ID, logical),
         ).fetchall()
     return [{"task": t, "state": s, "start": a, "end": b, "seconds": round(d, 1) if d is not None else None}
@@ -192,6 +193,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--nights must be at least 1 and fewer than --days (earlier days form the window)")
 
     root = Path(args.root).resolve()
+    # The run starts from an empty root: a second run on the same root would delete the first's files.
+    root.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(root.parent / f".{root.name}.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        parser.error(f"another nightly_scale run is using {root}; pass another --root")
     shutil.rmtree(root, ignore_errors=True)
     overrides = _overrides(args.set)
     cfg = resolve(str(root), None, overrides)
