@@ -158,6 +158,17 @@ def newest_id_maps(layout: Layout) -> ArtifactRef | None:
     return best
 
 
+def _maps_covering(ref: ArtifactRef | None, events: pd.DataFrame) -> ArtifactRef | None:
+    """``ref`` if its ID maps already hold every user and item of ``events``, else None."""
+    if ref is None:
+        return None
+    for name, column in (("users.parquet", "user_id"), ("items.parquet", "item_id")):
+        known = pd.read_parquet(Path(ref.path) / name, columns=[column])[column].astype(str)
+        if not events[column].astype(str).isin(known).all():
+            return None
+    return ref
+
+
 def aggregate_pairs(events: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame,
                     as_of: pd.Timestamp, half_life_days: float | None) -> pd.DataFrame:
     """Sum event weights per (user, item), decayed by age at ``as_of`` (0.5 per half-life)."""
@@ -206,12 +217,14 @@ def run_graph(layout: Layout, day: str, cfg: PipelineConfig) -> GraphResult:
     train_events = _read_days(layout, train_days)
     holdout_events = _read_days(layout, [day])
 
-    previous = newest_id_maps(layout)
+    # Holdout IDs are appended too: new users/items of the fresh day get stable indices and are counted.
+    all_events = pd.concat([train_events, holdout_events], ignore_index=True)
+    # A re-run keeps the day's own maps while they cover its events (so its graph is byte-identical);
+    # otherwise the newest maps are extended, so no index a later day gave out is reused.
+    previous = _maps_covering(layout.current(KIND, day), all_events) or newest_id_maps(layout)
     empty = pd.DataFrame({"idx": pd.Series(dtype="int64"), "first_seen": pd.Series(dtype="string")})
     prev_users = pd.read_parquet(Path(previous.path) / "users.parquet") if previous else empty.assign(user_id=pd.Series(dtype="string"))
     prev_items = pd.read_parquet(Path(previous.path) / "items.parquet") if previous else empty.assign(item_id=pd.Series(dtype="string"))
-    # Holdout IDs are appended too: new users/items of the fresh day get stable indices and are counted.
-    all_events = pd.concat([train_events, holdout_events], ignore_index=True)
     users = extend_id_map(prev_users[["user_id", "idx", "first_seen"]], all_events, "user_id")
     items = extend_id_map(prev_items[["item_id", "idx", "first_seen"]], all_events, "item_id")
 

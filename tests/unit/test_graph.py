@@ -141,3 +141,14 @@ def test_degree_drift_and_leakage_are_measured_exactly():
     assert degree_histogram(np.array([0, 1, 2, 3, 4])) == [0.25, 0.5, 0.25]
     assert histogram_drift([1.0], [0.0, 1.0]) == 1.0
     assert histogram_drift([0.5, 0.5], [0.5, 0.5]) == 0.0
+
+
+def test_rerunning_an_earlier_day_after_later_days_lands_on_the_same_graph(tmp_path):
+    layout, cfg = setup(tmp_path)
+    for offset in (0, 1, 2):
+        accept(layout, cfg, offset)
+    first = run_graph(layout, day(1), cfg)
+    run_graph(layout, day(2), cfg)  # longer maps now exist
+    again = run_graph(layout, day(1), cfg)
+    assert again.version == first.version
+    assert GraphArtifact.load(layout.current("graphs", day(2))).num_users > first.num_users
