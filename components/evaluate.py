@@ -198,6 +198,23 @@ def evaluate_scorer(
     return metrics
 
 
+def served_scorer(model: Scorer, has_embedding: np.ndarray, fallback: Scorer) -> Scorer:
+    """What serving answers: ``model`` for users with a trained embedding, ``fallback`` for the rest
+    (users beyond ``has_embedding`` are unknown to the model)."""
+    known_t = torch.from_numpy(np.asarray(has_embedding, dtype=bool))
+
+    def score(users: torch.Tensor) -> torch.Tensor:
+        scores = fallback(users)
+        inside = users < known_t.numel()
+        warm = torch.zeros_like(inside)
+        warm[inside] = known_t[users[inside]]
+        if warm.any():
+            scores[warm] = model(users[warm])
+        return scores
+
+    return score
+
+
 def embedding_scorer(user_emb: torch.Tensor | np.ndarray, item_emb: torch.Tensor | np.ndarray) -> Scorer:
     """Scores = user_emb[u] @ item_emb.T (the LightGCN inner product)."""
     user_t = torch.as_tensor(user_emb, dtype=torch.float32)

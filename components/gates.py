@@ -35,7 +35,7 @@ import torch
 
 from components.candidate import CandidateRefs, candidate_id
 from components.config import GateSpec, GatesConfig, PipelineConfig
-from components.evaluate import Scorer, UserMetrics, popularity_scorer, ranking_scorer, user_metrics
+from components.evaluate import Scorer, UserMetrics, popularity_scorer, ranking_scorer, served_scorer, user_metrics
 from components.graph import GraphArtifact
 from components.storage import Layout, atomic_write_bytes, read_json, record_outcome, run_dir, write_json
 
@@ -68,23 +68,6 @@ def prefix_scorer(user_emb: np.ndarray, item_emb: np.ndarray, num_items: int) ->
     def score(users: torch.Tensor) -> torch.Tensor:
         scores = torch.full((users.numel(), num_items), -torch.inf)
         scores[:, :known] = user_t[users] @ item_t.T
-        return scores
-
-    return score
-
-
-def served_scorer(model: Scorer, has_embedding: np.ndarray, fallback: Scorer) -> Scorer:
-    """What serving answers: ``model`` for users with a trained embedding, ``fallback`` for the rest
-    (users beyond ``has_embedding`` are unknown to the model)."""
-    known_t = torch.from_numpy(np.asarray(has_embedding, dtype=bool))
-
-    def score(users: torch.Tensor) -> torch.Tensor:
-        scores = fallback(users)
-        inside = users < known_t.numel()
-        warm = torch.zeros_like(inside)
-        warm[inside] = known_t[users[inside]]
-        if warm.any():
-            scores[warm] = model(users[warm])
         return scores
 
     return score

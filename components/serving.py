@@ -255,24 +255,11 @@ def cold_user_scorer(item_embeddings: np.ndarray, item_degrees: np.ndarray, indp
     """:func:`answer_cold_users` as an evaluation scorer over the model's items: row u of the
     history CSR is user index u (users beyond it have no history); fold-in scores where folded,
     -(popularity rank) elsewhere. Returns (scorer, folded)."""
-    import torch
-
-    from components.evaluate import ranking_scorer
+    from components.evaluate import embedding_scorer, ranking_scorer, served_scorer
 
     folded, user_emb = answer_cold_users(item_embeddings, item_degrees, indptr, indices)
     popular = ranking_scorer(np.asarray(item_degrees), item_embeddings.shape[0])
-    folded_t, user_t = torch.from_numpy(folded), torch.from_numpy(user_emb)
-    item_t = torch.as_tensor(item_embeddings, dtype=torch.float32)
-
-    def score(users: torch.Tensor) -> torch.Tensor:
-        scores = popular(users)
-        inside = users < folded_t.numel()
-        by_fold_in = torch.zeros_like(inside)
-        by_fold_in[inside] = folded_t[users[inside]]
-        if by_fold_in.any():
-            scores[by_fold_in] = user_t[users[by_fold_in]] @ item_t.T
-        return scores
-
+    score = served_scorer(embedding_scorer(user_emb, item_embeddings), folded, popular)
     return score, folded
 
 
