@@ -149,6 +149,8 @@ class GraphFilterConfig(_Section):
     blur_steps: int = Field(1, ge=1)
     sharpen_time: float = Field(2.5, ge=0)
     sharpen_steps: int = Field(1, ge=1)
+    # The authors' Gowalla setting sharpens with RK4; a single Euler step inverts the ranking.
+    sharpen_solver: Literal["euler", "rk4"] = "rk4"
     # Users scored per block: peak scoring memory ~ 4 bytes * block_users * (2 * num_items + num_users).
     block_users: int = Field(1024, ge=1)
 

@@ -6,8 +6,10 @@ interaction row r is scored as
 
 * GF-CF: r R~^T R~ + ideal_weight * r D_i^-1/2 V V^T D_i^1/2   (linear filter + ideal low-pass);
 * BSPM:  blur s0 = r by Euler steps of ds/dt = s (R~^T R~ - I) over [0, blur_time], add
-  ideal_weight * (ideal low-pass of r), then sharpen by Euler steps of ds/dt = -s R~^T R~ over
-  [0, sharpen_time] (the paper's "final sharpening" variant, BSPM-EM with Euler solvers).
+  ideal_weight * (ideal low-pass of r), then sharpen ds/dt = -s R~^T R~ over [0, sharpen_time]
+  (the paper's "final sharpening" variant) with RK4 steps, as the authors' Gowalla setting does:
+  one Euler step of length 2.5 is s - 2.5 s R~^T R~, which inverts the ranking (measured: Recall@20
+  0.043 on Gowalla), while RK4 approximates exp(-2.5 R~^T R~).
 
 R~^T R~ (items x items) is never formed: each product with it is two sparse x dense products over
 a block of users, so memory is O(nnz + block * (num_users + num_items)). Nothing is trained: the
@@ -43,6 +45,7 @@ class FilterParams:
     blur_steps: int = 1
     sharpen_time: float = 2.5
     sharpen_steps: int = 1
+    sharpen_solver: Literal["euler", "rk4"] = "rk4"
     block_users: int = 1024
     seed: int = 0
 
@@ -125,8 +128,16 @@ class GraphFilter:
             s = s + dt * (self._item_item(s) - s)
         s = s + p.ideal_weight * self._ideal(r)
         dt = p.sharpen_time / p.sharpen_steps
+        sharpen = lambda x: -self._item_item(x)  # noqa: E731
         for _ in range(p.sharpen_steps):
-            s = s - dt * self._item_item(s)
+            if p.sharpen_solver == "euler":
+                s = s + dt * sharpen(s)
+            else:
+                k1 = sharpen(s)
+                k2 = sharpen(s + 0.5 * dt * k1)
+                k3 = sharpen(s + 0.5 * dt * k2)
+                k4 = sharpen(s + dt * k3)
+                s = s + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
         return s
 
     def score(self, users: torch.Tensor) -> torch.Tensor:

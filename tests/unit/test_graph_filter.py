@@ -78,7 +78,8 @@ def test_gf_cf_scores_equal_the_papers_formula(weighted):
 
 
 def test_bspm_scores_equal_euler_blur_then_sharpen():
-    p = dict(variant="bspm", ideal_weight=0.2, blur_time=1.0, blur_steps=2, sharpen_time=1.5, sharpen_steps=3)
+    p = dict(variant="bspm", ideal_weight=0.2, blur_time=1.0, blur_steps=2, sharpen_time=1.5, sharpen_steps=3,
+             sharpen_solver="euler")
     graph_filter, edges = _fit(**p)
     r = np.zeros((40, 30))
     r[edges.user, edges.item] = 1.0
@@ -92,6 +93,21 @@ def test_bspm_scores_equal_euler_blur_then_sharpen():
     for _ in range(3):
         s = s - 0.5 * s @ gram
     assert np.allclose(graph_filter.score(torch.arange(40)).numpy(), s, atol=1e-4)
+
+
+def test_bspm_rk4_sharpening_approximates_the_matrix_exponential():
+    graph_filter, edges = _fit(variant="bspm", ideal_weight=0.2, blur_time=1.0, blur_steps=1, sharpen_time=2.5,
+                               sharpen_steps=1, sharpen_solver="rk4")
+    r = np.zeros((40, 30))
+    r[edges.user, edges.item] = 1.0
+    _, norm, di = dense_normalized(edges.user, edges.item, np.ones(len(edges)), 40, 30)
+    gram = norm.T @ norm
+    v = np.linalg.svd(norm, full_matrices=False)[2].T
+    s0 = r @ gram + 0.2 * (r / np.sqrt(np.where(di > 0, di, 1))) @ v @ v.T * np.sqrt(di)
+    h = -2.5 * gram  # one RK4 step of ds/dt = -s P is s (I + h + h^2/2 + h^3/6 + h^4/24)
+    eye = np.eye(30)
+    expected = s0 @ (eye + h + h @ h / 2 + h @ h @ h / 6 + h @ h @ h @ h / 24)
+    assert np.allclose(graph_filter.score(torch.arange(40)).numpy(), expected, atol=1e-3)
 
 
 def test_spectral_student_starts_at_the_filters_low_rank_scores():
