@@ -6,7 +6,7 @@ Days: d0 history only (model stages skip: no training window yet); d1 bootstraps
 judged against it and promoted; d3 is corrupted (quarantined, nothing downstream, champion
 untouched); d4 is forced to produce a bad candidate (shuffled labels), which the gates reject; d5
 is judged against d2's champion and promoted. The world is small (~100 evaluated users a day), so
-these runs use gates with a low users floor and a 20% non-inferiority bound (SMALL_WORLD_GATES:
+these runs use gates with a low users floor and a 20% non-inferiority bound (tests/e2e/small_world.py:
 measured intervals, good days vs champion about [+0.16, +0.42], the shuffled candidate [-0.47,
 -0.27]); the production gates (config/gates.yaml) judge such a day INCONCLUSIVE (test below).
 """
@@ -26,24 +26,13 @@ from components.config import load_config
 from components.sources.synthetic import SyntheticWorld, corrupt_landing, write_landing_day
 from components.storage import Layout, latest_run, parse_day, read_json
 
+from tests.e2e.small_world import write_small_world_gates
+
 pytestmark = pytest.mark.e2e
 
 DAYS = ["2026-03-02", "2026-03-03", "2026-03-04", "2026-03-05", "2026-03-06", "2026-03-07"]
 SMALL = {"teacher.epochs": 30, "teacher.eval_every": 5, "distill.epochs": 30, "prune.finetune_epochs": 5}
 BAD = {**SMALL, "distill.shuffle_labels": True}
-SMALL_WORLD_GATES = {
-    "gates": [
-        {"metric": "users_evaluated", "kind": "min", "threshold": 30},
-        {"metric": "ndcg@20", "kind": "min", "threshold": 0.01},
-        {"metric": "ndcg@20", "kind": "min_lift_over", "baseline": "popularity", "threshold": 0.0},
-        {"metric": "ndcg@20", "kind": "max_regression_vs", "baseline": "champion", "threshold": 0.2},
-        {"metric": "ndcg@20", "kind": "min_ratio_to", "baseline": "teacher", "threshold": 0.8},
-        {"metric": "parity_topk_overlap", "kind": "min", "threshold": 0.95},
-        {"metric": "latency_p99_ms", "kind": "max", "threshold": 250.0},
-    ]
-}
-
-
 def _tree_digest(path: Path) -> dict[str, str]:
     return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(path.rglob("*")) if p.is_file()}
@@ -69,8 +58,6 @@ def _champion(root: Path) -> bytes:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    import yaml
-
     root = tmp_path_factory.mktemp("nightly")
     layout = Layout.at(root)
     world = SyntheticWorld(start=parse_day(DAYS[0]), seed=11)
@@ -78,8 +65,7 @@ def run(tmp_path_factory):
     for day in DAYS:
         write_landing_day(world, layout.landing(day), parse_day(day), "parquet", universe)
     corrupt_landing(layout.landing(DAYS[3]), "missing_column")
-    gates_file = root / "small_world_gates.yaml"
-    gates_file.write_text(yaml.safe_dump(SMALL_WORLD_GATES))
+    gates_file = write_small_world_gates(root)
     conf = lambda overrides: {"root": str(root), "overrides": {**overrides, "gates_file": str(gates_file)}}  # noqa: E731
     rcs, snapshots = {}, {}
     for day in DAYS:

@@ -21,14 +21,16 @@ import pytest
 
 from components.cli import airflow_bin, airflow_env, run_dag_day
 from components.sources.synthetic import SyntheticWorld, corrupt_landing, write_landing_day
-from components.storage import Layout, parse_day
+from components.storage import Layout, latest_run, parse_day
 from graphdistill_airflow.local import api_server
+
+from tests.e2e.small_world import write_small_world_gates
 
 pytestmark = pytest.mark.e2e
 
 DAYS = ["2026-04-01", "2026-04-02", "2026-04-03", "2026-04-04"]
 SMALL = {"teacher.epochs": 10, "teacher.eval_every": 5, "distill.epochs": 10, "prune.finetune_epochs": 2,
-         "export.latency_repeats": 5, "ops.stale_champion_nights": 1}
+         "ops.stale_champion_nights": 1}
 BAD = {**SMALL, "distill.shuffle_labels": True}
 DAG = "gnn_recsys_nightly"
 
@@ -63,10 +65,11 @@ def ops(tmp_path_factory):
     hook = HTTPServer(("127.0.0.1", 0), _Webhook)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     alerts_env = {"AIRFLOW_CONN_GRAPHDISTILL_ALERTS": f"http://127.0.0.1:{hook.server_port}/alerts"}
+    gates = {"gates_file": str(write_small_world_gates(root))}
     try:
         with api_server(root, _free_port(), root / "api-server.log") as server:
             env = {**server.task_env(), **alerts_env}
-            rcs = {day: run_dag_day(root, day, {"root": str(root), "overrides": BAD if day == DAYS[2] else SMALL},
+            rcs = {day: run_dag_day(root, day, {"root": str(root), "overrides": {**(BAD if day == DAYS[2] else SMALL), **gates}},
                                     root / f"{day}.log", extra_env=env) for day in DAYS}
             refresh = subprocess.run([airflow_bin(), "dags", "test", "champion_serving_refresh"],
                                      env={**airflow_env(root), **env}, capture_output=True, text=True)
@@ -88,7 +91,7 @@ def test_every_run_carries_its_decision_as_a_note(ops):
     assert [ops["rcs"][d] for d in DAYS[:3]] == [0, 0, 0], (root / f"{DAYS[2]}.log").read_text()[-3000:]
     assert ops["rcs"][DAYS[3]] != 0  # a quarantined day is a failed run
     notes = {day: run["note"] or "" for day, run in ops["runs"].items()}
-    assert notes[DAYS[0]].startswith(f"**SKIPPED** day {DAYS[0]}") and "teacher skipped" in notes[DAYS[0]]
+    assert notes[DAYS[0]].startswith(f"**SKIPPED** day {DAYS[0]}") and "teacher: graph" in notes[DAYS[0]]
     assert notes[DAYS[1]].startswith(f"**PROMOTED** day {DAYS[1]}") and "none (bootstrap) ->" in notes[DAYS[1]]
     assert notes[DAYS[2]].startswith(f"**REJECTED** day {DAYS[2]}") and "failed" in notes[DAYS[2]]
     assert notes[DAYS[3]].startswith(f"**QUARANTINED** day {DAYS[3]}") and "expect_column_to_exist" in notes[DAYS[3]]
@@ -98,14 +101,16 @@ def test_every_run_carries_its_decision_as_a_note(ops):
 def test_plugin_serves_a_rejected_runs_outcome_and_report_behind_auth(ops):
     server, token = ops["server"], ops["token"]
     run_id, outcome = _outcome(ops, DAYS[2])
-    blessing = json.loads((ops["layout"].reports(DAYS[2]) / "blessing.json").read_text())
-    assert outcome["kind"] == "rejected" and len(outcome["failed_gates"]) == len(blessing["failed"]) > 0
+    run_dir = Path(latest_run(ops["layout"], DAYS[2])["dir"])
+    blessing = json.loads((run_dir / "blessing.json").read_text())
+    blocking = [g for g in blessing["gates"] if g["verdict"] in ("fail", "inconclusive")]
+    assert outcome["kind"] == "rejected" and len(outcome["failed_gates"]) == len(blocking) and blessing["failed"]
     assert outcome["champion_after"] == outcome["champion_before"] is not None
     assert server.get(f"/graphdistill/runs/{DAG}/{run_id}", None)[0] == 401  # behind Airflow's auth
     status, page = server.get(f"/graphdistill/runs/{DAG}/{run_id}", token)
     assert status == 200 and b"REJECTED" in page and outcome["failed_gates"][0].encode() in page
     status, report = server.get(f"/graphdistill/runs/{DAG}/{run_id}/report.html", token)
-    assert status == 200 and report == (ops["layout"].reports(DAYS[2]) / "report.html").read_bytes()
+    assert status == 200 and report == (run_dir / "report.html").read_bytes()
     status, png = server.get(f"/graphdistill/runs/{DAG}/{run_id}/training_curves.png", token)
     assert status == 200 and png.startswith(b"\x89PNG")
     assert server.get(f"/graphdistill/runs/{DAG}/{run_id}/..%2Fblessing.json", token)[0] == 404
