@@ -28,20 +28,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from components.cli import airflow_bin, run_dag_day  # noqa: E402
+from components.cli import DEMO_ITEMS, DEMO_OVERRIDES, DEMO_USERS, _overrides, airflow_bin, run_dag_day  # noqa: E402
 from components.sources.synthetic import SyntheticWorld, corrupt_landing, write_landing_day  # noqa: E402
 from components.storage import Layout, parse_day  # noqa: E402
 from graphdistill_airflow.local import airflow_process, api_server, server_env  # noqa: E402
 
 DAYS = ["2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04", "2026-01-05"]
-SMALL = {"teacher.epochs": 10, "teacher.eval_every": 5, "distill.epochs": 10, "prune.finetune_epochs": 2,
-         "export.latency_repeats": 5}
+# The demo's world and settings: ~1,000 evaluated users a night, so the shipped gates decide.
+NIGHT = _overrides(DEMO_OVERRIDES)
 DAG = "gnn_recsys_nightly"
 
 
 def run_nights(root: Path, port: int) -> None:
     layout = Layout.at(root)
-    world = SyntheticWorld(start=parse_day(DAYS[0]), seed=3)
+    world = SyntheticWorld(num_users=DEMO_USERS, num_items=DEMO_ITEMS, start=parse_day(DAYS[0]), seed=3)
     universe = world.universe()
     for day in DAYS:
         write_landing_day(world, layout.landing(day), parse_day(day), "parquet", universe)
@@ -52,7 +52,7 @@ def run_nights(root: Path, port: int) -> None:
         subprocess.run([airflow_bin(), "dags", "reserialize"], env=server_env(root, port, "ops"),
                        check=True, capture_output=True)
         for day in DAYS:
-            overrides = {**SMALL, "distill.shuffle_labels": True} if day == DAYS[4] else SMALL
+            overrides = {**NIGHT, "distill.shuffle_labels": True} if day == DAYS[4] else NIGHT
             started = time.monotonic()
             rc = run_dag_day(root, day, {"root": str(root), "overrides": overrides}, root / f"{day}.log",
                              extra_env=server.task_env())
