@@ -7,8 +7,9 @@ vectors (spectral init), or a LightGCN teacher's egos projected on its top princ
 
     BPR + L2(ego) + kd_weight * (kd_rank_weight * RD + kd_kl_weight * KL)
 
-* RD (Ranking Distillation, Tang & Wang, KDD 2018): the teacher's top-``kd_topk`` items per user
-  (training positives excluded) are soft positives, weighted by rank as w_r ~ exp(-r / lambda);
+* RD (Ranking Distillation, Tang & Wang, KDD 2018), pairwise: the teacher's top-``kd_topk`` items
+  per user (training positives excluded) are soft positives ranked above the BPR negative, weighted
+  by rank as w_r ~ exp(-r / lambda);
 * KL: temperature-scaled KL between the teacher's and the student's score distributions over
   the teacher's top-``kd_topk`` items (Hinton et al. 2015), teacher scores standardized per user.
 
@@ -70,7 +71,8 @@ def make_kd_loss(top_scores: torch.Tensor, top_items: torch.Tensor, cfg: Pipelin
         scores = (user_final[users][:, None, :] * item_final[top_items[users]]).sum(-1)
         total = torch.zeros((), device=user_final.device)
         if dcfg.kd_rank_weight > 0:
-            total = total + dcfg.kd_rank_weight * ranking_distillation_loss(scores, weights)
+            neg_scores = (user_final[users] * item_final[negatives]).sum(-1)
+            total = total + dcfg.kd_rank_weight * ranking_distillation_loss(scores, neg_scores, weights)
         if dcfg.kd_kl_weight > 0:
             total = total + dcfg.kd_kl_weight * kl_distillation_loss(scores, target[users], dcfg.kd_temperature)
         return dcfg.kd_weight * total
@@ -139,7 +141,8 @@ def train_student(train: Interactions, val: Interactions | None, num_users: int,
                         seed=cfg.seed + 1, eval_every=cfg.teacher.eval_every, patience=cfg.teacher.early_stop_patience,
                         device=device, backend=cfg.teacher.propagation, ks=tuple(cfg.eval.ks),
                         user_batch_size=cfg.eval.user_batch_size, extra_loss=kd, checkpoint_path=checkpoint_path,
-                        max_seconds=max_seconds, name="student", weighted=cfg.teacher.edge_weights == "weighted")
+                        max_seconds=max_seconds, name="student", weighted=cfg.teacher.edge_weights == "weighted",
+                        keep_start=init == "teacher")
 
 
 def load_stage_inputs(layout: Layout, day: str, cfg: PipelineConfig, model_kind: str):

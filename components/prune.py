@@ -143,7 +143,8 @@ def prune_model(base: LightGCN, train, val, teacher: Teacher, cfg: PipelineConfi
                                eval_every=pcfg.finetune_epochs, patience=1, device=device,
                                backend=cfg.teacher.propagation, ks=tuple(cfg.eval.ks),
                                user_batch_size=cfg.eval.user_batch_size, extra_loss=kd, after_step=after_step,
-                               max_seconds=max_seconds, name=f"prune step {step}", weighted=weighted)
+                               max_seconds=max_seconds, name=f"prune step {step}", weighted=weighted,
+                               keep_start=True)
             model = fit.model
         val_metrics = fit.best_val if fit is not None and fit.best_val else (
             evaluate_model(model, adjacency, backend, train, val, tuple(cfg.eval.ks), cfg.eval.user_batch_size)

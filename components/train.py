@@ -183,11 +183,14 @@ def fit_lightgcn(
     max_seconds: float | None = None,
     name: str = "lightgcn",
     weighted: bool = False,
+    keep_start: bool = False,
 ) -> FitResult:
     """Train ``model`` with BPR (+ ``extra_loss``) on ``train``; early-stop on ``val`` NDCG@20.
 
     With ``val`` None or empty every epoch runs and the last state is kept. ``after_step`` runs
     after each optimizer step (pruning masks). The best state (by val NDCG@20) is restored at the end.
+    ``keep_start``: the starting state (a teacher-derived init, a pruned model) is evaluated first and
+    is itself a candidate, so training that only makes it worse returns it unchanged (best_epoch -1).
     """
     device = torch.device(device)
     backend_ = resolve_backend(backend, device)
@@ -213,6 +216,12 @@ def fit_lightgcn(
         log.info("%s: resumed from %s at epoch %d (best %s %.4f at epoch %d)", name, checkpoint_path,
                  start_epoch, metric, best_score, best_epoch)
 
+    if keep_start and has_val and start_epoch == 0:
+        model.eval()
+        best_val = evaluate_model(model, adjacency, backend_, train, val, ks, user_batch_size)
+        best_score, best_state = best_val[metric], copy.deepcopy(model.state_dict())
+        log.info("%s start: val %s %.4f recall@20 %.4f (training must beat it)", name, metric, best_score,
+                 best_val.get("recall@20", float("nan")))
     stopped = "epochs"
     n = len(train)
     for epoch in range(start_epoch, epochs):

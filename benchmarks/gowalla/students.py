@@ -152,6 +152,23 @@ def judge(r: dict) -> dict:
     return out
 
 
+def write_results(results: dict, out: Path) -> dict:
+    results["targets"] = judge(results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "students.json").write_text(json.dumps(results, indent=2))
+    (out / "students.md").write_text(render(results))
+    return results
+
+
+def write_merged(runs: list[dict], out: Path) -> dict:
+    """One table from runs made side by side (same teacher, same settings but --kd and --dims)."""
+    merged = {**runs[0], "command": " ; ".join(r["command"] for r in runs),
+              "started": min(r["started"] for r in runs),
+              "dims_requested": list(dict.fromkeys(d for r in runs for d in r["dims_requested"])),
+              "students": [s for r in runs for s in r["students"]]}
+    return write_results(merged, out)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default="../shared/data/gowalla")
@@ -163,11 +180,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=8192)
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--layers", type=int, default=3)
-    parser.add_argument("--no-twins", action="store_true", help="skip the no-KD twins")
+    parser.add_argument("--kd", choices=("both", "yes", "no"), default="both",
+                        help="train the distilled students, their no-KD twins, or both (one after the other)")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", default=None,
+                        help="render several runs' students.json (e.g. KD and twin run side by side on one "
+                             "core each) as one table in --out, and stop")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    out = Path(args.out)
+    if args.merge:
+        return write_merged([json.loads(Path(f).read_text()) for f in args.merge], out)
     torch.set_num_threads(args.threads)
     overrides = {k: json.loads(v) if v[:1] in "0123456789-[{tf" else v for k, v in (s.split("=", 1) for s in args.set)}
     base = {"teacher.kind": "graph_filter", "teacher.device": "cpu", "teacher.eval_every": 1,
@@ -175,7 +199,6 @@ def main(argv: list[str] | None = None) -> dict:
             "distill.lr": args.lr, "distill.num_layers": args.layers, "distill.init": "teacher", **overrides}
     cfg = load_config(None, base)
     train, test, num_users, num_items = load_lightgcn_split(args.data)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     graph_filter, targets, teacher_seconds = teacher_targets_cached(cfg, train, num_users, num_items, Path(args.cache))
     teacher = graph_filter_teacher(graph_filter)
@@ -187,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
                "teacher": {"rank": int(graph_filter.v.shape[1]), "kd_topk": cfg.distill.kd_topk,
                            "seconds": teacher_seconds}, "students": []}
     for dim in results["dims_requested"]:
-        for kd in (True, False) if not args.no_twins else (True,):
+        for kd in {"both": (True, False), "yes": (True,), "no": (False,)}[args.kd]:
             student_cfg = load_config(None, {**base, "distill.embedding_dim": dim,
                                              **({} if kd else {"distill.kd_weight": 0.0})})
             name = f"student-{dim}{'' if kd else '-noKD'}"
@@ -198,9 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
                 row["quantized"] = quantized_rows(user_emb, item_emb, train, test, num_items)
             row["peak_rss_gb_so_far"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
             results["students"].append(row)
-            results["targets"] = judge(results)
-            (out / "students.json").write_text(json.dumps(results, indent=2))
-            (out / "students.md").write_text(render(results))
+            write_results(results, out)
             log.info("%s: recall@20 %.4f ndcg@20 %.4f", name, row["recall@20"], row["ndcg@20"])
     return results
 

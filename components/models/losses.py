@@ -27,9 +27,14 @@ def rank_discount_weights(k: int, lam: float, device: torch.device | str = "cpu"
     return weights / weights.sum()
 
 
-def ranking_distillation_loss(student_topk_scores: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """-sum_r w_r log sigmoid(s(u, pi_r)) over the teacher's top-k items pi_r: weighted soft positives."""
-    return -(F.logsigmoid(student_topk_scores) * weights).sum(1).mean()
+def ranking_distillation_loss(student_topk_scores: torch.Tensor, neg_scores: torch.Tensor,
+                              weights: torch.Tensor) -> torch.Tensor:
+    """sum_r w_r softplus(s(u, j) - s(u, pi_r)): the teacher's top-k items pi_r as rank-weighted soft
+    positives, each ranked above the batch's sampled negative j, as BPR ranks the true positive.
+    Pairwise on purpose: the pointwise form (-log sigmoid s(u, pi_r), Tang & Wang) only raises the
+    scores of items the teacher likes, i.e. of popular items, beside a pairwise BPR loss (measured on
+    Gowalla: a 16-dim student fell 10% below its no-KD twin)."""
+    return (F.softplus(neg_scores[:, None] - student_topk_scores) * weights).sum(1).mean()
 
 
 def kl_distillation_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor, temperature: float) -> torch.Tensor:

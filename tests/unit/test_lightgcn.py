@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from components.models.lightgcn import LightGCN, adjacency_from_heterograph, build_adjacency, count_parameters
-from components.models.losses import bpr_loss, ego_l2, kl_distillation_loss, rank_discount_weights
+from components.models.losses import (
+    bpr_loss,
+    ego_l2,
+    kl_distillation_loss,
+    rank_discount_weights,
+    ranking_distillation_loss,
+)
 from components.models.sampling import positive_keys, sample_epoch
 from tests.unit.model_fixtures import planted
 
@@ -93,3 +99,13 @@ def test_losses_values():
     same = torch.tensor([[1.0, 2.0, 3.0]])
     assert kl_distillation_loss(same, same, 2.0).item() == pytest.approx(0.0, abs=1e-7)
     assert kl_distillation_loss(-same, same, 2.0).item() > 0.1
+
+
+def test_ranking_distillation_is_pairwise_against_the_negative():
+    w = rank_discount_weights(3, lam=1.0)
+    top, neg = torch.tensor([[3.0, 1.0, 0.5]]), torch.tensor([0.0])
+    expected = sum(float(w[r]) * math.log1p(math.exp(-float(top[0, r]))) for r in range(3))
+    assert ranking_distillation_loss(top, neg, w).item() == pytest.approx(expected, rel=1e-5)
+    # raising every score of a user (e.g. a popular direction) changes nothing: only the order counts
+    assert ranking_distillation_loss(top + 5, neg + 5, w).item() == pytest.approx(expected, rel=1e-5)
+    assert ranking_distillation_loss(top, neg + 1, w).item() > expected
