@@ -52,11 +52,14 @@ INT8_MAX_DROP = 0.005
 RECALL_LEVEL = 0.17
 
 
-def teacher_targets_cached(cfg, train, num_users, num_items, cache: Path):
-    """(graph filter, (top scores, top items), seconds to fit + score); the top-k is cached by config."""
+def teacher_targets_cached(cfg, train, num_users, num_items, cache: Path, need_targets: bool = True):
+    """(graph filter, (top scores, top items), seconds to fit + score); the top-k is cached by config
+    (no top-k when only no-KD twins train: they need the filter for their init only)."""
     tic = time.perf_counter()
     graph_filter = fit_graph_filter(train, num_users, num_items, cfg)
     fit_seconds = time.perf_counter() - tic
+    if not need_targets:
+        return graph_filter, None, fit_seconds
     what = [cfg.teacher.kind, cfg.teacher.edge_weights, cfg.teacher.graph_filter.model_dump(mode="json"),
             cfg.distill.kd_topk, cfg.seed, len(train)]
     key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
@@ -200,7 +203,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(None, base)
     train, test, num_users, num_items = load_lightgcn_split(args.data)
     out.mkdir(parents=True, exist_ok=True)
-    graph_filter, targets, teacher_seconds = teacher_targets_cached(cfg, train, num_users, num_items, Path(args.cache))
+    graph_filter, targets, teacher_seconds = teacher_targets_cached(cfg, train, num_users, num_items, Path(args.cache),
+                                                                   need_targets=args.kd != "no")
     teacher = graph_filter_teacher(graph_filter)
     results = {"command": "python benchmarks/gowalla/students.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "threads": args.threads,

@@ -43,7 +43,7 @@ import psutil  # noqa: E402
 
 from components.cli import DAG_ID, _overrides, airflow_env, day_summary, run_dag_day  # noqa: E402
 from components.pipeline import resolve, run_stage  # noqa: E402
-from components.storage import Layout, read_json, write_json  # noqa: E402
+from components.storage import Layout, latest_run, read_json, write_json  # noqa: E402
 
 log = logging.getLogger("benchmarks.nightly_scale")
 TARGETS = {"night_minutes": 15.0, "peak_rss_gb": 8.0}
@@ -116,9 +116,6 @@ def night(root: Path, day: str, conf: dict, logs: Path, timeout_s: float | None)
             outcome = f"killed after {timeout_s / 60:.0f} min (--night-timeout-minutes)"
     seconds = time.perf_counter() - tic
     after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    layout = Layout.at(root)
-    stages = layout.reports(day) / "stages"
-    graph = read_json(stages / "graph.json") if (stages / "graph.json").exists() else {}
     result = {
         "day": day,
         "dag_run": outcome,
@@ -126,12 +123,43 @@ def night(root: Path, day: str, conf: dict, logs: Path, timeout_s: float | None)
         "peak_tree_rss_gb": round(sampler.peak / GB, 3),
         # ru_maxrss of children is a running maximum: only an increase is this night's.
         "peak_process_rss_gb": round(after * 1024 / GB, 3) if after > before else None,
-        "tasks": task_durations(root / "airflow" / "airflow.db", day),
-        "summary": day_summary(layout, day),
-        "graph": {k: graph.get(k) for k in ("num_users", "num_items", "train_pairs", "holdout")},
+        **recorded(root, day),
     }
     log.info("night %s: %s in %.0f s, peak tree RSS %.2f GB", day, result["dag_run"], seconds, sampler.peak / GB)
     return result
+
+
+def recorded(root: Path, day: str) -> dict:
+    """What the night's run recorded: Airflow's task durations, the day summary, the graph's size and
+    the evaluation's segments (all / warm / cold users, each model as served: the cold segment is
+    serving's fold-in from the Feast online store for the candidate, popularity for the baseline)."""
+    layout = Layout.at(root)
+    latest = latest_run(layout, day)
+    records = Path(latest["dir"]) if latest else layout.reports(day) / "missing"
+    read = lambda name: read_json(records / name) if (records / name).exists() else {}  # noqa: E731
+    graph, evaluation = read("stages/graph.json"), read("evaluation.json")
+    segments = {model: {seg: {k: m.get(k) for k in ("ndcg@20", "recall@20", "users_evaluated")}
+                        for seg, m in by_segment.items()}
+                for model, by_segment in (evaluation.get("segments") or {}).items()}
+    return {
+        "tasks": task_durations(root / "airflow" / "airflow.db", day),
+        "summary": day_summary(layout, day),
+        "graph": {k: graph.get(k) for k in ("num_users", "num_items", "train_pairs", "holdout")},
+        "segments": segments,
+        "cold_answer": evaluation.get("cold_answer"),
+    }
+
+
+def segment_table(n: dict) -> list[str]:
+    if not n.get("segments"):
+        return []
+    lines = [f"Evaluation on the night's fresh day, every model as served (cold users: {n.get('cold_answer')}), "
+             "NDCG@20 / Recall@20 (users):", "",
+             "| model | all | warm | cold |", "|---|---|---|---|"]
+    for model, by in n["segments"].items():
+        cell = lambda m: f"{m['ndcg@20']:.4f} / {m['recall@20']:.4f} ({m['users_evaluated']})" if m else ""  # noqa: E731
+        lines.append(f"| {model} | {cell(by.get('all'))} | {cell(by.get('warm'))} | {cell(by.get('cold'))} |")
+    return lines + [""]
 
 
 def markdown(results: dict) -> str:
@@ -139,7 +167,7 @@ def markdown(results: dict) -> str:
         f"# Nightly at scale: {results['label']}",
         "",
         f"Machine: {results['machine']['cpus']} CPUs, {results['machine']['memory_gb']} GB RAM, "
-        f"load average at start {results['machine']['load_at_start']} (shared with other jobs).  ",
+        f"load average at start {results['machine']['load_at_start']}.  ",
         f"Command: `{results['command']}`  ",
         f"World: {results['world']['users']} users, {results['world']['items']} items, "
         f"{results['world']['days']} days; overrides: `{json.dumps(results['overrides'])}`",
@@ -164,6 +192,7 @@ def markdown(results: dict) -> str:
             "|---|---|---:|",
             *[f"| {t['task']} | {t['state']} | {t['seconds']} |" for t in n["tasks"]],
             "",
+            *segment_table(n),
             f"Target: night <= {TARGETS['night_minutes']} min: "
             f"{'met' if n['wall_seconds'] <= 60 * TARGETS['night_minutes'] else 'NOT met'}; "
             f"peak RSS <= {TARGETS['peak_rss_gb']} GB: "
@@ -187,8 +216,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="kill a night that runs longer (its finished tasks are still reported)")
     parser.add_argument("--label", default=None, help="results file name (default: <users>u-<items>i)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    parser.add_argument("--collect", metavar="JSON", default=None,
+                        help="re-read the finished nights of a results JSON from its --root (records, segments) "
+                             "and re-render it; runs nothing")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.collect:
+        results = read_json(args.collect)
+        for n in results["nights"]:
+            n.update(recorded(Path(args.root).resolve(), n["day"]))
+        write_json(Path(args.collect), results)
+        Path(args.collect).with_suffix(".md").write_text(markdown(results))
+        print(markdown(results))
+        return 0
     if not 1 <= args.nights < args.days:
         parser.error("--nights must be at least 1 and fewer than --days (earlier days form the window)")
 
