@@ -147,6 +147,7 @@ def recorded(root: Path, day: str) -> dict:
         "graph": {k: graph.get(k) for k in ("num_users", "num_items", "train_pairs", "holdout")},
         "segments": segments,
         "cold_answer": evaluation.get("cold_answer"),
+        "answered_by": evaluation.get("answered_by"),  # model -> users answered by its embeddings / fold-in / popularity
     }
 
 
@@ -159,6 +160,9 @@ def segment_table(n: dict) -> list[str]:
     for model, by in n["segments"].items():
         cell = lambda m: f"{m['ndcg@20']:.4f} / {m['recall@20']:.4f} ({m['users_evaluated']})" if m else ""  # noqa: E731
         lines.append(f"| {model} | {cell(by.get('all'))} | {cell(by.get('warm'))} | {cell(by.get('cold'))} |")
+    answered = n.get("answered_by") or {}
+    lines += ["", "Users answered by each model's embeddings / serving's fold-in / popularity: " + "; ".join(
+        f"{model} {a.get('model', 0)} / {a.get('fold_in', 0)} / {a.get('popularity', 0)}" for model, a in answered.items())]
     return lines + [""]
 
 
@@ -185,8 +189,8 @@ def markdown(results: dict) -> str:
             f"peak RSS {n['peak_tree_rss_gb']} GB (process tree)",
             "",
             f"Graph: {graph.get('num_users')} users, {graph.get('num_items')} items, "
-            f"{graph.get('train_pairs')} training pairs. Blessed: {n['summary'].get('blessed')}, "
-            f"champion: {n['summary'].get('champion')}.",
+            f"{graph.get('train_pairs')} training pairs. Gate verdict: {n['summary'].get('verdict')} "
+            f"({n['summary'].get('users_evaluated')} users); {n['summary'].get('outcome')}.",
             "",
             "| task | state | seconds |",
             "|---|---|---:|",
