@@ -131,3 +131,29 @@ def test_time_budget_stop_evaluates_the_last_epoch_instead_of_discarding_it():
                        eval_every=40, patience=3, max_seconds=1e-9)
     assert fit.stopped == "time_budget" and len(fit.history) == 1
     assert "val_ndcg@20" in fit.history[0] and fit.best_epoch == 0
+
+
+def test_keep_start_returns_a_good_start_that_training_only_damages():
+    # A teacher-initialized student (or a pruned model) must not ship worse than where it started:
+    # the start is evaluated and kept when no epoch beats it on validation.
+    from components.train import evaluate_model
+    from components.models.lightgcn import build_adjacency
+
+    train, holdout = planted()
+    good = train_teacher(train, None, 120, 80, cfg()).model
+    start = {k: v.clone() for k, v in good.state_dict().items()}
+    shuffled = Interactions(train.user, np.random.default_rng(0).permutation(train.item), train.weight)
+    adjacency = build_adjacency(shuffled.user, shuffled.item, 120, 80)
+    before = evaluate_model(good, adjacency, "sparse", shuffled, holdout, (20,), 1024)["ndcg@20"]
+    # training on shuffled labels with a large step size: every epoch is worse than the start
+    fit = fit_lightgcn(good, shuffled, holdout, epochs=4, lr=0.1, l2=0.0, batch_size=256, seed=0, eval_every=2,
+                       patience=5, keep_start=True)
+    assert fit.best_epoch == -1 and fit.best_val["ndcg@20"] == pytest.approx(before)
+    assert all(torch.equal(fit.model.state_dict()[k], v) for k, v in start.items())
+    assert all(h["val_ndcg@20"] < before for h in fit.history if "val_ndcg@20" in h)
+    # without keep_start the same fit returns a damaged model
+    again = LightGCN(120, 80, 16, 2)
+    again.load_state_dict(start)
+    damaged = fit_lightgcn(again, shuffled, holdout, epochs=4, lr=0.1, l2=0.0, batch_size=256, seed=0,
+                           eval_every=2, patience=5)
+    assert damaged.best_val["ndcg@20"] < before
