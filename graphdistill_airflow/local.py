@@ -94,7 +94,7 @@ def api_server(root: Path, port: int, log_file: Path, user: str = "ops", passwor
             try:
                 if server.get("/api/v2/monitor/health")[0] == 200:
                     break
-            except OSError:
+            except OSError:  # not listening yet: keep polling until the deadline
                 pass
             if time.monotonic() > deadline:
                 raise TimeoutError(f"api-server not healthy after {startup_timeout:.0f} s; see {log_file}")

@@ -21,6 +21,7 @@ Targets: the whole night <= 15 minutes and <= 8 GB on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import fcntl
 import json
@@ -62,10 +63,8 @@ class TreeRssSampler:
         while not self._stop.is_set():
             total = 0
             for child in me.children(recursive=True):
-                try:
+                with contextlib.suppress(psutil.Error):  # exited between listing and reading
                     total += child.memory_info().rss
-                except psutil.Error:  # exited between listing and reading
-                    pass
             self.peak = max(self.peak, total)
             self._stop.wait(self.interval)
 

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import yaml
 
+from components.sources.synthetic import SyntheticWorld, corrupt_landing, write_landing_day
+from components.storage import Layout, parse_day
+
 SMALL_WORLD_GATES = {
     "gates": [
         {"metric": "users_evaluated", "kind": "min", "threshold": 30},
@@ -27,3 +30,13 @@ def write_small_world_gates(root: Path) -> Path:
     path = Path(root) / "small_world_gates.yaml"
     path.write_text(yaml.safe_dump(SMALL_WORLD_GATES))
     return path
+
+
+def land_small_world(layout: Layout, days: list[str], seed: int) -> None:
+    """Land ``days`` of a generated world (one universe) as parquet; the fourth day is corrupted
+    (a missing column), so the nightly quarantines it."""
+    world = SyntheticWorld(start=parse_day(days[0]), seed=seed)
+    universe = world.universe()
+    for day in days:
+        write_landing_day(world, layout.landing(day), parse_day(day), "parquet", universe)
+    corrupt_landing(layout.landing(days[3]), "missing_column")

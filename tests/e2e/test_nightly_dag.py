@@ -23,10 +23,9 @@ import pytest
 
 from components.cli import main, run_dag_day
 from components.config import load_config
-from components.sources.synthetic import SyntheticWorld, corrupt_landing, write_landing_day
-from components.storage import Layout, latest_run, parse_day, read_json
+from components.storage import Layout, latest_run, read_json
 
-from tests.e2e.small_world import write_small_world_gates
+from tests.e2e.small_world import land_small_world, write_small_world_gates
 
 pytestmark = pytest.mark.e2e
 
@@ -60,11 +59,7 @@ def _champion(root: Path) -> bytes:
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("nightly")
     layout = Layout.at(root)
-    world = SyntheticWorld(start=parse_day(DAYS[0]), seed=11)
-    universe = world.universe()
-    for day in DAYS:
-        write_landing_day(world, layout.landing(day), parse_day(day), "parquet", universe)
-    corrupt_landing(layout.landing(DAYS[3]), "missing_column")
+    land_small_world(layout, DAYS, seed=11)
     gates_file = write_small_world_gates(root)
     conf = lambda overrides: {"root": str(root), "overrides": {**overrides, "gates_file": str(gates_file)}}  # noqa: E731
     rcs, snapshots = {}, {}

@@ -20,11 +20,10 @@ from pathlib import Path
 import pytest
 
 from components.cli import airflow_bin, airflow_env, run_dag_day
-from components.sources.synthetic import SyntheticWorld, corrupt_landing, write_landing_day
-from components.storage import Layout, latest_run, parse_day
+from components.storage import Layout, latest_run
 from graphdistill_airflow.local import api_server
 
-from tests.e2e.small_world import write_small_world_gates
+from tests.e2e.small_world import land_small_world, write_small_world_gates
 
 pytestmark = pytest.mark.e2e
 
@@ -50,18 +49,14 @@ class _Webhook(BaseHTTPRequestHandler):
         self.end_headers()
 
     def log_message(self, *args):
-        pass
+        """Silent: the tests read the received payloads, not http.server's access log."""
 
 
 @pytest.fixture(scope="module")
 def ops(tmp_path_factory):
     root = tmp_path_factory.mktemp("ops")
     layout = Layout.at(root)
-    world = SyntheticWorld(start=parse_day(DAYS[0]), seed=5)
-    universe = world.universe()
-    for day in DAYS:
-        write_landing_day(world, layout.landing(day), parse_day(day), "parquet", universe)
-    corrupt_landing(layout.landing(DAYS[3]), "missing_column")
+    land_small_world(layout, DAYS, seed=5)
     hook = HTTPServer(("127.0.0.1", 0), _Webhook)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     alerts_env = {"AIRFLOW_CONN_GRAPHDISTILL_ALERTS": f"http://127.0.0.1:{hook.server_port}/alerts"}
