@@ -7,6 +7,8 @@ declarative gate file config/gates.yaml). Overrides come as a nested mapping or 
 
 from __future__ import annotations
 
+import datetime as dt
+import difflib
 import hashlib
 import json
 import os
@@ -14,7 +16,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from components.errors import PermanentStageFailure
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = REPO_ROOT / "config" / "pipeline.yaml"
@@ -329,6 +333,10 @@ class OpsConfig(_Section):
     api_connection_id: str = "graphdistill_api"
     # Where the champion-refresh DAG writes the Triton model repository (relative to root if not absolute).
     triton_repository: str = "serving/triton_repository"
+    # The first day the schedule processes (catch-up runs every day from it). null: the first landed day
+    # under the root, or, with nothing landed yet, no catch-up at all (one run, for the latest day).
+    # The environment variable GRAPHDISTILL_START_DATE overrides it (components.outcome.schedule_start).
+    start_date: dt.date | None = None
 
 
 class PipelineConfig(_Section):
@@ -379,6 +387,51 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+class ConfigError(PermanentStageFailure, ValueError):
+    """The configuration (file or a run's overrides) is invalid: no retry can fix it."""
+
+
+def _dotted_keys(nested: dict[str, Any], prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in nested.items():
+        dotted = f"{prefix}{key}"
+        keys.add(dotted)
+        if isinstance(value, dict):
+            keys |= _dotted_keys(value, f"{dotted}.")
+    return keys
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """The field names declared at ``loc``'s parent (for "did you mean")."""
+    model: Any = PipelineConfig
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        model = field.annotation if field is not None else None
+        if not isinstance(model, type) or not issubclass(model, BaseModel):
+            return []
+    return list(model.model_fields)
+
+
+def describe_config_errors(exc: ValidationError, path: str | Path | None, overrides: dict[str, Any]) -> str:
+    """One line per invalid key, naming where the key came from (the run's overrides or the file),
+    what was wrong, the value given and, for an unknown key, the closest declared one."""
+    from_overrides = _dotted_keys(overrides)
+    lines = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        dotted = ".".join(str(part) for part in loc)
+        source = "the run's overrides" if dotted in from_overrides else f"config file {path}"
+        line = f"{source}: {dotted!r}: {error['msg']}"
+        if error["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(loc[-1]), _fields_at(loc), n=1)
+            if close:
+                line += f" (did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?)"
+        elif "input" in error:
+            line += f" (got {error['input']!r})"
+        lines.append(line)
+    return "invalid pipeline config: " + "; ".join(lines)
+
+
 def _nest(overrides: dict[str, Any]) -> dict[str, Any]:
     nested: dict[str, Any] = {}
     for key, value in overrides.items():
@@ -412,11 +465,11 @@ def load_config(
         if not Path(path).exists():  # a typo must not silently run the defaults
             raise FileNotFoundError(f"pipeline config {path} does not exist")
         data = yaml.safe_load(Path(path).read_text()) or {}
-    if overrides:
-        data = _merge(data, _nest(overrides))
+    nested_overrides = _nest(overrides) if overrides else {}
+    data = _merge(data, nested_overrides)
     try:
         config = PipelineConfig.model_validate(data)
-    except Exception as exc:
-        raise ValueError(f"{path}: invalid pipeline config: {exc}") from exc
+    except ValidationError as exc:
+        raise ConfigError(describe_config_errors(exc, path, nested_overrides)) from exc
     config.gates  # fail early on a broken gate file
     return config

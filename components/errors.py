@@ -7,3 +7,7 @@ class StageSkipped(Exception):
 
 class PermanentStageFailure(Exception):
     """Retrying cannot help (e.g. the day's data failed validation); fail now, no retries."""
+
+
+class LandingMissing(PermanentStageFailure, FileNotFoundError):
+    """The day's landing partition has no files: a retry minutes later rarely helps; land it, then clear."""

@@ -20,6 +20,7 @@ import fsspec
 import pandas as pd
 
 from components.config import PipelineConfig
+from components.errors import LandingMissing
 from components.storage import Layout, replace_dir, staging_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,9 @@ def run_ingest(layout: Layout, day: str, cfg: PipelineConfig, landing: str | Non
     landing = landing or str(layout.landing(day))
     names = list_landing(landing)
     if not names:
-        raise FileNotFoundError(f"no landing files for {day} under {landing}")
+        raise LandingMissing(f"no landing files for {day} under {landing}: the day has not landed. Land it, "
+                             f"then clear this run's ingest task (airflow tasks clear gnn_recsys_nightly -t ingest "
+                             f"-s {day} -e {day}) or run `graphdistill run ingest --day {day}`")
     fs, _ = fsspec.core.url_to_fs(landing)
     frames, files = [], []
     for name in names:  # one iteration per file, not per row

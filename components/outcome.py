@@ -225,8 +225,7 @@ class RunDayError(ValueError):
     """The run does not say unambiguously which day it processes."""
 
 
-HOW_TO_RUN_A_DAY = ('airflow dags trigger gnn_recsys_nightly --run-id "day_D" --conf \'{"day": "D"}\'  '
-                    '(or: graphdistill run-day D)')
+HOW_TO_RUN_A_DAY = 'airflow dags trigger gnn_recsys_nightly --run-id "day_D" --conf \'{"day": "D"}\''
 
 
 def run_day(run_type: str, data_interval_start: dt.datetime | None, conf_day: str | None) -> str:
@@ -252,3 +251,39 @@ def run_day(run_type: str, data_interval_start: dt.datetime | None, conf_day: st
         return interval_day
     raise RunDayError(f"a {run_type} run must name its day (its data interval {interval_day or '-'} comes "
                       f"from the trigger time, not from a day you chose); run a day with: {HOW_TO_RUN_A_DAY}")
+
+
+@dataclass(frozen=True)
+class ScheduleStart:
+    """Where the nightly schedule starts and whether it catches up, with the reason (shown in the runbook)."""
+
+    start: dt.date
+    catchup: bool
+    source: str
+
+
+# With nothing configured and nothing landed, the DAG still needs a start date: an early fixed one with
+# catch-up off means the first unpause runs exactly one night (the latest finished day).
+NO_CATCHUP_START = dt.date(2026, 1, 1)
+
+
+def schedule_start(env_start: str | None, configured: dt.date | None, landing_root: Path) -> ScheduleStart:
+    """The schedule's first day: GRAPHDISTILL_START_DATE, else ops.start_date, else the first landed
+    day under ``landing_root`` (``date=YYYY-MM-DD`` folders), else no catch-up.
+
+    Catch-up from a landed day never creates runs for days before any data existed (an unpause used
+    to start ~330 runs, one per day since January, each failing on a missing landing day)."""
+    if env_start:
+        try:
+            return ScheduleStart(parse_day(env_start), True, "GRAPHDISTILL_START_DATE")
+        except ValueError as exc:
+            raise ValueError(f"GRAPHDISTILL_START_DATE={env_start!r} is not a date (YYYY-MM-DD)") from exc
+    if configured is not None:
+        return ScheduleStart(configured, True, "ops.start_date")
+    landed = sorted(p.name.removeprefix("date=") for p in landing_root.glob("date=*") if p.is_dir())
+    for name in landed:
+        try:
+            return ScheduleStart(parse_day(name), True, f"first landed day under {landing_root}")
+        except ValueError:
+            continue  # a stray folder name is not a day; validation reports the partitions themselves
+    return ScheduleStart(NO_CATCHUP_START, False, f"nothing landed under {landing_root} yet: no catch-up")

@@ -26,12 +26,17 @@ if str(REPO_ROOT) not in sys.path:  # the repo's library, when not pip-installed
     sys.path.insert(0, str(REPO_ROOT))
 
 from components.config import default_config_file, default_root, load_config  # noqa: E402  (pydantic + yaml: light)
+from components.outcome import schedule_start  # noqa: E402  (standard library + storage paths: light)
 from graphdistill_airflow.alerts import DEADLINE_MISSED, GraphDistillNotifier  # noqa: E402
 from graphdistill_airflow.assets import CHAMPION, NIGHTLY_OUTCOME  # noqa: E402
 from graphdistill_airflow.nightly import announce_champion, context_day, publish_outcome  # noqa: E402
 
 DAG_ID = "gnn_recsys_nightly"
 OPS = load_config(default_config_file()).ops  # deadline, timeout, alert connection (config/pipeline.yaml "ops")
+# First unpause: catch up from GRAPHDISTILL_START_DATE / ops.start_date / the first landed day, else run
+# only the latest night (never one failing run per day since a hard-coded date).
+START = schedule_start(os.environ.get("GRAPHDISTILL_START_DATE"), OPS.start_date,
+                       Path(default_root()) / "landing")
 log = logging.getLogger(__name__)
 
 
@@ -45,8 +50,9 @@ def _run(stage: str, upstream: dict[str, Any] | None = None) -> dict[str, Any]:
     context = get_current_context()
     params = context["params"]
     day = context_day(context)
-    cfg = resolve(params.get("root"), params.get("config_file"), params.get("overrides"))
     try:
+        # Inside the try: a broken config or override (ConfigError) fails now, naming the key; no retry.
+        cfg = resolve(params.get("root"), params.get("config_file"), params.get("overrides"))
         return run_stage(stage, day, cfg, run_key=run_key_for(context["run_id"]), upstream=upstream)
     except StageSkipped as exc:
         # Logged before raising: Airflow files the skip exception under the collapsed "Post Execute".
@@ -59,8 +65,8 @@ def _run(stage: str, upstream: dict[str, Any] | None = None) -> dict[str, Any]:
 @dag(
     dag_id=DAG_ID,
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
-    catchup=True,
+    start_date=dt.datetime.combine(START.start, dt.time(), tzinfo=dt.timezone.utc),
+    catchup=START.catchup,
     max_active_runs=1,
     # A stuck run fails (the champion keeps serving) instead of blocking the next nights.
     dagrun_timeout=dt.timedelta(hours=OPS.run_timeout_hours),
@@ -80,16 +86,20 @@ def _run(stage: str, upstream: dict[str, Any] | None = None) -> dict[str, Any]:
         "on_failure_callback": GraphDistillNotifier(conn_id=OPS.alert_connection_id),
     },
     params={
+        # First in the trigger form: a manual run must name its day; scheduled runs derive it.
+        "day": Param(None, type=["null", "string"], format="date", title="Day to process (manual runs: required)",
+                     description="the day whose landing partition this run processes, YYYY-MM-DD. Required for "
+                                 "manual runs; scheduled and backfill runs process their data interval's "
+                                 "start and leave it empty"),
         "root": Param(default_root(), type="string",
                       description="artifact root (landing, accepted, quarantine, features, graphs, models, registry)"),
         "config_file": Param(default_config_file(), type="string",
                              description="pipeline config YAML (gates: config/gates.yaml)"),
         "overrides": Param({}, type="object", description='dotted config overrides, e.g. {"teacher.epochs": 5}'),
-        "day": Param(None, type=["null", "string"], format="date",
-                     description="the day to process (YYYY-MM-DD); required for manual runs, see the runbook"),
     },
     tags=["graphdistill", "recsys"],
-    doc_md=(Path(__file__).with_name("RUNBOOK.md")).read_text(),
+    doc_md=(Path(__file__).with_name("RUNBOOK.md")).read_text()
+    + f"\n\n**Schedule start**: {START.start} ({START.source}); catch-up {'on' if START.catchup else 'off'}.",
 )
 def gnn_recsys_nightly():
     @task  # idempotent: a transient read error of the landing store is worth a retry

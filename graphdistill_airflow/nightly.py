@@ -52,6 +52,7 @@ def announce_champion(context: dict[str, Any], promotion: dict[str, Any]) -> Non
 def publish_outcome(context: dict[str, Any]) -> dict[str, Any]:
     """The night's decision, first in the log, then where ops look: the run note, the nightly-outcome
     Asset event, metrics, and alerts (quarantined day, stale champion)."""
+    from components.config import ConfigError, default_config_file, load_config
     from components.outcome import QUARANTINED, champion_day, nights_since_promotion, note_markdown, run_outcome
     from components.pipeline import resolve
     from components.storage import Layout
@@ -60,7 +61,12 @@ def publish_outcome(context: dict[str, Any]) -> dict[str, Any]:
     from graphdistill_airflow.notes import write_run_note
 
     params, dag_id, run_id = context["params"], context["dag"].dag_id, context["run_id"]
-    cfg = resolve(params.get("root"), params.get("config_file"), params.get("overrides"))
+    try:
+        cfg = resolve(params.get("root"), params.get("config_file"), params.get("overrides"))
+    except ConfigError as exc:  # a typo in the run's overrides: the run never ran, say which key
+        ops = load_config(default_config_file()).ops
+        write_run_note(dag_id, run_id, f"**NOT RUN** {exc}"[:1000], ops.api_connection_id)
+        raise AirflowFailException(str(exc)) from exc
     try:
         day = context_day(context)
     except AirflowFailException as exc:  # a misuse (no or wrong day): say so on the run itself

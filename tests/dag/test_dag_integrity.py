@@ -25,7 +25,19 @@ def dagbag(tmp_path_factory):
     os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
     from airflow.dag_processing.dagbag import DagBag
 
-    return DagBag(dag_folder=str(DAG_FILE.parent))
+    # A root whose first landed day is 2026-03-02: the schedule starts there (not on a hard-coded date).
+    root = tmp_path_factory.mktemp("root")
+    for day in ("2026-03-05", "2026-03-02"):
+        (root / "landing" / f"date={day}").mkdir(parents=True)
+    saved = {k: os.environ.pop(k, None) for k in ("GRAPHDISTILL_ROOT", "GRAPHDISTILL_START_DATE")}
+    os.environ["GRAPHDISTILL_ROOT"] = str(root)
+    try:
+        return DagBag(dag_folder=str(DAG_FILE.parent))
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None)
+            if value is not None:
+                os.environ[key] = value
 
 
 def test_no_import_errors(dagbag):
@@ -44,8 +56,10 @@ def test_tasks_and_edges(dagbag):
 def test_schedule_catchup_and_params(dagbag):
     dag = dagbag.dags["gnn_recsys_nightly"]
     assert dag.catchup is True and dag.max_active_runs == 1
+    assert dag.start_date.date().isoformat() == "2026-03-02"  # the first landed day
+    assert "Schedule start**: 2026-03-02 (first landed day" in dag.doc_md
     assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
-    assert set(dag.params.keys()) == {"root", "config_file", "overrides", "day"}
+    assert list(dag.params.keys()) == ["day", "root", "config_file", "overrides"]  # day first in the form
     assert dag.params["day"] is None  # scheduled runs take their data interval; manual runs must name it
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from components.config import DEFAULT_GATES_FILE, load_config, load_gates
+from components.config import DEFAULT_CONFIG_FILE, DEFAULT_GATES_FILE, load_config, load_gates
 
 
 def test_defaults_load_and_gate_file_is_valid():
@@ -56,3 +56,27 @@ def test_retuning_a_gate_does_not_invalidate_trained_models(tmp_path):
         assert retuned.config_hash(stage) == base.config_hash(stage)
     assert load_config(overrides={"distill.epochs": 3}).config_hash("teacher") == base.config_hash("teacher")
     assert load_config(overrides={"distill.epochs": 3}).config_hash("distill") != base.config_hash("distill")
+
+
+def test_override_typo_names_the_key_and_suggests_the_field():
+    """A typo in a run's conf overrides fails without retries (PermanentStageFailure), naming the key
+    and where it came from, not blaming config/pipeline.yaml."""
+    from components.config import ConfigError
+    from components.errors import PermanentStageFailure
+
+    with pytest.raises(ConfigError) as info:
+        load_config(DEFAULT_CONFIG_FILE, {"distill.epoch": 3})
+    message = str(info.value)
+    assert isinstance(info.value, PermanentStageFailure)
+    assert "the run's overrides: 'distill.epoch'" in message and "did you mean 'distill.epochs'?" in message
+    with pytest.raises(ConfigError, match=r"'distill.epochs': .*greater than or equal to 1 \(got -1\)"):
+        load_config(DEFAULT_CONFIG_FILE, {"distill": {"epochs": -1}})
+
+
+def test_file_errors_name_the_file(tmp_path):
+    from components.config import ConfigError
+
+    path = tmp_path / "pipeline.yaml"
+    path.write_text("graph:\n  window_dayz: 3\n")
+    with pytest.raises(ConfigError, match=rf"config file {path}: 'graph.window_dayz'.*did you mean 'graph.window_days'"):
+        load_config(path)

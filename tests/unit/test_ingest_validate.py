@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from components.ingest import run_ingest
+from components.storage import Layout
 from components.sources.synthetic import corrupt_landing, write_log
 from components.validate import DataValidationError, run_validate
 
@@ -337,3 +338,14 @@ def test_shares_of_a_tiny_day_are_not_judged_but_its_volume_is():
     assert rules["top_item_share"].verdict == "skipped" and "4 rows (< anomaly_min_rows 50)" in rules["top_item_share"].skipped
     rules = {r.rule: r for r in anomaly_rules({"volume": 400, "top_item_share": 0.5}, history, "2026-01-15", cfg)}
     assert rules["top_item_share"].verdict == "WARN" and rules["top_item_share"].band == (None, 0.07)
+
+
+def test_missing_landing_day_fails_at_once_with_what_to_do(tmp_path):
+    """A day that has not landed is a PermanentStageFailure (no 30 minutes of retries), saying how to re-run."""
+    from components.config import PipelineConfig
+    from components.errors import LandingMissing, PermanentStageFailure
+
+    with pytest.raises(LandingMissing) as info:
+        run_ingest(Layout.at(tmp_path), "2026-01-07", PipelineConfig(root=str(tmp_path)))
+    assert isinstance(info.value, PermanentStageFailure)
+    assert "no landing files for 2026-01-07" in str(info.value) and "graphdistill run ingest --day 2026-01-07" in str(info.value)

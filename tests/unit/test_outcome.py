@@ -115,3 +115,27 @@ def test_cli_prints_each_nights_decision(nights, capsys):
     assert [line.split(": ", 1)[1].split(" - ")[0] for line in lines] == ["INCOMPLETE", "PROMOTED", "REJECTED",
                                                                            "QUARANTINED"]
     assert lines[0].startswith(day(0))
+
+
+def test_schedule_start_never_catches_up_before_data(tmp_path, monkeypatch):
+    from components.outcome import NO_CATCHUP_START, schedule_start
+
+    landing = tmp_path / "landing"
+    nothing = schedule_start(None, None, landing)  # fresh install: one run for the latest night
+    assert (nothing.start, nothing.catchup) == (NO_CATCHUP_START, False) and "no catch-up" in nothing.source
+    for name in ("date=2026-02-10", "date=2026-02-03", "date=notaday", "stray"):
+        (landing / name).mkdir(parents=True)
+    landed = schedule_start(None, None, landing)
+    assert (landed.start, landed.catchup) == (dt.date(2026, 2, 3), True)
+    configured = schedule_start(None, dt.date(2026, 2, 8), landing)
+    assert (configured.start, configured.source) == (dt.date(2026, 2, 8), "ops.start_date")
+    from_env = schedule_start("2026-02-09", dt.date(2026, 2, 8), landing)
+    assert (from_env.start, from_env.source) == (dt.date(2026, 2, 9), "GRAPHDISTILL_START_DATE")
+    with pytest.raises(ValueError, match="GRAPHDISTILL_START_DATE='2026-2-30' is not a date"):
+        schedule_start("2026-2-30", None, landing)
+
+
+def test_misuse_message_shows_a_command_that_exists():
+    with pytest.raises(RunDayError) as info:
+        run_day("manual", None, None)
+    assert "run-day" not in str(info.value) and "airflow dags trigger gnn_recsys_nightly" in str(info.value)
