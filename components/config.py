@@ -331,6 +331,8 @@ class OpsConfig(_Section):
     # an http(s) webhook (Slack incoming webhook or any JSON endpoint) and the api-server for run notes.
     alert_connection_id: str = "graphdistill_alerts"
     api_connection_id: str = "graphdistill_api"
+    # The Airflow UI's address as ops reach it (e.g. https://airflow.example.com): alerts link to the run.
+    base_url: str | None = None
     # Where the champion-refresh DAG writes the Triton model repository (relative to root if not absolute).
     triton_repository: str = "serving/triton_repository"
     # The first day the schedule processes (catch-up runs every day from it). null: the first landed day

@@ -74,7 +74,7 @@ def _run(stage: str, upstream: dict[str, Any] | None = None) -> dict[str, Any]:
         reference=DeadlineReference.DAGRUN_QUEUED_AT,
         interval=dt.timedelta(hours=OPS.run_deadline_hours),
         callback=AsyncCallback(GraphDistillNotifier, kwargs={
-            "event": DEADLINE_MISSED, "conn_id": OPS.alert_connection_id,
+            "event": DEADLINE_MISSED, "conn_id": OPS.alert_connection_id, "base_url": OPS.base_url,
             "message": f"{DAG_ID}: a run has not finished {OPS.run_deadline_hours:g} h after it was queued"}),
     ) if os.environ.get("GRAPHDISTILL_DEADLINE_ALERT", "on") != "off" else None,
     # ("off" only for `airflow dags test`, which crashes on DAGs with a deadline: airflow#73428, 3.3.2.)
@@ -83,7 +83,7 @@ def _run(stage: str, upstream: dict[str, Any] | None = None) -> dict[str, Any]:
         "retries": int(os.environ.get("GRAPHDISTILL_TASK_RETRIES", "2")),
         "retry_delay": dt.timedelta(minutes=5),
         "retry_exponential_backoff": True,
-        "on_failure_callback": GraphDistillNotifier(conn_id=OPS.alert_connection_id),
+        "on_failure_callback": GraphDistillNotifier(conn_id=OPS.alert_connection_id, base_url=OPS.base_url),
     },
     params={
         # First in the trigger form: a manual run must name its day; scheduled runs derive it.

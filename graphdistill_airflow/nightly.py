@@ -84,7 +84,8 @@ def publish_outcome(context: dict[str, Any]) -> dict[str, Any]:
         log.error("DAG-run note NOT written through connection %r: %s (the Asset event, metrics and alerts "
                   "still go out; check the connection's URL, user and password)", cfg.ops.api_connection_id, exc)
     emit_outcome_metrics(outcome)
-    details = {"day": day, "run_id": run_id, "kind": outcome.kind}
+    details = {"day": day, "run_id": run_id, "kind": outcome.kind,
+               "url": alerts.run_url(cfg.ops.base_url, dag_id, run_id)}
     if outcome.kind == QUARANTINED:
         alerts.send_alert(alerts.QUARANTINED, outcome.headline, details, cfg.ops.alert_connection_id)
     trained_for = champion_day(layout)

@@ -81,6 +81,65 @@ def test_task_failure_notifier_posts_the_task_and_error(nightly_dag, webhook):
     assert "CUDA out of memory" in alert["text"] and "champion keeps serving" in alert["text"]
 
 
+def _deadline_events(nightly_dag, state):
+    """Run the deadline callback as the triggerer does, with the run snapshot the scheduler attaches."""
+    from airflow.triggers.callback import CallbackTrigger
+
+    (deadline,) = nightly_dag.deadline if isinstance(nightly_dag.deadline, list) else [nightly_dag.deadline]
+    snapshot = {"dag_id": "gnn_recsys_nightly", "dag_run_id": "scheduled__2026-01-06T00:00:00+00:00", "state": state}
+    trigger = CallbackTrigger(deadline.callback.path,
+                              {**deadline.callback.kwargs, "base_url": "http://airflow.example:8080",
+                               "context": {"dag_run": snapshot, "deadline": {"id": "d1"}}})
+
+    async def collect():
+        return [event.payload async for event in trigger.run()]
+
+    return asyncio.run(collect())
+
+
+def test_deadline_alert_names_the_run_and_links_it(nightly_dag, webhook):
+    events = _deadline_events(nightly_dag, "running")
+    assert events[-1]["state"] == "success", events
+    (alert,) = webhook
+    assert alert["dag_id"] == "gnn_recsys_nightly" and alert["run_id"] == "scheduled__2026-01-06T00:00:00+00:00"
+    assert alert["url"] == ("http://airflow.example:8080/dags/gnn_recsys_nightly/runs/"
+                            "scheduled__2026-01-06T00%3A00%3A00%2B00%3A00")
+    assert "scheduled__2026-01-06T00:00:00+00:00, running" in alert["text"]
+
+
+def test_no_deadline_alert_for_a_run_that_already_failed(nightly_dag, webhook):
+    events = _deadline_events(nightly_dag, "failed")
+    assert events[-1]["state"] == "success", events
+    assert webhook == []  # Airflow 3.3.2 keeps the deadline of a failed run; the notifier drops it
+
+
+def test_one_alert_per_quarantine_and_per_run_without_a_day(nightly_dag, webhook):
+    """validate's failure (quarantine) and ingest's (no day) stay quiet: the outcome task alerts once."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from components.outcome import RunDayError
+    from components.validate import DataValidationError
+
+    notifier = nightly_dag.default_args["on_failure_callback"]
+
+    def ti(task):
+        return type("TI", (), {"dag_id": "gnn_recsys_nightly", "run_id": "r1", "task_id": task, "try_number": 1})()
+
+    for task, cause in (("validate", DataValidationError("2026-01-04 quarantined", "r.html")),
+                        ("ingest", RunDayError("a manual run must name its day"))):
+        try:
+            raise AirflowFailException(str(cause)) from cause
+        except AirflowFailException as exc:
+            notifier({"ti": ti(task), "task_instance": ti(task), "exception": exc})
+    assert webhook == []
+    try:
+        raise AirflowFailException("a manual run must name its day") from RunDayError("no day")
+    except AirflowFailException as exc:
+        notifier({"ti": ti("outcome"), "task_instance": ti("outcome"), "exception": exc})
+    (alert,) = webhook
+    assert alert["task_id"] == "outcome" and "must name its day" in alert["text"]
+
+
 def test_without_a_connection_an_alert_is_one_warning_line(monkeypatch, caplog):
     from graphdistill_airflow.alerts import send_alert
 
