@@ -5,7 +5,7 @@ registry operations, and the demo that runs the real Airflow DAG day by day.
     graphdistill generate --days 6 --corrupt 2026-01-05:duplicated_events
     graphdistill replay ml-100k/u.data --shift-to 2026-01-01
     graphdistill demo --days 6
-    graphdistill champion | history | outcome DAY | rollback | promote VERSION --reason WHY
+    graphdistill champion | history | outcome DAY | rollback | promote VERSION --reason WHY | announce
     graphdistill recommend u1 u2 | triton-export OUT
 """
 
@@ -113,12 +113,47 @@ def cmd_champion(args: argparse.Namespace) -> int:
     return 0 if current else 1
 
 
+def announce_champion(layout: Layout, event: str, reason: str) -> int:
+    """Tell Airflow the champion changed outside a nightly run: an event on the champion Asset through
+    the api-server ($GRAPHDISTILL_API_URL), so the serving refresh DAG exports it within one refresh.
+    0 when announced; 3 when the change stands but serving was not told (says how to finish)."""
+    from components.airflow_api import API_URL_ENV, CHAMPION_ASSET, AirflowApi
+    from components.registry import champion, version_day
+
+    current = champion(layout)
+    if current is None:
+        raise LookupError(f"no champion under {layout.registry()} to announce")
+    retry = f"`graphdistill announce --reason ...` with {API_URL_ENV} set, or `graphdistill triton-export` by hand"
+    url = os.environ.get(API_URL_ENV)
+    if not url:
+        print(f"champion {current.version} NOT announced: {API_URL_ENV} (http://USER:PASSWORD@api-server:8080) is "
+              f"not set, so serving keeps its model until the next promotion; finish with {retry}", file=sys.stderr)
+        return 3
+    api = AirflowApi.from_url(url)
+    extra = {"version": current.version, "day": version_day(layout, current.version), "previous": list(current.previous)[-1:] or None,
+             "event": event, "reason": reason, "root": str(layout.root), "registry": str(layout.registry())}
+    try:
+        posted = api.emit_asset_event(CHAMPION_ASSET, extra)
+    except (OSError, LookupError, KeyError) as exc:  # HTTP, connection and lookup errors
+        print(f"champion {current.version} NOT announced through {api.base}: {exc}; finish with {retry}",
+              file=sys.stderr)
+        return 3
+    print(f"champion Asset event {posted.get('id')} for {current.version} ({event}) recorded at {api.base}: "
+          f"the serving refresh follows")
+    return 0
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     from components.registry import promote
 
-    result = promote(Layout.at(args.root), args.version, reason=args.reason)
+    layout = Layout.at(args.root)
+    result = promote(layout, args.version, reason=args.reason)
     print(json.dumps(result.__dict__, indent=2))
-    return 0
+    return announce_champion(layout, "manual promotion", args.reason) if result.promoted else 0
+
+
+def cmd_announce(args: argparse.Namespace) -> int:
+    return announce_champion(Layout.at(args.root), "announce", args.reason)
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -134,8 +169,9 @@ def cmd_history(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     from components.registry import rollback
 
-    print(f"champion is now {rollback(Layout.at(args.root), reason=args.reason)}")
-    return 0
+    layout = Layout.at(args.root)
+    print(f"champion is now {rollback(layout, reason=args.reason)}")
+    return announce_champion(layout, "rollback", args.reason)
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
@@ -350,11 +386,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     for name, func, help_text in (("champion", cmd_champion, "print the serving champion"),
-                                  ("rollback", cmd_rollback, "restore the previous champion")):
+                                  ("rollback", cmd_rollback, "restore the previous champion and tell serving "
+                                                             "(champion Asset event via $GRAPHDISTILL_API_URL)"),
+                                  ("announce", cmd_announce, "emit the champion Asset event for the current "
+                                                             "champion (after a rollback that could not reach Airflow)")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--root", default=default_root)
-        if name == "rollback":
-            p.add_argument("--reason", default="manual rollback")
+        if name != "champion":
+            p.add_argument("--reason", default=f"manual {name}")
         p.set_defaults(func=func)
     prom = sub.add_parser("promote", help="promote any blessed registry version by hand (recorded as manual; "
                                           "lifts a rollback; skips the automatic compare-and-swap checks)")
