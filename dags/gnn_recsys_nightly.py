@@ -29,7 +29,8 @@ from components.config import default_config_file, default_root, load_config  # 
 from components.outcome import schedule_start  # noqa: E402  (standard library + storage paths: light)
 from graphdistill_airflow.alerts import DEADLINE_MISSED, GraphDistillNotifier  # noqa: E402
 from graphdistill_airflow.assets import CHAMPION, NIGHTLY_OUTCOME  # noqa: E402
-from graphdistill_airflow.nightly import announce_champion, context_day, publish_outcome  # noqa: E402
+from graphdistill_airflow.nightly import (NIGHT_ENDS, announce_champion, context_day, ended_as,  # noqa: E402
+                                         publish_outcome)
 
 DAG_ID = "gnn_recsys_nightly"
 OPS = load_config(default_config_file()).ops  # deadline, timeout, alert connection (config/pipeline.yaml "ops")
@@ -60,6 +61,19 @@ def _run(stage: str, upstream: dict[str, Any] | None = None) -> dict[str, Any]:
         raise AirflowSkipException(f"{stage} skipped for {day}: {exc}") from exc
     except PermanentStageFailure as exc:
         raise AirflowFailException(str(exc)) from exc
+
+
+def _night_ended(kind: str, fails: bool):
+    """A terminal task named after one outcome; a night that failed keeps its run failed through it."""
+
+    @task(task_id=kind, on_failure_callback=None)  # the outcome task already alerted, once
+    def ended() -> None:
+        if fails:
+            raise AirflowFailException(f"the night ended {kind.upper().replace('_', ' ')}: see the run note and "
+                                       f"the outcome task's log")
+
+    ended.__doc__ = f"Runs (the others are skipped) when the night ended {kind.upper().replace('_', ' ')}."
+    return ended()
 
 
 @dag(
@@ -185,6 +199,15 @@ def gnn_recsys_nightly():
     def outcome() -> dict:
         return publish_outcome(get_current_context())
 
+    # The night's decision as a row of the grid: exactly one of these runs (green; red for a night that
+    # failed), the others are skipped, so promoted, rejected and inconclusive nights differ at a glance.
+    @task.branch(trigger_rule="all_done")
+    def decision() -> str:
+        """Picks the row of the outcome that happened (from the outcome task's result)."""
+        return ended_as(get_current_context())
+
+    ends = [_night_ended(kind, fails) for kind, fails in NIGHT_ENDS]
+
     ingested = ingest()
     validated = validate()
     built_graph = graph()
@@ -195,7 +218,7 @@ def gnn_recsys_nightly():
     registration = register(gate(evaluate(built_engine)))
     reported = report()
     blessed(registration) >> promote(registration) >> reported
-    [reported, features_done] >> outcome()
+    [reported, features_done] >> outcome() >> decision() >> ends
 
 
 gnn_recsys_nightly()

@@ -26,6 +26,21 @@ def context_day(context: dict[str, Any]) -> str:
         raise AirflowFailException(str(exc)) from exc
 
 
+# The grid's terminal rows: (outcome kind, whether the run fails with it). NOT RUN is a run that never
+# knew its day or config (components.outcome has no record for it).
+NOT_RUN = "not_run"
+NIGHT_ENDS = (("promoted", False), ("rejected", False), ("inconclusive", False), ("not_promoted", False),
+              ("skipped", False), ("quarantined", True), ("incomplete", True), (NOT_RUN, True))
+
+
+def ended_as(context: dict[str, Any]) -> str:
+    """The terminal task of the night's outcome (the outcome task's result), NOT RUN without one."""
+    published = context["ti"].xcom_pull(task_ids="outcome")
+    kind = published["kind"] if isinstance(published, dict) else NOT_RUN
+    log.info("the night ended %s: row %r of the grid", kind.upper(), kind)
+    return kind
+
+
 def announce_champion(context: dict[str, Any], promotion: dict[str, Any]) -> None:
     """Attach the new champion's metadata to the promote task's CHAMPION Asset event; a promotion
     that moved nothing (re-run of a promoted day) is skipped, with its reason, and emits no event."""

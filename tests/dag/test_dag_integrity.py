@@ -14,7 +14,9 @@ EXPECTED_EDGES = {
     ("teacher", "distill"), ("distill", "prune"), ("prune", "export"), ("export", "convert"),
     ("convert", "evaluate"), ("evaluate", "gate"), ("gate", "register"), ("register", "blessed"),
     ("register", "promote"), ("blessed", "promote"), ("promote", "report"), ("report", "outcome"),
-    ("features", "outcome"),
+    ("features", "outcome"), ("outcome", "decision"),
+    *{("decision", kind) for kind in ("promoted", "rejected", "inconclusive", "not_promoted", "skipped",
+                                      "quarantined", "incomplete", "not_run")},
 }
 
 

@@ -93,6 +93,22 @@ def test_every_run_carries_its_decision_as_a_note(ops):
     assert ops["runs"][DAYS[2]]["state"] == "success" and ops["runs"][DAYS[3]]["state"] == "failed"
 
 
+ENDS = ("promoted", "rejected", "inconclusive", "not_promoted", "skipped", "quarantined", "incomplete", "not_run")
+
+
+def _task_states(ops, run_id: str) -> dict[str, str]:
+    path = f"/api/v2/dags/{DAG}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances"
+    return {t["task_id"]: t["state"] for t in ops["server"].get_json(path, ops["token"])["task_instances"]}
+
+
+def test_the_grid_shows_each_nights_decision_as_its_own_row(ops):
+    """Exactly one terminal row runs per night, named after its outcome (red when the run failed)."""
+    for day, kind in zip(DAYS, ("skipped", "promoted", "rejected", "quarantined")):
+        states = _task_states(ops, ops["runs"][day]["dag_run_id"])
+        ran = {end: states[end] for end in ENDS if states[end] != "skipped"}
+        assert ran == {kind: "failed" if kind == "quarantined" else "success"}, (day, states)
+
+
 def test_plugin_serves_a_rejected_runs_outcome_and_report_behind_auth(ops):
     server, token = ops["server"], ops["token"]
     run_id, outcome = _outcome(ops, DAYS[2])
@@ -177,3 +193,5 @@ def test_a_manual_run_without_a_day_fails_at_once_and_says_how_to_run_a_day(ops)
     assert "must name its day" in done.stdout + done.stderr and '--conf \'{"day": "D"}\'' in done.stdout + done.stderr
     runs = server.get_json(f"/api/v2/dags/{DAG}/dagRuns?order_by=id", ops["token"])["dag_runs"]
     assert runs[-1]["state"] == "failed" and runs[-1]["note"].startswith("**NOT RUN**")
+    states = _task_states(ops, runs[-1]["dag_run_id"])
+    assert {end for end in ENDS if states[end] != "skipped"} == {"not_run"} and states["not_run"] == "failed"
