@@ -210,10 +210,17 @@ def cmd_triton_export(args: argparse.Namespace) -> int:
 # --- demo: the real DAG, day by day, through `airflow dags test` -----------------------------
 
 
+AIRFLOW_CONFIG_FILE = REPO_ROOT / "config" / "airflow.cfg"
+
+
 def airflow_env(root: Path) -> dict[str, str]:
+    """Environment of an Airflow process over ``root``: its home (metadata DB, logs) is <root>/airflow,
+    derived here at run time; the config file lives in the repo (config/airflow.cfg) so that no file
+    inside the root names the root's path and a copied root runs on its own database."""
     env = dict(os.environ)
     env.update({
         "AIRFLOW_HOME": str(root / "airflow"),
+        "AIRFLOW_CONFIG": str(AIRFLOW_CONFIG_FILE),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",

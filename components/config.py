@@ -198,7 +198,7 @@ class TeacherConfig(_Section):
 
 class DistillConfig(_Section):
     # Student embedding size (a graph-filter teacher has no embedding size to take a fraction of);
-    # structured pruning then removes prune.target_sparsity of these dimensions.
+    # the size ladder (ladder.prune_ratios) then decides how many of these dimensions are shipped.
     embedding_dim: int = Field(16, ge=1)
     num_layers: int = Field(3, ge=0)
     epochs: int = Field(30, ge=1)
@@ -228,10 +228,53 @@ class DistillConfig(_Section):
 
 
 class PruneConfig(_Section):
+    # How a ladder rung with a prune ratio > 0 is pruned (the ratios are ladder.prune_ratios).
     method: Literal["magnitude", "structured"] = "structured"
-    target_sparsity: float = Field(0.5, ge=0, lt=1)
     steps: int = Field(2, ge=1)
     finetune_epochs: int = Field(5, ge=0)
+
+
+Precision = Literal["fp32", "fp16", "int8"]
+
+
+class LadderConfig(_Section):
+    """The shipped size, chosen by measurement (components/ladder.py): every rung (prune ratio of the
+    distilled student x embedding-table precision) is judged on the validation split against the
+    teacher; the smallest rung within the budgets that keeps ``min_retention`` of the teacher's
+    validation NDCG@20 ships; if none does, the best-retaining rung within the budgets ships."""
+
+    # Share of the distilled student removed (structured: dimensions; magnitude: ego weights);
+    # 0 = the student as distilled. Each ratio > 0 costs one pruning run (prune.steps fine-tunes).
+    # On Gowalla the 16-dim student keeps 86% of the teacher's NDCG@20, pruned to 8 dims 72%.
+    prune_ratios: tuple[float, ...] = (0.0, 0.5)
+    # Nearly free rungs: int8 tables measured -0.02% NDCG@20 on Gowalla (benchmarks/gowalla).
+    precisions: tuple[Precision, ...] = ("int8", "fp16", "fp32")
+    # Above the retention gate (0.80 in config/gates.yaml, judged on the fresh day with intervals):
+    # a margin so that the shipped size does not sit at the gate's edge.
+    min_retention: float = Field(0.85, ge=0)
+    # When no rung reaches min_retention: retentions within this of the best count as equal and the
+    # smallest of them ships (a 0.0001 measured gain is not worth 4x the bytes).
+    tie_tolerance: float = Field(0.005, ge=0)
+    # Budgets: both embedding tables at the rung's precision (scales included; the engine_bytes gate
+    # judges the whole serving graph), and the p95 latency of the PyTorch serving graph at the
+    # largest export batch size over ``latency_calls`` timed calls (the engine gate judges p99).
+    max_table_bytes: int = Field(150_000_000, ge=1)
+    max_latency_ms: float = Field(250.0, gt=0)
+    latency_calls: int = Field(20, ge=1)
+
+    @field_validator("prune_ratios")
+    @classmethod
+    def _ratios(cls, ratios: tuple[float, ...]) -> tuple[float, ...]:
+        if not ratios or len(set(ratios)) != len(ratios) or not all(0 <= r < 1 for r in ratios):
+            raise ValueError(f"prune_ratios needs distinct ratios in [0, 1), got {list(ratios)}")
+        return ratios
+
+    @field_validator("precisions")
+    @classmethod
+    def _precisions(cls, precisions: tuple[str, ...]) -> tuple[str, ...]:
+        if not precisions or len(set(precisions)) != len(precisions):
+            raise ValueError(f"precisions needs distinct entries of fp32, fp16, int8, got {list(precisions)}")
+        return precisions
 
 
 class ExportConfig(_Section):
@@ -241,8 +284,7 @@ class ExportConfig(_Section):
     exclude_seen: bool = True
     # Timed calls per batch size after warm-up; the latency gates need >= gates' min_latency_calls.
     latency_repeats: int = Field(1000, ge=3)
-    # Embedding tables in the ONNX graph: fp32, fp16 or int8 (per-row symmetric scales).
-    precision: Literal["fp32", "fp16", "int8"] = "int8"
+    # The embedding tables' precision in the ONNX graph is the size ladder's choice (ladder.precisions).
     # The export fails if the quantized graph's top-K agrees with the fp32 graph's less than this.
     min_topk_overlap_vs_fp32: dict[str, float] = Field(
         default_factory=lambda: {"fp32": 1.0, "fp16": 0.99, "int8": 0.95})
@@ -351,6 +393,7 @@ class PipelineConfig(_Section):
     teacher: TeacherConfig = TeacherConfig()
     distill: DistillConfig = DistillConfig()
     prune: PruneConfig = PruneConfig()
+    ladder: LadderConfig = LadderConfig()
     export: ExportConfig = ExportConfig()
     engine: EngineConfig = EngineConfig()
     eval: EvalConfig = EvalConfig()
@@ -383,7 +426,8 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "graph": ("data", "graph", "validation"),  # validation: the graph-level check thresholds
     "teacher": ("seed", "teacher", "eval"),
     "distill": ("seed", "teacher", "eval", "distill"),
-    "prune": ("seed", "teacher", "eval", "distill", "prune"),
+    # export: the ladder times each rung's serving graph at export.top_k and the largest batch size
+    "prune": ("seed", "teacher", "eval", "distill", "prune", "ladder", "export"),
     "export": ("seed", "export"),
     "engine": ("seed", "export", "engine"),
 }

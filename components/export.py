@@ -9,8 +9,8 @@ scattered to -inf before top-K, so a user is never recommended what they already
 The stage exports with a dynamic batch axis, runs ``onnx.checker``, runs the model with ONNX
 Runtime and measures parity with PyTorch on a seeded user sample; it stores that sample and
 PyTorch's outputs (``parity_reference.npz``) so the engine stage can check its runtime against
-the same reference without rebuilding the PyTorch module. With ``export.precision`` fp16 or int8
-the tables are quantized (components/models/quantize.py); the reference is the quantized PyTorch
+the same reference without rebuilding the PyTorch module. The tables' precision is the one the
+size ladder chose for the model (its ladder.json, components/ladder.py); fp16 or int8 tables are quantized (components/models/quantize.py); the reference is the quantized PyTorch
 graph (engine parity compares like with like), and what quantization itself costs is measured
 against the fp32 graph and gated per precision (``export.min_topk_overlap_vs_fp32``).
 """
@@ -41,6 +41,7 @@ ONNX_FILE = "model.onnx"
 PARITY_FILE = "parity.json"
 REFERENCE_FILE = "parity_reference.npz"
 PARITY_SAMPLE_USERS = 256
+LADDER_FILE = "ladder.json"  # in a model artifact: the size ladder's rungs and choice (components/ladder.py)
 TIE_TOLERANCE = 1e-6  # relative: scores this close to the K-th are ties for the top-K overlap
 
 
@@ -246,9 +247,15 @@ class ExportResult:
     quantization_topk_overlap: float
 
 
+def shipped_precision(model_dir: str | Path) -> Precision:
+    """The precision the size ladder chose for the model; fp32 for a model published without a ladder."""
+    path = Path(model_dir) / LADDER_FILE
+    return read_json(path)["chosen_rung"]["precision"] if path.exists() else "fp32"
+
+
 def build_serving_graph(model_dir: str | Path, graph: GraphArtifact, cfg: PipelineConfig,
                         precision: Precision | None = None) -> ServingGraph:
-    """The day's serving graph at ``precision`` (default: export.precision)."""
+    """The day's serving graph at ``precision`` (default: the model's :func:`shipped_precision`)."""
     user_emb, item_emb = load_embeddings(model_dir)
     if user_emb.shape[0] != graph.num_users or item_emb.shape[0] != graph.num_items:
         raise ValueError(
@@ -256,7 +263,7 @@ def build_serving_graph(model_dir: str | Path, graph: GraphArtifact, cfg: Pipeli
             f"graph {graph.ref.version} has {graph.num_users} x {graph.num_items}"
         )
     seen = seen_items_table(graph.train_interactions(), graph.num_users) if cfg.export.exclude_seen else None
-    return ServingGraph(user_emb, item_emb, cfg.export.top_k, seen, precision or cfg.export.precision)
+    return ServingGraph(user_emb, item_emb, cfg.export.top_k, seen, precision or shipped_precision(model_dir))
 
 
 def run_export(layout: Layout, day: str, cfg: PipelineConfig) -> ExportResult:

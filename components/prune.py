@@ -1,24 +1,30 @@
-"""Pruning stage: shrink the student, fine-tuning (BPR + distillation from the teacher) between steps.
+"""Pruning stage: the size ladder's models, and the shipped one (components/ladder.py).
+
+For each ``ladder.prune_ratios`` entry, the distilled student is pruned to that ratio (0: kept as
+distilled), fine-tuning (BPR + distillation from the teacher) between steps; every model is
+measured at every ``ladder.precisions`` and the chosen rung is published with its ladder.json.
 
 * ``structured`` (default): remove whole embedding dimensions, least important first. The ego
   embeddings are first rotated onto the principal axes of the model's final embeddings (an
   orthonormal rotation changes no score), importance = the axis' eigenvalue, i.e. its share of
-  the score mass. The exported model is really smaller: dim * (1 - target_sparsity) columns in
+  the score mass. The exported model is really smaller: dim * (1 - prune ratio) columns in
   model.pt and in embeddings.npz.
 * ``magnitude``: zero the smallest-|w| ego weights globally until the step's sparsity; masks stay
   fixed during fine-tuning (re-applied after every optimizer step). Propagation makes the final
   embeddings dense again, so the serving embeddings do not shrink; the ego weights are also saved
   packed (bitmask + nonzero values, ``model_sparse.npz``) and that size is reported.
 
-Sparsity rises linearly over ``prune.steps``: step s targets target_sparsity * s / steps. After
+Sparsity rises linearly over ``prune.steps``: step s targets ratio * s / steps. After
 each step: parameters (total and nonzero), sparsity, bytes on disk and validation quality go to
 history.json and metrics.json.
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +42,9 @@ from components.models.lightgcn import (
     project_ego,
     resolve_backend,
 )
-from components.storage import Layout, read_json, staging_dir
+from components.export import LADDER_FILE, seen_items_table
+from components.ladder import ladder_record, measure_rungs
+from components.storage import Layout, read_json, staging_dir, write_json
 from components.teacher import Teacher, load_teacher
 from components.train import (
     ModelArtifact,
@@ -105,10 +113,12 @@ def model_bytes(model: LightGCN) -> int:
     return len(buffer.getvalue())
 
 
-def prune_model(base: LightGCN, train, val, teacher: Teacher, cfg: PipelineConfig, max_seconds: float | None = None,
+def prune_model(base: LightGCN, train, val, teacher: Teacher, cfg: PipelineConfig, target_sparsity: float,
+                max_seconds: float | None = None,
                 targets: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[LightGCN, list[dict]]:
-    """Iteratively prune ``base`` to prune.target_sparsity with fine-tuning (KD from ``teacher``'s
-    top-k, or the precomputed ``targets``); returns (model, per-step report)."""
+    """Iteratively prune ``base`` to ``target_sparsity`` with fine-tuning (KD from ``teacher``'s
+    top-k, or the precomputed ``targets``); returns (model, per-step report). Magnitude pruning
+    masks ``base`` in place: pass a copy to keep it."""
     pcfg, dcfg = cfg.prune, cfg.distill
     device = resolve_device(cfg.teacher.device)
     backend = resolve_backend(cfg.teacher.propagation, device)
@@ -125,7 +135,7 @@ def prune_model(base: LightGCN, train, val, teacher: Teacher, cfg: PipelineConfi
     adjacency = adjacency_of(train, base.num_users, base.num_items, weighted)
     report: list[dict] = []
     for step in range(1, pcfg.steps + 1):
-        sparsity = pcfg.target_sparsity * step / pcfg.steps
+        sparsity = target_sparsity * step / pcfg.steps
         after_step = None
         if pcfg.method == "structured":
             keep = max(1, int(round(base.embedding_dim * (1 - sparsity))))
@@ -166,8 +176,25 @@ def prune_model(base: LightGCN, train, val, teacher: Teacher, cfg: PipelineConfi
     return model, report
 
 
+def ladder_models(student: LightGCN, train, val, teacher: Teacher,
+                  cfg: PipelineConfig) -> list[tuple[float, LightGCN, list[dict]]]:
+    """(prune ratio, model, per-step report) for every ladder.prune_ratios entry; ratio 0 is the
+    student as distilled. The teacher's top-k is computed once for all pruned rungs."""
+    targets = None
+    if any(ratio > 0 for ratio in cfg.ladder.prune_ratios) and cfg.distill.kd_weight > 0 and cfg.prune.finetune_epochs > 0:
+        targets = teacher_targets(teacher, known_pairs(train, val), cfg)
+    models = []
+    for ratio in cfg.ladder.prune_ratios:
+        if ratio == 0:
+            models.append((ratio, student, []))
+        else:
+            models.append((ratio, *prune_model(copy.deepcopy(student), train, val, teacher, cfg, ratio, targets=targets)))
+    return models
+
+
 def run_prune(layout: Layout, day: str, cfg: PipelineConfig) -> ModelArtifact:
-    """Prune the day's student (KD from the day's teacher) and publish it (kind models/pruned)."""
+    """Build the day's size ladder from its student (pruning with KD from the day's teacher), and
+    publish the chosen rung's model with the ladder's record (kind models/pruned)."""
     graph_ref, student_ref, graph, train_all, train, val = load_stage_inputs(layout, day, cfg, "models/student")
     teacher_ref = layout.current("models/teacher", day)
     if teacher_ref is None:
@@ -181,29 +208,47 @@ def run_prune(layout: Layout, day: str, cfg: PipelineConfig) -> ModelArtifact:
     teacher = load_teacher(teacher_ref.path, train_all)
     teacher_metrics = read_json(Path(teacher_ref.path) / "metrics.json")
     student_params = count_parameters(student)
-    model, report = prune_model(student, train, val, teacher, cfg)
-    full_adj = adjacency_of(train_all, graph.num_users, graph.num_items, cfg.teacher.edge_weights == "weighted")
-    user_emb, item_emb = final_embeddings(model, full_adj, resolve_backend(cfg.teacher.propagation, "cpu"))
-    last = report[-1]
+    tic = time.perf_counter()
+    models = ladder_models(student, train, val, teacher, cfg)
+    weighted = cfg.teacher.edge_weights == "weighted"
+    backend = resolve_backend(cfg.teacher.propagation, "cpu")
+    fit_adj = adjacency_of(train, graph.num_users, graph.num_items, weighted)
+    seen = seen_items_table(train_all, graph.num_users) if cfg.export.exclude_seen else None
+    teacher_val = teacher_metrics["val"].get("ndcg@20")
+    rungs, rung_model = [], []
+    for index, (ratio, model, _) in enumerate(models):
+        measured = measure_rungs(ratio, *final_embeddings(model, fit_adj, backend), count_parameters(model, nonzero=True),
+                                 train, val, seen, teacher_val, cfg)
+        rungs += measured
+        rung_model += [index] * len(measured)
+    ladder = ladder_record(rungs, teacher_val, cfg.ladder, time.perf_counter() - tic)
+    _, model, report = models[rung_model[ladder["chosen"]]]
+    full_adj = adjacency_of(train_all, graph.num_users, graph.num_items, weighted)
+    user_emb, item_emb = final_embeddings(model, full_adj, backend)
+    nonzero = count_parameters(model, nonzero=True)
+    val_metrics = evaluate_model(model, fit_adj, backend, train, val, tuple(cfg.eval.ks), cfg.eval.user_batch_size) \
+        if val is not None and len(val) else {}
     metrics = {
-        **holdout_and_retention(user_emb, item_emb, graph, train_all, cfg,
-                                {k[4:]: v for k, v in last.items() if k.startswith("val_")}, teacher_metrics),
-        "method": cfg.prune.method, "steps": report,
-        "num_params": last["num_params"], "num_params_nonzero": last["num_params_nonzero"],
-        "sparsity": last["sparsity"], "student_num_params": student_params,
+        **holdout_and_retention(user_emb, item_emb, graph, train_all, cfg, val_metrics, teacher_metrics),
+        "method": cfg.prune.method, "steps": report, "prune_ratio": ladder["chosen_rung"]["prune_ratio"],
+        "precision": ladder["chosen_rung"]["precision"], "embedding_dim": model.embedding_dim,
+        "num_params": count_parameters(model), "num_params_nonzero": nonzero,
+        "sparsity": 1 - nonzero / student_params, "student_num_params": student_params,
         "teacher_num_params": teacher_metrics["num_params"],
-        "compression_ratio": teacher_metrics["num_params"] / max(last["num_params_nonzero"], 1),
-        "size_ratio_vs_student": student_params / last["num_params"],
+        "compression_ratio": teacher_metrics["num_params"] / max(nonzero, 1),
+        "size_ratio_vs_student": student_params / count_parameters(model),
     }
     with staging_dir(layout.artifacts(KIND)) as tmp:
-        if cfg.prune.method == "magnitude":
+        if cfg.prune.method == "magnitude" and metrics["prune_ratio"] > 0:
             (tmp / "model_sparse.npz").write_bytes(packed_sparse_bytes(model))
+        write_json(tmp / LADDER_FILE, ladder)
         write_model_files(tmp, model, user_emb, item_emb, graph_ref.version, metrics, report,
                           extra={"prune_method": cfg.prune.method})
         metrics = read_json(tmp / "metrics.json")
         ref = layout.publish(KIND, day, tmp, {"inputs": inputs, "config_hash": config_hash,
                                               "metrics": summary_metrics(metrics)})
-    log.info("pruned %s v%s: %s, sparsity %.3f, %d params (%d nonzero), holdout ndcg@20 %.4f (retention %.3f)",
-             day, ref.version, cfg.prune.method, metrics["sparsity"], metrics["num_params"],
-             metrics["num_params_nonzero"], metrics["holdout"].get("ndcg@20", 0), metrics["ndcg_retention_holdout"])
+    log.info("pruned %s v%s: ladder chose prune %.2f / %s (dim %d, %d table bytes) of %d rungs in %.1f s: %s; "
+             "holdout ndcg@20 %.4f (retention %.3f)", day, ref.version, metrics["prune_ratio"], metrics["precision"],
+             metrics["embedding_dim"], ladder["chosen_rung"]["table_bytes"], len(rungs), ladder["seconds"],
+             ladder["reason"], metrics["holdout"].get("ndcg@20", 0), metrics["ndcg_retention_holdout"])
     return ModelArtifact(KIND, day, ref.version, ref.path, metrics["num_params"], summary_metrics(metrics))

@@ -259,6 +259,29 @@ def _kv_table(data: dict[str, Any]) -> str:
     return f"<table>{rows}</table>"
 
 
+def shipped_size_html(layout: Layout, blessing: dict[str, Any] | None) -> str:
+    """The judged candidate's size ladder (its pruned model's ladder.json): every rung tried, the
+    one shipped and why; empty without a blessing or a ladder record."""
+    from components.candidate import CandidateRefs
+    from components.export import LADDER_FILE
+
+    path = Path(CandidateRefs.from_dict(layout, blessing["candidate_refs"]).pruned.path) / LADDER_FILE if blessing else None
+    if path is None or not path.exists():
+        return ""
+    ladder = read_json(path)
+    columns = {"prune ratio": "prune_ratio", "dims": "embedding_dim", "precision": "precision",
+               "table bytes": "table_bytes", "p95 ms": "latency_p95_ms", "val NDCG@20": "val_ndcg_at_20",
+               "retention": "retention", "within budgets": "within_budgets", "qualifies": "qualifies"}
+    shipped = ' style="background:#d4f4dd"'
+    rows = "".join(f"<tr{shipped if i == ladder['chosen'] else ''}>"
+                   + "".join(f"<td>{html.escape(_fmt(rung[key]))}</td>" for key in columns.values()) + "</tr>"
+                   for i, rung in enumerate(ladder["rungs"]))
+    head = "".join(f"<th>{h}</th>" for h in columns)
+    return (f"<h2>Shipped size (ladder: target retention {ladder['min_retention']:.0%} of the teacher's validation "
+            f"NDCG@20 {_fmt(ladder['teacher_val_ndcg@20'])})</h2><p>{html.escape(ladder['reason'])}</p>"
+            f"<table><tr>{head}</tr>{rows}</table>")
+
+
 def run_report(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str) -> ReportResult:
     """Write the run's report.html and PNGs into its folder from whatever the run produced."""
     from components.candidate import CandidateRefs
@@ -293,6 +316,7 @@ def run_report(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str) -
     sections.append(data_checks_html(layout, day))
     sections.append("<h2>Gates</h2>" + (gate_table_html(blessing, standalone=False) if blessing
                                         else "<p>No blessing in this run (gate stage did not run).</p>"))
+    sections.append(shipped_size_html(layout, blessing))
     evaluation_path = out / "evaluation.json"
     if evaluation_path.exists():
         evaluation = read_json(evaluation_path)

@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> dict:
                              "teacher.batch_size": 2048, "teacher.lr": 1e-3, "teacher.l2": 1e-4,
                              "distill.epochs": args.student_epochs, "teacher.eval_every": args.eval_every,
                              "teacher.early_stop_patience": 1000, "prune.finetune_epochs": args.prune_finetune_epochs,
-                             "prune.method": "structured", "prune.target_sparsity": 0.5,
+                             "prune.method": "structured",
                              **dict(kv.split("=", 1) for kv in args.set)})
     if args.teacher_from:
         teacher_model = load_model(args.teacher_from)[0]
@@ -446,7 +446,7 @@ def main(argv: list[str] | None = None) -> dict:
     for key in PRUNED:
         method = key.split("_")[1]
         prune_cfg = cfg.model_copy(update={"prune": cfg.prune.model_copy(update={"method": method})})
-        pruned_model, steps = prune_model(copy.deepcopy(student_fit.model), train, test, lightgcn, prune_cfg,
+        pruned_model, steps = prune_model(copy.deepcopy(student_fit.model), train, test, lightgcn, prune_cfg, 0.5,
                                           max_seconds=prune_budget, targets=targets)
         results[key] = model_summary(key, pruned_model, adjacency.to("cpu"), train, test, ks, cache / key, [],
                                      {"steps": steps, "method": method,

@@ -17,9 +17,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from components.config import PipelineConfig, load_config
+from components.config import LadderConfig, PipelineConfig, load_config
 from components.dgl_compat import import_dgl
+from components.export import LADDER_FILE
 from components.graph import ITEM_ETYPE, USER_ETYPE, GraphArtifact
+from components.ladder import Rung, ladder_record
+from components.models.quantize import quantize_rows, table_bytes
 from components.storage import Layout, staging_dir, write_json
 
 NUM_CLUSTERS = 4
@@ -131,9 +134,18 @@ def make_model(
     graph: GraphArtifact | None = None,
     epochs: int = 3,
     upstream: tuple = (),
+    precision: str | None = None,
 ):
-    """Publish a model artifact (models/teacher|student|pruned) in the documented format."""
+    """Publish a model artifact (models/teacher|student|pruned) in the documented format; with
+    ``precision``, a ladder.json whose chosen rung ships at that precision (components/ladder.py)."""
     with staging_dir(layout.artifacts(f"models/{kind}")) as tmp:
+        if precision is not None:  # a one-rung ladder, unmeasured (no validation split)
+            tables = [quantize_rows(e, precision) for e in (user_emb, item_emb)]
+            rung = Rung(prune_ratio=0.0, embedding_dim=int(user_emb.shape[1]), precision=precision,
+                        num_params_nonzero=int(user_emb.size + item_emb.size),
+                        table_bytes=sum(table_bytes(t) for t in tables), latency_p95_ms=0.0, val_ndcg_at_20=None,
+                        retention=None)
+            write_json(tmp / LADDER_FILE, ladder_record([rung], None, LadderConfig(), 0.0))
         np.savez(tmp / "embeddings.npz", user=user_emb, item=item_emb)
         torch.save({"state_dict": {"user": torch.from_numpy(user_emb), "item": torch.from_numpy(item_emb)},
                     "num_users": user_emb.shape[0], "num_items": item_emb.shape[0],
@@ -199,7 +211,7 @@ def run_ship_day(layout: Layout, day: str, cfg: PipelineConfig, world: World, se
     else:
         user, item = random_embeddings(world.num_users, world.num_items, seed=seed + 30)
     student = make_model(layout, "student", day, user, item, graph, upstream=(teacher,))
-    make_model(layout, "pruned", day, user, item, graph, upstream=(student, teacher))
+    make_model(layout, "pruned", day, user, item, graph, upstream=(student, teacher), precision="int8")
     export.run_export(layout, day, cfg)
     built = engine.run_convert(layout, day, cfg)
     if not gate:

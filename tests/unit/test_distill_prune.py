@@ -6,6 +6,7 @@ import torch
 
 from components.config import load_config
 from components.distill import run_distill
+from components.export import LADDER_FILE, shipped_precision
 from components.graph import Interactions
 from components.models.lightgcn import LightGCN, build_adjacency, principal_axes, project_ego
 from components.prune import magnitude_masks, prune_model, remove_dimensions, run_prune
@@ -19,7 +20,7 @@ BASE = {"teacher.kind": "lightgcn", "teacher.embedding_dim": 32, "teacher.num_la
         "teacher.batch_size": 256, "teacher.eval_every": 4, "teacher.early_stop_patience": 5,
         "teacher.device": "cpu", "distill.embedding_dim": 8, "distill.num_layers": 2, "distill.epochs": 12,
         "distill.lr": 0.03, "distill.batch_size": 256, "distill.kd_topk": 5,
-        "prune.steps": 2, "prune.finetune_epochs": 2, "prune.target_sparsity": 0.5}
+        "prune.steps": 2, "prune.finetune_epochs": 2}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def test_shuffled_labels_make_a_clearly_worse_student(day_with_teacher):
 
 def test_structured_pruning_halves_dims_and_bytes_and_keeps_quality(day_with_teacher):
     layout = day_with_teacher
-    cfg = load_config(None, BASE)
+    cfg = load_config(None, {**BASE, "ladder.prune_ratios": [0.5]})  # a one-rung ladder: the pruned student
     student = run_distill(layout, DAY, cfg)
     pruned = run_prune(layout, DAY, cfg)
     metrics = read_json(f"{pruned.path}/metrics.json")
@@ -112,13 +113,47 @@ def test_teacher_init_starts_the_student_at_the_teachers_low_rank_scores(day_wit
 
 def test_magnitude_pruning_hits_target_sparsity_with_fixed_masks(day_with_teacher):
     layout = day_with_teacher
-    cfg = load_config(None, {**BASE, "prune.method": "magnitude", "prune.target_sparsity": 0.6})
+    cfg = load_config(None, {**BASE, "prune.method": "magnitude"})
     student, _ = load_model(layout.current("models/student", DAY).path)
     masks = magnitude_masks(student, 0.3)
     assert sum(int((~m).sum()) for m in masks) == round(0.3 * (120 + 80) * 8)
     train, _ = planted()
     teacher = load_teacher(layout.current("models/teacher", DAY).path, train)
-    model, report = prune_model(student, train, None, teacher, cfg)
+    model, report = prune_model(student, train, None, teacher, cfg, 0.6)
     assert [r["sparsity"] for r in report] == pytest.approx([0.3, 0.6], abs=1e-3)  # fine-tuning kept masks
     assert report[-1]["num_params_nonzero"] == pytest.approx(0.4 * (120 + 80) * 8, abs=1)
     assert report[-1]["bytes_packed_sparse"] < report[-1]["bytes_model_pt"]
+
+
+@pytest.mark.parametrize("min_retention", [0.0, 5.0])
+def test_prune_stage_records_the_ladder_and_ships_its_choice(day_with_teacher, min_retention):
+    layout = day_with_teacher
+    cfg = load_config(None, {**BASE, "ladder.min_retention": min_retention})
+    run_distill(layout, DAY, cfg)
+    pruned = run_prune(layout, DAY, cfg)
+    ladder = read_json(f"{pruned.path}/{LADDER_FILE}")
+    teacher_val = read_json(f"{layout.current('models/teacher', DAY).path}/metrics.json")["val"]["ndcg@20"]
+    rungs = ladder["rungs"]
+    # every (prune ratio, precision) measured, with what the choice needs
+    assert [(r["prune_ratio"], r["embedding_dim"], r["precision"]) for r in rungs] == [
+        (0.0, 8, "int8"), (0.0, 8, "fp16"), (0.0, 8, "fp32"), (0.5, 4, "int8"), (0.5, 4, "fp16"), (0.5, 4, "fp32")]
+    assert ladder["teacher_val_ndcg@20"] == pytest.approx(teacher_val)
+    for rung in rungs:
+        assert rung["retention"] == pytest.approx(rung["val_ndcg_at_20"] / teacher_val)
+        assert rung["latency_p95_ms"] > 0 and rung["within_budgets"]
+        assert rung["table_bytes"] == (120 + 80) * rung["embedding_dim"] * {"fp32": 4, "fp16": 2}.get(
+            rung["precision"], 1) + (0 if rung["precision"] != "int8" else (120 + 80) * 4)
+    # int8 tables are nearly free: within 10% of the fp32 validation NDCG on this tiny world
+    assert rungs[0]["val_ndcg_at_20"] == pytest.approx(rungs[2]["val_ndcg_at_20"], rel=0.1)
+    chosen = ladder["chosen_rung"]
+    if min_retention == 0.0:  # every rung qualifies: the smallest ships
+        assert (chosen["embedding_dim"], chosen["precision"]) == (4, "int8") and ladder["target_met"]
+        assert ladder["reason"].startswith("smallest rung within the budgets")
+    else:  # none does: the best-retaining one ships, and the record says so
+        best = max(r["retention"] for r in rungs)
+        assert chosen["retention"] >= best - ladder["tie_tolerance"] and not ladder["target_met"]
+        assert ladder["reason"].startswith("no rung kept 500%")
+    metrics = read_json(f"{pruned.path}/metrics.json")
+    assert (metrics["embedding_dim"], metrics["precision"]) == (chosen["embedding_dim"], chosen["precision"])
+    assert load_embeddings(pruned.path)[0].shape == (120, chosen["embedding_dim"])
+    assert shipped_precision(pruned.path) == chosen["precision"]
