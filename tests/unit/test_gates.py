@@ -337,7 +337,10 @@ def test_run_gate_writes_a_blessing_per_run_and_never_overwrites_another_run(tmp
     assert blessing.blessed and blessing.bootstrap and blessing.verdict == "blessed"
     assert Blessing.load(out / "blessing.json") == blessing
     markdown = (out / "gates.md").read_text()
-    assert markdown.count("\n| ") == len(cfg.gates.gates) + 1  # header + one row per gate
+    gate_table, comparisons = markdown.split("Headline comparisons")
+    assert gate_table.count("\n| ") == len(cfg.gates.gates) + 1  # header + one row per gate
+    # then candidate vs champion (skipped: bootstrap) and vs popularity; no champion, so no health row
+    assert comparisons.count("\n| ") == 3 and "candidate vs popularity" in comparisons
     assert "skipped (no champion: bootstrap)" in markdown and "90% CI [" in markdown
     assert "<table>" in (out / "gates.html").read_text()
     first_bytes = (out / "blessing.json").read_bytes()
