@@ -9,16 +9,22 @@ never recommends those), via ``components.evaluate``. Each model is evaluated *a
 has a trained embedding for get its scores, every other user gets serving's cold-user answer
 (``components.serving.answer_cold_users``: fold-in over that model's item embeddings from the
 user's recent items in Feast as of the day's start, else the model's popularity). Users without
-training history are the "cold" segment, the rest "warm"; the record counts, per model, the users
-answered by the model, by fold-in and by popularity. Per-user metric vectors of every model are
-kept (per_user.npz) so that gates can compute paired intervals.
+training history are the "cold" segment, the rest "warm"; users with any history before the day
+(warm, or recent items to fold in) are "history": the only users on whom models can answer
+differently. The record counts, per model, the users answered by the model, by fold-in and by
+popularity, and the users whose every test item was seen before (not evaluated: nothing unseen to
+recommend). Per-user metric vectors of every model are kept (per_user.npz) so that gates can
+compute paired intervals.
 
 Gating (``judge``, ``run_gate``) judges, as a pure function of the measurements and
 config/gates.yaml: each evaluation gate gets a paired bootstrap confidence interval
 (``scipy.stats.bootstrap``, seeded) of its statistic over users and a verdict PASS / FAIL /
 INCONCLUSIVE by the rule of its kind; engine gates compare the engine's measurements (latency from
 >= ``min_latency_calls`` timed calls). Without a champion (bootstrap), gates against the champion
-are skipped and say so. The blessing records n, point value and interval of every gate. The
+are skipped and say so. A gate's role is decision or diagnostic: a diagnostic FAIL / INCONCLUSIVE
+is overridden when the candidate conclusively beats the champion and popularity (``candidate_wins``).
+The champion's health against popularity is judged alongside (``champion_health``; it never
+blocks). The blessing records n, point value and interval of every gate and comparison. The
 registry decides promotion (components/registry.py); nothing here imports it back.
 """
 
