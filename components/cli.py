@@ -282,10 +282,18 @@ def day_summary(layout: Layout, day: str) -> dict[str, Any]:
     if graph:
         summary["graph"] = f"{graph['num_users']}u/{graph['num_items']}i/{graph['train_pairs']}e"
     if gate:
+        from components.report import champion_health_text, repeat_only_text
+
         summary["verdict"] = gate.get("verdict")
         summary["users_evaluated"] = gate.get("users_evaluated")
+        summary["history_users_evaluated"] = gate.get("history_users_evaluated")
+        if gate.get("users_without_unseen_test_items") is not None:
+            summary["repeat_only_users"] = gate["users_without_unseen_test_items"]
+            summary["repeat_only"] = repeat_only_text(gate["users_without_unseen_test_items"])
         summary["failed_gates"] = list(gate.get("failed", []))
         summary["inconclusive_gates"] = list(gate.get("inconclusive", []))
+        summary["overridden_gates"] = list(gate.get("overridden", []))
+        summary["champion_health"] = champion_health_text(gate)
     if promotion:
         summary["champion"] = promotion.get("champion_version")
     if latest and latest.get("outcome"):
@@ -326,11 +334,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         summary["dag_run"] = "success" if rc == 0 else f"failed (rc={rc}, log {logs / f'{day}.log'})"
         rows.append(summary)
         print(json.dumps(summary, default=str))
-    print("\nday        | accepted | quarantined | graph (users/items/edges) | evaluated | verdict      | outcome")
+    print("\nday        | accepted | quarantined | graph (users/items/edges) | evaluated | repeat-only | verdict      "
+          "| outcome")
     for r in rows:
         print(f"{r['day']} | {r['accepted_rows']:8} | {r.get('quarantined_rows', 0) if r['quarantined'] else 0:11} | "
-              f"{r.get('graph', '-'):25} | {str(r.get('users_evaluated', '-')):9} | {str(r.get('verdict', '-')):12} | "
-              f"{r.get('outcome', '-')}")
+              f"{r.get('graph', '-'):25} | {str(r.get('users_evaluated', '-')):9} | "
+              f"{str(r.get('repeat_only_users', '-')):11} | {str(r.get('verdict', '-')):12} | {r.get('outcome', '-')}")
     current = champion(layout)
     print(f"\nchampion: {current.version if current else 'none'}")
     judged = [(d, latest_run(layout, d)) for d in reversed(days)]

@@ -310,20 +310,27 @@ class EvalConfig(_Section):
 
 GATE_KINDS = ("min", "max", "min_ratio_to", "max_regression_vs", "min_lift_over")
 RELATIVE_KINDS = ("min_ratio_to", "max_regression_vs", "min_lift_over")
+# Which users a comparison is judged on (components/gates.py PerUser.segment_mask): all; history
+# (users with history before the day: a trained embedding or recent items to fold in, the users
+# on whom models can answer differently); warm (a trained embedding); cold (none).
+Segment = Literal["all", "history", "warm", "cold"]
 
 
 class GateSpec(_Section):
     """One gate: a metric compared with an absolute threshold or with a baseline's value.
 
     Evaluation metrics are judged on a paired bootstrap interval over users (see config/gates.yaml
-    for each kind's rule); ``segment`` picks which users: all, warm (known to the model) or cold
-    (answered by serving's fallback)."""
+    for each kind's rule); ``segment`` picks which users. ``role``: a decision gate's FAIL (or
+    INCONCLUSIVE) keeps the champion; a diagnostic gate's is measured, shown and alerted on, but is
+    overridden for a candidate that conclusively beats the champion and popularity
+    (``GatesConfig.conclusive_win``). Unmarked gates decide: nobody loses a veto by omission."""
 
     metric: str
     kind: Literal["min", "max", "min_ratio_to", "max_regression_vs", "min_lift_over"]
     threshold: float
     baseline: Literal["champion", "teacher", "popularity"] | None = None
-    segment: Literal["all", "warm", "cold"] = "all"
+    segment: Segment = "all"
+    role: Literal["decision", "diagnostic"] = "decision"
     description: str = ""
 
     @model_validator(mode="after")
@@ -334,6 +341,39 @@ class GateSpec(_Section):
         if not relative and self.baseline is not None:
             raise ValueError(f"gate on {self.metric!r} of kind {self.kind} takes no baseline")
         return self
+
+
+class ConclusiveWin(_Section):
+    """When a candidate *conclusively beats* a baseline (what overrides diagnostic gates): the lower
+    bound of the paired bootstrap interval of the relative change c/b - 1 of ``metric`` on
+    ``segment`` is above ``min_lift_over_<baseline>``. Both the champion (as of the day; none at
+    bootstrap) and popularity must be beaten."""
+
+    metric: str = "ndcg@20"
+    segment: Segment = "history"
+    min_lift_over_champion: float = Field(0.0, ge=0)
+    min_lift_over_popularity: float = Field(0.0, ge=0)
+
+
+class ChampionHealth(_Section):
+    """The champion as served against popularity on the fresh day, every night it is evaluated:
+    it *conclusively loses* when the upper bound of the paired interval of champion/popularity - 1
+    of ``metric`` on ``segment`` is below ``-tolerance``."""
+
+    metric: str = "ndcg@20"
+    segment: Segment = "history"
+    tolerance: float = Field(0.0, ge=0, lt=1)
+    # When the champion loses and no candidate qualifies: keep it (the only supported fallback).
+    fallback: Literal["keep", "popularity"] = "keep"
+
+    @field_validator("fallback")
+    @classmethod
+    def _supported_fallback(cls, fallback: str) -> str:
+        if fallback == "popularity":
+            raise ValueError("champion_health.fallback: 'popularity' is not supported yet (serving has no "
+                             "popularity model to switch to; the registry only promotes trained versions); "
+                             "use 'keep'")
+        return fallback
 
 
 class GatesConfig(_Section):
@@ -350,6 +390,8 @@ class GatesConfig(_Section):
     inconclusive: Literal["keep_champion", "promote"] = "keep_champion"
     # Latency gates need at least this many timed calls (after warm-up) to decide.
     min_latency_calls: int = Field(1000, ge=1)
+    conclusive_win: ConclusiveWin = ConclusiveWin()
+    champion_health: ChampionHealth = ChampionHealth()
 
 
 def load_gates(path: str | Path = DEFAULT_GATES_FILE) -> GatesConfig:

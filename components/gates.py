@@ -9,16 +9,22 @@ never recommends those), via ``components.evaluate``. Each model is evaluated *a
 has a trained embedding for get its scores, every other user gets serving's cold-user answer
 (``components.serving.answer_cold_users``: fold-in over that model's item embeddings from the
 user's recent items in Feast as of the day's start, else the model's popularity). Users without
-training history are the "cold" segment, the rest "warm"; the record counts, per model, the users
-answered by the model, by fold-in and by popularity. Per-user metric vectors of every model are
-kept (per_user.npz) so that gates can compute paired intervals.
+training history are the "cold" segment, the rest "warm"; users with any history before the day
+(warm, or recent items to fold in) are "history": the only users on whom models can answer
+differently. The record counts, per model, the users answered by the model, by fold-in and by
+popularity, and the users whose every test item was seen before (not evaluated: nothing unseen to
+recommend). Per-user metric vectors of every model are kept (per_user.npz) so that gates can
+compute paired intervals.
 
 Gating (``judge``, ``run_gate``) judges, as a pure function of the measurements and
 config/gates.yaml: each evaluation gate gets a paired bootstrap confidence interval
 (``scipy.stats.bootstrap``, seeded) of its statistic over users and a verdict PASS / FAIL /
 INCONCLUSIVE by the rule of its kind; engine gates compare the engine's measurements (latency from
 >= ``min_latency_calls`` timed calls). Without a champion (bootstrap), gates against the champion
-are skipped and say so. The blessing records n, point value and interval of every gate. The
+are skipped and say so. A gate's role is decision or diagnostic: a diagnostic FAIL / INCONCLUSIVE
+is overridden when the candidate conclusively beats the champion and popularity (``candidate_wins``).
+The champion's health against popularity is judged alongside (``champion_health``; it never
+blocks). The blessing records n, point value and interval of every gate and comparison. The
 registry decides promotion (components/registry.py); nothing here imports it back.
 """
 
@@ -26,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +55,7 @@ ENGINE_METRICS = ("parity_max_abs_diff", "parity_topk_overlap", "engine_bytes") 
 COUNT_METRICS = ("users_evaluated",)
 DATA_METRICS = ("validation_warnings",)  # components/validate.py validation_metrics
 MODELS = ("candidate", "teacher", "champion", "popularity")
-SEGMENTS = ("all", "warm", "cold")
+SEGMENTS = ("all", "history", "warm", "cold")  # components/config.py Segment
 BOOTSTRAP_NOTE = "skipped (no champion: bootstrap)"
 
 
@@ -242,6 +248,7 @@ class EvaluationResult:
     # only when the root has no feature store); defaults read records written before fold-in.
     cold_answer: str = "popularity"
     answered_by: dict[str, dict[str, int]] = field(default_factory=dict)  # model -> model/fold_in/popularity users
+    history_users_evaluated: int | None = None  # the "history" segment (None: a record written before it)
 
     def metrics_of(self, model: str, segment: str = "all") -> dict[str, float] | None:
         return (self.segments.get(model) or {}).get(segment)
@@ -256,14 +263,21 @@ class PerUser:
     """Aligned per-user vectors of every evaluated model (row i = user ``users[i]``)."""
 
     users: np.ndarray
-    cold: np.ndarray
+    cold: np.ndarray  # no trained embedding (no training positive in the day's graph)
     values: dict[str, dict[str, np.ndarray]]  # model -> metric -> vector
+    # History before the day: a trained embedding or recent items to fold in. Users without any get
+    # the same popularity answer from every model, so no comparison can differ on them.
+    # None (records written before it): the warm users.
+    history: np.ndarray | None = None
 
     def segment_mask(self, segment: str) -> np.ndarray:
-        return {"all": np.ones_like(self.cold), "warm": ~self.cold, "cold": self.cold}[segment]
+        history = ~self.cold if self.history is None else self.history
+        return {"all": np.ones_like(self.cold), "history": history, "warm": ~self.cold, "cold": self.cold}[segment]
 
     def save(self, path: Path) -> None:
         arrays = {f"{model}__{metric}": v for model, metrics in self.values.items() for metric, v in metrics.items()}
+        if self.history is not None:
+            arrays["history"] = self.history
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp.npz")
         np.savez_compressed(tmp, users=self.users, cold=self.cold, **arrays)
@@ -277,12 +291,14 @@ class PerUser:
                 if "__" in key:
                     model, metric = key.split("__", 1)
                     values.setdefault(model, {})[metric] = data[key]
-            return cls(users=data["users"], cold=data["cold"].astype(bool), values=values)
+            history = data["history"].astype(bool) if "history" in data.files else None
+            return cls(users=data["users"], cold=data["cold"].astype(bool), values=values, history=history)
 
 
-def _segment_means(metrics: UserMetrics, cold: np.ndarray) -> dict[str, dict[str, float]]:
+def _segment_means(metrics: UserMetrics, per_user: PerUser) -> dict[str, dict[str, float]]:
     out = {}
-    for segment, mask in (("all", np.ones_like(cold)), ("warm", ~cold), ("cold", cold)):
+    for segment in SEGMENTS:
+        mask = per_user.segment_mask(segment)
         means = {name: float(v[mask].mean()) if mask.any() else 0.0 for name, v in metrics.values.items()}
         out[segment] = {**means, "users_evaluated": int(mask.sum())}
     out["all"].update(metrics.coverage)
@@ -297,6 +313,7 @@ def run_evaluate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
     from components.export import load_embeddings
     from components.graph import Interactions
     from components.registry import champion_as_of
+    from components.report import repeat_only_text
     from components.teacher import load_teacher
 
     if candidate is None:
@@ -348,9 +365,11 @@ def run_evaluate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
     cold = ~has_train[first.users]
     answered_by = {name: m.answered_by(first.users) for name, m in models.items()}
     out = run_dir(layout, day, run_key)
-    per_user = PerUser(users=first.users, cold=cold, values={n: m.values for n, m in measured.items()})
+    with_history = ~cold | (np.diff(history.indptr)[first.users] > 0)
+    per_user = PerUser(users=first.users, cold=cold, values={n: m.values for n, m in measured.items()},
+                       history=with_history)
     per_user.save(out / PER_USER_FILE)
-    segments = {name: _segment_means(m, cold) for name, m in measured.items()}
+    segments = {name: _segment_means(m, per_user) for name, m in measured.items()}
     all_of = lambda name: segments[name]["all"] if name in segments else None  # noqa: E731
     result = EvaluationResult(
         day=day, run_key=run_key, path=str(out / EVALUATION_FILE), per_user_path=str(out / PER_USER_FILE),
@@ -363,17 +382,19 @@ def run_evaluate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
         users_evaluated=int(first.users.size), warm_users_evaluated=int((~cold).sum()),
         cold_users_evaluated=int(cold.sum()),
         users_without_unseen_test_items=int(first.counts["users_without_unseen_test_items"]),
-        cold_answer=cold_answer, answered_by=answered_by,
+        cold_answer=cold_answer, answered_by=answered_by, history_users_evaluated=int(with_history.sum()),
     )
     write_json(Path(result.path), asdict(result))
     k = 20 if 20 in ks else ks[0]
     log.info(
-        "evaluate %s run %s: candidate %s (engine %s), baseline %s (%s); %d users evaluated (%d warm, %d cold, "
-        "as served: %d by fold-in, %d by popularity; %s); ndcg@%d candidate %.4f teacher %s champion %s "
-        "popularity %.4f",
+        "evaluate %s run %s: candidate %s (engine %s), baseline %s (%s); %d users evaluated (%d with history, "
+        "%d warm, %d cold, as served: %d by fold-in, %d by popularity; %s); %s; ndcg@%d candidate %.4f "
+        "teacher %s champion %s popularity %.4f",
         day, run_key, cid, refs.engine.version, result.champion_version or "none", baseline_reason,
-        result.users_evaluated, result.warm_users_evaluated, result.cold_users_evaluated,
-        answered_by["candidate"]["fold_in"], answered_by["candidate"]["popularity"], cold_answer, k,
+        result.users_evaluated, result.history_users_evaluated, result.warm_users_evaluated,
+        result.cold_users_evaluated,
+        answered_by["candidate"]["fold_in"], answered_by["candidate"]["popularity"], cold_answer,
+        repeat_only_text(result.users_without_unseen_test_items), k,
         result.candidate[f"ndcg@{k}"], f"{result.teacher[f'ndcg@{k}']:.4f}" if result.teacher else "n/a",
         f"{result.champion[f'ndcg@{k}']:.4f}" if result.champion else "n/a (bootstrap)",
         result.popularity[f"ndcg@{k}"],
@@ -403,6 +424,35 @@ class GateResult:
     note: str
     measured_by: str  # "evaluation (...)" or the runtime that measured an engine metric
     description: str = ""
+    role: str = "decision"  # "decision" | "diagnostic" (config GateSpec.role)
+    overridden: bool = False  # a diagnostic FAIL / INCONCLUSIVE overridden by a conclusive win
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One model against another on the same users: the relative change s/b - 1 of ``metric`` with
+    its paired bootstrap interval, judged PASS / FAIL / INCONCLUSIVE against a bound like a gate
+    (``rule``: e.g. "> 0"); SKIPPED when a model was not evaluated (no champion)."""
+
+    subject: str
+    baseline: str
+    metric: str
+    segment: str
+    rule: str
+    n: int
+    value: float | None
+    baseline_value: float | None
+    relative_change: float | None
+    ci_low: float | None
+    ci_high: float | None
+    verdict: str
+    note: str = ""
+
+    def describe(self) -> str:
+        """E.g. "ndcg@20 +12.3% [+4.1%, +20.5%], 812 history users" (what reasons and alerts quote)."""
+        from components.report import describe_comparison
+
+        return describe_comparison(asdict(self))
 
 
 @dataclass(frozen=True)
@@ -430,13 +480,26 @@ class Blessing:
     reason: str = ""  # one line: why blessed / rejected / inconclusive (what outcomes and the UI show)
     evaluation_path: str = ""
     path: str = ""
+    # Diagnostic gates whose FAIL / INCONCLUSIVE was overridden (not in failed / inconclusive above)
+    # because the candidate conclusively beats the champion and popularity (``wins``, all PASS).
+    overridden: tuple[str, ...] = field(default_factory=tuple)
+    wins: tuple[Comparison, ...] = field(default_factory=tuple)  # candidate vs champion, vs popularity
+    conclusive_win: bool = False
+    # The champion as served vs popularity on the day (None: no champion, or a record before it).
+    champion_health: Comparison | None = None
+    champion_worse_than_popularity: bool = False  # champion_health FAIL: what alerts read
+    history_users_evaluated: int | None = None
+    users_without_unseen_test_items: int | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> "Blessing":
         data = read_json(path)
         data["gates"] = tuple(GateResult(**g) for g in data["gates"])
-        data["failed"] = tuple(data["failed"])
-        data["inconclusive"] = tuple(data["inconclusive"])
+        for name in ("failed", "inconclusive", "overridden"):
+            data[name] = tuple(data.get(name, ()))
+        data["wins"] = tuple(Comparison(**c) for c in data.get("wins", ()))
+        if data.get("champion_health"):
+            data["champion_health"] = Comparison(**data["champion_health"])
         return cls(**data)
 
 
@@ -522,7 +585,7 @@ def _label(spec: GateSpec) -> str:
 def judge_gate(spec: GateSpec, evaluation: EvaluationResult, per_user: PerUser | None, engine,
                gates: GatesConfig, seed: int, data_metrics: dict[str, float] | None = None) -> GateResult:
     common = dict(metric=spec.metric, kind=spec.kind, threshold=spec.threshold, baseline=spec.baseline,
-                  segment=spec.segment, description=spec.description)
+                  segment=spec.segment, description=spec.description, role=spec.role)
     name, bound, direction = _rule(spec.kind, spec.threshold)
     if spec.metric in DATA_METRICS:  # the day's data, e.g. validation warnings (kinds min/max)
         if spec.baseline is not None:
@@ -602,21 +665,93 @@ def judge_gate(spec: GateSpec, evaluation: EvaluationResult, per_user: PerUser |
                       ci_high=high, verdict=verdict, note=note, measured_by=measured_by)
 
 
+def compare(per_user: PerUser | None, subject: str, baseline: str, metric: str, segment: str, direction: str,
+            bound: float, gates: GatesConfig, seed: int) -> Comparison:
+    """``subject`` against ``baseline`` on the same ``segment`` users: relative change of ``metric``
+    with its paired bootstrap interval, judged ``direction bound`` as a gate is (``decide``)."""
+    common = dict(subject=subject, baseline=baseline, metric=metric, segment=segment,
+                  rule=f"relative change {direction} {bound:g}")
+    missing = [m for m in (subject, baseline) if per_user is None or m not in per_user.values]
+    if missing:
+        return Comparison(**common, n=0, value=None, baseline_value=None, relative_change=None, ci_low=None,
+                          ci_high=None, verdict="skipped", note=f"not evaluated: {', '.join(missing)}")
+    if metric not in per_user.values[subject]:
+        raise ValueError(f"comparison metric {metric!r} was not evaluated (have {sorted(per_user.values[subject])})")
+    mask = per_user.segment_mask(segment)
+    ours, theirs = per_user.values[subject][metric][mask], per_user.values[baseline][metric][mask]
+    n = int(ours.size)
+    values = dict(value=float(ours.mean()) if n else None, baseline_value=float(theirs.mean()) if n else None)
+    if n < 2:
+        return Comparison(**common, n=n, **values, relative_change=None, ci_low=None, ci_high=None,
+                          verdict="inconclusive", note=f"{n} {segment} users: no interval")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        change = float(_relative_change(ours, theirs))
+    low, high = bootstrap_interval((ours, theirs), "relative change", gates, seed)
+    return Comparison(**common, n=n, **values, relative_change=change, ci_low=low, ci_high=high,
+                      verdict=decide(direction, bound, low, high))
+
+
+def candidate_wins(per_user: PerUser | None, gates: GatesConfig, seed: int) -> tuple[Comparison, Comparison]:
+    """Does the candidate conclusively beat the champion and popularity (config ``conclusive_win``)?
+    PASS: the interval's lower bound is above the configured lift."""
+    win = gates.conclusive_win
+    return (compare(per_user, "candidate", "champion", win.metric, win.segment, ">", win.min_lift_over_champion,
+                    gates, seed),
+            compare(per_user, "candidate", "popularity", win.metric, win.segment, ">",
+                    win.min_lift_over_popularity, gates, seed))
+
+
+def unmet_wins(wins: tuple[Comparison, ...]) -> tuple[Comparison, ...]:
+    """The baselines not conclusively beaten; with no champion (bootstrap: SKIPPED) nothing serves
+    that must be beaten but popularity."""
+    return tuple(w for w in wins if w.verdict != "pass" and not (w.baseline == "champion" and w.verdict == "skipped"))
+
+
+def champion_health(per_user: PerUser | None, gates: GatesConfig, seed: int) -> Comparison:
+    """The champion as served vs popularity on the day: FAIL when it conclusively loses (the whole
+    interval of champion/popularity - 1 below -tolerance); SKIPPED without a champion."""
+    health = gates.champion_health
+    return compare(per_user, "champion", "popularity", health.metric, health.segment, ">=", -health.tolerance,
+                   gates, seed)
+
+
 def judge(evaluation: EvaluationResult, per_user: PerUser | None, engine_result, gates: GatesConfig,
           seed: int = 0, data_metrics: dict[str, float] | None = None) -> Blessing:
-    """Apply every gate; blessed iff none failed and none is inconclusive (unless gates.yaml says
-    inconclusive promotes). Skipped gates are listed, never counted as passed."""
-    results = tuple(judge_gate(spec, evaluation, per_user, engine_result, gates, seed, data_metrics) for spec in gates.gates)
-    failed = tuple(_label(spec) for spec, g in zip(gates.gates, results) if g.verdict == "fail")
-    inconclusive = tuple(_label(spec) for spec, g in zip(gates.gates, results) if g.verdict == "inconclusive")
+    """Apply every gate; blessed iff no gate holds the candidate back: none failed and none is
+    inconclusive (unless gates.yaml says inconclusive promotes), where a diagnostic gate's FAIL or
+    INCONCLUSIVE is overridden when the candidate conclusively beats the champion and popularity
+    (``candidate_wins``). Skipped gates are listed, never counted as passed. The champion's health
+    vs popularity is judged alongside (it never blocks a candidate)."""
+    from components.report import override_text
+
+    wins = candidate_wins(per_user, gates, seed)
+    conclusive = not unmet_wins(wins) and any(w.verdict == "pass" for w in wins)
+    holds_back = lambda g: g.verdict == "fail" or (  # noqa: E731
+        g.verdict == "inconclusive" and gates.inconclusive == "keep_champion")
+    results = tuple(
+        replace(g, overridden=True) if conclusive and g.role == "diagnostic" and holds_back(g) else g
+        for g in (judge_gate(spec, evaluation, per_user, engine_result, gates, seed, data_metrics)
+                  for spec in gates.gates))
+    labels = [_label(spec) for spec in gates.gates]
+    failed = tuple(lb for lb, g in zip(labels, results) if g.verdict == "fail" and not g.overridden)
+    inconclusive = tuple(lb for lb, g in zip(labels, results) if g.verdict == "inconclusive" and not g.overridden)
+    overridden = tuple(lb for lb, g in zip(labels, results) if g.overridden)
     blocked = bool(failed) or (bool(inconclusive) and gates.inconclusive == "keep_champion")
+    tagged = {lb: lb + (" (diagnostic)" if g.role == "diagnostic" else "") for lb, g in zip(labels, results)}
+    vetoing_diagnostics = any(g.role == "diagnostic" and holds_back(g) and not g.overridden for g in results)
+    not_overridden = ("; diagnostic gates not overridden: candidate does not conclusively beat "
+                      + " and ".join(f"{w.baseline} ({w.describe()})" for w in unmet_wins(wins))
+                      if vetoing_diagnostics else "")
     if failed:
-        reason = f"failed gates: {'; '.join(failed)}"
+        reason = f"failed gates: {'; '.join(tagged[lb] for lb in failed)}{not_overridden}"
     elif blocked:
-        reason = f"inconclusive gates (champion kept): {'; '.join(inconclusive)}"
+        reason = f"inconclusive gates (champion kept): {'; '.join(tagged[lb] for lb in inconclusive)}{not_overridden}"
     else:
-        reason = "no gate failed" + (f"; inconclusive treated as pass: {'; '.join(inconclusive)}" if inconclusive
-                                     else "")
+        reason = "no gate failed" if not overridden else "no decision gate failed; " + override_text(
+            {"gates": [asdict(g) for g in results], "wins": [asdict(w) for w in wins]})
+        if inconclusive:
+            reason += f"; inconclusive treated as pass: {'; '.join(inconclusive)}"
+    health = champion_health(per_user, gates, seed)
     return Blessing(
         day=evaluation.day,
         run_key=evaluation.run_key,
@@ -638,6 +773,13 @@ def judge(evaluation: EvaluationResult, per_user: PerUser | None, engine_result,
         inconclusive=inconclusive,
         reason=reason,
         evaluation_path=evaluation.path,
+        overridden=overridden,
+        wins=wins,
+        conclusive_win=conclusive,
+        champion_health=None if health.verdict == "skipped" else health,
+        champion_worse_than_popularity=health.verdict == "fail",
+        history_users_evaluated=evaluation.history_users_evaluated,
+        users_without_unseen_test_items=evaluation.users_without_unseen_test_items,
     )
 
 
@@ -680,9 +822,16 @@ def run_gate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
     atomic_write_bytes(out / "gates.md", gate_table_markdown(blessing).encode())
     atomic_write_bytes(out / "gates.html", gate_table_html(blessing).encode())
     for gate in blessing.gates:
-        log.info("gate %s %s%s [%s]: %s (n %d, value %s, baseline %s; %s)", gate.metric, gate.kind,
-                 f" vs {gate.baseline}" if gate.baseline else "", gate.segment, gate.verdict.upper(), gate.n,
-                 _fmt(gate.value), _fmt(gate.baseline_value), gate.note)
+        log.info("gate %s %s%s [%s, %s]: %s%s (n %d, value %s, baseline %s; %s)", gate.metric, gate.kind,
+                 f" vs {gate.baseline}" if gate.baseline else "", gate.segment, gate.role, gate.verdict.upper(),
+                 " (overridden)" if gate.overridden else "", gate.n, _fmt(gate.value), _fmt(gate.baseline_value),
+                 gate.note)
+    for win in blessing.wins:
+        log.info("candidate vs %s: %s (%s: %s)", win.baseline, win.verdict.upper(), win.rule, win.describe())
+    if blessing.champion_health is not None:
+        log.log(logging.WARNING if blessing.champion_worse_than_popularity else logging.INFO,
+                "champion health %s: champion %s vs popularity %s (%s)", day, blessing.champion_version,
+                blessing.champion_health.verdict.upper(), blessing.champion_health.describe())
     log.info("gate %s run %s: candidate %s %s against %s (%d gates, %d failed, %d inconclusive, %d skipped; "
              "engine gates on %s)", day, run_key, blessing.candidate_version, blessing.verdict.upper(),
              blessing.champion_version or "no champion (bootstrap)", len(blessing.gates), len(blessing.failed),

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from components.report import champion_health_text, gate_label, override_text
 from components.storage import (MANIFEST, OUTCOME_FILE, Layout, latest_run, parse_day, read_json, run_dir,
                                 run_key_for)
 
@@ -53,8 +54,15 @@ class Outcome:
     champion_after: str | None = None
     # {"candidate": {"ndcg@20": ..}, "champion": {..}, "teacher": {..}, "popularity": {..}}
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    # every gate that failed or was inconclusive, with its role, value and interval ("overridden" when so)
     failed_gates: tuple[str, ...] = ()
     gates: dict[str, str] = field(default_factory=dict)  # gate label -> pass|fail|inconclusive|skipped
+    gate_roles: dict[str, str] = field(default_factory=dict)  # gate label -> decision|diagnostic
+    overridden_gates: tuple[str, ...] = ()  # diagnostic gates overridden by a conclusive win
+    # The champion as served vs popularity on the day ({verdict, relative_change, ci_low, ci_high, n, ...});
+    # the flag is what alerting reads: the champion conclusively lost to popularity.
+    champion_health: dict[str, Any] | None = None
+    champion_worse_than_popularity: bool = False
     failed_rules: tuple[str, ...] = ()
     rows_accepted: int | None = None
     rows_quarantined: int | None = None
@@ -112,17 +120,13 @@ def _metrics(evaluation: dict[str, Any] | None) -> dict[str, dict[str, float]]:
             for name in ("candidate", "champion", "teacher", "popularity") if evaluation.get(name)}
 
 
-def _gate_label(gate: dict[str, Any]) -> str:
-    segment = gate.get("segment") or "all"
-    return (f"{gate['metric']} {gate['kind']}{' ' + gate['baseline'] if gate['baseline'] else ''}"
-            f"{'' if segment == 'all' else ' [' + segment + ']'}")
-
-
 def _fmt_gate(gate: dict[str, Any]) -> str:
     value = "n/a" if gate["statistic"] is None else f"{gate['statistic']:.4g}"
     interval = (f" CI [{gate['ci_low']:.4g}, {gate['ci_high']:.4g}]"
                 if gate.get("ci_low") is not None and gate.get("ci_high") is not None else "")
-    return f"{_gate_label(gate)}: {value}{interval} (threshold {gate['threshold']:.4g})"
+    overridden = ", overridden" if gate.get("overridden") else ""
+    return (f"[{gate.get('role', 'decision')}] {gate_label(gate)}: {value}{interval} (threshold "
+            f"{gate['threshold']:.4g}; {gate['verdict'].upper()}{overridden})")
 
 
 def run_outcome(layout: Layout, day: str, run_id: str | None = None) -> Outcome:
@@ -155,14 +159,26 @@ def run_outcome(layout: Layout, day: str, run_id: str | None = None) -> Outcome:
     if blessing is not None:
         common.update(
             metrics=_metrics(_read(records / "evaluation.json")), runtime=blessing.get("runtime"),
-            gates={_gate_label(g): g["verdict"] for g in blessing["gates"]},
+            gates={gate_label(g): g["verdict"] for g in blessing["gates"]},
+            gate_roles={gate_label(g): g.get("role", "decision") for g in blessing["gates"]},
             failed_gates=tuple(_fmt_gate(g) for g in blessing["gates"] if g["verdict"] in ("fail", "inconclusive")),
+            overridden_gates=tuple(blessing.get("overridden", ())),
+            champion_health=({**blessing["champion_health"], "champion_version": blessing["champion_version"]}
+                             if blessing.get("champion_health") else None),
+            champion_worse_than_popularity=bool(blessing.get("champion_worse_than_popularity")),
         )
     reason = recorded["reason"]
     if recorded["kind"] == PROMOTED:  # the headline ops scan for: old -> new champion, with its numbers
         numbers = ", ".join(f"{k} {v:.4f}" for k, v in common.get("metrics", {}).get("candidate", {}).items())
         reason = (f"champion {recorded.get('champion_before') or 'none (bootstrap)'} -> {recorded.get('champion_after')}"
                   f"{' (' + numbers + ')' if numbers else ''}; {reason}")
+        overrides = override_text(blessing) if blessing else None
+        if overrides:
+            reason += f"; {overrides}"
+    if common.get("champion_worse_than_popularity"):  # a distinct reason ops and alerts can quote
+        kept = recorded.get("champion_after") == blessing["champion_version"]
+        reason += (f"; {champion_health_text(blessing)}"
+                   + ("; it keeps serving" if kept else "; replaced tonight"))
     return Outcome(**common, kind=recorded["kind"], reason=reason,
                    candidate_version=recorded.get("candidate"), champion_before=recorded.get("champion_before"),
                    champion_after=recorded.get("champion_after"))
@@ -202,6 +218,10 @@ def gauges(outcome: Outcome) -> dict[str, float]:
             values[f"{model}.{name.replace('@', '_at_')}"] = value
     for gate, verdict in outcome.gates.items():
         values[f"gate.{_UNSAFE.sub('_', gate)}"] = {"pass": 1.0, "fail": 0.0}.get(verdict, -1.0)
+    if outcome.champion_health and outcome.champion_health.get("relative_change") is not None:
+        values["champion_health.relative_change"] = float(outcome.champion_health["relative_change"])
+    if outcome.champion_health is not None:
+        values["champion_health.worse_than_popularity"] = float(outcome.champion_worse_than_popularity)
     if outcome.rows_accepted is not None:
         values["rows.accepted"] = float(outcome.rows_accepted)
     if outcome.rows_quarantined is not None:

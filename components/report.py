@@ -46,20 +46,84 @@ def _interval(gate: dict[str, Any]) -> str:
     return f"[{_fmt(gate['ci_low'])}, {_fmt(gate['ci_high'])}]"
 
 
+def describe_comparison(comparison: dict[str, Any]) -> str:
+    """A comparison (components.gates.Comparison) in one phrase, e.g. "ndcg@20 +12.3% [+4.1%, +20.5%],
+    812 history users": what reasons, notes and alerts quote."""
+    if comparison.get("relative_change") is None:
+        return comparison.get("note") or "not measured"
+    interval = ("" if comparison.get("ci_low") is None
+                else f" [{comparison['ci_low']:+.1%}, {comparison['ci_high']:+.1%}]")
+    return (f"{comparison['metric']} {comparison['relative_change']:+.1%}{interval}, "
+            f"{comparison['n']} {comparison['segment']} users")
+
+
+def _verdict_cell(gate: dict[str, Any]) -> str:
+    return gate["verdict"].upper() + (" (overridden)" if gate.get("overridden") else "")
+
+
 def _gate_rows(blessing: dict[str, Any]) -> list[list[str]]:
     rows = []
     for gate in blessing["gates"]:
         rows.append([
-            gate["metric"], gate["kind"], gate.get("segment", "all"), gate["baseline"] or "–", _fmt(gate.get("n")),
-            _fmt(gate["value"]), _fmt(gate["baseline_value"]), _fmt(gate["statistic"]), _interval(gate),
-            _fmt(gate["threshold"]), gate["verdict"].upper(), gate["note"], gate["measured_by"],
+            gate["metric"], gate["kind"], gate.get("role", "decision"), gate.get("segment", "all"),
+            gate["baseline"] or "–", _fmt(gate.get("n")), _fmt(gate["value"]), _fmt(gate["baseline_value"]),
+            _fmt(gate["statistic"]), _interval(gate), _fmt(gate["threshold"]), _verdict_cell(gate), gate["note"],
+            gate["measured_by"],
         ])
     return rows
 
 
-GATE_HEADER = ["metric", "kind", "segment", "baseline", "n", "value", "baseline value", "statistic",
+GATE_HEADER = ["metric", "kind", "role", "segment", "baseline", "n", "value", "baseline value", "statistic",
                "interval", "threshold", "verdict", "note", "measured by"]
 VERDICT_COLUMN = GATE_HEADER.index("verdict")
+COMPARISON_HEADER = ["comparison", "metric", "segment", "n", "value", "baseline value", "relative change",
+                     "interval", "rule", "verdict", "meaning"]
+
+
+def _comparison_rows(blessing: dict[str, Any]) -> list[list[str]]:
+    """The headline comparisons behind overrides and the champion's health."""
+    meaning = {("candidate", "pass"): "conclusively beats", ("champion", "fail"): "conclusively WORSE than"}
+    rows = []
+    for c in [*blessing.get("wins", ()), *([blessing["champion_health"]] if blessing.get("champion_health") else [])]:
+        word = meaning.get((c["subject"], c["verdict"]), "not conclusively better than" if c["subject"] == "candidate"
+                           else "not conclusively worse than")
+        rows.append([f"{c['subject']} vs {c['baseline']}", c["metric"], c["segment"], _fmt(c["n"]), _fmt(c["value"]),
+                     _fmt(c["baseline_value"]), _fmt(c["relative_change"]), _interval(c), c["rule"],
+                     c["verdict"].upper(), f"{c['subject']} {word} {c['baseline']}" if c["verdict"] != "skipped"
+                     else c.get("note", "")])
+    return rows
+
+
+def override_text(blessing: dict[str, Any]) -> str | None:
+    """One sentence per overridden diagnostic gate (None when nothing was overridden)."""
+    gates = [g for g in blessing["gates"] if g.get("overridden")]
+    if not gates:
+        return None
+    beaten = " and ".join(f"{w['baseline']} ({describe_comparison(w)})" for w in blessing.get("wins", ())
+                          if w["verdict"] == "pass")
+    return "; ".join(f"diagnostic gate {gate_label(g)} {'FAILED' if g['verdict'] == 'fail' else 'INCONCLUSIVE'}, "
+                     f"overridden: candidate conclusively beats {beaten}" for g in gates)
+
+
+def champion_health_text(blessing: dict[str, Any]) -> str | None:
+    """The champion's health on the day in one sentence (None without a champion)."""
+    health = blessing.get("champion_health")
+    if not health:
+        return None
+    state = {"fail": "WORSE THAN POPULARITY", "pass": "not worse than popularity"}.get(
+        health["verdict"], "not conclusively worse than popularity")
+    return f"champion {blessing['champion_version']} as served: {state} ({describe_comparison(health)})"
+
+
+def gate_label(gate: dict[str, Any]) -> str:
+    segment = gate.get("segment") or "all"
+    return (f"{gate['metric']} {gate['kind']}{' ' + gate['baseline'] if gate['baseline'] else ''}"
+            f"{'' if segment == 'all' else ' [' + segment + ']'}")
+
+
+def repeat_only_text(users: int) -> str:
+    """How the evaluation record, report and CLI name users whose every test item was seen before."""
+    return f"users with only repeat test items: {users} (excluded: nothing unseen to recommend)"
 
 
 def _headline(blessing: dict[str, Any]) -> str:
@@ -68,31 +132,50 @@ def _headline(blessing: dict[str, Any]) -> str:
     level = blessing.get("confidence_level")
     stats = (f"; {level:.0%} paired bootstrap intervals ({blessing.get('bootstrap_resamples')} resamples)"
              if level else "")
+    history = (f" ({blessing['history_users_evaluated']} with history)"
+               if blessing.get("history_users_evaluated") is not None else "")
+    repeats = (f"; {repeat_only_text(blessing['users_without_unseen_test_items'])}"
+               if blessing.get("users_without_unseen_test_items") is not None else "")
+    extra = "".join(f"; {text}" for text in (override_text(blessing), champion_health_text(blessing)) if text)
     return (f"Candidate {blessing['candidate_version']} on {blessing['day']}: {verdict}{boot}; judged against "
-            f"{blessing['champion_version'] or 'no champion'}; {blessing['users_evaluated']} users evaluated{stats}; "
-            f"engine gates measured on {blessing['runtime_description'] or 'nothing'}; "
-            f"TensorRT: {blessing['tensorrt_status'] or 'n/a'}")
+            f"{blessing['champion_version'] or 'no champion'}; {blessing['users_evaluated']} users evaluated"
+            f"{history}{repeats}{stats}; engine gates measured on {blessing['runtime_description'] or 'nothing'}; "
+            f"TensorRT: {blessing['tensorrt_status'] or 'n/a'}{extra}")
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows])
 
 
 def gate_table_markdown(blessing: Any) -> str:
-    """The blessing as a Markdown table (one row per gate) under a one-line verdict."""
+    """The blessing as a Markdown table (one row per gate) under a one-line verdict, then the
+    headline comparisons (candidate vs champion / popularity, the champion's health)."""
     data = _as_dict(blessing)
-    lines = [f"**{_headline(data)}**", "", "| " + " | ".join(GATE_HEADER) + " |",
-             "|" + "---|" * len(GATE_HEADER)]
-    for row in _gate_rows(data):
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    lines = [f"**{_headline(data)}**", "", *_markdown_table(GATE_HEADER, _gate_rows(data))]
+    comparisons = _comparison_rows(data)
+    if comparisons:
+        lines += ["", "Headline comparisons (what overrides diagnostic gates; the champion's health):", "",
+                  *_markdown_table(COMPARISON_HEADER, comparisons)]
     return "\n".join(lines) + "\n"
+
+
+def _html_table(header: list[str], rows: list[list[str]], verdict_column: int) -> str:
+    colors = {"PASS": "#d4f4dd", "FAIL": "#f9d6d5", "INCONCLUSIVE": "#fbeec1", "SKIPPED": "#eeeeee"}
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        f'<tr style="background:{colors[row[verdict_column].split()[0]]}">'
+        + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def gate_table_html(blessing: Any, standalone: bool = True) -> str:
     data = _as_dict(blessing)
-    colors = {"PASS": "#d4f4dd", "FAIL": "#f9d6d5", "INCONCLUSIVE": "#fbeec1", "SKIPPED": "#eeeeee"}
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in GATE_HEADER)
-    body = "".join(
-        f'<tr style="background:{colors[row[VERDICT_COLUMN]]}">' + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-        for row in _gate_rows(data)
-    )
-    table = f"<p><b>{html.escape(_headline(data))}</b></p><table><tr>{head}</tr>{body}</table>"
+    table = f"<p><b>{html.escape(_headline(data))}</b></p>" + _html_table(GATE_HEADER, _gate_rows(data), VERDICT_COLUMN)
+    comparisons = _comparison_rows(data)
+    if comparisons:
+        table += ("<h3>Headline comparisons (what overrides diagnostic gates; the champion's health)</h3>"
+                  + _html_table(COMPARISON_HEADER, comparisons, COMPARISON_HEADER.index("verdict")))
     if not standalone:
         return table
     return _page(f"Gates {data['day']}", table)
@@ -325,14 +408,16 @@ def run_report(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str) -
         header = "".join(f"<th>{m}</th>" for m in metrics)
         body = ""
         for who in ("candidate", "teacher", "champion", "popularity"):
-            for segment in ("all", "warm", "cold"):
+            for segment in ("all", "history", "warm", "cold"):
                 values = (evaluation["segments"].get(who) or {}).get(segment)
                 if values:
                     body += (f"<tr><th>{who}</th><td>{segment} ({values['users_evaluated']} users)</td>"
                              + "".join(f"<td>{_fmt(values.get(m))}</td>" for m in metrics) + "</tr>")
-        counts = {k: evaluation[k] for k in ("holdout_users", "holdout_pairs", "users_evaluated", "warm_users_evaluated",
-                                             "cold_users_evaluated", "users_without_unseen_test_items",
-                                             "champion_version", "baseline_reason")}
+        counts = {k: evaluation.get(k) for k in ("holdout_users", "holdout_pairs", "users_evaluated",
+                                                 "history_users_evaluated", "warm_users_evaluated",
+                                                 "cold_users_evaluated", "champion_version", "baseline_reason")}
+        counts["users with only repeat test items"] = (f"{evaluation['users_without_unseen_test_items']} "
+                                                       "(excluded: nothing unseen to recommend)")
         counts["cold users answered by"] = evaluation.get("cold_answer", "popularity")
         # Per model: users without its trained embedding split by how serving answers them.
         answered = "".join(f"<tr><th>{who}</th>" + "".join(f"<td>{n}</td>" for n in by.values()) + "</tr>"

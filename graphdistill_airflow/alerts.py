@@ -1,4 +1,5 @@
-"""The GraphDistill notifier: task failures, quarantined days, a stale champion, a missed deadline.
+"""The GraphDistill notifier: task failures, quarantined days, a stale champion, a champion worse than
+popularity, a missed deadline.
 
 A webhook configured as an Airflow connection (``ops.alert_connection_id``, default
 ``graphdistill_alerts``; an http(s) URL, e.g. a Slack incoming webhook, or ``extra.webhook_url``)
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 TASK_FAILED = "task_failed"
 QUARANTINED = "quarantined"
 STALE_CHAMPION = "stale_champion"
+CHAMPION_WORSE_THAN_POPULARITY = "champion_worse_than_popularity"
 DEADLINE_MISSED = "deadline_missed"
 DEFAULT_CONNECTION = "graphdistill_alerts"
 

@@ -66,9 +66,9 @@ def announce_champion(context: dict[str, Any], promotion: dict[str, Any]) -> Non
 
 def publish_outcome(context: dict[str, Any]) -> dict[str, Any]:
     """The night's decision, first in the log, then where ops look: the run note, the nightly-outcome
-    Asset event, metrics, and alerts (quarantined day, stale champion)."""
+    Asset event, metrics, and alerts (quarantined day, stale champion, champion worse than popularity)."""
     from components.config import ConfigError, default_config_file, load_config
-    from components.outcome import QUARANTINED, champion_day, nights_since_promotion, note_markdown, run_outcome
+    from components.outcome import champion_day, note_markdown, run_outcome
     from components.pipeline import resolve
     from components.storage import Layout
     from graphdistill_airflow import alerts
@@ -99,14 +99,40 @@ def publish_outcome(context: dict[str, Any]) -> dict[str, Any]:
         log.error("DAG-run note NOT written through connection %r: %s (the Asset event, metrics and alerts "
                   "still go out; check the connection's URL, user and password)", cfg.ops.api_connection_id, exc)
     emit_outcome_metrics(outcome)
-    details = {"day": day, "run_id": run_id, "kind": outcome.kind,
-               "url": alerts.run_url(cfg.ops.base_url, dag_id, run_id)}
+    url = alerts.run_url(cfg.ops.base_url, dag_id, run_id)
+    for event, text, details in night_alerts(outcome, run_id, champion_day(layout), cfg, url):
+        alerts.send_alert(event, text, details, cfg.ops.alert_connection_id)
+    return outcome.as_dict()
+
+
+def night_alerts(outcome, run_id: str, trained_for: str | None, cfg,
+                 url: str | None = None) -> list[tuple[str, str, dict[str, Any]]]:
+    """The night's alerts as (event, text, details), each at most once per run (publish_outcome is
+    the run's last task): a quarantined day, a stale champion (``trained_for``: its day), a champion
+    that conclusively lost to popularity on the day (with the numbers). ``url``: the run in the UI."""
+    from components.outcome import QUARANTINED, nights_since_promotion
+    from graphdistill_airflow import alerts
+
+    day = outcome.day
+    details = {"day": day, "run_id": run_id, "kind": outcome.kind, "url": url}
+    out = []
     if outcome.kind == QUARANTINED:
-        alerts.send_alert(alerts.QUARANTINED, outcome.headline, details, cfg.ops.alert_connection_id)
-    trained_for = champion_day(layout)
+        out.append((alerts.QUARANTINED, outcome.headline, details))
     nights = nights_since_promotion(trained_for, day)
     if nights is not None and nights >= cfg.ops.stale_champion_nights:
-        alerts.send_alert(alerts.STALE_CHAMPION, f"the champion was trained for {trained_for}, {nights} nights "
-                          f"before {day} (alert at {cfg.ops.stale_champion_nights}); last night: {outcome.headline}",
-                          {**details, "nights": nights}, cfg.ops.alert_connection_id)
-    return outcome.as_dict()
+        out.append((alerts.STALE_CHAMPION, f"the champion was trained for {trained_for}, {nights} nights before {day} "
+                    f"(alert at {cfg.ops.stale_champion_nights}); last night: {outcome.headline}",
+                    {**details, "nights": nights}))
+    if outcome.champion_worse_than_popularity:
+        health = outcome.champion_health
+        kept = outcome.champion_after == health["champion_version"]
+        out.append((alerts.CHAMPION_WORSE_THAN_POPULARITY,
+                    f"champion worse than popularity on {day}: champion {health['champion_version']} as served, "
+                    f"{health['metric']} {health['value']:.4f} vs popularity {health['baseline_value']:.4f} "
+                    f"({health['relative_change']:+.1%}, {cfg.gates.confidence_level:.0%} CI "
+                    f"[{health['ci_low']:+.1%}, {health['ci_high']:+.1%}], {health['n']} {health['segment']} users); "
+                    f"{'it keeps serving' if kept else 'replaced by ' + str(outcome.champion_after)}; "
+                    f"last night: {outcome.headline}",
+                    {**details, "champion": health["champion_version"], "champion_after": outcome.champion_after,
+                     "champion_health": health}))
+    return out

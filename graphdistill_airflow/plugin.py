@@ -103,6 +103,12 @@ def run_outcome_json(dag_id: str, run_id: str) -> JSONResponse:
 @app.get("/runs/{dag_id}/{run_id}", dependencies=[ReadRun], response_class=HTMLResponse)
 def run_page(dag_id: str, run_id: str) -> HTMLResponse:
     _, outcome = _outcome(dag_id, run_id)
+    base = f"{URL_PREFIX}/runs/{_quote(dag_id)}/{_quote(run_id)}"
+    return _page(f"GraphDistill {outcome.day}: {outcome.kind}", outcome_body(outcome, run_id, base))
+
+
+def outcome_body(outcome, run_id: str, base: str) -> str:
+    """The outcome tab's HTML body: the decision, the champion's health, gates with their roles."""
     e = html.escape
     links = []
     if outcome.report:
@@ -111,11 +117,20 @@ def run_page(dag_id: str, run_id: str) -> HTMLResponse:
         label = "Quarantine report" if outcome.kind == "quarantined" else "Validation report"
         links.append(f"<a href='{{0}}/validation.html' target='_blank'>{label}</a>")
     links.append(f"<a href='{URL_PREFIX}/models' target='_blank'>Models: champion, history, rollback</a>")
-    base = f"{URL_PREFIX}/runs/{_quote(dag_id)}/{_quote(run_id)}"
     parts = [f"<p>{_badge(outcome.kind, big=True)} &nbsp;<b>day {e(outcome.day)}</b> &nbsp;run <code>{e(run_id)}</code></p>",
              f"<p class='big'>{e(outcome.reason)}</p>"]
-    if outcome.failed_gates:
+    if outcome.champion_worse_than_popularity:
+        health = outcome.champion_health
+        parts.append(f"<p class='big'><b>Champion worse than popularity</b>: {e(str(health['champion_version']))} "
+                     f"{health['metric']} {health['relative_change']:+.1%} [{health['ci_low']:+.1%}, "
+                     f"{health['ci_high']:+.1%}] vs popularity on {health['n']} {e(health['segment'])} users</p>")
+    if outcome.failed_gates:  # each says its role ([decision] / [diagnostic]) and whether it was overridden
         parts.append("<h3>Failing gates</h3><ul>" + "".join(f"<li>{e(g)}</li>" for g in outcome.failed_gates) + "</ul>")
+    if outcome.gate_roles:
+        parts.append("<h3>Gates</h3>" + _table(["gate", "role", "verdict"], [
+            [e(label), e(role), e(outcome.gates[label].upper() + (" (overridden)" if label in outcome.overridden_gates
+                                                                   else ""))]
+            for label, role in outcome.gate_roles.items()]))
     if outcome.failed_rules:
         parts.append("<h3>Failed data rules</h3><ul>" + "".join(f"<li>{e(r)}</li>" for r in outcome.failed_rules) + "</ul>")
     if outcome.metrics:
@@ -128,7 +143,7 @@ def run_page(dag_id: str, run_id: str) -> HTMLResponse:
              ["rows quarantined", outcome.rows_quarantined], ["engine runtime", outcome.runtime]]
     parts.append(_table(["", ""], [[e(k), e(str(v))] for k, v in facts if v is not None]))
     parts.append("<p>" + " &middot; ".join(link.format(base) for link in links) + "</p>")
-    return _page(f"GraphDistill {outcome.day}: {outcome.kind}", "".join(parts))
+    return "".join(parts)
 
 
 @app.get("/runs/{dag_id}/{run_id}/validation.html", dependencies=[ReadRun])

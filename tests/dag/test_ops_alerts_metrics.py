@@ -4,6 +4,7 @@ and the outcome gauges received by a StatsD socket through Airflow's [metrics] s
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -177,3 +178,46 @@ def test_outcome_gauges_reach_statsd_through_airflow_metrics_settings(tmp_path):
     assert "airflow.graphdistill.outcome.rejected:1.0|g" in packets
     assert "airflow.graphdistill.gate.ndcg_20_max_regression_vs_champion:0.0|g" in packets
     assert "airflow.graphdistill.rows.accepted:700.0|g" in packets
+
+
+def _weak_champion_outcome(champion_after: str):
+    from components.outcome import Outcome
+
+    health = {"subject": "champion", "baseline": "popularity", "metric": "ndcg@20", "segment": "history",
+              "rule": "relative change >= -0", "n": 812, "value": 0.031, "baseline_value": 0.052,
+              "relative_change": -0.404, "ci_low": -0.52, "ci_high": -0.27, "verdict": "fail", "note": "",
+              "champion_version": "2026-01-02-weak"}
+    return Outcome(day="2026-01-09", run_id="r", kind="rejected", reason="failed gates: x",
+                   champion_before="2026-01-02-weak", champion_after=champion_after,
+                   gates={"ndcg@20 min_ratio_to teacher": "fail", "ndcg@20 max_regression_vs champion [history]": "pass"},
+                   gate_roles={"ndcg@20 min_ratio_to teacher": "diagnostic",
+                               "ndcg@20 max_regression_vs champion [history]": "decision"},
+                   overridden_gates=("ndcg@20 min_ratio_to teacher",),
+                   champion_health=health, champion_worse_than_popularity=True)
+
+
+def test_a_champion_worse_than_popularity_raises_one_alert_with_the_day_and_numbers():
+    from components.config import load_config
+    from graphdistill_airflow.alerts import CHAMPION_WORSE_THAN_POPULARITY
+    from graphdistill_airflow.nightly import night_alerts
+
+    cfg = load_config()
+    alerts = night_alerts(_weak_champion_outcome("2026-01-02-weak"), "r", "2026-01-08", cfg)
+    (event, text, details), = [a for a in alerts if a[0] == CHAMPION_WORSE_THAN_POPULARITY]
+    assert text.startswith("champion worse than popularity on 2026-01-09: champion 2026-01-02-weak as served, "
+                           "ndcg@20 0.0310 vs popularity 0.0520 (-40.4%, 90% CI [-52.0%, -27.0%], 812 history users); "
+                           "it keeps serving")
+    assert details["champion"] == "2026-01-02-weak" and details["champion_health"]["n"] == 812
+    replaced = night_alerts(_weak_champion_outcome("2026-01-09-new"), "r", "2026-01-09", cfg)
+    assert [a[0] for a in replaced] == [CHAMPION_WORSE_THAN_POPULARITY] and "replaced by 2026-01-09-new" in replaced[0][1]
+    healthy = dataclasses.replace(_weak_champion_outcome("2026-01-02-weak"), champion_worse_than_popularity=False)
+    assert night_alerts(healthy, "r", "2026-01-08", cfg) == []
+
+
+def test_the_outcome_tab_shows_roles_overrides_and_the_champions_health():
+    from graphdistill_airflow.plugin import outcome_body
+
+    body = outcome_body(_weak_champion_outcome("2026-01-02-weak"), "r", "/graphdistill/runs/d/r")
+    assert "<b>Champion worse than popularity</b>: 2026-01-02-weak ndcg@20 -40.4% [-52.0%, -27.0%]" in body
+    assert "<td>ndcg@20 min_ratio_to teacher</td><td>diagnostic</td><td>FAIL (overridden)</td>" in body
+    assert "<td>decision</td><td>PASS</td>" in body

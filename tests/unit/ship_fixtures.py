@@ -88,10 +88,12 @@ def make_graph(
     holdout_per_user: int = 3,
     seed: int = 0,
     cold_users: int = 0,
+    repeat_only_users: int = 0,
 ) -> GraphArtifact:
     """Publish a "graphs" artifact for ``day``: training pairs, holdout pairs, ID maps, stats.
 
-    The last ``cold_users`` users have no training pairs (first seen on the holdout day).
+    The last ``cold_users`` users have no training pairs (first seen on the holdout day); the first
+    ``repeat_only_users`` users' holdout pairs all repeat training pairs (nothing unseen to recommend).
     """
     dgl = import_dgl()
     rng = np.random.default_rng(seed)
@@ -100,6 +102,10 @@ def make_graph(
     train_user, train_item = train_user[warm], train_item[warm]
     seen = set(zip(train_user.tolist(), train_item.tolist()))
     hold_user, hold_item = _pairs(world, holdout_per_user, rng, exclude=seen)
+    if repeat_only_users:
+        keep, repeats = hold_user >= repeat_only_users, train_user < repeat_only_users
+        hold_user = np.concatenate([hold_user[keep], train_user[repeats]])
+        hold_item = np.concatenate([hold_item[keep], train_item[repeats]])
     weight = np.ones(train_user.shape[0], dtype=np.float32)
     graph = dgl.heterograph(
         {USER_ETYPE: (torch.from_numpy(train_user), torch.from_numpy(train_item)),
@@ -200,14 +206,16 @@ def dump(obj) -> str:
 
 
 def run_ship_day(layout: Layout, day: str, cfg: PipelineConfig, world: World, seed: int = 0,
-                 candidate: str = "good", gate: bool = True, cold_users: int = 0, run_key: str = "r1"):
+                 candidate: str = "good", gate: bool = True, cold_users: int = 0, run_key: str = "r1",
+                 repeat_only_users: int = 0):
     """Graph + teacher + pruned candidate for ``day``, then export, convert, evaluate, gate (run ``run_key``)."""
     from components import engine, export, gates
 
-    graph = make_graph(layout, day, world, seed=seed, cold_users=cold_users)
+    graph = make_graph(layout, day, world, seed=seed, cold_users=cold_users, repeat_only_users=repeat_only_users)
     teacher = make_model(layout, "teacher", day, *cluster_embeddings(world, seed=seed + 10, noise=0.05), graph)
-    if candidate == "good":
+    if candidate in ("good", "anti"):  # anti: ranks the user's own cluster last (worse than popularity)
         user, item = cluster_embeddings(world, seed=seed + 20, noise=0.2)
+        user = user if candidate == "good" else -user
     else:
         user, item = random_embeddings(world.num_users, world.num_items, seed=seed + 30)
     student = make_model(layout, "student", day, user, item, graph, upstream=(teacher,))

@@ -80,3 +80,36 @@ def test_file_errors_name_the_file(tmp_path):
     path.write_text("graph:\n  window_dayz: 3\n")
     with pytest.raises(ConfigError, match=rf"config file {path}: 'graph.window_dayz'.*did you mean 'graph.window_days'"):
         load_config(path)
+
+
+def test_the_shipped_gates_declare_their_roles_and_judge_comparisons_on_users_with_history():
+    gates = load_gates(DEFAULT_GATES_FILE)
+    roles = {(g.metric, g.kind, g.baseline): g.role for g in gates.gates}
+    assert roles[("ndcg@20", "min_ratio_to", "teacher")] == "diagnostic"
+    assert [k for k, role in roles.items() if role == "diagnostic"] == [("ndcg@20", "min_ratio_to", "teacher")]
+    assert roles[("validation_warnings", "max", None)] == roles[("latency_p99_ms", "max", None)] == "decision"
+    assert {g.segment for g in gates.gates if g.baseline in ("champion", "popularity")} == {"history"}
+    assert (gates.conclusive_win.metric, gates.conclusive_win.segment) == ("ndcg@20", "history")
+    assert gates.champion_health.fallback == "keep" and gates.champion_health.tolerance == 0.0
+
+
+@pytest.mark.parametrize("text, message", [
+    ("gates:\n  - {metric: ndcg@20, kind: min, threshold: 0.1, role: advisory}\n", "role"),
+    ("gates:\n  - {metric: ndcg@20, kind: min, threshold: 0.1, segment: returning}\n", "segment"),
+    ("gates: []\nchampion_health: {fallback: popularity}\n", "'popularity' is not supported yet"),
+    ("gates: []\nchampion_health: {fallback: retire}\n", "fallback"),
+    ("gates: []\nconclusive_win: {min_lift_over_champion: -0.1}\n", "min_lift_over_champion"),
+    ("gates: []\nconclusive_win: {segmnt: all}\n", "segmnt"),
+])
+def test_invalid_roles_segments_and_fallbacks_are_rejected_naming_the_file_and_field(tmp_path, text, message):
+    bad = tmp_path / "gates.yaml"
+    bad.write_text(text)
+    with pytest.raises(ValueError, match=message) as error:
+        load_gates(bad)
+    assert str(bad) in str(error.value)
+
+
+def test_an_unmarked_gate_decides():
+    from components.config import GateSpec
+
+    assert GateSpec(metric="ndcg@20", kind="min", threshold=0.1).role == "decision"

@@ -337,7 +337,10 @@ def test_run_gate_writes_a_blessing_per_run_and_never_overwrites_another_run(tmp
     assert blessing.blessed and blessing.bootstrap and blessing.verdict == "blessed"
     assert Blessing.load(out / "blessing.json") == blessing
     markdown = (out / "gates.md").read_text()
-    assert markdown.count("\n| ") == len(cfg.gates.gates) + 1  # header + one row per gate
+    gate_table, comparisons = markdown.split("Headline comparisons")
+    assert gate_table.count("\n| ") == len(cfg.gates.gates) + 1  # header + one row per gate
+    # then candidate vs champion (skipped: bootstrap) and vs popularity; no champion, so no health row
+    assert comparisons.count("\n| ") == 3 and "candidate vs popularity" in comparisons
     assert "skipped (no champion: bootstrap)" in markdown and "90% CI [" in markdown
     assert "<table>" in (out / "gates.html").read_text()
     first_bytes = (out / "blessing.json").read_bytes()
@@ -356,3 +359,158 @@ def test_run_gate_writes_a_blessing_per_run_and_never_overwrites_another_run(tmp
     outcome = read_json(layout.reports(day) / "runs" / "second" / "outcome.json")
     assert outcome["kind"] == "rejected" and "ndcg@20 min_ratio_to teacher" in outcome["reason"]
     assert read_json(layout.reports(day) / "latest.json")["run_key"] == "second"
+
+
+# --- roles, conclusive wins, champion health, the history segment -----------------------------
+
+RETENTION = {"metric": "ndcg@20", "kind": "min_ratio_to", "baseline": "teacher", "threshold": 0.8,
+             "role": "diagnostic"}
+NON_INFERIOR = {"metric": "ndcg@20", "kind": "max_regression_vs", "baseline": "champion", "threshold": 0.05}
+WINNER = 1.3 * BASE + NOISE  # +30% over a champion = BASE; 0.65 of a teacher = 2 * BASE
+
+
+def _roles(candidate, champion, popularity, *specs, teacher=2 * BASE, **settings):
+    evaluation, per_user = _measured(candidate=candidate, champion=champion, teacher=teacher, popularity=popularity)
+    return judge(evaluation, per_user, ENGINE, _gates(*specs, **settings), seed=0)
+
+
+def test_a_diagnostic_fail_is_overridden_when_the_candidate_conclusively_beats_champion_and_popularity():
+    blessing = _roles(WINNER, BASE, 0.5 * BASE, RETENTION, NON_INFERIOR)
+    retention = blessing.gates[0]
+    assert retention.verdict == "fail" and retention.role == "diagnostic" and retention.overridden
+    assert retention.ci_high < 0.8  # measured and shown as it is: only its veto is lifted
+    assert blessing.blessed and blessing.verdict == "blessed" and blessing.conclusive_win
+    assert blessing.failed == () and blessing.overridden == ("ndcg@20 min_ratio_to teacher",)
+    over_champion, over_popularity = blessing.wins
+    assert over_champion.verdict == over_popularity.verdict == "pass" and over_champion.ci_low > 0
+    assert over_champion.relative_change == pytest.approx(WINNER.mean() / BASE.mean() - 1)
+    assert blessing.reason.startswith("no decision gate failed; diagnostic gate ndcg@20 min_ratio_to teacher "
+                                      f"FAILED, overridden: candidate conclusively beats champion (ndcg@20 "
+                                      f"{over_champion.relative_change:+.1%} [{over_champion.ci_low:+.1%}, ")
+    assert "and popularity (ndcg@20 +" in blessing.reason
+    assert Blessing.load(_saved(blessing)) == blessing
+
+
+def _saved(blessing):
+    import tempfile
+    from dataclasses import asdict
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp()) / "blessing.json"
+    write_json(path, asdict(blessing))
+    return path
+
+
+@pytest.mark.parametrize("champion, popularity, unmet", [
+    (BASE, 2.0 * BASE, "popularity"),   # beats the champion only
+    (2.0 * BASE, 0.5 * BASE, "champion"),  # beats popularity only
+    (1.3 * BASE, 0.5 * BASE, "champion"),  # same as the champion: the interval straddles 0
+])
+def test_a_diagnostic_fail_vetoes_unless_both_are_conclusively_beaten(champion, popularity, unmet):
+    blessing = _roles(WINNER, champion, popularity, RETENTION)
+    assert not blessing.blessed and not blessing.conclusive_win and blessing.overridden == ()
+    assert blessing.failed == ("ndcg@20 min_ratio_to teacher",) and not blessing.gates[0].overridden
+    assert (f"failed gates: ndcg@20 min_ratio_to teacher (diagnostic); diagnostic gates not overridden: candidate "
+            f"does not conclusively beat {unmet} (ndcg@20") in blessing.reason
+
+
+def test_an_inconclusive_win_on_few_users_overrides_nothing():
+    # 12 users, popularity as good as the candidate up to noise: the interval straddles 0
+    blessing = _roles(WINNER[:12], BASE[:12], 1.3 * BASE[:12], RETENTION, teacher=2 * BASE[:12])
+    assert [w.verdict for w in blessing.wins] == ["pass", "inconclusive"]
+    assert not blessing.blessed and blessing.overridden == () and not blessing.conclusive_win
+
+
+def test_a_decision_fail_is_never_overridden():
+    decision_retention = {**RETENTION, "role": "decision"}
+    blessing = _roles(WINNER, BASE, 0.5 * BASE, decision_retention, NON_INFERIOR)
+    assert blessing.conclusive_win and not blessing.blessed and blessing.verdict == "rejected"
+    assert blessing.failed == ("ndcg@20 min_ratio_to teacher",) and blessing.overridden == ()
+    slow = _roles(WINNER, BASE, 0.5 * BASE, {"metric": "latency_p99_ms", "kind": "max", "threshold": 1.0})
+    assert slow.conclusive_win and slow.failed == ("latency_p99_ms max",) and not slow.blessed
+
+
+def test_a_diagnostic_inconclusive_is_overridden_and_at_bootstrap_popularity_is_the_bar():
+    # 0.8 of the teacher exactly: the retention interval straddles its bound
+    blessing = _roles(WINNER, BASE, 0.5 * BASE, RETENTION, teacher=WINNER / 0.8)
+    assert blessing.gates[0].verdict == "inconclusive" and blessing.overridden and blessing.blessed
+    assert "INCONCLUSIVE, overridden" in blessing.reason
+    bootstrap = _roles(WINNER, None, 0.5 * BASE, RETENTION)
+    assert bootstrap.wins[0].verdict == "skipped" and bootstrap.wins[1].verdict == "pass"
+    assert bootstrap.blessed and bootstrap.overridden == ("ndcg@20 min_ratio_to teacher",)
+    assert bootstrap.champion_health is None and not bootstrap.champion_worse_than_popularity
+
+
+@pytest.mark.parametrize("champion, popularity, verdict", [
+    (0.6 * BASE + NOISE, BASE, "fail"),  # conclusively worse than popularity
+    (BASE, 0.6 * BASE + NOISE, "pass"),
+    (BASE + NOISE, BASE, "inconclusive"),
+])
+def test_champion_health_against_popularity(champion, popularity, verdict):
+    blessing = _roles(WINNER, champion, popularity, NON_INFERIOR)
+    health = blessing.champion_health
+    assert (health.subject, health.baseline, health.segment, health.verdict) == (
+        "champion", "popularity", "history", verdict)
+    assert health.n == BASE.size and health.relative_change == pytest.approx(champion.mean() / popularity.mean() - 1)
+    assert health.ci_low <= health.relative_change <= health.ci_high
+    assert blessing.champion_worse_than_popularity is (verdict == "fail")
+    assert blessing.blessed  # health never blocks a candidate
+
+
+def test_champion_health_tolerance_and_the_unsupported_popularity_fallback():
+    evaluation, per_user = _measured(candidate=WINNER, champion=0.97 * BASE, popularity=BASE)
+    strict = judge(evaluation, per_user, ENGINE, _gates(NON_INFERIOR), seed=0)
+    lenient = judge(evaluation, per_user, ENGINE, _gates(NON_INFERIOR, champion_health={"tolerance": 0.05}), seed=0)
+    assert strict.champion_health.verdict == "fail" and lenient.champion_health.verdict == "pass"
+    with pytest.raises(ValueError, match="'popularity' is not supported yet"):
+        _gates(NON_INFERIOR, champion_health={"fallback": "popularity"})
+
+
+def test_the_history_segment_judges_the_users_models_can_answer_differently():
+    # 300 users with history (the candidate is 10% better there); 700 without any: every model
+    # answers them with the same popularity ranking, so their values are identical.
+    popularity = BASE[:1000]
+    history = np.arange(1000) < 300
+    candidate = np.where(history, 1.1 * popularity, popularity)
+    lift = {"metric": "ndcg@20", "kind": "min_lift_over", "baseline": "popularity", "threshold": 0.05}
+    evaluation, per_user = _measured(candidate=candidate, popularity=popularity)
+    per_user = PerUser(users=per_user.users, cold=per_user.cold, values=per_user.values, history=history)
+    judged = judge(evaluation, per_user, ENGINE, _gates({**lift, "segment": "history"}, lift), seed=0)
+    on_history, on_all = judged.gates
+    assert on_history.n == 300 and on_history.verdict == "pass" and on_history.statistic == pytest.approx(0.1)
+    assert on_all.n == 1000 and on_all.verdict == "fail"  # diluted to ~3% by users no model can differ on
+    assert judged.failed == ("ndcg@20 min_lift_over popularity",)
+    assert judged.wins[1].n == 300  # conclusive wins are judged on users with history by default
+
+
+def test_per_user_history_round_trips_and_older_files_fall_back_to_warm(tmp_path):
+    cold = np.array([False, True, True, False])
+    history = np.array([True, True, False, True])  # user 1: cold but folded in from recent items
+    values = {"candidate": {"ndcg@20": np.arange(4.0)}}
+    PerUser(users=np.arange(4), cold=cold, values=values, history=history).save(tmp_path / "new.npz")
+    loaded = PerUser.load(tmp_path / "new.npz")
+    assert loaded.segment_mask("history").tolist() == history.tolist()
+    PerUser(users=np.arange(4), cold=cold, values=values).save(tmp_path / "old.npz")
+    assert PerUser.load(tmp_path / "old.npz").segment_mask("history").tolist() == (~cold).tolist()
+
+
+def test_users_with_only_repeat_test_items_are_counted_and_shown(tmp_path):
+    from components.cli import day_summary
+    from components.pipeline import run_stage
+    from components.report import run_report
+
+    layout = Layout.at(tmp_path)
+    cfg = tiny_config(tmp_path)
+    day = "2024-01-08"
+    run_ship_day(layout, day, cfg, make_world(), gate=False, repeat_only_users=3)
+    evaluation = run_stage("evaluate", day, cfg, run_key="r1",
+                           upstream={"day": day, "version": layout.current("engines", day).version})
+    assert evaluation["users_without_unseen_test_items"] == 3 and evaluation["users_evaluated"] == 37
+    assert evaluation["holdout_users"] == 40 and evaluation["history_users_evaluated"] == 37
+    blessing = run_stage("gate", day, cfg, run_key="r1", upstream=evaluation)
+    assert blessing["users_without_unseen_test_items"] == 3
+    text = "users with only repeat test items: 3 (excluded: nothing unseen to recommend)"
+    assert text in (layout.reports(day) / "runs" / "r1" / "gates.md").read_text()
+    assert day_summary(layout, day)["repeat_only"] == text
+    html = open(run_report(layout, day, cfg, run_key="r1").path).read()
+    assert "<th>users with only repeat test items</th><td>3 (excluded: nothing unseen to recommend)</td>" in html

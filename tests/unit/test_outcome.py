@@ -139,3 +139,57 @@ def test_misuse_message_shows_a_command_that_exists():
     with pytest.raises(RunDayError) as info:
         run_day("manual", None, None)
     assert "run-day" not in str(info.value) and "airflow dags trigger gnn_recsys_nightly" in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def weak_champion(tmp_path_factory):
+    """day(1): an anti-cluster candidate becomes champion under lenient gates; day(2): run "keep" judges
+    another random candidate (rejected, the weak champion keeps serving), run "replace" a good one
+    whose diagnostic retention gate fails (threshold 1.5) but which beats champion and popularity."""
+    from tests.unit.ship_fixtures import TINY_GATES, write_gates
+
+    root = tmp_path_factory.mktemp("weak") / "root"
+    root.mkdir()
+    layout = Layout.at(root)
+    lenient = tiny_config(root, gates_file=str(write_gates(root / "lenient.yaml", TINY_GATES[:1])))
+    retention = {"metric": "ndcg@20", "kind": "min_ratio_to", "baseline": "teacher", "threshold": 1.5,
+                 "role": "diagnostic"}
+    decision = [g for g in TINY_GATES if g.get("baseline") != "teacher"]
+    strict = tiny_config(root, gates_file=str(write_gates(root / "strict.yaml", [*decision, retention])))
+    world = make_world()
+    for offset, cfg, candidate, run_key in ((1, lenient, "anti", "first"), (2, strict, "random", "keep"),
+                                            (2, strict, "good", "replace")):
+        run_ship_day(layout, day(offset), cfg, world, seed=offset, candidate=candidate, run_key=run_key)
+        registration = run_register(layout, day(offset), cfg, run_key=run_key)
+        run_promote(layout, day(offset), cfg, run_key=run_key, registration=registration)
+    return layout
+
+
+def test_a_champion_worse_than_popularity_is_flagged_and_says_it_keeps_serving(weak_champion):
+    layout = weak_champion
+    weak = run_outcome(layout, day(1), "first").champion_after
+    kept = run_outcome(layout, day(2), "keep")
+    assert kept.kind == REJECTED and kept.champion_after == weak
+    assert kept.champion_worse_than_popularity and kept.champion_health["verdict"] == "fail"
+    assert kept.champion_health["champion_version"] == weak and kept.champion_health["ci_high"] < 0
+    assert (f"; champion {weak} as served: WORSE THAN POPULARITY (ndcg@20 "
+            f"{kept.champion_health['relative_change']:+.1%} [") in kept.reason
+    assert kept.reason.endswith("; it keeps serving") and kept.overridden_gates == ()
+    assert gauges(kept)["champion_health.worse_than_popularity"] == 1.0
+
+
+def test_a_candidate_beating_a_weak_champion_is_promoted_despite_a_failing_diagnostic(weak_champion):
+    layout = weak_champion
+    outcome = run_outcome(layout, day(2), "replace")
+    blessing = json.loads((layout.reports(day(2)) / "runs" / "replace" / "blessing.json").read_text())
+    retention = next(g for g in blessing["gates"] if g["baseline"] == "teacher")
+    assert retention["verdict"] == "fail" and retention["overridden"] and retention["role"] == "diagnostic"
+    assert outcome.kind == PROMOTED and outcome.champion_after == outcome.candidate_version
+    assert outcome.overridden_gates == ("ndcg@20 min_ratio_to teacher",)
+    assert outcome.gate_roles["ndcg@20 min_ratio_to teacher"] == "diagnostic"
+    assert ("diagnostic gate ndcg@20 min_ratio_to teacher FAILED, overridden: candidate conclusively beats "
+            "champion (ndcg@20 +") in outcome.reason
+    assert outcome.champion_worse_than_popularity and outcome.reason.endswith("; replaced tonight")
+    assert any(text.startswith("[diagnostic] ndcg@20 min_ratio_to teacher") and "FAIL, overridden" in text
+               for text in outcome.failed_gates)
+    assert "overridden" in note_markdown(outcome)
