@@ -43,6 +43,7 @@ from components.candidate import CandidateRefs, candidate_id
 from components.config import GateSpec, GatesConfig, PipelineConfig
 from components.evaluate import Scorer, UserMetrics, popularity_scorer, ranking_scorer, served_scorer, user_metrics
 from components.graph import GraphArtifact
+from components.report import fmt_number
 from components.storage import Layout, atomic_write_bytes, read_json, record_outcome, run_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -824,7 +825,7 @@ def run_gate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
     for gate in blessing.gates:
         log.info("gate %s %s%s [%s, %s]: %s%s (n %d, value %s, baseline %s; %s)", gate.metric, gate.kind,
                  f" vs {gate.baseline}" if gate.baseline else "", gate.segment, gate.role, gate.verdict.upper(),
-                 " (overridden)" if gate.overridden else "", gate.n, _fmt(gate.value), _fmt(gate.baseline_value),
+                 " (overridden)" if gate.overridden else "", gate.n, fmt_number(gate.value), fmt_number(gate.baseline_value),
                  gate.note)
     for win in blessing.wins:
         log.info("candidate vs %s: %s (%s: %s)", win.baseline, win.verdict.upper(), win.rule, win.describe())
@@ -848,5 +849,3 @@ def run_gate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
     return blessing
 
 
-def _fmt(value: Any) -> str:
-    return "n/a" if value is None else f"{value:.6g}"

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.report import champion_health_text, gate_label, override_text
+from components.report import champion_health_text, fmt_number, gate_label, override_text
 from components.storage import (MANIFEST, OUTCOME_FILE, Layout, latest_run, parse_day, read_json, run_dir,
                                 run_key_for)
 
@@ -120,13 +120,24 @@ def _metrics(evaluation: dict[str, Any] | None) -> dict[str, dict[str, float]]:
             for name in ("candidate", "champion", "teacher", "popularity") if evaluation.get(name)}
 
 
+# What a gate's statistic must satisfy, as (relation, bound from the threshold) per kind (components.gates._rule).
+_NEEDS = {"min": (">=", 1), "max": ("<=", 1), "min_ratio_to": (">=", 1), "max_regression_vs": (">=", -1),
+          "min_lift_over": (">", 1)}
+
+
 def _fmt_gate(gate: dict[str, Any]) -> str:
-    value = "n/a" if gate["statistic"] is None else f"{gate['statistic']:.4g}"
-    interval = (f" CI [{gate['ci_low']:.4g}, {gate['ci_high']:.4g}]"
+    """One gate for people: value, interval and what it needed, relative changes as percentages."""
+    relative = gate["kind"] in ("max_regression_vs", "min_lift_over")
+
+    def show(x: float | None) -> str:
+        return "n/a" if x is None else (f"{x:+.1%}" if relative else fmt_number(x))
+
+    interval = (f" CI [{show(gate['ci_low'])}, {show(gate['ci_high'])}]"
                 if gate.get("ci_low") is not None and gate.get("ci_high") is not None else "")
+    relation, sign = _NEEDS[gate["kind"]]
     overridden = ", overridden" if gate.get("overridden") else ""
-    return (f"[{gate.get('role', 'decision')}] {gate_label(gate)}: {value}{interval} (threshold "
-            f"{gate['threshold']:.4g}; {gate['verdict'].upper()}{overridden})")
+    return (f"[{gate.get('role', 'decision')}] {gate_label(gate)}: {show(gate['statistic'])}{interval} (needs "
+            f"{relation} {show(sign * gate['threshold'])}; {gate['verdict'].upper()}{overridden})")
 
 
 def run_outcome(layout: Layout, day: str, run_id: str | None = None) -> Outcome:
@@ -233,6 +244,8 @@ def note_markdown(outcome: Outcome, limit: int = 1000) -> str:
     """The DAG-run note (Airflow caps notes at 1000 characters; the run header shows its first line):
     the kind, the day and the reason first, then the champion."""
     text = f"**{outcome.kind.upper().replace('_', ' ')}** day {outcome.day}: {outcome.reason}"
+    if outcome.failed_gates:  # each with value, interval and what it needed (the reason names them only)
+        text += "\n\n" + "\n".join(f"- {gate}" for gate in outcome.failed_gates)
     if outcome.champion_after:
         text += f"\n\nserving champion: {outcome.champion_after}"
     return text if len(text) <= limit else text[: limit - 1] + "…"

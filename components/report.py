@@ -32,12 +32,27 @@ def _as_dict(blessing: Any) -> dict[str, Any]:
     return asdict(blessing) if is_dataclass(blessing) else dict(blessing)
 
 
-def _fmt(value: Any) -> str:
+# The "answered by" columns: the keys of EvaluationResult.answered_by, in the table's order.
+ANSWERED_BY = ("model", "fold_in", "popularity")
+
+
+def fmt_number(value: Any, digits: int = 4) -> str:
+    """A number as people read it: 300, 0.05, 0.1235, 250, 200,000,000 (never 1e+05 or 2e+08)."""
     if value is None:
         return "–"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        return str(value)
+    if float(value).is_integer() and abs(value) >= 1:
+        return f"{int(value):,}"
+    if abs(value) >= 1000:
+        return f"{value:,.1f}"
+    return f"{value:.{digits}g}"
+
+
+def _fmt(value: Any) -> str:
+    return fmt_number(value, digits=6)
 
 
 def _interval(gate: dict[str, Any]) -> str:
@@ -420,8 +435,9 @@ def run_report(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str) -
                                                        "(excluded: nothing unseen to recommend)")
         counts["cold users answered by"] = evaluation.get("cold_answer", "popularity")
         # Per model: users without its trained embedding split by how serving answers them.
-        answered = "".join(f"<tr><th>{who}</th>" + "".join(f"<td>{n}</td>" for n in by.values()) + "</tr>"
-                           for who, by in evaluation.get("answered_by", {}).items())
+        # Keyed by name: the stored JSON's key order is not the columns' order.
+        answered = "".join(f"<tr><th>{who}</th>" + "".join(f"<td>{_fmt(by.get(key))}</td>" for key in ANSWERED_BY)
+                           + "</tr>" for who, by in evaluation.get("answered_by", {}).items())
         answered_table = ("<table><tr><th>answered by</th><th>model</th><th>fold-in</th><th>popularity</th></tr>"
                           f"{answered}</table>" if answered else "")
         sections.append("<h2>Evaluation on the fresh day (as served: users without a trained embedding get "

@@ -29,7 +29,13 @@ from airflow.plugins_manager import AirflowPlugin
 NIGHTLY_DAG_ID = "gnn_recsys_nightly"
 URL_PREFIX = "/graphdistill"
 COLOURS = {"promoted": "#1b7f3b", "rejected": "#c0392b", "quarantined": "#8e44ad", "not_promoted": "#d68910",
-           "inconclusive": "#7f8c8d", "skipped": "#5d6d7e"}
+           "inconclusive": "#7f8c8d", "skipped": "#5d6d7e", "not_run": "#000000", "running": "#1565c0",
+           "incomplete": "#b03a2e", "rolled_back": "#6e2c00"}
+
+# What the list of gates that did not pass means, per outcome (an INCONCLUSIVE night failed none).
+GATE_HEADINGS = {"rejected": "Gates that failed (or could not decide)", "inconclusive": "Gates that could not decide",
+                 "promoted": "Diagnostic gates overridden by a conclusive win",
+                 "not_promoted": "Gates that did not pass"}
 
 app = FastAPI(title="GraphDistill", description="Nightly outcomes, run reports and the champion")
 ReadRun = Depends(requires_access_dag(method="GET", access_entity=DagAccessEntity.RUN))
@@ -102,7 +108,13 @@ def run_outcome_json(dag_id: str, run_id: str) -> JSONResponse:
 
 @app.get("/runs/{dag_id}/{run_id}", dependencies=[ReadRun], response_class=HTMLResponse)
 def run_page(dag_id: str, run_id: str) -> HTMLResponse:
-    _, outcome = _outcome(dag_id, run_id)
+    try:
+        _, outcome = _outcome(dag_id, run_id)
+    except HTTPException as exc:  # a run without a valid day, an unknown run: a page that says so, not JSON
+        page = _page(f"GraphDistill: run {run_id}", f"<p>{_badge('not_run', big=True)} &nbsp;run "
+                     f"<code>{html.escape(run_id)}</code></p><p class='big'>{html.escape(str(exc.detail))}</p>")
+        page.status_code = exc.status_code
+        return page
     base = f"{URL_PREFIX}/runs/{_quote(dag_id)}/{_quote(run_id)}"
     return _page(f"GraphDistill {outcome.day}: {outcome.kind}", outcome_body(outcome, run_id, base))
 
@@ -125,7 +137,8 @@ def outcome_body(outcome, run_id: str, base: str) -> str:
                      f"{health['metric']} {health['relative_change']:+.1%} [{health['ci_low']:+.1%}, "
                      f"{health['ci_high']:+.1%}] vs popularity on {health['n']} {e(health['segment'])} users</p>")
     if outcome.failed_gates:  # each says its role ([decision] / [diagnostic]) and whether it was overridden
-        parts.append("<h3>Failing gates</h3><ul>" + "".join(f"<li>{e(g)}</li>" for g in outcome.failed_gates) + "</ul>")
+        heading = GATE_HEADINGS.get(outcome.kind, "Gates that did not pass")
+        parts.append(f"<h3>{heading}</h3><ul>" + "".join(f"<li>{e(g)}</li>" for g in outcome.failed_gates) + "</ul>")
     if outcome.gate_roles:
         parts.append("<h3>Gates</h3>" + _table(["gate", "role", "verdict"], [
             [e(label), e(role), e(outcome.gates[label].upper() + (" (overridden)" if label in outcome.overridden_gates

@@ -12,6 +12,7 @@ from components.outcome import (
     run_day, run_outcome, validation_report,
 )
 from components.registry import run_promote, run_register
+from components.report import fmt_number
 from components.sources.synthetic import corrupt_landing
 from components.ingest import run_ingest
 from components.validate import DataValidationError, run_validate
@@ -65,12 +66,17 @@ def test_a_rejection_names_each_failing_gate_with_its_value_and_keeps_the_champi
     failing = [g for g in blessing["gates"] if g["verdict"] == "fail"]
     blocking = [g for g in blessing["gates"] if g["verdict"] in ("fail", "inconclusive")]
     assert outcome.kind == REJECTED and len(outcome.failed_gates) == len(blocking) and failing
-    assert all(g["metric"] in text and f"{g['statistic']:.4g}" in text for g, text in zip(blocking, outcome.failed_gates))
+    for gate, text in zip(blocking, outcome.failed_gates):  # value, interval and what it needed, for people
+        relative = gate["kind"] in ("max_regression_vs", "min_lift_over")
+        shown = f"{gate['statistic']:+.1%}" if relative else fmt_number(gate["statistic"])
+        assert gate["metric"] in text and shown in text and "needs" in text and gate["verdict"].upper() in text
+        assert "e+" not in text
     assert all(g["metric"] in outcome.reason for g in failing)
     first_champion = run_outcome(layout, day(1)).champion_after
     assert outcome.champion_before == outcome.champion_after == first_champion
     note = note_markdown(outcome)
     assert note.startswith(f"**REJECTED** day {day(2)}") and len(note) <= 1000
+    assert f"\n- {outcome.failed_gates[0]}" in note  # the note carries the numbers, not only the gate names
     values = gauges(outcome)
     assert values["outcome.rejected"] == 1.0 and values["outcome.promoted"] == 0.0
     assert values["candidate.ndcg_at_20"] == pytest.approx(outcome.metrics["candidate"]["ndcg@20"])
@@ -193,3 +199,9 @@ def test_a_candidate_beating_a_weak_champion_is_promoted_despite_a_failing_diagn
     assert any(text.startswith("[diagnostic] ndcg@20 min_ratio_to teacher") and "FAIL, overridden" in text
                for text in outcome.failed_gates)
     assert "overridden" in note_markdown(outcome)
+
+
+@pytest.mark.parametrize("value, shown", [(100000, "100,000"), (200000000.0, "200,000,000"), (0.05, "0.05"),
+                                          (250.0, "250"), (0.123456, "0.1235"), (1234.5678, "1,234.6"), (None, "–")])
+def test_numbers_are_formatted_for_people(value, shown):
+    assert fmt_number(value) == shown

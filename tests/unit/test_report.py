@@ -44,10 +44,14 @@ def test_run_report_over_two_days(tmp_path):
     assert "training_curves.png" in html and "metric_history.png" in html and "Lineage" in html
     assert "Outcome: PROMOTED" in html and "90% CI [" in html and "cold (0 users)" in html
     assert "<th>cold users answered by</th><td>popularity (no feature store)</td>" in html
+    answered = json.loads((run_dir / "evaluation.json").read_text())["answered_by"]["candidate"]
+    assert list(answered) == ["fold_in", "model", "popularity"]  # stored sorted: not the table's column order
+    assert (f"<tr><th>candidate</th><td>{answered['model']}</td><td>{answered['fold_in']}</td>"
+            f"<td>{answered['popularity']}</td></tr>") in html  # values under their own headers
     # the candidate's size ladder: its one rung shipped, and why (no validation split in this world)
     assert "<h2>Shipped size (ladder: target retention 85%" in html
     assert "shipping the best-retaining rung within the budgets (keeps unmeasured (no validation split)" in html
-    assert '<tr style="background:#d4f4dd"><td>0</td><td>8</td><td>int8</td><td>1200</td>' in html
+    assert '<tr style="background:#d4f4dd"><td>0</td><td>8</td><td>int8</td><td>1,200</td>' in html
 
     rows = metric_history(layout, "2024-01-09")
     assert [r["day"] for r in rows] == ["2024-01-08", "2024-01-09"]
