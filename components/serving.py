@@ -18,6 +18,7 @@ seen since the champion's training window are not recommended again.
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import logging
 import shutil
@@ -35,6 +36,8 @@ from components.storage import Layout, atomic_write_bytes, read_json, write_json
 log = logging.getLogger(__name__)
 
 TRITON_TEMPLATES = REPO_ROOT / "deploy" / "triton"
+# What the serving refresh exported last (version, models, time), inside the Triton repository.
+SERVING_RECORD = "graphdistill_version.json"
 TRITON_MODELS = {"tensorrt": ("graphdistill_trt", "model.plan"), "onnxruntime": ("graphdistill_onnx", "model.onnx")}
 SEGMENTS = ("model", "fold_in", "popularity")
 # User ids -> their recent item ids (most recent first), e.g. features.online_history(layout, cfg).
@@ -276,6 +279,12 @@ def render_triton_config(template: Path, name: str, top_k: int, batch_sizes: lis
     )
 
 
+def served_version(repository: Path) -> dict | None:
+    """The serving refresh's record of what the Triton repository holds, None before the first export."""
+    record = Path(repository) / SERVING_RECORD
+    return read_json(record) if record.exists() else None
+
+
 def export_triton_repository(source: str | Path | Layout, out_dir: str | Path) -> list[Path]:
     """Write a Triton model repository for the champion: <out>/<model>/1/model.{plan,onnx} and
     <out>/<model>/config.pbtxt from deploy/triton templates. The ONNX model is always written;
@@ -302,6 +311,7 @@ def export_triton_repository(source: str | Path | Layout, out_dir: str | Path) -
                                       int(serving["top_k"]), batch_sizes)
         atomic_write_bytes(model_dir / "config.pbtxt", config.encode())
         written.append(model_dir)
-    write_json(out / "graphdistill_version.json", {"version": champ.version, "models": [p.name for p in written]})
+    write_json(out / SERVING_RECORD, {"version": champ.version, "models": [p.name for p in written],
+                                      "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
     log.info("triton repository %s: champion %s as %s", out, champ.version, ", ".join(p.name for p in written))
     return written

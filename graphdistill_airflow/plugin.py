@@ -193,25 +193,29 @@ def models_page(limit: Annotated[int, "recent runs to list"] = 14) -> HTMLRespon
     from airflow.utils.session import create_session
     from components.config import default_root
     from components.outcome import champion_day, run_outcome
-    from components.registry import champion, history
+    from components.registry import champion, history, rolled_back
     from components.storage import Layout
 
     e = html.escape
     with create_session() as session:
         runs = session.scalars(select(DagRun).where(DagRun.dag_id == NIGHTLY_DAG_ID)
                                .order_by(DagRun.id.desc()).limit(limit)).all()
-        run_ids = [r.run_id for r in runs]
-    rows = []
-    for run_id in run_ids:
-        try:
-            _, outcome = _outcome(NIGHTLY_DAG_ID, run_id)
-        except HTTPException as exc:
-            rows.append(["?", _badge("inconclusive"), e(str(exc.detail)), e(run_id)])
-            continue
-        link = f"{URL_PREFIX}/runs/{NIGHTLY_DAG_ID}/{_quote(run_id)}"
-        rows.append([e(outcome.day), _badge(outcome.kind), e(outcome.reason[:220]),
-                     f"<a href='{link}'>{e(run_id)}</a>"])
+        run_states = [(r.run_id, str(getattr(r.state, "value", r.state))) for r in runs]
     layout = Layout.at(default_root())
+    taken_back = rolled_back(layout)
+    rows = []
+    for run_id, state in run_states:
+        link = f"<a href='{URL_PREFIX}/runs/{NIGHTLY_DAG_ID}/{_quote(run_id)}'>{e(run_id)}</a>"
+        try:
+            _, day = _run_context(NIGHTLY_DAG_ID, run_id)
+        except HTTPException as exc:  # no valid day: the run never ran (its note says so too)
+            rows.append(["–", _badge("not_run"), e(str(exc.detail)[:220]), link])
+            continue
+        if state in ("queued", "running"):  # no decision yet: say so instead of "a stage failed"
+            rows.append([e(day), _badge("running"), f"{e(state)}: the decision is recorded when the run ends", link])
+            continue
+        badges, reason = night_cells(run_outcome(layout, day, run_id), taken_back)
+        rows.append([e(day), badges, e(reason), link])
     current = champion(layout)
     parts = []
     if current:
@@ -220,6 +224,7 @@ def models_page(limit: Annotated[int, "recent runs to list"] = 14) -> HTMLRespon
                      f"{e(', '.join(current.previous) or 'none')}</p>")
     else:
         parts.append(f"<h2>No champion yet</h2><p>root {e(str(layout.root))}</p>")
+    parts.append(_serving_html(layout, current.version if current else None))
     parts.append("<h2>Recent nights</h2>" + _table(["day", "outcome", "reason", "run"], rows))
     events = [[e(h.get("at", "")), e(h.get("event", "")), e(str(h.get("previous"))), e(h.get("version", "")),
                e(h.get("reason", ""))] for h in reversed(history(layout))]
@@ -227,9 +232,38 @@ def models_page(limit: Annotated[int, "recent runs to list"] = 14) -> HTMLRespon
     parts.append("<h2>Roll back</h2><p>Restore the champion the current one replaced (atomic, audited):</p>"
                  f"<pre>graphdistill rollback --root {e(str(layout.root))} --reason \"...\"</pre>"
                  "<p>or promote a specific blessed version: <code>graphdistill promote &lt;version&gt; "
-                 "--reason \"...\"</code>. Then refresh serving: the champion-refresh DAG runs on the next "
-                 "promotion, or <code>graphdistill triton-export &lt;model repository&gt;</code> now.</p>")
+                 "--reason \"...\"</code>. Both tell serving (a champion Asset event through "
+                 "<code>GRAPHDISTILL_API_URL</code>); the champion-refresh DAG then exports the new champion.</p>")
     return _page("GraphDistill models", "<h1>GraphDistill models</h1>" + "".join(parts))
+
+
+def night_cells(outcome, taken_back: dict[str, dict[str, Any]]) -> tuple[str, str]:
+    """A night's badges and reason on the Models page; a promotion undone since is marked ROLLED BACK."""
+    badges, reason = _badge(outcome.kind), outcome.reason[:220]
+    if outcome.kind == "promoted" and outcome.champion_after in taken_back:
+        undo = taken_back[outcome.champion_after]
+        badges += " " + _badge("rolled_back")
+        reason = f"rolled back {undo.get('at', '')} ({undo.get('reason', '')}); was: {reason}"
+    return badges, reason
+
+
+def _serving_html(layout, champion_version: str | None) -> str:
+    """Which version serving answers with: the serving refresh's record in the Triton repository."""
+    from components.config import default_config_file, load_config
+    from components.serving import served_version
+
+    e = html.escape
+    target = Path(load_config(default_config_file()).ops.triton_repository)
+    repository = target if target.is_absolute() else layout.root / target
+    served = served_version(repository)
+    if served is None:
+        return f"<p><b>Serving</b>: nothing exported to {e(str(repository))} yet.</p>"
+    text = (f"<p><b>Serving answers with {e(served['version'])}</b> (Triton repository {e(str(repository))}, "
+            f"exported {e(served.get('exported_at', '?'))})")
+    if served["version"] != champion_version:
+        text += (f" — <b>not the champion</b>: the serving refresh has not run since the champion changed "
+                 f"(it runs on the champion Asset event; <code>graphdistill announce</code> emits one)")
+    return text + "</p>"
 
 
 class GraphDistillPlugin(AirflowPlugin):

@@ -221,3 +221,14 @@ def test_the_outcome_tab_shows_roles_overrides_and_the_champions_health():
     assert "<b>Champion worse than popularity</b>: 2026-01-02-weak ndcg@20 -40.4% [-52.0%, -27.0%]" in body
     assert "<td>ndcg@20 min_ratio_to teacher</td><td>diagnostic</td><td>FAIL (overridden)</td>" in body
     assert "<td>decision</td><td>PASS</td>" in body
+
+
+def test_the_models_page_marks_a_promotion_rolled_back_since():
+    from graphdistill_airflow.plugin import night_cells
+
+    promoted = dataclasses.replace(_weak_champion_outcome("2026-01-09-new"), kind="promoted", reason="champion a -> b")
+    badges, reason = night_cells(promoted, {"2026-01-09-new": {"at": "2026-01-10T08:00", "reason": "bad in prod"}})
+    assert "PROMOTED" in badges and "ROLLED BACK" in badges
+    assert reason == "rolled back 2026-01-10T08:00 (bad in prod); was: champion a -> b"
+    badges, reason = night_cells(promoted, {})  # not rolled back: no mark
+    assert "ROLLED BACK" not in badges and reason == "champion a -> b"

@@ -143,6 +143,7 @@ def test_models_page_lists_the_champion_the_nights_and_how_to_roll_back(ops):
     text = page.decode()
     assert status == 200 and f"Champion {champion}" in text and "graphdistill rollback" in text
     assert all(kind in text for kind in ("PROMOTED", "REJECTED", "QUARANTINED", "SKIPPED"))
+    assert f"Serving answers with {champion}" in text and "not the champion" not in text  # the refresh exported it
     plugins = ops["server"].get_json("/api/v2/plugins", ops["token"])["plugins"]
     views = {v["name"]: v for p in plugins if p["name"] == "graphdistill" for v in p["external_views"]}
     assert views["GraphDistill outcome"]["destination"] == "dag_run" and views["Models"]["destination"] == "nav"
@@ -193,5 +194,10 @@ def test_a_manual_run_without_a_day_fails_at_once_and_says_how_to_run_a_day(ops)
     assert "must name its day" in done.stdout + done.stderr and '--conf \'{"day": "D"}\'' in done.stdout + done.stderr
     runs = server.get_json(f"/api/v2/dags/{DAG}/dagRuns?order_by=id", ops["token"])["dag_runs"]
     assert runs[-1]["state"] == "failed" and runs[-1]["note"].startswith("**NOT RUN**")
+    models = ops["server"].get("/graphdistill/models", ops["token"])[1].decode()
+    assert "NOT RUN" in models and "must name its day" in models  # not "INCONCLUSIVE" with day "?"
+    status, tab = server.get(f"/graphdistill/runs/{DAG}/{urllib.parse.quote(runs[-1]['dag_run_id'], safe='')}",
+                             ops["token"])
+    assert status == 409 and tab.startswith(b"<!doctype html>") and b"must name its day" in tab  # a page, not JSON
     states = _task_states(ops, runs[-1]["dag_run_id"])
     assert {end for end in ENDS if states[end] != "skipped"} == {"not_run"} and states["not_run"] == "failed"
