@@ -127,7 +127,9 @@ def cmd_history(args: argparse.Namespace) -> int:
 
     for entry in history(Layout.at(args.root)):
         manual = " (by hand)" if entry.get("manual") else ""
-        print(f"{entry.get('at', '?')}  {entry['event']:<12} {entry['version']}{manual}  {entry.get('reason', '')}")
+        recovered = " (logged after a crash)" if entry.get("recovered") else ""
+        print(f"{entry.get('at', '?')}  {entry['event']:<12} {entry['version']}{manual}{recovered}  "
+              f"{entry.get('reason', '')}")
     return 0
 
 
