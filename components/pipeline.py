@@ -9,12 +9,14 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 from components.config import DEFAULT_CONFIG_FILE, PipelineConfig, load_config
 from components.errors import PermanentStageFailure, StageSkipped
-from components.storage import Layout, cli_run_key, mark_latest, parse_day, record_outcome, run_dir, write_json
+from components.storage import (Layout, cli_run_key, mark_latest, parse_day, record_outcome, run_dir, tidy,
+                                write_json)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ def run_stage(name: str, day: str, cfg: PipelineConfig, *, run_key: str | None =
     day = parse_day(day).isoformat()
     layout = Layout.at(cfg.root)
     run_key = run_key or cli_run_key()
+    tidy(layout, started_at=time.time())
     try:
         if name in RUN_SCOPED:
             keyword = RUN_SCOPED[name]

@@ -21,8 +21,10 @@ Versions are content hashes, so a re-run with the same inputs lands on the same 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -32,11 +34,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 OUTCOME_FILE = "outcome.json"
+STAGING_PREFIX = ".staging-"
+TMP_SUFFIX = ".tmp"
+REPLACED_SUFFIX = ".replaced"
 LATEST_FILE = "latest.json"
 # What a run decided, as the CLI, the report and the Airflow UI show it.
 OUTCOME_KINDS = ("promoted", "rejected", "inconclusive", "not_promoted", "skipped", "quarantined")
@@ -85,42 +92,113 @@ def read_json(path: Path) -> Any:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary sibling, fsync, then rename: readers see old or new, never half."""
+    """Write to a temporary sibling, fsync, then rename: readers see old or new, never half. The
+    temporary file is locked while written (``tidy`` removes only unlocked ones) and removed on failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{TMP_SUFFIX}")
+    try:
+        with tmp.open("wb") as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+            os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @contextmanager
 def staging_dir(parent: Path) -> Iterator[Path]:
-    """A temporary directory on the same filesystem as ``parent`` (so a rename is atomic)."""
+    """A temporary directory on the same filesystem as ``parent`` (so a rename is atomic), locked
+    while in use so that ``tidy`` in another process leaves it alone."""
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=parent))
+    tmp = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent))
+    fd = os.open(tmp, os.O_RDONLY)
     try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
         yield tmp
     finally:
+        os.close(fd)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def replace_dir(src: Path, dest: Path) -> None:
-    """Atomically put directory ``src`` at ``dest``, replacing whatever was there.
+def _set_aside(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}{REPLACED_SUFFIX}")
 
-    Two renames: the old directory is moved aside first, so at every instant ``dest`` is either
-    the complete old or the complete new directory (or, for one rename's time, absent).
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    trash = None
+
+def restore_replaced(dest: Path) -> bool:
+    """Finish a ``replace_dir`` a crash interrupted: put the old directory back where the new one
+    never arrived (True), or drop the old one where it did. The day is never left missing."""
+    aside = _set_aside(dest)
+    if not aside.exists():
+        return False
     if dest.exists():
-        trash = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex}")
-        os.replace(dest, trash)
+        shutil.rmtree(aside, ignore_errors=True)
+        return False
+    os.replace(aside, dest)
+    log.warning("%s: restored the previous version (a replacement was interrupted between its renames)", dest)
+    return True
+
+
+def replace_dir(src: Path, dest: Path, *, fault_hook: Callable[[str], None] | None = None) -> None:
+    """Put directory ``src`` at ``dest``, replacing whatever was there.
+
+    Two renames: the old directory is moved aside under a fixed name first; a crash between them
+    leaves ``dest`` absent for a moment only: ``restore_replaced`` (run here, by ``tidy`` at every
+    stage's start and by ``Layout.accepted_days``) puts the old one back, so readers find the
+    complete old or the complete new directory."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    restore_replaced(dest)
+    aside = _set_aside(dest)
+    if dest.exists():
+        os.replace(dest, aside)
+    if fault_hook:
+        fault_hook("old_set_aside")
     os.replace(src, dest)
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _unused(path: Path) -> bool:
+    """True when no process holds the lock of ``path`` (a staging dir or a temporary file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def tidy(layout: "Layout", started_at: float) -> dict[str, int]:
+    """At a task's start: put back directories an interrupted ``replace_dir`` set aside, and remove
+    staging directories and temporary files that crashed writers left behind (older than
+    ``started_at``, a time.time(), and not locked by a live writer). Returns what it did."""
+    done = {"restored": 0, "staging_dirs": 0, "temp_files": 0}
+    if not layout.root.exists():
+        return done
+    for aside in layout.root.rglob(f".*{REPLACED_SUFFIX}"):
+        done["restored"] += restore_replaced(aside.with_name(aside.name[1:].removesuffix(REPLACED_SUFFIX)))
+    for pattern, kind in ((f"{STAGING_PREFIX}*", "staging_dirs"), (f".*{TMP_SUFFIX}", "temp_files")):
+        for leftover in list(layout.root.rglob(pattern)):
+            try:
+                stale = leftover.lstat().st_mtime < started_at
+            except FileNotFoundError:  # inside a staging dir removed a moment ago
+                continue
+            if stale and _unused(leftover):
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
+                done[kind] += 1
+    if any(done.values()):
+        log.warning("tidy %s: %s", layout.root, done)
+    return done
 
 
 def run_key_for(run_id: str) -> str:
@@ -236,9 +314,13 @@ class Layout:
         return self.root / kind
 
     def accepted_days(self) -> list[str]:
+        """Days with a complete accepted partition; a day whose re-validation was interrupted
+        between its two renames is put back first, so it never drops out of a training window."""
         base = self.root / "accepted"
         if not base.exists():
             return []
+        for aside in base.glob(f".date=*{REPLACED_SUFFIX}"):
+            restore_replaced(base / aside.name[1:].removesuffix(REPLACED_SUFFIX))
         return sorted(p.name.split("=", 1)[1] for p in base.glob("date=*") if (p / MANIFEST).exists())
 
     # --- versioned artifacts -------------------------------------------------------------
