@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from components.config import REPO_ROOT
-from components.errors import PermanentStageFailure, StageSkipped
+from components.errors import PermanentStageFailure, StageSkipped, storage_fault
 from components.pipeline import RUN_SCOPED, STAGES, resolve, run_stage
 from components.storage import MANIFEST, Layout, cli_run_key, latest_run, parse_day, read_json, run_dir, run_key_for
 
@@ -399,6 +399,12 @@ def main(argv: list[str] | None = None) -> int:
     except (PermanentStageFailure, LookupError, PermissionError, FileNotFoundError, ValueError) as exc:
         # Expected operator errors (nothing to roll back, unblessed version, bad input): one clear line.
         print(f"graphdistill {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # disk full, read-only root, permission denied: one line, not a traceback
+        fault = storage_fault(exc, getattr(args, "root", None) or ".")
+        if fault is None:
+            raise
+        print(f"graphdistill {args.command}: {fault}", file=sys.stderr)
         return 2
 
 

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from components.config import PipelineConfig
+from components.errors import StorageFault, storage_fault
 from components.storage import (MANIFEST, Layout, code_version, read_json, read_outcome, record_outcome, run_dir,
                                 staging_dir, write_json)
 
@@ -684,8 +685,16 @@ def run_promote(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
     else:
         result = decide_promotion(layout, version, blessing["champion_version"], run_key=run_key,
                                   fault_hook=fault_hook)
-    record_outcome(layout, day, run_key, result.outcome, result.reason, candidate=version,
-                   champion_before=result.previous_champion, champion_after=result.champion_version, metrics=metrics)
+    try:
+        record_outcome(layout, day, run_key, result.outcome, result.reason, candidate=version,
+                       champion_before=result.previous_champion, champion_after=result.champion_version,
+                       metrics=metrics)
+    except OSError as exc:
+        fault = storage_fault(exc, layout.root)
+        if fault is None or not result.promoted:
+            raise
+        raise StorageFault(f"{fault}. The champion DID move to {version}; once fixed, re-run promote for {day} "
+                           f"(run {run_key}): it records the outcome and announces the champion") from exc
     if fault_hook:
         fault_hook("outcome_recorded")
     return PromotionResult(**{**asdict(result), "day": day})

@@ -532,3 +532,28 @@ def test_a_registry_written_before_the_pointer_carried_its_deny_list_keeps_its_r
     assert promote(layout, v1.version, "fixed").promoted  # the first move in the new format: seq 4, nothing repaired
     assert champion(layout).seq == 4 and champion(layout).rolled_back == ()
     assert [e["event"] for e in history(layout)] == ["promote", "promote", "rollback", "not_promoted", "promote"]
+
+
+def test_a_full_disk_after_the_pointer_moved_says_so_and_the_rerun_reports_promoted(env, tmp_path, monkeypatch):
+    from dataclasses import asdict
+
+    from components.errors import PermanentStageFailure
+    from components.pipeline import run_stage
+
+    layout, v0, v1 = _promoted_world(env, tmp_path, promote_second=False)
+    real_replace = os.replace
+
+    def full_disk(src, dst):
+        if Path(dst).name == "outcome.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(PermanentStageFailure) as failure:  # the DAG fails the task without retries
+        run_stage("promote", DAYS[1], tiny_config(layout.root), run_key="a", upstream=asdict(v1))
+    monkeypatch.undo()
+    message = str(failure.value)
+    assert message.startswith("disk full: ") and "outcome.json" in message
+    assert f"The champion DID move to {v1.version}" in message and champion(layout).version == v1.version
+    again = run_stage("promote", DAYS[1], tiny_config(layout.root), run_key="a", upstream=asdict(v1))
+    assert again["promoted"] and read_outcome(layout, DAYS[1], "a")["kind"] == "promoted"
