@@ -44,6 +44,11 @@ OUTCOME_FILE = "outcome.json"
 STAGING_PREFIX = ".staging-"
 TMP_SUFFIX = ".tmp"
 REPLACED_SUFFIX = ".replaced"
+TIMINGS = "timings.json"
+# Keys that hold wall-clock measurements (train seconds, pairs/s, latency): they differ on every
+# run, so they live in TIMINGS, outside an artifact's content hash (issue 20: a re-run of the
+# teacher made a new version each time because metrics.json held its seconds).
+_WALL_CLOCK = re.compile(r"seconds|_per_s$|^latency_ms$")
 LATEST_FILE = "latest.json"
 # What a run decided, as the CLI, the report and the Airflow UI show it.
 OUTCOME_KINDS = ("promoted", "rejected", "inconclusive", "not_promoted", "skipped", "quarantined")
@@ -89,6 +94,53 @@ def write_json(path: Path, payload: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def split_timings(doc: Any) -> tuple[Any, Any]:
+    """(``doc`` without its wall-clock keys, those keys in the same nesting or None)."""
+    if isinstance(doc, dict):
+        kept, timed = {}, {}
+        for key, value in doc.items():
+            if _WALL_CLOCK.search(key):
+                timed[key] = value
+            else:
+                kept[key], inner = split_timings(value)
+                if inner:
+                    timed[key] = inner
+        return kept, timed or None
+    if isinstance(doc, list):
+        pairs = [split_timings(value) for value in doc]
+        timed = [t for _, t in pairs]
+        return [k for k, _ in pairs], timed if any(timed) else None
+    return doc, None
+
+
+def _with_timings(doc: Any, timed: Any) -> Any:
+    if timed is None:
+        return doc
+    if isinstance(doc, dict):
+        return {**{k: _with_timings(v, timed.get(k)) for k, v in doc.items()},
+                **{k: v for k, v in timed.items() if k not in doc}}
+    if isinstance(doc, list):
+        return [_with_timings(d, t) for d, t in zip(doc, timed)]
+    return timed
+
+
+def write_measured_json(directory: Path, name: str, payload: Any) -> None:
+    """Write ``payload`` as ``directory/name`` and its wall-clock values into ``directory/TIMINGS``
+    (under ``name``), which ``Layout.publish`` leaves out of the version hash."""
+    kept, timed = split_timings(payload)
+    write_json(directory / name, kept)
+    if timed:
+        path = directory / TIMINGS
+        write_json(path, {**(read_json(path) if path.exists() else {}), name: timed})
+
+
+def read_measured_json(directory: Path, name: str) -> Any:
+    """``directory/name`` with its wall-clock values from TIMINGS put back."""
+    doc = read_json(Path(directory) / name)
+    timings = Path(directory) / TIMINGS
+    return _with_timings(doc, read_json(timings).get(name)) if timings.exists() else doc
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -335,12 +387,12 @@ class Layout:
     ) -> ArtifactRef:
         """Publish ``build_dir`` as an immutable version of ``kind`` for ``day``.
 
-        The version is the content hash of the files; publishing identical content again is a
-        no-op. The day's CURRENT pointer is then moved to this version atomically. Pass
+        The version is the content hash of the files (TIMINGS excluded: wall-clock values
+        differ run to run); publishing identical content again is a no-op. The day's CURRENT pointer is then moved to this version atomically. Pass
         ``version`` when a file's bytes are not deterministic (e.g. DGL's graph.bin): it must then
         be a hash of the artifact's canonical content.
         """
-        version = version or hash_dir(build_dir)
+        version = version or hash_dir(build_dir, exclude=(MANIFEST, TIMINGS))
         day_dir = self.artifacts(kind) / day
         final = day_dir / version
         full_manifest = {

@@ -43,7 +43,7 @@ from components.models.lightgcn import (
 )
 from components.models.losses import bpr_loss, ego_l2
 from components.models.sampling import positive_keys, sample_epoch
-from components.storage import Layout, read_json, staging_dir, write_json
+from components.storage import Layout, read_json, staging_dir, write_measured_json
 from components.teacher import FILTER_FILE, fit_graph_filter, graph_filter_teacher, lightgcn_teacher, write_graph_filter
 
 log = logging.getLogger(__name__)
@@ -332,8 +332,8 @@ def write_model_files(out: Path, model: LightGCN, user_emb: torch.Tensor, item_e
     np.savez(out / "embeddings.npz", user=user_emb.cpu().numpy().astype(np.float32),
              item=item_emb.cpu().numpy().astype(np.float32))
     sizes = {"model_pt": (out / "model.pt").stat().st_size, "embeddings_npz": (out / "embeddings.npz").stat().st_size}
-    write_json(out / "metrics.json", {**metrics, "bytes": sizes})
-    write_json(out / "history.json", history)
+    write_measured_json(out, "metrics.json", {**metrics, "bytes": sizes})
+    write_measured_json(out, "history.json", history)
     return sizes
 
 
@@ -428,8 +428,9 @@ def run_teacher(layout: Layout, day: str, cfg: PipelineConfig) -> ModelArtifact:
     with staging_dir(layout.artifacts(KIND)) as tmp:
         if tcfg.kind == "graph_filter":
             write_graph_filter(tmp, graph_filter, cfg)
-            write_json(tmp / "metrics.json", {**metrics, "bytes": {"filter_npz": (tmp / FILTER_FILE).stat().st_size}})
-            write_json(tmp / "history.json", history)
+            write_measured_json(tmp, "metrics.json",
+                                {**metrics, "bytes": {"filter_npz": (tmp / FILTER_FILE).stat().st_size}})
+            write_measured_json(tmp, "history.json", history)
         else:
             write_model_files(tmp, trained.model, user_emb, item_emb, graph_ref.version, metrics, history)
         metrics = read_json(tmp / "metrics.json")
