@@ -85,8 +85,9 @@ def load_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_model(path: str | Path) -> tuple[LightGCN, dict]:
-    """The LightGCN (ego embeddings) and checkpoint payload of a model artifact directory."""
-    payload = torch.load(Path(path) / "model.pt", map_location="cpu", weights_only=False)
+    """The LightGCN (ego embeddings) and checkpoint payload of a model artifact directory. Loaded
+    with weights_only: anyone who can write the root must not be able to run code through a pickle."""
+    payload = torch.load(Path(path) / "model.pt", map_location="cpu", weights_only=True)
     return LightGCN.from_checkpoint(payload), payload
 
 
@@ -207,7 +208,7 @@ def fit_lightgcn(
     best_state: dict | None = None
     best_val: dict[str, float] = {}
     if checkpoint_path is not None and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history, best_state, best_val = state["history"], state["best_state"], state["best_val"]

@@ -1,7 +1,8 @@
 """The GraphDistill Airflow UI plugin: a night's decision and its reports one click from the run.
 
 A FastAPI app mounted by the api-server at ``/graphdistill`` (behind Airflow's auth: the UI's
-session cookie or an API bearer token, and the user's read access to the DAG's runs):
+session cookie or an API bearer token, and the user's read access to the nightly's runs; other
+DAG ids get 404):
 
     /graphdistill/runs/{dag_id}/{run_id}                 the run's outcome (HTML; ``.json`` for machines)
     /graphdistill/runs/{dag_id}/{run_id}/report.html     the run report (gates, curves) and its PNGs
@@ -32,7 +33,9 @@ COLOURS = {"promoted": "#1b7f3b", "rejected": "#c0392b", "quarantined": "#8e44ad
            "inconclusive": "#7f8c8d", "skipped": "#5d6d7e"}
 
 app = FastAPI(title="GraphDistill", description="Nightly outcomes, run reports and the champion")
-ReadRun = Depends(requires_access_dag(method="GET", access_entity=DagAccessEntity.RUN))
+# Every page serves the nightly's records, so access is checked for the nightly, whatever DAG id
+# the URL names (a reader of another DAG with matching run ids must not read quarantined rows).
+ReadRun = Depends(requires_access_dag(method="GET", access_entity=DagAccessEntity.RUN, param_dag_id=NIGHTLY_DAG_ID))
 
 
 def _dag_run(dag_id: str, run_id: str) -> Any:
@@ -55,6 +58,8 @@ def _run_context(dag_id: str, run_id: str) -> tuple[Any, str]:
     from components.outcome import RunDayError, run_day
     from components.storage import Layout
 
+    if dag_id != NIGHTLY_DAG_ID:
+        raise HTTPException(404, f"GraphDistill records belong to DAG {NIGHTLY_DAG_ID!r}, not {dag_id!r}")
     run = _dag_run(dag_id, run_id)
     conf = run.conf or {}
     try:
@@ -155,9 +160,7 @@ def report_file(dag_id: str, run_id: str, name: str) -> FileResponse:
     return FileResponse(path)
 
 
-@app.get("/models", dependencies=[Depends(requires_access_dag(method="GET", access_entity=DagAccessEntity.RUN,
-                                                                  param_dag_id=NIGHTLY_DAG_ID))],
-         response_class=HTMLResponse)
+@app.get("/models", dependencies=[ReadRun], response_class=HTMLResponse)
 def models_page(limit: Annotated[int, "recent runs to list"] = 14) -> HTMLResponse:
     from sqlalchemy import select
 

@@ -182,3 +182,35 @@ def test_two_runs_of_the_teacher_on_the_same_inputs_give_the_same_version(tmp_pa
         assert all({"seconds", "pairs_per_s", "train_seconds_total"} <= set(row) for row in timings["history.json"])
         assert "val_eval_seconds" in timings["history.json"][3]  # the evaluated epoch's evaluation time
         assert not [key for row in read_json(f"{first.path}/history.json") for key in row if "seconds" in key]
+
+
+class _RunsCode:
+    """A pickle that runs code when loaded without weights_only: it creates ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_model_file_that_would_run_code_is_refused(tmp_path):
+    """Model files are loaded with weights_only: whoever can write the root cannot run code."""
+    layout = Layout.at(tmp_path)
+    train, holdout = planted()
+    write_graph(layout, "2026-01-02", train, holdout, 120, 80)
+    artifact = run_teacher(layout, "2026-01-02", cfg(**{"teacher.epochs": 1}))
+    model, payload = load_model(artifact.path)  # a real model loads
+    assert payload["num_users"] == 120
+    marker = tmp_path / "code-ran"
+    tampered = tmp_path / "tampered"
+    tampered.mkdir()
+    torch.save({**payload, "graph_version": _RunsCode(marker)}, tampered / "model.pt")
+    with pytest.raises(Exception, match="Weights only load failed"):
+        load_model(tampered)
+    assert not marker.exists()
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.save({"model": _RunsCode(marker)}, checkpoint)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        train_teacher(train, holdout, 120, 80, cfg(**{"teacher.epochs": 1}), None, checkpoint)
+    assert not marker.exists()
