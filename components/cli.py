@@ -50,15 +50,16 @@ def _days(start: str, count: int) -> list[str]:
 
 
 def cli_run_key_for(stage: str, layout: Layout, day: str, run_key: str | None) -> str:
-    """The run a CLI stage belongs to: ``--run-key``; else a new run for a stage that starts one,
-    the day's latest run for a stage that continues one (gate, register, promote, report)."""
+    """The run a CLI stage belongs to: ``--run-key``; else a new run for a stage that starts one.
+    A stage that continues a run (gate, register, promote, report) needs its key: continuing "the
+    day's latest run" made two runs of a day at once both judge one run's candidate."""
     if run_key:
         return run_key_for(run_key)
     if stage in RUN_SCOPED and stage != "evaluate":
         latest = latest_run(layout, day)
-        if latest is None:
-            raise FileNotFoundError(f"no run of {day} to continue: run evaluate first, or pass --run-key")
-        return latest["run_key"]
+        newest = f"the day's newest run is {latest['run_key']}" if latest else f"{day} has no run yet"
+        raise ValueError(f"{stage} continues a run of {day}: pass --run-key with the key evaluate printed "
+                         f"({newest})")
     return cli_run_key()
 
 

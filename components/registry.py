@@ -660,13 +660,15 @@ def _rollback(layout: Layout, reason: str = "rollback", *, fault_hook: FaultHook
 def run_promote(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
                 registration: RegistryResult | dict[str, Any] | None = None,
                 fault_hook: FaultHook | None = None) -> PromotionResult:
-    """Decide the run's registered candidate (``registration``: the register stage's result; the
-    CLI's default is the day's index entry) and record the run's outcome."""
+    """Decide the run's registered candidate (``registration``: the register stage's result;
+    default the candidate the run's own blessing judged, never the day's newest: two runs of a day
+    at once each decide their own candidate) and record the run's outcome."""
     if registration is None:
-        pointer = _day_pointer(layout, day)
-        if not pointer.exists():
-            raise FileNotFoundError(f"run_promote {day}: {pointer} missing (run the register stage first)")
-        registration = read_json(pointer)
+        blessing_path = run_dir(layout, day, run_key) / "blessing.json"
+        if not blessing_path.exists():
+            raise FileNotFoundError(f"run_promote {day}: {blessing_path} missing (run gate and register in run "
+                                    f"{run_key} first)")
+        registration = {"version": read_json(blessing_path)["candidate_version"]}
     elif not isinstance(registration, dict):
         registration = asdict(registration)
     version = registration["version"]

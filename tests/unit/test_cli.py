@@ -69,3 +69,20 @@ def test_a_read_only_root_exits_2_with_the_message(tmp_path, capsys, monkeypatch
     err = capsys.readouterr().err
     assert err.splitlines()[-1].startswith(f"graphdistill run: read-only filesystem: {root}/staging/")
     assert "remount it read-write" in err and "Traceback" not in err
+
+
+def test_a_stage_that_continues_a_run_needs_its_key(tmp_path, capsys):
+    """Two runs of a day at once: a gate without --run-key used to continue the day's newest run,
+    so both runs judged one candidate. Now it names the key to pass."""
+    from components.storage import Layout, mark_latest
+
+    root = str(tmp_path)
+    assert main(["run", "gate", "--day", "2026-01-01", "--root", root]) == 2
+    assert "gate continues a run of 2026-01-01: pass --run-key" in capsys.readouterr().err
+    for run_key in ("cli-first", "cli-second"):  # both evaluated; the second marked the day's newest
+        mark_latest(Layout.at(root), "2026-01-01", run_key)
+    for stage in ("gate", "register", "promote", "report"):
+        assert main(["run", stage, "--day", "2026-01-01", "--root", root]) == 2
+        assert "(the day's newest run is cli-second)" in capsys.readouterr().err
+    assert main(["run", "gate", "--day", "2026-01-01", "--root", root, "--run-key", "cli-first"]) == 2
+    assert "run cli-first of 2026-01-01 has no evaluate result" in capsys.readouterr().err  # its own run

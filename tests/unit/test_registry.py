@@ -557,3 +557,20 @@ def test_a_full_disk_after_the_pointer_moved_says_so_and_the_rerun_reports_promo
     assert f"The champion DID move to {v1.version}" in message and champion(layout).version == v1.version
     again = run_stage("promote", DAYS[1], tiny_config(layout.root), run_key="a", upstream=asdict(v1))
     assert again["promoted"] and read_outcome(layout, DAYS[1], "a")["kind"] == "promoted"
+
+
+def test_promote_without_a_registration_decides_the_runs_own_candidate(env):
+    """Two runs of one day judged two candidates (different baselines); each run's promote decides
+    its own, not the one the day's newest run registered."""
+    layout, cfg = env
+    v0 = judge(layout, cfg, DAYS[0], "a")
+    run_promote(layout, DAYS[0], cfg, run_key="a", registration=v0)
+    v1 = judge(layout, cfg, DAYS[1], "a")
+    first = judge(layout, cfg, DAYS[2], "first")  # judged against v0
+    assert run_promote(layout, DAYS[1], cfg, run_key="a", registration=v1).promoted
+    second = judge(layout, cfg, DAYS[2], "second")  # judged against v1: another candidate, registered last
+    assert first.version != second.version
+    decision = run_promote(layout, DAYS[2], cfg, run_key="first")
+    assert decision.version == first.version and decision.reason.startswith("stale: champion changed")
+    assert run_promote(layout, DAYS[2], cfg, run_key="second").version == second.version
+    assert champion(layout).version == second.version
