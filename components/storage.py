@@ -44,6 +44,9 @@ OUTCOME_FILE = "outcome.json"
 STAGING_PREFIX = ".staging-"
 TMP_SUFFIX = ".tmp"
 REPLACED_SUFFIX = ".replaced"
+# Top-level folders the pipeline writes under the root (see the layout above).
+PIPELINE_FOLDERS = ("staging", "accepted", "quarantine", "features", "graphs", "models", "exports", "engines",
+                    "registry", "reports", "work")
 TIMINGS = "timings.json"
 # Keys that hold wall-clock measurements (train seconds, pairs/s, latency): they differ on every
 # run, so they live in TIMINGS, outside an artifact's content hash (issue 20: a re-run of the
@@ -232,12 +235,13 @@ def tidy(layout: "Layout", started_at: float) -> dict[str, int]:
     staging directories and temporary files that crashed writers left behind (older than
     ``started_at``, a time.time(), and not locked by a live writer). Returns what it did."""
     done = {"restored": 0, "staging_dirs": 0, "temp_files": 0}
-    if not layout.root.exists():
-        return done
-    for aside in layout.root.rglob(f".*{REPLACED_SUFFIX}"):
+    # The pipeline's own folders only: landing belongs to the producers, and the root may hold
+    # other programs' files (the demo's Airflow home is <root>/airflow).
+    folders = [layout.root / name for name in PIPELINE_FOLDERS if (layout.root / name).is_dir()]
+    for aside in [a for folder in folders for a in folder.rglob(f".*{REPLACED_SUFFIX}")]:
         done["restored"] += restore_replaced(aside.with_name(aside.name[1:].removesuffix(REPLACED_SUFFIX)))
     for pattern, kind in ((f"{STAGING_PREFIX}*", "staging_dirs"), (f".*{TMP_SUFFIX}", "temp_files")):
-        for leftover in list(layout.root.rglob(pattern)):
+        for leftover in [p for folder in folders for p in folder.rglob(pattern)]:
             try:
                 stale = leftover.lstat().st_mtime < started_at
             except FileNotFoundError:  # inside a staging dir removed a moment ago

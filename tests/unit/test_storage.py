@@ -95,12 +95,15 @@ def test_tidy_removes_what_crashed_writers_left_and_keeps_what_live_ones_use(tmp
     crashed_file = tmp_path / "reports" / "2024-01-01" / ".outcome.json.abc.tmp"
     crashed_file.parent.mkdir(parents=True)
     crashed_file.write_bytes(b"{")
-    started = time.time() + 1  # both leftovers are older than the task
+    not_ours = tmp_path / "airflow" / ".airflow.cfg.abc.tmp"  # the demo's Airflow home lives in the root
+    not_ours.parent.mkdir()
+    not_ours.write_bytes(b"")
+    started = time.time() + 1  # the leftovers are older than the task
     with staging_dir(models) as live:
         done = tidy(layout, started_at=started)
         assert live.exists()  # a concurrent writer's staging dir is locked: kept
     assert done == {"restored": 0, "staging_dirs": 1, "temp_files": 1}
-    assert not crashed_dir.exists() and not crashed_file.exists()
+    assert not crashed_dir.exists() and not crashed_file.exists() and not_ours.exists()
     fresh = models / ".staging-fresh"
     fresh.mkdir()
     assert tidy(layout, started_at=time.time() - 60)["staging_dirs"] == 0 and fresh.exists()  # newer than the task
