@@ -8,7 +8,8 @@ Layout under ``layout.registry()``::
         seen.npz popularity.npy                              serving: seen items (CSR), fallback
         metrics.json blessing.json lineage.json manifest.json
     candidates/<day>.json    index: which version the day's newest run registered (stages never read it)
-    champion.json            THE pointer: version + the stack of champions it replaced
+    champion.json            THE pointer and decision state: version, the stack of champions it replaced,
+                             the deny-list of rolled-back versions, what moved it, a move number (seq)
     history.jsonl            audit log: promotions (automatic / manual), rollbacks, and candidates
                              blessed but not promoted, each with its reason (one JSON object a line)
 
