@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from components.config import REPO_ROOT
-from components.errors import PermanentStageFailure, StageSkipped
+from components.errors import PermanentStageFailure, StageSkipped, storage_fault
 from components.pipeline import RUN_SCOPED, STAGES, resolve, run_stage
 from components.storage import MANIFEST, Layout, cli_run_key, latest_run, parse_day, read_json, run_dir, run_key_for
 
@@ -50,15 +50,16 @@ def _days(start: str, count: int) -> list[str]:
 
 
 def cli_run_key_for(stage: str, layout: Layout, day: str, run_key: str | None) -> str:
-    """The run a CLI stage belongs to: ``--run-key``; else a new run for a stage that starts one,
-    the day's latest run for a stage that continues one (gate, register, promote, report)."""
+    """The run a CLI stage belongs to: ``--run-key``; else a new run for a stage that starts one.
+    A stage that continues a run (gate, register, promote, report) needs its key: continuing "the
+    day's latest run" made two runs of a day at once both judge one run's candidate."""
     if run_key:
         return run_key_for(run_key)
     if stage in RUN_SCOPED and stage != "evaluate":
         latest = latest_run(layout, day)
-        if latest is None:
-            raise FileNotFoundError(f"no run of {day} to continue: run evaluate first, or pass --run-key")
-        return latest["run_key"]
+        newest = f"the day's newest run is {latest['run_key']}" if latest else f"{day} has no run yet"
+        raise ValueError(f"{stage} continues a run of {day}: pass --run-key with the key evaluate printed "
+                         f"({newest})")
     return cli_run_key()
 
 
@@ -162,7 +163,9 @@ def cmd_history(args: argparse.Namespace) -> int:
 
     for entry in history(Layout.at(args.root)):
         manual = " (by hand)" if entry.get("manual") else ""
-        print(f"{entry.get('at', '?')}  {entry['event']:<12} {entry['version']}{manual}  {entry.get('reason', '')}")
+        recovered = " (logged after a crash)" if entry.get("recovered") else ""
+        print(f"{entry.get('at', '?')}  {entry['event']:<12} {entry['version']}{manual}{recovered}  "
+              f"{entry.get('reason', '')}")
     return 0
 
 
@@ -452,6 +455,12 @@ def main(argv: list[str] | None = None) -> int:
     except (PermanentStageFailure, LookupError, PermissionError, FileNotFoundError, ValueError) as exc:
         # Expected operator errors (nothing to roll back, unblessed version, bad input): one clear line.
         print(f"graphdistill {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # disk full, read-only root, permission denied: one line, not a traceback
+        fault = storage_fault(exc, getattr(args, "root", None) or ".")
+        if fault is None:
+            raise
+        print(f"graphdistill {args.command}: {fault}", file=sys.stderr)
         return 2
 
 

@@ -33,7 +33,8 @@ from components.export import (
     onnxruntime_session,
     parity,
 )
-from components.storage import ArtifactRef, Layout, atomic_write_bytes, read_json, staging_dir, write_json
+from components.storage import (ArtifactRef, Layout, atomic_write_bytes, read_measured_json, staging_dir,
+                                write_measured_json)
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +278,7 @@ class EngineResult:
 
 def load_engine_result(ref: ArtifactRef) -> EngineResult:
     """The EngineResult of a published engine version (engine.json + where things live)."""
-    measured = dict(read_json(Path(ref.path) / RESULT_FILE))
+    measured = dict(read_measured_json(Path(ref.path), RESULT_FILE))
     engine_file = measured.pop("engine_file")
     if engine_file:
         engine_path = Path(ref.path) / engine_file
@@ -363,7 +364,7 @@ def run_convert(layout: Layout, day: str, cfg: PipelineConfig) -> EngineResult:
             "export_version": export_ref.version,
             "build": build,
         }
-        write_json(tmp / RESULT_FILE, measured)
+        write_measured_json(tmp, RESULT_FILE, measured)
         ref = layout.publish(
             KIND,
             day,

@@ -54,6 +54,7 @@ USER_DIR, ITEM_DIR = "data/user_features", "data/item_features"
 LATE_PARTITION_DAYS = 2
 EVENT_COLUMNS = ["user_id", "item_id", "ts", "weight"]
 TS_TYPE = pa.timestamp("us", tz="UTC")
+REGISTRY_STORE = "components.feast_registry.AtomicFileRegistryStore"
 
 
 @dataclass(frozen=True)
@@ -212,10 +213,12 @@ def sync_feature_repo(layout: Layout, source: Path = FEATURE_REPO) -> Path:
 
 
 def repo_config_data(repo: Path, cfg: PipelineConfig) -> dict[str, Any]:
-    """feature_store.yaml as a mapping, with the online store chosen by ``cfg.features``."""
+    """feature_store.yaml as a mapping, with the online store chosen by ``cfg.features`` and the
+    registry written atomically (components.feast_registry)."""
     import yaml
 
     data = yaml.safe_load((repo / "feature_store.yaml").read_text())
+    data["registry"] = {"registry_type": "file", "path": data["registry"], "registry_store_type": REGISTRY_STORE}
     if cfg.features.online_store == "redis":
         data["online_store"] = {"type": "redis", "connection_string": cfg.features.redis_connection_string}
     return data

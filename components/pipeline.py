@@ -9,12 +9,14 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 from components.config import DEFAULT_CONFIG_FILE, PipelineConfig, load_config
-from components.errors import PermanentStageFailure, StageSkipped
-from components.storage import Layout, cli_run_key, mark_latest, parse_day, record_outcome, run_dir, write_json
+from components.errors import PermanentStageFailure, StageSkipped, storage_fault
+from components.storage import (Layout, cli_run_key, mark_latest, parse_day, record_outcome, run_dir, tidy,
+                                write_json)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ def run_stage(name: str, day: str, cfg: PipelineConfig, *, run_key: str | None =
     layout = Layout.at(cfg.root)
     run_key = run_key or cli_run_key()
     try:
+        tidy(layout, started_at=time.time())
         if name in RUN_SCOPED:
             keyword = RUN_SCOPED[name]
             result = run(layout, day, cfg, run_key=run_key, **({keyword: upstream} if keyword else {}))
@@ -75,6 +78,11 @@ def run_stage(name: str, day: str, cfg: PipelineConfig, *, run_key: str | None =
         if name == "validate":
             record_outcome(layout, day, run_key, "quarantined", f"validation failed: {exc}")
         raise
+    except Exception as exc:  # disk full, read-only root, permission denied: a message, no retries
+        fault = storage_fault(exc, layout.root)
+        if fault is None:
+            raise
+        raise fault from exc
     payload = dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result
     # The run's own record of each stage's result: the demo summary and ops read it back.
     write_json(run_dir(layout, day, run_key) / "stages" / f"{name}.json", payload)

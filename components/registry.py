@@ -8,7 +8,8 @@ Layout under ``layout.registry()``::
         seen.npz popularity.npy                              serving: seen items (CSR), fallback
         metrics.json blessing.json lineage.json manifest.json
     candidates/<day>.json    index: which version the day's newest run registered (stages never read it)
-    champion.json            THE pointer: version + the stack of champions it replaced
+    champion.json            THE pointer and decision state: version, the stack of champions it replaced,
+                             the deny-list of rolled-back versions, what moved it, a move number (seq)
     history.jsonl            audit log: promotions (automatic / manual), rollbacks, and candidates
                              blessed but not promoted, each with its reason (one JSON object a line)
 
@@ -20,11 +21,16 @@ checks (recorded as manual; it lifts a rollback). The baseline of day D (``champ
 champion that served before D: the newest promotion of a version of an earlier day (so trained on a
 window that ends before D), ignoring versions rolled back since (unless re-promoted by hand).
 
-Crash safety: a version directory is staged and renamed into place (complete or absent); the
-champion moves by one atomic write-temp-and-rename of champion.json, which names only complete
-versions, so a crash at any point leaves the old or the new champion, complete. champion.json
-carries its own rollback stack, so the pointer never depends on the history file; the history is
-appended after the rename, and a missing entry (crash in between) is repaired on the next write.
+Crash safety: a version directory is staged and renamed into place (complete or absent). Every
+decision that later decisions depend on lives in champion.json, moved by one atomic
+write-temp-and-rename: the champion, the stack of champions it replaced, the deny-list of
+rolled-back versions, what moved it (promote / rollback, by which run) and a sequence number that
+grows by one per move. A crash at any point therefore leaves the old or the new record, whole, and
+a rollback cannot be lost. The history is the audit copy: each move appends the entry derived from
+the record (same ``seq``); a crash between the rename and the append is repaired on the next write
+by appending that same entry (marked recovered), so a repaired rollback is still a rollback. An
+append that fails midway (disk full) is truncated back, and a torn tail left by a kill is cut off
+before the next append, so a torn line never swallows the entry after it.
 """
 
 from __future__ import annotations
@@ -44,8 +50,9 @@ from typing import Any
 import numpy as np
 
 from components.config import PipelineConfig
-from components.storage import (MANIFEST, Layout, code_version, read_json, record_outcome, run_dir, staging_dir,
-                                write_json)
+from components.errors import StorageFault, storage_fault
+from components.storage import (MANIFEST, Layout, code_version, read_json, read_outcome, record_outcome, run_dir,
+                                staging_dir, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +62,9 @@ STATUS_BLESSED = "blessed"
 STATUS_REJECTED = "rejected"
 STATUS_INCONCLUSIVE = "inconclusive"
 STATUSES = (STATUS_BLESSED, STATUS_REJECTED, STATUS_INCONCLUSIVE)
-POINTER_EVENTS = ("promote", "rollback", "recovered")
+POINTER_EVENTS = ("promote", "rollback")
+# Pointer moves logged before champion.json carried its sequence number ("recovered": a repaired move).
+_LEGACY_POINTER_EVENTS = (*POINTER_EVENTS, "recovered")
 # Files copied from artifacts into a version: (artifact, file, required).
 MODEL_FILES = ("embeddings.npz", "model.pt")
 
@@ -83,6 +92,9 @@ class ChampionRef:
     promoted_at: str
     reason: str
     previous: tuple[str, ...]  # champions it replaced, oldest first (the rollback stack)
+    seq: int = 0  # pointer moves so far (the history's entry for this move carries the same number)
+    event: str = "promote"  # what moved the pointer here: "promote" | "rollback"
+    rolled_back: tuple[str, ...] = ()  # versions a rollback took away and no hand promotion restored
 
 
 @dataclass(frozen=True)
@@ -118,17 +130,42 @@ def champion(layout: Layout) -> ChampionRef | None:
 
 def champion_in(registry_root: str | Path) -> ChampionRef | None:
     """The champion of a registry folder (serving reads a registry without a pipeline layout)."""
-    path = Path(registry_root) / CHAMPION_FILE
+    record = _pointer_record(Path(registry_root))
+    if record is None:
+        return None
+    return ChampionRef(
+        version=record["version"],
+        path=str(Path(registry_root) / "versions" / record["version"]),
+        promoted_at=record["promoted_at"],
+        reason=record["reason"],
+        previous=tuple(record["previous"]),
+        seq=record["seq"],
+        event=record["event"],
+        rolled_back=tuple(sorted(record["rolled_back"])),
+    )
+
+
+def _pointer_record(registry_root: Path) -> dict[str, Any] | None:
+    """champion.json as written by ``_move_pointer``; the source of truth of every decision."""
+    path = registry_root / CHAMPION_FILE
     if not path.exists():
         return None
-    data = read_json(path)
-    return ChampionRef(
-        version=data["version"],
-        path=str(Path(registry_root) / "versions" / data["version"]),
-        promoted_at=data["promoted_at"],
-        reason=data["reason"],
-        previous=tuple(data.get("previous", ())),
-    )
+    record = read_json(path)
+    if "seq" not in record:  # written before the pointer carried its deny-list: rebuild it from the history once
+        entries = _history_in(registry_root)
+        record = {**record, "seq": sum(e.get("event") in _LEGACY_POINTER_EVENTS for e in entries),
+                  "rolled_back": _legacy_deny_list(entries), "run_key": None, "replaced": None}
+    return record
+
+
+def _legacy_deny_list(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        if entry.get("event") == "rollback" and entry.get("previous"):
+            out[entry["previous"]] = {"at": entry["at"], "reason": entry["reason"]}
+        elif entry.get("event") == "promote" and entry.get("manual"):
+            out.pop(entry["version"], None)
+    return out
 
 
 def version_manifest(layout: Layout, version: str) -> dict[str, Any]:
@@ -158,36 +195,33 @@ def _version_ref(layout: Layout, version: str, reason: str) -> ChampionRef:
                        previous=())
 
 
-def rolled_back(layout: Layout, entries: list[dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
-    """Versions taken away by a rollback and not re-promoted by hand since: version -> rollback entry."""
-    out: dict[str, dict[str, Any]] = {}
-    for entry in history(layout) if entries is None else entries:
-        if entry.get("event") == "rollback" and entry.get("previous"):
-            out[entry["previous"]] = entry
-        elif entry.get("event") == "promote" and entry.get("manual"):
-            out.pop(entry["version"], None)
-    return out
+def rolled_back(layout: Layout) -> dict[str, dict[str, Any]]:
+    """Versions taken away by a rollback and not re-promoted by hand since: version -> {at, reason}."""
+    record = _pointer_record(layout.registry())
+    return dict(record["rolled_back"]) if record else {}
 
 
 def champion_as_of(layout: Layout, day: str) -> tuple[ChampionRef | None, str]:
     """The baseline of a run for ``day``: the champion that served before ``day``.
 
-    The newest promotion in the history (automatic or manual) of a version of an earlier day that
-    was not rolled back since. A version registered for day X trained on a window ending X-1 and
-    was judged on X, so an earlier day's version never saw ``day``; later days' promotions do not
-    change it, so re-running ``day`` reproduces its judgement. Returns (ref, why)."""
-    entries = history(layout)
-    taken_back = rolled_back(layout, entries)
-    for entry in reversed(entries):
-        if entry.get("event") not in ("promote", "recovered") or entry["version"] in taken_back:
-            continue
-        try:
-            vday = version_day(layout, entry["version"])
-        except FileNotFoundError:  # a version removed by hand is nobody's baseline
-            continue
-        if vday < day:
-            return (_version_ref(layout, entry["version"], "champion as of the day"),
-                    f"champion as of {day}: newest promotion of an earlier day's version ({vday}, {entry['at']})")
+    The newest promotion (automatic or manual) of a version of an earlier day that was not rolled
+    back since: the champion, then the champions it replaced newest first (every promotion pushes
+    the champion it replaces; a rollback pops and deny-lists it). A version registered for day X
+    trained on a window ending X-1 and was judged on X, so an earlier day's version never saw
+    ``day``; later days' promotions do not change it, so re-running ``day`` reproduces its
+    judgement. Read from champion.json alone, so a lost history line cannot change it. Returns (ref, why)."""
+    record = _pointer_record(layout.registry())
+    if record is not None:
+        for version in (record["version"], *reversed(record["previous"])):
+            if version in record["rolled_back"]:
+                continue
+            try:
+                vday = version_day(layout, version)
+            except FileNotFoundError:  # a version removed by hand is nobody's baseline
+                continue
+            if vday < day:
+                return (_version_ref(layout, version, "champion as of the day"),
+                        f"champion as of {day}: newest promotion of an earlier day's version ({version} of {vday})")
     return None, f"no version of a day before {day} was ever promoted (bootstrap)"
 
 
@@ -199,8 +233,12 @@ def list_versions(layout: Layout) -> list[str]:
 
 
 def history(layout: Layout) -> list[dict[str, Any]]:
-    """History entries; a torn last line (crash mid-append) is ignored."""
-    path = layout.registry() / HISTORY_FILE
+    return _history_in(layout.registry())
+
+
+def _history_in(registry_root: Path) -> list[dict[str, Any]]:
+    """History entries; a torn line (a kill mid-append, cut off before the next append) is ignored."""
+    path = registry_root / HISTORY_FILE
     if not path.exists():
         return []
     entries = []
@@ -357,27 +395,88 @@ def run_register(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
 # --- promotion ------------------------------------------------------------------------------
 
 
-def _append_history(layout: Layout, entry: dict[str, Any]) -> None:
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _append_history(layout: Layout, entry: dict[str, Any], fault_hook: FaultHook | None = None) -> None:
+    """Append one JSON line. A torn tail (a kill mid-append) is cut off first and a failed append
+    (disk full) is truncated back, so a partial line never prefixes, and swallows, the next entry."""
     path = layout.registry() / HISTORY_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        handle.write(json.dumps(entry, sort_keys=True) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        end = _cut_torn_tail(fd, path)
+        try:
+            _write_all(fd, (json.dumps(entry, sort_keys=True) + "\n").encode())
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, end)
+            raise
+    finally:
+        os.close(fd)
+    if fault_hook:
+        fault_hook("history_appended")
 
 
-def _repair_history(layout: Layout) -> None:
-    """A crash after the pointer rename but before the history append leaves the log one entry
-    short; record the pointer's move as recovered so the audit log matches the pointer."""
-    champ = champion(layout)
-    if champ is None:
-        return
-    moves = [e for e in history(layout) if e.get("event") in POINTER_EVENTS]
-    if not moves or moves[-1].get("version") != champ.version:
-        _append_history(layout, {"event": "recovered", "version": champ.version, "at": _now(),
-                                 "previous": champ.previous[-1] if champ.previous else None,
-                                 "reason": f"pointer moved before a crash: {champ.reason}"})
-        log.warning("registry: history repaired, champion %s was not logged", champ.version)
+def _cut_torn_tail(fd: int, path: Path) -> int:
+    """Make the history end with a whole line; returns its size. A complete entry that lost only
+    its newline keeps its content; anything else after the last newline is a torn entry."""
+    size = os.fstat(fd).st_size
+    content = os.pread(fd, size, 0)
+    if not content or content.endswith(b"\n"):
+        return size
+    cut = content.rfind(b"\n") + 1
+    tail = content[cut:]
+    try:
+        json.loads(tail)
+    except ValueError:
+        log.warning("registry history %s: cutting a torn last line (%d bytes) %r", path, len(tail), tail[:80])
+        os.ftruncate(fd, cut)
+        os.fsync(fd)
+        return cut
+    _write_all(fd, b"\n")
+    return size + 1
+
+
+def _move_entry(record: dict[str, Any]) -> dict[str, Any]:
+    """The history entry of a pointer move: a function of champion.json alone, so the entry
+    written after the move and the one a repair writes after a crash are the same."""
+    return {"event": record["event"], "version": record["version"], "previous": record["replaced"],
+            "at": record["promoted_at"], "reason": record["reason"], "manual": record["manual"],
+            "seq": record["seq"], "run_key": record["run_key"]}
+
+
+def _logged_seq(entries: list[dict[str, Any]]) -> int:
+    seq = 0
+    for entry in entries:
+        if entry.get("event") in _LEGACY_POINTER_EVENTS:
+            seq = entry.get("seq", seq + 1)  # entries logged before moves carried seq count one each
+    return seq
+
+
+def _repair_history(layout: Layout, fault_hook: FaultHook | None = None) -> dict[str, Any] | None:
+    """A crash after the pointer rename but before the history append leaves the log one move
+    short: append the move's own entry (a rollback stays a rollback). Returns the pointer record."""
+    record = _pointer_record(layout.registry())
+    if record is None or _logged_seq(history(layout)) >= record["seq"]:
+        return record
+    _append_history(layout, {**_move_entry(record), "recovered": True}, fault_hook)
+    log.warning("registry: history repaired, the %s of %s (move %d) was not logged", record["event"],
+                record["version"], record["seq"])
+    return record
+
+
+def _log_move(layout: Layout, record: dict[str, Any], fault_hook: FaultHook | None) -> None:
+    """Log a move that already happened: the pointer is the decision, so a failed append (disk
+    full) is reported, not raised, and repaired from the pointer on the next registry write."""
+    try:
+        _append_history(layout, _move_entry(record), fault_hook)
+    except OSError as exc:
+        log.error("registry: %s of %s done, but its history entry was not written (%s); it is repaired from "
+                  "%s on the next registry write", record["event"], record["version"], exc, CHAMPION_FILE)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -388,14 +487,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _move_pointer(layout: Layout, payload: dict[str, Any], fault_hook: FaultHook | None) -> None:
-    """write-temp, fsync, rename: champion.json is the old or the new pointer, never a mix."""
+def _move_pointer(layout: Layout, previous_record: dict[str, Any] | None, move: dict[str, Any],
+                  fault_hook: FaultHook | None) -> dict[str, Any]:
+    """Write the next pointer record (``move``'s fields, seq + 1), fsync, rename: champion.json is
+    the old or the new record, never a mix. Returns the new record."""
     registry = layout.registry()
     registry.mkdir(parents=True, exist_ok=True)
+    record = {**move, "seq": (previous_record["seq"] if previous_record else 0) + 1}
     target = registry / CHAMPION_FILE
     tmp = registry / f".{CHAMPION_FILE}.{os.getpid()}.tmp"
     with tmp.open("w") as handle:
-        handle.write(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        handle.write(json.dumps(record, indent=2, sort_keys=True) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
     if fault_hook:
@@ -404,6 +506,7 @@ def _move_pointer(layout: Layout, payload: dict[str, Any], fault_hook: FaultHook
     _fsync_dir(registry)
     if fault_hook:
         fault_hook("after_pointer_rename")
+    return record
 
 
 @contextmanager
@@ -439,29 +542,31 @@ def _check_blessed(layout: Layout, version: str) -> dict[str, Any]:
     return manifest
 
 
-def _promote(layout: Layout, version: str, reason: str, *, manual: bool,
+def _promote(layout: Layout, version: str, reason: str, *, manual: bool, run_key: str | None = None,
              fault_hook: FaultHook | None = None) -> PromotionResult:
     """Make ``version`` the champion. Refuses unblessed or incomplete versions; promoting the
     current champion is a no-op. ``fault_hook(step)`` is called at each step (crash tests)."""
     day = _check_blessed(layout, version)["day"]
-    _repair_history(layout)
-    current = champion(layout)
-    if current is not None and current.version == version:
+    current = _repair_history(layout, fault_hook)
+    if current is not None and current["version"] == version:
         log.info("promote: %s is already the champion; nothing to do", version)
         return PromotionResult(day=day, version=version, promoted=False, champion_version=version,
                                previous_champion=version, reason="already champion", outcome="not_promoted")
     if fault_hook:
         fault_hook("validated")
-    previous = list(current.previous) + [current.version] if current else []
-    at = _now()
-    _move_pointer(layout, {"version": version, "promoted_at": at, "reason": reason, "event": "promote",
-                           "manual": manual, "previous": previous}, fault_hook)
-    _append_history(layout, {"event": "promote", "version": version, "previous": current.version if current else None,
-                             "at": at, "reason": reason, "manual": manual})
-    log.info("promote: champion %s -> %s (%s%s)", current.version if current else "none", version, reason,
+    previous = [*current["previous"], current["version"]] if current else []
+    denied = dict(current["rolled_back"]) if current else {}
+    if manual:  # an operator's promotion lifts the version's rollback
+        denied.pop(version, None)
+    record = _move_pointer(layout, current, {
+        "version": version, "promoted_at": _now(), "reason": reason, "event": "promote", "manual": manual,
+        "previous": previous, "replaced": current["version"] if current else None, "rolled_back": denied,
+        "run_key": run_key}, fault_hook)
+    _log_move(layout, record, fault_hook)
+    log.info("promote: champion %s -> %s (%s%s)", record["replaced"] or "none", version, reason,
              ", by hand" if manual else "")
     return PromotionResult(day=day, version=version, promoted=True, champion_version=version,
-                           previous_champion=current.version if current else None, reason=reason, outcome="promoted")
+                           previous_champion=record["replaced"], reason=reason, outcome="promoted")
 
 
 def ineligibility(layout: Layout, version: str, day: str, judged_against: str | None) -> str | None:
@@ -489,58 +594,82 @@ def ineligibility(layout: Layout, version: str, day: str, judged_against: str | 
     return None
 
 
-def decide_promotion(layout: Layout, version: str, judged_against: str | None, *,
+def _unreported_promotion(layout: Layout, record: dict[str, Any] | None, version: str, day: str,
+                          run_key: str | None) -> bool:
+    """True when the pointer's last move is the automatic promotion of ``version`` and either this
+    run made it (a retry after a crash) or the run that made it never recorded it as promoted: the
+    decision stands, and this call reports it, so the champion Asset event is not lost."""
+    if record is None or record["version"] != version or record["event"] != "promote" or not record["run_key"]:
+        return False
+    if record["run_key"] == run_key:
+        return True
+    mover = read_outcome(layout, day, record["run_key"])
+    return not (mover and mover["kind"] == "promoted" and mover["candidate"] == version)
+
+
+def decide_promotion(layout: Layout, version: str, judged_against: str | None, *, run_key: str | None = None,
                      fault_hook: FaultHook | None = None) -> PromotionResult:
     """Compare-and-swap promotion of a blessed candidate, under the registry lock: promoted only if
     the champion is still ``judged_against``, the candidate's day is newer than the champion's and
     it was not rolled back. Otherwise the champion is untouched and the decision is logged in the
-    history as not_promoted with its reason."""
+    history as not_promoted with its reason. A promotion already made by ``run_key`` (or by a run
+    that crashed before recording it) is reported as promoted again, without a second move."""
     with _pointer_lock(layout):
         day = _check_blessed(layout, version)["day"]
-        _repair_history(layout)
-        current = champion(layout)
+        record = _repair_history(layout, fault_hook)
+        if _unreported_promotion(layout, record, version, day, run_key):
+            log.warning("promote: %s became the champion in run %s before a crash; reporting that promotion",
+                        version, record["run_key"])
+            return PromotionResult(day=day, version=version, promoted=True, champion_version=version,
+                                   previous_champion=record["replaced"], reason=record["reason"],
+                                   outcome="promoted")
         why_not = ineligibility(layout, version, day, judged_against)
         if why_not is None:
             reason = f"blessed on {day} against {judged_against or 'no champion (bootstrap: first champion)'}"
-            return _promote(layout, version, reason, manual=False, fault_hook=fault_hook)
+            return _promote(layout, version, reason, manual=False, run_key=run_key, fault_hook=fault_hook)
+        current = record["version"] if record else None
         _append_history(layout, {"event": "not_promoted", "version": version, "at": _now(), "reason": why_not,
-                                 "judged_against": judged_against, "champion": current.version if current else None})
+                                 "judged_against": judged_against, "champion": current, "run_key": run_key},
+                        fault_hook)
         log.warning("promote: candidate %s blessed but NOT promoted: %s; champion stays %s", version, why_not,
-                    current.version if current else "none")
-        return PromotionResult(day=day, version=version, promoted=False,
-                               champion_version=current.version if current else None,
-                               previous_champion=current.version if current else None, reason=why_not,
-                               outcome="not_promoted")
+                    current or "none")
+        return PromotionResult(day=day, version=version, promoted=False, champion_version=current,
+                               previous_champion=current, reason=why_not, outcome="not_promoted")
 
 
 def _rollback(layout: Layout, reason: str = "rollback", *, fault_hook: FaultHook | None = None) -> str:
-    """Restore the champion the current one replaced; returns the restored version."""
-    _repair_history(layout)
-    current = champion(layout)
-    if current is None or not current.previous:
+    """Restore the champion the current one replaced and deny-list the current one, in one pointer
+    move; returns the restored version."""
+    current = _repair_history(layout, fault_hook)
+    if current is None or not current["previous"]:
         raise LookupError(f"nothing to roll back to under {layout.registry()}: "
                           f"{'no champion' if current is None else 'the champion has no predecessor'}")
-    target = current.previous[-1]
+    target = current["previous"][-1]
     version_manifest(layout, target)  # must still be complete
     at = _now()
-    _move_pointer(layout, {"version": target, "promoted_at": at, "reason": reason, "event": "rollback",
-                           "previous": list(current.previous[:-1])}, fault_hook)
-    _append_history(layout, {"event": "rollback", "version": target, "previous": current.version, "at": at,
-                             "reason": reason})
-    log.info("rollback: champion %s -> %s (%s)", current.version, target, reason)
+    denied = {**current["rolled_back"], current["version"]: {"at": at, "reason": reason}}
+    denied.pop(target, None)  # the operator restores the target: it serves, so it must not stay denied
+    record = _move_pointer(layout, current, {
+        "version": target, "promoted_at": at, "reason": reason, "event": "rollback", "manual": True,
+        "previous": current["previous"][:-1], "replaced": current["version"], "rolled_back": denied,
+        "run_key": None}, fault_hook)
+    _log_move(layout, record, fault_hook)
+    log.info("rollback: champion %s -> %s (%s)", current["version"], target, reason)
     return target
 
 
 def run_promote(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
                 registration: RegistryResult | dict[str, Any] | None = None,
                 fault_hook: FaultHook | None = None) -> PromotionResult:
-    """Decide the run's registered candidate (``registration``: the register stage's result; the
-    CLI's default is the day's index entry) and record the run's outcome."""
+    """Decide the run's registered candidate (``registration``: the register stage's result;
+    default the candidate the run's own blessing judged, never the day's newest: two runs of a day
+    at once each decide their own candidate) and record the run's outcome."""
     if registration is None:
-        pointer = _day_pointer(layout, day)
-        if not pointer.exists():
-            raise FileNotFoundError(f"run_promote {day}: {pointer} missing (run the register stage first)")
-        registration = read_json(pointer)
+        blessing_path = run_dir(layout, day, run_key) / "blessing.json"
+        if not blessing_path.exists():
+            raise FileNotFoundError(f"run_promote {day}: {blessing_path} missing (run gate and register in run "
+                                    f"{run_key} first)")
+        registration = {"version": read_json(blessing_path)["candidate_version"]}
     elif not isinstance(registration, dict):
         registration = asdict(registration)
     version = registration["version"]
@@ -557,7 +686,18 @@ def run_promote(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
                                  previous_champion=current.version if current else None,
                                  reason=blessing["reason"], outcome=manifest["status"])
     else:
-        result = decide_promotion(layout, version, blessing["champion_version"], fault_hook=fault_hook)
-    record_outcome(layout, day, run_key, result.outcome, result.reason, candidate=version,
-                   champion_before=result.previous_champion, champion_after=result.champion_version, metrics=metrics)
+        result = decide_promotion(layout, version, blessing["champion_version"], run_key=run_key,
+                                  fault_hook=fault_hook)
+    try:
+        record_outcome(layout, day, run_key, result.outcome, result.reason, candidate=version,
+                       champion_before=result.previous_champion, champion_after=result.champion_version,
+                       metrics=metrics)
+    except OSError as exc:
+        fault = storage_fault(exc, layout.root)
+        if fault is None or not result.promoted:
+            raise
+        raise StorageFault(f"{fault}. The champion DID move to {version}; once fixed, re-run promote for {day} "
+                           f"(run {run_key}): it records the outcome and announces the champion") from exc
+    if fault_hook:
+        fault_hook("outcome_recorded")
     return PromotionResult(**{**asdict(result), "day": day})

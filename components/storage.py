@@ -21,8 +21,10 @@ Versions are content hashes, so a re-run with the same inputs lands on the same 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -32,11 +34,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 OUTCOME_FILE = "outcome.json"
+STAGING_PREFIX = ".staging-"
+TMP_SUFFIX = ".tmp"
+REPLACED_SUFFIX = ".replaced"
+# Top-level folders the pipeline writes under the root (see the layout above).
+PIPELINE_FOLDERS = ("staging", "accepted", "quarantine", "features", "graphs", "models", "exports", "engines",
+                    "registry", "reports", "work")
+TIMINGS = "timings.json"
+# Keys that hold wall-clock measurements (train seconds, pairs/s, latency): they differ on every
+# run, so they live in TIMINGS, outside an artifact's content hash (issue 20: a re-run of the
+# teacher made a new version each time because metrics.json held its seconds).
+_WALL_CLOCK = re.compile(r"seconds|_per_s$|^latency_ms$")
 LATEST_FILE = "latest.json"
 # What a run decided, as the CLI, the report and the Airflow UI show it.
 OUTCOME_KINDS = ("promoted", "rejected", "inconclusive", "not_promoted", "skipped", "quarantined")
@@ -84,43 +99,162 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def split_timings(doc: Any) -> tuple[Any, Any]:
+    """(``doc`` without its wall-clock keys, those keys in the same nesting or None)."""
+    if isinstance(doc, dict):
+        kept, timed = {}, {}
+        for key, value in doc.items():
+            if _WALL_CLOCK.search(key):
+                timed[key] = value
+            else:
+                kept[key], inner = split_timings(value)
+                if inner:
+                    timed[key] = inner
+        return kept, timed or None
+    if isinstance(doc, list):
+        pairs = [split_timings(value) for value in doc]
+        timed = [t for _, t in pairs]
+        return [k for k, _ in pairs], timed if any(timed) else None
+    return doc, None
+
+
+def _with_timings(doc: Any, timed: Any) -> Any:
+    if timed is None:
+        return doc
+    if isinstance(doc, dict):
+        return {**{k: _with_timings(v, timed.get(k)) for k, v in doc.items()},
+                **{k: v for k, v in timed.items() if k not in doc}}
+    if isinstance(doc, list):
+        return [_with_timings(d, t) for d, t in zip(doc, timed)]
+    return timed
+
+
+def write_measured_json(directory: Path, name: str, payload: Any) -> None:
+    """Write ``payload`` as ``directory/name`` and its wall-clock values into ``directory/TIMINGS``
+    (under ``name``), which ``Layout.publish`` leaves out of the version hash."""
+    kept, timed = split_timings(payload)
+    write_json(directory / name, kept)
+    if timed:
+        path = directory / TIMINGS
+        write_json(path, {**(read_json(path) if path.exists() else {}), name: timed})
+
+
+def read_measured_json(directory: Path, name: str) -> Any:
+    """``directory/name`` with its wall-clock values from TIMINGS put back."""
+    doc = read_json(Path(directory) / name)
+    timings = Path(directory) / TIMINGS
+    return _with_timings(doc, read_json(timings).get(name)) if timings.exists() else doc
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary sibling, fsync, then rename: readers see old or new, never half."""
+    """Write to a temporary sibling, fsync, then rename: readers see old or new, never half. The
+    temporary file is locked while written (``tidy`` removes only unlocked ones) and removed on failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{TMP_SUFFIX}")
+    try:
+        with tmp.open("wb") as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+            os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @contextmanager
 def staging_dir(parent: Path) -> Iterator[Path]:
-    """A temporary directory on the same filesystem as ``parent`` (so a rename is atomic)."""
+    """A temporary directory on the same filesystem as ``parent`` (so a rename is atomic), locked
+    while in use so that ``tidy`` in another process leaves it alone."""
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=parent))
+    tmp = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent))
+    fd = os.open(tmp, os.O_RDONLY)
     try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
         yield tmp
     finally:
+        os.close(fd)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def replace_dir(src: Path, dest: Path) -> None:
-    """Atomically put directory ``src`` at ``dest``, replacing whatever was there.
+def _set_aside(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}{REPLACED_SUFFIX}")
 
-    Two renames: the old directory is moved aside first, so at every instant ``dest`` is either
-    the complete old or the complete new directory (or, for one rename's time, absent).
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    trash = None
+
+def restore_replaced(dest: Path) -> bool:
+    """Finish a ``replace_dir`` a crash interrupted: put the old directory back where the new one
+    never arrived (True), or drop the old one where it did. The day is never left missing."""
+    aside = _set_aside(dest)
+    if not aside.exists():
+        return False
     if dest.exists():
-        trash = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex}")
-        os.replace(dest, trash)
+        shutil.rmtree(aside, ignore_errors=True)
+        return False
+    os.replace(aside, dest)
+    log.warning("%s: restored the previous version (a replacement was interrupted between its renames)", dest)
+    return True
+
+
+def replace_dir(src: Path, dest: Path, *, fault_hook: Callable[[str], None] | None = None) -> None:
+    """Put directory ``src`` at ``dest``, replacing whatever was there.
+
+    Two renames: the old directory is moved aside under a fixed name first; a crash between them
+    leaves ``dest`` absent for a moment only: ``restore_replaced`` (run here, by ``tidy`` at every
+    stage's start and by ``Layout.accepted_days``) puts the old one back, so readers find the
+    complete old or the complete new directory."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    restore_replaced(dest)
+    aside = _set_aside(dest)
+    if dest.exists():
+        os.replace(dest, aside)
+    if fault_hook:
+        fault_hook("old_set_aside")
     os.replace(src, dest)
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _unused(path: Path) -> bool:
+    """True when no process holds the lock of ``path`` (a staging dir or a temporary file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def tidy(layout: "Layout", started_at: float) -> dict[str, int]:
+    """At a task's start: put back directories an interrupted ``replace_dir`` set aside, and remove
+    staging directories and temporary files that crashed writers left behind (older than
+    ``started_at``, a time.time(), and not locked by a live writer). Returns what it did."""
+    done = {"restored": 0, "staging_dirs": 0, "temp_files": 0}
+    # The pipeline's own folders only: landing belongs to the producers, and the root may hold
+    # other programs' files (the demo's Airflow home is <root>/airflow).
+    folders = [layout.root / name for name in PIPELINE_FOLDERS if (layout.root / name).is_dir()]
+    for aside in [a for folder in folders for a in folder.rglob(f".*{REPLACED_SUFFIX}")]:
+        done["restored"] += restore_replaced(aside.with_name(aside.name[1:].removesuffix(REPLACED_SUFFIX)))
+    for pattern, kind in ((f"{STAGING_PREFIX}*", "staging_dirs"), (f".*{TMP_SUFFIX}", "temp_files")):
+        for leftover in [p for folder in folders for p in folder.rglob(pattern)]:
+            try:
+                stale = leftover.lstat().st_mtime < started_at
+            except FileNotFoundError:  # inside a staging dir removed a moment ago
+                continue
+            if stale and _unused(leftover):
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
+                done[kind] += 1
+    if any(done.values()):
+        log.warning("tidy %s: %s", layout.root, done)
+    return done
 
 
 def run_key_for(run_id: str) -> str:
@@ -236,9 +370,13 @@ class Layout:
         return self.root / kind
 
     def accepted_days(self) -> list[str]:
+        """Days with a complete accepted partition; a day whose re-validation was interrupted
+        between its two renames is put back first, so it never drops out of a training window."""
         base = self.root / "accepted"
         if not base.exists():
             return []
+        for aside in base.glob(f".date=*{REPLACED_SUFFIX}"):
+            restore_replaced(base / aside.name[1:].removesuffix(REPLACED_SUFFIX))
         return sorted(p.name.split("=", 1)[1] for p in base.glob("date=*") if (p / MANIFEST).exists())
 
     # --- versioned artifacts -------------------------------------------------------------
@@ -253,12 +391,12 @@ class Layout:
     ) -> ArtifactRef:
         """Publish ``build_dir`` as an immutable version of ``kind`` for ``day``.
 
-        The version is the content hash of the files; publishing identical content again is a
-        no-op. The day's CURRENT pointer is then moved to this version atomically. Pass
+        The version is the content hash of the files (TIMINGS excluded: wall-clock values
+        differ run to run); publishing identical content again is a no-op. The day's CURRENT pointer is then moved to this version atomically. Pass
         ``version`` when a file's bytes are not deterministic (e.g. DGL's graph.bin): it must then
         be a hash of the artifact's canonical content.
         """
-        version = version or hash_dir(build_dir)
+        version = version or hash_dir(build_dir, exclude=(MANIFEST, TIMINGS))
         day_dir = self.artifacts(kind) / day
         final = day_dir / version
         full_manifest = {

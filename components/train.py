@@ -43,7 +43,7 @@ from components.models.lightgcn import (
 )
 from components.models.losses import bpr_loss, ego_l2
 from components.models.sampling import positive_keys, sample_epoch
-from components.storage import Layout, read_json, staging_dir, write_json
+from components.storage import Layout, read_json, staging_dir, write_measured_json
 from components.teacher import FILTER_FILE, fit_graph_filter, graph_filter_teacher, lightgcn_teacher, write_graph_filter
 
 log = logging.getLogger(__name__)
@@ -85,8 +85,9 @@ def load_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_model(path: str | Path) -> tuple[LightGCN, dict]:
-    """The LightGCN (ego embeddings) and checkpoint payload of a model artifact directory."""
-    payload = torch.load(Path(path) / "model.pt", map_location="cpu", weights_only=False)
+    """The LightGCN (ego embeddings) and checkpoint payload of a model artifact directory. Loaded
+    with weights_only: anyone who can write the root must not be able to run code through a pickle."""
+    payload = torch.load(Path(path) / "model.pt", map_location="cpu", weights_only=True)
     return LightGCN.from_checkpoint(payload), payload
 
 
@@ -207,7 +208,7 @@ def fit_lightgcn(
     best_state: dict | None = None
     best_val: dict[str, float] = {}
     if checkpoint_path is not None and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history, best_state, best_val = state["history"], state["best_state"], state["best_val"]
@@ -332,8 +333,8 @@ def write_model_files(out: Path, model: LightGCN, user_emb: torch.Tensor, item_e
     np.savez(out / "embeddings.npz", user=user_emb.cpu().numpy().astype(np.float32),
              item=item_emb.cpu().numpy().astype(np.float32))
     sizes = {"model_pt": (out / "model.pt").stat().st_size, "embeddings_npz": (out / "embeddings.npz").stat().st_size}
-    write_json(out / "metrics.json", {**metrics, "bytes": sizes})
-    write_json(out / "history.json", history)
+    write_measured_json(out, "metrics.json", {**metrics, "bytes": sizes})
+    write_measured_json(out, "history.json", history)
     return sizes
 
 
@@ -428,8 +429,9 @@ def run_teacher(layout: Layout, day: str, cfg: PipelineConfig) -> ModelArtifact:
     with staging_dir(layout.artifacts(KIND)) as tmp:
         if tcfg.kind == "graph_filter":
             write_graph_filter(tmp, graph_filter, cfg)
-            write_json(tmp / "metrics.json", {**metrics, "bytes": {"filter_npz": (tmp / FILTER_FILE).stat().st_size}})
-            write_json(tmp / "history.json", history)
+            write_measured_json(tmp, "metrics.json",
+                                {**metrics, "bytes": {"filter_npz": (tmp / FILTER_FILE).stat().st_size}})
+            write_measured_json(tmp, "history.json", history)
         else:
             write_model_files(tmp, trained.model, user_emb, item_emb, graph_ref.version, metrics, history)
         metrics = read_json(tmp / "metrics.json")

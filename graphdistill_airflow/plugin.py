@@ -1,7 +1,8 @@
 """The GraphDistill Airflow UI plugin: a night's decision and its reports one click from the run.
 
 A FastAPI app mounted by the api-server at ``/graphdistill`` (behind Airflow's auth: the UI's
-session cookie or an API bearer token, and the user's read access to the DAG's runs):
+session cookie or an API bearer token, and the user's read access to the nightly's runs; other
+DAG ids get 404):
 
     /graphdistill/runs/{dag_id}/{run_id}                 the run's outcome (HTML; ``.json`` for machines)
     /graphdistill/runs/{dag_id}/{run_id}/report.html     the run report (gates, curves) and its PNGs
@@ -38,7 +39,9 @@ GATE_HEADINGS = {"rejected": "Gates that failed (or could not decide)", "inconcl
                  "not_promoted": "Gates that did not pass"}
 
 app = FastAPI(title="GraphDistill", description="Nightly outcomes, run reports and the champion")
-ReadRun = Depends(requires_access_dag(method="GET", access_entity=DagAccessEntity.RUN))
+# Every page serves the nightly's records, so access is checked for the nightly, whatever DAG id
+# the URL names (a reader of another DAG with matching run ids must not read quarantined rows).
+ReadRun = Depends(requires_access_dag(method="GET", access_entity=DagAccessEntity.RUN, param_dag_id=NIGHTLY_DAG_ID))
 
 
 def _dag_run(dag_id: str, run_id: str) -> Any:
@@ -61,6 +64,8 @@ def _run_context(dag_id: str, run_id: str) -> tuple[Any, str]:
     from components.outcome import RunDayError, run_day
     from components.storage import Layout
 
+    if dag_id != NIGHTLY_DAG_ID:
+        raise HTTPException(404, f"GraphDistill records belong to DAG {NIGHTLY_DAG_ID!r}, not {dag_id!r}")
     run = _dag_run(dag_id, run_id)
     conf = run.conf or {}
     try:
@@ -183,9 +188,7 @@ def report_file(dag_id: str, run_id: str, name: str) -> FileResponse:
     return FileResponse(path)
 
 
-@app.get("/models", dependencies=[Depends(requires_access_dag(method="GET", access_entity=DagAccessEntity.RUN,
-                                                                  param_dag_id=NIGHTLY_DAG_ID))],
-         response_class=HTMLResponse)
+@app.get("/models", dependencies=[ReadRun], response_class=HTMLResponse)
 def models_page(limit: Annotated[int, "recent runs to list"] = 14) -> HTMLResponse:
     from sqlalchemy import select
 

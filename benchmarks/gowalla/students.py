@@ -65,7 +65,7 @@ def teacher_targets_cached(cfg, train, num_users, num_items, cache: Path, need_t
     key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
     file = cache / f"teacher_topk_{key}.pt"
     if file.exists():
-        payload = torch.load(file)
+        payload = torch.load(file, weights_only=True)
         log.info("teacher top-%d loaded from %s (computed in %.0fs)", cfg.distill.kd_topk, file, payload["seconds"])
         return graph_filter, (payload["scores"], payload["items"]), fit_seconds + payload["seconds"]
     tic = time.perf_counter()

@@ -74,6 +74,20 @@ def test_run_convert_falls_back_to_onnxruntime_and_records_why(tmp_path, caplog)
         again = run_convert(layout, "2024-01-08", cfg)
     assert again == result
     assert "already measured" in caplog.text
+    # Measured afresh (export and engine removed), both land on the same versions: the latencies
+    # and build seconds live in timings.json, outside the content hash.
+    import shutil
+
+    from components.export import run_export
+    from components.storage import read_json
+
+    export_version = layout.current("exports", "2024-01-08").version
+    shutil.rmtree(layout.artifacts("exports"))
+    shutil.rmtree(layout.artifacts("engines"))
+    assert run_export(layout, "2024-01-08", cfg).version == export_version
+    remeasured = run_convert(layout, "2024-01-08", cfg)
+    assert remeasured.version == result.version and set(remeasured.latency_ms) == {"1", "4", "16"}
+    assert "latency_ms" not in read_json(f"{remeasured.path}/engine.json")
 
 
 needs_trt = pytest.mark.skipif(not tensorrt_available()[0], reason=f"needs TensorRT + CUDA: {tensorrt_available()[1]}")

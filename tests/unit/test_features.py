@@ -167,7 +167,9 @@ def test_repo_config_selects_redis_from_config(tmp_path):
     repo = sync_feature_repo(Layout.at(tmp_path))
     sqlite = repo_config_data(repo, PipelineConfig())
     assert sqlite["online_store"] == {"type": "sqlite", "path": "data/online.db"}
-    assert sqlite["registry"] == "data/registry.db" and sqlite["entity_key_serialization_version"] == 3
+    assert sqlite["registry"] == {"registry_type": "file", "path": "data/registry.db",
+                                  "registry_store_type": "components.feast_registry.AtomicFileRegistryStore"}
+    assert sqlite["entity_key_serialization_version"] == 3
     redis_cfg = PipelineConfig(features={"online_store": "redis", "redis_connection_string": "redis:6380,db=1"})
     redis = repo_config_data(repo, redis_cfg)
     assert redis["online_store"] == {"type": "redis", "connection_string": "redis:6380,db=1"}
@@ -264,6 +266,78 @@ def test_feast_cli_applies_a_copy_of_the_pipeline_repo_from_another_directory(pi
     features = [f"user_activity:{name}" for name in [*USER_FEATURES, "recent_items"]]
     users = store.get_online_features(features=features, entity_rows={"user_id": ALL_USERS}).to_df()
     pd.testing.assert_frame_equal(users[online["d3"][0].columns], online["d3"][0])
+
+
+class Killed(Exception):
+    pass
+
+
+class _KilledWhileSerializing:
+    """A registry proto whose bytes never come: a kill at the instant the registry is written."""
+
+    def __init__(self, proto):
+        self._proto = proto
+
+    def __getattr__(self, name):
+        return getattr(self._proto, name)
+
+    def SerializeToString(self):  # noqa: N802 (protobuf's name)
+        raise Killed("killed while writing the registry")
+
+
+@pytest.mark.parametrize("store_class, survives", [("feast", False), ("atomic", True)])
+def test_a_kill_while_the_registry_is_written_leaves_the_last_registry(pipeline, tmp_path, store_class,
+                                                                          survives):
+    """Feast's own store truncates registry.db before it has the bytes (the 0-byte registry of
+    issue 20); the pipeline's store keeps the last registry whole."""
+    from feast.infra.registry.file import FileRegistryStore
+    from feast.protos.feast.core.Registry_pb2 import Registry as RegistryProto
+    from feast.repo_config import RegistryConfig
+
+    from components.feast_registry import AtomicFileRegistryStore
+
+    _, _, runs, _ = pipeline
+    repo = tmp_path / "repo"
+    shutil.copytree(runs["d3"].repo_path, repo)
+    registry_db = repo / "data" / "registry.db"
+    last = registry_db.read_bytes()
+    cls = {"feast": FileRegistryStore, "atomic": AtomicFileRegistryStore}[store_class]
+    store = cls(RegistryConfig(path="data/registry.db"), repo)
+    proto = store.get_registry_proto()
+    with pytest.raises(Killed):
+        store.update_registry_proto(_KilledWhileSerializing(proto))
+    assert (registry_db.read_bytes() == last) is survives
+    if not survives:
+        assert registry_db.stat().st_size == 0
+        return
+    parsed = RegistryProto()
+    parsed.ParseFromString(registry_db.read_bytes())
+    assert {v.spec.name for v in parsed.feature_views} == {"user_activity", "item_popularity"}
+
+
+def test_a_features_run_failing_at_the_registry_write_keeps_serving(pipeline, tmp_path, monkeypatch):
+    """A fault after the registry's new bytes are written but before they are in place (fsync of
+    the temporary file): the run fails, and online reads through Feast still answer D3's values."""
+    import errno
+
+    layout, cfg, _, online = pipeline
+    root = tmp_path / "root"
+    shutil.copytree(layout.root, root)
+    copy, copy_cfg = Layout.at(root), PipelineConfig(root=str(root))
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if ".registry.db." in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError, match="No space left"):
+        run_features(copy, D3, copy_cfg)
+    monkeypatch.undo()
+    users, items = read_online_features(copy, copy_cfg, ALL_USERS, ALL_ITEMS)
+    pd.testing.assert_frame_equal(users, online["d3"][0])
+    pd.testing.assert_frame_equal(items, online["d3"][1])
 
 
 def test_windows_that_differ_from_the_repo_are_named(tmp_path):

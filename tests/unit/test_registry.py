@@ -3,13 +3,13 @@ that stick, manual promotion, and crash consistency of the champion pointer."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -232,7 +232,9 @@ def test_crash_after_pointer_rename_leaves_the_new_champion_and_history_is_repai
     assert champion(layout).version == new and _complete(layout, new)
     assert champion(layout).previous == (old,)
     assert not promote(layout, new, "again").promoted  # idempotent, and repairs the log
-    assert [(e["event"], e["version"]) for e in history(layout)] == [("promote", old), ("recovered", new)]
+    # The repair logs the move's own entry (a repaired rollback must stay a rollback), marked recovered.
+    assert [(e["event"], e["version"], e["seq"], e.get("recovered")) for e in history(layout)] == [
+        ("promote", old, 1, None), ("promote", new, 2, True)]
     assert rollback(layout) == old
 
 
@@ -277,41 +279,298 @@ def test_crash_while_registering_leaves_no_partial_version(env):
     assert created and (path / "manifest.json").exists()
 
 
-PROMOTE_SCRIPT = """
-import sys, time
-from pathlib import Path
-from components.registry import promote
+# A registry action in a child process that SIGKILLs itself at the nth call of one fault point.
+ACTION_SCRIPT = """
+import json, os, signal, sys
+from components.config import load_config
+from components.registry import promote, rollback, run_promote
 from components.storage import Layout
-root, version, step, marker = sys.argv[1:5]
-def hook(current):
-    if current == step:
-        Path(marker).write_text(current)
-        time.sleep(60)
-promote(Layout.at(root), version, "killed midway", fault_hook=hook)
+root, action, arg, step, nth = sys.argv[1:6]
+calls = {}
+def hook(point):
+    calls[point] = calls.get(point, 0) + 1
+    if (point, calls[point]) == (step, int(nth)):
+        os.kill(os.getpid(), signal.SIGKILL)
+layout = Layout.at(root)
+if action == "run_promote":
+    registration = json.loads(arg)
+    run_promote(layout, registration["day"], load_config(None, overrides={"root": root}), run_key="a",
+                registration=registration, fault_hook=hook)
+elif action == "rollback":
+    rollback(layout, arg, fault_hook=hook)
+else:
+    promote(layout, arg, "by hand", fault_hook=hook)
+sys.exit(3)  # the fault point was never reached
 """
 
 
-@pytest.mark.parametrize("step, survivor", [("before_pointer_rename", "old"), ("after_pointer_rename", "new")])
-def test_sigkill_during_promote_leaves_a_complete_champion(env, tmp_path, step, survivor):
+def _do(layout, action, arg, fault_hook=None):
+    if action == "run_promote":
+        registration = json.loads(arg)
+        return run_promote(layout, registration["day"], None, run_key="a", registration=registration,
+                           fault_hook=fault_hook)
+    if action == "rollback":
+        return rollback(layout, arg, fault_hook=fault_hook)
+    return promote(layout, arg, "by hand", fault_hook=fault_hook)
+
+
+def _write_points(root: Path, scratch: Path, action: str, arg: str) -> list[tuple[str, int]]:
+    """Every (fault point, nth call) ``action`` passes on a copy of ``root``: the kill points."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    shutil.copytree(root, scratch)
+    points: list[tuple[str, int]] = []
+    _do(Layout.at(scratch), action, arg, lambda p: points.append((p, 1 + sum(q == p for q, _ in points))))
+    return points
+
+
+def _kill_at(root: Path, action: str, arg: str, point: tuple[str, int]) -> None:
+    proc = subprocess.run([sys.executable, "-c", ACTION_SCRIPT, str(root), action, arg, point[0], str(point[1])],
+                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, f"{action} not killed at {point}: rc {proc.returncode} {proc.stderr}"
+
+
+def _assert_consistent(layout: Layout, allowed: set[str]) -> None:
+    """After any kill: a whole pointer naming a complete allowed version; a history of whole lines
+    whose pointer moves are numbered 1, 2, ... and never ahead of the pointer."""
+    record = json.loads((layout.registry() / "champion.json").read_text())
+    assert record["version"] in allowed and _complete(layout, record["version"])
+    path = layout.registry() / "history.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    entries = [json.loads(line) for line in lines]  # raises on a torn line
+    seqs = [e["seq"] for e in entries if e["event"] in ("promote", "rollback")]
+    assert seqs == list(range(1, len(seqs) + 1)) and record["seq"] - len(seqs) in (0, 1)
+
+
+def _moves(layout):
+    return [(e["event"], e["version"], e["seq"]) for e in history(layout) if e["event"] in ("promote", "rollback")]
+
+
+def _kill_everywhere(base: Path, tmp_path: Path, action: str, arg: str, check, retry=None) -> int:
+    """Kill ``action`` at each of its write points; then kill the retry (``retry(layout)`` -> (action,
+    arg), default the same call; it repairs what the kill left) at each of ITS write points; after
+    every kill assert consistency, then let a last retry finish and hand the root to
+    ``check(layout, killed_at, after_kill)``. Returns the kills made."""
+    kills = 0
+    for point in _write_points(base, tmp_path / "scratch", action, arg):
+        first = tmp_path / f"first-{point[0]}-{point[1]}"
+        shutil.copytree(base, first)
+        _kill_at(first, action, arg, point)
+        kills += 1
+        check(Layout.at(first), point, after_kill=True)
+        again, again_arg = retry(Layout.at(first)) if retry else (action, arg)
+        for repair_point in _write_points(first, tmp_path / "scratch", again, again_arg):
+            second = tmp_path / f"second-{point[0]}-{point[1]}-{repair_point[0]}-{repair_point[1]}"
+            shutil.copytree(first, second)
+            _kill_at(second, again, again_arg, repair_point)
+            kills += 1
+            check(Layout.at(second), (point, repair_point), after_kill=True)
+            check(Layout.at(second), (point, repair_point), after_kill=False)
+            shutil.rmtree(second)
+        check(Layout.at(first), point, after_kill=False)
+        shutil.rmtree(first)
+    return kills
+
+
+def _promoted_world(env, tmp_path, promote_second: bool):
+    """A root with v0 (day 0) the champion, promoted by run "a", and v1 (day 1) judged by run "a"."""
     layout, cfg = env
-    old, new = _two_versions(layout, cfg)
-    versions = {"old": old, "new": new}
-    promote(layout, versions["old"], "first")
-    marker = tmp_path / "reached"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", PROMOTE_SCRIPT, str(layout.root), versions["new"], step, str(marker)],
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert proc.poll() is None, f"promote subprocess exited early with {proc.returncode}"
-            assert time.monotonic() < deadline, "promote subprocess never reached the fault point"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
-    current = champion(layout)
-    assert current.version == versions[survivor] and _complete(layout, current.version)
-    json.loads((layout.registry() / "champion.json").read_text())  # whole, parseable pointer
+    v0 = judge(layout, cfg, DAYS[0], "a")
+    assert run_promote(layout, DAYS[0], cfg, run_key="a", registration=v0).promoted
+    v1 = judge(layout, cfg, DAYS[1], "a")
+    if promote_second:
+        assert run_promote(layout, DAYS[1], cfg, run_key="a", registration=v1).promoted
+    return layout, v0, v1
+
+
+def test_kill_at_every_write_point_of_a_nightly_promote_then_the_rerun_reports_promoted(env, tmp_path):
+    layout, v0, v1 = _promoted_world(env, tmp_path, promote_second=False)
+    registration = json.dumps({"day": DAYS[1], "version": v1.version})
+
+    def check(killed, point, after_kill):
+        _assert_consistent(killed, {v0.version, v1.version})
+        if after_kill:
+            return
+        # The retry of the killed task: reports the promotion (the DAG emits the champion Asset
+        # event), whether or not the killed call had moved the pointer, and is idempotent.
+        for _ in range(2):
+            result = _do(killed, "run_promote", registration)
+            assert (result.promoted, result.outcome, result.champion_version, result.previous_champion) == (
+                True, "promoted", v1.version, v0.version), point
+            assert read_outcome(killed, DAYS[1], "a")["kind"] == "promoted"
+        pointer, log = _pointer(killed), (killed.registry() / "history.jsonl").read_bytes()
+        assert _moves(killed) == [("promote", v0.version, 1), ("promote", v1.version, 2)], point
+        assert _do(killed, "run_promote", registration).promoted
+        assert (_pointer(killed), (killed.registry() / "history.jsonl").read_bytes()) == (pointer, log)
+        # Another run of the day, after the promotion was reported: already the champion.
+        other = run_promote(killed, DAYS[1], None, run_key="b", registration=json.loads(registration))
+        assert (other.promoted, other.reason) == (False, "already the champion")
+
+    points = [p for p, _ in _write_points(layout.root, tmp_path / "scratch", "run_promote", registration)]
+    assert points == ["validated", "before_pointer_rename", "after_pointer_rename", "history_appended",
+                      "outcome_recorded"]
+    assert _kill_everywhere(layout.root, tmp_path, "run_promote", registration, check) == 19
+
+
+def test_kill_at_every_write_point_of_a_rollback_and_the_rollback_sticks(env, tmp_path):
+    layout, v0, v1 = _promoted_world(env, tmp_path, promote_second=True)
+    registration = {"day": DAYS[1], "version": v1.version}
+
+    def check(killed, point, after_kill):
+        _assert_consistent(killed, {v0.version, v1.version})
+        if after_kill:
+            return
+        if champion(killed).version == v1.version:  # killed before the rename: the operator retries
+            assert rollback(killed, "bad deploy") == v0.version
+        with pytest.raises(LookupError):  # done once: v0 has nothing to roll back to
+            rollback(killed, "bad deploy")
+        assert _moves(killed) == [("promote", v0.version, 1), ("promote", v1.version, 2),
+                                  ("rollback", v0.version, 3)], point
+        # Re-running the day's promote (the run that promoted v1) never re-promotes it.
+        for run_key in ("a", "z"):
+            again = run_promote(killed, DAYS[1], None, run_key=run_key, registration=registration)
+            assert not again.promoted and again.reason.startswith(f"rolled back: {v1.version} was rolled back")
+            assert "bad deploy" in again.reason and champion(killed).version == v0.version, point
+        assert champion_as_of(killed, DAYS[2])[0].version == v0.version
+
+    def retry(killed):  # the operator's retry if the pointer did not move, else the day's next promote
+        if champion(killed).version == v1.version:
+            return "rollback", "bad deploy"
+        return "run_promote", json.dumps(registration)
+
+    assert _kill_everywhere(layout.root, tmp_path, "rollback", "bad deploy", check, retry) == 11
+
+
+def test_kill_at_every_write_point_of_a_hand_promotion(env, tmp_path):
+    layout, v0, v1 = _promoted_world(env, tmp_path, promote_second=False)
+
+    def check(killed, point, after_kill):
+        _assert_consistent(killed, {v0.version, v1.version})
+        if not after_kill:
+            promote(killed, v1.version, "by hand")
+            assert _moves(killed) == [("promote", v0.version, 1), ("promote", v1.version, 2)], point
+            assert history(killed)[-1]["manual"] is True
+
+    assert _kill_everywhere(layout.root, tmp_path, "promote", v1.version, check) == 13
+
+
+def test_a_crashed_runs_promotion_is_reported_by_the_next_run_of_the_day(env, tmp_path):
+    layout, v0, v1 = _promoted_world(env, tmp_path, promote_second=False)
+    with pytest.raises(Crash):
+        run_promote(layout, DAYS[1], None, run_key="a", registration=v1, fault_hook=_crash_at("after_pointer_rename"))
+    assert read_outcome(layout, DAYS[1], "a") is None and champion(layout).version == v1.version
+    result = run_promote(layout, DAYS[1], None, run_key="b", registration=v1)
+    assert result.promoted and result.previous_champion == v0.version
+    assert read_outcome(layout, DAYS[1], "b")["kind"] == "promoted"
+    assert _moves(layout) == [("promote", v0.version, 1), ("promote", v1.version, 2)]
+
+
+def _fail_history_writes(monkeypatch, truncate_fails: bool):
+    """Disk full in the middle of a history append: half the line lands, then ENOSPC; with
+    ``truncate_fails`` the process dies before it can cut the half line (a kill, as far as the file sees)."""
+    real_write = os.write
+    landed = []
+
+    def full_disk_write(fd, data):
+        if not os.readlink(f"/proc/self/fd/{fd}").endswith("history.jsonl"):
+            return real_write(fd, data)
+        if not landed:  # the first write lands half the line, the next one finds the disk full
+            landed.append(real_write(fd, bytes(data[:len(data) // 2])))
+            return landed[0]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def failing_truncate(fd, length):
+        raise OSError(errno.EIO, "killed before the truncate")
+
+    monkeypatch.setattr(registry.os, "write", full_disk_write)
+    if truncate_fails:
+        monkeypatch.setattr(registry.os, "ftruncate", failing_truncate)
+
+
+@pytest.mark.parametrize("truncate_fails", [False, True])
+def test_disk_full_during_a_history_append_never_swallows_the_next_entry(env, tmp_path, monkeypatch,
+                                                                          truncate_fails):
+    layout, v0, v1 = _promoted_world(env, tmp_path, promote_second=False)
+    before = (layout.registry() / "history.jsonl").read_bytes()
+    _fail_history_writes(monkeypatch, truncate_fails)
+    result = run_promote(layout, DAYS[1], None, run_key="a", registration=v1)
+    monkeypatch.undo()
+    # The pointer moved, so the promotion stands and is reported; its log line is repaired later.
+    assert result.promoted and champion(layout).version == v1.version
+    torn = (layout.registry() / "history.jsonl").read_bytes()
+    assert (torn == before) is not truncate_fails and torn.startswith(before)
+    assert rollback(layout, "bad deploy") == v0.version  # repairs the lost line, then logs the rollback
+    assert _moves(layout) == [("promote", v0.version, 1), ("promote", v1.version, 2), ("rollback", v0.version, 3)]
+    assert history(layout)[1]["recovered"] is True
+    _assert_consistent(layout, {v0.version})
+    again = run_promote(layout, DAYS[1], None, run_key="a", registration=v1)
+    assert not again.promoted and again.reason.startswith("rolled back:")
+
+
+def test_a_not_promoted_entry_that_hits_a_full_disk_leaves_no_half_line(env, tmp_path, monkeypatch):
+    layout, v0, _ = _promoted_world(env, tmp_path, promote_second=False)
+    before = (layout.registry() / "history.jsonl").read_bytes()
+    _fail_history_writes(monkeypatch, truncate_fails=False)
+    with pytest.raises(OSError) as failure:
+        run_promote(layout, DAYS[0], None, run_key="b", registration={"day": DAYS[0], "version": v0.version})
+    monkeypatch.undo()
+    assert failure.value.errno == errno.ENOSPC
+    assert (layout.registry() / "history.jsonl").read_bytes() == before
+
+
+def test_a_registry_written_before_the_pointer_carried_its_deny_list_keeps_its_rollbacks(env, tmp_path):
+    layout, v0, v1 = _promoted_world(env, tmp_path, promote_second=True)
+    rollback(layout, "bad deploy")
+    # Rewrite champion.json and the history in the previous format (no seq, deny-list only in the history).
+    record = json.loads((layout.registry() / "champion.json").read_text())
+    legacy = {k: record[k] for k in ("version", "promoted_at", "reason", "event", "previous")}
+    (layout.registry() / "champion.json").write_text(json.dumps(legacy))
+    lines = [{k: v for k, v in e.items() if k not in ("seq", "run_key")} for e in history(layout)]
+    (layout.registry() / "history.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+    assert set(registry.rolled_back(layout)) == {v1.version}
+    again = run_promote(layout, DAYS[1], None, run_key="a", registration=v1)
+    assert not again.promoted and again.reason.startswith("rolled back:")
+    assert promote(layout, v1.version, "fixed").promoted  # the first move in the new format: seq 4, nothing repaired
+    assert champion(layout).seq == 4 and champion(layout).rolled_back == ()
+    assert [e["event"] for e in history(layout)] == ["promote", "promote", "rollback", "not_promoted", "promote"]
+
+
+def test_a_full_disk_after_the_pointer_moved_says_so_and_the_rerun_reports_promoted(env, tmp_path, monkeypatch):
+    from dataclasses import asdict
+
+    from components.errors import PermanentStageFailure
+    from components.pipeline import run_stage
+
+    layout, v0, v1 = _promoted_world(env, tmp_path, promote_second=False)
+    real_replace = os.replace
+
+    def full_disk(src, dst):
+        if Path(dst).name == "outcome.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(PermanentStageFailure) as failure:  # the DAG fails the task without retries
+        run_stage("promote", DAYS[1], tiny_config(layout.root), run_key="a", upstream=asdict(v1))
+    monkeypatch.undo()
+    message = str(failure.value)
+    assert message.startswith("disk full: ") and "outcome.json" in message
+    assert f"The champion DID move to {v1.version}" in message and champion(layout).version == v1.version
+    again = run_stage("promote", DAYS[1], tiny_config(layout.root), run_key="a", upstream=asdict(v1))
+    assert again["promoted"] and read_outcome(layout, DAYS[1], "a")["kind"] == "promoted"
+
+
+def test_promote_without_a_registration_decides_the_runs_own_candidate(env):
+    """Two runs of one day judged two candidates (different baselines); each run's promote decides
+    its own, not the one the day's newest run registered."""
+    layout, cfg = env
+    v0 = judge(layout, cfg, DAYS[0], "a")
+    run_promote(layout, DAYS[0], cfg, run_key="a", registration=v0)
+    v1 = judge(layout, cfg, DAYS[1], "a")
+    first = judge(layout, cfg, DAYS[2], "first")  # judged against v0
+    assert run_promote(layout, DAYS[1], cfg, run_key="a", registration=v1).promoted
+    second = judge(layout, cfg, DAYS[2], "second")  # judged against v1: another candidate, registered last
+    assert first.version != second.version
+    decision = run_promote(layout, DAYS[2], cfg, run_key="first")
+    assert decision.version == first.version and decision.reason.startswith("stale: champion changed")
+    assert run_promote(layout, DAYS[2], cfg, run_key="second").version == second.version
+    assert champion(layout).version == second.version

@@ -157,3 +157,60 @@ def test_keep_start_returns_a_good_start_that_training_only_damages():
     damaged = fit_lightgcn(again, shuffled, holdout, epochs=4, lr=0.1, l2=0.0, batch_size=256, seed=0,
                            eval_every=2, patience=5)
     assert damaged.best_val["ndcg@20"] < before
+
+
+@pytest.mark.parametrize("kind", ["lightgcn", "graph_filter"])
+def test_two_runs_of_the_teacher_on_the_same_inputs_give_the_same_version(tmp_path, kind):
+    """Wall-clock seconds live in timings.json, outside the content hash: a re-run on the same
+    graph (here: a second root holding the same graph version) lands on the same version."""
+    import shutil
+
+    first_root = Layout.at(tmp_path / "first")
+    train, holdout = planted()
+    graph = write_graph(first_root, "2026-01-02", train, holdout, 120, 80)
+    second_root = Layout.at(tmp_path / "second")
+    shutil.copytree(first_root.artifacts("graphs"), second_root.artifacts("graphs"))
+    config = cfg(**{"teacher.kind": kind, "teacher.epochs": 4})
+    first = run_teacher(first_root, "2026-01-02", config)
+    second = run_teacher(second_root, "2026-01-02", config)
+    assert second_root.current("graphs", "2026-01-02").version == graph.version
+    assert first.version == second.version
+    timings = read_json(f"{first.path}/timings.json")
+    assert timings["metrics.json"]["train"]["seconds"] > 0
+    assert "seconds" not in read_json(f"{first.path}/metrics.json")["train"]
+    if kind == "lightgcn":
+        assert all({"seconds", "pairs_per_s", "train_seconds_total"} <= set(row) for row in timings["history.json"])
+        assert "val_eval_seconds" in timings["history.json"][3]  # the evaluated epoch's evaluation time
+        assert not [key for row in read_json(f"{first.path}/history.json") for key in row if "seconds" in key]
+
+
+class _RunsCode:
+    """A pickle that runs code when loaded without weights_only: it creates ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_model_file_that_would_run_code_is_refused(tmp_path):
+    """Model files are loaded with weights_only: whoever can write the root cannot run code."""
+    layout = Layout.at(tmp_path)
+    train, holdout = planted()
+    write_graph(layout, "2026-01-02", train, holdout, 120, 80)
+    artifact = run_teacher(layout, "2026-01-02", cfg(**{"teacher.epochs": 1}))
+    model, payload = load_model(artifact.path)  # a real model loads
+    assert payload["num_users"] == 120
+    marker = tmp_path / "code-ran"
+    tampered = tmp_path / "tampered"
+    tampered.mkdir()
+    torch.save({**payload, "graph_version": _RunsCode(marker)}, tampered / "model.pt")
+    with pytest.raises(Exception, match="Weights only load failed"):
+        load_model(tampered)
+    assert not marker.exists()
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.save({"model": _RunsCode(marker)}, checkpoint)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        train_teacher(train, holdout, 120, 80, cfg(**{"teacher.epochs": 1}), None, checkpoint)
+    assert not marker.exists()
