@@ -174,8 +174,12 @@ def test_epoch_second_timestamps_parse_in_every_format(tmp_path):
     as_text = pd.DataFrame({"ts": [str(e) for e in epochs]})  # how CSV arrives (read as text)
     as_numbers = pd.DataFrame({"ts": epochs})
     iso = pd.DataFrame({"ts": ["2026-01-01T00:00:00Z", "2026-01-01T00:01:30Z"]})
-    for frame in (as_text, as_numbers, iso):
-        assert normalize(frame, "f")["ts"].tolist() == expected
+    millis = pd.DataFrame({"ts": [e * 1000 for e in epochs]})  # detected by magnitude
+    micros_text = pd.DataFrame({"ts": [str(e * 10**6) for e in epochs]})
+    for frame in (as_text, as_numbers, iso, millis, micros_text):
+        rows, form, issues = normalize(frame, "f")
+        assert rows["ts"].tolist() == expected and issues.empty
+    assert [normalize(f, "f")[1] for f in (as_text, iso, millis, micros_text)] == ["epoch-s", "iso-offset", "epoch-ms", "epoch-us"]
 
 
 def test_an_event_redelivered_on_a_later_day_is_not_accepted_twice(tmp_path):
@@ -337,3 +341,189 @@ def test_shares_of_a_tiny_day_are_not_judged_but_its_volume_is():
     assert rules["top_item_share"].verdict == "skipped" and "4 rows (< anomaly_min_rows 50)" in rules["top_item_share"].skipped
     rules = {r.rule: r for r in anomaly_rules({"volume": 400, "top_item_share": 0.5}, history, "2026-01-15", cfg)}
     assert rules["top_item_share"].verdict == "WARN" and rules["top_item_share"].band == (None, 0.07)
+
+
+# --- the input contract, one bad input per case (README "Interaction-log contract") -------------
+
+
+def _csv_day(layout, offset=0):
+    """The generated day as CSV text columns (how producers deliver it), and its path."""
+    path = land(layout, offset, "csv")
+    return pd.read_csv(path, dtype=str, keep_default_na=False), path
+
+
+def _quarantined(layout, cfg, offset=0):
+    staged = run_ingest(layout, day(offset), cfg)
+    with pytest.raises(DataValidationError) as failure:
+        run_validate(layout, day(offset), cfg)
+    (attempt,) = list(layout.quarantine(day(offset)).iterdir())
+    result = json.loads((attempt / "validation.json").read_text())["result"]
+    # Row accounting: every staged row is in quarantine, nothing accepted.
+    assert result["quarantined_rows"] == result["rows"] == staged.rows == len(pd.read_parquet(attempt / "rows.parquet"))
+    assert result["accepted_rows"] == 0 and not layout.accepted(day(offset)).exists()
+    return str(failure.value), result, attempt
+
+
+def test_mixed_naive_and_offset_timestamps_quarantine_naming_file_row_raw_value_and_cause(tmp_path):
+    layout, cfg = setup(tmp_path)
+    frame, path = _csv_day(layout)
+    frame["ts"] = frame["ts"].str.removesuffix("Z")  # naive ISO
+    frame.loc[0, "ts"] = frame.loc[0, "ts"] + "+02:00"  # the first row carries an offset
+    frame.to_csv(path, index=False)
+    message, _, attempt = _quarantined(layout, cfg)
+    raw = frame.loc[0, "ts"]
+    assert (f"FAIL ts_consistent_form(ts): 1 rows; observed 1 file(s); expected one timestamp form per file"
+            in message)
+    assert (f"events.csv:1 ('{raw}': iso-offset value in a file whose other {len(frame) - 1} timestamps are "
+            "iso-naive (one form per file))" in message)
+    assert "ts_consistent_form" in (attempt / "report.md").read_text()
+
+
+def test_all_naive_timestamps_are_read_as_utc_and_epoch_milliseconds_are_detected(tmp_path):
+    layout, cfg = setup(tmp_path)
+    reference = accept(layout, cfg, 0)
+    expected = pd.read_parquet(layout.accepted(day(0)) / "events.parquet")["ts"]
+    for name, write in {
+        "naive": lambda ts: ts.str.removesuffix("Z"),
+        "epoch ms": lambda ts: (pd.to_datetime(ts).astype("int64") // 10**6).astype(str),
+    }.items():
+        other, other_cfg = setup(tmp_path / name.replace(" ", "_"))
+        frame, path = _csv_day(other)
+        frame.assign(ts=write(frame["ts"])).to_csv(path, index=False)
+        result = (run_ingest(other, day(0), other_cfg), run_validate(other, day(0), other_cfg))[1]
+        assert result.success and result.accepted_rows == reference.accepted_rows, name
+        assert pd.read_parquet(other.accepted(day(0)) / "events.parquet")["ts"].tolist() == expected.tolist(), name
+        files = json.loads((other.accepted(day(0)) / "manifest.json").read_text())["files"]
+        assert files[0]["ts_form"] == {"naive": "iso-naive", "epoch ms": "epoch-ms"}[name]
+
+
+def test_unparsable_and_out_of_range_timestamps_name_raw_value_and_cause(tmp_path):
+    layout, cfg = setup(tmp_path)
+    frame, path = _csv_day(layout)
+    frame.loc[3, "ts"] = "yesterday"
+    frame.to_csv(path, index=False)
+    message, _, _ = _quarantined(layout, cfg)
+    assert ("FAIL expect_column_values_to_not_be_null(ts): 1 rows; e.g. events.csv:4 ('yesterday': "
+            "neither ISO 8601 nor an epoch number)") in message
+    assert "ts_consistent_form" not in message  # an unparsable value has no form
+    # The contract's declared unit reads epoch milliseconds as seconds: out of range, said so.
+    strict_layout, strict = setup(tmp_path / "declared", **{"validation.epoch_unit": "ns"})
+    frame, path = _csv_day(strict_layout)
+    frame.loc[0, "ts"] = "99999999999999999999999"
+    frame.to_csv(path, index=False)
+    message, _, _ = _quarantined(strict_layout, strict)
+    assert "events.csv:1 ('99999999999999999999999': epoch value out of range as ns)" in message
+
+
+def _numeric_ids(frame):
+    return frame.assign(user_id=frame["user_id"].str.removeprefix("u"))
+
+
+def test_float_ids_beside_integer_ids_quarantine_or_are_read_as_integers_by_declared_type(tmp_path):
+    layout, cfg = setup(tmp_path)
+    frame, path = _csv_day(layout)
+    frame = _numeric_ids(frame)
+    floats = frame.index % 3 == 0  # about a third of the rows, as a producer's float cast writes them
+    frame.loc[floats, "user_id"] = frame.loc[floats, "user_id"] + ".0"
+    frame.to_csv(path, index=False)
+    message, result, _ = _quarantined(layout, cfg)
+    (rule,) = [r for r in result["rules"] if r["rule"] == "id_float_form" and not r["success"]]
+    assert rule["column"] == "user_id" and rule["unexpected_count"] == int(floats.sum())
+    assert f"events.csv:1 ('{frame.loc[0, 'user_id']}': whole float among string ids" in message
+
+    typed_layout, typed = setup(tmp_path / "typed", **{"validation.id_types": {"user_id": "integer"},
+                                                       "validation.severity": {"id_float_form": "warn"}})
+    frame.to_csv(land(typed_layout, 0, "csv"), index=False)
+    run_ingest(typed_layout, day(0), typed)
+    result = run_validate(typed_layout, day(0), typed)
+    assert result.success and result.accepted_rows == len(frame)
+    users = pd.read_parquet(typed_layout.accepted(day(0)) / "events.parquet")["user_id"]
+    assert not users.str.contains(".", regex=False).any()  # 13.0 is 13: no ghost ids
+    assert users.nunique() == frame["user_id"].str.removesuffix(".0").nunique()
+    (warning,) = [r for r in result.warnings if r.rule == "id_float_form"]
+    assert f"read as {frame.loc[0, 'user_id'].removesuffix('.0')}" in warning.samples[0]
+
+
+def test_an_integer_id_column_rejects_text_ids_naming_the_row(tmp_path):
+    layout, cfg = setup(tmp_path, **{"validation.id_types": {"user_id": "integer"}})
+    frame, path = _csv_day(layout)
+    frame = _numeric_ids(frame)
+    frame.loc[5, "user_id"] = "u17"
+    frame.to_csv(path, index=False)
+    message, _, _ = _quarantined(layout, cfg)
+    assert ("FAIL id_type(user_id): 1 rows; observed 1 file(s); expected integer ids (validation.id_types); "
+            "e.g. events.csv:6 ('u17': not an integer (validation.id_types.user_id: integer))") in message
+
+
+@pytest.mark.parametrize("token", ["NULL", "nan", "None"])
+def test_null_tokens_are_missing_values_never_ids(tmp_path, token):
+    layout, cfg = setup(tmp_path)
+    frame, path = _csv_day(layout)
+    frame.loc[4, "user_id"] = token
+    frame.to_csv(path, index=False)
+    message, _, attempt = _quarantined(layout, cfg)
+    assert (f"FAIL expect_column_values_to_not_be_null(user_id): 1 rows; e.g. events.csv:5 ('{token}': "
+            "null token (validation.null_tokens))") in message
+    assert token not in set(pd.read_parquet(attempt / "rows.parquet")["user_id"].dropna())
+
+
+def test_nfc_and_nfd_spellings_of_one_id_are_one_user_and_warn_or_quarantine_by_rule(tmp_path):
+    import unicodedata
+
+    nfc, nfd = unicodedata.normalize("NFC", "josé"), unicodedata.normalize("NFD", "josé")
+    layout, cfg = setup(tmp_path)
+    frame, path = _csv_day(layout)
+    frame.loc[:9, "user_id"] = nfc
+    frame.loc[10:14, "user_id"] = nfd
+    frame.to_csv(path, index=False)
+    run_ingest(layout, day(0), cfg)
+    result = run_validate(layout, day(0), cfg)
+    assert result.success and result.accepted_rows == len(frame)
+    users = pd.read_parquet(layout.accepted(day(0)) / "events.parquet")["user_id"]
+    assert (users == nfc).sum() == 15 and not (users == nfd).any()
+    (warning,) = [r for r in result.warnings if r.rule == "id_unicode_form"]
+    assert warning.unexpected_count == 5 and warning.samples[0] == f"events.csv:11 ({ascii(nfd)}: not in Unicode NFC form; read as its NFC form)"
+
+    strict_layout, strict = setup(tmp_path / "strict", **{"validation.severity": {"id_unicode_form": "quarantine"}})
+    frame.to_csv(land(strict_layout, 0, "csv"), index=False)
+    message, _, _ = _quarantined(strict_layout, strict)
+    assert "FAIL id_unicode_form(user_id): 5 rows" in message
+
+
+def test_an_event_id_reused_with_another_payload_quarantines_naming_both_rows(tmp_path):
+    layout, cfg = setup(tmp_path)
+    frame, path = _csv_day(layout)
+    frame.loc[20, "event_id"] = frame.loc[2, "event_id"]  # same id, another user/item/time
+    frame.to_csv(path, index=False)
+    message, _, _ = _quarantined(layout, cfg)
+    first, second = sorted([3, 21], key=lambda r: (frame.loc[r - 1, "ts"], r))
+    ts = lambda r: pd.Timestamp(frame.loc[r - 1, "ts"]).strftime("%Y-%m-%dT%H:%M:%S%z")  # noqa: E731
+    row = lambda r: f"events.csv:{r} ({frame.loc[r - 1, 'user_id']}, {frame.loc[r - 1, 'item_id']}, {ts(r)}, {frame.loc[r - 1, 'event_type']})"  # noqa: E731
+    assert f"FAIL event_id_payload_conflict(event_id): 1 event ids; observed 2 rows" in message
+    assert f"event {frame.loc[2, 'event_id']}: " in message and row(3) in message and row(21) in message
+
+
+def test_content_duplicates_under_new_event_ids_are_dropped_within_tolerance_and_quarantine_beyond(tmp_path):
+    layout, cfg = setup(tmp_path)
+    frame, path = _csv_day(layout)
+    copies = frame.iloc[:2].assign(event_id=lambda f: f["event_id"] + "-again")
+    pd.concat([frame, copies], ignore_index=True).to_csv(path, index=False)
+    run_ingest(layout, day(0), cfg)
+    result = run_validate(layout, day(0), cfg)
+    assert result.success and result.accepted_rows == len(frame) and result.content_duplicate_rows == 2
+    assert result.rows == result.accepted_rows + result.duplicate_rows  # nothing lost
+    duplicates = pd.read_parquet(layout.accepted(day(0)) / "duplicates.parquet")
+    assert duplicates["duplicate_of"].tolist() == ["content", "content"]
+    assert json.loads((layout.accepted(day(0)) / "manifest.json").read_text())["rows_content_duplicate_dropped"] == 2
+    (rule,) = [r for r in result.rules if r.rule == "content_duplicates"]
+    assert rule.verdict == "pass" and rule.unexpected_count == 2
+    assert rule.samples[0].startswith(f"events.csv:{len(frame) + 1} (event {copies.iloc[0]['event_id']}) repeats events.csv:1 ")
+    assert "(by content 2)" in (layout.reports(day(0)) / "validation" / "report.md").read_text()
+
+    heavy_layout, heavy = setup(tmp_path / "heavy")
+    frame, path = _csv_day(heavy_layout)
+    copies = frame.sample(frac=0.3, random_state=0).assign(event_id=lambda f: f["event_id"] + "-again")
+    pd.concat([frame, copies], ignore_index=True).to_csv(path, index=False)
+    message, _, _ = _quarantined(heavy_layout, heavy)
+    share = round(len(copies) / (len(frame) + len(copies)), 4)
+    assert f"FAIL content_duplicates: {len(copies)} rows; observed {share}; expected share <= 0.05" in message
