@@ -504,7 +504,9 @@ def deduplicate(rows: pd.DataFrame, earlier_ids: pd.Series) -> tuple[pd.DataFram
     reason[seen_before & ~id_copy] = "event_id of an earlier day"
     reason[content_copy[content_copy].index] = "content"
     events = kept[~content_copy].copy()
-    duplicates = ordered.drop(index=events.index).assign(duplicate_of=reason)
+    duplicates = ordered.drop(index=events.index)
+    # By position: assigning a Series to an empty frame would adopt the Series' whole index.
+    duplicates = duplicates.assign(duplicate_of=reason.loc[duplicates.index].to_numpy())
     return events, duplicates
 
 

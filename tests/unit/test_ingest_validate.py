@@ -527,3 +527,125 @@ def test_content_duplicates_under_new_event_ids_are_dropped_within_tolerance_and
     message, _, _ = _quarantined(heavy_layout, heavy)
     share = round(len(copies) / (len(frame) + len(copies)), 4)
     assert f"FAIL content_duplicates: {len(copies)} rows; observed {share}; expected share <= 0.05" in message
+
+
+def test_every_entry_of_the_partition_is_read_or_listed_as_skipped_and_the_rows_add_up(tmp_path):
+    import os
+
+    layout, cfg = setup(tmp_path)
+    frame = pd.read_parquet(land(layout, 0))
+    landing = layout.landing(day(0))
+    halves = {"events.parquet": frame.iloc[:100], "hour=12/part-0.parquet": frame.iloc[100:]}
+    (landing / "hour=12").mkdir()
+    for name, part in halves.items():  # a subfolder's file is read: its rows are the day's
+        write_log(part.reset_index(drop=True), landing / name)
+    outside = tmp_path / "elsewhere.parquet"
+    write_log(frame.iloc[:10], outside)
+    os.symlink(outside, landing / "linked.parquet")
+    write_log(frame.iloc[:5], landing / "_part-9.parquet")
+    write_log(frame.iloc[:5], landing / ".hidden.parquet")
+    (landing / "_SUCCESS").write_bytes(b"")
+    staged = run_ingest(layout, day(0), cfg)
+    result = run_validate(layout, day(0), cfg)
+    assert sorted(f.name for f in staged.files) == ["events.parquet", "hour=12/part-0.parquet"]
+    assert {s.name: s.reason.split(" (")[0] for s in staged.skipped} == {
+        ".hidden.parquet": "hidden", "_SUCCESS": "marker", "_part-9.parquet": "underscore-prefixed", "linked.parquet": "symlink"}
+    assert result.files_read + result.files_skipped == 6 == len(list(landing.rglob("*"))) - 1  # the subfolder itself
+    assert result.rows == len(frame) == result.accepted_rows + result.duplicate_rows + result.quarantined_rows
+    # Data-looking files that were skipped warn (markers do not); the report lists each with its reason.
+    (skipped,) = [r for r in result.warnings if r.rule == "landing_files_skipped"]
+    assert skipped.unexpected_count == 3 and "linked.parquet (symlink)" in skipped.samples
+    report = (layout.reports(day(0)) / "validation" / "report.md").read_text()
+    assert "entries seen 6 = files read 2 + skipped 4" in report and "| _SUCCESS | skipped | 0 | | | | | marker |" in report
+    manifest = json.loads((layout.accepted(day(0)) / "manifest.json").read_text())
+    assert len(manifest["files"]) == 2 and len(manifest["skipped"]) == 4
+
+
+@pytest.fixture
+def shared_tmp():
+    """A folder an unprivileged user can reach: pytest's base folder is root-only (and reset to
+    0700 by every pytest session started meanwhile)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.mkdtemp(prefix="graphdistill-perm-"))
+    folder.chmod(0o777)
+    yield folder
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o777)
+    shutil.rmtree(folder)
+
+
+def _as_unprivileged(folder, code: str):
+    """Run ``code`` as an unprivileged user when we are root (root reads through permission bits)."""
+    import os
+    import subprocess
+    import sys
+
+    from components.config import REPO_ROOT
+
+    prefix = [] if os.geteuid() else ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HOME": str(folder), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=folder, timeout=300)
+
+
+@pytest.mark.parametrize("target", ["file", "folder"])
+def test_an_unreadable_file_or_folder_quarantines_the_day_with_a_report(shared_tmp, target):
+    layout, cfg = setup(shared_tmp)
+    land(layout, 0)
+    landing = layout.landing(day(0))
+    if target == "file":
+        write_log(pd.read_parquet(landing / "events.parquet").iloc[:3], landing / "more.parquet")
+        locked = landing / "more.parquet"
+    else:
+        (landing / "sub").mkdir()
+        locked = landing / "sub"
+    for path in [shared_tmp, *shared_tmp.rglob("*")]:
+        path.chmod(0o777)
+    locked.chmod(0)
+    code = f"""
+import json, pathlib
+from components.ingest import run_ingest
+from components.validate import DataValidationError, run_validate
+from tests.unit.data_fixtures import setup, day
+layout, cfg = setup(pathlib.Path({str(shared_tmp)!r}))
+staged = run_ingest(layout, day(0), cfg)
+try:
+    run_validate(layout, day(0), cfg)
+except DataValidationError as exc:
+    print(json.dumps({{"message": str(exc), "rows": staged.rows}}))
+"""
+    done = _as_unprivileged(shared_tmp, code)
+    assert done.returncode == 0, done.stderr[-2000:]
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    name = "more.parquet" if target == "file" else "sub/"
+    assert ("FAIL source_file_readable: 1 files; expected every landing file and folder can be read and parses; "
+            f"e.g. {name} (PermissionError") in outcome["message"]
+    (attempt,) = list(layout.quarantine(day(0)).iterdir())
+    report = (attempt / "report.md").read_text()
+    assert f"| {name} | unreadable |" in report and "Permission denied" in report
+    result = json.loads((attempt / "validation.json").read_text())["result"]
+    assert result["quarantined_rows"] == outcome["rows"] == len(pd.read_parquet(landing / "events.parquet"))
+
+
+def test_a_json_array_says_so_and_a_malformed_json_line_gives_its_line_number(tmp_path):
+    layout, cfg = setup(tmp_path)
+    frame = pd.read_parquet(land(layout, 0))
+    landing = layout.landing(day(0))
+    (landing / "events.parquet").unlink()
+    (landing / "events.json").write_text(frame.to_json(orient="records", date_format="iso"))
+    message, _, _ = _quarantined(layout, cfg)
+    assert ("FAIL source_file_readable: 1 files; expected every landing file and folder can be read and parses; "
+            "e.g. events.json (ValueError: the file is a JSON array; the contract expects JSON Lines") in message
+    rule_lines = [line for line in message.splitlines() if line.startswith("  - ")]
+    assert len(rule_lines) == 2 and "unknown_columns" not in "".join(rule_lines)  # readable + the empty day, nothing else
+
+    broken_layout, broken = setup(tmp_path / "broken")
+    path = land(broken_layout, 0, "jsonl")
+    lines = path.read_text().splitlines()
+    lines[6] = lines[6][:-1]  # a truncated record on line 7
+    path.write_text("\n".join(lines) + "\n")
+    message, _, _ = _quarantined(broken_layout, broken)
+    assert "events.jsonl (ValueError: line 7: malformed JSON (Expecting ',' delimiter" in message
