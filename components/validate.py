@@ -4,19 +4,21 @@ Two severities (``validation.severity`` overrides any rule):
 - Contract rules quarantine the day: the Great Expectations (GX Core 1.x) suite in
   config/expectations/interactions_daily.json (columns, nulls, event types, timestamps in the
   window, duplicates beyond tolerance, not empty; its ``$PARAMETER``s come from config only), plus
-  what GX cannot see: unreadable or empty files and a changed column type per file.
+  what GX cannot see: unreadable or empty files and folders, a changed column type per file, the
+  value rules ingest judged (ts_consistent_form, id_type, id_float_form; id_unicode_form warns),
+  an event id reused with another payload, and content duplicates beyond tolerance.
 - Anomaly checks warn: the day's profile (volume, new-user/item shares, top-user and top-item
   shares, events per user, event-type mix) against a robust band (median +- k MAD) of the trailing
   accepted days, same weekday when there are enough; an obviously automated (one-user) day; unknown
-  columns (kept in ``extra_columns.parquet``). Warnings are recorded in the result, the manifest and
+  columns (kept in ``extra_columns.parquet``); data files in the partition that were skipped. Warnings are recorded in the result, the manifest and
   the report, logged first, and gateable (``validation_warnings``); they never stop the day.
 
 No cascade: a quarantined day's users/items still count as seen, and its metrics that were normal
 stay in the history (those that warned do not), so one bad day makes no later day look new or odd.
 
 Pass: ``accepted/date=D`` is (re)written atomically: events.parquet deduplicated by event_id
-(first by ts, file, row), duplicates.parquet holding every dropped redelivery, the unknown columns'
-sidecar, a deterministic manifest with the day's profile. Re-running a day yields identical files.
+(first by ts, file, row), then by content (user, item, ts, type), duplicates.parquet holding every
+dropped row with its reason, the unknown columns' sidecar, a deterministic manifest with the day's profile. Re-running a day yields identical files.
 Fail: the raw files, all staged rows and the validation result go to
 ``quarantine/date=D/<attempt>`` with a readable report (an accepted partition the day may have had
 is moved there too), and ``DataValidationError`` names each failed rule with counts, file and row.
