@@ -201,7 +201,7 @@ def parse_timestamps(ts: pd.Series, epoch_unit: str, issues: _Issues) -> tuple[p
         parsed = ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts.dt.tz_convert("UTC")
         return parsed.astype("datetime64[us, UTC]"), "timestamp"
     present = ts.notna()
-    text = ts.astype("string").str.strip()
+    text = ts.astype("string[pyarrow]").str.strip()
     numeric = pd.to_numeric(ts, errors="coerce") if pd.api.types.is_numeric_dtype(ts) else pd.Series(np.nan, index=ts.index)
     is_epoch = present & (numeric.notna() | text.str.fullmatch(_EPOCH_TEXT).fillna(False).astype(bool))
     numeric = numeric.where(numeric.notna(), pd.to_numeric(text.where(is_epoch), errors="coerce"))
@@ -253,20 +253,22 @@ def normalize_ids(values: pd.Series, column: str, id_type: str | None, null_toke
     # JSON 13 beside 13.0 arrives as Python int and float objects; text (CSV) never holds floats.
     mixed = values.dtype == object and pd.api.types.infer_dtype(values, skipna=True) != "string"
     floats = (values.notna() & (values.map(type) == float)) if mixed else pd.Series(False, index=values.index)
-    text = values.where(values.notna(), None).astype("string").str.strip()
+    # Arrow-backed strings: strip, match and normalize run in Arrow's kernels, not per row in Python.
+    text = values.where(values.notna(), None).astype("string[pyarrow]").str.strip()
     token = text.isin(null_tokens)
     if token.any():
         idx = np.flatnonzero(token.to_numpy())
         issues.add(NOT_NULL_RULE, column, idx, text.iloc[idx], "null token (validation.null_tokens)")
     text = text.mask(token | (text == ""))
     if id_type is None:
-        return text
-    nfc = text.str.normalize("NFC")
-    changed = (nfc != text).fillna(False).astype(bool)
+        return text.astype("string")
+    wide = text.str.contains(r"[^\x00-\x7f]", regex=True).fillna(False).astype(bool)  # ASCII is always NFC
+    nfc = text[wide].str.normalize("NFC")
+    changed = (nfc != text[wide]).fillna(False).astype(bool)
     if changed.any():
-        idx = np.flatnonzero(changed.to_numpy())
+        idx = np.flatnonzero(text.index.isin(changed.index[changed.to_numpy()]))
         issues.add("id_unicode_form", column, idx, text.iloc[idx], "not in Unicode NFC form; read as its NFC form")
-        text = nfc
+        text = text.where(~text.index.isin(nfc.index), nfc)
     float_form = (floats | text.str.fullmatch(_WHOLE_FLOAT).fillna(False).astype(bool)) & text.notna()
     if float_form.any():
         idx = np.flatnonzero(float_form.to_numpy())
@@ -282,7 +284,7 @@ def normalize_ids(values: pd.Series, column: str, id_type: str | None, null_toke
         if wrong.any():
             idx = np.flatnonzero(wrong.to_numpy())
             issues.add("id_type", column, idx, text.iloc[idx], f"not an integer (validation.id_types.{column}: integer)")
-    return text
+    return text.astype("string")
 
 
 def normalize(frame: pd.DataFrame, source_file: str, cfg: PipelineConfig | None = None) -> tuple[pd.DataFrame, str | None, pd.DataFrame]:

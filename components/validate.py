@@ -560,8 +560,9 @@ def _gx_rules(frame: pd.DataFrame, params: dict[str, Any], coerced: pd.DataFrame
         },
         expectation_parameters=params,
     )
-    raw = {(c, f, int(r)): (value, cause) for c, f, r, value, cause in
-           coerced[["column", "source_file", "source_row", "raw", "cause"]].itertuples(index=False)}
+    # Looked up only for the few sample rows: no per-row Python structure for a broken day's millions.
+    raw = coerced.drop_duplicates(["column", "source_file", "source_row"]).set_index(
+        ["column", "source_file", "source_row"])[["raw", "cause"]]
     rules = []
     for item in result.results:
         config = item.expectation_config
@@ -570,8 +571,8 @@ def _gx_rules(frame: pd.DataFrame, params: dict[str, Any], coerced: pd.DataFrame
         res = item.result or {}
         column = config.kwargs.get("column")
         samples = tuple(
-            _sample(row.get("source_file"), row.get("source_row"), *raw[(column, row.get("source_file"), row.get("source_row"))])
-            if config.type == NOT_NULL_RULE and (column, row.get("source_file"), row.get("source_row")) in raw
+            _sample(row.get("source_file"), row.get("source_row"), *raw.loc[(column, row.get("source_file"), row.get("source_row"))])
+            if config.type == NOT_NULL_RULE and (column, row.get("source_file"), row.get("source_row")) in raw.index
             else f"{row.get('source_file')}:{row.get('source_row')} ({row.get(column)})"
             for row in (res.get("partial_unexpected_index_list") or [])[:SAMPLE_ROWS]
         )
