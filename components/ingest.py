@@ -98,12 +98,12 @@ class IngestResult:
 
 
 @dataclass
-class _Issues:
+class ValueIssues:
     """Value-level findings of one file, gathered column by column (vectorized)."""
 
     frames: list[pd.DataFrame] = field(default_factory=list)
 
-    def add(self, rule: str, column: str, rows: np.ndarray, raw: pd.Series, cause: str | pd.Series) -> None:
+    def add(self, rule: str, column: str, rows: np.ndarray, raw: pd.Series, cause: str | np.ndarray) -> None:
         if len(rows):
             self.frames.append(pd.DataFrame({"rule": rule, "column": column, "source_row": rows + 1,
                                              "raw": raw.astype("string").to_numpy(), "cause": cause}))
@@ -112,7 +112,7 @@ class _Issues:
 # --- reading -----------------------------------------------------------------------------------
 
 
-def _json_lines(raw: bytes, name: str) -> pd.DataFrame:
+def _json_lines(raw: bytes) -> pd.DataFrame:
     """JSON Lines; a JSON array or a malformed line is named as such, with its line number."""
     head = raw.lstrip()[:1]
     if head == b"[":
@@ -141,7 +141,7 @@ def _read_bytes(raw: bytes, name: str) -> pd.DataFrame:
         # Empty file: zero rows, no columns (the validator reports it), not a parse error.
         return pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False, na_values=[""]) if raw.strip() else pd.DataFrame()
     if suffix in (".jsonl", ".json"):
-        return _json_lines(raw, name) if raw.strip() else pd.DataFrame()
+        return _json_lines(raw) if raw.strip() else pd.DataFrame()
     raise ValueError(f"unsupported format {suffix!r}; accepted: {', '.join(SUPPORTED_SUFFIXES)}")
 
 
@@ -189,7 +189,7 @@ def epoch_to_utc(numbers: pd.Series, unit: str) -> pd.Series:
     return out
 
 
-def parse_timestamps(ts: pd.Series, epoch_unit: str, issues: _Issues) -> tuple[pd.Series, str]:
+def parse_timestamps(ts: pd.Series, epoch_unit: str, issues: ValueIssues) -> tuple[pd.Series, str]:
     """One file's ``ts`` -> UTC, and the form the file writes time in.
 
     Policy (README): a file writes every timestamp in one form: epoch numbers in one unit (declared
@@ -239,7 +239,7 @@ def parse_timestamps(ts: pd.Series, epoch_unit: str, issues: _Issues) -> tuple[p
 
 
 def normalize_ids(values: pd.Series, column: str, id_type: str | None, null_tokens: tuple[str, ...],
-                  issues: _Issues) -> pd.Series:
+                  issues: ValueIssues) -> pd.Series:
     """One file's id (or event-type) column -> canonical text.
 
     Null tokens become null (cause recorded); text is NFC-normalized (an NFD spelling of an id is the
@@ -293,9 +293,9 @@ def normalize(frame: pd.DataFrame, source_file: str, cfg: PipelineConfig | None 
 
     Returns (rows, the file's timestamp form, the file's value issues)."""
     v = (cfg or PipelineConfig()).validation
-    issues = _Issues()
+    issues = ValueIssues()
     out = pd.DataFrame(index=frame.index)
-    for column in ("event_id", "user_id", "item_id", "event_type"):
+    for column in (*ID_COLUMNS, "event_type"):
         if column in frame.columns:
             out[column] = normalize_ids(frame[column], column, v.id_types.get(column), tuple(v.null_tokens), issues)
     ts_form = None

@@ -44,7 +44,6 @@ from components.errors import PermanentStageFailure
 from components.ingest import (
     EXPECTED_KINDS,
     EXTRA_PREFIX,
-    ISSUE_COLUMNS,
     LINEAGE_COLUMNS,
     NOT_NULL_RULE,
     REQUIRED_COLUMNS,

@@ -52,13 +52,13 @@ def parse_type_map(text: str | None) -> dict[str, str]:
 def _timestamps(path: Path, values: pd.Series, unit: str) -> pd.Series:
     """The contract's timestamp rules (components/ingest.py: one form per file, epoch unit by
     magnitude or declared); the first bad value raises naming its line, raw value and cause."""
-    from components.ingest import _Issues, parse_timestamps
+    from components.ingest import ValueIssues, parse_timestamps
 
     epoch = values.astype("string").str.fullmatch(r"[+-]?\d+(\.\d+)?").fillna(False).to_numpy()
     if unit == "iso" and epoch.any():
         first = int(np.flatnonzero(epoch)[0])
         raise ValueError(f"{path}: line {first + 2}: timestamp {values.iloc[first]!r} is an epoch number; --time-unit iso expects ISO 8601")
-    issues = _Issues()
+    issues = ValueIssues()
     parsed, _ = parse_timestamps(values, "auto" if unit == "iso" else unit, issues)
     if issues.frames:
         first = pd.concat(issues.frames).sort_values("source_row").iloc[0]
