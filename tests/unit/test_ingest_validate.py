@@ -649,3 +649,14 @@ def test_a_json_array_says_so_and_a_malformed_json_line_gives_its_line_number(tm
     path.write_text("\n".join(lines) + "\n")
     message, _, _ = _quarantined(broken_layout, broken)
     assert "events.jsonl (ValueError: line 7: malformed JSON (Expecting ',' delimiter" in message
+
+
+def test_the_contract_settings_are_validated_on_load():
+    from components.config import load_config
+
+    cfg = load_config(overrides={"validation.id_types": {"user_id": "integer"}})
+    assert cfg.validation.id_types == {"event_id": "string", "user_id": "integer", "item_id": "string"}
+    with pytest.raises(ValueError, match=r"id_types: unknown column\(s\) \['session_id'\]"):
+        load_config(overrides={"validation.id_types": {"session_id": "string"}})
+    with pytest.raises(ValueError, match="epoch_unit"):
+        load_config(overrides={"validation.epoch_unit": "minutes"})
