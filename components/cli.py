@@ -4,6 +4,8 @@ registry operations, and the demo that runs the real Airflow DAG day by day.
     graphdistill run validate --day 2026-01-03 --root .graphdistill
     graphdistill generate --days 6 --corrupt 2026-01-05:duplicated_events
     graphdistill replay ml-100k/u.data --shift-to 2026-01-01
+    graphdistill replay events.csv --user-col visitorid --item-col itemid --type-col event \
+        --type-map "addtocart=cart,transaction=purchase" --time-unit ms
     graphdistill demo --days 6
     graphdistill champion | history | outcome DAY | rollback | promote VERSION --reason WHY | announce
     graphdistill recommend u1 u2 | triton-export OUT
@@ -96,10 +98,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from components.sources.replay import replay
+    from components.sources.replay import parse_type_map, replay
 
     result = replay(Path(args.source), Layout.at(args.root).root / "landing",
-                    shift_to=parse_day(args.shift_to) if args.shift_to else None, max_days=args.max_days)
+                    shift_to=parse_day(args.shift_to) if args.shift_to else None, max_days=args.max_days,
+                    user_col=args.user_col, item_col=args.item_col, ts_col=args.time_col, type_col=args.type_col,
+                    type_map=parse_type_map(args.type_map), time_unit=args.time_unit, sep=args.sep)
     if not result.days:
         raise ValueError(f"{args.source}: no rows to replay")
     print(f"{result.rows} rows into {len(result.days)} days: {result.days[0]} .. {result.days[-1]}")
@@ -384,11 +388,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="missing_column|duplicated_events|wrong_day|empty_file|unreadable_file")
     gen.set_defaults(func=cmd_generate)
 
-    rep = sub.add_parser("replay", help="split a timestamped dataset (MovieLens, CSV) into landing days")
+    rep = sub.add_parser("replay", help="split a timestamped public log (MovieLens, RecBole .inter, any CSV/TSV) into landing days")
     rep.add_argument("source")
     rep.add_argument("--root", default=default_root)
     rep.add_argument("--shift-to", default=None)
     rep.add_argument("--max-days", type=int, default=None)
+    rep.add_argument("--user-col", default="user", help="the log's user column (generic CSV/TSV)")
+    rep.add_argument("--item-col", default="item", help="the log's item column")
+    rep.add_argument("--time-col", default="timestamp", help="the log's time column")
+    rep.add_argument("--time-unit", default="auto", choices=["auto", "s", "ms", "us", "ns", "iso"],
+                     help="epoch unit or iso; auto detects the epoch unit by magnitude")
+    rep.add_argument("--type-col", default=None, help="the log's event-type column (else ratings map to types)")
+    rep.add_argument("--type-map", default=None, help='raw event values to contract types, e.g. "addtocart=cart,transaction=purchase"')
+    rep.add_argument("--sep", default=None, help="separator of a generic file (default: tab for .tsv, else comma)")
     rep.set_defaults(func=cmd_replay)
 
     demo = sub.add_parser("demo", help="generate days and run the real DAG over them (airflow dags test)")

@@ -80,6 +80,17 @@ class ValidationConfig(_Section):
     # Redelivered events (same event_id) are normal in at-least-once logs up to this share;
     # above it the producer is broken and the day is quarantined.
     max_duplicate_share: float = Field(0.05, ge=0, le=1)
+    # Declared type of each id column: "integer" reads a whole float (13.0) as 13 and fails any
+    # non-integer (id_type); "string" keeps text as it came (a whole float is still flagged,
+    # id_float_form). Ids are compared in Unicode NFC either way (id_unicode_form).
+    id_types: dict[str, Literal["string", "integer"]] = Field(
+        default_factory=lambda: {"event_id": "string", "user_id": "string", "item_id": "string"})
+    # Text that means "no value" in any contract column: it becomes null (the not-null rule names it).
+    null_tokens: list[str] = Field(default_factory=lambda: ["NULL", "null", "None", "none", "nan", "NaN", "NA", "N/A", "\\N"])
+    # Unit of epoch timestamps; "auto" detects it per value by magnitude (components/ingest.py
+    # EPOCH_UNIT_LIMITS: < 1e11 s, < 1e14 ms, < 1e17 us, else ns) and a file mixing units fails
+    # ts_consistent_form. Declare it when a log's epochs are near 1970 (small numbers).
+    epoch_unit: Literal["auto", "s", "ms", "us", "ns"] = "auto"
     # Anomaly bands: median +- k * 1.4826 * MAD of the trailing accepted days (same weekday when
     # at least ``weekday_min_days`` of them are in the lookback), judged once ``min_history_days``
     # accepted days exist; a band is never narrower than ``min_band[metric]`` either side.
@@ -112,6 +123,14 @@ class ValidationConfig(_Section):
     # Holdout pairs whose user or item has no training edge: 0.35-0.99 on normal MovieLens-100k days
     # (most raters are new there), so only a day where nearly nothing can be evaluated warns.
     graph_max_cold_share: float = Field(0.99, ge=0, le=1)
+
+    @field_validator("id_types")
+    @classmethod
+    def _id_columns(cls, types: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(types) - {"event_id", "user_id", "item_id"})
+        if unknown:
+            raise ValueError(f"id_types: unknown column(s) {unknown}; known: event_id, user_id, item_id")
+        return {"event_id": "string", "user_id": "string", "item_id": "string", **types}
 
     @field_validator("min_band")
     @classmethod

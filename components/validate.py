@@ -4,19 +4,21 @@ Two severities (``validation.severity`` overrides any rule):
 - Contract rules quarantine the day: the Great Expectations (GX Core 1.x) suite in
   config/expectations/interactions_daily.json (columns, nulls, event types, timestamps in the
   window, duplicates beyond tolerance, not empty; its ``$PARAMETER``s come from config only), plus
-  what GX cannot see: unreadable or empty files and a changed column type per file.
+  what GX cannot see: unreadable or empty files and folders, a changed column type per file, the
+  value rules ingest judged (ts_consistent_form, id_type, id_float_form; id_unicode_form warns),
+  an event id reused with another payload, and content duplicates beyond tolerance.
 - Anomaly checks warn: the day's profile (volume, new-user/item shares, top-user and top-item
   shares, events per user, event-type mix) against a robust band (median +- k MAD) of the trailing
   accepted days, same weekday when there are enough; an obviously automated (one-user) day; unknown
-  columns (kept in ``extra_columns.parquet``). Warnings are recorded in the result, the manifest and
+  columns (kept in ``extra_columns.parquet``); data files in the partition that were skipped. Warnings are recorded in the result, the manifest and
   the report, logged first, and gateable (``validation_warnings``); they never stop the day.
 
 No cascade: a quarantined day's users/items still count as seen, and its metrics that were normal
 stay in the history (those that warned do not), so one bad day makes no later day look new or odd.
 
 Pass: ``accepted/date=D`` is (re)written atomically: events.parquet deduplicated by event_id
-(first by ts, file, row), duplicates.parquet holding every dropped redelivery, the unknown columns'
-sidecar, a deterministic manifest with the day's profile. Re-running a day yields identical files.
+(first by ts, file, row), then by content (user, item, ts, type), duplicates.parquet holding every
+dropped row with its reason, the unknown columns' sidecar, a deterministic manifest with the day's profile. Re-running a day yields identical files.
 Fail: the raw files, all staged rows and the validation result go to
 ``quarantine/date=D/<attempt>`` with a readable report (an accepted partition the day may have had
 is moved there too), and ``DataValidationError`` names each failed rule with counts, file and row.
@@ -39,7 +41,14 @@ import pandas as pd
 
 from components.config import ANOMALY_METRICS, REPO_ROOT, PipelineConfig
 from components.errors import PermanentStageFailure
-from components.ingest import EXPECTED_KINDS, EXTRA_PREFIX, LINEAGE_COLUMNS, REQUIRED_COLUMNS
+from components.ingest import (
+    EXPECTED_KINDS,
+    EXTRA_PREFIX,
+    LINEAGE_COLUMNS,
+    NOT_NULL_RULE,
+    REQUIRED_COLUMNS,
+    SUPPORTED_SUFFIXES,
+)
 from components.storage import (
     MANIFEST,
     Layout,
@@ -59,7 +68,12 @@ EXTRA_FILE = "extra_columns.parquet"  # unknown columns of the accepted events (
 QUARANTINE, WARN, OFF = "quarantine", "warn", "off"
 # Rules that warn unless config says otherwise; every other rule (the GX contract suite, file and
 # type rules) quarantines. validation.severity overrides either.
-DEFAULT_SEVERITY: dict[str, str] = {"unknown_columns": WARN, "bot_suspect": WARN, **{m: WARN for m in ANOMALY_METRICS}}
+DEFAULT_SEVERITY: dict[str, str] = {"unknown_columns": WARN, "bot_suspect": WARN, "landing_files_skipped": WARN,
+                                    "id_unicode_form": WARN, **{m: WARN for m in ANOMALY_METRICS}}
+# Value rules judged at ingest (components/ingest.py records each finding with file, row, raw value
+# and cause); the not-null rule shows the raw value of what coercion turned into null.
+VALUE_RULES = ("ts_consistent_form", "id_type", "id_float_form", "id_unicode_form")
+PAYLOAD = ("user_id", "item_id", "ts", "event_type")  # what an event says; its id only names it
 LOG_SCALE = ("volume", "events_per_user")  # vary multiplicatively: judged on log values
 TWO_SIDED = ("volume",)  # the rest only warn when high (a drop in new users is no alarm)
 
@@ -122,6 +136,9 @@ class ValidationResult:
     late_rows: int
     quarantined_rows: int
     rules: tuple[RuleResult, ...]
+    content_duplicate_rows: int = 0  # of duplicate_rows: same (user, item, ts, type) under another event id
+    files_read: int = 0
+    files_skipped: int = 0  # entries of the partition not read, each listed with its reason
     parameters: dict[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     accepted_path: str | None = None
@@ -400,20 +417,122 @@ def _with_derived_columns(rows: pd.DataFrame, day: str) -> pd.DataFrame:
     return derived
 
 
-def _file_rules(files: list[dict[str, Any]]) -> list[RuleResult]:
+def _file_rules(files: list[dict[str, Any]], skipped: list[dict[str, Any]]) -> list[RuleResult]:
     unreadable = [f for f in files if f["error"]]
     empty = [f for f in files if not f["error"] and f["rows"] == 0]
+    # Skipped entries that look like data (a supported suffix, not a job marker) may hold rows the
+    # producer meant to deliver: said loudly; markers and other files are only listed.
+    data_like = [s for s in skipped if s["reason"] != "marker" and s["name"].lower().endswith(SUPPORTED_SUFFIXES)]
     return [
         RuleResult("source_file_readable", None, not unreadable,
-                   unexpected_count=len(unreadable), expected="every landing file parses", unit="files",
-                   samples=tuple(f"{f['name']} ({f['error'][:120]})" for f in unreadable)),
+                   unexpected_count=len(unreadable), expected="every landing file and folder can be read and parses",
+                   unit="files", samples=tuple(f"{f['name']} ({f['error'][:160]})" for f in unreadable)),
         RuleResult("source_file_not_empty", None, not empty,
                    unexpected_count=len(empty), expected="every landing file has rows", unit="files",
                    samples=tuple(f"{f['name']} (0 rows, {f['bytes']} bytes)" for f in empty)),
+        RuleResult("landing_files_skipped", None, not data_like, unit="files",
+                   unexpected_count=len(data_like) if data_like else None,
+                   expected="no data file skipped (symlinks, hidden and underscore-prefixed files are not read)",
+                   samples=tuple(f"{s['name']} ({s['reason'].split(' (')[0]})" for s in data_like)),
     ]
 
 
-def _gx_rules(frame: pd.DataFrame, params: dict[str, Any]) -> tuple[list[RuleResult], dict[str, Any]]:
+def _sample(source_file: Any, source_row: Any, raw: Any, cause: str, rule: str = "") -> str:
+    # NFC and NFD spellings print alike: the escaped form shows which code points arrived.
+    shown = ascii(raw) if rule == "id_unicode_form" else repr(raw)
+    return f"{source_file}:{source_row} ({shown}: {cause})"
+
+
+def value_rules(issues: pd.DataFrame, cfg: PipelineConfig) -> list[RuleResult]:
+    """The value rules ingest judged, one per (rule, column), passing ones included (so the report
+    lists what was checked); each failure names file, row, raw value and cause."""
+    checked = [("ts_consistent_form", "ts")] + [
+        (rule, column) for column, kind in cfg.validation.id_types.items()
+        for rule in ("id_float_form", "id_unicode_form", *(("id_type",) if kind == "integer" else ()))]
+    found = issues[issues["rule"].isin(VALUE_RULES)]
+    groups = {key: group for key, group in found.groupby(["rule", "column"], sort=False)}
+    rules = []
+    for rule, column in checked:
+        group = groups.get((rule, column))
+        count = 0 if group is None else len(group)
+        expected = {
+            "ts_consistent_form": "one timestamp form per file: epoch in one unit, ISO 8601 with offset, or naive ISO (read as UTC)",
+            "id_type": f"{cfg.validation.id_types.get(column)} ids (validation.id_types)",
+            "id_float_form": "ids never written as floats (13.0)",
+            "id_unicode_form": "ids in Unicode NFC form",
+        }[rule]
+        rules.append(RuleResult(
+            rule, column, count == 0, unexpected_count=count or None, expected=expected,
+            observed=None if group is None else f"{group['source_file'].nunique()} file(s)",
+            samples=() if group is None else tuple(
+                _sample(f, r, raw, cause, rule) for f, r, raw, cause in
+                group[["source_file", "source_row", "raw", "cause"]].head(SAMPLE_ROWS).itertuples(index=False)),
+        ))
+    return rules
+
+
+def _payload(row: pd.Series) -> str:
+    ts = row["ts"].strftime("%Y-%m-%dT%H:%M:%S%z") if pd.notna(row["ts"]) else None
+    return f"{row['source_file']}:{row['source_row']} ({row['user_id']}, {row['item_id']}, {ts}, {row['event_type']})"
+
+
+def payload_conflict_rule(rows: pd.DataFrame) -> RuleResult:
+    """An event id reused with a different payload (user, item, ts or type): a contract violation,
+    never a redelivery to deduplicate (keeping either copy would be a guess)."""
+    distinct = rows.drop_duplicates(["event_id", *PAYLOAD])
+    conflicting = distinct.loc[distinct["event_id"].duplicated(keep=False) & distinct["event_id"].notna(), "event_id"]
+    ids = conflicting.unique()
+    samples = []
+    for event_id in ids[:SAMPLE_ROWS]:  # at most SAMPLE_ROWS examples, each naming both rows
+        first, second = distinct[distinct["event_id"] == event_id].iloc[:2].to_dict("records")
+        samples.append(f"event {event_id}: {_payload(first)} vs {_payload(second)}")
+    return RuleResult("event_id_payload_conflict", "event_id", len(ids) == 0, unit="event ids",
+                      unexpected_count=len(ids) or None, samples=tuple(samples),
+                      observed=f"{int(rows['event_id'].isin(ids).sum())} rows" if len(ids) else None,
+                      expected="a reused event_id repeats its event exactly (user, item, ts, event_type)")
+
+
+def deduplicate(rows: pd.DataFrame, earlier_ids: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(events, duplicates): the first row of each event id (by ts, file, row) that no earlier day
+    accepted, then the first of each content (user, item, ts, type) under different event ids.
+    ``duplicates`` keeps every dropped row with its ``duplicate_of`` reason: nothing is lost."""
+    ordered = rows.sort_values(["ts", "source_file", "source_row"], kind="stable")
+    seen_before = ordered["event_id"].isin(earlier_ids)
+    id_copy = ordered["event_id"].duplicated(keep="first")
+    kept = ordered[~id_copy & ~seen_before]
+    content_copy = kept.duplicated(list(PAYLOAD), keep="first")
+    reason = pd.Series("event_id", index=ordered.index)
+    reason[seen_before & ~id_copy] = "event_id of an earlier day"
+    reason[content_copy[content_copy].index] = "content"
+    events = kept[~content_copy].copy()
+    duplicates = ordered.drop(index=events.index)
+    # By position: assigning a Series to an empty frame would adopt the Series' whole index.
+    duplicates = duplicates.assign(duplicate_of=reason.loc[duplicates.index].to_numpy())
+    return events, duplicates
+
+
+def content_duplicate_rule(rows: pd.DataFrame, cfg: PipelineConfig) -> RuleResult:
+    """The same (user, item, ts, type) under different event ids: deduplicated up to the same
+    tolerance as redelivered ids (``validation.max_duplicate_share``), beyond it the day stops."""
+    _, duplicates = deduplicate(rows, pd.Series([], dtype="string"))
+    copies = duplicates[duplicates["duplicate_of"] == "content"]
+    share = len(copies) / max(len(rows), 1)
+    samples = []
+    for _, copy in copies.head(SAMPLE_ROWS).iterrows():  # examples only
+        same = rows[list(PAYLOAD)].eq(copy[list(PAYLOAD)]).fillna(False).all(axis=1) & (rows["event_id"] != copy["event_id"])
+        original = rows[same].sort_values(["ts", "source_file", "source_row"]).iloc[0]
+        samples.append(f"{copy['source_file']}:{copy['source_row']} (event {copy['event_id']}) repeats "
+                       f"{original['source_file']}:{original['source_row']} (event {original['event_id']}): "
+                       f"{copy['user_id']}, {copy['item_id']}, {copy['ts']}, {copy['event_type']}")
+    limit = cfg.validation.max_duplicate_share
+    return RuleResult("content_duplicates", None, share <= limit, unexpected_count=len(copies) or None,
+                      observed=round(share, 4), samples=tuple(samples),
+                      expected=f"share <= {limit} (validation.max_duplicate_share); within it the copies are dropped")
+
+
+def _gx_rules(frame: pd.DataFrame, params: dict[str, Any], coerced: pd.DataFrame) -> tuple[list[RuleResult], dict[str, Any]]:
+    """The GX suite's rules; a sample whose value coercion turned into null shows its raw value
+    and cause (``coerced``: ingest's not-null findings)."""
     # GX logs ~200 INFO lines ("Skipping registering function ...") while importing its public API;
     # they buried the failure summary in the task log.
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
@@ -440,14 +559,20 @@ def _gx_rules(frame: pd.DataFrame, params: dict[str, Any]) -> tuple[list[RuleRes
         },
         expectation_parameters=params,
     )
+    # Looked up only for the few sample rows: no per-row Python structure for a broken day's millions.
+    raw = coerced.drop_duplicates(["column", "source_file", "source_row"]).set_index(
+        ["column", "source_file", "source_row"])[["raw", "cause"]]
     rules = []
     for item in result.results:
         config = item.expectation_config
         kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id", "column")}
         expected = ", ".join(f"{k}={v}" for k, v in sorted(kwargs.items()))
         res = item.result or {}
+        column = config.kwargs.get("column")
         samples = tuple(
-            f"{row.get('source_file')}:{row.get('source_row')} ({row.get(config.kwargs.get('column'))})"
+            _sample(row.get("source_file"), row.get("source_row"), *raw.loc[(column, row.get("source_file"), row.get("source_row"))])
+            if config.type == NOT_NULL_RULE and (column, row.get("source_file"), row.get("source_row")) in raw.index
+            else f"{row.get('source_file')}:{row.get('source_row')} ({row.get(column)})"
             for row in (res.get("partial_unexpected_index_list") or [])[:SAMPLE_ROWS]
         )
         observed = res.get("observed_value")
@@ -499,11 +624,15 @@ def _fmt_band(band: tuple[float | None, float | None] | None) -> str:
     return f"<= {high}" if low is None else f"[{low}, {high}]"
 
 
-def render_report(result: ValidationResult, files: list[dict[str, Any]]) -> tuple[str, str]:
-    """A readable report as (markdown, html): failures and warnings first, then every rule."""
+def render_report(result: ValidationResult, files: list[dict[str, Any]],
+                  skipped: list[dict[str, Any]] = ()) -> tuple[str, str]:
+    """A readable report as (markdown, html): failures and warnings first, then every rule, then
+    every entry of the partition (read or skipped with its reason)."""
     status = _status(result)
-    counts = (f"rows {result.rows}, accepted {result.accepted_rows}, duplicates dropped {result.duplicate_rows}, "
-              f"late {result.late_rows}, quarantined {result.quarantined_rows}")
+    # The accounting adds up: rows in = accepted + dropped duplicates + quarantined; entries seen = read + skipped.
+    counts = (f"rows in {result.rows} = accepted {result.accepted_rows} + duplicates dropped {result.duplicate_rows} "
+              f"(by content {result.content_duplicate_rows}) + quarantined {result.quarantined_rows}; late {result.late_rows}; "
+              f"entries seen {len(files) + len(skipped)} = files read {len(files)} + skipped {len(skipped)}")
     ordered = sorted(result.rules, key=lambda r: {"FAIL": 0, "WARN": 1, "skipped": 2, "pass": 3}[r.verdict])
     md = [f"# Validation {result.day}: {status}", "", counts, ""]
     if result.summary_lines():
@@ -514,9 +643,12 @@ def render_report(result: ValidationResult, files: list[dict[str, Any]]) -> tupl
         md.append(f"| {r.rule} | {r.column or ''} | {r.severity} | {'**' + r.verdict + '**' if r.verdict in ('FAIL', 'WARN') else r.verdict} "
                   f"| {r.observed if r.observed is not None else ''} | {_fmt_band(r.band)} "
                   f"| {'' if r.unexpected_count is None else r.unexpected_count} | {r.skipped or r.expected} | {'; '.join(r.samples)} |")
-    md += ["", "## Files", "", "| file | bytes | rows | sha256 | unknown columns | error |", "|---|---|---|---|---|---|"]
-    md += [f"| {f['name']} | {f['bytes']} | {f['rows']} | {f['sha256'][:12]} | {', '.join(f.get('extra_columns') or ())} "
-           f"| {f['error'] or ''} |" for f in files]
+    md += ["", "## Files", "", "| file | status | bytes | rows | sha256 | timestamps | unknown columns | error or reason |",
+           "|---|---|---|---|---|---|---|---|"]
+    md += [f"| {f['name']} | {'unreadable' if f['error'] else 'read'} | {f['bytes']} | {'' if f['rows'] is None else f['rows']} "
+           f"| {(f['sha256'] or '')[:12]} | {f.get('ts_form') or ''} | {', '.join(f.get('extra_columns') or ())} | {f['error'] or ''} |"
+           for f in files]
+    md += [f"| {s['name']} | skipped | {'' if s.get('bytes') is None else s['bytes']} | | | | | {s['reason']} |" for s in skipped]
     md += ["", "## Notes", ""] + [f"- {n}" for n in result.notes]
     css = {"FAIL": "bad", "WARN": "warn", "skipped": "skip", "pass": "ok"}
     rows_html = "".join(
@@ -527,10 +659,12 @@ def render_report(result: ValidationResult, files: list[dict[str, Any]]) -> tupl
         for r in ordered
     )
     files_html = "".join(
-        f"<tr><td>{html.escape(f['name'])}</td><td>{f['bytes']}</td><td>{f['rows']}</td>"
+        f"<tr><td>{html.escape(f['name'])}</td><td>{'unreadable' if f['error'] else 'read'}</td><td>{f['bytes']}</td>"
+        f"<td>{'' if f['rows'] is None else f['rows']}</td><td>{html.escape(f.get('ts_form') or '')}</td>"
         f"<td>{html.escape(', '.join(f.get('extra_columns') or ()))}</td><td>{html.escape(f['error'] or '')}</td></tr>"
         for f in files
-    )
+    ) + "".join(f"<tr class=skip><td>{html.escape(s['name'])}</td><td>skipped</td><td>{'' if s.get('bytes') is None else s['bytes']}</td>"
+                f"<td></td><td></td><td></td><td>{html.escape(s['reason'])}</td></tr>" for s in skipped)
     summary_html = "".join(f"<li>{html.escape(line)}</li>" for line in result.summary_lines())
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Validation {result.day}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}
@@ -539,7 +673,7 @@ tr.bad{{background:#fdd}}tr.warn{{background:#ffe8b0}}tr.skip{{background:#eee}}
 <p>{html.escape(counts)}</p>
 {f'<h2>Failures and warnings</h2><ul>{summary_html}</ul>' if summary_html else ''}
 <table><tr><th>rule</th><th>column</th><th>severity</th><th>verdict</th><th>observed</th><th>band</th><th>unexpected</th><th>expected</th><th>examples (file:row)</th></tr>{rows_html}</table>
-<h2>Files</h2><table><tr><th>file</th><th>bytes</th><th>rows</th><th>unknown columns</th><th>error</th></tr>{files_html}</table>
+<h2>Files</h2><table><tr><th>file</th><th>status</th><th>bytes</th><th>rows</th><th>timestamps</th><th>unknown columns</th><th>error or reason</th></tr>{files_html}</table>
 <h2>Notes</h2><ul>{''.join(f'<li>{html.escape(n)}</li>' for n in result.notes)}</ul></body></html>"""
     return "\n".join(md) + "\n", page
 
@@ -554,13 +688,8 @@ def _earlier_event_ids(layout: Layout, day: str, window_days: int) -> pd.Series:
 
 
 def _accept(layout: Layout, day: str, rows: pd.DataFrame, cfg: PipelineConfig, summary: dict[str, Any]) -> tuple[Path, int, int, int]:
-    ordered = rows.sort_values(["ts", "source_file", "source_row"], kind="stable")
     # Redeliveries across days too: an event accepted on an earlier day of the window is dropped here.
-    earlier = _earlier_event_ids(layout, day, cfg.graph.window_days)
-    seen_before = ordered["event_id"].isin(earlier)
-    first = ~ordered["event_id"].duplicated(keep="first") & ~seen_before
-    events = ordered[first].copy()
-    duplicates = ordered[~first].copy()
+    events, duplicates = deduplicate(rows, _earlier_event_ids(layout, day, cfg.graph.window_days))
     start = pd.Timestamp(day, tz="UTC")
     events["weight"] = events["event_type"].map(cfg.data.event_weights).astype("float64")
     events["late"] = (events["ts"] < start) | (events["ts"] >= start + pd.Timedelta(days=1))
@@ -577,7 +706,8 @@ def _accept(layout: Layout, day: str, rows: pd.DataFrame, cfg: PipelineConfig, s
             "rows_in": int(len(rows)),
             "rows_accepted": int(len(events)),
             "rows_duplicate_dropped": int(len(duplicates)),
-            "rows_duplicate_of_earlier_days": int(seen_before.sum()),
+            "rows_duplicate_of_earlier_days": int((duplicates["duplicate_of"] == "event_id of an earlier day").sum()),
+            "rows_content_duplicate_dropped": int((duplicates["duplicate_of"] == "content").sum()),
             "rows_late": int(events["late"].sum()),
             "unknown_columns": [c.removeprefix(EXTRA_PREFIX) for c in extras],
             "config_hash": cfg.config_hash("validate"),
@@ -588,22 +718,26 @@ def _accept(layout: Layout, day: str, rows: pd.DataFrame, cfg: PipelineConfig, s
     return layout.accepted(day), len(events), len(duplicates), int(events["late"].sum())
 
 
-def _quarantine(layout: Layout, day: str, landing: str, files: list[dict[str, Any]], rows: pd.DataFrame,
-                gx_json: dict[str, Any] | None, result: ValidationResult) -> Path:
+def _quarantine(layout: Layout, day: str, landing: str, files: list[dict[str, Any]], skipped: list[dict[str, Any]],
+                rows: pd.DataFrame, gx_json: dict[str, Any] | None, result: ValidationResult) -> Path:
     import fsspec
 
-    attempt = hashlib.sha256("".join(sorted(f["sha256"] for f in files)).encode()).hexdigest()[:12]
+    attempt = hashlib.sha256("".join(sorted(f["sha256"] or f"{f['name']}:{f['error']}" for f in files)).encode()).hexdigest()[:12]
     target = layout.quarantine(day) / attempt
     with staging_dir(layout.quarantine(day)) as tmp:
         fs, base = fsspec.core.url_to_fs(landing)
         (tmp / "raw").mkdir()
         for source in files:  # exactly the files that were ingested (and hashed), nothing listed later
-            (tmp / "raw" / source["name"]).write_bytes(fs.cat_file(f"{base.rstrip('/')}/{source['name']}"))
+            if source["sha256"] is None:  # could not be read at ingest (permission): named in the report
+                continue
+            copy = tmp / "raw" / source["name"]
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_bytes(fs.cat_file(f"{base.rstrip('/')}/{source['name']}"))
         rows.to_parquet(tmp / "rows.parquet", index=False)
         if layout.accepted(day).exists():  # a previously accepted version of the day is superseded, not lost
             shutil.copytree(layout.accepted(day), tmp / "superseded_accepted")
         write_json(tmp / "validation.json", {"result": asdict(result), "great_expectations": gx_json})
-        markdown, page = render_report(result, files)
+        markdown, page = render_report(result, files, skipped)
         (tmp / "report.md").write_text(markdown)
         (tmp / "report.html").write_text(page)
         replace_dir(tmp, target)
@@ -618,8 +752,9 @@ def run_validate(layout: Layout, day: str, cfg: PipelineConfig) -> ValidationRes
     if not (staging / "files.json").exists():
         raise FileNotFoundError(f"{staging}: no staged data for {day}; run ingest first")
     manifest = read_json(staging / "files.json")
-    files = manifest["files"]
+    files, skipped = manifest["files"], manifest.get("skipped", [])
     rows = pd.read_parquet(staging / "rows.parquet")
+    issues = pd.read_parquet(staging / "issues.parquet")
     params = suite_parameters(cfg)
     known_users, known_items = _known_ids(layout, day)
     earlier_days = [d for d in (*layout.accepted_days(), *_quarantined_days(layout)) if d < day]
@@ -627,14 +762,16 @@ def run_validate(layout: Layout, day: str, cfg: PipelineConfig) -> ValidationRes
     history, held = _history(layout, day, cfg)
     notes = [f"anomaly history: {len(history)} days in the {cfg.validation.anomaly_lookback_days}-day lookback, "
              f"{held} of them quarantined (only their metrics judged normal count); judged from {cfg.validation.min_history_days}"]
-    rules = _file_rules(files) + schema_rules(files, cfg)
+    rules = _file_rules(files, skipped) + schema_rules(files, cfg) + value_rules(issues, cfg)
     gx_json = None
     if any(c in rows.columns for c in REQUIRED_COLUMNS):
-        gx_rules, gx_json = _gx_rules(_with_derived_columns(rows, day), params)
+        gx_rules, gx_json = _gx_rules(_with_derived_columns(rows, day), params, issues[issues["rule"] == NOT_NULL_RULE])
         rules += gx_rules
     else:
         rules.append(RuleResult("expect_table_row_count_to_be_between", None, False, observed=0,
                                 expected=f"min_value={params['min_rows']}"))
+    if set(REQUIRED_COLUMNS) <= set(rows.columns):
+        rules += [payload_conflict_rule(rows), content_duplicate_rule(rows, cfg)]
     rules = _with_severity(rules, cfg)
     rules += anomaly_rules(profile, history, day, cfg)
     bot = bot_rule(profile, cfg)
@@ -642,31 +779,34 @@ def run_validate(layout: Layout, day: str, cfg: PipelineConfig) -> ValidationRes
     success = not any(r.verdict == "FAIL" for r in rules)
     unknown = tuple(sorted({c for f in files for c in (f.get("extra_columns") or ())}))
     base = dict(day=day, success=success, rows=len(rows), rules=tuple(rules), parameters=params, notes=tuple(notes),
-                profile=profile, unknown_columns=unknown)
+                profile=profile, unknown_columns=unknown, files_read=len(files), files_skipped=len(skipped))
     reports = layout.reports(day) / "validation"
     if success:
-        summary = {"files": files, "rules_checked": len(rules), "suite": SUITE_FILE.name, "profile": profile,
+        summary = {"files": files, "skipped": skipped, "rules_checked": len(rules), "suite": SUITE_FILE.name, "profile": profile,
                    "warnings": [r.describe() for r in rules if r.verdict == "WARN"]}
         path, accepted, dups, late = _accept(layout, day, rows, cfg, summary)
         result = ValidationResult(**base, accepted_rows=accepted, duplicate_rows=dups, late_rows=late,
-                                  quarantined_rows=0, accepted_path=str(path), report_path=str(reports / "report.html"))
-        markdown, page = render_report(result, files)
+                                  quarantined_rows=0, accepted_path=str(path), report_path=str(reports / "report.html"),
+                                  content_duplicate_rows=int(read_json(path / MANIFEST)["rows_content_duplicate_dropped"]))
+        markdown, page = render_report(result, files, skipped)
         write_json(reports / "validation.json", {"result": asdict(result), "great_expectations": gx_json})
         atomic_write_bytes(reports / "report.md", markdown.encode())
         atomic_write_bytes(reports / "report.html", page.encode())
         if result.warnings:
             log.warning("validate %s: PASSED with %d WARNING(S); report %s\n%s", day, len(result.warnings),
                         result.report_path, "\n".join(f"  - {line}" for line in result.summary_lines()))
-        log.info("validate %s: PASSED %d rules; accepted %d rows (%d duplicates dropped, %d late)",
-                 day, len(rules), accepted, dups, late)
+        log.info("validate %s: PASSED %d rules; %d rows in = %d accepted + %d duplicates dropped (%d by content); "
+                 "%d late; %d files read, %d skipped", day, len(rules), len(rows), accepted, dups,
+                 result.content_duplicate_rows, late, len(files), len(skipped))
         return result
     pending = ValidationResult(**base, accepted_rows=0, duplicate_rows=0, late_rows=0, quarantined_rows=len(rows))
-    target = _quarantine(layout, day, manifest["landing"], files, rows, gx_json, pending)
+    target = _quarantine(layout, day, manifest["landing"], files, skipped, rows, gx_json, pending)
     result = replace(pending, quarantine_path=str(target), report_path=str(target / "report.html"))
     file_names = ", ".join(f["name"] for f in files)
     # Summary first, one line per failed rule: the Airflow log view clips long lines and long logs.
     message = "\n".join([
-        f"validation FAILED for {day}: {len(result.failed)} rule(s) failed, {len(rows)} rows quarantined",
+        f"validation FAILED for {day}: {len(result.failed)} rule(s) failed, {len(rows)} rows quarantined "
+        f"({len(files)} files read, {len(skipped)} skipped)",
         *(f"  - {line}" for line in result.summary_lines()),
         f"landing files: {file_names}",
         f"report: {target / 'report.html'}",

@@ -175,8 +175,12 @@ def test_epoch_second_timestamps_parse_in_every_format(tmp_path):
     as_text = pd.DataFrame({"ts": [str(e) for e in epochs]})  # how CSV arrives (read as text)
     as_numbers = pd.DataFrame({"ts": epochs})
     iso = pd.DataFrame({"ts": ["2026-01-01T00:00:00Z", "2026-01-01T00:01:30Z"]})
-    for frame in (as_text, as_numbers, iso):
-        assert normalize(frame, "f")["ts"].tolist() == expected
+    millis = pd.DataFrame({"ts": [e * 1000 for e in epochs]})  # detected by magnitude
+    micros_text = pd.DataFrame({"ts": [str(e * 10**6) for e in epochs]})
+    for frame in (as_text, as_numbers, iso, millis, micros_text):
+        rows, form, issues = normalize(frame, "f")
+        assert rows["ts"].tolist() == expected and issues.empty
+    assert [normalize(f, "f")[1] for f in (as_text, iso, millis, micros_text)] == ["epoch-s", "iso-offset", "epoch-ms", "epoch-us"]
 
 
 def test_an_event_redelivered_on_a_later_day_is_not_accepted_twice(tmp_path):
@@ -349,3 +353,322 @@ def test_missing_landing_day_fails_at_once_with_what_to_do(tmp_path):
         run_ingest(Layout.at(tmp_path), "2026-01-07", PipelineConfig(root=str(tmp_path)))
     assert isinstance(info.value, PermanentStageFailure)
     assert "no landing files for 2026-01-07" in str(info.value) and "graphdistill run ingest --day 2026-01-07" in str(info.value)
+
+
+# --- the input contract, one bad input per case (README "Interaction-log contract") -------------
+
+
+def _csv_day(layout, offset=0):
+    """The generated day as CSV text columns (how producers deliver it), and its path."""
+    path = land(layout, offset, "csv")
+    return pd.read_csv(path, dtype=str, keep_default_na=False), path
+
+
+def _quarantined(layout, cfg, offset=0):
+    staged = run_ingest(layout, day(offset), cfg)
+    with pytest.raises(DataValidationError) as failure:
+        run_validate(layout, day(offset), cfg)
+    (attempt,) = list(layout.quarantine(day(offset)).iterdir())
+    result = json.loads((attempt / "validation.json").read_text())["result"]
+    # Row accounting: every staged row is in quarantine, nothing accepted.
+    assert result["quarantined_rows"] == result["rows"] == staged.rows == len(pd.read_parquet(attempt / "rows.parquet"))
+    assert result["accepted_rows"] == 0 and not layout.accepted(day(offset)).exists()
+    return str(failure.value), result, attempt
+
+
+def test_mixed_naive_and_offset_timestamps_quarantine_naming_file_row_raw_value_and_cause(tmp_path):
+    layout, cfg = setup(tmp_path)
+    frame, path = _csv_day(layout)
+    frame["ts"] = frame["ts"].str.removesuffix("Z")  # naive ISO
+    frame.loc[0, "ts"] = frame.loc[0, "ts"] + "+02:00"  # the first row carries an offset
+    frame.to_csv(path, index=False)
+    message, _, attempt = _quarantined(layout, cfg)
+    raw = frame.loc[0, "ts"]
+    assert (f"FAIL ts_consistent_form(ts): 1 rows; observed 1 file(s); expected one timestamp form per file"
+            in message)
+    assert (f"events.csv:1 ('{raw}': iso-offset value in a file whose other {len(frame) - 1} timestamps are "
+            "iso-naive (one form per file))" in message)
+    assert "ts_consistent_form" in (attempt / "report.md").read_text()
+
+
+def test_all_naive_timestamps_are_read_as_utc_and_epoch_milliseconds_are_detected(tmp_path):
+    layout, cfg = setup(tmp_path)
+    reference = accept(layout, cfg, 0)
+    expected = pd.read_parquet(layout.accepted(day(0)) / "events.parquet")["ts"]
+    for name, write in {
+        "naive": lambda ts: ts.str.removesuffix("Z"),
+        "epoch ms": lambda ts: (pd.to_datetime(ts).astype("int64") // 10**6).astype(str),
+    }.items():
+        other, other_cfg = setup(tmp_path / name.replace(" ", "_"))
+        frame, path = _csv_day(other)
+        frame.assign(ts=write(frame["ts"])).to_csv(path, index=False)
+        result = (run_ingest(other, day(0), other_cfg), run_validate(other, day(0), other_cfg))[1]
+        assert result.success and result.accepted_rows == reference.accepted_rows, name
+        assert pd.read_parquet(other.accepted(day(0)) / "events.parquet")["ts"].tolist() == expected.tolist(), name
+        files = json.loads((other.accepted(day(0)) / "manifest.json").read_text())["files"]
+        assert files[0]["ts_form"] == {"naive": "iso-naive", "epoch ms": "epoch-ms"}[name]
+
+
+def test_unparsable_and_out_of_range_timestamps_name_raw_value_and_cause(tmp_path):
+    layout, cfg = setup(tmp_path)
+    frame, path = _csv_day(layout)
+    frame.loc[3, "ts"] = "yesterday"
+    frame.to_csv(path, index=False)
+    message, _, _ = _quarantined(layout, cfg)
+    assert ("FAIL expect_column_values_to_not_be_null(ts): 1 rows; e.g. events.csv:4 ('yesterday': "
+            "neither ISO 8601 nor an epoch number)") in message
+    assert "ts_consistent_form" not in message  # an unparsable value has no form
+    # The contract's declared unit reads epoch milliseconds as seconds: out of range, said so.
+    strict_layout, strict = setup(tmp_path / "declared", **{"validation.epoch_unit": "ns"})
+    frame, path = _csv_day(strict_layout)
+    frame.loc[0, "ts"] = "99999999999999999999999"
+    frame.to_csv(path, index=False)
+    message, _, _ = _quarantined(strict_layout, strict)
+    assert "events.csv:1 ('99999999999999999999999': epoch value out of range as ns)" in message
+
+
+def _numeric_ids(frame):
+    return frame.assign(user_id=frame["user_id"].str.removeprefix("u"))
+
+
+def test_float_ids_beside_integer_ids_quarantine_or_are_read_as_integers_by_declared_type(tmp_path):
+    layout, cfg = setup(tmp_path)
+    frame, path = _csv_day(layout)
+    frame = _numeric_ids(frame)
+    floats = frame.index % 3 == 0  # about a third of the rows, as a producer's float cast writes them
+    frame.loc[floats, "user_id"] = frame.loc[floats, "user_id"] + ".0"
+    frame.to_csv(path, index=False)
+    message, result, _ = _quarantined(layout, cfg)
+    (rule,) = [r for r in result["rules"] if r["rule"] == "id_float_form" and not r["success"]]
+    assert rule["column"] == "user_id" and rule["unexpected_count"] == int(floats.sum())
+    assert f"events.csv:1 ('{frame.loc[0, 'user_id']}': whole float among string ids" in message
+
+    typed_layout, typed = setup(tmp_path / "typed", **{"validation.id_types": {"user_id": "integer"},
+                                                       "validation.severity": {"id_float_form": "warn"}})
+    frame.to_csv(land(typed_layout, 0, "csv"), index=False)
+    run_ingest(typed_layout, day(0), typed)
+    result = run_validate(typed_layout, day(0), typed)
+    assert result.success and result.accepted_rows == len(frame)
+    users = pd.read_parquet(typed_layout.accepted(day(0)) / "events.parquet")["user_id"]
+    assert not users.str.contains(".", regex=False).any()  # 13.0 is 13: no ghost ids
+    assert users.nunique() == frame["user_id"].str.removesuffix(".0").nunique()
+    (warning,) = [r for r in result.warnings if r.rule == "id_float_form"]
+    assert f"read as {frame.loc[0, 'user_id'].removesuffix('.0')}" in warning.samples[0]
+
+
+def test_an_integer_id_column_rejects_text_ids_naming_the_row(tmp_path):
+    layout, cfg = setup(tmp_path, **{"validation.id_types": {"user_id": "integer"}})
+    frame, path = _csv_day(layout)
+    frame = _numeric_ids(frame)
+    frame.loc[5, "user_id"] = "u17"
+    frame.to_csv(path, index=False)
+    message, _, _ = _quarantined(layout, cfg)
+    assert ("FAIL id_type(user_id): 1 rows; observed 1 file(s); expected integer ids (validation.id_types); "
+            "e.g. events.csv:6 ('u17': not an integer (validation.id_types.user_id: integer))") in message
+
+
+@pytest.mark.parametrize("token", ["NULL", "nan", "None"])
+def test_null_tokens_are_missing_values_never_ids(tmp_path, token):
+    layout, cfg = setup(tmp_path)
+    frame, path = _csv_day(layout)
+    frame.loc[4, "user_id"] = token
+    frame.to_csv(path, index=False)
+    message, _, attempt = _quarantined(layout, cfg)
+    assert (f"FAIL expect_column_values_to_not_be_null(user_id): 1 rows; e.g. events.csv:5 ('{token}': "
+            "null token (validation.null_tokens))") in message
+    assert token not in set(pd.read_parquet(attempt / "rows.parquet")["user_id"].dropna())
+
+
+def test_nfc_and_nfd_spellings_of_one_id_are_one_user_and_warn_or_quarantine_by_rule(tmp_path):
+    import unicodedata
+
+    nfc, nfd = unicodedata.normalize("NFC", "josé"), unicodedata.normalize("NFD", "josé")
+    layout, cfg = setup(tmp_path)
+    frame, path = _csv_day(layout)
+    frame.loc[:9, "user_id"] = nfc
+    frame.loc[10:14, "user_id"] = nfd
+    frame.to_csv(path, index=False)
+    run_ingest(layout, day(0), cfg)
+    result = run_validate(layout, day(0), cfg)
+    assert result.success and result.accepted_rows == len(frame)
+    users = pd.read_parquet(layout.accepted(day(0)) / "events.parquet")["user_id"]
+    assert (users == nfc).sum() == 15 and not (users == nfd).any()
+    (warning,) = [r for r in result.warnings if r.rule == "id_unicode_form"]
+    assert warning.unexpected_count == 5 and warning.samples[0] == f"events.csv:11 ({ascii(nfd)}: not in Unicode NFC form; read as its NFC form)"
+
+    strict_layout, strict = setup(tmp_path / "strict", **{"validation.severity": {"id_unicode_form": "quarantine"}})
+    frame.to_csv(land(strict_layout, 0, "csv"), index=False)
+    message, _, _ = _quarantined(strict_layout, strict)
+    assert "FAIL id_unicode_form(user_id): 5 rows" in message
+
+
+def test_an_event_id_reused_with_another_payload_quarantines_naming_both_rows(tmp_path):
+    layout, cfg = setup(tmp_path)
+    frame, path = _csv_day(layout)
+    frame.loc[20, "event_id"] = frame.loc[2, "event_id"]  # same id, another user/item/time
+    frame.to_csv(path, index=False)
+    message, _, _ = _quarantined(layout, cfg)
+    first, second = sorted([3, 21], key=lambda r: (frame.loc[r - 1, "ts"], r))
+    ts = lambda r: pd.Timestamp(frame.loc[r - 1, "ts"]).strftime("%Y-%m-%dT%H:%M:%S%z")  # noqa: E731
+    row = lambda r: f"events.csv:{r} ({frame.loc[r - 1, 'user_id']}, {frame.loc[r - 1, 'item_id']}, {ts(r)}, {frame.loc[r - 1, 'event_type']})"  # noqa: E731
+    assert f"FAIL event_id_payload_conflict(event_id): 1 event ids; observed 2 rows" in message
+    assert f"event {frame.loc[2, 'event_id']}: " in message and row(3) in message and row(21) in message
+
+
+def test_content_duplicates_under_new_event_ids_are_dropped_within_tolerance_and_quarantine_beyond(tmp_path):
+    layout, cfg = setup(tmp_path)
+    frame, path = _csv_day(layout)
+    copies = frame.iloc[:2].assign(event_id=lambda f: f["event_id"] + "-again")
+    pd.concat([frame, copies], ignore_index=True).to_csv(path, index=False)
+    run_ingest(layout, day(0), cfg)
+    result = run_validate(layout, day(0), cfg)
+    assert result.success and result.accepted_rows == len(frame) and result.content_duplicate_rows == 2
+    assert result.rows == result.accepted_rows + result.duplicate_rows  # nothing lost
+    duplicates = pd.read_parquet(layout.accepted(day(0)) / "duplicates.parquet")
+    assert duplicates["duplicate_of"].tolist() == ["content", "content"]
+    assert json.loads((layout.accepted(day(0)) / "manifest.json").read_text())["rows_content_duplicate_dropped"] == 2
+    (rule,) = [r for r in result.rules if r.rule == "content_duplicates"]
+    assert rule.verdict == "pass" and rule.unexpected_count == 2
+    assert rule.samples[0].startswith(f"events.csv:{len(frame) + 1} (event {copies.iloc[0]['event_id']}) repeats events.csv:1 ")
+    assert "(by content 2)" in (layout.reports(day(0)) / "validation" / "report.md").read_text()
+
+    heavy_layout, heavy = setup(tmp_path / "heavy")
+    frame, path = _csv_day(heavy_layout)
+    copies = frame.sample(frac=0.3, random_state=0).assign(event_id=lambda f: f["event_id"] + "-again")
+    pd.concat([frame, copies], ignore_index=True).to_csv(path, index=False)
+    message, _, _ = _quarantined(heavy_layout, heavy)
+    share = round(len(copies) / (len(frame) + len(copies)), 4)
+    assert f"FAIL content_duplicates: {len(copies)} rows; observed {share}; expected share <= 0.05" in message
+
+
+def test_every_entry_of_the_partition_is_read_or_listed_as_skipped_and_the_rows_add_up(tmp_path):
+    import os
+
+    layout, cfg = setup(tmp_path)
+    frame = pd.read_parquet(land(layout, 0))
+    landing = layout.landing(day(0))
+    halves = {"events.parquet": frame.iloc[:100], "hour=12/part-0.parquet": frame.iloc[100:]}
+    (landing / "hour=12").mkdir()
+    for name, part in halves.items():  # a subfolder's file is read: its rows are the day's
+        write_log(part.reset_index(drop=True), landing / name)
+    outside = tmp_path / "elsewhere.parquet"
+    write_log(frame.iloc[:10], outside)
+    os.symlink(outside, landing / "linked.parquet")
+    write_log(frame.iloc[:5], landing / "_part-9.parquet")
+    write_log(frame.iloc[:5], landing / ".hidden.parquet")
+    (landing / "_SUCCESS").write_bytes(b"")
+    staged = run_ingest(layout, day(0), cfg)
+    result = run_validate(layout, day(0), cfg)
+    assert sorted(f.name for f in staged.files) == ["events.parquet", "hour=12/part-0.parquet"]
+    assert {s.name: s.reason.split(" (")[0] for s in staged.skipped} == {
+        ".hidden.parquet": "hidden", "_SUCCESS": "marker", "_part-9.parquet": "underscore-prefixed", "linked.parquet": "symlink"}
+    assert result.files_read + result.files_skipped == 6 == len(list(landing.rglob("*"))) - 1  # the subfolder itself
+    assert result.rows == len(frame) == result.accepted_rows + result.duplicate_rows + result.quarantined_rows
+    # Data-looking files that were skipped warn (markers do not); the report lists each with its reason.
+    (skipped,) = [r for r in result.warnings if r.rule == "landing_files_skipped"]
+    assert skipped.unexpected_count == 3 and "linked.parquet (symlink)" in skipped.samples
+    report = (layout.reports(day(0)) / "validation" / "report.md").read_text()
+    assert "entries seen 6 = files read 2 + skipped 4" in report and "| _SUCCESS | skipped | 0 | | | | | marker |" in report
+    manifest = json.loads((layout.accepted(day(0)) / "manifest.json").read_text())
+    assert len(manifest["files"]) == 2 and len(manifest["skipped"]) == 4
+
+
+@pytest.fixture
+def shared_tmp():
+    """A folder an unprivileged user can reach: pytest's base folder is root-only (and reset to
+    0700 by every pytest session started meanwhile)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.mkdtemp(prefix="graphdistill-perm-"))
+    folder.chmod(0o777)
+    yield folder
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o777)
+    shutil.rmtree(folder)
+
+
+def _as_unprivileged(folder, code: str):
+    """Run ``code`` as an unprivileged user when we are root (root reads through permission bits)."""
+    import os
+    import subprocess
+    import sys
+
+    from components.config import REPO_ROOT
+
+    prefix = [] if os.geteuid() else ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HOME": str(folder), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=folder, timeout=300)
+
+
+@pytest.mark.parametrize("target", ["file", "folder"])
+def test_an_unreadable_file_or_folder_quarantines_the_day_with_a_report(shared_tmp, target):
+    layout, cfg = setup(shared_tmp)
+    land(layout, 0)
+    landing = layout.landing(day(0))
+    if target == "file":
+        write_log(pd.read_parquet(landing / "events.parquet").iloc[:3], landing / "more.parquet")
+        locked = landing / "more.parquet"
+    else:
+        (landing / "sub").mkdir()
+        locked = landing / "sub"
+    for path in [shared_tmp, *shared_tmp.rglob("*")]:
+        path.chmod(0o777)
+    locked.chmod(0)
+    code = f"""
+import json, pathlib
+from components.ingest import run_ingest
+from components.validate import DataValidationError, run_validate
+from tests.unit.data_fixtures import setup, day
+layout, cfg = setup(pathlib.Path({str(shared_tmp)!r}))
+staged = run_ingest(layout, day(0), cfg)
+try:
+    run_validate(layout, day(0), cfg)
+except DataValidationError as exc:
+    print(json.dumps({{"message": str(exc), "rows": staged.rows}}))
+"""
+    done = _as_unprivileged(shared_tmp, code)
+    assert done.returncode == 0, done.stderr[-2000:]
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    name = "more.parquet" if target == "file" else "sub/"
+    assert ("FAIL source_file_readable: 1 files; expected every landing file and folder can be read and parses; "
+            f"e.g. {name} (PermissionError") in outcome["message"]
+    (attempt,) = list(layout.quarantine(day(0)).iterdir())
+    report = (attempt / "report.md").read_text()
+    assert f"| {name} | unreadable |" in report and "Permission denied" in report
+    result = json.loads((attempt / "validation.json").read_text())["result"]
+    assert result["quarantined_rows"] == outcome["rows"] == len(pd.read_parquet(landing / "events.parquet"))
+
+
+def test_a_json_array_says_so_and_a_malformed_json_line_gives_its_line_number(tmp_path):
+    layout, cfg = setup(tmp_path)
+    frame = pd.read_parquet(land(layout, 0))
+    landing = layout.landing(day(0))
+    (landing / "events.parquet").unlink()
+    (landing / "events.json").write_text(frame.to_json(orient="records", date_format="iso"))
+    message, _, _ = _quarantined(layout, cfg)
+    assert ("FAIL source_file_readable: 1 files; expected every landing file and folder can be read and parses; "
+            "e.g. events.json (ValueError: the file is a JSON array; the contract expects JSON Lines") in message
+    rule_lines = [line for line in message.splitlines() if line.startswith("  - ")]
+    assert len(rule_lines) == 2 and "unknown_columns" not in "".join(rule_lines)  # readable + the empty day, nothing else
+
+    broken_layout, broken = setup(tmp_path / "broken")
+    path = land(broken_layout, 0, "jsonl")
+    lines = path.read_text().splitlines()
+    lines[6] = lines[6][:-1]  # a truncated record on line 7
+    path.write_text("\n".join(lines) + "\n")
+    message, _, _ = _quarantined(broken_layout, broken)
+    assert "events.jsonl (ValueError: line 7: malformed JSON (Expecting ',' delimiter" in message
+
+
+def test_the_contract_settings_are_validated_on_load():
+    from components.config import load_config
+
+    cfg = load_config(overrides={"validation.id_types": {"user_id": "integer"}})
+    assert cfg.validation.id_types == {"event_id": "string", "user_id": "integer", "item_id": "string"}
+    with pytest.raises(ValueError, match=r"id_types: unknown column\(s\) \['session_id'\]"):
+        load_config(overrides={"validation.id_types": {"session_id": "string"}})
+    with pytest.raises(ValueError, match="epoch_unit"):
+        load_config(overrides={"validation.epoch_unit": "minutes"})

@@ -1,10 +1,11 @@
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from components.sources.replay import read_timestamped, replay
+from components.sources.replay import parse_type_map, read_timestamped, replay
 from components.sources.synthetic import SyntheticWorld, generate_day
 
 from tests.unit.data_fixtures import WORLD
@@ -94,7 +95,7 @@ def test_replay_generic_csv_names_missing_columns(tmp_path):
         read_timestamped(bad)
     odd = tmp_path / "odd.csv"
     odd.write_text("user,item,timestamp\n1,2,2026-01-01T00:00:00Z\n1,3,not-a-time\n")
-    with pytest.raises(ValueError, match="odd.csv: row 3: unparsable timestamp 'not-a-time'"):
+    with pytest.raises(ValueError, match="odd.csv: line 3: timestamp 'not-a-time': neither ISO 8601 nor an epoch number"):
         read_timestamped(odd)
 
 
@@ -108,3 +109,78 @@ def test_recbole_atomic_inter_files_and_packaged_logs_by_name(tmp_path):
     assert frame["ts"].iloc[0] == pd.Timestamp(881250949, unit="s", tz="UTC") and frame["rating"].tolist() == [5, 2]
     with pytest.raises(KeyError, match="unknown public log 'ml-1m'; known: ml-100k"):
         public_log("ml-1m")
+
+
+# RetailRocket's events.csv as it ships (timestamp in epoch ms, visitorid, event in view/addtocart/
+# transaction, itemid, transactionid): 36 rows written for this test in that exact header and units
+# (not rows of the real dataset).
+RETAILROCKET = Path(__file__).parent.parent / "fixtures" / "retailrocket_events.csv"
+RR_OPTIONS = dict(user_col="visitorid", item_col="itemid", type_col="event", time_unit="ms",
+                  type_map=parse_type_map("addtocart=cart,transaction=purchase"))
+
+
+def test_a_retailrocket_log_replays_as_it_ships_and_passes_the_contract(tmp_path):
+    from components.cli import main
+    from components.ingest import run_ingest
+    from components.validate import run_validate
+
+    from tests.unit.data_fixtures import setup
+
+    raw = pd.read_csv(RETAILROCKET, dtype=str)
+    frame = read_timestamped(RETAILROCKET, **RR_OPTIONS)
+    assert frame["ts"].tolist() == pd.to_datetime(raw["timestamp"].astype("int64"), unit="ms", utc=True).tolist()
+    assert frame["user_id"].tolist() == raw["visitorid"].tolist() and frame["item_id"].tolist() == raw["itemid"].tolist()
+    assert frame["event_type"].value_counts().to_dict() == {
+        "view": int((raw["event"] == "view").sum()), "cart": int((raw["event"] == "addtocart").sum()),
+        "purchase": int((raw["event"] == "transaction").sum())}
+    # The auto unit finds milliseconds by magnitude: the same times without --time-unit.
+    assert read_timestamped(RETAILROCKET, **{**RR_OPTIONS, "time_unit": "auto"})["ts"].equals(frame["ts"])
+
+    layout, cfg = setup(tmp_path)
+    assert main(["replay", str(RETAILROCKET), "--root", str(layout.root), "--user-col", "visitorid", "--item-col", "itemid",
+                 "--type-col", "event", "--type-map", "addtocart=cart,transaction=purchase", "--time-unit", "ms"]) == 0
+    days = sorted(p.name.removeprefix("date=") for p in (layout.root / "landing").iterdir())
+    assert days == sorted(frame["ts"].dt.strftime("%Y-%m-%d").unique())
+    run_ingest(layout, days[0], cfg)
+    result = run_validate(layout, days[0], cfg)
+    first_day = frame[frame["ts"].dt.strftime("%Y-%m-%d") == days[0]]
+    assert result.success and result.accepted_rows == len(first_day) and not result.failed
+    events = pd.read_parquet(layout.accepted(days[0]) / "events.parquet")
+    assert sorted(events["event_type"]) == sorted(first_day["event_type"])
+
+
+def test_replay_names_what_it_cannot_map(tmp_path):
+    with pytest.raises(ValueError, match=r"event type\(s\) 'addtocart' \(7 rows\), 'transaction' \(4 rows\) are not "
+                                         r"contract types .* and not in --type-map; first at line \d+"):
+        read_timestamped(RETAILROCKET, **{**RR_OPTIONS, "type_map": {}})
+    with pytest.raises(ValueError, match=r"--type-map maps to \['basket'\], not event types"):
+        read_timestamped(RETAILROCKET, **{**RR_OPTIONS, "type_map": {"addtocart": "basket"}})
+    with pytest.raises(ValueError, match=r"line 2: timestamp '1433223227239' is an epoch number; --time-unit iso expects ISO 8601"):
+        read_timestamped(RETAILROCKET, **{**RR_OPTIONS, "time_unit": "iso"})
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['visitor'\]; found .*--user-col"):
+        read_timestamped(RETAILROCKET, **{**RR_OPTIONS, "user_col": "visitor"})
+    with pytest.raises(ValueError, match=r"expected RAW=TYPE pairs"):
+        parse_type_map("1=view,2")
+    mixed = tmp_path / "mixed.tsv"  # a TSV with ISO times, one of them without its offset
+    mixed.write_text("user\titem\ttimestamp\nu1\ti1\t2009-05-04T23:08:57Z\nu1\ti2\t2009-05-04T13:54:10\n")
+    with pytest.raises(ValueError, match=r"line 3: timestamp '2009-05-04T13:54:10': iso-naive value in a file whose other 1 timestamps are iso-offset"):
+        read_timestamped(mixed, time_unit="iso")
+
+
+def test_movielens_100k_as_recbole_ships_it_replays_with_ratings_as_event_types(tmp_path):
+    from components.sources.public_logs import public_log
+
+    try:
+        source = public_log("ml-100k")
+    except FileNotFoundError as missing:
+        pytest.skip(str(missing))
+    raw = pd.read_csv(source, sep="\t")
+    result = replay("ml-100k", tmp_path / "landing", shift_to=dt.date(2026, 1, 1), max_days=3)
+    assert result.days == ("2026-01-01", "2026-01-02", "2026-01-03")
+    first = pd.read_parquet(tmp_path / "landing" / "date=2026-01-01" / "events.parquet")
+    start = pd.to_datetime(raw["timestamp:float"], unit="s", utc=True).min().normalize()
+    day_rows = raw[pd.to_datetime(raw["timestamp:float"], unit="s", utc=True) < start + pd.Timedelta(days=1)]
+    assert len(first) == len(day_rows)
+    expected = pd.Series(np.select([day_rows["rating:float"] >= 5, day_rows["rating:float"] >= 4, day_rows["rating:float"] >= 3],
+                                   ["purchase", "cart", "click"], "view")).value_counts().sort_index()
+    assert first["event_type"].value_counts().sort_index().tolist() == expected.tolist()
