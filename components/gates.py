@@ -822,22 +822,26 @@ def run_gate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
     write_json(out / BLESSING_FILE, asdict(blessing))
     atomic_write_bytes(out / "gates.md", gate_table_markdown(blessing).encode())
     atomic_write_bytes(out / "gates.html", gate_table_html(blessing).encode())
+    # The verdict first (what ops scan for), then one line per gate: FAIL and INCONCLUSIVE at WARNING.
+    log.log(logging.INFO if blessing.blessed else logging.WARNING,
+            "gate %s run %s: candidate %s %s against %s (%d gates, %d failed, %d inconclusive, %d skipped; "
+            "engine gates on %s)", day, run_key, blessing.candidate_version, blessing.verdict.upper(),
+            blessing.champion_version or "no champion (bootstrap)", len(blessing.gates), len(blessing.failed),
+            len(blessing.inconclusive), sum(g.verdict == "skipped" for g in blessing.gates),
+            blessing.runtime_description)
     for gate in blessing.gates:
-        log.info("gate %s %s%s [%s, %s]: %s%s (n %d, value %s, baseline %s; %s)", gate.metric, gate.kind,
-                 f" vs {gate.baseline}" if gate.baseline else "", gate.segment, gate.role, gate.verdict.upper(),
-                 " (overridden)" if gate.overridden else "", gate.n, fmt_number(gate.value), fmt_number(gate.baseline_value),
-                 gate.note)
+        blocking = gate.verdict in ("fail", "inconclusive") and not gate.overridden
+        log.log(logging.WARNING if blocking else logging.INFO,
+                "gate %s %s%s [%s, %s]: %s%s (n %d, value %s, baseline %s; %s)", gate.metric, gate.kind,
+                f" vs {gate.baseline}" if gate.baseline else "", gate.segment, gate.role, gate.verdict.upper(),
+                " (overridden)" if gate.overridden else "", gate.n, fmt_number(gate.value),
+                fmt_number(gate.baseline_value), gate.note)
     for win in blessing.wins:
         log.info("candidate vs %s: %s (%s: %s)", win.baseline, win.verdict.upper(), win.rule, win.describe())
     if blessing.champion_health is not None:
         log.log(logging.WARNING if blessing.champion_worse_than_popularity else logging.INFO,
                 "champion health %s: champion %s vs popularity %s (%s)", day, blessing.champion_version,
                 blessing.champion_health.verdict.upper(), blessing.champion_health.describe())
-    log.info("gate %s run %s: candidate %s %s against %s (%d gates, %d failed, %d inconclusive, %d skipped; "
-             "engine gates on %s)", day, run_key, blessing.candidate_version, blessing.verdict.upper(),
-             blessing.champion_version or "no champion (bootstrap)", len(blessing.gates), len(blessing.failed),
-             len(blessing.inconclusive), sum(g.verdict == "skipped" for g in blessing.gates),
-             blessing.runtime_description)
     if not blessing.blessed:
         from components.registry import champion
 

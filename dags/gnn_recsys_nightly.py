@@ -66,13 +66,15 @@ def _run(stage: str, upstream: dict[str, Any] | None = None) -> dict[str, Any]:
 def _night_ended(kind: str, fails: bool):
     """A terminal task named after one outcome; a night that failed keeps its run failed through it."""
 
-    @task(task_id=kind, on_failure_callback=None)  # the outcome task already alerted, once
+    label = kind.upper().replace("_", " ")
+
+    @task(task_id=kind, on_failure_callback=None,  # the outcome task already alerted, once
+          doc_md=f"Runs (the other ends are skipped) when the night ended **{label}**"
+                 f"{'; fails, so the run is red' if fails else ''}. See the runbook's outcome table.")
     def ended() -> None:
         if fails:
-            raise AirflowFailException(f"the night ended {kind.upper().replace('_', ' ')}: see the run note and "
-                                       f"the outcome task's log")
+            raise AirflowFailException(f"the night ended {label}: see the run note and the outcome task's log")
 
-    ended.__doc__ = f"Runs (the others are skipped) when the night ended {kind.upper().replace('_', ' ')}."
     return ended()
 
 
@@ -97,6 +99,8 @@ def _night_ended(kind: str, fails: bool):
         "retries": int(os.environ.get("GRAPHDISTILL_TASK_RETRIES", "2")),
         "retry_delay": dt.timedelta(minutes=5),
         "retry_exponential_backoff": True,
+        # Tasks return small references; their summaries are logged by the stages (no multi-KB "Returned value").
+        "show_return_value_in_logs": False,
         "on_failure_callback": GraphDistillNotifier(conn_id=OPS.alert_connection_id, base_url=OPS.base_url),
     },
     params={
@@ -118,44 +122,55 @@ def _night_ended(kind: str, fails: bool):
 def gnn_recsys_nightly():
     @task  # idempotent: a transient read error of the landing store is worth a retry
     def ingest() -> dict:
+        """Reads every file of the day's landing partition into staging (files read or skipped, with why)."""
         return _run("ingest")
 
     @task  # a failed validation raises AirflowFailException: quarantined, never retried
     def validate() -> dict:
+        """The data contract (Great Expectations) and anomaly checks; a failing day is quarantined whole,
+        with its report, and nothing downstream runs on it."""
         return _run("validate")
 
     @task
     def features() -> dict:
+        """Feast: applies feature_repo/ and materializes the users' recent items into the online store."""
         return _run("features")
 
     @task
     def graph() -> dict:
+        """The user-item graph (DGL) over the rolling window ending the day before, IDs stable across days."""
         return _run("graph")
 
     @task(execution_timeout=dt.timedelta(hours=6))
     def teacher() -> dict:
+        """The large teacher (graph filter, closed form, or LightGCN) recomputed on the new graph."""
         return _run("teacher")
 
     @task(execution_timeout=dt.timedelta(hours=3))
     def distill() -> dict:
+        """The small student, distilled from the teacher's rankings."""
         return _run("distill")
 
     @task(execution_timeout=dt.timedelta(hours=3))
     def prune() -> dict:
+        """Pruning and fine-tuning, and the size ladder: the smallest rung that keeps the teacher ships."""
         return _run("prune")
 
     @task
     def export() -> dict:
+        """ONNX export of the shipped student (quantized tables), checked against PyTorch."""
         return _run("export")
 
     @task
     def convert() -> dict:
+        """The serving engine: TensorRT on a GPU, else ONNX Runtime (named in every record); parity and latency."""
         return _run("convert")
 
     # The decision stages pass explicit references: evaluate judges the engine convert built (its
     # lineage pins export, model and graph), gate -> register -> promote hand on what they decided.
     @task
     def evaluate(engine: dict) -> dict:
+        """Candidate, teacher, champion and popularity on the same fresh day, as served, per user."""
         return _run("evaluate", engine)
 
     @task
@@ -170,6 +185,7 @@ def gnn_recsys_nightly():
 
     @task.short_circuit(ignore_downstream_trigger_rules=False)
     def blessed(registration: dict) -> bool:
+        """Short-circuits promote when the gates did not bless the candidate (the report still runs)."""
         if not registration["blessed"]:
             log.warning("candidate %s NOT promoted (%s by the gates; judged against %s; champion %s keeps serving)",
                         registration["version"], registration["status"], registration["judged_against"],
@@ -191,12 +207,14 @@ def gnn_recsys_nightly():
 
     @task(trigger_rule="none_failed")
     def report() -> dict:
+        """The run report (HTML): outcome, gates with intervals, evaluation, curves, lineage."""
         return _run("report")
 
     # Runs last whatever happened (a teardown does not change the run's state): the decision, visible.
     @teardown
     @task(outlets=[NIGHTLY_OUTCOME])
     def outcome() -> dict:
+        """The night's decision: first log line, run note, Asset event, metrics and alerts (once each)."""
         return publish_outcome(get_current_context())
 
     # The night's decision as a row of the grid: exactly one of these runs (green; red for a night that

@@ -111,3 +111,10 @@ def test_components_never_import_airflow():
         if any(line.lstrip().startswith(("import airflow", "from airflow")) for line in p.read_text().splitlines())
     ]
     assert offenders == []
+
+
+def test_every_task_has_docs_and_no_task_logs_its_return_value(dagbag):
+    dag = dagbag.dags["gnn_recsys_nightly"]
+    undocumented = [t.task_id for t in dag.tasks if not (t.doc_md or t.doc)]
+    assert undocumented == []
+    assert {t.task_id: t.show_return_value_in_logs for t in dag.tasks if t.show_return_value_in_logs is not False} == {}

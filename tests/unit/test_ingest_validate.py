@@ -672,3 +672,19 @@ def test_the_contract_settings_are_validated_on_load():
         load_config(overrides={"validation.id_types": {"session_id": "string"}})
     with pytest.raises(ValueError, match="epoch_unit"):
         load_config(overrides={"validation.epoch_unit": "minutes"})
+
+
+def test_a_missing_column_fails_once_and_the_report_says_how_to_rerun_the_day(tmp_path):
+    layout, cfg = setup(tmp_path)
+    accept(layout, cfg, 0)
+    land(layout, 1)
+    corrupt_landing(layout.landing(day(1)), "missing_column")
+    run_ingest(layout, day(1), cfg)
+    with pytest.raises(DataValidationError) as failure:
+        run_validate(layout, day(1), cfg)
+    failed = [line for line in str(failure.value).splitlines() if line.strip().startswith("- FAIL")]
+    assert failed == ["  - FAIL expect_column_to_exist(item_id): observed column missing"]  # not also not-null
+    (attempt,) = list(layout.quarantine(day(1)).iterdir())
+    report = (attempt / "report.md").read_text()
+    assert "| expect_column_values_to_not_be_null | item_id | quarantine | skipped |" in report
+    assert "## What to do" in report and f"--conf '{{\"day\": \"{day(1)}\"}}'" in report
