@@ -74,6 +74,11 @@ class CandidateRefs:
             raise FileNotFoundError(f"no {ENGINE_KIND} artifact for {day} under {layout.root} (run convert first)")
         return cls.from_engine(layout, engine)
 
+    def student(self, layout: Layout) -> ArtifactRef | None:
+        """The distilled student the pruned candidate was made from (not part of the candidate's id)."""
+        students = [i for i in _inputs(self.pruned) if i["kind"] == "models/student"]
+        return _ref(layout, students[0]) if students else None
+
     def versions(self) -> dict[str, str | None]:
         return {"graph": self.graph.version, "teacher": self.teacher.version if self.teacher else None,
                 "pruned": self.pruned.version, "export": self.export.version, "engine": self.engine.version}

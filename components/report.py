@@ -249,6 +249,13 @@ def _plt():
     return plt
 
 
+def _honest_axis(ax) -> None:
+    """A metric axis from 0 without an offset: autoscaling with matplotlib's offset made a 1e-6 change
+    fill the whole chart, a cliff that was not there."""
+    ax.set_ylim(bottom=0)
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+
+
 def plot_training_curves(curves: dict[str, dict[str, list[float]]], out: Path) -> bool:
     if not any(c["epoch"] or c["val_epoch"] for c in curves.values()):
         return False
@@ -261,6 +268,7 @@ def plot_training_curves(curves: dict[str, dict[str, list[float]]], out: Path) -
             ax_ndcg.plot(curve["val_epoch"], curve["val_ndcg"], marker="o", label=f"{kind} ({curve['ndcg_key']})")
     ax_loss.set(title="training loss", xlabel="epoch", ylabel="loss")
     ax_ndcg.set(title="validation NDCG", xlabel="epoch", ylabel="NDCG")
+    _honest_axis(ax_ndcg)
     for ax in (ax_loss, ax_ndcg):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -325,6 +333,7 @@ def plot_metric_history(rows: list[dict[str, Any]], out: Path) -> bool:
             ax.scatter([d for d, _ in rejected], [v for _, v in rejected], marker="x", s=80, color="red",
                        label="rejected", zorder=3)
         ax.set(title=f"{metric.upper()} on each day's holdout", xlabel="day", ylabel=metric)
+        _honest_axis(ax)
         # whole days only (the auto locator shows hours for short spans)
         span = (days[-1] - days[0]).days
         ax.xaxis.set_major_locator(mdates.DayLocator(interval=max(1, span // 10)))
@@ -350,6 +359,7 @@ class ReportResult:
     history_days: int
     blessed: bool | None
     outcome: str | None  # the run's decision (outcome.json kind), None if no decision was recorded
+    curves: tuple[str, ...] = ()  # the models whose training curves the report plots
 
 
 def _kv_table(data: dict[str, Any]) -> str:
@@ -393,7 +403,10 @@ def run_report(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str) -
     curves = {}
     if blessing is not None:  # the judged candidate's own models, not the day's current ones
         refs = CandidateRefs.from_dict(layout, blessing["candidate_refs"])
-        for kind, ref in (("teacher", refs.teacher), ("pruned", refs.pruned)):
+        # The student's epochs carry the training loss; a closed-form teacher has none, and the pruned
+        # model's records are pruning steps (validation NDCG only): without it the loss chart was empty.
+        student = refs.student(layout)
+        for kind, ref in (("teacher", refs.teacher), ("student", student), ("pruned", refs.pruned)):
             if ref is not None and (Path(ref.path) / "history.json").exists():
                 curves[kind] = training_curve(read_json(Path(ref.path) / "history.json"))
     if plot_training_curves(curves, out / CURVES_PNG):
@@ -464,4 +477,5 @@ def run_report(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str) -
              out / REPORT_FILE, outcome["kind"] if outcome else "none", len(figures), len(rows))
     return ReportResult(day=day, run_key=run_key, path=str(out / REPORT_FILE),
                         figures=tuple(str(out / f) for f in figures), history_days=len(rows),
-                        blessed=blessing["blessed"] if blessing else None, outcome=outcome["kind"] if outcome else None)
+                        blessed=blessing["blessed"] if blessing else None, outcome=outcome["kind"] if outcome else None,
+                        curves=tuple(curves))

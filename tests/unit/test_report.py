@@ -36,6 +36,7 @@ def test_run_report_over_two_days(tmp_path):
     result = run_report(layout, "2024-01-09", cfg, run_key="r1")
     assert result.history_days == 2 and result.blessed is True and result.outcome == "promoted"
     assert len(result.figures) == 2
+    assert result.curves == ("teacher", "student", "pruned")  # the student's epochs carry the loss curve
     for figure in result.figures:
         with open(figure, "rb") as handle:
             assert handle.read(8) == PNG_MAGIC
@@ -94,3 +95,17 @@ def test_gate_table_markdown_lists_every_gate(tmp_path):
     assert sum("SKIPPED" in r for r in rows) == sum(g.verdict == "skipped" for g in blessing.gates) > 0
     assert "BLESSED" in table.splitlines()[0]
     assert gate_table_markdown(Blessing.load(layout.reports("2024-01-08") / "runs" / "r1" / "blessing.json")) == table
+
+
+def test_a_tiny_change_is_not_drawn_as_a_cliff():
+    from components.report import _honest_axis, _plt
+
+    plt = _plt()
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 3], [0.2, 0.2, 0.2000001])
+    fig.canvas.draw()
+    assert ax.get_ylim()[0] > 0.19  # matplotlib's autoscale: the 1e-7 step fills the chart
+    _honest_axis(ax)
+    fig.canvas.draw()
+    assert ax.get_ylim()[0] == 0 and ax.yaxis.get_major_formatter().get_offset() == ""
+    plt.close(fig)
