@@ -205,6 +205,7 @@ def main() -> int:
     from tests.e2e.small_world import write_small_world_gates
 
     root = Path(args.root or tempfile.mkdtemp(prefix="real-log-nights-")).resolve()
+    root.mkdir(parents=True, exist_ok=True)
     overrides = {**_overrides(DEMO_OVERRIDES), **_overrides(args.set)}
     gates_file = write_small_world_gates(root) if args.gates == "small" else None
     started = time.perf_counter()
