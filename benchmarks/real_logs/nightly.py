@@ -71,6 +71,17 @@ def land_public_log(name: str, root: Path, nights: int, history_days: int, work:
     return days[:-nights], days[-nights:]
 
 
+def night_repeat_share(layout, day: str) -> float:
+    """Share of the night's accepted events whose (user, item) pair occurs on an earlier accepted day."""
+    import pandas as pd
+
+    read = lambda d: pd.read_parquet(layout.accepted(d) / "events.parquet", columns=["user_id", "item_id"])  # noqa: E731
+    earlier = pd.concat([read(d) for d in layout.accepted_days() if d < day]).drop_duplicates()
+    tonight = read(day)
+    seen = tonight.merge(earlier.assign(seen=True), on=["user_id", "item_id"], how="left")["seen"].notna()
+    return round(float(seen.mean()), 3)
+
+
 def _interval(values: np.ndarray, level: float, resamples: int, seed: int) -> list[float]:
     draws = np.random.default_rng(seed).integers(0, len(values), size=(resamples, len(values)))
     means = values[draws].mean(axis=1)
@@ -151,10 +162,10 @@ def replay_nights(log: str, root: Path, nights: int, overrides: dict[str, Any], 
         rc = run_dag_day(root, day, conf, logs / f"{day}.log", timeout_s=timeout_s)
         latest = latest_run(layout, day)
         record = {"day": day, "dag_run_rc": rc, "seconds": round(time.perf_counter() - started, 1),
-                  "accepted_rows": day_summary(layout, day)["accepted_rows"],
+                  "accepted_rows": day_summary(layout, day)["accepted_rows"], "repeat_share": night_repeat_share(layout, day),
                   **(night_record(Path(latest["dir"])) if latest else {"outcome": "missing"})}
         records.append(record)
-        print(json.dumps({k: record.get(k) for k in ("day", "outcome", "seconds", "users", "failed_gates")}), flush=True)
+        print(json.dumps({k: record.get(k) for k in ("day", "outcome", "seconds", "repeat_share", "users", "failed_gates")}), flush=True)
     return records
 
 
@@ -179,13 +190,13 @@ def markdown(summary: dict[str, Any], records: list[dict[str, Any]]) -> str:
              f"- nights with a candidate conclusively better than popularity and the champion: "
              f"{summary['qualifying_nights']}, of which not promoted: {summary['qualifying_not_promoted']}",
              f"- gates: {summary['gates']}; overrides {summary['overrides']}; {summary['seconds']:.0f} s on a {summary['machine']}",
-             "", "| night | outcome | users all/warm/fold-in/cold (no unseen) | candidate | champion | popularity | teacher "
-             "| cand vs champ | cand vs pop | champ vs pop | failed gates |", "|" + "---|" * 11]
+             "", "| night | outcome | rows (repeat share) | users all/warm/fold-in/cold (no unseen) | candidate | champion | popularity | teacher "
+             "| cand vs champ | cand vs pop | champ vs pop | failed gates |", "|" + "---|" * 12]
     for r in records:
         u = r.get("users") or {}
         users = f"{u.get('all')}/{u.get('warm')}/{u.get('fold_in')}/{u.get('cold')} ({u.get('without_unseen_test_items')})" if u else "-"
         nd, rc = r.get("ndcg@20", {}), r.get("relative_change", {})
-        lines.append(f"| {r['day']} | {r['outcome']} | {users} | " + " | ".join(_fmt(nd.get(m)) for m in MODELS) + " | "
+        lines.append(f"| {r['day']} | {r['outcome']} | {r.get('accepted_rows')} ({r.get('repeat_share', 0):.0%}) | {users} | " + " | ".join(_fmt(nd.get(m)) for m in MODELS) + " | "
                      + " | ".join(_fmt(rc.get(f"{a}_vs_{b}")) for a, b in PAIRS) + f" | {', '.join(r.get('failed_gates', [])) or '-'} |")
     return "\n".join(lines) + "\n"
 
