@@ -190,14 +190,17 @@ def markdown(summary: dict[str, Any], records: list[dict[str, Any]]) -> str:
              f"- nights with a candidate conclusively better than popularity and the champion: "
              f"{summary['qualifying_nights']}, of which not promoted: {summary['qualifying_not_promoted']}",
              f"- gates: {summary['gates']}; overrides {summary['overrides']}; {summary['seconds']:.0f} s on a {summary['machine']}",
-             "", "| night | outcome | rows (repeat share) | users all/warm/fold-in/cold (no unseen) | candidate | champion | popularity | teacher "
-             "| cand vs champ | cand vs pop | champ vs pop | failed gates |", "|" + "---|" * 12]
+             "", "| night | outcome | rows (repeat share) | users all/warm/fold-in/cold (no unseen) | candidate "
+             "| champion | popularity | teacher | cand vs champ | cand vs pop | champ vs pop | failed gates |",
+             "|" + "---|" * 12]
     for r in records:
         u = r.get("users") or {}
-        users = f"{u.get('all')}/{u.get('warm')}/{u.get('fold_in')}/{u.get('cold')} ({u.get('without_unseen_test_items')})" if u else "-"
+        users = f"{u['all']}/{u['warm']}/{u['fold_in']}/{u['cold']} ({u['without_unseen_test_items']})" if u else "-"
         nd, rc = r.get("ndcg@20", {}), r.get("relative_change", {})
-        lines.append(f"| {r['day']} | {r['outcome']} | {r.get('accepted_rows')} ({r.get('repeat_share', 0):.0%}) | {users} | " + " | ".join(_fmt(nd.get(m)) for m in MODELS) + " | "
-                     + " | ".join(_fmt(rc.get(f"{a}_vs_{b}")) for a, b in PAIRS) + f" | {', '.join(r.get('failed_gates', [])) or '-'} |")
+        cells = [r["day"], r["outcome"], f"{r.get('accepted_rows')} ({r.get('repeat_share', 0):.0%})", users,
+                 *(_fmt(nd.get(m)) for m in MODELS), *(_fmt(rc.get(f"{a}_vs_{b}")) for a, b in PAIRS),
+                 ", ".join(r.get("failed_gates", [])) or "-"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
