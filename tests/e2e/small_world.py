@@ -13,13 +13,17 @@ import yaml
 from components.sources.synthetic import SyntheticWorld, corrupt_landing, write_landing_day
 from components.storage import Layout, parse_day
 
+# Roles and judged segments as in config/gates.yaml: decisions on users with history, teacher retention
+# a diagnostic that a conclusive win overrides.
 SMALL_WORLD_GATES = {
     "gates": [
         {"metric": "users_evaluated", "kind": "min", "threshold": 30},
         {"metric": "ndcg@20", "kind": "min", "threshold": 0.01},
-        {"metric": "ndcg@20", "kind": "min_lift_over", "baseline": "popularity", "threshold": 0.0},
-        {"metric": "ndcg@20", "kind": "max_regression_vs", "baseline": "champion", "threshold": 0.2},
-        {"metric": "ndcg@20", "kind": "min_ratio_to", "baseline": "teacher", "threshold": 0.8},
+        {"metric": "ndcg@20", "kind": "min_lift_over", "baseline": "popularity", "threshold": 0.0,
+         "segment": "history"},
+        {"metric": "ndcg@20", "kind": "max_regression_vs", "baseline": "champion", "threshold": 0.2,
+         "segment": "history"},
+        {"metric": "ndcg@20", "kind": "min_ratio_to", "baseline": "teacher", "threshold": 0.8, "role": "diagnostic"},
         {"metric": "parity_topk_overlap", "kind": "min", "threshold": 0.95},
         {"metric": "latency_p99_ms", "kind": "max", "threshold": 250.0},
     ]
