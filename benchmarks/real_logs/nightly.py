@@ -58,7 +58,7 @@ def land_public_log(name: str, root: Path, nights: int, history_days: int, work:
     keep = sorted(day.unique())[-(history_days + nights):]
     window = frame[day.isin(keep)]
     source = work / f"{name}-window.csv"  # the generic CSV replay reads (epoch seconds)
-    pd.DataFrame({"user": window["user_id"], "item": window["item_id"], "timestamp": window["ts"].astype("int64") // 10**9,
+    pd.DataFrame({"user": window["user_id"], "item": window["item_id"], "timestamp": (window["ts"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1),
                   "rating": window["rating"]}).to_csv(source, index=False)
     first = dt.date.fromisoformat(keep[0])
     weeks = max(0, -(-(DAG_START - first).days // 7))

@@ -46,7 +46,7 @@ def main() -> int:
     frame = read_timestamped(public_log(args.log))
     udata = work / "u.data"
     pd.DataFrame({"u": frame["user_id"], "i": frame["item_id"], "r": frame["rating"],
-                  "t": frame["ts"].astype("int64") // 10**9}).to_csv(udata, sep="\t", header=False, index=False)
+                  "t": (frame["ts"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)}).to_csv(udata, sep="\t", header=False, index=False)
     # Then the stages of the checkout under test (``--code-root``).
     for name in [m for m in sys.modules if m == "components" or m.startswith("components.")]:
         del sys.modules[name]
