@@ -138,7 +138,7 @@ class Stack:
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"{self.postgres_url}/airflow",
             "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
             "AIRFLOW__CELERY__BROKER_URL": f"{self.redis_url}/0",
-            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{self.postgres_url.replace('+psycopg2', '')}/airflow",
+            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{self.postgres_url}/airflow",
             "AIRFLOW__OPERATORS__DEFAULT_QUEUE": "default",
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.ports["triggerer-logs"]),
             "GRAPHDISTILL_TASK_RETRIES": str(self.settings.task_retries),
