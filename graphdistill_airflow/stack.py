@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -75,6 +76,8 @@ class Stack:
     settings: StackSettings
     ports: dict[str, int] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
+    # Set on every Airflow process (e.g. GRAPHDISTILL_START_DATE, GRAPHDISTILL_CONFIG for a test's nights).
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def root(self) -> Path:  # the artifact root of the stack's DAG runs (GRAPHDISTILL_ROOT)
@@ -117,12 +120,13 @@ class Stack:
 
     def save(self) -> None:
         (self.state / "stack.json").write_text(json.dumps(
-            {"ports": self.ports, "pids": self.pids, "settings": self.settings.model_dump()}, indent=1))
+            {"ports": self.ports, "pids": self.pids, "settings": self.settings.model_dump(),
+             "extra_env": self.extra_env}, indent=1))
 
     @classmethod
     def load(cls, state: Path) -> "Stack":
         data = json.loads((state / "stack.json").read_text())
-        return cls(state, StackSettings(**data["settings"]), data["ports"], data["pids"])
+        return cls(state, StackSettings(**data["settings"]), data["ports"], data["pids"], data.get("extra_env", {}))
 
     def s3_env(self) -> dict[str, str]:
         """boto3's standard variables: every process reaches the object store the same way."""
@@ -146,6 +150,7 @@ class Stack:
             "GRAPHDISTILL_TRITON_URL": self.triton_url,
             "AIRFLOW_CONN_GRAPHDISTILL_API": self.api.task_env()["AIRFLOW_CONN_GRAPHDISTILL_API"],
         })
+        env.update(self.extra_env)
         return env
 
     def worker_env(self, queue: str) -> dict[str, str]:
@@ -282,11 +287,17 @@ def start_postgres(stack: Stack) -> None:
         data.mkdir(parents=True, exist_ok=True)
         pwfile = stack.state / "postgres" / "pwfile"
         pwfile.write_text(stack.settings.postgres_password)
-        if os.geteuid() == 0:  # Postgres refuses to run as root: its files belong to the postgres user
+        if os.geteuid() == 0:  # Postgres refuses to run as root: its files belong to the postgres user,
             _run(["chown", "-R", "postgres:postgres", str(stack.state / "postgres")])
-        _run(_as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", f"--pwfile={pwfile}",
-                           "--auth-host=scram-sha-256", "--auth-local=peer", "-E", "UTF8"]))
+            for parent in (stack.state / "postgres").parents:  # who must be able to reach them (e.g. 0700 temp dirs)
+                if not parent.stat().st_mode & stat.S_IXOTH:
+                    parent.chmod(parent.stat().st_mode | stat.S_IXOTH)
+        initdb = subprocess.run(_as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres",
+                                              f"--pwfile={pwfile}", "--auth-host=scram-sha-256", "--auth-local=peer",
+                                              "-E", "UTF8"]), capture_output=True, text=True)
         pwfile.unlink()
+        if initdb.returncode != 0:
+            raise ServiceDown("postgres", data, f"initdb exit {initdb.returncode}: {initdb.stderr.strip()[-300:]}")
     _spawn(stack, "postgres", _as_postgres([str(bin_dir / "postgres"), "-D", str(data), "-p", str(stack.ports["postgres"]),
                                             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={data}"]))
     env = {**os.environ, "PGPASSWORD": stack.settings.postgres_password}
@@ -422,14 +433,14 @@ PORTS = ("postgres", "redis", "s3", "weed-master", "weed-master-grpc", "weed-vol
          "worker-default-logs", "worker-gpu-logs", "triton-http", "triton-grpc", "triton-metrics")
 
 
-def up(state: Path, settings: StackSettings) -> Stack:
+def up(state: Path, settings: StackSettings, extra_env: dict[str, str] | None = None) -> Stack:
     """Start every service in order, waiting for each; on failure stop what started and raise ServiceDown."""
     state = state.resolve()
     if (state / "stack.json").exists() and any(alive(p) for p in Stack.load(state).pids.values()):
         raise RuntimeError(f"stack: already running under {state} (`make stack-status`; `make stack-down` first)")
     ensure_installed()
     state.mkdir(parents=True, exist_ok=True)
-    stack = Stack(state, settings, {name: free_port() for name in PORTS})
+    stack = Stack(state, settings, {name: free_port() for name in PORTS}, extra_env=dict(extra_env or {}))
     # free_port() may hand out the same port twice (each socket is closed at once): draw until distinct.
     while len(set(stack.ports.values())) < len(PORTS):
         stack.ports = {name: free_port() for name in PORTS}

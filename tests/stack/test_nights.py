@@ -1,0 +1,84 @@
+"""Scheduler-driven nights on the stack: nobody triggers anything. The DAG is unpaused, the scheduler
+catches up the three landed nights (GRAPHDISTILL_START_DATE), the Celery workers run them (the model
+tasks on queue ``gpu``) against Postgres and Redis, and the outcomes are read back over HTTP."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from tests.stack.conftest import NIGHTS
+
+pytestmark = pytest.mark.stack
+
+DAG = "gnn_recsys_nightly"
+GPU_TASKS = {"teacher", "distill", "prune", "convert"}
+NIGHTS_TIMEOUT_S = 2400  # three small nights, one at a time, on a 2-core machine
+
+
+def _patch(stack, path: str, body: dict, token: str) -> dict:
+    request = urllib.request.Request(f"{stack.api.base_url}{path}", data=json.dumps(body).encode(), method="PATCH",
+                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def nights(stack):
+    """Unpause the DAG once it is parsed and wait until the scheduler's three runs have finished."""
+    api, token = stack.api, stack.api.token()
+    deadline = time.monotonic() + 300
+    while api.get(f"/api/v2/dags/{DAG}", token)[0] != 200:
+        assert time.monotonic() < deadline, f"{DAG} not parsed by the dag-processor; see {stack.log('dag-processor')}"
+        time.sleep(2)
+    started = time.monotonic()
+    _patch(stack, f"/api/v2/dags/{DAG}", {"is_paused": False}, token)
+    while True:
+        token = api.token()  # tokens expire; a night takes minutes
+        runs = api.get_json(f"/api/v2/dags/{DAG}/dagRuns?order_by=id", token)["dag_runs"]
+        if len(runs) >= len(NIGHTS) and all(r["state"] in ("success", "failed") for r in runs):
+            break
+        assert time.monotonic() - started < NIGHTS_TIMEOUT_S, (
+            f"nights not finished after {NIGHTS_TIMEOUT_S} s: {[(r['run_id'], r['state']) for r in runs]}")
+        time.sleep(10)
+    wall_s = round(time.monotonic() - started, 1)
+    tasks = {}
+    for run in runs:
+        quoted = urllib.parse.quote(run["dag_run_id"], safe="")
+        tasks[run["dag_run_id"]] = api.get_json(f"/api/v2/dags/{DAG}/dagRuns/{quoted}/taskInstances", token)[
+            "task_instances"]
+    return {"runs": runs, "tasks": tasks, "token": token, "wall_s": wall_s}
+
+
+def test_the_scheduler_ran_exactly_the_landed_nights(nights):
+    runs = nights["runs"]
+    assert [r["run_type"] for r in runs] == ["scheduled"] * len(NIGHTS)
+    assert [r["data_interval_start"][:10] for r in runs] == NIGHTS
+    print(json.dumps({"nights_wall_s": nights["wall_s"]}))
+
+
+def test_tasks_ran_on_the_celery_workers_heavy_ones_on_the_gpu_queue(nights):
+    ran = [t for tis in nights["tasks"].values() for t in tis if t["state"] in ("success", "failed")]
+    assert ran, "no task ran"
+    by_queue: dict[str, set[str]] = {}
+    for t in ran:
+        assert t["executor"] in (None, "CeleryExecutor") and t["hostname"], t
+        by_queue.setdefault(t["queue"], set()).add(t["hostname"].split(".", 1)[0])
+        assert t["queue"] == ("gpu" if t["task_id"] in GPU_TASKS else "default"), t
+    # Each queue was served by its own worker (hostname_callable: worker-<queue>.<host>).
+    assert by_queue == {"default": {"worker-default"}, "gpu": {"worker-gpu"}}, by_queue
+
+
+def test_outcomes_over_http(stack, nights):
+    """History only, bootstrap promotion, quarantine: each night's decision, read from the plugin's JSON."""
+    kinds = {}
+    for run in nights["runs"]:
+        quoted = urllib.parse.quote(run["dag_run_id"], safe="")
+        outcome = stack.api.get_json(f"/graphdistill/runs/{DAG}/{quoted}.json", nights["token"])
+        kinds[run["data_interval_start"][:10]] = (outcome["kind"], run["state"])
+    assert kinds == {NIGHTS[0]: ("skipped", "success"), NIGHTS[1]: ("promoted", "success"),
+                     NIGHTS[2]: ("quarantined", "failed")}
