@@ -82,3 +82,25 @@ def test_outcomes_over_http(stack, nights):
         kinds[run["data_interval_start"][:10]] = (outcome["kind"], run["state"])
     assert kinds == {NIGHTS[0]: ("skipped", "success"), NIGHTS[1]: ("promoted", "success"),
                      NIGHTS[2]: ("quarantined", "failed")}
+
+
+def test_triton_serves_the_promoted_champion(stack, nights):
+    """The promotion's Asset event ran champion_serving_refresh on a worker, which loaded the champion
+    into Triton (explicit mode) and checked it; Triton answers with it."""
+    from components.registry import champion
+    from components.storage import Layout
+    from components.triton import PYTHON_MODEL, infer
+
+    deadline = time.monotonic() + 300
+    while True:
+        refreshes = stack.api.get_json("/api/v2/dags/champion_serving_refresh/dagRuns?order_by=id",
+                                       stack.api.token())["dag_runs"]
+        if refreshes and all(r["state"] in ("success", "failed") for r in refreshes):
+            break
+        assert time.monotonic() < deadline, f"champion_serving_refresh not finished: {refreshes}"
+        time.sleep(5)
+    assert [r["state"] for r in refreshes] == ["success"]
+    items, scores, version = infer(stack.triton_url, [0, 1, 2])
+    served = json.loads((stack.triton_repository / PYTHON_MODEL / version / "graphdistill_version.json").read_text())
+    assert served["version"] == champion(Layout.at(stack.root)).version
+    assert items.shape[0] == 3 and (scores[:, :-1] >= scores[:, 1:]).all()  # ranked best first
