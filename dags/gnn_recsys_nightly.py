@@ -100,7 +100,7 @@ def _night_ended(kind: str, fails: bool):
     default_args={
         # Deployment knob (the demo and tests set 0 so a failing day fails at once).
         "retries": int(os.environ.get("GRAPHDISTILL_TASK_RETRIES", "2")),
-        "retry_delay": dt.timedelta(minutes=5),
+        "retry_delay": dt.timedelta(seconds=int(os.environ.get("GRAPHDISTILL_RETRY_DELAY_S", "300"))),
         "retry_exponential_backoff": True,
         # Tasks return small references; their summaries are logged by the stages (no multi-KB "Returned value").
         "show_return_value_in_logs": False,

@@ -56,8 +56,11 @@ class StackSettings(BaseModel):
     postgres_password: str = "graphdistill-local"
     worker_concurrency: dict[str, int] = {"default": 2, "gpu": 1}
     health_timeout_s: dict[str, float] = {}
-    # The DAG's retries on the stack (a SIGKILLed worker's task is retried on the other worker).
+    # The DAG's retries on the stack (a task whose worker died is retried by a live worker of its queue).
     task_retries: int = Field(2, ge=0)
+    # How long a running task may miss heartbeats before the scheduler fails it (a SIGKILLed worker);
+    # Airflow's default is 300 s.
+    heartbeat_timeout_s: int = Field(300, ge=5)
 
     def timeout(self, service: str) -> float:
         return self.health_timeout_s.get(service, 180.0)
@@ -146,6 +149,7 @@ class Stack:
             "AIRFLOW__OPERATORS__DEFAULT_QUEUE": "default",
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.ports["triggerer-logs"]),
             "GRAPHDISTILL_TASK_RETRIES": str(self.settings.task_retries),
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(self.settings.heartbeat_timeout_s),
             "GRAPHDISTILL_DEADLINE_ALERT": "on",  # a scheduler runs deadlines (only `dags test` cannot)
             "GRAPHDISTILL_TRITON_URL": self.triton_url,
             "AIRFLOW_CONN_GRAPHDISTILL_API": self.api.task_env()["AIRFLOW_CONN_GRAPHDISTILL_API"],
@@ -369,15 +373,24 @@ def start_airflow(stack: Stack) -> None:
     for service in ("scheduler", "dag-processor", "triggerer"):
         _airflow(stack, service, [service])
     for queue in WORKER_QUEUES:
-        _airflow(stack, f"worker-{queue}", ["celery", "worker", "--queues", queue, "--celery-hostname",
-                                            f"{queue}@%h", "--concurrency",
-                                            str(stack.settings.worker_concurrency.get(queue, 1))],
-                 stack.worker_env(queue))
+        _spawn_worker(stack, queue)
     _wait(stack, "api-server", lambda: _http_ok(f"{stack.api.base_url}/api/v2/monitor/health"))
     for service, key in (("scheduler", "scheduler"), ("dag-processor", "dag_processor"), ("triggerer", "triggerer")):
         _wait(stack, service, lambda key=key: _component_health(stack, key))
     for queue in WORKER_QUEUES:
         _wait(stack, f"worker-{queue}", lambda queue=queue: _celery_ping(stack, queue))
+
+
+def _spawn_worker(stack: Stack, queue: str) -> None:
+    _airflow(stack, f"worker-{queue}", ["celery", "worker", "--queues", queue, "--celery-hostname", f"{queue}@%h",
+                                        "--concurrency", str(stack.settings.worker_concurrency.get(queue, 1))],
+             stack.worker_env(queue))
+
+
+def start_worker(stack: Stack, queue: str) -> None:
+    """(Re)start the worker of ``queue`` (a replacement node after one was lost) and wait for its ping."""
+    _spawn_worker(stack, queue)
+    _wait(stack, f"worker-{queue}", lambda: _celery_ping(stack, queue))
 
 
 def _component_health(stack: Stack, key: str) -> str | None:

@@ -64,8 +64,11 @@ def stack(tmp_path_factory):
         return
     state = tmp_path_factory.mktemp("stack")
     config = land_nights(state / "root")
-    started = stack_mod.up(state, stack_mod.load_settings(task_retries=0),
-                           extra_env={"GRAPHDISTILL_START_DATE": NIGHTS[0], "GRAPHDISTILL_CONFIG": str(config)})
+    # One retry, 5 s apart, and a 30 s heartbeat timeout: a task whose worker is SIGKILLed is retried in
+    # seconds, not after Airflow's 300 s + 5 min defaults.
+    started = stack_mod.up(state, stack_mod.load_settings(task_retries=1, heartbeat_timeout_s=30),
+                           extra_env={"GRAPHDISTILL_START_DATE": NIGHTS[0], "GRAPHDISTILL_CONFIG": str(config),
+                                      "GRAPHDISTILL_RETRY_DELAY_S": "5"})
     try:
         yield started
     finally:
