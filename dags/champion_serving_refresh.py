@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -61,6 +62,12 @@ def champion_serving_refresh():
         target = Path(load_config(default_config_file()).ops.triton_repository)
         out = target if target.is_absolute() else layout.root / target
         models = export(layout, out)
+        # Triton in explicit model-control mode (the stack, deploy/docker-compose.yml): load the new version
+        # and check it; a failure raises (alert), the previous version keeps serving.
+        triton_url = os.environ.get("GRAPHDISTILL_TRITON_URL")
+        if triton_url and serving is not None:
+            from components.triton import refresh_champion
+            models.append(out / refresh_champion(triton_url, out, Path(serving.path), serving.version).model)
         return {"version": serving.version if serving else None, "event_version": event["version"],
                 "repository": str(out), "models": [p.name for p in models]}
 

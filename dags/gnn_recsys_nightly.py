@@ -33,6 +33,9 @@ from graphdistill_airflow.nightly import (NIGHT_ENDS, announce_champion, context
                                          publish_outcome)
 
 DAG_ID = "gnn_recsys_nightly"
+# The heavy model tasks go to the Celery queue a GPU node serves (the stack's worker-gpu); executors
+# without queues (`airflow dags test`, LocalExecutor) ignore it.
+GPU_QUEUE = "gpu"
 OPS = load_config(default_config_file()).ops  # deadline, timeout, alert connection (config/pipeline.yaml "ops")
 # First unpause: catch up from GRAPHDISTILL_START_DATE / ops.start_date / the first landed day, else run
 # only the latest night (never one failing run per day since a hard-coded date).
@@ -97,7 +100,7 @@ def _night_ended(kind: str, fails: bool):
     default_args={
         # Deployment knob (the demo and tests set 0 so a failing day fails at once).
         "retries": int(os.environ.get("GRAPHDISTILL_TASK_RETRIES", "2")),
-        "retry_delay": dt.timedelta(minutes=5),
+        "retry_delay": dt.timedelta(seconds=int(os.environ.get("GRAPHDISTILL_RETRY_DELAY_S", "300"))),
         "retry_exponential_backoff": True,
         # Tasks return small references; their summaries are logged by the stages (no multi-KB "Returned value").
         "show_return_value_in_logs": False,
@@ -141,17 +144,17 @@ def gnn_recsys_nightly():
         """The user-item graph (DGL) over the rolling window ending the day before, IDs stable across days."""
         return _run("graph")
 
-    @task(execution_timeout=dt.timedelta(hours=6))
+    @task(execution_timeout=dt.timedelta(hours=6), queue=GPU_QUEUE)
     def teacher() -> dict:
         """The large teacher (graph filter, closed form, or LightGCN) recomputed on the new graph."""
         return _run("teacher")
 
-    @task(execution_timeout=dt.timedelta(hours=3))
+    @task(execution_timeout=dt.timedelta(hours=3), queue=GPU_QUEUE)
     def distill() -> dict:
         """The small student, distilled from the teacher's rankings."""
         return _run("distill")
 
-    @task(execution_timeout=dt.timedelta(hours=3))
+    @task(execution_timeout=dt.timedelta(hours=3), queue=GPU_QUEUE)
     def prune() -> dict:
         """Pruning and fine-tuning, and the size ladder: the smallest rung that keeps the teacher ships."""
         return _run("prune")
@@ -161,7 +164,7 @@ def gnn_recsys_nightly():
         """ONNX export of the shipped student (quantized tables), checked against PyTorch."""
         return _run("export")
 
-    @task
+    @task(queue=GPU_QUEUE)
     def convert() -> dict:
         """The serving engine: TensorRT on a GPU, else ONNX Runtime (named in every record); parity and latency."""
         return _run("convert")

@@ -1,0 +1,179 @@
+"""S3-compatible object storage with conditional writes: the primitives that make artifacts immutable
+and the champion pointer a compare-and-swap on the store itself.
+
+- ``create``: PutObject with ``If-None-Match: *``: writes only if the key does not exist (412 otherwise).
+- ``read``: the bytes and their ETag.
+- ``swap``: PutObject with ``If-Match: <etag>``: replaces only the version that was read (412 if it
+  changed; 409 when a concurrent conditional write to the same key is in flight: treated the same).
+- ``ObjectChampionPointer``: read with ETag, decide, write with If-Match; on a lost race re-read and
+  decide again against the new champion. Every decision is its own history object, written create-only.
+
+Tested against SeaweedFS's S3 gateway (tests/stack/test_objectstore.py), which enforces both conditions.
+Client settings come from boto3's standard environment (AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, ...).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from botocore.exceptions import ClientError
+
+# A failed precondition (412) or a concurrent conditional write on the same key (409): both mean
+# "someone else's write won", and the caller re-reads.
+LOST_RACE = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
+
+
+class ObjectStoreError(RuntimeError):
+    """An object-store call failed for a reason other than a lost race: names bucket, key and the S3 error."""
+
+
+class ObjectExists(ObjectStoreError):
+    """A create-only write found the key already there (artifacts are immutable)."""
+
+
+class StaleETag(ObjectStoreError):
+    """A swap's If-Match no longer holds: another writer replaced the object since it was read."""
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")))
+
+
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def _lost_race(exc: ClientError) -> bool:
+    return _code(exc) in LOST_RACE or _status(exc) in (409, 412)
+
+
+@dataclass(frozen=True)
+class Versioned:
+    body: bytes
+    etag: str
+
+
+class ObjectStore:
+    """One bucket (and key prefix) of an S3-compatible store, with create-only and compare-and-swap writes."""
+
+    def __init__(self, bucket: str, prefix: str = "", client: Any | None = None):
+        if client is None:
+            import boto3
+            client = boto3.client("s3")
+        self.client, self.bucket, self.prefix = client, bucket, prefix.strip("/")
+        # Checked up front: SeaweedFS's gateway creates a missing bucket on the first PutObject, so a
+        # misspelt bucket would otherwise silently start a second, empty artifact store.
+        try:
+            client.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            raise ObjectStoreError(f"s3://{bucket}: bucket not reachable: {_code(exc)} (HTTP {_status(exc)}); "
+                                   f"create it or fix the bucket name") from exc
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def _fail(self, op: str, name: str, exc: ClientError) -> ObjectStoreError:
+        return ObjectStoreError(f"s3://{self.bucket}/{self.key(name)}: {op} failed: {_code(exc)} "
+                                f"(HTTP {_status(exc)}): {exc.response.get('Error', {}).get('Message', '')}")
+
+    def create(self, name: str, body: bytes) -> str:
+        """Write ``name`` only if it does not exist; returns the new ETag. Raises ObjectExists otherwise."""
+        try:
+            return self.client.put_object(Bucket=self.bucket, Key=self.key(name), Body=body, IfNoneMatch="*")["ETag"]
+        except ClientError as exc:
+            if _lost_race(exc):
+                raise ObjectExists(f"s3://{self.bucket}/{self.key(name)} already exists (create-only write refused: "
+                                   f"{_code(exc)})") from exc
+            raise self._fail("create", name, exc) from exc
+
+    def read(self, name: str) -> Versioned | None:
+        """The object's bytes and ETag, or None if there is none."""
+        try:
+            got = self.client.get_object(Bucket=self.bucket, Key=self.key(name))
+        except ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "404"):
+                return None
+            raise self._fail("read", name, exc) from exc
+        return Versioned(got["Body"].read(), got["ETag"])
+
+    def swap(self, name: str, body: bytes, etag: str | None) -> str:
+        """Replace ``name`` only if its ETag is still ``etag`` (None: only if it still does not exist);
+        returns the new ETag. Raises StaleETag when another writer got there first."""
+        condition = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
+        try:
+            return self.client.put_object(Bucket=self.bucket, Key=self.key(name), Body=body, **condition)["ETag"]
+        except ClientError as exc:
+            if _lost_race(exc):
+                raise StaleETag(f"s3://{self.bucket}/{self.key(name)} changed since ETag {etag} was read "
+                                f"({_code(exc)})") from exc
+            raise self._fail("swap", name, exc) from exc
+
+    def list(self, prefix: str) -> list[str]:
+        names, token = [], None
+        while True:
+            kwargs = {"ContinuationToken": token} if token else {}
+            page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.key(prefix), **kwargs)
+            names += [o["Key"][len(self.key("")):] if self.prefix else o["Key"] for o in page.get("Contents", [])]
+            if not page.get("IsTruncated"):
+                return sorted(names)
+            token = page["NextContinuationToken"]
+
+
+@dataclass(frozen=True)
+class PointerDecision:
+    """One decision on the champion pointer: promoted or not, against which champion, after how many reads."""
+
+    candidate: str
+    promoted: bool
+    reason: str
+    champion_before: str | None
+    seq: int
+    attempts: int
+
+
+class ObjectChampionPointer:
+    """The champion pointer as one object (``champion.json``: version, seq) swapped with If-Match, and an
+    append-only history: ``history/<seq>-<candidate>.json``, one create-only object per decision.
+
+    ``decide(current_champion, candidate) -> (promote?, reason)`` is called again after every lost race
+    with the champion that won, so a candidate judged against a champion that has since moved is
+    re-decided (e.g. ``stale``) instead of overwriting it."""
+
+    POINTER = "champion.json"
+
+    def __init__(self, store: ObjectStore, max_attempts: int = 50):
+        self.store, self.max_attempts = store, max_attempts
+
+    def current(self) -> tuple[dict[str, Any] | None, str | None]:
+        got = self.store.read(self.POINTER)
+        return (json.loads(got.body), got.etag) if got else (None, None)
+
+    def propose(self, candidate: str, decide: Callable[[str | None, str], tuple[bool, str]]) -> PointerDecision:
+        for attempt in range(1, self.max_attempts + 1):
+            pointer, etag = self.current()
+            before = pointer["version"] if pointer else None
+            seq = (pointer["seq"] if pointer else 0) + 1
+            promote, reason = decide(before, candidate)
+            if promote:
+                try:
+                    self.store.swap(self.POINTER, json.dumps({"version": candidate, "seq": seq,
+                                                              "previous": before}).encode(), etag)
+                except StaleETag:
+                    continue  # another promotion won: re-read and decide again against it
+            decision = PointerDecision(candidate, promote, reason, before, seq if promote else seq - 1, attempt)
+            self._record(decision)
+            return decision
+        raise ObjectStoreError(f"champion pointer s3://{self.store.bucket}/{self.store.key(self.POINTER)}: "
+                               f"{self.max_attempts} lost races in a row for {candidate}")
+
+    def _record(self, decision: PointerDecision) -> None:
+        # The winner's seq is unique (the swap serialised it); a loser's name carries its candidate and
+        # attempt so that no two decisions share a key and none is ever rewritten.
+        kind = "promoted" if decision.promoted else f"not_promoted-{decision.attempts}"
+        self.store.create(f"history/{decision.seq:08d}-{kind}-{decision.candidate}.json",
+                          json.dumps(decision.__dict__).encode())
+
+    def history(self) -> list[dict[str, Any]]:
+        return [json.loads(self.store.read(name).body) for name in self.store.list("history/")]

@@ -1,0 +1,155 @@
+"""Scheduler-driven nights on the stack: nobody triggers anything. The DAG is unpaused, the scheduler
+catches up the three landed nights (GRAPHDISTILL_START_DATE), the Celery workers run them (the model
+tasks on queue ``gpu``) against Postgres and Redis, and the outcomes are read back over HTTP."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from tests.stack.conftest import NIGHTS
+
+pytestmark = pytest.mark.stack
+
+DAG = "gnn_recsys_nightly"
+GPU_TASKS = {"teacher", "distill", "prune", "convert"}
+NIGHTS_TIMEOUT_S = 2400  # three small nights, one at a time, on a 2-core machine
+
+
+def _patch(stack, path: str, body: dict, token: str) -> dict:
+    request = urllib.request.Request(f"{stack.api.base_url}{path}", data=json.dumps(body).encode(), method="PATCH",
+                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def nights(stack):
+    """Unpause the DAG once it is parsed and wait until the scheduler's three runs have finished."""
+    api, token = stack.api, stack.api.token()
+    deadline = time.monotonic() + 300
+    while api.get(f"/api/v2/dags/{DAG}", token)[0] != 200:
+        assert time.monotonic() < deadline, f"{DAG} not parsed by the dag-processor; see {stack.log('dag-processor')}"
+        time.sleep(2)
+    started = time.monotonic()
+    _patch(stack, f"/api/v2/dags/{DAG}", {"is_paused": False}, token)
+    while True:
+        token = api.token()  # tokens expire; a night takes minutes
+        runs = api.get_json(f"/api/v2/dags/{DAG}/dagRuns?order_by=id", token)["dag_runs"]
+        if len(runs) >= len(NIGHTS) and all(r["state"] in ("success", "failed") for r in runs):
+            break
+        assert time.monotonic() - started < NIGHTS_TIMEOUT_S, (
+            f"nights not finished after {NIGHTS_TIMEOUT_S} s: {[(r['run_id'], r['state']) for r in runs]}")
+        time.sleep(10)
+    wall_s = round(time.monotonic() - started, 1)
+    tasks = {}
+    for run in runs:
+        quoted = urllib.parse.quote(run["dag_run_id"], safe="")
+        tasks[run["dag_run_id"]] = api.get_json(f"/api/v2/dags/{DAG}/dagRuns/{quoted}/taskInstances", token)[
+            "task_instances"]
+    return {"runs": runs, "tasks": tasks, "token": token, "wall_s": wall_s}
+
+
+def test_the_scheduler_ran_exactly_the_landed_nights(nights):
+    runs = nights["runs"]
+    assert [r["run_type"] for r in runs] == ["scheduled"] * len(NIGHTS)
+    assert [r["data_interval_start"][:10] for r in runs] == NIGHTS
+    print(json.dumps({"nights_wall_s": nights["wall_s"]}))
+
+
+def test_tasks_ran_on_the_celery_workers_heavy_ones_on_the_gpu_queue(nights):
+    ran = [t for tis in nights["tasks"].values() for t in tis if t["state"] in ("success", "failed")]
+    assert ran, "no task ran"
+    by_queue: dict[str, set[str]] = {}
+    for t in ran:
+        assert t["executor"] in (None, "CeleryExecutor") and t["hostname"], t
+        by_queue.setdefault(t["queue"], set()).add(t["hostname"].split(".", 1)[0])
+        assert t["queue"] == ("gpu" if t["task_id"] in GPU_TASKS else "default"), t
+    # Each queue was served by its own worker (hostname_callable: worker-<queue>.<host>).
+    assert by_queue == {"default": {"worker-default"}, "gpu": {"worker-gpu"}}, by_queue
+
+
+def test_outcomes_over_http(stack, nights):
+    """History only, bootstrap promotion, quarantine: each night's decision, read from the plugin's JSON."""
+    kinds = {}
+    for run in nights["runs"]:
+        quoted = urllib.parse.quote(run["dag_run_id"], safe="")
+        outcome = stack.api.get_json(f"/graphdistill/runs/{DAG}/{quoted}.json", nights["token"])
+        kinds[run["data_interval_start"][:10]] = (outcome["kind"], run["state"])
+    assert kinds == {NIGHTS[0]: ("skipped", "success"), NIGHTS[1]: ("promoted", "success"),
+                     NIGHTS[2]: ("quarantined", "failed")}
+
+
+def test_triton_serves_the_promoted_champion(stack, nights):
+    """The promotion's Asset event ran champion_serving_refresh on a worker, which loaded the champion
+    into Triton (explicit mode) and checked it; Triton answers with it."""
+    from components.registry import champion
+    from components.storage import Layout
+    from components.triton import PYTHON_MODEL, infer
+
+    deadline = time.monotonic() + 300
+    while True:
+        refreshes = stack.api.get_json("/api/v2/dags/champion_serving_refresh/dagRuns?order_by=id",
+                                       stack.api.token())["dag_runs"]
+        if refreshes and all(r["state"] in ("success", "failed") for r in refreshes):
+            break
+        assert time.monotonic() < deadline, f"champion_serving_refresh not finished: {refreshes}"
+        time.sleep(5)
+    assert [r["state"] for r in refreshes] == ["success"]
+    items, scores, version = infer(stack.triton_url, [0, 1, 2])
+    served = json.loads((stack.triton_repository / PYTHON_MODEL / version / "graphdistill_version.json").read_text())
+    assert served["version"] == champion(Layout.at(stack.root)).version
+    assert items.shape[0] == 3 and (scores[:, :-1] >= scores[:, 1:]).all()  # ranked best first
+
+
+def test_a_worker_killed_mid_task_loses_no_night(stack, nights):
+    """A re-run of night 2 (manual, after the scheduled nights): the gpu worker is SIGKILLed (with its task
+    processes) while a model task runs; the scheduler fails the task on its missed heartbeats, a
+    replacement gpu worker runs the retry, the night completes, the champion is untouched and every JSON
+    artifact in the store reads whole."""
+    import os
+    import signal
+
+    from components.registry import champion
+    from components.storage import Layout
+    from graphdistill_airflow.stack import start_worker
+
+    layout = Layout.at(stack.root)
+    champion_before = champion(layout).version
+    token = stack.api.token()
+    request = urllib.request.Request(
+        f"{stack.api.base_url}/api/v2/dags/{DAG}/dagRuns", method="POST",
+        data=json.dumps({"logical_date": None, "conf": {"day": NIGHTS[1]}}).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        run_id = json.loads(response.read())["dag_run_id"]
+    tis_path = f"/api/v2/dags/{DAG}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances"
+    deadline = time.monotonic() + 600
+    killed = None
+    while killed is None:
+        running = [t for t in stack.api.get_json(tis_path, stack.api.token())["task_instances"]
+                   if t["task_id"] in GPU_TASKS and t["state"] == "running"]
+        if running:
+            killed = running[0]["task_id"]
+            os.killpg(stack.pids["worker-gpu"], signal.SIGKILL)
+        assert time.monotonic() < deadline, "no gpu task ever ran"
+        time.sleep(0.3)
+    start_worker(stack, "gpu")  # the replacement node
+    while True:
+        run = stack.api.get_json(f"/api/v2/dags/{DAG}/dagRuns/{urllib.parse.quote(run_id, safe='')}", stack.api.token())
+        if run["state"] in ("success", "failed"):
+            break
+        assert time.monotonic() < deadline, f"run {run_id} not finished after the kill: {run['state']}"
+        time.sleep(5)
+    tis = {t["task_id"]: t for t in stack.api.get_json(tis_path, stack.api.token())["task_instances"]}
+    assert run["state"] == "success", {k: (t["state"], t["try_number"]) for k, t in tis.items()}
+    assert tis[killed]["state"] == "success" and tis[killed]["try_number"] == 2, tis[killed]
+    assert tis[killed]["hostname"].startswith("worker-gpu.")
+    assert champion(layout).version == champion_before
+    for path in [*(stack.root / "models").rglob("*.json"), *(stack.root / "registry").rglob("*.json")]:
+        json.loads(path.read_text())  # whole: atomic writes leave only hidden *.tmp files behind
+    print(json.dumps({"killed_task": killed, "run": run_id}))
