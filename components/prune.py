@@ -152,12 +152,14 @@ def prune_model(base: LightGCN, train, val, teacher: Teacher, cfg: PipelineConfi
                                batch_size=dcfg.batch_size, seed=cfg.seed + 100 + step,
                                eval_every=pcfg.finetune_epochs, patience=1, device=device,
                                backend=cfg.teacher.propagation, ks=tuple(cfg.eval.ks),
-                               user_batch_size=cfg.eval.user_batch_size, extra_loss=kd, after_step=after_step,
+                               user_batch_size=cfg.eval.user_batch_size, block_bytes=cfg.compute.block_bytes,
+                               extra_loss=kd, after_step=after_step,
                                max_seconds=max_seconds, name=f"prune step {step}", weighted=weighted,
                                keep_start=True)
             model = fit.model
         val_metrics = fit.best_val if fit is not None and fit.best_val else (
-            evaluate_model(model, adjacency, backend, train, val, tuple(cfg.eval.ks), cfg.eval.user_batch_size)
+            evaluate_model(model, adjacency, backend, train, val, tuple(cfg.eval.ks), cfg.eval.user_batch_size,
+                           cfg.compute.block_bytes)
             if val is not None and len(val) else {})
         nonzero = count_parameters(model, nonzero=True)
         row = {
@@ -205,7 +207,7 @@ def run_prune(layout: Layout, day: str, cfg: PipelineConfig) -> ModelArtifact:
     if done is not None:
         return done
     student, _ = load_model(student_ref.path)
-    teacher = load_teacher(teacher_ref.path, train_all)
+    teacher = load_teacher(teacher_ref.path, train_all, resolve_device(cfg.teacher.device), cfg.compute.block_bytes)
     teacher_metrics = read_json(Path(teacher_ref.path) / "metrics.json")
     student_params = count_parameters(student)
     tic = time.perf_counter()
@@ -226,7 +228,8 @@ def run_prune(layout: Layout, day: str, cfg: PipelineConfig) -> ModelArtifact:
     full_adj = adjacency_of(train_all, graph.num_users, graph.num_items, weighted)
     user_emb, item_emb = final_embeddings(model, full_adj, backend)
     nonzero = count_parameters(model, nonzero=True)
-    val_metrics = evaluate_model(model, fit_adj, backend, train, val, tuple(cfg.eval.ks), cfg.eval.user_batch_size) \
+    val_metrics = evaluate_model(model, fit_adj, backend, train, val, tuple(cfg.eval.ks), cfg.eval.user_batch_size,
+                                 cfg.compute.block_bytes) \
         if val is not None and len(val) else {}
     metrics = {
         **holdout_and_retention(user_emb, item_emb, graph, train_all, cfg, val_metrics, teacher_metrics),
