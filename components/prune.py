@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from components.config import PipelineConfig
-from components.distill import (holdout_and_retention, known_pairs, load_stage_inputs, make_kd_loss, teacher_targets,
-                                training_signal)
+from components.distill import (holdout_and_retention, known_pairs, load_stage_inputs, make_kd_loss, targets_record,
+                                teacher_targets, training_signal)
 from components.models.lightgcn import (
     Backend,
     LightGCN,
@@ -240,6 +240,8 @@ def run_prune(layout: Layout, day: str, cfg: PipelineConfig) -> ModelArtifact:
         "teacher_num_params": teacher_metrics["num_params"],
         "compression_ratio": teacher_metrics["num_params"] / max(nonzero, 1),
         "size_ratio_vs_student": student_params / count_parameters(model),
+        "device": str(resolve_device(cfg.teacher.device)),
+        "teacher_targets": targets_record(graph.num_users, cfg) if cfg.distill.kd_weight > 0 else None,
     }
     with staging_dir(layout.artifacts(KIND)) as tmp:
         if cfg.prune.method == "magnitude" and metrics["prune_ratio"] > 0:
