@@ -72,14 +72,15 @@ def spectral_student(graph_filter: GraphFilter, dim: int, num_layers: int, init_
     matrix-factorization student) the item rows also carry D_i^1/2: the ideal low-pass scores. One global scale brings the egos to LightGCN's init std
     (Adam's step size is absolute, so a tiny init would be overwritten in the first steps).
     """
-    u, v, s = graph_filter.low_rank_factors(dim)
+    u, v, s = (t.cpu() for t in graph_filter.low_rank_factors(dim))  # the student is built on the CPU
     weights = torch.tensor(uniform_layer_weights(num_layers), dtype=torch.float64)
     p = (weights[None, :] * s.double()[:, None] ** torch.arange(num_layers + 1)).sum(1)
     scale = (s.double().sqrt() / p.clamp(min=1e-12)).float()
     if num_layers == 0:
         # no propagation to pass through: the items also take GF-CF's D_i^1/2, so the scores are the
         # filter's ideal low-pass part itself (r D_i^-1/2 V_k V_k^T D_i^1/2, up to a per-user scale)
-        v = v * (graph_filter.item_sqrt / graph_filter.item_sqrt.mean().clamp(min=1e-12))[:, None]
+        item_sqrt = graph_filter.item_sqrt.cpu()
+        v = v * (item_sqrt / item_sqrt.mean().clamp(min=1e-12))[:, None]
     ego = torch.cat([u, v]) * scale
     ego = ego * (init_std / ego.std().clamp(min=1e-12))
     model = LightGCN(graph_filter.num_users, graph_filter.num_items, ego.shape[1], num_layers)

@@ -153,6 +153,11 @@ def test_graph_filter_and_evaluation_on_cuda_match_the_cpu(variant):
     gpu = evaluate_scorer(on_gpu.score, train, test, 200, (20,), 128)
     assert gpu["recall@20"] == pytest.approx(cpu["recall@20"], abs=5e-3)
     assert gpu["ndcg@20"] == pytest.approx(cpu["ndcg@20"], abs=5e-3)
+    # distillation's pieces take a device filter: targets on the device, the student built on the CPU
+    scores, items = teacher_topk(on_gpu.score, train, 300, 200, 10, 100)
+    assert items.device.type == "cpu" and bool((items >= 0).all())
+    student = graph_filter_teacher(on_gpu).init_student(8, 2)
+    assert student.user_embedding.weight.device.type == "cpu"
 
 
 @cuda
