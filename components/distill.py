@@ -66,8 +66,14 @@ def make_kd_loss(top_scores: torch.Tensor, top_items: torch.Tensor, cfg: Pipelin
     weights = rank_discount_weights(top_items.shape[1], dcfg.kd_rank_lambda, device)
     centered = top_scores - top_scores.mean(1, keepdim=True)
     target = (centered / centered.std(1, keepdim=True).clamp(min=1e-6)).to(device)
+    # users outside a distill.teacher_target_users sample have no target (items -1): BPR only
+    has_target = top_items[:, 0] >= 0
+    sampled = not bool(has_target.all())
 
     def loss(user_final, item_final, users, positives, negatives):
+        if sampled:
+            keep = has_target[users]
+            users, negatives = users[keep], negatives[keep]
         scores = (user_final[users][:, None, :] * item_final[top_items[users]]).sum(-1)
         total = torch.zeros((), device=user_final.device)
         if dcfg.kd_rank_weight > 0:
@@ -103,14 +109,33 @@ def training_signal(train: Interactions, top_items: torch.Tensor | None, num_ite
         return train, top_items
     log.warning("distill.shuffle_labels is on: training labels and teacher items are permuted (bad candidate)")
     if top_items is not None:
-        top_items = torch.from_numpy(np.random.default_rng([cfg.seed, 98]).permutation(num_items))[top_items]
+        permuted = torch.from_numpy(np.random.default_rng([cfg.seed, 98]).permutation(num_items))[top_items.clamp(min=0)]
+        top_items = torch.where(top_items >= 0, permuted, top_items)  # -1 (no target) stays -1
     return corrupt_labels(train, cfg.seed), top_items
 
 
+def target_users(num_users: int, cfg: PipelineConfig) -> np.ndarray:
+    """Users the teacher's targets are computed for: all, or distill.teacher_target_users of them
+    drawn with the config seed (sorted)."""
+    sample = cfg.distill.teacher_target_users
+    if sample is None or sample >= num_users:
+        return np.arange(num_users)
+    return np.sort(np.random.default_rng([cfg.seed, 97]).choice(num_users, sample, replace=False))
+
+
+def targets_record(num_users: int, cfg: PipelineConfig) -> dict:
+    """What the distill record says about the targets: how many users, of how many, sampled how."""
+    sample = cfg.distill.teacher_target_users
+    sampled = sample is not None and sample < num_users
+    return {"users": int(min(sample, num_users)) if sampled else num_users, "of_users": num_users,
+            "sampled": sampled, "seed": cfg.seed if sampled else None}
+
+
 def teacher_targets(teacher: Teacher, known: Interactions, cfg: PipelineConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores, items) [num_users, kd_topk]: the teacher's top-k with ``known`` pairs excluded."""
+    """(scores, items) [num_users, kd_topk]: the teacher's top-k with ``known`` pairs excluded, for
+    :func:`target_users` (other rows: items -1), in blocks within compute.block_bytes."""
     return teacher_topk(teacher.scorer, known, teacher.num_users, teacher.num_items, cfg.distill.kd_topk,
-                        cfg.eval.user_batch_size)
+                        cfg.eval.user_batch_size, target_users(teacher.num_users, cfg), cfg.compute.block_bytes)
 
 
 def train_student(train: Interactions, val: Interactions | None, num_users: int, num_items: int, teacher: Teacher,
@@ -140,7 +165,8 @@ def train_student(train: Interactions, val: Interactions | None, num_users: int,
     return fit_lightgcn(model, train, val, epochs=dcfg.epochs, lr=dcfg.lr, l2=dcfg.l2, batch_size=dcfg.batch_size,
                         seed=cfg.seed + 1, eval_every=cfg.teacher.eval_every, patience=cfg.teacher.early_stop_patience,
                         device=device, backend=cfg.teacher.propagation, ks=tuple(cfg.eval.ks),
-                        user_batch_size=cfg.eval.user_batch_size, extra_loss=kd, checkpoint_path=checkpoint_path,
+                        user_batch_size=cfg.eval.user_batch_size, block_bytes=cfg.compute.block_bytes, extra_loss=kd,
+                        checkpoint_path=checkpoint_path,
                         max_seconds=max_seconds, name="student", weighted=cfg.teacher.edge_weights == "weighted",
                         keep_start=init == "teacher")
 
@@ -162,7 +188,7 @@ def load_stage_inputs(layout: Layout, day: str, cfg: PipelineConfig, model_kind:
 def holdout_and_retention(user_emb, item_emb, graph: GraphArtifact, train_all: Interactions, cfg: PipelineConfig,
                           val_metrics: dict, teacher_metrics: dict) -> dict:
     holdout = evaluate_scorer(embedding_scorer(user_emb, item_emb), train_all, graph.holdout_interactions(),
-                              graph.num_items, tuple(cfg.eval.ks), cfg.eval.user_batch_size)
+                              graph.num_items, tuple(cfg.eval.ks), cfg.eval.user_batch_size, cfg.compute.block_bytes)
     ratio = lambda a, b: float(a / b) if b else 0.0  # noqa: E731
     return {
         "val": val_metrics, "holdout": holdout,
@@ -180,7 +206,8 @@ def run_distill(layout: Layout, day: str, cfg: PipelineConfig) -> ModelArtifact:
     done = existing_artifact(layout, KIND, day, inputs, config_hash)
     if done is not None:
         return done
-    teacher = load_teacher(teacher_ref.path, train_all)
+    device = resolve_device(cfg.teacher.device)
+    teacher = load_teacher(teacher_ref.path, train_all, device, cfg.compute.block_bytes)
     teacher_metrics = read_json(Path(teacher_ref.path) / "metrics.json")
     work = work_dir(layout, "student", day, f"{config_hash}-{teacher_ref.version}")
     fit = train_student(train, val, graph.num_users, graph.num_items, teacher, cfg, work / "checkpoint.pt")
@@ -193,7 +220,8 @@ def run_distill(layout: Layout, day: str, cfg: PipelineConfig) -> ModelArtifact:
         "compression_ratio": teacher_metrics["num_params"] / num_params,
         "embedding_dim": fit.model.embedding_dim, "shuffle_labels": cfg.distill.shuffle_labels,
         "train": {"epochs_run": len(fit.history), "best_epoch": fit.best_epoch + 1, "stopped": fit.stopped,
-                  "seconds": fit.train_seconds},
+                  "seconds": fit.train_seconds, "device": str(device)},
+        "teacher_targets": targets_record(graph.num_users, cfg) if cfg.distill.kd_weight > 0 else None,
     }
     with staging_dir(layout.artifacts(KIND)) as tmp:
         write_model_files(tmp, fit.model, user_emb, item_emb, graph_ref.version, metrics, fit.history)

@@ -19,16 +19,19 @@ Which users and pairs are evaluated (the nightly holdout can hold repeats and co
   in ``cold_users_skipped`` -- unless the caller evaluates them as served (``include_cold``); users whose every test pair was a training positive are counted in
   ``users_without_unseen_test_items``. Nothing is dropped silently.
 
-Vectorized: users in batches, one ``scorer`` call and one ``torch.topk`` per batch; hits found
-by binary search of (user * num_items + item) keys in the sorted test keys, so no dense
-ground-truth matrix and no Python loop over users.
+Vectorized: users in blocks (``ranked_blocks``: one ``scorer`` call, the seen items set to -inf
+and one ``torch.topk`` per block); hits found by binary search of (user * num_items + item) keys in
+the sorted test keys, so no dense ground-truth matrix and no Python loop over users. Memory is
+linear in the data: one block of scores, sized from ``block_bytes``, is the only users x items
+buffer. Exclusion, top-K and the metrics run where the scores are (a CUDA scorer's block never
+leaves the device; only the per-user metric vectors come back), or on ``device`` when given.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,15 +57,60 @@ def _csr(user: np.ndarray, item: np.ndarray, num_users: int) -> tuple[torch.Tens
 
 
 def _batch_rows(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row position (within the batch) and item of every stored pair of ``users``."""
+    """Row position (within the batch) and item of every stored pair of ``users`` (all on one device)."""
     starts, ends = indptr[users], indptr[users + 1]
     lengths = ends - starts
     total = int(lengths.sum())
-    rows = torch.repeat_interleave(torch.arange(users.numel()), lengths)
+    rows = torch.repeat_interleave(torch.arange(users.numel(), device=users.device), lengths)
     # position of each pair inside its user's slice: global arange minus the slice's batch offset
     offsets = torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
-    cols = indices[torch.repeat_interleave(starts, lengths) + torch.arange(total) - offsets]
+    cols = indices[torch.repeat_interleave(starts, lengths) + torch.arange(total, device=users.device) - offsets]
     return rows, cols
+
+
+# Bytes per (user, item) score a block holds: the float32 score itself.
+SCORE_BYTES = 4
+
+
+def block_rows(block_bytes: int | None, row_bytes: int, cap: int) -> int:
+    """Rows of ``row_bytes`` per block within ``block_bytes`` (None: no budget), at most ``cap``, at least 1."""
+    if block_bytes is None:
+        return cap
+    return max(1, min(cap, block_bytes // max(1, row_bytes)))
+
+
+@dataclass(frozen=True)
+class RankedBlock:
+    """One block of ``ranked_blocks``: ``users`` (CPU) and, on the evaluation device, the same users
+    (``users_on_device``) and their top-k ``scores`` / ``items`` [B, k], best first."""
+
+    users: torch.Tensor
+    users_on_device: torch.Tensor
+    scores: torch.Tensor
+    items: torch.Tensor
+
+
+def ranked_blocks(scorer: Scorer, users: np.ndarray, seen: Interactions, num_users: int, num_items: int, k: int,
+                  block_users: int, device: torch.device | str | None = None) -> Iterator[RankedBlock]:
+    """Score ``users`` (sorted or not) a block at a time, set each user's ``seen`` items to -inf and
+    keep the top ``k``: the fused scoring -> exclusion -> top-K pass that evaluation and the
+    teacher's distillation targets share. Runs on ``device``, or where the scorer's scores are."""
+    indptr, indices = _csr(seen.user, seen.item, num_users)
+    where = None
+    for start in range(0, len(users), block_users):
+        batch = torch.from_numpy(np.asarray(users[start:start + block_users], dtype=np.int64))
+        scores = scorer(batch)
+        if where is None:  # the first block says where the scorer lives; the seen lists follow once
+            where = torch.device(device) if device is not None else scores.device
+            indptr, indices = indptr.to(where), indices.to(where)
+        scores = scores.to(where, torch.float32)
+        if scores.shape != (batch.numel(), num_items):
+            raise ValueError(f"scorer returned shape {tuple(scores.shape)}, expected {(batch.numel(), num_items)}")
+        batch_on = batch.to(where)
+        rows, cols = _batch_rows(indptr, indices, batch_on)
+        scores[rows, cols] = -torch.inf
+        top = torch.topk(scores, k, dim=1)
+        yield RankedBlock(batch, batch_on, top.values, top.indices)
 
 
 PER_USER_METRICS = ("recall", "ndcg", "precision", "hitrate")
@@ -98,13 +146,17 @@ def user_metrics(
     ks: Sequence[int] = (10, 20, 50),
     user_batch_size: int = 4096,
     include_cold: bool = False,
+    block_bytes: int | None = None,
+    device: torch.device | str | None = None,
 ) -> UserMetrics:
     """Per-user full-ranking metrics of ``scorer`` on ``test`` with ``train`` positives excluded.
 
     ``scorer(user_idx)`` returns a fresh scores tensor [len(user_idx), num_items] (it is masked in
     place). Users without any training positive are skipped and counted (``cold_users_skipped``)
     unless ``include_cold``: then they are evaluated too (the scorer must answer them, as serving
-    does with its fallback) and counted in ``cold_users_evaluated``.
+    does with its fallback) and counted in ``cold_users_evaluated``. Users are scored in blocks of
+    ``user_batch_size``, fewer when a block of scores would pass ``block_bytes``; exclusion, top-K
+    and metrics run on ``device`` (None: where the scorer's scores are).
     """
     ks = tuple(sorted(int(k) for k in ks))
     if not ks or ks[0] < 1:
@@ -136,24 +188,22 @@ def user_metrics(
         "test_pairs_evaluated": int(kept_keys.size),
     }
     parts: dict[str, list[torch.Tensor]] = {f"{name}@{k}": [] for k in ks for name in PER_USER_METRICS}
-    recommended = {k: torch.zeros(num_items, dtype=torch.bool) for k in ks}
+    recommended: dict[int, torch.Tensor] = {}
     if users.size:
         kmax = min(ks[-1], num_items)
-        discounts = 1.0 / torch.log2(torch.arange(2, kmax + 2, dtype=torch.float64))
-        cum_discounts = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(discounts, 0)])
-        train_indptr, train_indices = _csr(train.user, train.item, num_users)
+        block = block_rows(block_bytes, SCORE_BYTES * num_items, user_batch_size)
         sorted_test = torch.from_numpy(kept_keys)
         test_count_t = torch.from_numpy(test_count)
         with torch.no_grad():
-            for start in range(0, users.size, user_batch_size):
-                batch = torch.from_numpy(users[start:start + user_batch_size])
-                scores = scorer(batch).to("cpu", torch.float32)
-                if scores.shape != (batch.numel(), num_items):
-                    raise ValueError(f"scorer returned shape {tuple(scores.shape)}, "
-                                     f"expected {(batch.numel(), num_items)}")
-                rows, cols = _batch_rows(train_indptr, train_indices, batch)
-                scores[rows, cols] = -torch.inf
-                top = torch.topk(scores, kmax, dim=1).indices  # [B, kmax], best first
+            for ranked in ranked_blocks(scorer, users, train, num_users, num_items, kmax, block, device):
+                where = ranked.items.device
+                if not recommended:  # constants move to the evaluation device once
+                    discounts = 1.0 / torch.log2(torch.arange(2, kmax + 2, dtype=torch.float64, device=where))
+                    cum_discounts = torch.cat([torch.zeros(1, dtype=torch.float64, device=where),
+                                               torch.cumsum(discounts, 0)])
+                    sorted_test, test_count_t = sorted_test.to(where), test_count_t.to(where)
+                    recommended = {k: torch.zeros(num_items, dtype=torch.bool, device=where) for k in ks}
+                batch, top = ranked.users_on_device, ranked.items  # [B, kmax], best first
                 keys = batch[:, None] * num_items + top
                 pos = torch.searchsorted(sorted_test, keys).clamp_(max=sorted_test.numel() - 1)
                 hits = (sorted_test[pos] == keys).to(torch.float64)  # [B, kmax] binary relevance
@@ -167,7 +217,7 @@ def user_metrics(
                     parts[f"ndcg@{k}"].append(dcg / idcg)
                     parts[f"hitrate@{k}"].append((hits_k > 0).to(torch.float64))
                     recommended[k][top[:, :k].reshape(-1)] = True
-    values = {name: (torch.cat(chunks).numpy() if chunks else np.zeros(0)) for name, chunks in parts.items()}
+    values = {name: (torch.cat(chunks).cpu().numpy() if chunks else np.zeros(0)) for name, chunks in parts.items()}
     coverage = {f"coverage@{k}": (float(recommended[k].sum()) / num_items if users.size else 0.0) for k in ks}
     return UserMetrics(users=users, values=values, counts=counts, coverage=coverage)
 
@@ -179,6 +229,8 @@ def evaluate_scorer(
     num_items: int,
     ks: Sequence[int] = (10, 20, 50),
     user_batch_size: int = 4096,
+    block_bytes: int | None = None,
+    device: torch.device | str | None = None,
 ) -> dict[str, float]:
     """Mean full-ranking metrics of ``scorer`` (see ``user_metrics``): ``recall@K``, ``ndcg@K``,
     ``precision@K``, ``hitrate@K``, ``coverage@K`` per K, plus ``users_evaluated``,
@@ -186,7 +238,8 @@ def evaluate_scorer(
     ``test_pairs_evaluated`` and ``eval_seconds``. Empty evaluation gives zeros, not NaN.
     """
     started = time.perf_counter()
-    metrics = user_metrics(scorer, train, test, num_items, ks, user_batch_size).summary()
+    metrics = user_metrics(scorer, train, test, num_items, ks, user_batch_size, block_bytes=block_bytes,
+                           device=device).summary()
     metrics.pop("cold_users_evaluated")
     metrics["eval_seconds"] = time.perf_counter() - started
     k = sorted(int(k) for k in ks)[min(1, len(ks) - 1)]
@@ -209,19 +262,23 @@ def served_scorer(model: Scorer, has_embedding: np.ndarray, fallback: Scorer) ->
         warm = torch.zeros_like(inside)
         warm[inside] = known_t[users[inside]]
         if warm.any():
-            scores[warm] = model(users[warm])
+            answered = model(users[warm])
+            scores = scores.to(answered.device)  # a device model keeps the block on its device
+            scores[warm] = answered
         return scores
 
     return score
 
 
-def embedding_scorer(user_emb: torch.Tensor | np.ndarray, item_emb: torch.Tensor | np.ndarray) -> Scorer:
-    """Scores = user_emb[u] @ item_emb.T (the LightGCN inner product)."""
-    user_t = torch.as_tensor(user_emb, dtype=torch.float32)
-    item_t = torch.as_tensor(item_emb, dtype=torch.float32)
+def embedding_scorer(user_emb: torch.Tensor | np.ndarray, item_emb: torch.Tensor | np.ndarray,
+                     device: torch.device | str | None = None) -> Scorer:
+    """Scores = user_emb[u] @ item_emb.T (the LightGCN inner product), on ``device`` (None: where
+    the tables are)."""
+    user_t = torch.as_tensor(user_emb, dtype=torch.float32, device=device)
+    item_t = torch.as_tensor(item_emb, dtype=torch.float32, device=device)
 
     def score(users: torch.Tensor) -> torch.Tensor:
-        return user_t[users] @ item_t.T
+        return user_t[users.to(user_t.device)] @ item_t.T
 
     return score
 

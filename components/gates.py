@@ -250,6 +250,7 @@ class EvaluationResult:
     cold_answer: str = "popularity"
     answered_by: dict[str, dict[str, int]] = field(default_factory=dict)  # model -> model/fold_in/popularity users
     history_users_evaluated: int | None = None  # the "history" segment (None: a record written before it)
+    device: str | None = None  # where scores, exclusion and top-K ran (None: a record written before it)
 
     def metrics_of(self, model: str, segment: str = "all") -> dict[str, float] | None:
         return (self.segments.get(model) or {}).get(segment)
@@ -341,7 +342,10 @@ def run_evaluate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
         return embedding_served(user_emb, item_emb, has_train, degrees, history, num_items)
 
     models: dict[str, ServedModel] = {"candidate": served("candidate", *load_embeddings(refs.pruned.path))}
-    teacher = load_teacher(refs.teacher.path, train) if refs.teacher is not None else None
+    from components.train import resolve_device
+
+    device = resolve_device(cfg.teacher.device)
+    teacher = load_teacher(refs.teacher.path, train, device, cfg.compute.block_bytes) if refs.teacher is not None else None
     if teacher is None:
         log.warning("evaluate %s: candidate %s names no teacher; teacher-relative gates will fail", day, cid)
     elif teacher.kind == "lightgcn":
@@ -360,7 +364,8 @@ def run_evaluate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
     excluded = Interactions(np.concatenate([train.user, history_user]), np.concatenate([train.item, history_item]),
                             np.concatenate([train.weight, np.ones(history_item.size, train.weight.dtype)]))
     ks, batch = tuple(cfg.eval.ks), cfg.eval.user_batch_size
-    measured = {name: user_metrics(scorer, excluded, holdout, num_items, ks, batch, include_cold=True)
+    measured = {name: user_metrics(scorer, excluded, holdout, num_items, ks, batch, include_cold=True,
+                                   block_bytes=cfg.compute.block_bytes, device=device)
                 for name, scorer in scorers.items()}
     first = measured["candidate"]
     cold = ~has_train[first.users]
@@ -384,6 +389,7 @@ def run_evaluate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
         cold_users_evaluated=int(cold.sum()),
         users_without_unseen_test_items=int(first.counts["users_without_unseen_test_items"]),
         cold_answer=cold_answer, answered_by=answered_by, history_users_evaluated=int(with_history.sum()),
+        device=str(device),
     )
     write_json(Path(result.path), asdict(result))
     k = 20 if 20 in ks else ks[0]

@@ -101,7 +101,8 @@ def measure_rungs(prune_ratio: float, user_emb: torch.Tensor, item_emb: torch.Te
         val_ndcg = None
         if val is not None and len(val):
             scorer = embedding_scorer(dequantize(module.tables["user"]), dequantize(module.tables["item"]))
-            val_ndcg = evaluate_scorer(scorer, fit, val, num_items, (20,), cfg.eval.user_batch_size).get("ndcg@20")
+            val_ndcg = evaluate_scorer(scorer, fit, val, num_items, (20,), cfg.eval.user_batch_size,
+                                       cfg.compute.block_bytes).get("ndcg@20")
         rungs.append(Rung(
             prune_ratio=prune_ratio, embedding_dim=int(user_emb.shape[1]), precision=precision,
             num_params_nonzero=num_params_nonzero, table_bytes=module.table_bytes,

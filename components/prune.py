@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from components.config import PipelineConfig
-from components.distill import (holdout_and_retention, known_pairs, load_stage_inputs, make_kd_loss, teacher_targets,
-                                training_signal)
+from components.distill import (holdout_and_retention, known_pairs, load_stage_inputs, make_kd_loss, targets_record,
+                                teacher_targets, training_signal)
 from components.models.lightgcn import (
     Backend,
     LightGCN,
@@ -152,12 +152,14 @@ def prune_model(base: LightGCN, train, val, teacher: Teacher, cfg: PipelineConfi
                                batch_size=dcfg.batch_size, seed=cfg.seed + 100 + step,
                                eval_every=pcfg.finetune_epochs, patience=1, device=device,
                                backend=cfg.teacher.propagation, ks=tuple(cfg.eval.ks),
-                               user_batch_size=cfg.eval.user_batch_size, extra_loss=kd, after_step=after_step,
+                               user_batch_size=cfg.eval.user_batch_size, block_bytes=cfg.compute.block_bytes,
+                               extra_loss=kd, after_step=after_step,
                                max_seconds=max_seconds, name=f"prune step {step}", weighted=weighted,
                                keep_start=True)
             model = fit.model
         val_metrics = fit.best_val if fit is not None and fit.best_val else (
-            evaluate_model(model, adjacency, backend, train, val, tuple(cfg.eval.ks), cfg.eval.user_batch_size)
+            evaluate_model(model, adjacency, backend, train, val, tuple(cfg.eval.ks), cfg.eval.user_batch_size,
+                           cfg.compute.block_bytes)
             if val is not None and len(val) else {})
         nonzero = count_parameters(model, nonzero=True)
         row = {
@@ -205,7 +207,7 @@ def run_prune(layout: Layout, day: str, cfg: PipelineConfig) -> ModelArtifact:
     if done is not None:
         return done
     student, _ = load_model(student_ref.path)
-    teacher = load_teacher(teacher_ref.path, train_all)
+    teacher = load_teacher(teacher_ref.path, train_all, resolve_device(cfg.teacher.device), cfg.compute.block_bytes)
     teacher_metrics = read_json(Path(teacher_ref.path) / "metrics.json")
     student_params = count_parameters(student)
     tic = time.perf_counter()
@@ -226,7 +228,8 @@ def run_prune(layout: Layout, day: str, cfg: PipelineConfig) -> ModelArtifact:
     full_adj = adjacency_of(train_all, graph.num_users, graph.num_items, weighted)
     user_emb, item_emb = final_embeddings(model, full_adj, backend)
     nonzero = count_parameters(model, nonzero=True)
-    val_metrics = evaluate_model(model, fit_adj, backend, train, val, tuple(cfg.eval.ks), cfg.eval.user_batch_size) \
+    val_metrics = evaluate_model(model, fit_adj, backend, train, val, tuple(cfg.eval.ks), cfg.eval.user_batch_size,
+                                 cfg.compute.block_bytes) \
         if val is not None and len(val) else {}
     metrics = {
         **holdout_and_retention(user_emb, item_emb, graph, train_all, cfg, val_metrics, teacher_metrics),
@@ -237,6 +240,8 @@ def run_prune(layout: Layout, day: str, cfg: PipelineConfig) -> ModelArtifact:
         "teacher_num_params": teacher_metrics["num_params"],
         "compression_ratio": teacher_metrics["num_params"] / max(nonzero, 1),
         "size_ratio_vs_student": student_params / count_parameters(model),
+        "device": str(resolve_device(cfg.teacher.device)),
+        "teacher_targets": targets_record(graph.num_users, cfg) if cfg.distill.kd_weight > 0 else None,
     }
     with staging_dir(layout.artifacts(KIND)) as tmp:
         if cfg.prune.method == "magnitude" and metrics["prune_ratio"] > 0:

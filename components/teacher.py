@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from components.config import PipelineConfig
-from components.evaluate import Scorer, embedding_scorer
+from components.evaluate import SCORE_BYTES, Scorer, block_rows, embedding_scorer, ranked_blocks
 from components.graph import Interactions, normalized_edges
 from components.models.graph_filter import FilterParams, GraphFilter
 from components.models.lightgcn import LightGCN, principal_axes, project_ego, uniform_layer_weights
@@ -51,13 +51,16 @@ def filter_params(cfg: PipelineConfig) -> FilterParams:
 
 
 def fit_graph_filter(train: Interactions, num_users: int, num_items: int, cfg: PipelineConfig) -> GraphFilter:
-    """The graph-filter teacher of ``train`` per config (DGL-normalized R~, randomized SVD)."""
+    """The graph-filter teacher of ``train`` per config (DGL-normalized R~, randomized SVD), on
+    teacher.device with scoring blocks within compute.block_bytes."""
+    from components.train import resolve_device  # train imports this module
+
     tic = time.perf_counter()
     edges = normalized_edges(train, num_users, num_items, cfg.teacher.edge_weights == "weighted")
     log.info("graph filter: %d distinct edges normalized (%s) with DGL in %.1fs", len(edges),
              cfg.teacher.edge_weights, time.perf_counter() - tic)
     return GraphFilter.fit(edges.user, edges.item, edges.strength, edges.norm, num_users, num_items,
-                           filter_params(cfg))
+                           filter_params(cfg), resolve_device(cfg.teacher.device), cfg.compute.block_bytes)
 
 
 def spectral_student(graph_filter: GraphFilter, dim: int, num_layers: int, init_std: float = 0.1) -> LightGCN:
@@ -69,14 +72,15 @@ def spectral_student(graph_filter: GraphFilter, dim: int, num_layers: int, init_
     matrix-factorization student) the item rows also carry D_i^1/2: the ideal low-pass scores. One global scale brings the egos to LightGCN's init std
     (Adam's step size is absolute, so a tiny init would be overwritten in the first steps).
     """
-    u, v, s = graph_filter.low_rank_factors(dim)
+    u, v, s = (t.cpu() for t in graph_filter.low_rank_factors(dim))  # the student is built on the CPU
     weights = torch.tensor(uniform_layer_weights(num_layers), dtype=torch.float64)
     p = (weights[None, :] * s.double()[:, None] ** torch.arange(num_layers + 1)).sum(1)
     scale = (s.double().sqrt() / p.clamp(min=1e-12)).float()
     if num_layers == 0:
         # no propagation to pass through: the items also take GF-CF's D_i^1/2, so the scores are the
         # filter's ideal low-pass part itself (r D_i^-1/2 V_k V_k^T D_i^1/2, up to a per-user scale)
-        v = v * (graph_filter.item_sqrt / graph_filter.item_sqrt.mean().clamp(min=1e-12))[:, None]
+        item_sqrt = graph_filter.item_sqrt.cpu()
+        v = v * (item_sqrt / item_sqrt.mean().clamp(min=1e-12))[:, None]
     ego = torch.cat([u, v]) * scale
     ego = ego * (init_std / ego.std().clamp(min=1e-12))
     model = LightGCN(graph_filter.num_users, graph_filter.num_items, ego.shape[1], num_layers)
@@ -110,9 +114,11 @@ def write_graph_filter(out: Path, graph_filter: GraphFilter, cfg: PipelineConfig
                                    "num_items": graph_filter.num_items})
 
 
-def load_teacher(path: str | Path, train: Interactions) -> Teacher:
+def load_teacher(path: str | Path, train: Interactions, device: torch.device | str = "cpu",
+                 block_bytes: int | None = None) -> Teacher:
     """The teacher artifact at ``path``. ``train`` is the graph's training window (all its pairs, the
-    pairs the artifact was built from): a graph filter scores users from their rows of it."""
+    pairs the artifact was built from): a graph filter scores users from their rows of it, on
+    ``device`` in blocks within ``block_bytes``."""
     path = Path(path)
     if (path / FILTER_META).exists():
         meta = read_json(path / FILTER_META)
@@ -120,7 +126,8 @@ def load_teacher(path: str | Path, train: Interactions) -> Teacher:
             v, s = torch.from_numpy(data["v"]), torch.from_numpy(data["s"])
         edges = normalized_edges(train, meta["num_users"], meta["num_items"], meta["edge_weights"] == "weighted")
         return graph_filter_teacher(GraphFilter(edges.user, edges.item, edges.strength, edges.norm, meta["num_users"],
-                                                meta["num_items"], v, s, FilterParams(**meta["params"])))
+                                                meta["num_items"], v, s, FilterParams(**meta["params"]),
+                                                device, block_bytes))
     from components.train import load_embeddings, load_model  # train imports this module
 
     user_emb, item_emb = (torch.from_numpy(a) for a in load_embeddings(path))
@@ -133,21 +140,21 @@ def load_teacher_scorer(path: str | Path, train: Interactions) -> Scorer:
 
 
 def teacher_topk(scorer: Scorer, known: Interactions, num_users: int, num_items: int, k: int,
-                 user_batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores, items) [num_users, k]: each user's teacher top-k with ``known`` pairs excluded, scored
-    in user batches (memory ~ batch x num_items) with the mask and top-k fused per batch."""
+                 user_batch_size: int = 4096, users: np.ndarray | None = None, block_bytes: int | None = None,
+                 device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores, items) [num_users, k] on the CPU: each user's teacher top-k with ``known`` pairs
+    excluded, scored in blocks (at most ``user_batch_size`` users, fewer within ``block_bytes``) with
+    the mask and top-k fused per block on ``device`` (None: the scorer's). With ``users`` only those
+    users are scored; the other rows hold items -1 and scores 0 (no target)."""
     k = min(k, num_items)
-    keys = torch.from_numpy(np.unique(known.user.astype(np.int64) * num_items + known.item))
-    top_scores = torch.empty(num_users, k)
-    top_items = torch.empty(num_users, k, dtype=torch.long)
-    tic = time.perf_counter()
-    for start in range(0, num_users, user_batch_size):
-        stop = min(start + user_batch_size, num_users)
-        scores = scorer(torch.arange(start, stop))
-        lo, hi = torch.searchsorted(keys, torch.tensor([start * num_items, stop * num_items]))
-        batch_keys = keys[lo:hi]
-        scores[batch_keys // num_items - start, batch_keys % num_items] = -torch.inf
-        top_scores[start:stop], top_items[start:stop] = torch.topk(scores, k, dim=1)
+    users = np.arange(num_users) if users is None else np.sort(np.asarray(users, dtype=np.int64))
+    top_scores = torch.zeros(num_users, k)
+    top_items = torch.full((num_users, k), -1, dtype=torch.long)
+    block = block_rows(block_bytes, SCORE_BYTES * num_items, user_batch_size)
+    tic, done = time.perf_counter(), 0
+    for ranked in ranked_blocks(scorer, users, known, num_users, num_items, k, block, device):
+        top_scores[ranked.users], top_items[ranked.users] = ranked.scores.cpu(), ranked.items.cpu()
+        done += ranked.users.numel()
         if time.perf_counter() - tic > 10:  # progress for the long (Gowalla-size) passes only
-            log.info("teacher top-%d: %d/%d users in %.0fs", k, stop, num_users, time.perf_counter() - tic)
+            log.info("teacher top-%d: %d/%d users in %.0fs", k, done, users.size, time.perf_counter() - tic)
     return top_scores, top_items

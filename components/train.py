@@ -116,11 +116,13 @@ def final_embeddings(model: LightGCN, adjacency: NormalizedAdjacency, backend: B
 
 
 def evaluate_model(model: LightGCN, adjacency: NormalizedAdjacency, backend: Backend, train: Interactions,
-                   test: Interactions, ks=(10, 20, 50), user_batch_size: int = 4096) -> dict[str, float]:
+                   test: Interactions, ks=(10, 20, 50), user_batch_size: int = 4096,
+                   block_bytes: int | None = None) -> dict[str, float]:
     users, items = final_embeddings(model, adjacency, backend)
     scorer = embedding_scorer(users, items)
     device = users.device
-    return evaluate_scorer(lambda u: scorer(u.to(device)), train, test, model.num_items, ks, user_batch_size)
+    return evaluate_scorer(lambda u: scorer(u.to(device)), train, test, model.num_items, ks, user_batch_size,
+                           block_bytes)
 
 
 def split_validation(train: Interactions, fraction: float, seed: int) -> tuple[Interactions, Interactions]:
@@ -178,6 +180,7 @@ def fit_lightgcn(
     backend: str = "auto",
     ks: tuple[int, ...] = (10, 20, 50),
     user_batch_size: int = 4096,
+    block_bytes: int | None = None,
     extra_loss: ExtraLoss | None = None,
     after_step: Callable[[], None] | None = None,
     checkpoint_path: Path | None = None,
@@ -219,7 +222,7 @@ def fit_lightgcn(
 
     if keep_start and has_val and start_epoch == 0:
         model.eval()
-        best_val = evaluate_model(model, adjacency, backend_, train, val, ks, user_batch_size)
+        best_val = evaluate_model(model, adjacency, backend_, train, val, ks, user_batch_size, block_bytes)
         best_score, best_state = best_val[metric], copy.deepcopy(model.state_dict())
         log.info("%s start: val %s %.4f recall@20 %.4f (training must beat it)", name, metric, best_score,
                  best_val.get("recall@20", float("nan")))
@@ -247,7 +250,7 @@ def fit_lightgcn(
         out_of_time = max_seconds is not None and train_seconds >= max_seconds and epoch + 1 < epochs
         if has_val and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs or out_of_time):
             model.eval()
-            scores = evaluate_model(model, adjacency, backend_, train, val, ks, user_batch_size)
+            scores = evaluate_model(model, adjacency, backend_, train, val, ks, user_batch_size, block_bytes)
             row.update({f"val_{k}": v for k, v in scores.items()})
             if scores[metric] > best_score:
                 best_score, best_epoch, bad_evals, best_val = scores[metric], epoch, 0, scores
@@ -315,7 +318,8 @@ def train_teacher(train: Interactions, val: Interactions | None, num_users: int,
     fit = fit_lightgcn(model, train, val, epochs=tcfg.epochs, lr=tcfg.lr, l2=tcfg.l2, batch_size=tcfg.batch_size,
                        seed=cfg.seed, eval_every=tcfg.eval_every, patience=tcfg.early_stop_patience,
                        device=resolve_device(tcfg.device), backend=tcfg.propagation, ks=tuple(cfg.eval.ks),
-                       user_batch_size=cfg.eval.user_batch_size, checkpoint_path=checkpoint_path,
+                       user_batch_size=cfg.eval.user_batch_size, block_bytes=cfg.compute.block_bytes,
+                       checkpoint_path=checkpoint_path,
                        max_seconds=max_seconds, name="teacher", weighted=tcfg.edge_weights == "weighted")
     return TrainedModel(fit.model, fit, warm)
 
@@ -395,7 +399,8 @@ def run_teacher(layout: Layout, day: str, cfg: PipelineConfig) -> ModelArtifact:
         tic = time.perf_counter()
         # validation: the filter of the fit split, scored on the held-out pairs (same protocol as LightGCN)
         val_metrics = evaluate_scorer(fit_graph_filter(train, graph.num_users, graph.num_items, cfg).score, train,
-                                      val, graph.num_items, ks, cfg.eval.user_batch_size) if len(val) else {}
+                                      val, graph.num_items, ks, cfg.eval.user_batch_size,
+                                      cfg.compute.block_bytes) if len(val) else {}
         graph_filter = fit_graph_filter(train_all, graph.num_users, graph.num_items, cfg)
         teacher = graph_filter_teacher(graph_filter)
         train_info = {"seconds": time.perf_counter() - tic, "train_pairs": len(train_all), "val_pairs": len(val),
@@ -415,12 +420,13 @@ def run_teacher(layout: Layout, day: str, cfg: PipelineConfig) -> ModelArtifact:
                       "train_pairs": len(train), "val_pairs": len(val)}
         warm_start = {"from": previous_ref.as_lineage() if previous_ref else None, **trained.warm_start}
     holdout = graph.holdout_interactions()
-    holdout_metrics = evaluate_scorer(teacher.scorer, train_all, holdout, graph.num_items, ks, cfg.eval.user_batch_size)
+    holdout_metrics = evaluate_scorer(teacher.scorer, train_all, holdout, graph.num_items, ks, cfg.eval.user_batch_size,
+                                      cfg.compute.block_bytes)
     popularity = evaluate_scorer(popularity_scorer(train_all, graph.num_items), train_all, holdout,
-                                 graph.num_items, ks, cfg.eval.user_batch_size)
+                                 graph.num_items, ks, cfg.eval.user_batch_size, cfg.compute.block_bytes)
     stats = read_json(graph.path / "stats.json")
     metrics = {
-        "kind": tcfg.kind, "edge_weights": tcfg.edge_weights,
+        "kind": tcfg.kind, "edge_weights": tcfg.edge_weights, "device": str(resolve_device(tcfg.device)),
         "val": val_metrics, "holdout": holdout_metrics, "popularity_holdout": popularity,
         "holdout_counts": stats.get("holdout", {}), "new_users": stats.get("new_users"),
         "new_items": stats.get("new_items"), "num_params": teacher.num_params, "train": train_info,

@@ -12,8 +12,10 @@ interaction row r is scored as
   0.043 on Gowalla), while RK4 approximates exp(-2.5 R~^T R~).
 
 R~^T R~ (items x items) is never formed: each product with it is two sparse x dense products over
-a block of users, so memory is O(nnz + block * (num_users + num_items)). Nothing is trained: the
-filter is recomputed from each night's graph in seconds to minutes.
+a block of users, so memory is O(nnz + block * (num_users + num_items)), the block sized from a byte
+budget (``block_bytes``). Nothing is trained: the filter is recomputed from each night's graph in
+seconds to minutes, on the CPU or a CUDA device (``device``: every tensor, the SVD and the scoring
+live there; the CPU path is the one measured before the device path existed, operation for operation).
 """
 
 from __future__ import annotations
@@ -50,6 +52,12 @@ class FilterParams:
     seed: int = 0
 
 
+# Live float32 rows per scored user, in units of num_items (plus one of num_users for R~ x^T):
+# GF-CF holds r, R~^T R~ r, the ideal part's two products and their sum; BSPM's RK4 also holds
+# s and k1..k4 with their temporaries.
+ROWS_PER_USER = {"gf_cf": 5, "bspm": 10}
+
+
 def _csr(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     order = torch.argsort(rows * shape[1] + cols)
     indptr = torch.zeros(shape[0] + 1, dtype=torch.int64)
@@ -63,10 +71,14 @@ class GraphFilter:
     """A fitted GF-CF/BSPM filter over one graph; ``score(users)`` is an evaluate.Scorer."""
 
     def __init__(self, user: np.ndarray, item: np.ndarray, strength: np.ndarray, norm: np.ndarray,
-                 num_users: int, num_items: int, v: torch.Tensor, s: torch.Tensor, params: FilterParams):
+                 num_users: int, num_items: int, v: torch.Tensor, s: torch.Tensor, params: FilterParams,
+                 device: torch.device | str = "cpu", block_bytes: int | None = None):
         """``(user, item)`` distinct edges with ``strength`` (the entries of R: 1 or the edge weight)
-        and ``norm`` (the entries of R~); ``v`` [num_items, rank] and ``s`` [rank] from the SVD of R~."""
+        and ``norm`` (the entries of R~); ``v`` [num_items, rank] and ``s`` [rank] from the SVD of R~.
+        Everything is held on ``device``; a scoring block holds at most ``block_bytes`` (None: only
+        ``params.block_users`` bounds it)."""
         self.num_users, self.num_items, self.params = num_users, num_items, params
+        self.device, self.block_bytes = torch.device(device), block_bytes
         u, i = torch.from_numpy(np.asarray(user, np.int64)), torch.from_numpy(np.asarray(item, np.int64))
         strength_t, norm_t = torch.from_numpy(np.asarray(strength, np.float32)), torch.from_numpy(np.asarray(norm, np.float32))
         rows = _csr(u, i, strength_t, (num_users, num_items))  # R: the users' interaction rows
@@ -78,35 +90,51 @@ class GraphFilter:
         self.item_inv_sqrt = inv_sqrt.float()
         self.item_sqrt = item_degree.sqrt().float()
         self.v, self.s = v.float().contiguous(), s.float()
+        if self.device.type != "cpu":  # built on the CPU (argsort, bincount), then moved once
+            for name in ("indptr", "indices", "values", "norm", "norm_t", "item_inv_sqrt", "item_sqrt", "v", "s"):
+                setattr(self, name, getattr(self, name).to(self.device))
+
+    @property
+    def block_users(self) -> int:
+        """Users per scoring block: ``params.block_users``, fewer when ``block_bytes`` says so."""
+        if self.block_bytes is None:
+            return self.params.block_users
+        per_user = 4 * (ROWS_PER_USER[self.params.variant] * self.num_items + self.num_users)
+        return max(1, min(self.params.block_users, self.block_bytes // per_user))
 
     # --- fitting ---------------------------------------------------------------------------------
 
     @classmethod
     def fit(cls, user: np.ndarray, item: np.ndarray, strength: np.ndarray, norm: np.ndarray, num_users: int,
-            num_items: int, params: FilterParams) -> "GraphFilter":
-        """Randomized rank-``params.rank`` SVD of R~ (seeded), then the filter."""
+            num_items: int, params: FilterParams, device: torch.device | str = "cpu",
+            block_bytes: int | None = None) -> "GraphFilter":
+        """Randomized rank-``params.rank`` SVD of R~ (seeded) on ``device``, then the filter. The sketch
+        is drawn on ``device``: a CUDA SVD is seeded too, but its singular vectors are not the CPU's bits."""
+        device = torch.device(device)
         tic = time.perf_counter()
         rank = min(params.rank, num_users, num_items)
         q = min(rank + params.svd_oversample, num_users, num_items)
         matrix = torch.sparse_coo_tensor(torch.from_numpy(np.stack([np.asarray(user, np.int64), np.asarray(item, np.int64)])),
-                                         torch.from_numpy(np.asarray(norm, np.float32)), (num_users, num_items), check_invariants=False).coalesce()
+                                         torch.from_numpy(np.asarray(norm, np.float32)), (num_users, num_items), check_invariants=False).coalesce().to(device)
         with torch.random.fork_rng():  # svd_lowrank draws its Gaussian sketch from the global generator
             torch.manual_seed(params.seed)
             _, s, v = torch.svd_lowrank(matrix, q=q, niter=params.svd_iterations)
-        log.info("graph filter %s: rank-%d randomized SVD of R~ (%d x %d, %d nnz) in %.1fs; top singular values %s",
-                 params.variant, rank, num_users, num_items, len(norm), time.perf_counter() - tic,
-                 np.round(s[:3].numpy(), 4).tolist())
-        return cls(user, item, strength, norm, num_users, num_items, v[:, :rank], s[:rank], params)
+        log.info("graph filter %s: rank-%d randomized SVD of R~ (%d x %d, %d nnz) on %s in %.1fs; top singular values %s",
+                 params.variant, rank, num_users, num_items, len(norm), device, time.perf_counter() - tic,
+                 np.round(s[:3].cpu().numpy(), 4).tolist())
+        return cls(user, item, strength, norm, num_users, num_items, v[:, :rank], s[:rank], params,
+                   device, block_bytes)
 
     # --- scoring ---------------------------------------------------------------------------------
 
     def _rows(self, users: torch.Tensor) -> torch.Tensor:
         """Dense interaction rows r [B, num_items] of ``users``."""
         starts, lengths = self.indptr[users], self.indptr[users + 1] - self.indptr[users]
-        block_row = torch.repeat_interleave(torch.arange(users.numel()), lengths)
+        block_row = torch.repeat_interleave(torch.arange(users.numel(), device=self.device), lengths)
         # position of each stored entry: its row's start + its offset within the row
-        pos = torch.repeat_interleave(starts - (torch.cumsum(lengths, 0) - lengths), lengths) + torch.arange(int(lengths.sum()))
-        r = torch.zeros(users.numel(), self.num_items)
+        pos = torch.repeat_interleave(starts - (torch.cumsum(lengths, 0) - lengths), lengths) + \
+            torch.arange(int(lengths.sum()), device=self.device)
+        r = torch.zeros(users.numel(), self.num_items, device=self.device)
         r[block_row, self.indices[pos]] = self.values[pos]
         return r
 
@@ -141,11 +169,13 @@ class GraphFilter:
         return s
 
     def score(self, users: torch.Tensor) -> torch.Tensor:
-        """Scores [len(users), num_items] (fresh tensor), computed over blocks of ``block_users``."""
-        users = torch.as_tensor(users, dtype=torch.int64)
+        """Scores [len(users), num_items] (fresh tensor on the filter's device), computed over blocks
+        of ``block_users``. Callers ask for a block at a time (evaluate.ranked_blocks): the result
+        itself is len(users) x num_items."""
+        users = torch.as_tensor(users, dtype=torch.int64).to(self.device)
+        block = self.block_users
         with torch.no_grad():
-            blocks = [self._score_block(users[start:start + self.params.block_users])
-                      for start in range(0, users.numel(), self.params.block_users)]
+            blocks = [self._score_block(users[start:start + block]) for start in range(0, users.numel(), block)]
         return torch.cat(blocks) if len(blocks) != 1 else blocks[0]
 
     # --- factors -------------------------------------------------------------------------------
@@ -160,7 +190,7 @@ class GraphFilter:
 
     def state(self) -> dict[str, np.ndarray]:
         """What an artifact stores besides the graph: the SVD factors."""
-        return {"v": self.v.numpy(), "s": self.s.numpy()}
+        return {"v": self.v.cpu().numpy(), "s": self.s.cpu().numpy()}
 
     @property
     def num_params(self) -> int:

@@ -72,6 +72,7 @@ def test_structured_pruning_halves_dims_and_bytes_and_keeps_quality(day_with_tea
     assert [s["embedding_dim"] for s in steps] == [6, 4]  # 8 dims -> 25% -> 50% removed
     assert metrics["sparsity"] == pytest.approx(0.5)
     assert metrics["size_ratio_vs_student"] == pytest.approx(2.0)
+    assert metrics["device"] == "cpu" and metrics["teacher_targets"]["sampled"] is False
     student_bytes = read_json(f"{student.path}/metrics.json")["bytes"]
     assert metrics["bytes"]["embeddings_npz"] < 0.6 * student_bytes["embeddings_npz"]
     assert metrics["bytes"]["model_pt"] < student_bytes["model_pt"]

@@ -166,6 +166,7 @@ def test_graph_filter_teacher_stage_publishes_a_filter_that_beats_popularity(fil
     teacher = run_teacher(layout, DAY, load_config(None, FILTER_CFG))
     metrics = read_json(f"{teacher.path}/metrics.json")
     assert metrics["kind"] == "graph_filter" and teacher.num_params == 80 * 16 + 16
+    assert metrics["device"] == "cpu"  # every record that measures says which device ran
     assert metrics["holdout"]["recall@20"] > metrics["popularity_holdout"]["recall@20"] + 0.15
     assert metrics["val"]["users_evaluated"] > 0 and metrics["val"]["ndcg@20"] > 0
     # the scorer gates and serving load gives back the very numbers the stage measured
@@ -181,6 +182,8 @@ def test_student_distilled_from_a_graph_filter_keeps_its_quality(filter_day):
     student = read_json(f"{run_distill(layout, DAY, cfg).path}/metrics.json")
     pop = evaluate_scorer(popularity_scorer(train, 80), train, holdout, 80, (20,))
     assert student["embedding_dim"] == 8
+    assert student["train"]["device"] == "cpu"
+    assert student["teacher_targets"] == {"users": 120, "of_users": 120, "sampled": False, "seed": None}
     assert student["ndcg_retention_holdout"] > 0.85, student["ndcg_retention_holdout"]
     assert student["holdout"]["ndcg@20"] > 1.3 * pop["ndcg@20"]
 
