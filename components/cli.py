@@ -121,7 +121,8 @@ def cmd_champion(args: argparse.Namespace) -> int:
 def announce_champion(layout: Layout, event: str, reason: str) -> int:
     """Tell Airflow the champion changed outside a nightly run: an event on the champion Asset through
     the api-server ($GRAPHDISTILL_API_URL), so the serving refresh DAG exports it within one refresh.
-    0 when announced; 3 when the change stands but serving was not told (says how to finish)."""
+    0 when announced, or when no api-server is configured (said on stderr, with how to finish); 3 when
+    one is configured but the event could not be recorded (the change stands)."""
     from components.airflow_api import API_URL_ENV, CHAMPION_ASSET, AirflowApi
     from components.registry import champion, version_day
 
@@ -133,7 +134,7 @@ def announce_champion(layout: Layout, event: str, reason: str) -> int:
     if not url:
         print(f"champion {current.version} NOT announced: {API_URL_ENV} (http://USER:PASSWORD@api-server:8080) is "
               f"not set, so serving keeps its model until the next promotion; finish with {retry}", file=sys.stderr)
-        return 3
+        return 0  # nothing configured to tell: a local root without Airflow is a normal setup
     api = AirflowApi.from_url(url)
     extra = {"version": current.version, "day": version_day(layout, current.version), "previous": list(current.previous)[-1:] or None,
              "event": event, "reason": reason, "root": str(layout.root), "registry": str(layout.registry())}

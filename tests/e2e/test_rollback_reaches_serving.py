@@ -51,11 +51,14 @@ def test_rollback_emits_the_champion_event_and_serving_follows(tmp_path):
         parsed = subprocess.run([airflow_bin(), "dags", "reserialize"], env=env, capture_output=True, text=True)
         assert parsed.returncode == 0, parsed.stderr[-2000:]  # the DAGs (and their Assets) are known
 
-        # Without the API address the rollback stands, and the CLI says serving was not told (exit 3).
+        # Without the API address the rollback stands, and the CLI says serving was not told and how to finish.
         quiet = {k: v for k, v in env.items() if k != "GRAPHDISTILL_API_URL"}
         undone = _cli(["rollback", "--root", str(root), "--reason", "bad metrics in prod"], quiet)
-        assert undone.returncode == 3 and "NOT announced" in undone.stderr and "graphdistill announce" in undone.stderr
+        assert undone.returncode == 0 and "NOT announced" in undone.stderr and "graphdistill announce" in undone.stderr
         assert champion(layout).version == versions[0]
+        # Configured but unreachable: the change stands, exit 3 says serving was not told.
+        down = _cli(["announce", "--root", str(root)], {**quiet, "GRAPHDISTILL_API_URL": "http://u:p@127.0.0.1:9"})
+        assert down.returncode == 3 and "NOT announced through http://127.0.0.1:9" in down.stderr
 
         api_env = {**env, "GRAPHDISTILL_API_URL": f"http://{server.user}:{server.password}@"
                                                   f"{server.base_url.split('://', 1)[1]}"}
