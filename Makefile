@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[test]"
 	# MovieLens-100k for the real-log tests: only the data file the RecBole wheel ships is read
-	# (components/sources/public_logs.py); --no-deps because RecBole's pins conflict with Airflow's.
+	# (components/data/sources/public_logs.py); --no-deps because RecBole's pins conflict with Airflow's.
 	$(PY) -m pip install --quiet --no-deps "recbole==1.2.1"
 	touch $@
 

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from components.config import DEFAULT_CONFIG_FILE, PipelineConfig, load_config
-from components.errors import PermanentStageFailure, StageSkipped, storage_fault
-from components.storage import (Layout, cli_run_key, mark_latest, parse_day, record_outcome, run_dir, tidy,
+from components.core.config import DEFAULT_CONFIG_FILE, PipelineConfig, load_config
+from components.core.errors import PermanentStageFailure, StageSkipped, storage_fault
+from components.core.catalog import (Layout, cli_run_key, mark_latest, parse_day, record_outcome, run_dir, tidy,
                                 write_json)
 
 log = logging.getLogger(__name__)
@@ -24,20 +24,20 @@ log = logging.getLogger(__name__)
 # decision stages (RUN_SCOPED) also take the run's key and their upstream's result as keywords:
 # evaluate(candidate=<convert result>) -> gate(evaluation=) -> register(blessing=) -> promote(registration=).
 STAGES: dict[str, tuple[str, str]] = {
-    "ingest": ("components.ingest", "run_ingest"),
-    "validate": ("components.validate", "run_validate"),
-    "features": ("components.features", "run_features"),
-    "graph": ("components.graph", "run_graph"),
-    "teacher": ("components.train", "run_teacher"),
-    "distill": ("components.distill", "run_distill"),
-    "prune": ("components.prune", "run_prune"),
-    "export": ("components.export", "run_export"),
-    "convert": ("components.engine", "run_convert"),
-    "evaluate": ("components.gates", "run_evaluate"),
-    "gate": ("components.gates", "run_gate"),
-    "register": ("components.registry", "run_register"),
-    "promote": ("components.registry", "run_promote"),
-    "report": ("components.report", "run_report"),
+    "ingest": ("components.data.ingest", "run_ingest"),
+    "validate": ("components.data.validate", "run_validate"),
+    "features": ("components.data.features", "run_features"),
+    "graph": ("components.data.graph", "run_graph"),
+    "teacher": ("components.model.train", "run_teacher"),
+    "distill": ("components.model.distill", "run_distill"),
+    "prune": ("components.model.prune", "run_prune"),
+    "export": ("components.ship.export", "run_export"),
+    "convert": ("components.ship.convert", "run_convert"),
+    "evaluate": ("components.decide.gates", "run_evaluate"),
+    "gate": ("components.decide.gates", "run_gate"),
+    "register": ("components.decide.registry", "run_register"),
+    "promote": ("components.decide.registry", "run_promote"),
+    "report": ("components.decide.report", "run_report"),
 }
 RUN_SCOPED = {"evaluate": "candidate", "gate": "evaluation", "register": "blessing", "promote": "registration",
               "report": None}

@@ -1,6 +1,6 @@
 """Champion serving refresh: whenever the nightly DAG promotes a champion (an event on the
 ``graphdistill_champion`` Asset), write the Triton model repository for it
-(components.serving.export_triton_repository) where Triton loads it (``ops.triton_repository``).
+(components.ship.serving.export_triton_repository) where Triton loads it (``ops.triton_repository``).
 
 It acts on the newest champion event only: queued events can batch into one run (airflow#56050),
 and only the newest champion matters for serving. Wiring only; heavy imports inside the task.
@@ -39,10 +39,10 @@ log = logging.getLogger(__name__)
 def champion_serving_refresh():
     @task(inlets=[CHAMPION])
     def export_triton_repository() -> dict:
-        from components.config import default_config_file, load_config
-        from components.registry import champion
-        from components.serving import export_triton_repository as export
-        from components.storage import Layout
+        from components.core.config import default_config_file, load_config
+        from components.decide.registry import champion
+        from components.ship.serving import export_triton_repository as export
+        from components.core.catalog import Layout
 
         context = get_current_context()
         triggering = context["triggering_asset_events"].get(CHAMPION, [])

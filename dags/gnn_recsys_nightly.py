@@ -2,7 +2,7 @@
 export -> convert -> evaluate -> gate -> register -> promote, then the run's report.
 
 Wiring only: every step is a function in components/ (see components/pipeline.py STAGES), run
-here for the run's day (components.outcome.run_day: the data interval's start for scheduled and
+here for the run's day (components.decide.outcome.run_day: the data interval's start for scheduled and
 backfill runs, the ``day`` param for manual runs). A run for day D processes the landing partition
 of D, trains on the window ending D-1 and judges the candidate on D. The ops runbook (the DAG's
 docs in the UI) is RUNBOOK.md. Heavy libraries are imported inside tasks: this file is parsed over and over.
@@ -25,8 +25,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # the repo's library, when not pip-installed
     sys.path.insert(0, str(REPO_ROOT))
 
-from components.config import default_config_file, default_root, load_config  # noqa: E402  (pydantic + yaml: light)
-from components.outcome import schedule_start  # noqa: E402  (standard library + storage paths: light)
+from components.core.config import default_config_file, default_root, load_config  # noqa: E402  (pydantic + yaml: light)
+from components.decide.outcome import schedule_start  # noqa: E402  (standard library + storage paths: light)
 from graphdistill_airflow.alerts import DEADLINE_MISSED, GraphDistillNotifier  # noqa: E402
 from graphdistill_airflow.assets import CHAMPION, NIGHTLY_OUTCOME  # noqa: E402
 from graphdistill_airflow.nightly import (NIGHT_ENDS, announce_champion, context_day, ended_as,  # noqa: E402
@@ -44,9 +44,9 @@ log = logging.getLogger(__name__)
 def _run(stage: str, upstream: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run a components stage for this run's day and run (reports/<day>/runs/<run_key>/), on the
     upstream task's result, mapping its outcomes onto Airflow's."""
-    from components.errors import PermanentStageFailure, StageSkipped
+    from components.core.errors import PermanentStageFailure, StageSkipped
     from components.pipeline import resolve, run_stage
-    from components.storage import run_key_for
+    from components.core.catalog import run_key_for
 
     context = get_current_context()
     params = context["params"]

@@ -66,7 +66,7 @@ def test_schedule_catchup_and_params(dagbag):
 
 
 def test_alerts_deadline_timeout_and_assets(dagbag):
-    from components.config import load_config
+    from components.core.config import load_config
     from graphdistill_airflow.alerts import DEADLINE_MISSED, GraphDistillNotifier
 
     dag = dagbag.dags["gnn_recsys_nightly"]

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from components.graph import Interactions, build_heterograph
-from components.storage import ArtifactRef, Layout, staging_dir, write_json
+from components.data.graph import Interactions, build_heterograph
+from components.core.catalog import ArtifactRef, Layout, staging_dir, write_json
 
 
 def planted(num_users: int = 120, num_items: int = 80, communities: int = 4, per_user: int = 10,
@@ -47,7 +47,7 @@ def planted(num_users: int = 120, num_items: int = 80, communities: int = 4, per
 def write_graph(layout: Layout, day: str, train: Interactions, holdout: Interactions, num_users: int,
                 num_items: int, new_users: int = 0, new_items: int = 0) -> ArtifactRef:
     """Publish a graph artifact in the graph stage's documented format."""
-    from components.dgl_compat import import_dgl
+    from components.core.dgl_compat import import_dgl
 
     dgl = import_dgl()
     pairs = pd.DataFrame({"user_idx": train.user, "item_idx": train.item, "weight": train.weight})

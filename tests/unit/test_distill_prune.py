@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from components.config import load_config
-from components.distill import run_distill
-from components.export import LADDER_FILE, shipped_precision
-from components.graph import Interactions
-from components.models.lightgcn import LightGCN, build_adjacency, principal_axes, project_ego
-from components.prune import magnitude_masks, prune_model, remove_dimensions, run_prune
-from components.storage import Layout, read_json
-from components.teacher import load_teacher, teacher_topk
-from components.train import load_embeddings, load_model, run_teacher
+from components.core.config import load_config
+from components.model.distill import run_distill
+from components.ship.export import LADDER_FILE, shipped_precision
+from components.data.graph import Interactions
+from components.model.models.lightgcn import LightGCN, build_adjacency, principal_axes, project_ego
+from components.model.prune import magnitude_masks, prune_model, remove_dimensions, run_prune
+from components.core.catalog import Layout, read_json
+from components.model.teacher import load_teacher, teacher_topk
+from components.model.train import load_embeddings, load_model, run_teacher
 from tests.unit.model_fixtures import planted, write_graph
 
 DAY = "2026-01-02"

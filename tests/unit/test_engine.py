@@ -7,8 +7,8 @@ import importlib.util
 import numpy as np
 import pytest
 
-from components.config import EngineConfig
-from components.engine import (
+from components.core.config import EngineConfig
+from components.ship.convert import (
     OnnxRuntimeRunner,
     choose_runtime,
     load_engine_result,
@@ -16,8 +16,8 @@ from components.engine import (
     run_convert,
     tensorrt_available,
 )
-from components.export import ServingGraph, export_onnx, parity, torch_outputs
-from components.storage import Layout
+from components.ship.export import ServingGraph, export_onnx, parity, torch_outputs
+from components.core.catalog import Layout
 
 from tests.unit.ship_fixtures import make_world, random_embeddings, run_ship_day, tiny_config
 
@@ -70,7 +70,7 @@ def test_run_convert_falls_back_to_onnxruntime_and_records_why(tmp_path, caplog)
     assert set(result.latency_ms) == {"1", "4", "16"} and result.largest_batch == 16
     assert result.latency_p99_ms == result.latency_ms["16"]["p99_ms"]
     # re-run: same export and config -> the measured result is reused, not re-measured
-    with caplog.at_level("INFO", logger="components.engine"):
+    with caplog.at_level("INFO", logger="components.ship.convert"):
         again = run_convert(layout, "2024-01-08", cfg)
     assert again == result
     assert "already measured" in caplog.text
@@ -78,8 +78,8 @@ def test_run_convert_falls_back_to_onnxruntime_and_records_why(tmp_path, caplog)
     # and build seconds live in timings.json, outside the content hash.
     import shutil
 
-    from components.export import run_export
-    from components.storage import read_json
+    from components.ship.export import run_export
+    from components.core.catalog import read_json
 
     export_version = layout.current("exports", "2024-01-08").version
     shutil.rmtree(layout.artifacts("exports"))
@@ -97,7 +97,7 @@ needs_trt = pytest.mark.skipif(not tensorrt_available()[0], reason=f"needs Tenso
 @needs_trt
 def test_tensorrt_engine_matches_pytorch_across_batch_sizes(tmp_path):
     trt = pytest.importorskip("tensorrt")
-    from components.engine import TensorRTRunner, build_tensorrt_engine
+    from components.ship.convert import TensorRTRunner, build_tensorrt_engine
 
     user, item = random_embeddings(64, 200, dim=16, seed=2)
     module = ServingGraph(user, item, top_k=10)

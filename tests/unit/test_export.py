@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.export import (
+from components.ship.export import (
     INPUT_NAME,
     OUTPUT_NAMES,
     ServingGraph,
@@ -16,8 +16,8 @@ from components.export import (
     seen_items_table,
     torch_outputs,
 )
-from components.graph import Interactions
-from components.storage import Layout
+from components.data.graph import Interactions
+from components.core.catalog import Layout
 
 from tests.unit.ship_fixtures import cluster_embeddings, make_graph, make_model, make_world, random_embeddings, tiny_config
 
@@ -141,7 +141,7 @@ def test_run_export_rejects_embeddings_that_do_not_match_the_graph(tmp_path):
 def test_parity_on_no_users_is_not_a_pass():
     import math
 
-    from components.export import parity
+    from components.ship.export import parity
 
     empty_items, empty_scores = np.zeros((0, 5), np.int64), np.zeros((0, 5), np.float32)
     diff, overlap = parity(empty_items, empty_scores, empty_items, empty_scores)

@@ -11,10 +11,10 @@ import pytest
 import torch
 from scipy.stats import bootstrap
 
-from components.config import GateSpec, GatesConfig, load_gates
-from components.engine import EngineResult
-from components.evaluate import ranking_scorer, user_metrics
-from components.gates import (
+from components.core.config import GateSpec, GatesConfig, load_gates
+from components.ship.convert import EngineResult
+from components.model.metrics import ranking_scorer, user_metrics
+from components.decide.gates import (
     BOOTSTRAP_NOTE,
     Blessing,
     EvaluationResult,
@@ -26,8 +26,8 @@ from components.gates import (
     run_evaluate,
     served_scorer,
 )
-from components.graph import GraphArtifact
-from components.storage import Layout, read_json, write_json
+from components.data.graph import GraphArtifact
+from components.core.catalog import Layout, read_json, write_json
 
 from tests.unit.ship_fixtures import make_world, random_embeddings, run_ship_day, tiny_config, write_gates
 
@@ -497,7 +497,7 @@ def test_per_user_history_round_trips_and_older_files_fall_back_to_warm(tmp_path
 def test_users_with_only_repeat_test_items_are_counted_and_shown(tmp_path):
     from components.cli import day_summary
     from components.pipeline import run_stage
-    from components.report import run_report
+    from components.decide.report import run_report
 
     layout = Layout.at(tmp_path)
     cfg = tiny_config(tmp_path)

@@ -5,15 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from components.config import load_config
-from components.distill import run_distill
-from components.evaluate import evaluate_scorer, popularity_scorer
-from components.graph import Interactions, normalized_edges
-from components.models.graph_filter import FilterParams, GraphFilter
-from components.models.lightgcn import build_adjacency
-from components.storage import Layout, read_json
-from components.teacher import fit_graph_filter, load_teacher, load_teacher_scorer, spectral_student
-from components.train import run_teacher
+from components.core.config import load_config
+from components.model.distill import run_distill
+from components.model.metrics import evaluate_scorer, popularity_scorer
+from components.data.graph import Interactions, normalized_edges
+from components.model.models.graph_filter import FilterParams, GraphFilter
+from components.model.models.lightgcn import build_adjacency
+from components.core.catalog import Layout, read_json
+from components.model.teacher import fit_graph_filter, load_teacher, load_teacher_scorer, spectral_student
+from components.model.train import run_teacher
 from tests.unit.model_fixtures import planted, write_graph
 
 DAY = "2026-01-02"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.export import (
+from components.ship.export import (
     INPUT_NAME,
     OUTPUT_NAMES,
     QuantizationError,
@@ -17,8 +17,8 @@ from components.export import (
     run_export,
     torch_outputs,
 )
-from components.models.quantize import dequantize, quantize_rows, table_bytes
-from components.storage import Layout
+from components.model.models.quantize import dequantize, quantize_rows, table_bytes
+from components.core.catalog import Layout
 from tests.unit.ship_fixtures import cluster_embeddings, make_graph, make_model, make_world, random_embeddings, tiny_config
 
 
@@ -85,7 +85,7 @@ def test_quantization_parity_knows_the_precision_and_fails_below_its_floor():
 
 
 def test_parity_counts_a_different_pick_among_items_tied_at_the_cut_as_shared():
-    from components.export import parity
+    from components.ship.export import parity
 
     ref_items = np.array([[0, 1, 2]])
     ref_scores = np.array([[3.0, 2.0, 1.0]], np.float32)  # items 2 and 7 both score 1.0

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from components.config import load_config
-from components.evaluate import evaluate_scorer, popularity_scorer
-from components.graph import Interactions
-from components.models.lightgcn import LightGCN
-from components.storage import Layout, read_json
-from components.train import (
+from components.core.config import load_config
+from components.model.metrics import evaluate_scorer, popularity_scorer
+from components.data.graph import Interactions
+from components.model.models.lightgcn import LightGCN
+from components.core.catalog import Layout, read_json
+from components.model.train import (
     InsufficientHistory,
     fit_lightgcn,
     load_embeddings,
@@ -36,8 +36,8 @@ def test_teacher_beats_popularity_on_planted_communities():
     config = cfg()
     trained = train_teacher(train, None, 120, 80, config)
     users, items = trained.model.user_embedding.weight, trained.model.item_embedding.weight
-    from components.models.lightgcn import build_adjacency
-    from components.train import evaluate_model
+    from components.model.models.lightgcn import build_adjacency
+    from components.model.train import evaluate_model
 
     adj = build_adjacency(train.user, train.item, 120, 80)
     ours = evaluate_model(trained.model, adj, "sparse", train, holdout, (20,))
@@ -105,7 +105,7 @@ def test_run_teacher_publishes_contract_and_warm_starts_next_day(tmp_path, caplo
     # next day: 10 new users and 5 new items appended; rows of the old model are copied
     more, more_holdout = planted(num_users=130, num_items=85, seed=1)
     write_graph(layout, "2026-01-03", more, more_holdout, 130, 85, new_users=10, new_items=5)
-    with caplog.at_level(logging.INFO, logger="components.train"):
+    with caplog.at_level(logging.INFO, logger="components.model.train"):
         second = run_teacher(layout, "2026-01-03", config)
     assert "copied 120 users + 80 items, 10 users + 5 items new" in caplog.text
     assert read_json(f"{second.path}/metrics.json")["warm_start"]["from"]["version"] == first.version
@@ -136,8 +136,8 @@ def test_time_budget_stop_evaluates_the_last_epoch_instead_of_discarding_it():
 def test_keep_start_returns_a_good_start_that_training_only_damages():
     # A teacher-initialized student (or a pruned model) must not ship worse than where it started:
     # the start is evaluated and kept when no epoch beats it on validation.
-    from components.train import evaluate_model
-    from components.models.lightgcn import build_adjacency
+    from components.model.train import evaluate_model
+    from components.model.models.lightgcn import build_adjacency
 
     train, holdout = planted()
     good = train_teacher(train, None, 120, 80, cfg()).model
