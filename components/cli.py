@@ -319,7 +319,7 @@ DEMO_OVERRIDES = ["distill.epochs=10"]  # the default teacher (graph filter) has
 def cmd_demo(args: argparse.Namespace) -> int:
     from components.decide.registry import champion
     from components.decide.report import gate_table_markdown
-    from components.decide.gates import Blessing
+    from components.core.refs import Blessing
 
     root = Path(args.root).resolve()
     if args.fresh and root.exists():

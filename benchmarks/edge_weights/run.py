@@ -33,7 +33,8 @@ import pandas as pd  # noqa: E402
 
 from components.core.config import load_config  # noqa: E402
 from components.model.metrics import embedding_scorer, evaluate_scorer  # noqa: E402
-from components.data.graph import Interactions, aggregate_pairs, extend_id_map  # noqa: E402
+from components.core.interactions import Interactions
+from components.data.graph import aggregate_pairs, extend_id_map  # noqa: E402
 from components.data.sources.replay import read_timestamped, to_events  # noqa: E402
 from components.data.sources.synthetic import SyntheticWorld, generate_day  # noqa: E402
 from components.model.teacher import fit_graph_filter  # noqa: E402

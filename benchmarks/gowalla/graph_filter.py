@@ -1,7 +1,7 @@
 """Gowalla benchmark of the closed-form graph-filter teacher (GF-CF, BSPM) on the LightGCN paper split.
 
 Each variant runs in its own child process (so its peak RSS is its own): load the split, normalize
-R with DGL (components.data.graph.normalized_edges), randomized SVD, then full-ranking evaluation over
+R with DGL (components.core.interactions.normalized_edges), randomized SVD, then full-ranking evaluation over
 all users with training items excluded (the paper code's definitions, components.model.metrics). Wall
 time counts everything after loading: normalization, SVD, scoring, top-K. Also reports the ideal
 low-pass part alone as an embedding model at ranks 64/16/8 (what a student starts from).

@@ -329,7 +329,7 @@ class EvalConfig(_Section):
 
 GATE_KINDS = ("min", "max", "min_ratio_to", "max_regression_vs", "min_lift_over")
 RELATIVE_KINDS = ("min_ratio_to", "max_regression_vs", "min_lift_over")
-# Which users a comparison is judged on (components/decide/gates.py PerUser.segment_mask): all; history
+# Which users a comparison is judged on (components/core/refs.py PerUser.segment_mask): all; history
 # (users with history before the day: a trained embedding or recent items to fold in, the users
 # on whom models can answer differently); warm (a trained embedding); cold (none).
 Segment = Literal["all", "history", "warm", "cold"]

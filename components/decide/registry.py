@@ -49,22 +49,20 @@ from typing import Any
 
 import numpy as np
 
+from components.core.champion import (CHAMPION_FILE, HISTORY_FILE, LEGACY_POINTER_EVENTS, ChampionRef, champion_in,
+                                       history_in, pointer_record)
 from components.core.config import PipelineConfig
+from components.core.refs import BLESSING_FILE, Blessing
 from components.core.errors import StorageFault, storage_fault
 from components.core.catalog import (MANIFEST, Layout, code_version, read_json, read_outcome, record_outcome, run_dir,
                                 staging_dir, write_json)
 
 log = logging.getLogger(__name__)
 
-CHAMPION_FILE = "champion.json"
-HISTORY_FILE = "history.jsonl"
 STATUS_BLESSED = "blessed"
 STATUS_REJECTED = "rejected"
 STATUS_INCONCLUSIVE = "inconclusive"
 STATUSES = (STATUS_BLESSED, STATUS_REJECTED, STATUS_INCONCLUSIVE)
-POINTER_EVENTS = ("promote", "rollback")
-# Pointer moves logged before champion.json carried its sequence number ("recovered": a repaired move).
-_LEGACY_POINTER_EVENTS = (*POINTER_EVENTS, "recovered")
 # Files copied from artifacts into a version: (artifact, file, required).
 MODEL_FILES = ("embeddings.npz", "model.pt")
 
@@ -81,20 +79,6 @@ def version_dir(layout: Layout, version: str) -> Path:
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-@dataclass(frozen=True)
-class ChampionRef:
-    """The serving champion: its version and where its complete version directory lives."""
-
-    version: str
-    path: str
-    promoted_at: str
-    reason: str
-    previous: tuple[str, ...]  # champions it replaced, oldest first (the rollback stack)
-    seq: int = 0  # pointer moves so far (the history's entry for this move carries the same number)
-    event: str = "promote"  # what moved the pointer here: "promote" | "rollback"
-    rolled_back: tuple[str, ...] = ()  # versions a rollback took away and no hand promotion restored
 
 
 @dataclass(frozen=True)
@@ -128,46 +112,6 @@ def champion(layout: Layout) -> ChampionRef | None:
     return champion_in(layout.registry())
 
 
-def champion_in(registry_root: str | Path) -> ChampionRef | None:
-    """The champion of a registry folder (serving reads a registry without a pipeline layout)."""
-    record = _pointer_record(Path(registry_root))
-    if record is None:
-        return None
-    return ChampionRef(
-        version=record["version"],
-        path=str(Path(registry_root) / "versions" / record["version"]),
-        promoted_at=record["promoted_at"],
-        reason=record["reason"],
-        previous=tuple(record["previous"]),
-        seq=record["seq"],
-        event=record["event"],
-        rolled_back=tuple(sorted(record["rolled_back"])),
-    )
-
-
-def _pointer_record(registry_root: Path) -> dict[str, Any] | None:
-    """champion.json as written by ``_move_pointer``; the source of truth of every decision."""
-    path = registry_root / CHAMPION_FILE
-    if not path.exists():
-        return None
-    record = read_json(path)
-    if "seq" not in record:  # written before the pointer carried its deny-list: rebuild it from the history once
-        entries = _history_in(registry_root)
-        record = {**record, "seq": sum(e.get("event") in _LEGACY_POINTER_EVENTS for e in entries),
-                  "rolled_back": _legacy_deny_list(entries), "run_key": None, "replaced": None}
-    return record
-
-
-def _legacy_deny_list(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for entry in entries:
-        if entry.get("event") == "rollback" and entry.get("previous"):
-            out[entry["previous"]] = {"at": entry["at"], "reason": entry["reason"]}
-        elif entry.get("event") == "promote" and entry.get("manual"):
-            out.pop(entry["version"], None)
-    return out
-
-
 def version_manifest(layout: Layout, version: str) -> dict[str, Any]:
     path = version_dir(layout, version) / MANIFEST
     if not path.exists():
@@ -197,7 +141,7 @@ def _version_ref(layout: Layout, version: str, reason: str) -> ChampionRef:
 
 def rolled_back(layout: Layout) -> dict[str, dict[str, Any]]:
     """Versions taken away by a rollback and not re-promoted by hand since: version -> {at, reason}."""
-    record = _pointer_record(layout.registry())
+    record = pointer_record(layout.registry())
     return dict(record["rolled_back"]) if record else {}
 
 
@@ -210,7 +154,7 @@ def champion_as_of(layout: Layout, day: str) -> tuple[ChampionRef | None, str]:
     trained on a window ending X-1 and was judged on X, so an earlier day's version never saw
     ``day``; later days' promotions do not change it, so re-running ``day`` reproduces its
     judgement. Read from champion.json alone, so a lost history line cannot change it. Returns (ref, why)."""
-    record = _pointer_record(layout.registry())
+    record = pointer_record(layout.registry())
     if record is not None:
         for version in (record["version"], *reversed(record["previous"])):
             if version in record["rolled_back"]:
@@ -233,21 +177,7 @@ def list_versions(layout: Layout) -> list[str]:
 
 
 def history(layout: Layout) -> list[dict[str, Any]]:
-    return _history_in(layout.registry())
-
-
-def _history_in(registry_root: Path) -> list[dict[str, Any]]:
-    """History entries; a torn line (a kill mid-append, cut off before the next append) is ignored."""
-    path = registry_root / HISTORY_FILE
-    if not path.exists():
-        return []
-    entries = []
-    for line in path.read_text().splitlines():
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError:
-            log.warning("registry history: ignoring torn line %r", line[:80])
-    return entries
+    return history_in(layout.registry())
 
 
 # --- registering ----------------------------------------------------------------------------
@@ -325,21 +255,21 @@ def run_register(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
     if isinstance(blessing, dict):
         blessing_path = Path(blessing["path"])
     else:
-        blessing_path = Path(blessing) if blessing else run_dir(layout, day, run_key) / "blessing.json"
+        blessing_path = Path(blessing) if blessing else run_dir(layout, day, run_key) / BLESSING_FILE
     if not blessing_path.exists():
         raise FileNotFoundError(f"run_register {day}: {blessing_path} missing (run evaluate and gate first)")
-    judged = read_json(blessing_path)
-    if judged["day"] != day:
-        raise ValueError(f"run_register {day}: {blessing_path} judges day {judged['day']}")
-    refs = CandidateRefs.from_dict(layout, judged["candidate_refs"])
-    version = judged["candidate_version"]
-    evaluation_path = Path(judged["evaluation_path"])
+    judged = Blessing.load(blessing_path)
+    if judged.day != day:
+        raise ValueError(f"run_register {day}: {blessing_path} judges day {judged.day}")
+    refs = CandidateRefs.from_dict(layout, judged.candidate_refs)
+    version = judged.candidate_version
+    evaluation_path = Path(judged.evaluation_path)
     engine = load_engine_result(refs.engine)
     graph = GraphArtifact.load(refs.graph)
     lineage = {
         "day": day,
         "candidate_id": version,
-        "judged_against": judged["champion_version"],
+        "judged_against": judged.champion_version,
         "data": {"graph": refs.graph.as_lineage(), "graph_inputs": refs.graph.manifest.get("inputs", {})},
         "models": refs.versions(),
         "config_hash": cfg.config_hash(),
@@ -347,7 +277,7 @@ def run_register(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
         "registered_by_run": run_key,
     }
     status = {"blessed": STATUS_BLESSED, "rejected": STATUS_REJECTED,
-              "inconclusive": STATUS_INCONCLUSIVE}[judged["verdict"]]
+              "inconclusive": STATUS_INCONCLUSIVE}[judged.verdict]
 
     train = graph.train_interactions()
     indptr, indices = seen_csr(train.user, train.item, graph.num_users)
@@ -358,7 +288,7 @@ def run_register(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
         files["model.plan"] = Path(engine.path) / PLAN_FILE
     files["users.parquet"] = Path(refs.graph.path) / "users.parquet"
     files["items.parquet"] = Path(refs.graph.path) / "items.parquet"
-    files["blessing.json"] = blessing_path  # the version keeps the blessing it was registered with
+    files[BLESSING_FILE] = blessing_path  # the version keeps the blessing it was registered with
     export_manifest = refs.export.manifest
     pruned_metrics = Path(refs.pruned.path) / "metrics.json"
     metrics = {
@@ -385,11 +315,11 @@ def run_register(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
     write_json(_day_pointer(layout, day), {"day": day, "version": version, "status": status})
     champ = champion(layout)
     log.info("register %s run %s: candidate %s %s (%s), judged against %s; champion %s", day, run_key, version,
-             status, "new" if created else "already registered", judged["champion_version"] or "none (bootstrap)",
+             status, "new" if created else "already registered", judged.champion_version or "none (bootstrap)",
              champ.version if champ else "none")
     return RegistryResult(day=day, run_key=run_key, version=version, path=str(path), status=status,
                           blessed=status == STATUS_BLESSED, newly_registered=created,
-                          judged_against=judged["champion_version"], champion_version=champ.version if champ else None)
+                          judged_against=judged.champion_version, champion_version=champ.version if champ else None)
 
 
 # --- promotion ------------------------------------------------------------------------------
@@ -452,7 +382,7 @@ def _move_entry(record: dict[str, Any]) -> dict[str, Any]:
 def _logged_seq(entries: list[dict[str, Any]]) -> int:
     seq = 0
     for entry in entries:
-        if entry.get("event") in _LEGACY_POINTER_EVENTS:
+        if entry.get("event") in LEGACY_POINTER_EVENTS:
             seq = entry.get("seq", seq + 1)  # entries logged before moves carried seq count one each
     return seq
 
@@ -460,7 +390,7 @@ def _logged_seq(entries: list[dict[str, Any]]) -> int:
 def _repair_history(layout: Layout, fault_hook: FaultHook | None = None) -> dict[str, Any] | None:
     """A crash after the pointer rename but before the history append leaves the log one move
     short: append the move's own entry (a rollback stays a rollback). Returns the pointer record."""
-    record = _pointer_record(layout.registry())
+    record = pointer_record(layout.registry())
     if record is None or _logged_seq(history(layout)) >= record["seq"]:
         return record
     _append_history(layout, {**_move_entry(record), "recovered": True}, fault_hook)
@@ -665,18 +595,18 @@ def run_promote(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
     default the candidate the run's own blessing judged, never the day's newest: two runs of a day
     at once each decide their own candidate) and record the run's outcome."""
     if registration is None:
-        blessing_path = run_dir(layout, day, run_key) / "blessing.json"
+        blessing_path = run_dir(layout, day, run_key) / BLESSING_FILE
         if not blessing_path.exists():
             raise FileNotFoundError(f"run_promote {day}: {blessing_path} missing (run gate and register in run "
                                     f"{run_key} first)")
-        registration = {"version": read_json(blessing_path)["candidate_version"]}
+        registration = {"version": Blessing.load(blessing_path).candidate_version}
     elif not isinstance(registration, dict):
         registration = asdict(registration)
     version = registration["version"]
     manifest = version_manifest(layout, version)
     if manifest["day"] != day:
         raise ValueError(f"run_promote {day}: registered version {version} is of {manifest['day']}")
-    blessing = read_json(version_dir(layout, version) / "blessing.json")
+    blessing = Blessing.load(version_dir(layout, version) / BLESSING_FILE)
     metrics = {k: v for k, v in read_json(version_dir(layout, version) / "metrics.json")["evaluation"].items()
                if k in ("users_evaluated", "cold_users_evaluated")}
     if manifest["status"] != STATUS_BLESSED:
@@ -684,9 +614,9 @@ def run_promote(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
         result = PromotionResult(day=day, version=version, promoted=False,
                                  champion_version=current.version if current else None,
                                  previous_champion=current.version if current else None,
-                                 reason=blessing["reason"], outcome=manifest["status"])
+                                 reason=blessing.reason, outcome=manifest["status"])
     else:
-        result = decide_promotion(layout, version, blessing["champion_version"], run_key=run_key,
+        result = decide_promotion(layout, version, blessing.champion_version, run_key=run_key,
                                   fault_hook=fault_hook)
     try:
         record_outcome(layout, day, run_key, result.outcome, result.reason, candidate=version,

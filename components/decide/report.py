@@ -20,6 +20,7 @@ from typing import Any
 
 from components.core.config import PipelineConfig
 from components.core.catalog import Layout, atomic_write_bytes, latest_run, read_json, read_outcome, run_dir
+from components.core.refs import describe_comparison
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +60,6 @@ def _interval(gate: dict[str, Any]) -> str:
     if gate.get("ci_low") is None:
         return "–"
     return f"[{_fmt(gate['ci_low'])}, {_fmt(gate['ci_high'])}]"
-
-
-def describe_comparison(comparison: dict[str, Any]) -> str:
-    """A comparison (components.decide.gates.Comparison) in one phrase, e.g. "ndcg@20 +12.3% [+4.1%, +20.5%],
-    812 history users": what reasons, notes and alerts quote."""
-    if comparison.get("relative_change") is None:
-        return comparison.get("note") or "not measured"
-    interval = ("" if comparison.get("ci_low") is None
-                else f" [{comparison['ci_low']:+.1%}, {comparison['ci_high']:+.1%}]")
-    return (f"{comparison['metric']} {comparison['relative_change']:+.1%}{interval}, "
-            f"{comparison['n']} {comparison['segment']} users")
 
 
 def _verdict_cell(gate: dict[str, Any]) -> str:
@@ -371,7 +361,7 @@ def shipped_size_html(layout: Layout, blessing: dict[str, Any] | None) -> str:
     """The judged candidate's size ladder (its pruned model's ladder.json): every rung tried, the
     one shipped and why; empty without a blessing or a ladder record."""
     from components.decide.candidate import CandidateRefs
-    from components.ship.export import LADDER_FILE
+    from components.model.ladder import LADDER_FILE
 
     path = Path(CandidateRefs.from_dict(layout, blessing["candidate_refs"]).pruned.path) / LADDER_FILE if blessing else None
     if path is None or not path.exists():

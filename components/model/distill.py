@@ -28,7 +28,8 @@ import torch
 
 from components.core.config import PipelineConfig
 from components.model.metrics import embedding_scorer, evaluate_scorer
-from components.data.graph import GraphArtifact, Interactions
+from components.core.interactions import Interactions
+from components.data.graph import GraphArtifact
 from components.model.models.lightgcn import LightGCN, count_parameters, resolve_backend
 from components.model.models.losses import kl_distillation_loss, rank_discount_weights, ranking_distillation_loss
 from components.core.catalog import Layout, read_json, staging_dir

@@ -21,11 +21,13 @@ import torch
 
 from components.core.config import LadderConfig, PipelineConfig
 from components.model.metrics import embedding_scorer, evaluate_scorer
-from components.ship.export import ServingGraph, parity_users
-from components.data.graph import Interactions
-from components.model.models.quantize import dequantize, quantize_rows
+from components.core.interactions import Interactions
+from components.model.models.quantize import dequantize
+from components.model.models.serving_graph import ServingGraph, parity_users
 
 log = logging.getLogger(__name__)
+
+LADDER_FILE = "ladder.json"  # in a pruned model artifact: the rungs measured and the one chosen
 
 @dataclass(frozen=True)
 class Rung:

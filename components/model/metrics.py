@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from components.data.graph import Interactions
+from components.core.interactions import Interactions
 
 log = logging.getLogger(__name__)
 

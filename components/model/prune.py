@@ -42,8 +42,8 @@ from components.model.models.lightgcn import (
     project_ego,
     resolve_backend,
 )
-from components.ship.export import LADDER_FILE, seen_items_table
-from components.model.ladder import ladder_record, measure_rungs
+from components.model.ladder import LADDER_FILE, ladder_record, measure_rungs
+from components.model.models.serving_graph import seen_items_table
 from components.core.catalog import Layout, read_json, staging_dir, write_json
 from components.model.teacher import Teacher, load_teacher
 from components.model.train import (

@@ -1,21 +1,27 @@
-"""Both teacher kinds behind one interface: what distill, prune, evaluation and gates use.
+"""Teacher stage: the day's teacher, either kind (``teacher.kind``), built, evaluated and published;
+and both kinds behind one interface (:class:`Teacher`), what distill, prune and evaluation use.
 
 A teacher artifact (kind ``models/teacher``) is one of
 
-* ``teacher.kind: lightgcn``: model.pt + embeddings.npz (final user/item embeddings), as before;
-* ``teacher.kind: graph_filter``: filter.npz (``v`` [num_items, rank], ``s`` [rank]: the SVD of the
-  normalized window graph R~) + filter.json (variant, parameters, edge_weights, sizes). The filter
-  scores a user from their interaction row, so it is rebuilt from the graph's training pairs.
+* ``teacher.kind: graph_filter`` (default): computed in closed form from the day's graph
+  (components/model/models/graph_filter.py): filter.npz (``v`` [num_items, rank], ``s`` [rank]: the
+  SVD of the normalized window graph R~) + filter.json (variant, parameters, edge_weights, sizes).
+  The filter scores a user from their interaction row, so it is rebuilt from the graph's training pairs;
+* ``teacher.kind: lightgcn``: trained (components/model/train.py), warm-started, early-stopped,
+  checkpointed: model.pt + embeddings.npz (final user/item embeddings).
 
-``load_teacher(path, train)`` returns a :class:`Teacher` whatever the kind: its ``scorer`` is an
-``evaluate.Scorer`` (users -> scores over all items) and ``init_student(dim, layers)`` a LightGCN
-student started from the teacher's best low-rank scores. ``load_teacher_scorer`` is the one call
-evaluation and serving need.
+``load_teacher(path, train)`` returns a :class:`Teacher` whatever the kind: its ``scorer`` is a
+``metrics.Scorer`` (users -> scores over all items) and ``init_student(dim, layers)`` a LightGCN
+student started from the teacher's best low-rank scores.
+
+Nightly semantics: the graph of run day D holds the window ending D-1; the teacher trains on it
+(minus a seeded validation split) and is then evaluated on day D's pairs, the fresh holdout.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,16 +30,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from components.core.catalog import Layout, read_json, staging_dir, write_json, write_measured_json
 from components.core.config import PipelineConfig
-from components.model.metrics import Scorer, embedding_scorer
-from components.data.graph import Interactions, normalized_edges
+from components.core.errors import StageSkipped
+from components.model.metrics import Scorer, embedding_scorer, evaluate_scorer, popularity_scorer
+from components.core.interactions import Interactions, normalized_edges
+from components.data.graph import GraphArtifact
 from components.model.models.graph_filter import FilterParams, GraphFilter
-from components.model.models.lightgcn import LightGCN, principal_axes, project_ego, uniform_layer_weights
-from components.core.catalog import read_json, write_json
+from components.model.models.lightgcn import (LightGCN, principal_axes, project_ego, resolve_backend,
+                                               uniform_layer_weights)
+from components.model.train import (FitResult, ModelArtifact, adjacency_of, existing_artifact, final_embeddings,
+                                    fit_lightgcn, load_embeddings, load_model, resolve_device, split_validation,
+                                    summary_metrics, warm_start_rows, work_dir, write_model_files)
 
 log = logging.getLogger(__name__)
 
+KIND = "models/teacher"
 FILTER_FILE, FILTER_META = "filter.npz", "filter.json"
+
+
+class InsufficientHistory(StageSkipped):
+    """The day's graph has too little training data to train on; the DAG turns this into a skip."""
 
 
 @dataclass(frozen=True)
@@ -121,8 +138,6 @@ def load_teacher(path: str | Path, train: Interactions) -> Teacher:
         edges = normalized_edges(train, meta["num_users"], meta["num_items"], meta["edge_weights"] == "weighted")
         return graph_filter_teacher(GraphFilter(edges.user, edges.item, edges.strength, edges.norm, meta["num_users"],
                                                 meta["num_items"], v, s, FilterParams(**meta["params"])))
-    from components.model.train import load_embeddings, load_model  # train imports this module
-
     user_emb, item_emb = (torch.from_numpy(a) for a in load_embeddings(path))
     return lightgcn_teacher(lambda: load_model(path)[0], user_emb, item_emb)
 
@@ -151,3 +166,109 @@ def teacher_topk(scorer: Scorer, known: Interactions, num_users: int, num_items:
         if time.perf_counter() - tic > 10:  # progress for the long (Gowalla-size) passes only
             log.info("teacher top-%d: %d/%d users in %.0fs", k, stop, num_users, time.perf_counter() - tic)
     return top_scores, top_items
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    model: LightGCN
+    fit: FitResult
+    warm_start: dict[str, int]
+
+
+def train_teacher(train: Interactions, val: Interactions | None, num_users: int, num_items: int,
+                  cfg: PipelineConfig, previous: LightGCN | None = None, checkpoint_path: Path | None = None,
+                  max_seconds: float | None = None) -> TrainedModel:
+    """Train the teacher LightGCN on ``train`` (early stopping on ``val``), warm-started from ``previous``."""
+    tcfg = cfg.teacher
+    torch.manual_seed(cfg.seed)
+    model = LightGCN(num_users, num_items, tcfg.embedding_dim, tcfg.num_layers, tcfg.layer_weights)
+    warm = {"users_copied": 0, "items_copied": 0, "users_new": num_users, "items_new": num_items}
+    if previous is not None:
+        warm = warm_start_rows(model, previous)
+    log.info("teacher init: %d users, %d items, dim %d, %d layers; warm start copied %d users + %d items, "
+             "%d users + %d items new", num_users, num_items, tcfg.embedding_dim, tcfg.num_layers,
+             warm["users_copied"], warm["items_copied"], warm["users_new"], warm["items_new"])
+    fit = fit_lightgcn(model, train, val, epochs=tcfg.epochs, lr=tcfg.lr, l2=tcfg.l2, batch_size=tcfg.batch_size,
+                       seed=cfg.seed, eval_every=tcfg.eval_every, patience=tcfg.early_stop_patience,
+                       device=resolve_device(tcfg.device), backend=tcfg.propagation, ks=tuple(cfg.eval.ks),
+                       user_batch_size=cfg.eval.user_batch_size, checkpoint_path=checkpoint_path,
+                       max_seconds=max_seconds, name="teacher", weighted=tcfg.edge_weights == "weighted")
+    return TrainedModel(fit.model, fit, warm)
+
+
+
+def run_teacher(layout: Layout, day: str, cfg: PipelineConfig) -> ModelArtifact:
+    """Build (graph_filter: compute, lightgcn: train) the day's teacher, evaluate it (validation +
+    fresh-day holdout + popularity baseline) and publish it."""
+    graph_ref = layout.current("graphs", day)
+    if graph_ref is None:
+        raise FileNotFoundError(f"{layout.artifacts('graphs') / day}: no graph for day {day}; run the graph stage first")
+    graph = GraphArtifact.load(graph_ref)
+    train_all = graph.train_interactions()
+    tcfg = cfg.teacher
+    if len(train_all) < tcfg.min_train_pairs:
+        raise InsufficientHistory(f"graph {day} v{graph_ref.version} has {len(train_all)} training pairs, "
+                                  f"fewer than teacher.min_train_pairs={tcfg.min_train_pairs}")
+    # a graph filter is recomputed from the day's graph alone; a LightGCN warm-starts from yesterday's
+    previous_ref = layout.latest_before(KIND, day) if tcfg.kind == "lightgcn" else None
+    inputs = [graph_ref.as_lineage()] + ([previous_ref.as_lineage()] if previous_ref else [])
+    config_hash = cfg.config_hash("teacher")
+    done = existing_artifact(layout, KIND, day, inputs, config_hash)
+    if done is not None:
+        return done
+
+    train, val = split_validation(train_all, tcfg.val_fraction, cfg.seed)
+    ks = tuple(cfg.eval.ks)
+    work = work_dir(layout, "teacher", day, f"{config_hash}-{graph_ref.version}-{previous_ref.version if previous_ref else 'cold'}")
+    if tcfg.kind == "graph_filter":
+        tic = time.perf_counter()
+        # validation: the filter of the fit split, scored on the held-out pairs (same protocol as LightGCN)
+        val_metrics = evaluate_scorer(fit_graph_filter(train, graph.num_users, graph.num_items, cfg).score, train,
+                                      val, graph.num_items, ks, cfg.eval.user_batch_size) if len(val) else {}
+        graph_filter = fit_graph_filter(train_all, graph.num_users, graph.num_items, cfg)
+        teacher = graph_filter_teacher(graph_filter)
+        train_info = {"seconds": time.perf_counter() - tic, "train_pairs": len(train_all), "val_pairs": len(val),
+                      "variant": tcfg.graph_filter.variant, "rank": int(graph_filter.v.shape[1])}
+        history: list[dict] = []
+        warm_start: dict = {"from": None}
+    else:
+        previous = load_model(previous_ref.path)[0] if previous_ref else None
+        trained = train_teacher(train, val, graph.num_users, graph.num_items, cfg, previous, work / "checkpoint.pt")
+        # Serving sees every training pair: propagate over the full window graph, exclude all of it.
+        full_adj = adjacency_of(train_all, graph.num_users, graph.num_items, tcfg.edge_weights == "weighted")
+        user_emb, item_emb = final_embeddings(trained.model, full_adj, resolve_backend(tcfg.propagation, "cpu"))
+        teacher = lightgcn_teacher(lambda: trained.model, user_emb, item_emb)
+        val_metrics, history = trained.fit.best_val, trained.fit.history
+        train_info = {"epochs_run": len(trained.fit.history), "best_epoch": trained.fit.best_epoch + 1,
+                      "stopped": trained.fit.stopped, "seconds": trained.fit.train_seconds,
+                      "train_pairs": len(train), "val_pairs": len(val)}
+        warm_start = {"from": previous_ref.as_lineage() if previous_ref else None, **trained.warm_start}
+    holdout = graph.holdout_interactions()
+    holdout_metrics = evaluate_scorer(teacher.scorer, train_all, holdout, graph.num_items, ks, cfg.eval.user_batch_size)
+    popularity = evaluate_scorer(popularity_scorer(train_all, graph.num_items), train_all, holdout,
+                                 graph.num_items, ks, cfg.eval.user_batch_size)
+    stats = read_json(graph.path / "stats.json")
+    metrics = {
+        "kind": tcfg.kind, "edge_weights": tcfg.edge_weights,
+        "val": val_metrics, "holdout": holdout_metrics, "popularity_holdout": popularity,
+        "holdout_counts": stats.get("holdout", {}), "new_users": stats.get("new_users"),
+        "new_items": stats.get("new_items"), "num_params": teacher.num_params, "train": train_info,
+        "warm_start": warm_start,
+    }
+    with staging_dir(layout.artifacts(KIND)) as tmp:
+        if tcfg.kind == "graph_filter":
+            write_graph_filter(tmp, graph_filter, cfg)
+            write_measured_json(tmp, "metrics.json",
+                                {**metrics, "bytes": {"filter_npz": (tmp / FILTER_FILE).stat().st_size}})
+            write_measured_json(tmp, "history.json", history)
+        else:
+            write_model_files(tmp, trained.model, user_emb, item_emb, graph_ref.version, metrics, history)
+        metrics = read_json(tmp / "metrics.json")
+        ref = layout.publish(KIND, day, tmp, {"inputs": inputs, "config_hash": config_hash,
+                                              "metrics": summary_metrics(metrics)})
+    shutil.rmtree(work, ignore_errors=True)
+    log.info("teacher %s v%s (%s): holdout recall@20 %.4f ndcg@20 %.4f (popularity %.4f / %.4f), %d users "
+             "evaluated, %d cold skipped", day, ref.version, tcfg.kind, holdout_metrics.get("recall@20", 0),
+             holdout_metrics.get("ndcg@20", 0), popularity.get("recall@20", 0), popularity.get("ndcg@20", 0),
+             holdout_metrics["users_evaluated"], holdout_metrics["cold_users_skipped"])
+    return ModelArtifact(KIND, day, ref.version, ref.path, metrics["num_params"], summary_metrics(metrics))

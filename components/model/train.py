@@ -1,17 +1,10 @@
-"""Teacher stage: the day's teacher, either kind (``teacher.kind``), evaluated and published.
-
-``graph_filter`` (default) is computed in closed form from the day's graph (components/model/teacher.py,
-components/model/models/graph_filter.py); ``lightgcn`` is trained here, warm-started, early-stopped,
-checkpointed.
+"""The training loop and the model artifact files that teacher, distill and prune share.
 
 ``fit_lightgcn`` is the one training loop (teacher, student and pruning fine-tunes use it): BPR +
 L2 on the batch's ego embeddings (LightGCN paper code), per-epoch negatives drawn from (seed,
 epoch) so a resumed run repeats the draw exactly, optional extra loss (distillation), evaluation
 on a validation split every ``eval_every`` epochs with early stopping on NDCG@20, an atomic
 checkpoint after every epoch, and one progress line per epoch (loss, pairs/s, ETA, val metrics).
-
-Nightly semantics: the graph of run day D holds the window ending D-1; the teacher trains on it
-(minus a seeded validation split) and is then evaluated on day D's pairs, the fresh holdout.
 """
 
 from __future__ import annotations
@@ -19,7 +12,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,34 +21,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from components.core.config import PipelineConfig
-from components.core.errors import StageSkipped
-from components.model.metrics import embedding_scorer, evaluate_scorer, popularity_scorer
-from components.data.graph import GraphArtifact, Interactions
+from components.model.metrics import embedding_scorer, evaluate_scorer
+from components.core.interactions import Interactions
 from components.model.models.lightgcn import (
     Backend,
     LightGCN,
     NormalizedAdjacency,
     build_adjacency,
-    count_parameters,
     resolve_backend,
 )
 from components.model.models.losses import bpr_loss, ego_l2
 from components.model.models.sampling import positive_keys, sample_epoch
-from components.core.catalog import Layout, read_json, staging_dir, write_measured_json
-from components.model.teacher import FILTER_FILE, fit_graph_filter, graph_filter_teacher, lightgcn_teacher, write_graph_filter
+from components.core.catalog import Layout, read_json, write_measured_json
 
 log = logging.getLogger(__name__)
 
-KIND = "models/teacher"
 SELECT_METRIC = "ndcg@20"
 
 # extra_loss(user_final, item_final, users, positives, negatives) -> scalar added to BPR + L2
 ExtraLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-class InsufficientHistory(StageSkipped):
-    """The day's graph has too little training data to train on; the DAG turns this into a skip."""
 
 
 @dataclass(frozen=True)
@@ -292,34 +275,6 @@ def warm_start_rows(model: LightGCN, previous: LightGCN) -> dict[str, int]:
             "items_new": model.num_items - items}
 
 
-@dataclass(frozen=True)
-class TrainedModel:
-    model: LightGCN
-    fit: FitResult
-    warm_start: dict[str, int]
-
-
-def train_teacher(train: Interactions, val: Interactions | None, num_users: int, num_items: int,
-                  cfg: PipelineConfig, previous: LightGCN | None = None, checkpoint_path: Path | None = None,
-                  max_seconds: float | None = None) -> TrainedModel:
-    """Train the teacher LightGCN on ``train`` (early stopping on ``val``), warm-started from ``previous``."""
-    tcfg = cfg.teacher
-    torch.manual_seed(cfg.seed)
-    model = LightGCN(num_users, num_items, tcfg.embedding_dim, tcfg.num_layers, tcfg.layer_weights)
-    warm = {"users_copied": 0, "items_copied": 0, "users_new": num_users, "items_new": num_items}
-    if previous is not None:
-        warm = warm_start_rows(model, previous)
-    log.info("teacher init: %d users, %d items, dim %d, %d layers; warm start copied %d users + %d items, "
-             "%d users + %d items new", num_users, num_items, tcfg.embedding_dim, tcfg.num_layers,
-             warm["users_copied"], warm["items_copied"], warm["users_new"], warm["items_new"])
-    fit = fit_lightgcn(model, train, val, epochs=tcfg.epochs, lr=tcfg.lr, l2=tcfg.l2, batch_size=tcfg.batch_size,
-                       seed=cfg.seed, eval_every=tcfg.eval_every, patience=tcfg.early_stop_patience,
-                       device=resolve_device(tcfg.device), backend=tcfg.propagation, ks=tuple(cfg.eval.ks),
-                       user_batch_size=cfg.eval.user_batch_size, checkpoint_path=checkpoint_path,
-                       max_seconds=max_seconds, name="teacher", weighted=tcfg.edge_weights == "weighted")
-    return TrainedModel(fit.model, fit, warm)
-
-
 # --- artifacts (shared by distill and prune) ---------------------------------------------------
 
 
@@ -366,80 +321,3 @@ def existing_artifact(layout: Layout, kind: str, day: str, inputs: list[dict], c
 
 def work_dir(layout: Layout, stage: str, day: str, key: str) -> Path:
     return layout.root / "work" / stage / f"{day}-{key}"
-
-
-def run_teacher(layout: Layout, day: str, cfg: PipelineConfig) -> ModelArtifact:
-    """Build (graph_filter: compute, lightgcn: train) the day's teacher, evaluate it (validation +
-    fresh-day holdout + popularity baseline) and publish it."""
-    graph_ref = layout.current("graphs", day)
-    if graph_ref is None:
-        raise FileNotFoundError(f"{layout.artifacts('graphs') / day}: no graph for day {day}; run the graph stage first")
-    graph = GraphArtifact.load(graph_ref)
-    train_all = graph.train_interactions()
-    tcfg = cfg.teacher
-    if len(train_all) < tcfg.min_train_pairs:
-        raise InsufficientHistory(f"graph {day} v{graph_ref.version} has {len(train_all)} training pairs, "
-                                  f"fewer than teacher.min_train_pairs={tcfg.min_train_pairs}")
-    # a graph filter is recomputed from the day's graph alone; a LightGCN warm-starts from yesterday's
-    previous_ref = layout.latest_before(KIND, day) if tcfg.kind == "lightgcn" else None
-    inputs = [graph_ref.as_lineage()] + ([previous_ref.as_lineage()] if previous_ref else [])
-    config_hash = cfg.config_hash("teacher")
-    done = existing_artifact(layout, KIND, day, inputs, config_hash)
-    if done is not None:
-        return done
-
-    train, val = split_validation(train_all, tcfg.val_fraction, cfg.seed)
-    ks = tuple(cfg.eval.ks)
-    work = work_dir(layout, "teacher", day, f"{config_hash}-{graph_ref.version}-{previous_ref.version if previous_ref else 'cold'}")
-    if tcfg.kind == "graph_filter":
-        tic = time.perf_counter()
-        # validation: the filter of the fit split, scored on the held-out pairs (same protocol as LightGCN)
-        val_metrics = evaluate_scorer(fit_graph_filter(train, graph.num_users, graph.num_items, cfg).score, train,
-                                      val, graph.num_items, ks, cfg.eval.user_batch_size) if len(val) else {}
-        graph_filter = fit_graph_filter(train_all, graph.num_users, graph.num_items, cfg)
-        teacher = graph_filter_teacher(graph_filter)
-        train_info = {"seconds": time.perf_counter() - tic, "train_pairs": len(train_all), "val_pairs": len(val),
-                      "variant": tcfg.graph_filter.variant, "rank": int(graph_filter.v.shape[1])}
-        history: list[dict] = []
-        warm_start: dict = {"from": None}
-    else:
-        previous = load_model(previous_ref.path)[0] if previous_ref else None
-        trained = train_teacher(train, val, graph.num_users, graph.num_items, cfg, previous, work / "checkpoint.pt")
-        # Serving sees every training pair: propagate over the full window graph, exclude all of it.
-        full_adj = adjacency_of(train_all, graph.num_users, graph.num_items, tcfg.edge_weights == "weighted")
-        user_emb, item_emb = final_embeddings(trained.model, full_adj, resolve_backend(tcfg.propagation, "cpu"))
-        teacher = lightgcn_teacher(lambda: trained.model, user_emb, item_emb)
-        val_metrics, history = trained.fit.best_val, trained.fit.history
-        train_info = {"epochs_run": len(trained.fit.history), "best_epoch": trained.fit.best_epoch + 1,
-                      "stopped": trained.fit.stopped, "seconds": trained.fit.train_seconds,
-                      "train_pairs": len(train), "val_pairs": len(val)}
-        warm_start = {"from": previous_ref.as_lineage() if previous_ref else None, **trained.warm_start}
-    holdout = graph.holdout_interactions()
-    holdout_metrics = evaluate_scorer(teacher.scorer, train_all, holdout, graph.num_items, ks, cfg.eval.user_batch_size)
-    popularity = evaluate_scorer(popularity_scorer(train_all, graph.num_items), train_all, holdout,
-                                 graph.num_items, ks, cfg.eval.user_batch_size)
-    stats = read_json(graph.path / "stats.json")
-    metrics = {
-        "kind": tcfg.kind, "edge_weights": tcfg.edge_weights,
-        "val": val_metrics, "holdout": holdout_metrics, "popularity_holdout": popularity,
-        "holdout_counts": stats.get("holdout", {}), "new_users": stats.get("new_users"),
-        "new_items": stats.get("new_items"), "num_params": teacher.num_params, "train": train_info,
-        "warm_start": warm_start,
-    }
-    with staging_dir(layout.artifacts(KIND)) as tmp:
-        if tcfg.kind == "graph_filter":
-            write_graph_filter(tmp, graph_filter, cfg)
-            write_measured_json(tmp, "metrics.json",
-                                {**metrics, "bytes": {"filter_npz": (tmp / FILTER_FILE).stat().st_size}})
-            write_measured_json(tmp, "history.json", history)
-        else:
-            write_model_files(tmp, trained.model, user_emb, item_emb, graph_ref.version, metrics, history)
-        metrics = read_json(tmp / "metrics.json")
-        ref = layout.publish(KIND, day, tmp, {"inputs": inputs, "config_hash": config_hash,
-                                              "metrics": summary_metrics(metrics)})
-    shutil.rmtree(work, ignore_errors=True)
-    log.info("teacher %s v%s (%s): holdout recall@20 %.4f ndcg@20 %.4f (popularity %.4f / %.4f), %d users "
-             "evaluated, %d cold skipped", day, ref.version, tcfg.kind, holdout_metrics.get("recall@20", 0),
-             holdout_metrics.get("ndcg@20", 0), popularity.get("recall@20", 0), popularity.get("ndcg@20", 0),
-             holdout_metrics["users_evaluated"], holdout_metrics["cold_users_skipped"])
-    return ModelArtifact(KIND, day, ref.version, ref.path, metrics["num_params"], summary_metrics(metrics))

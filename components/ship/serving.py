@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from components.core.config import REPO_ROOT
-from components.decide.registry import champion_in
+from components.core.champion import champion_in
 from components.core.catalog import Layout, atomic_write_bytes, read_json, write_json
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from components.data.graph import Interactions, build_heterograph
+from components.core.interactions import Interactions
+from components.data.graph import build_heterograph
 from components.core.catalog import ArtifactRef, Layout, staging_dir, write_json
 
 

@@ -19,8 +19,9 @@ import torch
 
 from components.core.config import LadderConfig, PipelineConfig, load_config
 from components.core.dgl_compat import import_dgl
-from components.ship.export import LADDER_FILE
-from components.data.graph import ITEM_ETYPE, USER_ETYPE, GraphArtifact
+from components.model.ladder import LADDER_FILE
+from components.core.interactions import USER_ETYPE
+from components.data.graph import ITEM_ETYPE, GraphArtifact
 from components.model.ladder import Rung, ladder_record
 from components.model.models.quantize import quantize_rows, table_bytes
 from components.core.catalog import Layout, staging_dir, write_json
@@ -210,6 +211,7 @@ def run_ship_day(layout: Layout, day: str, cfg: PipelineConfig, world: World, se
                  repeat_only_users: int = 0):
     """Graph + teacher + pruned candidate for ``day``, then export, convert, evaluate, gate (run ``run_key``)."""
     from components.decide import gates
+    from components.decide.evaluation import run_evaluate
     from components.ship import convert, export
 
     graph = make_graph(layout, day, world, seed=seed, cold_users=cold_users, repeat_only_users=repeat_only_users)
@@ -225,7 +227,7 @@ def run_ship_day(layout: Layout, day: str, cfg: PipelineConfig, world: World, se
     built = convert.run_convert(layout, day, cfg)
     if not gate:
         return None
-    evaluation = gates.run_evaluate(layout, day, cfg, run_key=run_key, candidate={"day": day, "version": built.version})
+    evaluation = run_evaluate(layout, day, cfg, run_key=run_key, candidate={"day": day, "version": built.version})
     return gates.run_gate(layout, day, cfg, run_key=run_key, evaluation=evaluation)
 
 

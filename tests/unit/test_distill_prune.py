@@ -6,13 +6,15 @@ import torch
 
 from components.core.config import load_config
 from components.model.distill import run_distill
-from components.ship.export import LADDER_FILE, shipped_precision
-from components.data.graph import Interactions
+from components.model.ladder import LADDER_FILE
+from components.ship.export import shipped_precision
+from components.core.interactions import Interactions
 from components.model.models.lightgcn import LightGCN, build_adjacency, principal_axes, project_ego
 from components.model.prune import magnitude_masks, prune_model, remove_dimensions, run_prune
 from components.core.catalog import Layout, read_json
 from components.model.teacher import load_teacher, teacher_topk
-from components.model.train import load_embeddings, load_model, run_teacher
+from components.model.teacher import run_teacher
+from components.model.train import load_embeddings, load_model
 from tests.unit.model_fixtures import planted, write_graph
 
 DAY = "2026-01-02"

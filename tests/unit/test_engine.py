@@ -16,7 +16,8 @@ from components.ship.convert import (
     run_convert,
     tensorrt_available,
 )
-from components.ship.export import ServingGraph, export_onnx, parity, torch_outputs
+from components.model.models.serving_graph import ServingGraph
+from components.ship.export import export_onnx, parity, torch_outputs
 from components.core.catalog import Layout
 
 from tests.unit.ship_fixtures import make_world, random_embeddings, run_ship_day, tiny_config

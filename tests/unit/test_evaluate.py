@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from components.model.metrics import embedding_scorer, evaluate_scorer, popularity_scorer
-from components.data.graph import Interactions
+from components.core.interactions import Interactions
 
 
 def inter(pairs):

@@ -5,18 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from components.model.models.serving_graph import ServingGraph, seen_items_table
 from components.ship.export import (
     INPUT_NAME,
     OUTPUT_NAMES,
-    ServingGraph,
     export_onnx,
     onnxruntime_session,
     parity,
     run_export,
-    seen_items_table,
     torch_outputs,
 )
-from components.data.graph import Interactions
+from components.core.interactions import Interactions
 from components.core.catalog import Layout
 
 from tests.unit.ship_fixtures import cluster_embeddings, make_graph, make_model, make_world, random_embeddings, tiny_config

@@ -13,19 +13,10 @@ from scipy.stats import bootstrap
 
 from components.core.config import GateSpec, GatesConfig, load_gates
 from components.ship.convert import EngineResult
-from components.model.metrics import ranking_scorer, user_metrics
-from components.decide.gates import (
-    BOOTSTRAP_NOTE,
-    Blessing,
-    EvaluationResult,
-    PerUser,
-    bootstrap_interval,
-    decide,
-    judge,
-    prefix_scorer,
-    run_evaluate,
-    served_scorer,
-)
+from components.model.metrics import ranking_scorer, served_scorer, user_metrics
+from components.core.refs import Blessing, EvaluationResult, PerUser
+from components.decide.evaluation import prefix_scorer, run_evaluate
+from components.decide.gates import BOOTSTRAP_NOTE, bootstrap_interval, decide, judge
 from components.data.graph import GraphArtifact
 from components.core.catalog import Layout, read_json, write_json
 

@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.data.graph import ITEM_ETYPE, USER_ETYPE, GraphArtifact, aggregate_pairs, extend_id_map, run_graph
+from components.core.interactions import USER_ETYPE
+from components.data.graph import ITEM_ETYPE, GraphArtifact, aggregate_pairs, extend_id_map, run_graph
 
 from tests.unit.data_fixtures import accept, day, setup
 

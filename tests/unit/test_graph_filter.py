@@ -8,12 +8,11 @@ import torch
 from components.core.config import load_config
 from components.model.distill import run_distill
 from components.model.metrics import evaluate_scorer, popularity_scorer
-from components.data.graph import Interactions, normalized_edges
+from components.core.interactions import Interactions, normalized_edges
 from components.model.models.graph_filter import FilterParams, GraphFilter
 from components.model.models.lightgcn import build_adjacency
 from components.core.catalog import Layout, read_json
-from components.model.teacher import fit_graph_filter, load_teacher, load_teacher_scorer, spectral_student
-from components.model.train import run_teacher
+from components.model.teacher import fit_graph_filter, load_teacher, load_teacher_scorer, run_teacher, spectral_student
 from tests.unit.model_fixtures import planted, write_graph
 
 DAY = "2026-01-02"

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from components.model.models.serving_graph import ServingGraph
 from components.ship.export import (
     INPUT_NAME,
     OUTPUT_NAMES,
     QuantizationError,
-    ServingGraph,
     quantization_parity,
     export_onnx,
     onnxruntime_session,

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from components.decide import gates, registry
+from components.decide.evaluation import run_evaluate
 from components.decide.registry import (
     champion,
     champion_as_of,
@@ -61,7 +62,7 @@ def judge(layout, cfg, day, run_key):
     """evaluate -> gate -> register for ``day`` in run ``run_key``, passing results explicitly."""
     from components.decide.candidate import CandidateRefs
 
-    evaluation = gates.run_evaluate(layout, day, cfg, run_key=run_key, candidate=CandidateRefs.current(layout, day))
+    evaluation = run_evaluate(layout, day, cfg, run_key=run_key, candidate=CandidateRefs.current(layout, day))
     blessing = gates.run_gate(layout, day, cfg, run_key=run_key, evaluation=evaluation)
     return run_register(layout, day, cfg, run_key=run_key, blessing={"path": blessing.path})
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from components.decide.gates import Blessing
+from components.core.refs import Blessing
 from components.decide.registry import run_promote, run_register
 from components.decide.report import gate_table_markdown, metric_history, run_report, training_curve
 from components.core.catalog import Layout, latest_run

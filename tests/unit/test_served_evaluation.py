@@ -11,8 +11,10 @@ import torch
 from components.model.metrics import ranking_scorer, user_metrics
 from components.ship.export import load_embeddings
 from components.data.features import online_history, recent_items_as_of, run_features
-from components.decide.gates import PerUser, read_history, version_served_scorer
-from components.data.graph import GraphArtifact, Interactions
+from components.core.refs import PerUser
+from components.decide.evaluation import read_history, version_served_scorer
+from components.core.interactions import Interactions
+from components.data.graph import GraphArtifact
 from components.decide.registry import champion, run_promote, run_register
 from components.ship.serving import Recommender, fold_in
 from components.core.catalog import Layout, read_json

@@ -179,9 +179,10 @@ def test_fold_in_answers_users_the_model_never_trained_far_better_than_popularit
     serving reads from Feast), they are ranked about as well as trained users, far above popularity."""
     from components.core.config import load_config
     from components.model.metrics import embedding_scorer, evaluate_scorer, popularity_scorer
-    from components.data.graph import Interactions
+    from components.core.interactions import Interactions
     from components.model.models.lightgcn import build_adjacency
-    from components.model.train import final_embeddings, train_teacher
+    from components.model.teacher import train_teacher
+    from components.model.train import final_embeddings
 
     from tests.unit.model_fixtures import planted
     from tests.unit.test_train import FAST

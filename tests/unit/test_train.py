@@ -8,18 +8,11 @@ import torch
 
 from components.core.config import load_config
 from components.model.metrics import evaluate_scorer, popularity_scorer
-from components.data.graph import Interactions
+from components.core.interactions import Interactions
 from components.model.models.lightgcn import LightGCN
 from components.core.catalog import Layout, read_json
-from components.model.train import (
-    InsufficientHistory,
-    fit_lightgcn,
-    load_embeddings,
-    load_model,
-    run_teacher,
-    train_teacher,
-    warm_start_rows,
-)
+from components.model.teacher import InsufficientHistory, run_teacher, train_teacher
+from components.model.train import fit_lightgcn, load_embeddings, load_model, warm_start_rows
 from tests.unit.model_fixtures import planted, write_graph
 
 FAST = {"teacher.kind": "lightgcn", "teacher.embedding_dim": 16, "teacher.num_layers": 2, "teacher.epochs": 12, "teacher.lr": 0.02,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.data.graph import Interactions
+from components.core.interactions import Interactions
 
 
 def read_user_item_lists(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

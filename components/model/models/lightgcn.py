@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from components.core.dgl_compat import import_dgl
-from components.data.graph import Interactions, normalized_edges
+from components.core.interactions import Interactions, normalized_edges
 
 Backend = Literal["dgl", "sparse"]
 
@@ -79,7 +79,7 @@ def build_adjacency(user: np.ndarray, item: np.ndarray, num_users: int, num_item
                     weight: np.ndarray | None = None) -> NormalizedAdjacency:
     """Normalized adjacency from (user, item) index pairs: binary (duplicates collapse to one edge)
     when ``weight`` is None, else weighted by the pairs' summed ``weight``. Dedup, degrees and
-    normalization come from DGL (components.data.graph.normalized_edges)."""
+    normalization come from DGL (components.core.interactions.normalized_edges)."""
     strength = np.ones(len(user), np.float32) if weight is None else np.asarray(weight, np.float32)
     edges = normalized_edges(Interactions(np.asarray(user, np.int64), np.asarray(item, np.int64), strength),
                              num_users, num_items, weighted=weight is not None)
