@@ -34,9 +34,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")  # a typed reference (components/core/refs.py): the catalog never imports those
 
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
@@ -424,6 +426,22 @@ class Layout:
         if not (path / MANIFEST).exists():
             return None
         return ArtifactRef(kind=kind, day=day, version=version, path=str(path))
+
+    def artifact(self, ref: Any) -> ArtifactRef:
+        """The published artifact a typed reference (components/core/refs.py) names, located from its
+        kind, day and version under this root: the one place where a reference becomes a location.
+        Raises when it is missing or incomplete."""
+        path = self.artifacts(ref.kind) / ref.day / ref.version
+        if not (path / MANIFEST).exists():
+            raise FileNotFoundError(f"{ref.kind} {ref.day} v{ref.version}: {path} is missing or incomplete "
+                                    f"(no {MANIFEST})")
+        return ArtifactRef(kind=ref.kind, day=ref.day, version=ref.version, path=str(path))
+
+    def current_ref(self, ref_type: type[R], day: str) -> R | None:
+        """The day's current version as a ``ref_type`` reference: what the CLI runs a stage on when no
+        reference is named (and says so); stages take theirs as arguments."""
+        found = self.current(ref_type.KIND, day)
+        return None if found is None else ref_type(day=found.day, version=found.version, path=found.path)
 
     def latest_before(self, kind: str, day: str) -> ArtifactRef | None:
         """The current version of the newest day strictly before ``day`` (warm starts, ID maps)."""

@@ -1,18 +1,81 @@
 """Typed references: the small, frozen, JSON-serializable records one stage hands to the next.
 
-A record names its artifact (day, version, path) and what was measured or decided; the artifact's
-bytes stay where the catalog (components/core/catalog.py) put them.
+A build stage takes references to its inputs (``GraphRef``, ``TeacherRef``, ...) and publishes
+through the catalog; the decision stages hand on what they measured and decided (``EvaluationResult``,
+``Blessing``). A reference names its artifact (kind, day, version, path); the bytes stay where the
+catalog (components/core/catalog.py ``Layout``) put them, and only the catalog turns a reference
+into a location (``Layout.artifact``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
 from components.core.catalog import read_json
+
+# --- references to published artifacts ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A published artifact by name: the day it is for, its content version and where the catalog put
+    it (a folder today; a URI once the catalog has an object-store backend). The catalog
+    (``Layout.artifact``) is what turns a reference into the artifact's files. JSON: ``as_dict``."""
+
+    day: str
+    version: str
+    path: str
+    KIND: ClassVar[str] = ""
+
+    @property
+    def kind(self) -> str:
+        return self.KIND
+
+    def as_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "day": self.day, "version": self.version, "path": self.path}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """The reference in a stage's JSON result (extra keys, e.g. metrics, are the result's own)."""
+        kind = data.get("kind", cls.KIND)
+        if kind != cls.KIND:
+            raise ValueError(f"expected a {cls.KIND} reference, got kind {kind!r} ({data.get('day')} "
+                             f"v{data.get('version')})")
+        return cls(day=str(data["day"]), version=str(data["version"]), path=str(data["path"]))
+
+
+class GraphRef(Ref):
+    KIND = "graphs"
+
+
+class TeacherRef(Ref):
+    KIND = "models/teacher"
+
+
+class ModelRef(Ref):
+    """A LightGCN student artifact: distilled (StudentRef) or pruned to its shipped size (PrunedRef)."""
+
+
+class StudentRef(ModelRef):
+    KIND = "models/student"
+
+
+class PrunedRef(ModelRef):
+    KIND = "models/pruned"
+
+
+class ExportRef(Ref):
+    KIND = "exports"
+
+
+class EngineRef(Ref):
+    KIND = "engines"
+
 
 # Files of a run folder (reports/<day>/runs/<run_key>/): what evaluate measured and gate judged.
 EVALUATION_FILE = "evaluation.json"
