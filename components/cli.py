@@ -27,8 +27,9 @@ from typing import Any
 import yaml
 
 from components.core.config import REPO_ROOT
+from components.core.refs import EngineRef
 from components.core.errors import PermanentStageFailure, StageSkipped, storage_fault
-from components.pipeline import RUN_SCOPED, STAGES, resolve, run_stage
+from components.pipeline import RUN_SCOPED, STAGES, default_inputs, resolve, run_stage
 from components.core.catalog import MANIFEST, Layout, cli_run_key, latest_run, parse_day, read_json, run_dir, run_key_for
 
 DAG_ID = "gnn_recsys_nightly"
@@ -77,8 +78,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not recorded.exists():
             raise FileNotFoundError(f"run {run_key} of {day} has no {previous} result ({recorded}); run {previous} first")
         upstream = read_json(recorded)
+    if args.stage == "evaluate":  # the DAG passes convert's result; here: the day's current engine, said so
+        engine = layout.current_ref(EngineRef, day)
+        if engine is None:
+            raise FileNotFoundError(f"no {EngineRef.KIND} artifact for {day} under {layout.root} (run convert first)")
+        print(f"candidate: {engine.kind} {engine.day} v{engine.version} (the day's current)", file=sys.stderr)
+        upstream = engine.as_dict()
+    inputs = default_inputs(args.stage, day, cfg)
+    for keyword, ref in inputs.items():  # the DAG passes its upstream tasks' results; here: the day's current
+        print(f"{keyword}: {ref['kind']} {ref['day']} v{ref['version']} (the day's current)", file=sys.stderr)
     print(f"run key: {run_key} ({run_dir(layout, day, run_key)})", file=sys.stderr)
-    print(json.dumps(run_stage(args.stage, day, cfg, run_key=run_key, upstream=upstream), indent=2, default=str))
+    print(json.dumps(run_stage(args.stage, day, cfg, run_key=run_key, upstream=upstream, inputs=inputs), indent=2,
+                     default=str))
     return 0
 
 

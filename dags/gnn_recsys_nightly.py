@@ -41,9 +41,10 @@ START = schedule_start(os.environ.get("GRAPHDISTILL_START_DATE"), OPS.start_date
 log = logging.getLogger(__name__)
 
 
-def _run(stage: str, upstream: dict[str, Any] | None = None) -> dict[str, Any]:
+def _run(stage: str, upstream: dict[str, Any] | None = None, **inputs: dict[str, Any]) -> dict[str, Any]:
     """Run a components stage for this run's day and run (reports/<day>/runs/<run_key>/), on the
-    upstream task's result, mapping its outcomes onto Airflow's."""
+    upstream tasks' results (``inputs``: what a build stage builds on; ``upstream``: what a decision
+    stage decides on), mapping its outcomes onto Airflow's."""
     from components.core.errors import PermanentStageFailure, StageSkipped
     from components.pipeline import resolve, run_stage
     from components.core.catalog import run_key_for
@@ -54,7 +55,7 @@ def _run(stage: str, upstream: dict[str, Any] | None = None) -> dict[str, Any]:
     try:
         # Inside the try: a broken config or override (ConfigError) fails now, naming the key; no retry.
         cfg = resolve(params.get("root"), params.get("config_file"), params.get("overrides"))
-        return run_stage(stage, day, cfg, run_key=run_key_for(context["run_id"]), upstream=upstream)
+        return run_stage(stage, day, cfg, run_key=run_key_for(context["run_id"]), upstream=upstream, inputs=inputs)
     except StageSkipped as exc:
         # Logged before raising: Airflow files the skip exception under the collapsed "Post Execute".
         log.warning("SKIPPED %s for %s: %s", stage, day, exc)
@@ -142,32 +143,32 @@ def gnn_recsys_nightly():
         return _run("graph")
 
     @task(execution_timeout=dt.timedelta(hours=6))
-    def teacher() -> dict:
+    def teacher(graph: dict) -> dict:
         """The large teacher (graph filter, closed form, or LightGCN) recomputed on the new graph."""
-        return _run("teacher")
+        return _run("teacher", graph=graph)
 
     @task(execution_timeout=dt.timedelta(hours=3))
-    def distill() -> dict:
+    def distill(graph: dict, teacher: dict) -> dict:
         """The small student, distilled from the teacher's rankings."""
-        return _run("distill")
+        return _run("distill", graph=graph, teacher=teacher)
 
     @task(execution_timeout=dt.timedelta(hours=3))
-    def prune() -> dict:
+    def prune(graph: dict, teacher: dict, student: dict) -> dict:
         """Pruning and fine-tuning, and the size ladder: the smallest rung that keeps the teacher ships."""
-        return _run("prune")
+        return _run("prune", graph=graph, teacher=teacher, student=student)
 
     @task
-    def export() -> dict:
+    def export(graph: dict, model: dict) -> dict:
         """ONNX export of the shipped student (quantized tables), checked against PyTorch."""
-        return _run("export")
+        return _run("export", graph=graph, model=model)
 
     @task
-    def convert() -> dict:
+    def convert(export: dict) -> dict:
         """The serving engine: TensorRT on a GPU, else ONNX Runtime (named in every record); parity and latency."""
-        return _run("convert")
+        return _run("convert", export=export)
 
-    # The decision stages pass explicit references: evaluate judges the engine convert built (its
-    # lineage pins export, model and graph), gate -> register -> promote hand on what they decided.
+    # Each task builds on its upstream tasks' results (references: kind, day, version, path); evaluate
+    # judges the engine convert built, gate -> register -> promote hand on what they decided.
     @task
     def evaluate(engine: dict) -> dict:
         """Candidate, teacher, champion and popularity on the same fresh day, as served, per user."""
@@ -226,13 +227,16 @@ def gnn_recsys_nightly():
 
     ends = [_night_ended(kind, fails) for kind, fails in NIGHT_ENDS]
 
+    # ingest, validate, features and graph work on the run's day (the landing partition, the accepted
+    # window): ordered with >>, no reference passes between them.
     ingested = ingest()
     validated = validate()
     built_graph = graph()
     features_done = features()
     ingested >> validated >> [features_done, built_graph]
-    built_engine = convert()
-    built_graph >> teacher() >> distill() >> prune() >> export() >> built_engine
+    built_teacher = teacher(built_graph)
+    student = distill(built_graph, built_teacher)
+    built_engine = convert(export(built_graph, prune(built_graph, built_teacher, student)))
     registration = register(gate(evaluate(built_engine)))
     reported = report()
     blessed(registration) >> promote(registration) >> reported

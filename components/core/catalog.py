@@ -427,6 +427,15 @@ class Layout:
             return None
         return ArtifactRef(kind=kind, day=day, version=version, path=str(path))
 
+    def built_from(self, kind: str, day: str, inputs: Any, config_hash: str) -> ArtifactRef | None:
+        """The day's current ``kind`` artifact if it was built from exactly ``inputs`` (its manifest's
+        lineage) with ``config_hash``: an idempotent re-run reuses it instead of publishing a fork."""
+        ref = self.current(kind, day)
+        if ref is None:
+            return None
+        manifest = ref.manifest
+        return ref if manifest.get("inputs") == inputs and manifest.get("config_hash") == config_hash else None
+
     def artifact(self, ref: Any) -> ArtifactRef:
         """The published artifact a typed reference (components/core/refs.py) names, located from its
         kind, day and version under this root: the one place where a reference becomes a location.

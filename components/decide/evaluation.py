@@ -206,9 +206,9 @@ def _segment_means(metrics: UserMetrics, per_user: PerUser) -> dict[str, dict[st
 
 
 def run_evaluate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
-                 candidate: CandidateRefs | dict[str, Any] | None = None) -> EvaluationResult:
-    """Evaluate the candidate (``candidate``: its engine reference or CandidateRefs; the CLI's
-    default is the day's current engine), its teacher, the champion as of ``day`` and popularity
+                 candidate: CandidateRefs | dict[str, Any]) -> EvaluationResult:
+    """Evaluate the candidate (``candidate``: its engine reference or CandidateRefs; the CLI names
+    the day's current engine when none is given, and says so), its teacher, the champion as of ``day`` and popularity
     on the day's holdout, as served; write evaluation.json and per_user.npz to the run's folder."""
     from components.ship.export import load_embeddings
     from components.core.interactions import Interactions
@@ -216,9 +216,7 @@ def run_evaluate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
     from components.decide.report import repeat_only_text
     from components.model.teacher import load_teacher
 
-    if candidate is None:
-        refs = CandidateRefs.current(layout, day)
-    elif isinstance(candidate, CandidateRefs):
+    if isinstance(candidate, CandidateRefs):
         refs = candidate
     else:
         refs = CandidateRefs.from_engine(layout, candidate.get("engine", candidate))

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from components.core.config import PipelineConfig
+from components.core.refs import GraphRef, Ref, TeacherRef
 from components.model.metrics import embedding_scorer, evaluate_scorer
 from components.core.interactions import Interactions
 from components.data.graph import GraphArtifact
@@ -146,14 +147,9 @@ def train_student(train: Interactions, val: Interactions | None, num_users: int,
                         keep_start=init == "teacher")
 
 
-def load_stage_inputs(layout: Layout, day: str, cfg: PipelineConfig, model_kind: str):
-    """The day's graph, the split used by the teacher, and a model artifact (teacher or student)."""
-    graph_ref = layout.current("graphs", day)
-    if graph_ref is None:
-        raise FileNotFoundError(f"{layout.artifacts('graphs') / day}: no graph for day {day}")
-    model_ref = layout.current(model_kind, day)
-    if model_ref is None:
-        raise FileNotFoundError(f"{layout.artifacts(model_kind) / day}: no {model_kind} for day {day}; run its stage first")
+def load_stage_inputs(layout: Layout, graph: GraphRef, model: Ref, cfg: PipelineConfig):
+    """The graph, the split used by the teacher, and a model artifact (teacher or student)."""
+    graph_ref, model_ref = layout.artifact(graph), layout.artifact(model)
     graph = GraphArtifact.load(graph_ref)
     train_all = graph.train_interactions()
     train, val = split_validation(train_all, cfg.teacher.val_fraction, cfg.seed)
@@ -173,9 +169,10 @@ def holdout_and_retention(user_emb, item_emb, graph: GraphArtifact, train_all: I
     }
 
 
-def run_distill(layout: Layout, day: str, cfg: PipelineConfig) -> ModelArtifact:
-    """Distill the day's teacher into a student and publish it (kind models/student)."""
-    graph_ref, teacher_ref, graph, train_all, train, val = load_stage_inputs(layout, day, cfg, "models/teacher")
+def run_distill(layout: Layout, day: str, cfg: PipelineConfig, *, graph: GraphRef,
+                teacher: TeacherRef) -> ModelArtifact:
+    """Distill ``teacher`` into a student on ``graph`` and publish it (kind models/student)."""
+    graph_ref, teacher_ref, graph, train_all, train, val = load_stage_inputs(layout, graph, teacher, cfg)
     inputs = [graph_ref.as_lineage(), teacher_ref.as_lineage()]
     config_hash = cfg.config_hash("distill")
     done = existing_artifact(layout, KIND, day, inputs, config_hash)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from components.core.config import PipelineConfig
+from components.core.refs import GraphRef, StudentRef, TeacherRef
 from components.model.distill import (holdout_and_retention, known_pairs, load_stage_inputs, make_kd_loss, teacher_targets,
                                 training_signal)
 from components.model.models.lightgcn import (
@@ -192,13 +193,12 @@ def ladder_models(student: LightGCN, train, val, teacher: Teacher,
     return models
 
 
-def run_prune(layout: Layout, day: str, cfg: PipelineConfig) -> ModelArtifact:
-    """Build the day's size ladder from its student (pruning with KD from the day's teacher), and
-    publish the chosen rung's model with the ladder's record (kind models/pruned)."""
-    graph_ref, student_ref, graph, train_all, train, val = load_stage_inputs(layout, day, cfg, "models/student")
-    teacher_ref = layout.current("models/teacher", day)
-    if teacher_ref is None:
-        raise FileNotFoundError(f"{layout.artifacts('models/teacher') / day}: no teacher for day {day}")
+def run_prune(layout: Layout, day: str, cfg: PipelineConfig, *, graph: GraphRef, teacher: TeacherRef,
+              student: StudentRef) -> ModelArtifact:
+    """Build the size ladder from ``student`` (pruning with KD from ``teacher``), and publish the
+    chosen rung's model with the ladder's record (kind models/pruned)."""
+    graph_ref, student_ref, graph, train_all, train, val = load_stage_inputs(layout, graph, student, cfg)
+    teacher_ref = layout.artifact(teacher)
     inputs = [graph_ref.as_lineage(), student_ref.as_lineage(), teacher_ref.as_lineage()]
     config_hash = cfg.config_hash("prune")
     done = existing_artifact(layout, KIND, day, inputs, config_hash)

@@ -33,6 +33,7 @@ import torch
 from components.core.catalog import Layout, read_json, staging_dir, write_json, write_measured_json
 from components.core.config import PipelineConfig
 from components.core.errors import StageSkipped
+from components.core.refs import GraphRef
 from components.model.metrics import Scorer, embedding_scorer, evaluate_scorer, popularity_scorer
 from components.core.interactions import Interactions, normalized_edges
 from components.data.graph import GraphArtifact
@@ -197,12 +198,10 @@ def train_teacher(train: Interactions, val: Interactions | None, num_users: int,
 
 
 
-def run_teacher(layout: Layout, day: str, cfg: PipelineConfig) -> ModelArtifact:
-    """Build (graph_filter: compute, lightgcn: train) the day's teacher, evaluate it (validation +
+def run_teacher(layout: Layout, day: str, cfg: PipelineConfig, *, graph: GraphRef) -> ModelArtifact:
+    """Build (graph_filter: compute, lightgcn: train) the teacher of ``graph``, evaluate it (validation +
     fresh-day holdout + popularity baseline) and publish it."""
-    graph_ref = layout.current("graphs", day)
-    if graph_ref is None:
-        raise FileNotFoundError(f"{layout.artifacts('graphs') / day}: no graph for day {day}; run the graph stage first")
+    graph_ref = layout.artifact(graph)
     graph = GraphArtifact.load(graph_ref)
     train_all = graph.train_interactions()
     tcfg = cfg.teacher

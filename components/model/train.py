@@ -308,11 +308,8 @@ def summary_metrics(metrics: dict) -> dict[str, float]:
 
 def existing_artifact(layout: Layout, kind: str, day: str, inputs: list[dict], config_hash: str) -> ModelArtifact | None:
     """The day's current artifact if it was built from the same inputs and config (idempotent re-run)."""
-    ref = layout.current(kind, day)
+    ref = layout.built_from(kind, day, inputs, config_hash)
     if ref is None:
-        return None
-    manifest = ref.manifest
-    if manifest.get("inputs") != inputs or manifest.get("config_hash") != config_hash:
         return None
     metrics = read_json(Path(ref.path) / "metrics.json")
     log.info("%s %s: v%s already built from the same inputs and config; nothing to do", kind, day, ref.version)

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from components.core.config import EngineConfig, PipelineConfig
+from components.core.refs import ExportRef
 from components.ship.export import (
     INPUT_NAME,
     KIND as EXPORT_KIND,
@@ -289,26 +290,20 @@ def load_engine_result(ref: ArtifactRef) -> EngineResult:
     return EngineResult(day=ref.day, version=ref.version, path=ref.path, engine_path=str(engine_path), **measured)
 
 
-def run_convert(layout: Layout, day: str, cfg: PipelineConfig) -> EngineResult:
-    """Build the serving engine for the day's export and measure what the engine gates need.
+def run_convert(layout: Layout, day: str, cfg: PipelineConfig, *, export: ExportRef) -> EngineResult:
+    """Build the serving engine for ``export`` and measure what the engine gates need.
 
     Idempotent: if the day's current engine was measured for the same export and config, that
     result is returned unchanged (latencies are measurements, re-taking them would fork versions).
     """
-    export_ref = layout.current(EXPORT_KIND, day)
-    if export_ref is None:
-        raise FileNotFoundError(f"no exports artifact for {day} under {layout.root}")
+    export_ref = layout.artifact(export)
     config_hash = cfg.config_hash("engine")
-    existing = layout.current(KIND, day)
+    existing = layout.built_from(KIND, day, {"export": export_ref.as_lineage()}, config_hash)
     if existing is not None:
-        manifest = existing.manifest
-        if manifest.get("inputs", {}).get("export", {}).get("version") == export_ref.version and (
-            manifest.get("config_hash") == config_hash
-        ):
-            result = load_engine_result(existing)
-            log.info("convert %s: engine %s already measured for export %s; reusing (%s)",
-                     day, existing.version, export_ref.version, result.runtime)
-            return result
+        result = load_engine_result(existing)
+        log.info("convert %s: engine %s already measured for export %s; reusing (%s)",
+                 day, existing.version, export_ref.version, result.runtime)
+        return result
 
     choice = choose_runtime(cfg.engine)
     onnx_path = Path(export_ref.path) / ONNX_FILE

@@ -27,6 +27,7 @@ import torch
 
 from components.model import train
 from components.core.config import PipelineConfig
+from components.core.refs import GraphRef, PrunedRef
 from components.data.graph import GraphArtifact
 from components.model.ladder import LADDER_FILE
 from components.model.models.quantize import Precision
@@ -186,14 +187,9 @@ def build_serving_graph(model_dir: str | Path, graph: GraphArtifact, cfg: Pipeli
     return ServingGraph(user_emb, item_emb, cfg.export.top_k, seen, precision or shipped_precision(model_dir))
 
 
-def run_export(layout: Layout, day: str, cfg: PipelineConfig) -> ExportResult:
-    """Export the day's pruned student to ONNX, check it, and measure ORT-vs-PyTorch parity."""
-    model_ref = layout.current("models/pruned", day)
-    graph_ref = layout.current("graphs", day)
-    if model_ref is None:
-        raise FileNotFoundError(f"no models/pruned artifact for {day} under {layout.root}")
-    if graph_ref is None:
-        raise FileNotFoundError(f"no graph artifact for {day} under {layout.root}")
+def run_export(layout: Layout, day: str, cfg: PipelineConfig, *, graph: GraphRef, model: PrunedRef) -> ExportResult:
+    """Export the pruned ``model`` (scoring on ``graph``) to ONNX, check it, and measure ORT-vs-PyTorch parity."""
+    model_ref, graph_ref = layout.artifact(model), layout.artifact(graph)
     graph = GraphArtifact.load(graph_ref)
     module = build_serving_graph(model_ref.path, graph, cfg)
     max_seen = int(module.seen_items.shape[1]) if module.exclude_seen else 0

@@ -25,6 +25,7 @@ from components.data.graph import ITEM_ETYPE, GraphArtifact
 from components.model.ladder import Rung, ladder_record
 from components.model.models.quantize import quantize_rows, table_bytes
 from components.core.catalog import Layout, staging_dir, write_json
+from tests.unit.model_fixtures import current_inputs
 
 NUM_CLUSTERS = 4
 
@@ -223,8 +224,8 @@ def run_ship_day(layout: Layout, day: str, cfg: PipelineConfig, world: World, se
         user, item = random_embeddings(world.num_users, world.num_items, seed=seed + 30)
     student = make_model(layout, "student", day, user, item, graph, upstream=(teacher,))
     make_model(layout, "pruned", day, user, item, graph, upstream=(student, teacher), precision="int8")
-    export.run_export(layout, day, cfg)
-    built = convert.run_convert(layout, day, cfg)
+    export.run_export(layout, day, cfg, **current_inputs(layout, "export", day))
+    built = convert.run_convert(layout, day, cfg, **current_inputs(layout, "convert", day))
     if not gate:
         return None
     evaluation = run_evaluate(layout, day, cfg, run_key=run_key, candidate={"day": day, "version": built.version})

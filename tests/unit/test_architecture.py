@@ -126,3 +126,20 @@ def test_nothing_in_components_imports_airflow():
 
 def test_the_tower_is_at_most_eight_layers():
     assert layers(import_graph()) <= MAX_LAYERS
+
+
+def test_stages_take_their_inputs_as_references():
+    """A stage of the model, ship or decide plane never looks up "the day's current version" of what it
+    works on (a partial re-run would then judge one candidate and register another): its inputs are
+    arguments. The CLI resolves a default for a day and says which (components/pipeline.default_inputs)."""
+    lookups = {"current", "current_ref"}
+    offenders = []
+    for plane_name in ("model", "ship", "decide"):
+        for path in (COMPONENTS / plane_name).rglob("*.py"):
+            for fn in ast.walk(ast.parse(path.read_text())):
+                if not (isinstance(fn, ast.FunctionDef) and fn.name.startswith("run_")):
+                    continue
+                offenders += [f"{module_name(path)}.{fn.name} line {call.lineno}" for call in ast.walk(fn)
+                              if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+                              and call.func.attr in lookups]
+    assert offenders == []

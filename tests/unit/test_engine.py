@@ -20,6 +20,7 @@ from components.model.models.serving_graph import ServingGraph
 from components.ship.export import export_onnx, parity, torch_outputs
 from components.core.catalog import Layout
 
+from tests.unit.model_fixtures import current_inputs
 from tests.unit.ship_fixtures import make_world, random_embeddings, run_ship_day, tiny_config
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -72,7 +73,7 @@ def test_run_convert_falls_back_to_onnxruntime_and_records_why(tmp_path, caplog)
     assert result.latency_p99_ms == result.latency_ms["16"]["p99_ms"]
     # re-run: same export and config -> the measured result is reused, not re-measured
     with caplog.at_level("INFO", logger="components.ship.convert"):
-        again = run_convert(layout, "2024-01-08", cfg)
+        again = run_convert(layout, "2024-01-08", cfg, **current_inputs(layout, "convert", "2024-01-08"))
     assert again == result
     assert "already measured" in caplog.text
     # Measured afresh (export and engine removed), both land on the same versions: the latencies
@@ -85,8 +86,8 @@ def test_run_convert_falls_back_to_onnxruntime_and_records_why(tmp_path, caplog)
     export_version = layout.current("exports", "2024-01-08").version
     shutil.rmtree(layout.artifacts("exports"))
     shutil.rmtree(layout.artifacts("engines"))
-    assert run_export(layout, "2024-01-08", cfg).version == export_version
-    remeasured = run_convert(layout, "2024-01-08", cfg)
+    assert run_export(layout, "2024-01-08", cfg, **current_inputs(layout, "export", "2024-01-08")).version == export_version
+    remeasured = run_convert(layout, "2024-01-08", cfg, **current_inputs(layout, "convert", "2024-01-08"))
     assert remeasured.version == result.version and set(remeasured.latency_ms) == {"1", "4", "16"}
     assert "latency_ms" not in read_json(f"{remeasured.path}/engine.json")
 

@@ -19,6 +19,7 @@ from components.ship.export import (
 )
 from components.model.models.quantize import dequantize, quantize_rows, table_bytes
 from components.core.catalog import Layout
+from tests.unit.model_fixtures import current_inputs
 from tests.unit.ship_fixtures import cluster_embeddings, make_graph, make_model, make_world, random_embeddings, tiny_config
 
 
@@ -62,7 +63,7 @@ def test_export_records_precision_and_fails_when_quantization_reorders_the_top_k
     world = make_world()
     graph = make_graph(layout, "2024-01-08", world)
     make_model(layout, "pruned", "2024-01-08", *cluster_embeddings(world), graph, precision="int8")
-    result = run_export(layout, "2024-01-08", tiny_config(tmp_path))  # the precision the model's ladder chose
+    result = run_export(layout, "2024-01-08", tiny_config(tmp_path), **current_inputs(layout, "export", "2024-01-08"))  # the precision the model's ladder chose
     assert result.precision == "int8" and result.quantization_topk_overlap >= 0.95
     assert result.table_bytes < 0.5 * result.fp32_table_bytes
     assert result.parity_max_abs_diff <= 1e-5  # ORT vs the int8 PyTorch graph: like with like
