@@ -171,7 +171,6 @@ class PerUser:
             return cls(users=data["users"], cold=data["cold"].astype(bool), values=values, history=history)
 
 
-
 @dataclass(frozen=True)
 class GateResult:
     """One gate's verdict with everything needed to audit it."""

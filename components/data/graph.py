@@ -194,6 +194,39 @@ def _percentiles(degrees: np.ndarray) -> dict[str, float]:
     return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(degrees.max())}
 
 
+def graph_stats(day: str, train_days: list[str], gcfg: GraphConfig, num_users: int, num_items: int,
+                train_events: pd.DataFrame, holdout_events: pd.DataFrame, train_pairs: pd.DataFrame,
+                holdout_pairs: pd.DataFrame, yesterday_stats: dict | None) -> dict:
+    """The graph's stats.json: sizes, what is new since yesterday's graph, degrees, the holdout's cold users."""
+    train_users = np.unique(train_pairs["user_idx"].to_numpy())
+    train_items = np.unique(train_pairs["item_idx"].to_numpy())
+    cold_user = ~np.isin(holdout_pairs["user_idx"].to_numpy(), train_users)
+    cold_item = ~np.isin(holdout_pairs["item_idx"].to_numpy(), train_items)
+    return {
+        "day": day,
+        "train_days": train_days,
+        "window_days": gcfg.window_days,
+        "decay_half_life_days": gcfg.decay_half_life_days,
+        "num_users": num_users,
+        "num_items": num_items,
+        # New relative to yesterday's graph (the ID maps may extend a longer, later chain link).
+        "new_users": num_users - (yesterday_stats["num_users"] if yesterday_stats else 0),
+        "new_items": num_items - (yesterday_stats["num_items"] if yesterday_stats else 0),
+        "train_events": len(train_events),
+        "train_pairs": len(train_pairs),
+        "user_degree": _percentiles(np.bincount(train_pairs["user_idx"], minlength=num_users)[train_users]),
+        "item_degree": _percentiles(np.bincount(train_pairs["item_idx"], minlength=num_items)[train_items]),
+        "holdout": {
+            "events": len(holdout_events),
+            "pairs": len(holdout_pairs),
+            "users": int(holdout_pairs["user_idx"].nunique()),
+            "cold_users": int(np.unique(holdout_pairs["user_idx"].to_numpy()[cold_user]).size),
+            "pairs_with_cold_user": int(cold_user.sum()),
+            "pairs_with_cold_item": int(cold_item.sum()),
+        },
+    }
+
+
 def run_graph(layout: Layout, day: str, cfg: PipelineConfig) -> GraphResult:
     """Build and publish the graph for run day ``day`` (training window ending the day before)."""
     gcfg: GraphConfig = cfg.graph
@@ -221,35 +254,10 @@ def run_graph(layout: Layout, day: str, cfg: PipelineConfig) -> GraphResult:
     holdout_pairs = aggregate_pairs(holdout_events, users, items, as_of, None)
     graph = build_heterograph(train_pairs, len(users), len(items))
 
-    train_users = np.unique(train_pairs["user_idx"].to_numpy())
-    train_items = np.unique(train_pairs["item_idx"].to_numpy())
-    cold_user = ~np.isin(holdout_pairs["user_idx"].to_numpy(), train_users)
-    cold_item = ~np.isin(holdout_pairs["item_idx"].to_numpy(), train_items)
     yesterday = layout.latest_before(KIND, day)
     yesterday_stats = read_json(Path(yesterday.path) / "stats.json") if yesterday else None
-    stats = {
-        "day": day,
-        "train_days": train_days,
-        "window_days": gcfg.window_days,
-        "decay_half_life_days": gcfg.decay_half_life_days,
-        "num_users": len(users),
-        "num_items": len(items),
-        # New relative to yesterday's graph (the ID maps may extend a longer, later chain link).
-        "new_users": len(users) - (yesterday_stats["num_users"] if yesterday_stats else 0),
-        "new_items": len(items) - (yesterday_stats["num_items"] if yesterday_stats else 0),
-        "train_events": len(train_events),
-        "train_pairs": len(train_pairs),
-        "user_degree": _percentiles(np.bincount(train_pairs["user_idx"], minlength=len(users))[train_users]),
-        "item_degree": _percentiles(np.bincount(train_pairs["item_idx"], minlength=len(items))[train_items]),
-        "holdout": {
-            "events": len(holdout_events),
-            "pairs": len(holdout_pairs),
-            "users": int(holdout_pairs["user_idx"].nunique()),
-            "cold_users": int(np.unique(holdout_pairs["user_idx"].to_numpy()[cold_user]).size),
-            "pairs_with_cold_user": int(cold_user.sum()),
-            "pairs_with_cold_item": int(cold_item.sum()),
-        },
-    }
+    stats = graph_stats(day, train_days, gcfg, len(users), len(items), train_events, holdout_events, train_pairs,
+                        holdout_pairs, yesterday_stats)
     stats.update(graph_checks(layout, day, train_days, train_pairs, holdout_pairs, len(users), len(items),
                               yesterday_stats, cfg.validation))
     dgl = import_dgl()

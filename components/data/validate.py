@@ -764,6 +764,30 @@ def _quarantine(layout: Layout, day: str, landing: str, files: list[dict[str, An
     return target
 
 
+def accept_day(layout: Layout, day: str, cfg: PipelineConfig, rows: pd.DataFrame, files: list[dict],
+               skipped: list[dict], rules: list[RuleResult], profile: dict, gx_json: Any, base: dict[str, Any]
+               ) -> ValidationResult:
+    """Publish a day that passed: its accepted partition, the validation record and reports, the log lines."""
+    reports = layout.reports(day) / "validation"
+    summary = {"files": files, "skipped": skipped, "rules_checked": len(rules), "suite": SUITE_FILE.name, "profile": profile,
+               "warnings": [r.describe() for r in rules if r.verdict == "WARN"]}
+    path, accepted, dups, late = _accept(layout, day, rows, cfg, summary)
+    result = ValidationResult(**base, accepted_rows=accepted, duplicate_rows=dups, late_rows=late,
+                              quarantined_rows=0, accepted_path=str(path), report_path=str(reports / "report.html"),
+                              content_duplicate_rows=int(read_json(path / MANIFEST)["rows_content_duplicate_dropped"]))
+    markdown, page = render_report(result, files, skipped)
+    write_json(reports / "validation.json", {"result": asdict(result), "great_expectations": gx_json})
+    atomic_write_bytes(reports / "report.md", markdown.encode())
+    atomic_write_bytes(reports / "report.html", page.encode())
+    if result.warnings:
+        log.warning("validate %s: PASSED with %d WARNING(S); report %s\n%s", day, len(result.warnings),
+                    result.report_path, "\n".join(f"  - {line}" for line in result.summary_lines()))
+    log.info("validate %s: PASSED %d rules; %d rows in = %d accepted + %d duplicates dropped (%d by content); "
+             "%d late; %d files read, %d skipped", day, len(rules), len(rows), accepted, dups,
+             result.content_duplicate_rows, late, len(files), len(skipped))
+    return result
+
+
 def run_validate(layout: Layout, day: str, cfg: PipelineConfig) -> ValidationResult:
     """Validate the staged day; accept it (warnings recorded) or quarantine it (raising DataValidationError)."""
     staging = layout.staging(day)
@@ -798,25 +822,8 @@ def run_validate(layout: Layout, day: str, cfg: PipelineConfig) -> ValidationRes
     unknown = tuple(sorted({c for f in files for c in (f.get("extra_columns") or ())}))
     base = dict(day=day, success=success, rows=len(rows), rules=tuple(rules), parameters=params, notes=tuple(notes),
                 profile=profile, unknown_columns=unknown, files_read=len(files), files_skipped=len(skipped))
-    reports = layout.reports(day) / "validation"
     if success:
-        summary = {"files": files, "skipped": skipped, "rules_checked": len(rules), "suite": SUITE_FILE.name, "profile": profile,
-                   "warnings": [r.describe() for r in rules if r.verdict == "WARN"]}
-        path, accepted, dups, late = _accept(layout, day, rows, cfg, summary)
-        result = ValidationResult(**base, accepted_rows=accepted, duplicate_rows=dups, late_rows=late,
-                                  quarantined_rows=0, accepted_path=str(path), report_path=str(reports / "report.html"),
-                                  content_duplicate_rows=int(read_json(path / MANIFEST)["rows_content_duplicate_dropped"]))
-        markdown, page = render_report(result, files, skipped)
-        write_json(reports / "validation.json", {"result": asdict(result), "great_expectations": gx_json})
-        atomic_write_bytes(reports / "report.md", markdown.encode())
-        atomic_write_bytes(reports / "report.html", page.encode())
-        if result.warnings:
-            log.warning("validate %s: PASSED with %d WARNING(S); report %s\n%s", day, len(result.warnings),
-                        result.report_path, "\n".join(f"  - {line}" for line in result.summary_lines()))
-        log.info("validate %s: PASSED %d rules; %d rows in = %d accepted + %d duplicates dropped (%d by content); "
-                 "%d late; %d files read, %d skipped", day, len(rules), len(rows), accepted, dups,
-                 result.content_duplicate_rows, late, len(files), len(skipped))
-        return result
+        return accept_day(layout, day, cfg, rows, files, skipped, rules, profile, gx_json, base)
     pending = ValidationResult(**base, accepted_rows=0, duplicate_rows=0, late_rows=0, quarantined_rows=len(rows))
     target = _quarantine(layout, day, manifest["landing"], files, skipped, rows, gx_json, pending)
     result = replace(pending, quarantine_path=str(target), report_path=str(target / "report.html"))

@@ -132,7 +132,7 @@ def version_served_scorer(layout: Layout, version: str, graph: GraphArtifact, hi
     never saw score -inf."""
     import pandas as pd
 
-    from components.ship.export import load_embeddings
+    from components.model.train import load_embeddings
     from components.decide.registry import version_dir, version_has_history, version_popularity
 
     path = version_dir(layout, version)
@@ -210,11 +210,8 @@ def run_evaluate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
     """Evaluate the candidate (``candidate``: its engine reference or CandidateRefs; the CLI names
     the day's current engine when none is given, and says so), its teacher, the champion as of ``day`` and popularity
     on the day's holdout, as served; write evaluation.json and per_user.npz to the run's folder."""
-    from components.ship.export import load_embeddings
     from components.core.interactions import Interactions
     from components.decide.registry import champion_as_of
-    from components.decide.report import repeat_only_text
-    from components.model.teacher import load_teacher
 
     if isinstance(candidate, CandidateRefs):
         refs = candidate
@@ -228,26 +225,8 @@ def run_evaluate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
     train, holdout = graph.train_interactions(), graph.holdout_interactions()
     num_items = graph.num_items
     has_train = np.bincount(train.user, minlength=graph.num_users) > 0
-    degrees = np.bincount(train.item, minlength=num_items)
     history, cold_answer = read_history(layout, cfg, graph, np.unique(holdout.user), day)
-
-    def served(name: str, user_emb: np.ndarray, item_emb: np.ndarray) -> ServedModel:
-        if user_emb.shape[0] > graph.num_users or item_emb.shape[0] > num_items:
-            raise ValueError(f"evaluate {day}: {name} covers {user_emb.shape[0]} users x {item_emb.shape[0]} items, "
-                             f"more than graph {refs.graph.version} ({graph.num_users} x {num_items})")
-        return embedding_served(user_emb, item_emb, has_train, degrees, history, num_items)
-
-    models: dict[str, ServedModel] = {"candidate": served("candidate", *load_embeddings(refs.pruned.path))}
-    teacher = load_teacher(refs.teacher.path, train) if refs.teacher is not None else None
-    if teacher is None:
-        log.warning("evaluate %s: candidate %s names no teacher; teacher-relative gates will fail", day, cid)
-    elif teacher.kind == "lightgcn":
-        models["teacher"] = served("teacher", *load_embeddings(refs.teacher.path))
-    else:  # a graph filter scores every user of its graph from their rows; no item embeddings to fold into
-        scorer = served_scorer(teacher.scorer, has_train, ranking_scorer(degrees, num_items))
-        models["teacher"] = ServedModel(scorer, has_train, np.zeros(graph.num_users, bool))
-    if baseline is not None:  # through its own ID maps: it may know fewer (or other) users and items
-        models["champion"] = version_served_scorer(layout, baseline.version, graph, history)
+    models = served_models(layout, day, refs, graph, history, baseline.version if baseline else None, cid)
     scorers: dict[str, Scorer] = {name: m.scorer for name, m in models.items()}
     scorers["popularity"] = popularity_scorer(train, num_items)
 
@@ -283,6 +262,46 @@ def run_evaluate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
         cold_answer=cold_answer, answered_by=answered_by, history_users_evaluated=int(with_history.sum()),
     )
     write_json(Path(result.path), asdict(result))
+    _log_evaluation(result, refs, ks)
+    return result
+
+
+def served_models(layout: Layout, day: str, refs: CandidateRefs, graph: GraphArtifact, history: History,
+                  champion_version: str | None, cid: str) -> dict[str, ServedModel]:
+    """Candidate, teacher and champion (when there is one), each as served on ``graph``'s users."""
+    from components.model.teacher import load_teacher
+    from components.model.train import load_embeddings
+
+    train, num_items = graph.train_interactions(), graph.num_items
+    has_train = np.bincount(train.user, minlength=graph.num_users) > 0
+    degrees = np.bincount(train.item, minlength=num_items)
+
+    def served(name: str, user_emb: np.ndarray, item_emb: np.ndarray) -> ServedModel:
+        if user_emb.shape[0] > graph.num_users or item_emb.shape[0] > num_items:
+            raise ValueError(f"evaluate {day}: {name} covers {user_emb.shape[0]} users x {item_emb.shape[0]} items, "
+                             f"more than graph {refs.graph.version} ({graph.num_users} x {num_items})")
+        return embedding_served(user_emb, item_emb, has_train, degrees, history, num_items)
+
+    models: dict[str, ServedModel] = {"candidate": served("candidate", *load_embeddings(refs.pruned.path))}
+    teacher = load_teacher(refs.teacher.path, train) if refs.teacher is not None else None
+    if teacher is None:
+        log.warning("evaluate %s: candidate %s names no teacher; teacher-relative gates will fail", day, cid)
+    elif teacher.kind == "lightgcn":
+        models["teacher"] = served("teacher", *load_embeddings(refs.teacher.path))
+    else:  # a graph filter scores every user of its graph from their rows; no item embeddings to fold into
+        scorer = served_scorer(teacher.scorer, has_train, ranking_scorer(degrees, num_items))
+        models["teacher"] = ServedModel(scorer, has_train, np.zeros(graph.num_users, bool))
+    if champion_version is not None:  # through its own ID maps: it may know fewer (or other) users and items
+        models["champion"] = version_served_scorer(layout, champion_version, graph, history)
+    return models
+
+
+def _log_evaluation(result: EvaluationResult, refs: CandidateRefs, ks: tuple[int, ...]) -> None:
+    from components.decide.report import repeat_only_text
+
+    day, run_key, cid, answered_by, cold_answer = (result.day, result.run_key, result.candidate_id,
+                                                   result.answered_by, result.cold_answer)
+    baseline_reason = result.baseline_reason
     k = 20 if 20 in ks else ks[0]
     log.info(
         "evaluate %s run %s: candidate %s (engine %s), baseline %s (%s); %d users evaluated (%d with history, "
@@ -297,4 +316,3 @@ def run_evaluate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
         f"{result.champion[f'ndcg@{k}']:.4f}" if result.champion else "n/a (bootstrap)",
         result.popularity[f"ndcg@{k}"],
     )
-    return result

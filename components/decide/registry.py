@@ -239,6 +239,39 @@ def _day_pointer(layout: Layout, day: str) -> Path:
     return layout.registry() / "candidates" / f"{day}.json"
 
 
+def version_contents(refs, engine, graph, blessing_path: Path, evaluation_path: Path, cfg: PipelineConfig
+                     ) -> tuple[dict[str, Path], dict[str, dict[str, np.ndarray]], dict[str, Any]]:
+    """(files copied, arrays written, documents written) of a registry version: the model, its ONNX
+    model (and TensorRT plan), the graph's ID maps, the blessing it was judged with, what serving needs."""
+    from components.ship.convert import PLAN_FILE
+    from components.ship.export import ONNX_FILE
+
+    train = graph.train_interactions()
+    indptr, indices = seen_csr(train.user, train.item, graph.num_users)
+    popularity = np.bincount(train.item, minlength=graph.num_items).astype(np.float32)
+    files = {name: Path(refs.pruned.path) / name for name in MODEL_FILES}
+    files["model.onnx"] = Path(refs.export.path) / ONNX_FILE
+    if engine.tensorrt_status == "built":
+        files["model.plan"] = Path(engine.path) / PLAN_FILE
+    files["users.parquet"] = Path(refs.graph.path) / "users.parquet"
+    files["items.parquet"] = Path(refs.graph.path) / "items.parquet"
+    files[BLESSING_FILE] = blessing_path  # the version keeps the blessing it was registered with
+    export_manifest = refs.export.manifest
+    pruned_metrics = Path(refs.pruned.path) / "metrics.json"
+    metrics = {
+        "evaluation": read_json(evaluation_path),
+        "engine": asdict(engine),
+        "export": {k: export_manifest.get(k) for k in ("metrics", "io", "num_users", "num_items", "exclude_seen",
+                                                       "opset")},
+        "pruned": read_json(pruned_metrics) if pruned_metrics.exists() else {},
+    }
+    serving = {"top_k": export_manifest["io"]["outputs"][0]["shape"][1], "max_batch": max(cfg.export.batch_sizes),
+               "batch_sizes": list(cfg.export.batch_sizes), "io": export_manifest["io"], "runtime": engine.runtime,
+               "tensorrt_status": engine.tensorrt_status}
+    arrays = {"seen.npz": {"indptr": indptr, "indices": indices}, "popularity.npy": {"array": popularity}}
+    return files, arrays, {"metrics.json": metrics, "serving.json": serving}
+
+
 def run_register(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
                  blessing: dict[str, Any] | str | Path | None = None) -> RegistryResult:
     """Register the candidate the run's blessing judged (blessed, rejected or inconclusive) as the
@@ -248,8 +281,7 @@ def run_register(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
     folder's blessing.json. The candidate's artifacts come from the blessing, never from the day's
     current pointers, so a partial re-run cannot register another candidate than the one judged."""
     from components.decide.candidate import CandidateRefs
-    from components.ship.convert import PLAN_FILE, load_engine_result
-    from components.ship.export import ONNX_FILE
+    from components.ship.convert import load_engine_result
     from components.data.graph import GraphArtifact
 
     if isinstance(blessing, dict):
@@ -279,39 +311,10 @@ def run_register(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
     status = {"blessed": STATUS_BLESSED, "rejected": STATUS_REJECTED,
               "inconclusive": STATUS_INCONCLUSIVE}[judged.verdict]
 
-    train = graph.train_interactions()
-    indptr, indices = seen_csr(train.user, train.item, graph.num_users)
-    popularity = np.bincount(train.item, minlength=graph.num_items).astype(np.float32)
-    files = {name: Path(refs.pruned.path) / name for name in MODEL_FILES}
-    files["model.onnx"] = Path(refs.export.path) / ONNX_FILE
-    if engine.tensorrt_status == "built":
-        files["model.plan"] = Path(engine.path) / PLAN_FILE
-    files["users.parquet"] = Path(refs.graph.path) / "users.parquet"
-    files["items.parquet"] = Path(refs.graph.path) / "items.parquet"
-    files[BLESSING_FILE] = blessing_path  # the version keeps the blessing it was registered with
-    export_manifest = refs.export.manifest
-    pruned_metrics = Path(refs.pruned.path) / "metrics.json"
-    metrics = {
-        "evaluation": read_json(evaluation_path),
-        "engine": asdict(engine),
-        "export": {k: export_manifest.get(k) for k in ("metrics", "io", "num_users", "num_items", "exclude_seen",
-                                                       "opset")},
-        "pruned": read_json(pruned_metrics) if pruned_metrics.exists() else {},
-    }
-    path, created = register_candidate(
-        layout,
-        version,
-        day,
-        files,
-        arrays={"seen.npz": {"indptr": indptr, "indices": indices}, "popularity.npy": {"array": popularity}},
-        documents={"metrics.json": metrics, "lineage.json": lineage,
-                   "serving.json": {"top_k": export_manifest["io"]["outputs"][0]["shape"][1],
-                                    "max_batch": max(cfg.export.batch_sizes),
-                                    "batch_sizes": list(cfg.export.batch_sizes),
-                                    "io": export_manifest["io"], "runtime": engine.runtime,
-                                    "tensorrt_status": engine.tensorrt_status}},
-        status=status,
-    )
+    files, arrays, documents = version_contents(refs, engine, graph, blessing_path, evaluation_path, cfg)
+    path, created = register_candidate(layout, version, day, files, arrays=arrays,
+                                       documents={"metrics.json": documents["metrics.json"], "lineage.json": lineage,
+                                                  "serving.json": documents["serving.json"]}, status=status)
     write_json(_day_pointer(layout, day), {"day": day, "version": version, "status": status})
     champ = champion(layout)
     log.info("register %s run %s: candidate %s %s (%s), judged against %s; champion %s", day, run_key, version,

@@ -380,18 +380,12 @@ def shipped_size_html(layout: Layout, blessing: dict[str, Any] | None) -> str:
             f"<table><tr>{head}</tr>{rows}</table>")
 
 
-def run_report(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str) -> ReportResult:
-    """Write the run's report.html and PNGs into its folder from whatever the run produced."""
+def training_curves(layout: Layout, blessing: dict | None) -> dict:
+    """The judged candidate's own models' training records (not the day's current ones), by kind."""
     from components.decide.candidate import CandidateRefs
 
-    out = run_dir(layout, day, run_key)
-    out.mkdir(parents=True, exist_ok=True)
-    blessing_path = out / "blessing.json"
-    blessing = read_json(blessing_path) if blessing_path.exists() else None
-    outcome = read_outcome(layout, day, run_key)
-    figures = []
     curves = {}
-    if blessing is not None:  # the judged candidate's own models, not the day's current ones
+    if blessing is not None:
         refs = CandidateRefs.from_dict(layout, blessing["candidate_refs"])
         # The student's epochs carry the training loss; a closed-form teacher has none, and the pruned
         # model's records are pruning steps (validation NDCG only): without it the loss chart was empty.
@@ -399,6 +393,59 @@ def run_report(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str) -
         for kind, ref in (("teacher", refs.teacher), ("student", student), ("pruned", refs.pruned)):
             if ref is not None and (Path(ref.path) / "history.json").exists():
                 curves[kind] = training_curve(read_json(Path(ref.path) / "history.json"))
+    return curves
+
+
+def evaluation_html(evaluation: dict) -> str:
+    """The evaluation section: per model and segment, the metrics and how many users; the counts."""
+    ks = sorted({k.split("@")[1] for k in evaluation["candidate"] if k.startswith("ndcg@")}, key=int)
+    metrics = [f"{m}@{k}" for k in ks for m in ("ndcg", "recall")]
+    header = "".join(f"<th>{m}</th>" for m in metrics)
+    body = ""
+    for who in ("candidate", "teacher", "champion", "popularity"):
+        for segment in ("all", "history", "warm", "cold"):
+            values = (evaluation["segments"].get(who) or {}).get(segment)
+            if values:
+                body += (f"<tr><th>{who}</th><td>{segment} ({values['users_evaluated']} users)</td>"
+                         + "".join(f"<td>{_fmt(values.get(m))}</td>" for m in metrics) + "</tr>")
+    counts = {k: evaluation.get(k) for k in ("holdout_users", "holdout_pairs", "users_evaluated",
+                                             "history_users_evaluated", "warm_users_evaluated",
+                                             "cold_users_evaluated", "champion_version", "baseline_reason")}
+    counts["users with only repeat test items"] = (f"{evaluation['users_without_unseen_test_items']} "
+                                                   "(excluded: nothing unseen to recommend)")
+    counts["cold users answered by"] = evaluation.get("cold_answer", "popularity")
+    # Per model: users without its trained embedding split by how serving answers them.
+    # Keyed by name: the stored JSON's key order is not the columns' order.
+    answered = "".join(f"<tr><th>{who}</th>" + "".join(f"<td>{_fmt(by.get(key))}</td>" for key in ANSWERED_BY)
+                       + "</tr>" for who, by in evaluation.get("answered_by", {}).items())
+    answered_table = ("<table><tr><th>answered by</th><th>model</th><th>fold-in</th><th>popularity</th></tr>"
+                      f"{answered}</table>" if answered else "")
+    return ("<h2>Evaluation on the fresh day (as served: users without a trained embedding get "
+            "serving's fold-in or popularity answer)</h2>"
+            f"<table><tr><th></th><th>segment</th>{header}</tr>{body}</table>" + _kv_table(counts) + answered_table)
+
+
+def lineage_html(layout: Layout, version: str | None) -> str:
+    """The registry section of the run's candidate version (empty before it is registered)."""
+    lineage_path = layout.registry() / "versions" / str(version) / "lineage.json"
+    if not (version and lineage_path.exists()):
+        return ""
+    lineage = read_json(lineage_path)
+    return ("<h2>Registry</h2>" + _kv_table({"version": version, "judged_against": lineage.get("judged_against"),
+                                             "registered_by_run": lineage.get("registered_by_run")})
+            + "<h3>Lineage</h3>" + _kv_table({**lineage["models"], "config_hash": lineage["config_hash"],
+                                              "code_version": lineage["code_version"]}))
+
+
+def run_report(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str) -> ReportResult:
+    """Write the run's report.html and PNGs into its folder from whatever the run produced."""
+    out = run_dir(layout, day, run_key)
+    out.mkdir(parents=True, exist_ok=True)
+    blessing_path = out / "blessing.json"
+    blessing = read_json(blessing_path) if blessing_path.exists() else None
+    outcome = read_outcome(layout, day, run_key)
+    figures = []
+    curves = training_curves(layout, blessing)
     if plot_training_curves(curves, out / CURVES_PNG):
         figures.append(CURVES_PNG)
     rows = metric_history(layout, day)
@@ -420,33 +467,7 @@ def run_report(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str) -
     sections.append(shipped_size_html(layout, blessing))
     evaluation_path = out / "evaluation.json"
     if evaluation_path.exists():
-        evaluation = read_json(evaluation_path)
-        ks = sorted({k.split("@")[1] for k in evaluation["candidate"] if k.startswith("ndcg@")}, key=int)
-        metrics = [f"{m}@{k}" for k in ks for m in ("ndcg", "recall")]
-        header = "".join(f"<th>{m}</th>" for m in metrics)
-        body = ""
-        for who in ("candidate", "teacher", "champion", "popularity"):
-            for segment in ("all", "history", "warm", "cold"):
-                values = (evaluation["segments"].get(who) or {}).get(segment)
-                if values:
-                    body += (f"<tr><th>{who}</th><td>{segment} ({values['users_evaluated']} users)</td>"
-                             + "".join(f"<td>{_fmt(values.get(m))}</td>" for m in metrics) + "</tr>")
-        counts = {k: evaluation.get(k) for k in ("holdout_users", "holdout_pairs", "users_evaluated",
-                                                 "history_users_evaluated", "warm_users_evaluated",
-                                                 "cold_users_evaluated", "champion_version", "baseline_reason")}
-        counts["users with only repeat test items"] = (f"{evaluation['users_without_unseen_test_items']} "
-                                                       "(excluded: nothing unseen to recommend)")
-        counts["cold users answered by"] = evaluation.get("cold_answer", "popularity")
-        # Per model: users without its trained embedding split by how serving answers them.
-        # Keyed by name: the stored JSON's key order is not the columns' order.
-        answered = "".join(f"<tr><th>{who}</th>" + "".join(f"<td>{_fmt(by.get(key))}</td>" for key in ANSWERED_BY)
-                           + "</tr>" for who, by in evaluation.get("answered_by", {}).items())
-        answered_table = ("<table><tr><th>answered by</th><th>model</th><th>fold-in</th><th>popularity</th></tr>"
-                          f"{answered}</table>" if answered else "")
-        sections.append("<h2>Evaluation on the fresh day (as served: users without a trained embedding get "
-                        "serving's fold-in or popularity answer)</h2>"
-                        f"<table><tr><th></th><th>segment</th>{header}</tr>{body}</table>" + _kv_table(counts)
-                        + answered_table)
+        sections.append(evaluation_html(read_json(evaluation_path)))
     for name, title in ((CURVES_PNG, "Training curves"), (HISTORY_PNG, "Metric history across days")):
         if name in figures:
             sections.append(f"<h2>{title}</h2><img src='{name}' alt='{title}'>")
@@ -455,13 +476,7 @@ def run_report(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str) -
         body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in r.values()) + "</tr>" for r in rows)
         sections.append(f"<table><tr>{header}</tr>{body}</table>")
     version = (outcome or {}).get("candidate") or (blessing or {}).get("candidate_version")
-    lineage_path = layout.registry() / "versions" / str(version) / "lineage.json"
-    if version and lineage_path.exists():
-        lineage = read_json(lineage_path)
-        sections.append("<h2>Registry</h2>" + _kv_table({"version": version, "judged_against": lineage.get(
-            "judged_against"), "registered_by_run": lineage.get("registered_by_run")}))
-        sections.append("<h3>Lineage</h3>" + _kv_table({**lineage["models"], "config_hash": lineage["config_hash"],
-                                                        "code_version": lineage["code_version"]}))
+    sections.append(lineage_html(layout, version))
     atomic_write_bytes(out / REPORT_FILE, _page(f"GraphDistill run {day} ({run_key})", "".join(sections)).encode())
     log.info("report %s run %s: %s (outcome %s; %d figures, %d days of metric history)", day, run_key,
              out / REPORT_FILE, outcome["kind"] if outcome else "none", len(figures), len(rows))

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from components.core.catalog import Layout, read_json, staging_dir, write_json, write_measured_json
+from components.core.catalog import ArtifactRef, Layout, read_json, staging_dir, write_json, write_measured_json
 from components.core.config import PipelineConfig
 from components.core.errors import StageSkipped
 from components.core.refs import GraphRef
@@ -143,11 +143,6 @@ def load_teacher(path: str | Path, train: Interactions) -> Teacher:
     return lightgcn_teacher(lambda: load_model(path)[0], user_emb, item_emb)
 
 
-def load_teacher_scorer(path: str | Path, train: Interactions) -> Scorer:
-    """Scores [len(users), num_items] of the teacher artifact at ``path`` (either kind)."""
-    return load_teacher(path, train).scorer
-
-
 def teacher_topk(scorer: Scorer, known: Interactions, num_users: int, num_items: int, k: int,
                  user_batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores, items) [num_users, k]: each user's teacher top-k with ``known`` pairs excluded, scored
@@ -197,6 +192,56 @@ def train_teacher(train: Interactions, val: Interactions | None, num_users: int,
     return TrainedModel(fit.model, fit, warm)
 
 
+@dataclass(frozen=True)
+class BuiltTeacher:
+    """A computed or trained teacher, before it is published."""
+
+    teacher: Teacher
+    val_metrics: dict
+    train_info: dict
+    warm_start: dict
+    write: Callable[[Path, dict, str], None]  # (folder, metrics, graph version): the artifact's files
+
+
+def build_graph_filter_teacher(train_all: Interactions, train: Interactions, val: Interactions,
+                               graph: GraphArtifact, cfg: PipelineConfig) -> BuiltTeacher:
+    """The closed-form teacher of the whole window, validated as the filter of the fit split on the
+    held-out pairs (the same protocol as LightGCN's)."""
+    tic = time.perf_counter()
+    val_metrics = evaluate_scorer(fit_graph_filter(train, graph.num_users, graph.num_items, cfg).score, train,
+                                  val, graph.num_items, tuple(cfg.eval.ks), cfg.eval.user_batch_size) if len(val) else {}
+    graph_filter = fit_graph_filter(train_all, graph.num_users, graph.num_items, cfg)
+    train_info = {"seconds": time.perf_counter() - tic, "train_pairs": len(train_all), "val_pairs": len(val),
+                  "variant": cfg.teacher.graph_filter.variant, "rank": int(graph_filter.v.shape[1])}
+
+    def write(out: Path, metrics: dict, graph_version: str) -> None:
+        write_graph_filter(out, graph_filter, cfg)
+        write_measured_json(out, "metrics.json", {**metrics, "bytes": {"filter_npz": (out / FILTER_FILE).stat().st_size}})
+        write_measured_json(out, "history.json", [])
+
+    return BuiltTeacher(graph_filter_teacher(graph_filter), val_metrics, train_info, {"from": None}, write)
+
+
+def build_lightgcn_teacher(train_all: Interactions, train: Interactions, val: Interactions, graph: GraphArtifact,
+                           cfg: PipelineConfig, previous_ref: ArtifactRef | None, work: Path) -> BuiltTeacher:
+    """The LightGCN teacher trained on the fit split, warm-started from ``previous_ref``."""
+    tcfg = cfg.teacher
+    previous = load_model(previous_ref.path)[0] if previous_ref else None
+    trained = train_teacher(train, val, graph.num_users, graph.num_items, cfg, previous, work / "checkpoint.pt")
+    # Serving sees every training pair: propagate over the full window graph, exclude all of it.
+    full_adj = adjacency_of(train_all, graph.num_users, graph.num_items, tcfg.edge_weights == "weighted")
+    user_emb, item_emb = final_embeddings(trained.model, full_adj, resolve_backend(tcfg.propagation, "cpu"))
+    train_info = {"epochs_run": len(trained.fit.history), "best_epoch": trained.fit.best_epoch + 1,
+                  "stopped": trained.fit.stopped, "seconds": trained.fit.train_seconds,
+                  "train_pairs": len(train), "val_pairs": len(val)}
+    warm_start = {"from": previous_ref.as_lineage() if previous_ref else None, **trained.warm_start}
+
+    def write(out: Path, metrics: dict, graph_version: str) -> None:
+        write_model_files(out, trained.model, user_emb, item_emb, graph_version, metrics, trained.fit.history)
+
+    return BuiltTeacher(lightgcn_teacher(lambda: trained.model, user_emb, item_emb), trained.fit.best_val,
+                        train_info, warm_start, write)
+
 
 def run_teacher(layout: Layout, day: str, cfg: PipelineConfig, *, graph: GraphRef) -> ModelArtifact:
     """Build (graph_filter: compute, lightgcn: train) the teacher of ``graph``, evaluate it (validation +
@@ -220,28 +265,10 @@ def run_teacher(layout: Layout, day: str, cfg: PipelineConfig, *, graph: GraphRe
     ks = tuple(cfg.eval.ks)
     work = work_dir(layout, "teacher", day, f"{config_hash}-{graph_ref.version}-{previous_ref.version if previous_ref else 'cold'}")
     if tcfg.kind == "graph_filter":
-        tic = time.perf_counter()
-        # validation: the filter of the fit split, scored on the held-out pairs (same protocol as LightGCN)
-        val_metrics = evaluate_scorer(fit_graph_filter(train, graph.num_users, graph.num_items, cfg).score, train,
-                                      val, graph.num_items, ks, cfg.eval.user_batch_size) if len(val) else {}
-        graph_filter = fit_graph_filter(train_all, graph.num_users, graph.num_items, cfg)
-        teacher = graph_filter_teacher(graph_filter)
-        train_info = {"seconds": time.perf_counter() - tic, "train_pairs": len(train_all), "val_pairs": len(val),
-                      "variant": tcfg.graph_filter.variant, "rank": int(graph_filter.v.shape[1])}
-        history: list[dict] = []
-        warm_start: dict = {"from": None}
+        built = build_graph_filter_teacher(train_all, train, val, graph, cfg)
     else:
-        previous = load_model(previous_ref.path)[0] if previous_ref else None
-        trained = train_teacher(train, val, graph.num_users, graph.num_items, cfg, previous, work / "checkpoint.pt")
-        # Serving sees every training pair: propagate over the full window graph, exclude all of it.
-        full_adj = adjacency_of(train_all, graph.num_users, graph.num_items, tcfg.edge_weights == "weighted")
-        user_emb, item_emb = final_embeddings(trained.model, full_adj, resolve_backend(tcfg.propagation, "cpu"))
-        teacher = lightgcn_teacher(lambda: trained.model, user_emb, item_emb)
-        val_metrics, history = trained.fit.best_val, trained.fit.history
-        train_info = {"epochs_run": len(trained.fit.history), "best_epoch": trained.fit.best_epoch + 1,
-                      "stopped": trained.fit.stopped, "seconds": trained.fit.train_seconds,
-                      "train_pairs": len(train), "val_pairs": len(val)}
-        warm_start = {"from": previous_ref.as_lineage() if previous_ref else None, **trained.warm_start}
+        built = build_lightgcn_teacher(train_all, train, val, graph, cfg, previous_ref, work)
+    teacher = built.teacher
     holdout = graph.holdout_interactions()
     holdout_metrics = evaluate_scorer(teacher.scorer, train_all, holdout, graph.num_items, ks, cfg.eval.user_batch_size)
     popularity = evaluate_scorer(popularity_scorer(train_all, graph.num_items), train_all, holdout,
@@ -249,19 +276,13 @@ def run_teacher(layout: Layout, day: str, cfg: PipelineConfig, *, graph: GraphRe
     stats = read_json(graph.path / "stats.json")
     metrics = {
         "kind": tcfg.kind, "edge_weights": tcfg.edge_weights,
-        "val": val_metrics, "holdout": holdout_metrics, "popularity_holdout": popularity,
+        "val": built.val_metrics, "holdout": holdout_metrics, "popularity_holdout": popularity,
         "holdout_counts": stats.get("holdout", {}), "new_users": stats.get("new_users"),
-        "new_items": stats.get("new_items"), "num_params": teacher.num_params, "train": train_info,
-        "warm_start": warm_start,
+        "new_items": stats.get("new_items"), "num_params": teacher.num_params, "train": built.train_info,
+        "warm_start": built.warm_start,
     }
     with staging_dir(layout.artifacts(KIND)) as tmp:
-        if tcfg.kind == "graph_filter":
-            write_graph_filter(tmp, graph_filter, cfg)
-            write_measured_json(tmp, "metrics.json",
-                                {**metrics, "bytes": {"filter_npz": (tmp / FILTER_FILE).stat().st_size}})
-            write_measured_json(tmp, "history.json", history)
-        else:
-            write_model_files(tmp, trained.model, user_emb, item_emb, graph_ref.version, metrics, history)
+        built.write(tmp, metrics, graph_ref.version)
         metrics = read_json(tmp / "metrics.json")
         ref = layout.publish(KIND, day, tmp, {"inputs": inputs, "config_hash": config_hash,
                                               "metrics": summary_metrics(metrics)})

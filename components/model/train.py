@@ -59,12 +59,16 @@ class ModelArtifact:
 
 
 def load_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(user_emb [num_users, d], item_emb [num_items, d]) float32 from a model artifact directory."""
+    """(user_emb [num_users, d], item_emb [num_items, d]) float32, the FINAL embeddings of a model
+    artifact directory, shape-checked."""
     file = Path(path) / "embeddings.npz"
     if not file.exists():
         raise FileNotFoundError(f"{file}: model artifact has no embeddings.npz")
     with np.load(file) as data:
-        return data["user"].astype(np.float32, copy=False), data["item"].astype(np.float32, copy=False)
+        user, item = data["user"].astype(np.float32, copy=False), data["item"].astype(np.float32, copy=False)
+    if user.ndim != 2 or item.ndim != 2 or user.shape[1] != item.shape[1]:
+        raise ValueError(f"{file}: expected user [U, d] and item [I, d], got {user.shape} and {item.shape}")
+    return user, item
 
 
 def load_model(path: str | Path) -> tuple[LightGCN, dict]:

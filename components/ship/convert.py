@@ -290,6 +290,39 @@ def load_engine_result(ref: ArtifactRef) -> EngineResult:
     return EngineResult(day=ref.day, version=ref.version, path=ref.path, engine_path=str(engine_path), **measured)
 
 
+def build_engine(choice: RuntimeChoice, onnx_path: Path, out: Path, cfg: PipelineConfig, day: str
+                 ) -> tuple[RuntimeChoice, str, Runner, int, dict[str, Any]]:
+    """(runtime choice, tensorrt_status, runner, engine bytes, build record): the TensorRT plan built into
+    ``out`` when chosen (auto mode falls back to ONNX Runtime on a failed build), else ONNX Runtime."""
+    build: dict[str, Any] = {}
+    tensorrt_status = choice.tensorrt_status
+    if choice.runtime == "tensorrt":
+        try:
+            build = build_tensorrt_engine(onnx_path, out / PLAN_FILE, cfg.engine, cfg.export.batch_sizes)
+        except Exception as exc:
+            if cfg.engine.runtime == "tensorrt":
+                raise
+            # auto: serve (and gate) on ONNX Runtime tonight, and say loudly that the build failed.
+            log.error("convert %s: TensorRT build failed, falling back to ONNX Runtime: %s", day, exc)
+            choice = RuntimeChoice("onnxruntime", f"TensorRT build failed: {exc}", f"failed: {exc}")
+            tensorrt_status = choice.tensorrt_status
+        else:
+            tensorrt_status = "built"
+    if tensorrt_status == "built":
+        return choice, tensorrt_status, TensorRTRunner(out / PLAN_FILE), build["bytes"], build
+    return choice, tensorrt_status, OnnxRuntimeRunner(onnx_path), onnx_path.stat().st_size, build
+
+
+def runner_parity(runner: Runner, users: np.ndarray, ref_items: np.ndarray, ref_scores: np.ndarray,
+                  step: int) -> tuple[float, float]:
+    """(max |score diff|, top-K overlap) of the runner against the export's reference outputs, run in
+    batches no larger than the profile allows (TensorRT rejects bigger shapes)."""
+    outs = [runner.run(users[s : s + step]) for s in range(0, users.shape[0], step)]
+    items = np.concatenate([o[0] for o in outs])
+    scores = np.concatenate([o[1] for o in outs])
+    return parity(ref_items, ref_scores, items, scores)
+
+
 def run_convert(layout: Layout, day: str, cfg: PipelineConfig, *, export: ExportRef) -> EngineResult:
     """Build the serving engine for ``export`` and measure what the engine gates need.
 
@@ -313,35 +346,10 @@ def run_convert(layout: Layout, day: str, cfg: PipelineConfig, *, export: Export
         users, ref_items, ref_scores = reference["user_idx"], reference["top_items"], reference["top_scores"]
 
     with staging_dir(layout.artifacts(KIND)) as tmp:
-        build: dict[str, Any] = {}
-        tensorrt_status = choice.tensorrt_status
-        if choice.runtime == "tensorrt":
-            try:
-                build = build_tensorrt_engine(onnx_path, tmp / PLAN_FILE, cfg.engine, cfg.export.batch_sizes)
-            except Exception as exc:
-                if cfg.engine.runtime == "tensorrt":
-                    raise
-                # auto: serve (and gate) on ONNX Runtime tonight, and say loudly that the build failed.
-                log.error("convert %s: TensorRT build failed, falling back to ONNX Runtime: %s", day, exc)
-                choice = RuntimeChoice("onnxruntime", f"TensorRT build failed: {exc}", f"failed: {exc}")
-                tensorrt_status = choice.tensorrt_status
-            else:
-                tensorrt_status = "built"
-        if tensorrt_status == "built":
-            runner: Runner = TensorRTRunner(tmp / PLAN_FILE)
-            engine_bytes = build["bytes"]
-        else:
-            runner = OnnxRuntimeRunner(onnx_path)
-            engine_bytes = onnx_path.stat().st_size
+        choice, tensorrt_status, runner, engine_bytes, build = build_engine(choice, onnx_path, tmp, cfg, day)
         log.info("convert %s: %s; gates measured on %s; tensorrt_status=%s",
                  day, choice.reason, runner.description, tensorrt_status)
-
-        # Parity in batches no larger than the profile allows (TensorRT rejects bigger shapes).
-        step = max(cfg.export.batch_sizes)
-        outs = [runner.run(users[s : s + step]) for s in range(0, users.shape[0], step)]
-        items = np.concatenate([o[0] for o in outs])
-        scores = np.concatenate([o[1] for o in outs])
-        max_abs_diff, overlap = parity(ref_items, ref_scores, items, scores)
+        max_abs_diff, overlap = runner_parity(runner, users, ref_items, ref_scores, max(cfg.export.batch_sizes))
         latency = measure_latency(runner, num_users, cfg.export.batch_sizes, cfg.export.latency_repeats, cfg.seed)
 
         measured = {
@@ -360,23 +368,12 @@ def run_convert(layout: Layout, day: str, cfg: PipelineConfig, *, export: Export
             "build": build,
         }
         write_measured_json(tmp, RESULT_FILE, measured)
-        ref = layout.publish(
-            KIND,
-            day,
-            tmp,
-            manifest={
-                "inputs": {"export": export_ref.as_lineage()},
-                "config_hash": config_hash,
-                "runtime": choice.runtime,
-                "tensorrt_status": tensorrt_status,
-                "metrics": {
-                    "engine_bytes": int(engine_bytes),
-                    "parity_max_abs_diff": max_abs_diff,
-                    "parity_topk_overlap": overlap,
-                    "latency_ms": latency,
-                },
-            },
-        )
+        ref = layout.publish(KIND, day, tmp, manifest={
+            "inputs": {"export": export_ref.as_lineage()}, "config_hash": config_hash, "runtime": choice.runtime,
+            "tensorrt_status": tensorrt_status,
+            "metrics": {"engine_bytes": int(engine_bytes), "parity_max_abs_diff": max_abs_diff,
+                        "parity_topk_overlap": overlap, "latency_ms": latency},
+        })
     result = load_engine_result(ref)
     log.info(
         "convert %s: %s engine %s (%d bytes) parity max_abs_diff=%.2e topk_overlap=%.4f, "

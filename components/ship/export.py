@@ -21,11 +21,12 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from components.model import train
+from components.model.train import load_embeddings
 from components.core.config import PipelineConfig
 from components.core.refs import GraphRef, PrunedRef
 from components.data.graph import GraphArtifact
@@ -47,16 +48,6 @@ TIE_TOLERANCE = 1e-6  # relative: scores this close to the K-th are ties for the
 
 class QuantizationError(ValueError):
     """Quantized embedding tables change the top-K more than export.min_topk_overlap_vs_fp32 allows."""
-
-
-def load_embeddings(model_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """The FINAL user/item embeddings of a model artifact, shape-checked."""
-    user, item = train.load_embeddings(model_dir)
-    if user.ndim != 2 or item.ndim != 2 or user.shape[1] != item.shape[1]:
-        raise ValueError(
-            f"{model_dir}/embeddings.npz: expected user [U, d] and item [I, d], got {user.shape} and {item.shape}"
-        )
-    return user, item
 
 
 def export_onnx(module: ServingGraph, path: Path, opset: int) -> None:
@@ -187,12 +178,30 @@ def build_serving_graph(model_dir: str | Path, graph: GraphArtifact, cfg: Pipeli
     return ServingGraph(user_emb, item_emb, cfg.export.top_k, seen, precision or shipped_precision(model_dir))
 
 
+def serving_io(top_k: int) -> dict[str, Any]:
+    """The serving graph's inputs and outputs (names, dtypes, shapes), as the manifest records them."""
+    return {
+        "input": {"name": INPUT_NAME, "dtype": "int64", "shape": ["batch"]},
+        "outputs": [
+            {"name": OUTPUT_NAMES[0], "dtype": "int64", "shape": ["batch", top_k]},
+            {"name": OUTPUT_NAMES[1], "dtype": "float32", "shape": ["batch", top_k]},
+        ],
+    }
+
+
+def graph_shape(module: ServingGraph, graph: GraphArtifact, cfg: PipelineConfig) -> dict[str, Any]:
+    """Sizes and settings of an exported graph (manifest and result share them)."""
+    return {"num_users": graph.num_users, "num_items": graph.num_items, "embedding_dim": int(module.user_emb.shape[1]),
+            "precision": module.precision, "exclude_seen": module.exclude_seen,
+            "max_seen": int(module.seen_items.shape[1]) if module.exclude_seen else 0, "opset": cfg.export.opset}
+
+
 def run_export(layout: Layout, day: str, cfg: PipelineConfig, *, graph: GraphRef, model: PrunedRef) -> ExportResult:
     """Export the pruned ``model`` (scoring on ``graph``) to ONNX, check it, and measure ORT-vs-PyTorch parity."""
     model_ref, graph_ref = layout.artifact(model), layout.artifact(graph)
     graph = GraphArtifact.load(graph_ref)
     module = build_serving_graph(model_ref.path, graph, cfg)
-    max_seen = int(module.seen_items.shape[1]) if module.exclude_seen else 0
+    shape = graph_shape(module, graph, cfg)
     users = parity_users(graph.num_users, cfg.seed)
     ref_items, ref_scores = torch_outputs(module, users)
     fp32 = build_serving_graph(model_ref.path, graph, cfg, "fp32") if module.precision != "fp32" else module
@@ -228,50 +237,22 @@ def run_export(layout: Layout, day: str, cfg: PipelineConfig, *, graph: GraphRef
                 "inputs": {"model": model_ref.as_lineage(), "graph": graph_ref.as_lineage()},
                 "config_hash": cfg.config_hash("export"),
                 "metrics": {"onnx_bytes": onnx_bytes, **parity_report},
-                "io": {
-                    "input": {"name": INPUT_NAME, "dtype": "int64", "shape": ["batch"]},
-                    "outputs": [
-                        {"name": OUTPUT_NAMES[0], "dtype": "int64", "shape": ["batch", module.top_k]},
-                        {"name": OUTPUT_NAMES[1], "dtype": "float32", "shape": ["batch", module.top_k]},
-                    ],
-                },
-                "num_users": graph.num_users,
-                "num_items": graph.num_items,
-                "embedding_dim": int(module.user_emb.shape[1]),
-                "precision": module.precision,
-                "exclude_seen": module.exclude_seen,
-                "max_seen": max_seen,
-                "opset": cfg.export.opset,
+                "io": serving_io(module.top_k),
+                **shape,
             },
         )
     result = ExportResult(
-        day=day,
-        version=ref.version,
-        path=ref.path,
-        onnx_path=str(Path(ref.path) / ONNX_FILE),
-        onnx_bytes=onnx_bytes,
-        num_users=graph.num_users,
-        num_items=graph.num_items,
-        embedding_dim=int(module.user_emb.shape[1]),
-        top_k=module.top_k,
-        exclude_seen=module.exclude_seen,
-        max_seen=max_seen,
-        opset=cfg.export.opset,
-        parity_users=int(users.shape[0]),
-        parity_max_abs_diff=max_abs_diff,
-        parity_topk_overlap=overlap,
-        model_version=model_ref.version,
-        precision=module.precision,
-        table_bytes=module.table_bytes,
-        fp32_table_bytes=fp32.table_bytes,
-        quantization_max_abs_diff=quant_diff,
-        quantization_topk_overlap=quant_overlap,
+        day=day, version=ref.version, path=ref.path, onnx_path=str(Path(ref.path) / ONNX_FILE), onnx_bytes=onnx_bytes,
+        top_k=module.top_k, parity_users=int(users.shape[0]), parity_max_abs_diff=max_abs_diff,
+        parity_topk_overlap=overlap, model_version=model_ref.version, table_bytes=module.table_bytes,
+        fp32_table_bytes=fp32.table_bytes, quantization_max_abs_diff=quant_diff, quantization_topk_overlap=quant_overlap,
+        **shape,
     )
     log.info(
         "export %s: %s (%d bytes, %d users x %d items, d=%d, K=%d, max_seen=%d, %s tables %d bytes vs fp32 %d, "
         "top-K overlap with fp32 %.4f) ORT parity max_abs_diff=%.2e topk_overlap=%.4f over %d users",
         day, result.version, onnx_bytes, graph.num_users, graph.num_items, result.embedding_dim,
-        result.top_k, max_seen, result.precision, result.table_bytes, result.fp32_table_bytes, quant_overlap,
+        result.top_k, result.max_seen, result.precision, result.table_bytes, result.fp32_table_bytes, quant_overlap,
         max_abs_diff, overlap, result.parity_users,
     )
     return result

@@ -143,3 +143,14 @@ def test_stages_take_their_inputs_as_references():
                               if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
                               and call.func.attr in lookups]
     assert offenders == []
+
+
+def test_no_stage_function_is_longer_than_sixty_lines():
+    """A stage reads its references through the catalog, computes, publishes: longer, and those three
+    are mixed in one body (split it into named steps)."""
+    long = []
+    for path in COMPONENTS.rglob("*.py"):
+        long += [f"{module_name(path)}.{fn.name}: {fn.end_lineno - fn.lineno + 1} lines"
+                 for fn in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(fn, ast.FunctionDef) and fn.name.startswith("run_") and fn.end_lineno - fn.lineno >= 60]
+    assert long == []

@@ -12,7 +12,7 @@ from components.core.interactions import Interactions, normalized_edges
 from components.model.models.graph_filter import FilterParams, GraphFilter
 from components.model.models.lightgcn import build_adjacency
 from components.core.catalog import Layout, read_json
-from components.model.teacher import fit_graph_filter, load_teacher, load_teacher_scorer, run_teacher, spectral_student
+from components.model.teacher import fit_graph_filter, load_teacher, run_teacher, spectral_student
 from tests.unit.model_fixtures import current_inputs, planted, write_graph
 
 DAY = "2026-01-02"
@@ -168,7 +168,7 @@ def test_graph_filter_teacher_stage_publishes_a_filter_that_beats_popularity(fil
     assert metrics["holdout"]["recall@20"] > metrics["popularity_holdout"]["recall@20"] + 0.15
     assert metrics["val"]["users_evaluated"] > 0 and metrics["val"]["ndcg@20"] > 0
     # the scorer gates and serving load gives back the very numbers the stage measured
-    again = evaluate_scorer(load_teacher_scorer(teacher.path, train), train, holdout, 80, (10, 20, 50))
+    again = evaluate_scorer(load_teacher(teacher.path, train).scorer, train, holdout, 80, (10, 20, 50))
     assert again["ndcg@20"] == pytest.approx(metrics["holdout"]["ndcg@20"])
     assert load_teacher(teacher.path, train).kind == "graph_filter"
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from components.model.metrics import ranking_scorer, user_metrics
-from components.ship.export import load_embeddings
+from components.model.train import load_embeddings
 from components.data.features import online_history, recent_items_as_of, run_features
 from components.core.refs import PerUser
 from components.decide.evaluation import read_history, version_served_scorer

@@ -207,3 +207,9 @@ def test_a_model_file_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(Exception, match="Weights only load failed"):
         train_teacher(train, holdout, 120, 80, cfg(**{"teacher.epochs": 1}), None, checkpoint)
     assert not marker.exists()
+
+
+def test_load_embeddings_refuses_tables_of_different_widths(tmp_path):
+    np.savez(tmp_path / "embeddings.npz", user=np.zeros((3, 4), np.float32), item=np.zeros((5, 8), np.float32))
+    with pytest.raises(ValueError, match=r"embeddings.npz: expected user \[U, d\] and item \[I, d\], got \(3, 4\) and \(5, 8\)"):
+        load_embeddings(tmp_path)
