@@ -33,4 +33,4 @@ COPY --chown=airflow:root plugins ./plugins
 COPY --chown=airflow:root feature_repo ./feature_repo
 COPY --chown=airflow:root deploy ./deploy
 
-RUN mkdir -p "${GRAPHDISTILL_ROOT}" && python -c "from components.dgl_compat import import_dgl; import_dgl()"
+RUN mkdir -p "${GRAPHDISTILL_ROOT}" && python -c "from components.core.dgl_compat import import_dgl; import_dgl()"

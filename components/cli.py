@@ -26,10 +26,11 @@ from typing import Any
 
 import yaml
 
-from components.config import REPO_ROOT
-from components.errors import PermanentStageFailure, StageSkipped, storage_fault
-from components.pipeline import RUN_SCOPED, STAGES, resolve, run_stage
-from components.storage import MANIFEST, Layout, cli_run_key, latest_run, parse_day, read_json, run_dir, run_key_for
+from components.core.config import REPO_ROOT
+from components.core.refs import EngineRef
+from components.core.errors import PermanentStageFailure, StageSkipped, storage_fault
+from components.pipeline import RUN_SCOPED, STAGES, default_inputs, resolve, run_stage
+from components.core.catalog import MANIFEST, Layout, cli_run_key, latest_run, parse_day, read_json, run_dir, run_key_for
 
 DAG_ID = "gnn_recsys_nightly"
 log = logging.getLogger("graphdistill")
@@ -77,13 +78,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not recorded.exists():
             raise FileNotFoundError(f"run {run_key} of {day} has no {previous} result ({recorded}); run {previous} first")
         upstream = read_json(recorded)
+    if args.stage == "evaluate":  # the DAG passes convert's result; here: the day's current engine, said so
+        engine = layout.current_ref(EngineRef, day)
+        if engine is None:
+            raise FileNotFoundError(f"no {EngineRef.KIND} artifact for {day} under {layout.root} (run convert first)")
+        print(f"candidate: {engine.kind} {engine.day} v{engine.version} (the day's current)", file=sys.stderr)
+        upstream = engine.as_dict()
+    inputs = default_inputs(args.stage, day, cfg)
+    for keyword, ref in inputs.items():  # the DAG passes its upstream tasks' results; here: the day's current
+        print(f"{keyword}: {ref['kind']} {ref['day']} v{ref['version']} (the day's current)", file=sys.stderr)
     print(f"run key: {run_key} ({run_dir(layout, day, run_key)})", file=sys.stderr)
-    print(json.dumps(run_stage(args.stage, day, cfg, run_key=run_key, upstream=upstream), indent=2, default=str))
+    print(json.dumps(run_stage(args.stage, day, cfg, run_key=run_key, upstream=upstream, inputs=inputs), indent=2,
+                     default=str))
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from components.sources.synthetic import SyntheticWorld, corrupt_landing, write_landing_day
+    from components.data.sources.synthetic import SyntheticWorld, corrupt_landing, write_landing_day
 
     world = SyntheticWorld(num_users=args.users, num_items=args.items, start=parse_day(args.start), seed=args.seed)
     universe = world.universe()
@@ -98,7 +109,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from components.sources.replay import parse_type_map, replay
+    from components.data.sources.replay import parse_type_map, replay
 
     result = replay(Path(args.source), Layout.at(args.root).root / "landing",
                     shift_to=parse_day(args.shift_to) if args.shift_to else None, max_days=args.max_days,
@@ -111,7 +122,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_champion(args: argparse.Namespace) -> int:
-    from components.registry import champion
+    from components.decide.registry import champion
 
     current = champion(Layout.at(args.root))
     print(json.dumps(current.__dict__ if current else None, indent=2, default=str))
@@ -123,8 +134,8 @@ def announce_champion(layout: Layout, event: str, reason: str) -> int:
     the api-server ($GRAPHDISTILL_API_URL), so the serving refresh DAG exports it within one refresh.
     0 when announced, or when no api-server is configured (said on stderr, with how to finish); 3 when
     one is configured but the event could not be recorded (the change stands)."""
-    from components.airflow_api import API_URL_ENV, CHAMPION_ASSET, AirflowApi
-    from components.registry import champion, version_day
+    from components.core.airflow_api import API_URL_ENV, CHAMPION_ASSET, AirflowApi
+    from components.decide.registry import champion, version_day
 
     current = champion(layout)
     if current is None:
@@ -150,7 +161,7 @@ def announce_champion(layout: Layout, event: str, reason: str) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from components.registry import promote
+    from components.decide.registry import promote
 
     layout = Layout.at(args.root)
     result = promote(layout, args.version, reason=args.reason)
@@ -164,7 +175,7 @@ def cmd_announce(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     """Every promotion, rollback and not-promoted decision, with its reason."""
-    from components.registry import history
+    from components.decide.registry import history
 
     for entry in history(Layout.at(args.root)):
         manual = " (by hand)" if entry.get("manual") else ""
@@ -175,7 +186,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from components.registry import rollback
+    from components.decide.registry import rollback
 
     layout = Layout.at(args.root)
     print(f"champion is now {rollback(layout, reason=args.reason)}")
@@ -183,8 +194,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from components.features import online_history
-    from components.serving import Recommender
+    from components.data.features import online_history
+    from components.ship.serving import Recommender
 
     cfg = resolve(args.root, args.config, _overrides(args.set))
     layout = Layout.at(cfg.root)
@@ -196,7 +207,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def cmd_outcome(args: argparse.Namespace) -> int:
-    from components.outcome import run_outcome
+    from components.decide.outcome import run_outcome
 
     layout = Layout.at(args.root)
     days = args.day or sorted({p.name for p in (layout.root / "reports").glob("*-*-*")} |
@@ -208,7 +219,7 @@ def cmd_outcome(args: argparse.Namespace) -> int:
 
 
 def cmd_triton_export(args: argparse.Namespace) -> int:
-    from components.serving import export_triton_repository
+    from components.ship.serving import export_triton_repository
 
     for path in export_triton_repository(Layout.at(args.root), Path(args.out)):
         print(path)
@@ -249,7 +260,7 @@ def run_dag_day(root: Path, day: str, conf: dict[str, Any], log_file: Path, time
                 extra_env: dict[str, str] | None = None) -> int:
     """``airflow dags test`` for one day: a real, in-process DAG run on SQLite.
 
-    The day is named in the conf (a manual run must name its day, components.outcome.run_day); the
+    The day is named in the conf (a manual run must name its day, components.decide.outcome.run_day); the
     logical date D + 1 is the one the scheduler would give day D's run (it starts once D has ended).
     Past ``timeout_s`` the run is killed and subprocess.TimeoutExpired raised.
     """
@@ -290,7 +301,7 @@ def day_summary(layout: Layout, day: str) -> dict[str, Any]:
     if graph:
         summary["graph"] = f"{graph['num_users']}u/{graph['num_items']}i/{graph['train_pairs']}e"
     if gate:
-        from components.report import champion_health_text, repeat_only_text
+        from components.decide.report import champion_health_text, repeat_only_text
 
         summary["verdict"] = gate.get("verdict")
         summary["users_evaluated"] = gate.get("users_evaluated")
@@ -318,9 +329,9 @@ DEMO_OVERRIDES = ["distill.epochs=10"]  # the default teacher (graph filter) has
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from components.registry import champion
-    from components.report import gate_table_markdown
-    from components.gates import Blessing
+    from components.decide.registry import champion
+    from components.decide.report import gate_table_markdown
+    from components.core.refs import Blessing
 
     root = Path(args.root).resolve()
     if args.fresh and root.exists():

@@ -13,31 +13,41 @@ import time
 from pathlib import Path
 from typing import Any
 
-from components.config import DEFAULT_CONFIG_FILE, PipelineConfig, load_config
-from components.errors import PermanentStageFailure, StageSkipped, storage_fault
-from components.storage import (Layout, cli_run_key, mark_latest, parse_day, record_outcome, run_dir, tidy,
+from components.core.config import DEFAULT_CONFIG_FILE, PipelineConfig, load_config
+from components.core.errors import PermanentStageFailure, StageSkipped, storage_fault
+from components.core.refs import ExportRef, GraphRef, PrunedRef, Ref, StudentRef, TeacherRef
+from components.core.catalog import (Layout, cli_run_key, mark_latest, parse_day, record_outcome, run_dir, tidy,
                                 write_json)
 
 log = logging.getLogger(__name__)
 
-# name -> (module, function); every function is run(layout, day, cfg) -> frozen dataclass. The
-# decision stages (RUN_SCOPED) also take the run's key and their upstream's result as keywords:
+# name -> (module, function); every function is run(layout, day, cfg) -> frozen dataclass. The build
+# stages (INPUTS) also take references to what they build on, as keywords: teacher(graph=) ->
+# distill(graph=, teacher=) -> prune(graph=, teacher=, student=) -> export(graph=, model=) -> convert(export=).
+# The decision stages (RUN_SCOPED) take the run's key and their upstream's result as keywords:
 # evaluate(candidate=<convert result>) -> gate(evaluation=) -> register(blessing=) -> promote(registration=).
 STAGES: dict[str, tuple[str, str]] = {
-    "ingest": ("components.ingest", "run_ingest"),
-    "validate": ("components.validate", "run_validate"),
-    "features": ("components.features", "run_features"),
-    "graph": ("components.graph", "run_graph"),
-    "teacher": ("components.train", "run_teacher"),
-    "distill": ("components.distill", "run_distill"),
-    "prune": ("components.prune", "run_prune"),
-    "export": ("components.export", "run_export"),
-    "convert": ("components.engine", "run_convert"),
-    "evaluate": ("components.gates", "run_evaluate"),
-    "gate": ("components.gates", "run_gate"),
-    "register": ("components.registry", "run_register"),
-    "promote": ("components.registry", "run_promote"),
-    "report": ("components.report", "run_report"),
+    "ingest": ("components.data.ingest", "run_ingest"),
+    "validate": ("components.data.validate", "run_validate"),
+    "features": ("components.data.features", "run_features"),
+    "graph": ("components.data.graph", "run_graph"),
+    "teacher": ("components.model.teacher", "run_teacher"),
+    "distill": ("components.model.distill", "run_distill"),
+    "prune": ("components.model.prune", "run_prune"),
+    "export": ("components.ship.export", "run_export"),
+    "convert": ("components.ship.convert", "run_convert"),
+    "evaluate": ("components.decide.evaluation", "run_evaluate"),
+    "gate": ("components.decide.gates", "run_gate"),
+    "register": ("components.decide.registry", "run_register"),
+    "promote": ("components.decide.registry", "run_promote"),
+    "report": ("components.decide.report", "run_report"),
+}
+INPUTS: dict[str, dict[str, type[Ref]]] = {
+    "teacher": {"graph": GraphRef},
+    "distill": {"graph": GraphRef, "teacher": TeacherRef},
+    "prune": {"graph": GraphRef, "teacher": TeacherRef, "student": StudentRef},
+    "export": {"graph": GraphRef, "model": PrunedRef},
+    "convert": {"export": ExportRef},
 }
 RUN_SCOPED = {"evaluate": "candidate", "gate": "evaluation", "register": "blessing", "promote": "registration",
               "report": None}
@@ -51,12 +61,32 @@ def resolve(root: str | None, config_file: str | None, overrides: dict[str, Any]
     return load_config(Path(config_file) if config_file else DEFAULT_CONFIG_FILE, merged)
 
 
+def default_inputs(name: str, day: str, cfg: PipelineConfig) -> dict[str, dict[str, str]]:
+    """The references a build stage runs on when none are named: the day's current versions (the CLI's
+    default; it prints them). Raises naming the stage to run first."""
+    layout = Layout.at(cfg.root)
+    found = {}
+    for keyword, ref_type in INPUTS.get(name, {}).items():
+        ref = layout.current_ref(ref_type, day)
+        if ref is None:
+            raise FileNotFoundError(f"{name} {day}: no {ref_type.KIND} artifact of {day} under {layout.root} "
+                                    f"(run the stage that builds it first)")
+        found[keyword] = ref.as_dict()
+    return found
+
+
 def run_stage(name: str, day: str, cfg: PipelineConfig, *, run_key: str | None = None,
-              upstream: dict[str, Any] | None = None) -> dict[str, Any]:
+              upstream: dict[str, Any] | None = None, inputs: dict[str, dict[str, Any]] | None = None
+              ) -> dict[str, Any]:
     """Run one stage for ``day`` as part of run ``run_key`` (default: a new CLI run key); returns its
-    result as a JSON-serializable dict. ``upstream`` is the result the stage works on (RUN_SCOPED)."""
+    result as a JSON-serializable dict. ``upstream`` is the result the stage works on (RUN_SCOPED);
+    ``inputs`` the results (or references) a build stage builds on, by keyword (INPUTS)."""
     if name not in STAGES:
         raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    wanted = INPUTS.get(name, {})
+    if set(inputs or {}) != set(wanted):
+        raise ValueError(f"stage {name} builds on {sorted(wanted) or 'no references'}, got {sorted(inputs or {})}")
+    refs = {keyword: wanted[keyword].from_dict(payload) for keyword, payload in (inputs or {}).items()}
     module, function = STAGES[name]
     run = getattr(importlib.import_module(module), function)
     day = parse_day(day).isoformat()
@@ -70,7 +100,7 @@ def run_stage(name: str, day: str, cfg: PipelineConfig, *, run_key: str | None =
         else:
             if upstream is not None:
                 raise ValueError(f"stage {name} takes no upstream result")
-            result = run(layout, day, cfg)
+            result = run(layout, day, cfg, **refs)
     except StageSkipped as exc:  # a decision too: the run's outcome says why nothing was trained
         record_outcome(layout, day, run_key, "skipped", f"{name}: {exc}")
         raise

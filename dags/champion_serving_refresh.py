@@ -1,6 +1,6 @@
 """Champion serving refresh: whenever the nightly DAG promotes a champion (an event on the
 ``graphdistill_champion`` Asset), write the Triton model repository for it
-(components.serving.export_triton_repository) where Triton loads it (``ops.triton_repository``).
+(components.ship.serving.export_triton_repository) where Triton loads it (``ops.triton_repository``).
 
 It acts on the newest champion event only: queued events can batch into one run (airflow#56050),
 and only the newest champion matters for serving. Wiring only; heavy imports inside the task.
@@ -40,10 +40,10 @@ log = logging.getLogger(__name__)
 def champion_serving_refresh():
     @task(inlets=[CHAMPION])
     def export_triton_repository() -> dict:
-        from components.config import default_config_file, load_config
-        from components.registry import champion
-        from components.serving import export_triton_repository as export
-        from components.storage import Layout
+        from components.core.config import default_config_file, load_config
+        from components.decide.registry import champion
+        from components.ship.serving import export_triton_repository as export
+        from components.core.catalog import Layout
 
         context = get_current_context()
         triggering = context["triggering_asset_events"].get(CHAMPION, [])
@@ -66,7 +66,7 @@ def champion_serving_refresh():
         # and check it; a failure raises (alert), the previous version keeps serving.
         triton_url = os.environ.get("GRAPHDISTILL_TRITON_URL")
         if triton_url and serving is not None:
-            from components.triton import refresh_champion
+            from components.ship.triton import refresh_champion
             models.append(out / refresh_champion(triton_url, out, Path(serving.path), serving.version).model)
         return {"version": serving.version if serving else None, "event_version": event["version"],
                 "repository": str(out), "models": [p.name for p in models]}

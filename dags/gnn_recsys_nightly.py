@@ -2,7 +2,7 @@
 export -> convert -> evaluate -> gate -> register -> promote, then the run's report.
 
 Wiring only: every step is a function in components/ (see components/pipeline.py STAGES), run
-here for the run's day (components.outcome.run_day: the data interval's start for scheduled and
+here for the run's day (components.decide.outcome.run_day: the data interval's start for scheduled and
 backfill runs, the ``day`` param for manual runs). A run for day D processes the landing partition
 of D, trains on the window ending D-1 and judges the candidate on D. The ops runbook (the DAG's
 docs in the UI) is RUNBOOK.md. Heavy libraries are imported inside tasks: this file is parsed over and over.
@@ -25,8 +25,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # the repo's library, when not pip-installed
     sys.path.insert(0, str(REPO_ROOT))
 
-from components.config import default_config_file, default_root, load_config  # noqa: E402  (pydantic + yaml: light)
-from components.outcome import schedule_start  # noqa: E402  (standard library + storage paths: light)
+from components.core.config import default_config_file, default_root, load_config  # noqa: E402  (pydantic + yaml: light)
+from components.decide.outcome import schedule_start  # noqa: E402  (standard library + storage paths: light)
 from graphdistill_airflow.alerts import DEADLINE_MISSED, GraphDistillNotifier  # noqa: E402
 from graphdistill_airflow.assets import CHAMPION, NIGHTLY_OUTCOME  # noqa: E402
 from graphdistill_airflow.nightly import (NIGHT_ENDS, announce_champion, context_day, ended_as,  # noqa: E402
@@ -44,12 +44,13 @@ START = schedule_start(os.environ.get("GRAPHDISTILL_START_DATE"), OPS.start_date
 log = logging.getLogger(__name__)
 
 
-def _run(stage: str, upstream: dict[str, Any] | None = None) -> dict[str, Any]:
+def _run(stage: str, upstream: dict[str, Any] | None = None, **inputs: dict[str, Any]) -> dict[str, Any]:
     """Run a components stage for this run's day and run (reports/<day>/runs/<run_key>/), on the
-    upstream task's result, mapping its outcomes onto Airflow's."""
-    from components.errors import PermanentStageFailure, StageSkipped
+    upstream tasks' results (``inputs``: what a build stage builds on; ``upstream``: what a decision
+    stage decides on), mapping its outcomes onto Airflow's."""
+    from components.core.errors import PermanentStageFailure, StageSkipped
     from components.pipeline import resolve, run_stage
-    from components.storage import run_key_for
+    from components.core.catalog import run_key_for
 
     context = get_current_context()
     params = context["params"]
@@ -57,7 +58,7 @@ def _run(stage: str, upstream: dict[str, Any] | None = None) -> dict[str, Any]:
     try:
         # Inside the try: a broken config or override (ConfigError) fails now, naming the key; no retry.
         cfg = resolve(params.get("root"), params.get("config_file"), params.get("overrides"))
-        return run_stage(stage, day, cfg, run_key=run_key_for(context["run_id"]), upstream=upstream)
+        return run_stage(stage, day, cfg, run_key=run_key_for(context["run_id"]), upstream=upstream, inputs=inputs)
     except StageSkipped as exc:
         # Logged before raising: Airflow files the skip exception under the collapsed "Post Execute".
         log.warning("SKIPPED %s for %s: %s", stage, day, exc)
@@ -145,32 +146,32 @@ def gnn_recsys_nightly():
         return _run("graph")
 
     @task(execution_timeout=dt.timedelta(hours=6), queue=GPU_QUEUE)
-    def teacher() -> dict:
+    def teacher(graph: dict) -> dict:
         """The large teacher (graph filter, closed form, or LightGCN) recomputed on the new graph."""
-        return _run("teacher")
+        return _run("teacher", graph=graph)
 
     @task(execution_timeout=dt.timedelta(hours=3), queue=GPU_QUEUE)
-    def distill() -> dict:
+    def distill(graph: dict, teacher: dict) -> dict:
         """The small student, distilled from the teacher's rankings."""
-        return _run("distill")
+        return _run("distill", graph=graph, teacher=teacher)
 
     @task(execution_timeout=dt.timedelta(hours=3), queue=GPU_QUEUE)
-    def prune() -> dict:
+    def prune(graph: dict, teacher: dict, student: dict) -> dict:
         """Pruning and fine-tuning, and the size ladder: the smallest rung that keeps the teacher ships."""
-        return _run("prune")
+        return _run("prune", graph=graph, teacher=teacher, student=student)
 
     @task
-    def export() -> dict:
+    def export(graph: dict, model: dict) -> dict:
         """ONNX export of the shipped student (quantized tables), checked against PyTorch."""
-        return _run("export")
+        return _run("export", graph=graph, model=model)
 
     @task(queue=GPU_QUEUE)
-    def convert() -> dict:
+    def convert(export: dict) -> dict:
         """The serving engine: TensorRT on a GPU, else ONNX Runtime (named in every record); parity and latency."""
-        return _run("convert")
+        return _run("convert", export=export)
 
-    # The decision stages pass explicit references: evaluate judges the engine convert built (its
-    # lineage pins export, model and graph), gate -> register -> promote hand on what they decided.
+    # Each task builds on its upstream tasks' results (references: kind, day, version, path); evaluate
+    # judges the engine convert built, gate -> register -> promote hand on what they decided.
     @task
     def evaluate(engine: dict) -> dict:
         """Candidate, teacher, champion and popularity on the same fresh day, as served, per user."""
@@ -229,13 +230,16 @@ def gnn_recsys_nightly():
 
     ends = [_night_ended(kind, fails) for kind, fails in NIGHT_ENDS]
 
+    # ingest, validate, features and graph work on the run's day (the landing partition, the accepted
+    # window): ordered with >>, no reference passes between them.
     ingested = ingest()
     validated = validate()
     built_graph = graph()
     features_done = features()
     ingested >> validated >> [features_done, built_graph]
-    built_engine = convert()
-    built_graph >> teacher() >> distill() >> prune() >> export() >> built_engine
+    built_teacher = teacher(built_graph)
+    student = distill(built_graph, built_teacher)
+    built_engine = convert(export(built_graph, prune(built_graph, built_teacher, student)))
     registration = register(gate(evaluate(built_engine)))
     reported = report()
     blessed(registration) >> promote(registration) >> reported

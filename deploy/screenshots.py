@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from components.cli import DEMO_ITEMS, DEMO_OVERRIDES, DEMO_USERS, _overrides, airflow_bin, run_dag_day  # noqa: E402
-from components.sources.synthetic import SyntheticWorld, corrupt_landing, write_landing_day  # noqa: E402
-from components.storage import Layout, parse_day  # noqa: E402
+from components.data.sources.synthetic import SyntheticWorld, corrupt_landing, write_landing_day  # noqa: E402
+from components.core.catalog import Layout, parse_day  # noqa: E402
 from graphdistill_airflow.local import airflow_process, api_server, server_env  # noqa: E402
 
 DAYS = ["2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04", "2026-01-05"]

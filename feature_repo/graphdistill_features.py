@@ -1,7 +1,7 @@
 """Feast definitions for GraphDistill: entities, sources, feature views. Definitions only.
 
 `feast apply` imports every .py file in this directory, so nothing else lives here. The feature
-values are computed by components/features.py, which writes one Parquet snapshot per day into the
+values are computed by components/data/features.py, which writes one Parquet snapshot per day into the
 directories below (as of the end of that day, UTC); Feast's file offline store reads a directory as
 one dataset. Names assume the default windows cfg.features.windows_days = (1, 7, 28); the pipeline
 checks that its computed columns match these schemas and names any difference.

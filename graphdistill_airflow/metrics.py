@@ -1,14 +1,14 @@
 """Emit a night's numbers as gauges through Airflow's metrics settings ([metrics] statsd_on / otel_on).
 
 Names are ``<metrics.statsd_prefix>.graphdistill.<gauge>`` with the gauges of
-components.outcome.gauges (README "Metrics"); with metrics off, Airflow's Stats is a no-op.
+components.decide.outcome.gauges (README "Metrics"); with metrics off, Airflow's Stats is a no-op.
 """
 
 from __future__ import annotations
 
 import logging
 
-from components.outcome import Outcome, gauges
+from components.decide.outcome import Outcome, gauges
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """What the nightly DAG's tasks do around the pipeline stages: the run's day, the champion Asset
 event, and the night's outcome published where ops look. Called from dags/gnn_recsys_nightly.py
-with the task's Airflow context; the decisions themselves come from components.outcome."""
+with the task's Airflow context; the decisions themselves come from components.decide.outcome."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ log = logging.getLogger(__name__)
 
 
 def context_day(context: dict[str, Any]) -> str:
-    """The day this run processes (components.outcome.run_day); a manual run without a day fails here."""
-    from components.outcome import RunDayError, run_day
+    """The day this run processes (components.decide.outcome.run_day); a manual run without a day fails here."""
+    from components.decide.outcome import RunDayError, run_day
 
     run = context["dag_run"]
     try:
@@ -27,7 +27,7 @@ def context_day(context: dict[str, Any]) -> str:
 
 
 # The grid's terminal rows: (outcome kind, whether the run fails with it). NOT RUN is a run that never
-# knew its day or config (components.outcome has no record for it).
+# knew its day or config (components.decide.outcome has no record for it).
 NOT_RUN = "not_run"
 NIGHT_ENDS = (("promoted", False), ("rejected", False), ("inconclusive", False), ("not_promoted", False),
               ("skipped", False), ("quarantined", True), ("incomplete", True), (NOT_RUN, True))
@@ -44,9 +44,9 @@ def ended_as(context: dict[str, Any]) -> str:
 def announce_champion(context: dict[str, Any], promotion: dict[str, Any]) -> None:
     """Attach the new champion's metadata to the promote task's CHAMPION Asset event; a promotion
     that moved nothing (re-run of a promoted day) is skipped, with its reason, and emits no event."""
-    from components.config import default_root
-    from components.outcome import run_outcome
-    from components.storage import Layout
+    from components.core.config import default_root
+    from components.decide.outcome import run_outcome
+    from components.core.catalog import Layout
 
     if not promotion["promoted"]:
         reason = f"champion unchanged ({promotion['reason']}); no champion Asset event"
@@ -67,10 +67,10 @@ def announce_champion(context: dict[str, Any], promotion: dict[str, Any]) -> Non
 def publish_outcome(context: dict[str, Any]) -> dict[str, Any]:
     """The night's decision, first in the log, then where ops look: the run note, the nightly-outcome
     Asset event, metrics, and alerts (quarantined day, stale champion, champion worse than popularity)."""
-    from components.config import ConfigError, default_config_file, load_config
-    from components.outcome import champion_day, note_markdown, run_outcome
+    from components.core.config import ConfigError, default_config_file, load_config
+    from components.decide.outcome import champion_day, note_markdown, run_outcome
     from components.pipeline import resolve
-    from components.storage import Layout
+    from components.core.catalog import Layout
     from graphdistill_airflow import alerts
     from graphdistill_airflow.metrics import emit_outcome_metrics
     from graphdistill_airflow.notes import write_run_note
@@ -110,7 +110,7 @@ def night_alerts(outcome, run_id: str, trained_for: str | None, cfg,
     """The night's alerts as (event, text, details), each at most once per run (publish_outcome is
     the run's last task): a quarantined day, a stale champion (``trained_for``: its day), a champion
     that conclusively lost to popularity on the day (with the numbers). ``url``: the run in the UI."""
-    from components.outcome import QUARANTINED, nights_since_promotion
+    from components.decide.outcome import QUARANTINED, nights_since_promotion
     from graphdistill_airflow import alerts
 
     day = outcome.day

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from components.airflow_api import AirflowApi
+from components.core.airflow_api import AirflowApi
 
 log = logging.getLogger(__name__)
 

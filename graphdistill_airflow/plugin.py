@@ -10,7 +10,7 @@ DAG ids get 404):
     /graphdistill/models                                 champion, recent nights, promotion history, rollback
 
 and two external views: "GraphDistill outcome" on every DAG run, "Models" in the navigation.
-Everything it shows comes from components.outcome (the run's day, its outcome, where its files are).
+Everything it shows comes from components.decide.outcome (the run's day, its outcome, where its files are).
 """
 
 from __future__ import annotations
@@ -60,9 +60,9 @@ def _dag_run(dag_id: str, run_id: str) -> Any:
 
 def _run_context(dag_id: str, run_id: str) -> tuple[Any, str]:
     """The run's artifact layout and day, the same way its tasks resolved them."""
-    from components.config import default_root
-    from components.outcome import RunDayError, run_day
-    from components.storage import Layout
+    from components.core.config import default_root
+    from components.decide.outcome import RunDayError, run_day
+    from components.core.catalog import Layout
 
     if dag_id != NIGHTLY_DAG_ID:
         raise HTTPException(404, f"GraphDistill records belong to DAG {NIGHTLY_DAG_ID!r}, not {dag_id!r}")
@@ -76,7 +76,7 @@ def _run_context(dag_id: str, run_id: str) -> tuple[Any, str]:
 
 
 def _outcome(dag_id: str, run_id: str):
-    from components.outcome import run_outcome
+    from components.decide.outcome import run_outcome
 
     layout, day = _run_context(dag_id, run_id)
     return layout, run_outcome(layout, day, run_id)
@@ -166,7 +166,7 @@ def outcome_body(outcome, run_id: str, base: str) -> str:
 
 @app.get("/runs/{dag_id}/{run_id}/validation.html", dependencies=[ReadRun])
 def validation_page(dag_id: str, run_id: str) -> FileResponse:
-    from components.outcome import validation_report
+    from components.decide.outcome import validation_report
 
     layout, day = _run_context(dag_id, run_id)
     path = validation_report(layout, day)
@@ -178,7 +178,7 @@ def validation_page(dag_id: str, run_id: str) -> FileResponse:
 @app.get("/runs/{dag_id}/{run_id}/{name}", dependencies=[ReadRun])
 def report_file(dag_id: str, run_id: str, name: str) -> FileResponse:
     """The run report and the files it links to (PNGs, gates.html), from the run's report folder."""
-    from components.outcome import run_report_dir
+    from components.decide.outcome import run_report_dir
 
     layout, day = _run_context(dag_id, run_id)
     folder = run_report_dir(layout, day, run_id)
@@ -194,10 +194,10 @@ def models_page(limit: Annotated[int, "recent runs to list"] = 14) -> HTMLRespon
 
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
-    from components.config import default_root
-    from components.outcome import champion_day, run_outcome
-    from components.registry import champion, history, rolled_back
-    from components.storage import Layout
+    from components.core.config import default_root
+    from components.decide.outcome import champion_day, run_outcome
+    from components.decide.registry import champion, history, rolled_back
+    from components.core.catalog import Layout
 
     e = html.escape
     with create_session() as session:
@@ -252,8 +252,8 @@ def night_cells(outcome, taken_back: dict[str, dict[str, Any]]) -> tuple[str, st
 
 def _serving_html(layout, champion_version: str | None) -> str:
     """Which version serving answers with: the serving refresh's record in the Triton repository."""
-    from components.config import default_config_file, load_config
-    from components.serving import served_version
+    from components.core.config import default_config_file, load_config
+    from components.ship.serving import served_version
 
     e = html.escape
     target = Path(load_config(default_config_file()).ops.triton_repository)

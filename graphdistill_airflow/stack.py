@@ -32,7 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from components.cli import airflow_bin
-from components.config import REPO_ROOT
+from components.core.config import REPO_ROOT
 from graphdistill_airflow.local import LocalApiServer, server_env
 
 SETTINGS_FILE = REPO_ROOT / "deploy" / "stack" / "stack.yaml"

@@ -1,7 +1,7 @@
 """Do edge weights help? Binary vs weighted normalization of the graph, measured with the graph-filter
 teacher (and a short LightGCN student) on generated data and on a replayed public log.
 
-For several cutoff days D: the graph is built exactly as the graph stage does (components.graph:
+For several cutoff days D: the graph is built exactly as the graph stage does (components.data.graph:
 event weights from data.event_weights, exponential time decay, pairs summed), over the window
 [D - window, D); the holdout is [D, D + holdout_days). Each adjacency choice (``teacher.edge_weights``
 binary / weighted, and weighted without time decay) is scored on the holdout with full ranking,
@@ -31,12 +31,13 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from components.config import load_config  # noqa: E402
-from components.evaluate import embedding_scorer, evaluate_scorer  # noqa: E402
-from components.graph import Interactions, aggregate_pairs, extend_id_map  # noqa: E402
-from components.sources.replay import read_timestamped, to_events  # noqa: E402
-from components.sources.synthetic import SyntheticWorld, generate_day  # noqa: E402
-from components.teacher import fit_graph_filter  # noqa: E402
+from components.core.config import load_config  # noqa: E402
+from components.model.metrics import embedding_scorer, evaluate_scorer  # noqa: E402
+from components.core.interactions import Interactions
+from components.data.graph import aggregate_pairs, extend_id_map  # noqa: E402
+from components.data.sources.replay import read_timestamped, to_events  # noqa: E402
+from components.data.sources.synthetic import SyntheticWorld, generate_day  # noqa: E402
+from components.model.teacher import fit_graph_filter  # noqa: E402
 
 log = logging.getLogger("benchmarks.edge_weights")
 
@@ -52,7 +53,7 @@ def with_weights(events: pd.DataFrame, event_weights: dict[str, float]) -> pd.Da
 
 
 def split(events: pd.DataFrame, cutoff: pd.Timestamp, window_days: int, holdout_days: int, half_life: float | None):
-    """(train, holdout, num_users, num_items) for one cutoff, built like components.graph.run_graph."""
+    """(train, holdout, num_users, num_items) for one cutoff, built like components.data.graph.run_graph."""
     train_ev = events[(events["ts"] >= cutoff - pd.Timedelta(days=window_days)) & (events["ts"] < cutoff)]
     hold_ev = events[(events["ts"] >= cutoff) & (events["ts"] < cutoff + pd.Timedelta(days=holdout_days))]
     empty = pd.DataFrame({"idx": pd.Series(dtype="int64"), "first_seen": pd.Series(dtype="string")})
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
                           cfg.data.event_weights)
     last = events["ts"].max().normalize()
     cutoffs = [last - pd.Timedelta(days=7 * k) for k in range(args.cutoffs)][::-1]
-    results["datasets"]["generated (components.sources.synthetic)"] = {
+    results["datasets"]["generated (components.data.sources.synthetic)"] = {
         "description": f"{args.synthetic_days} days, {args.synthetic_users} users, {args.synthetic_items} items, "
                        f"{len(events)} events; window 28 days, holdout 1 day, {args.cutoffs} weekly cutoffs.",
         "variants": measure(events, cutoffs, 28, 1, 64, args.seed)}

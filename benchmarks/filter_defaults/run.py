@@ -29,12 +29,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from components.config import load_config  # noqa: E402
-from components.evaluate import evaluate_scorer  # noqa: E402
-from components.graph import Interactions, normalized_edges  # noqa: E402
-from components.models.graph_filter import GraphFilter  # noqa: E402
-from components.sources.public_logs import public_log  # noqa: E402
-from components.teacher import filter_params  # noqa: E402
+from components.core.config import load_config  # noqa: E402
+from components.model.metrics import evaluate_scorer  # noqa: E402
+from components.core.interactions import Interactions, normalized_edges  # noqa: E402
+from components.model.models.graph_filter import GraphFilter  # noqa: E402
+from components.data.sources.public_logs import public_log  # noqa: E402
+from components.model.teacher import filter_params  # noqa: E402
 
 log = logging.getLogger("benchmarks.filter_defaults")
 WITHIN = 0.01  # the bar: within 1% of the reference on every public split

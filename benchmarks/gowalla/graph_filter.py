@@ -1,8 +1,8 @@
 """Gowalla benchmark of the closed-form graph-filter teacher (GF-CF, BSPM) on the LightGCN paper split.
 
 Each variant runs in its own child process (so its peak RSS is its own): load the split, normalize
-R with DGL (components.graph.normalized_edges), randomized SVD, then full-ranking evaluation over
-all users with training items excluded (the paper code's definitions, components.evaluate). Wall
+R with DGL (components.core.interactions.normalized_edges), randomized SVD, then full-ranking evaluation over
+all users with training items excluded (the paper code's definitions, components.model.metrics). Wall
 time counts everything after loading: normalization, SVD, scoring, top-K. Also reports the ideal
 low-pass part alone as an embedding model at ranks 64/16/8 (what a student starts from).
 
@@ -43,10 +43,10 @@ def run_variant(data: str, variant: str, overrides: dict, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    from components.config import load_config
-    from components.evaluate import embedding_scorer, evaluate_scorer
-    from components.sources.lightgcn_split import load_lightgcn_split
-    from components.teacher import fit_graph_filter
+    from components.core.config import load_config
+    from components.model.metrics import embedding_scorer, evaluate_scorer
+    from components.data.sources.lightgcn_split import load_lightgcn_split
+    from components.model.teacher import fit_graph_filter
 
     cfg = load_config(None, {"teacher.kind": "graph_filter", "teacher.graph_filter.variant": variant, **overrides})
     train, test, num_users, num_items = load_lightgcn_split(data)

@@ -29,15 +29,15 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from components.config import load_config  # noqa: E402
-from components.distill import train_student  # noqa: E402
-from components.evaluate import embedding_scorer, evaluate_scorer, popularity_scorer  # noqa: E402
-from components.models.lightgcn import LightGCN, build_adjacency, count_parameters  # noqa: E402
-from components.prune import prune_model  # noqa: E402
-from components.sources.lightgcn_split import load_lightgcn_split  # noqa: E402
-from components.storage import write_json  # noqa: E402
-from components.teacher import lightgcn_teacher, teacher_topk  # noqa: E402
-from components.train import final_embeddings, fit_lightgcn, load_model, train_step, write_model_files  # noqa: E402
+from components.core.config import load_config  # noqa: E402
+from components.model.distill import train_student  # noqa: E402
+from components.model.metrics import embedding_scorer, evaluate_scorer, popularity_scorer  # noqa: E402
+from components.model.models.lightgcn import LightGCN, build_adjacency, count_parameters  # noqa: E402
+from components.model.prune import prune_model  # noqa: E402
+from components.data.sources.lightgcn_split import load_lightgcn_split  # noqa: E402
+from components.core.catalog import write_json  # noqa: E402
+from components.model.teacher import lightgcn_teacher, teacher_topk  # noqa: E402
+from components.model.train import final_embeddings, fit_lightgcn, load_model, train_step, write_model_files  # noqa: E402
 
 log = logging.getLogger("benchmarks.gowalla")
 
@@ -280,9 +280,9 @@ class OfficialStyleStep:
 def epoch_time_probe(train, num_users: int, num_items: int, repeats: int, steps: int, seed: int = 0) -> dict:
     """Seconds per epoch of our training step and of the official-style step (``OfficialStyleStep``),
     measured in the same process, alternating, ``repeats`` runs of ``steps`` steps each: median step
-    time x steps per epoch. Ours is components.train.train_step, the step fit_lightgcn runs.
+    time x steps per epoch. Ours is components.model.train.train_step, the step fit_lightgcn runs.
     """
-    from components.models.sampling import sample_epoch
+    from components.model.models.sampling import sample_epoch
 
     adjacency = build_adjacency(train.user, train.item, num_users, num_items)
     torch.manual_seed(seed)

@@ -1,7 +1,7 @@
 """Gowalla benchmark: students distilled from the graph-filter teacher, each beside its no-KD twin,
 and their fp16 / int8 (per-row symmetric) embedding tables.
 
-Steps: fit the GF-CF teacher on train.txt (components.teacher.fit_graph_filter), take its top-k per
+Steps: fit the GF-CF teacher on train.txt (components.model.teacher.fit_graph_filter), take its top-k per
 user with training items excluded (cached under benchmarks/gowalla/cache/, keyed by config), then
 for each student dim train (a) BPR + distillation and (b) BPR only, both from the same spectral
 init (the filter's top singular vectors) with the same schedule, evaluate on test.txt (full
@@ -35,13 +35,13 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from components.config import load_config  # noqa: E402
-from components.distill import train_student  # noqa: E402
-from components.evaluate import embedding_scorer, evaluate_scorer  # noqa: E402
-from components.models.quantize import dequantize, quantize_rows, table_bytes  # noqa: E402
-from components.sources.lightgcn_split import load_lightgcn_split  # noqa: E402
-from components.teacher import fit_graph_filter, graph_filter_teacher, teacher_topk  # noqa: E402
-from components.train import adjacency_of, final_embeddings  # noqa: E402
+from components.core.config import load_config  # noqa: E402
+from components.model.distill import train_student  # noqa: E402
+from components.model.metrics import embedding_scorer, evaluate_scorer  # noqa: E402
+from components.model.models.quantize import dequantize, quantize_rows, table_bytes  # noqa: E402
+from components.data.sources.lightgcn_split import load_lightgcn_split  # noqa: E402
+from components.model.teacher import fit_graph_filter, graph_filter_teacher, teacher_topk  # noqa: E402
+from components.model.train import adjacency_of, final_embeddings  # noqa: E402
 
 log = logging.getLogger("benchmarks.gowalla.students")
 

@@ -32,9 +32,9 @@ import torch  # noqa: E402
 
 from benchmarks.gpu.run import default_data, machine  # noqa: E402
 from components import evaluate as current_evaluate  # noqa: E402
-from components.graph import normalized_edges  # noqa: E402
-from components.models import graph_filter as current_filter  # noqa: E402
-from components.sources.lightgcn_split import load_lightgcn_split  # noqa: E402
+from components.core.interactions import normalized_edges  # noqa: E402
+from components.model.models import graph_filter as current_filter  # noqa: E402
+from components.data.sources.lightgcn_split import load_lightgcn_split  # noqa: E402
 
 log = logging.getLogger("benchmarks.gpu.cpu_compare")
 

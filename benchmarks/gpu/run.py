@@ -43,12 +43,12 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from components.config import load_config  # noqa: E402
-from components.evaluate import embedding_scorer, evaluate_scorer  # noqa: E402
-from components.graph import Interactions  # noqa: E402
-from components.sources.lightgcn_split import load_lightgcn_split  # noqa: E402
-from components.teacher import fit_graph_filter, graph_filter_teacher, teacher_topk  # noqa: E402
-from components.train import resolve_device  # noqa: E402
+from components.core.config import load_config  # noqa: E402
+from components.model.metrics import embedding_scorer, evaluate_scorer  # noqa: E402
+from components.data.graph import Interactions  # noqa: E402
+from components.data.sources.lightgcn_split import load_lightgcn_split  # noqa: E402
+from components.model.teacher import fit_graph_filter, graph_filter_teacher, teacher_topk  # noqa: E402
+from components.model.train import resolve_device  # noqa: E402
 
 log = logging.getLogger("benchmarks.gpu")
 
@@ -81,7 +81,7 @@ def students_module():
 
 def machine(device: torch.device) -> dict:
     """What ran: CPU, GPU, library versions (recorded in every result)."""
-    from components.engine import tensorrt_available
+    from components.ship.convert import tensorrt_available
 
     out = {"platform": platform.platform(), "processor": platform.machine(), "cpu_count": os.cpu_count(),
            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": str(device),
@@ -151,9 +151,9 @@ def eval_pass_step(graph_filter, train, test, num_items, cfg, device, repeats: i
 def engine_step(user_emb: np.ndarray, item_emb: np.ndarray, train: Interactions, num_users: int, out: Path,
                 repeats: int) -> dict:
     """ONNX export of the serving graph, then TensorRT when it imports with CUDA, else ONNX Runtime."""
-    from components.engine import (OnnxRuntimeRunner, TensorRTRunner, build_tensorrt_engine, measure_latency,
+    from components.ship.convert import (OnnxRuntimeRunner, TensorRTRunner, build_tensorrt_engine, measure_latency,
                                    tensorrt_available)
-    from components.export import ServingGraph, export_onnx, parity, seen_items_table, torch_outputs
+    from components.ship.export import ServingGraph, export_onnx, parity, seen_items_table, torch_outputs
 
     cfg = load_config(None, {})
     module = ServingGraph(user_emb, item_emb, cfg.export.top_k, seen_items_table(train, num_users), "fp32")

@@ -33,7 +33,7 @@ def world(users: int, seed: int):
     """(train, test, num_users, num_items): a skewed random bipartite graph, 10% of pairs held out."""
     import numpy as np
 
-    from components.graph import Interactions
+    from components.data.graph import Interactions
 
     rng = np.random.default_rng(seed)
     items = users * 4 // 3
@@ -52,10 +52,10 @@ def one_size(users: int, sample: int, threads: int, seed: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    from components.config import load_config
-    from components.evaluate import embedding_scorer, evaluate_scorer
-    from components.graph import Interactions
-    from components.teacher import fit_graph_filter, teacher_topk
+    from components.core.config import load_config
+    from components.model.metrics import embedding_scorer, evaluate_scorer
+    from components.data.graph import Interactions
+    from components.model.teacher import fit_graph_filter, teacher_topk
 
     cfg = load_config(None, {"teacher.device": "cpu"})
     tic = time.perf_counter()

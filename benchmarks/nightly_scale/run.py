@@ -44,7 +44,7 @@ import psutil  # noqa: E402
 
 from components.cli import DAG_ID, _overrides, airflow_env, day_summary, run_dag_day  # noqa: E402
 from components.pipeline import resolve, run_stage  # noqa: E402
-from components.storage import Layout, latest_run, read_json, write_json  # noqa: E402
+from components.core.catalog import Layout, latest_run, read_json, write_json  # noqa: E402
 
 log = logging.getLogger("benchmarks.nightly_scale")
 TARGETS = {"night_minutes": 15.0, "peak_rss_gb": 8.0}

@@ -46,12 +46,12 @@ def land_public_log(name: str, root: Path, nights: int, history_days: int, work:
     Returns (history days, nights)."""
     import pandas as pd
 
-    from components.config import load_config
-    from components.ingest import run_ingest
-    from components.sources.public_logs import replayable_log
-    from components.sources.replay import read_timestamped, replay
-    from components.storage import Layout
-    from components.validate import run_validate
+    from components.core.config import load_config
+    from components.data.ingest import run_ingest
+    from components.data.sources.public_logs import replayable_log
+    from components.data.sources.replay import read_timestamped, replay
+    from components.core.catalog import Layout
+    from components.data.validate import run_validate
 
     frame = read_timestamped(replayable_log(name, work))
     day = frame["ts"].dt.strftime("%Y-%m-%d")
@@ -148,8 +148,8 @@ def replay_nights(log: str, root: Path, nights: int, overrides: dict[str, Any], 
                   logs: Path, history_days: int | None = None, timeout_s: float | None = None) -> list[dict[str, Any]]:
     """Land ``log`` and run the real DAG (``airflow dags test``) once per night; one record per night."""
     from components.cli import day_summary, run_dag_day
-    from components.config import load_config
-    from components.storage import Layout, latest_run
+    from components.core.config import load_config
+    from components.core.catalog import Layout, latest_run
 
     window = history_days or load_config(overrides={"root": str(root), **overrides}).graph.window_days
     work = Path(tempfile.mkdtemp(prefix="real-log-"))

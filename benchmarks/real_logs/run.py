@@ -39,8 +39,8 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="real-logs-"))
     sys.path.insert(0, str(HERE.parent.parent))
-    from components.sources.public_logs import public_log
-    from components.sources.replay import read_timestamped
+    from components.data.sources.public_logs import public_log
+    from components.data.sources.replay import read_timestamped
 
     # As u.data (the oldest format every checkout reads), so older code replays the same rows.
     frame = read_timestamped(public_log(args.log))
@@ -51,13 +51,13 @@ def main() -> int:
     for name in [m for m in sys.modules if m == "components" or m.startswith("components.")]:
         del sys.modules[name]
     sys.path.insert(0, args.code_root)
-    from components.config import load_config
-    from components.graph import run_graph
-    from components.ingest import run_ingest
-    from components.sources.replay import replay
-    from components.sources.synthetic import corrupt_landing
-    from components.storage import Layout
-    from components.validate import DataValidationError, run_validate
+    from components.core.config import load_config
+    from components.data.graph import run_graph
+    from components.data.ingest import run_ingest
+    from components.data.sources.replay import replay
+    from components.data.sources.synthetic import corrupt_landing
+    from components.core.catalog import Layout
+    from components.data.validate import DataValidationError, run_validate
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     cfg = load_config(overrides={"root": str(work / "root"), **overrides})

@@ -12,6 +12,8 @@ DAG_FILE = REPO / "dags" / "gnn_recsys_nightly.py"
 EXPECTED_EDGES = {
     ("ingest", "validate"), ("validate", "features"), ("validate", "graph"), ("graph", "teacher"),
     ("teacher", "distill"), ("distill", "prune"), ("prune", "export"), ("export", "convert"),
+    # data edges: distill, prune and export build on the graph too, prune on the teacher too
+    ("graph", "distill"), ("graph", "prune"), ("graph", "export"), ("teacher", "prune"),
     ("convert", "evaluate"), ("evaluate", "gate"), ("gate", "register"), ("register", "blessed"),
     ("register", "promote"), ("blessed", "promote"), ("promote", "report"), ("report", "outcome"),
     ("features", "outcome"), ("outcome", "decision"),
@@ -66,7 +68,7 @@ def test_schedule_catchup_and_params(dagbag):
 
 
 def test_alerts_deadline_timeout_and_assets(dagbag):
-    from components.config import load_config
+    from components.core.config import load_config
     from graphdistill_airflow.alerts import DEADLINE_MISSED, GraphDistillNotifier
 
     dag = dagbag.dags["gnn_recsys_nightly"]

@@ -63,7 +63,7 @@ def test_deadline_alert_fires_the_notifier_as_the_triggerer_runs_it(nightly_dag,
 
     events = asyncio.run(collect())
     assert [e["state"] for e in events] == ["running", "success"], events
-    from components.config import load_config
+    from components.core.config import load_config
 
     hours = load_config().ops.run_deadline_hours
     (alert,) = webhook
@@ -118,8 +118,8 @@ def test_one_alert_per_quarantine_and_per_run_without_a_day(nightly_dag, webhook
     """validate's failure (quarantine) and ingest's (no day) stay quiet: the outcome task alerts once."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from components.outcome import RunDayError
-    from components.validate import DataValidationError
+    from components.decide.outcome import RunDayError
+    from components.data.validate import DataValidationError
 
     notifier = nightly_dag.default_args["on_failure_callback"]
 
@@ -156,7 +156,7 @@ def test_outcome_gauges_reach_statsd_through_airflow_metrics_settings(tmp_path):
     receiver.bind(("127.0.0.1", 0))
     receiver.settimeout(20)
     code = (
-        "from components.outcome import Outcome\n"
+        "from components.decide.outcome import Outcome\n"
         "from graphdistill_airflow.metrics import emit_outcome_metrics\n"
         "emit_outcome_metrics(Outcome(day='2026-01-05', run_id='r', kind='rejected', reason='r',\n"
         "    metrics={'candidate': {'ndcg@20': 0.25}, 'champion': {'ndcg@20': 0.5}},\n"
@@ -181,7 +181,7 @@ def test_outcome_gauges_reach_statsd_through_airflow_metrics_settings(tmp_path):
 
 
 def _weak_champion_outcome(champion_after: str):
-    from components.outcome import Outcome
+    from components.decide.outcome import Outcome
 
     health = {"subject": "champion", "baseline": "popularity", "metric": "ndcg@20", "segment": "history",
               "rule": "relative change >= -0", "n": 812, "value": 0.031, "baseline_value": 0.052,
@@ -197,7 +197,7 @@ def _weak_champion_outcome(champion_after: str):
 
 
 def test_a_champion_worse_than_popularity_raises_one_alert_with_the_day_and_numbers():
-    from components.config import load_config
+    from components.core.config import load_config
     from graphdistill_airflow.alerts import CHAMPION_WORSE_THAN_POPULARITY
     from graphdistill_airflow.nightly import night_alerts
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from components.sources.synthetic import SyntheticWorld, corrupt_landing, write_landing_day
-from components.storage import Layout, parse_day
+from components.data.sources.synthetic import SyntheticWorld, corrupt_landing, write_landing_day
+from components.core.catalog import Layout, parse_day
 
 # Roles and judged segments as in config/gates.yaml: decisions on users with history, teacher retention
 # a diagnostic that a conclusive win overrides.

@@ -22,8 +22,8 @@ import pandas as pd
 import pytest
 
 from components.cli import main, run_dag_day
-from components.config import load_config
-from components.storage import Layout, latest_run, read_json
+from components.core.config import load_config
+from components.core.catalog import Layout, latest_run, read_json
 
 from tests.e2e.small_world import land_small_world, write_small_world_gates
 
@@ -253,7 +253,7 @@ def test_a_small_day_under_the_production_gates_is_inconclusive(run, capsys):
 
 def test_feast_online_features_match_a_pandas_recomputation(run):
     root, layout, rcs, snaps, _ = run
-    from components.features import read_online_features
+    from components.data.features import read_online_features
 
     cfg = load_config(overrides={"root": str(root)})
     last = DAYS[5]

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from components.cli import airflow_bin, airflow_env, run_dag_day
-from components.storage import Layout, latest_run
+from components.core.catalog import Layout, latest_run
 from graphdistill_airflow.local import api_server
 
 from tests.e2e.small_world import land_small_world, write_small_world_gates

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from components.cli import DEMO_OVERRIDES, _overrides
-from components.sources.public_logs import public_log
+from components.data.sources.public_logs import public_log
 
 from tests.e2e.small_world import SMALL_WORLD_GATES
 

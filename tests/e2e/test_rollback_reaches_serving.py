@@ -12,8 +12,8 @@ import sys
 import pytest
 
 from components.cli import airflow_bin, airflow_env
-from components.registry import champion, run_promote
-from components.storage import Layout
+from components.decide.registry import champion, run_promote
+from components.core.catalog import Layout
 from graphdistill_airflow.local import api_server
 
 from tests.unit.ship_fixtures import make_world, run_ship_day, tiny_config

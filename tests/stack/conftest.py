@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.config import default_config_file
-from components.sources.synthetic import SyntheticWorld, corrupt_landing, write_landing_day
-from components.storage import Layout, parse_day
+from components.core.config import default_config_file
+from components.data.sources.synthetic import SyntheticWorld, corrupt_landing, write_landing_day
+from components.core.catalog import Layout, parse_day
 from graphdistill_airflow import stack as stack_mod
 from tests.e2e.small_world import write_small_world_gates
 

@@ -87,9 +87,9 @@ def test_outcomes_over_http(stack, nights):
 def test_triton_serves_the_promoted_champion(stack, nights):
     """The promotion's Asset event ran champion_serving_refresh on a worker, which loaded the champion
     into Triton (explicit mode) and checked it; Triton answers with it."""
-    from components.registry import champion
-    from components.storage import Layout
-    from components.triton import PYTHON_MODEL, infer
+    from components.decide.registry import champion
+    from components.core.catalog import Layout
+    from components.ship.triton import PYTHON_MODEL, infer
 
     deadline = time.monotonic() + 300
     while True:
@@ -114,8 +114,8 @@ def test_a_worker_killed_mid_task_loses_no_night(stack, nights):
     import os
     import signal
 
-    from components.registry import champion
-    from components.storage import Layout
+    from components.decide.registry import champion
+    from components.core.catalog import Layout
     from graphdistill_airflow.stack import start_worker
 
     layout = Layout.at(stack.root)

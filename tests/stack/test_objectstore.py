@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from components.objectstore import ObjectChampionPointer, ObjectExists, ObjectStore, ObjectStoreError, StaleETag
+from components.core.objectstore import ObjectChampionPointer, ObjectExists, ObjectStore, ObjectStoreError, StaleETag
 from graphdistill_airflow.stack import s3_client
 
 

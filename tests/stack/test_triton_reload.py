@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from components.triton import PYTHON_MODEL, TritonError, infer, refresh
+from components.ship.triton import PYTHON_MODEL, TritonError, infer, refresh
 
 pytestmark = pytest.mark.stack
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-from components.config import load_config
-from components.ingest import run_ingest
-from components.sources.synthetic import SyntheticWorld, write_landing_day
-from components.storage import Layout
-from components.validate import run_validate
+from components.core.config import load_config
+from components.data.ingest import run_ingest
+from components.data.sources.synthetic import SyntheticWorld, write_landing_day
+from components.core.catalog import Layout
+from components.data.validate import run_validate
 
 WORLD = SyntheticWorld(num_users=120, num_items=80, num_communities=4, start=dt.date(2026, 1, 1), seed=7)
 START = dt.date(2026, 1, 1)

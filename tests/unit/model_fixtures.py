@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from components.graph import Interactions, build_heterograph
-from components.storage import ArtifactRef, Layout, staging_dir, write_json
+from components.core.interactions import Interactions
+from components.data.graph import build_heterograph
+from components.core.catalog import ArtifactRef, Layout, staging_dir, write_json
 
 
 def planted(num_users: int = 120, num_items: int = 80, communities: int = 4, per_user: int = 10,
@@ -47,7 +48,7 @@ def planted(num_users: int = 120, num_items: int = 80, communities: int = 4, per
 def write_graph(layout: Layout, day: str, train: Interactions, holdout: Interactions, num_users: int,
                 num_items: int, new_users: int = 0, new_items: int = 0) -> ArtifactRef:
     """Publish a graph artifact in the graph stage's documented format."""
-    from components.dgl_compat import import_dgl
+    from components.core.dgl_compat import import_dgl
 
     dgl = import_dgl()
     pairs = pd.DataFrame({"user_idx": train.user, "item_idx": train.item, "weight": train.weight})
@@ -65,3 +66,14 @@ def write_graph(layout: Layout, day: str, train: Interactions, holdout: Interact
                       "weight": holdout.weight}).to_parquet(tmp / "holdout.parquet", index=False)
         write_json(tmp / "stats.json", stats)
         return layout.publish("graphs", day, tmp, {"inputs": [], "config_hash": "test", "stats": stats})
+
+
+def current_inputs(layout: Layout, stage: str, day: str) -> dict:
+    """What the DAG would hand a build stage here: the day's current versions of its inputs (as the
+    CLI's default does), as typed references."""
+    from components.pipeline import INPUTS
+
+    found = {keyword: layout.current_ref(ref_type, day) for keyword, ref_type in INPUTS[stage].items()}
+    missing = [keyword for keyword, ref in found.items() if ref is None]
+    assert not missing, f"{stage} {day}: no current {missing} under {layout.root}"
+    return found

@@ -17,13 +17,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from components.config import LadderConfig, PipelineConfig, load_config
-from components.dgl_compat import import_dgl
-from components.export import LADDER_FILE
-from components.graph import ITEM_ETYPE, USER_ETYPE, GraphArtifact
-from components.ladder import Rung, ladder_record
-from components.models.quantize import quantize_rows, table_bytes
-from components.storage import Layout, staging_dir, write_json
+from components.core.config import LadderConfig, PipelineConfig, load_config
+from components.core.dgl_compat import import_dgl
+from components.model.ladder import LADDER_FILE
+from components.core.interactions import USER_ETYPE
+from components.data.graph import ITEM_ETYPE, GraphArtifact
+from components.model.ladder import Rung, ladder_record
+from components.model.models.quantize import quantize_rows, table_bytes
+from components.core.catalog import Layout, staging_dir, write_json
+from tests.unit.model_fixtures import current_inputs
 
 NUM_CLUSTERS = 4
 
@@ -143,7 +145,7 @@ def make_model(
     precision: str | None = None,
 ):
     """Publish a model artifact (models/teacher|student|pruned) in the documented format; with
-    ``precision``, a ladder.json whose chosen rung ships at that precision (components/ladder.py)."""
+    ``precision``, a ladder.json whose chosen rung ships at that precision (components/model/ladder.py)."""
     with staging_dir(layout.artifacts(f"models/{kind}")) as tmp:
         if precision is not None:  # a one-rung ladder, unmeasured (no validation split)
             tables = [quantize_rows(e, precision) for e in (user_emb, item_emb)]
@@ -209,7 +211,9 @@ def run_ship_day(layout: Layout, day: str, cfg: PipelineConfig, world: World, se
                  candidate: str = "good", gate: bool = True, cold_users: int = 0, run_key: str = "r1",
                  repeat_only_users: int = 0):
     """Graph + teacher + pruned candidate for ``day``, then export, convert, evaluate, gate (run ``run_key``)."""
-    from components import engine, export, gates
+    from components.decide import gates
+    from components.decide.evaluation import run_evaluate
+    from components.ship import convert, export
 
     graph = make_graph(layout, day, world, seed=seed, cold_users=cold_users, repeat_only_users=repeat_only_users)
     teacher = make_model(layout, "teacher", day, *cluster_embeddings(world, seed=seed + 10, noise=0.05), graph)
@@ -220,11 +224,11 @@ def run_ship_day(layout: Layout, day: str, cfg: PipelineConfig, world: World, se
         user, item = random_embeddings(world.num_users, world.num_items, seed=seed + 30)
     student = make_model(layout, "student", day, user, item, graph, upstream=(teacher,))
     make_model(layout, "pruned", day, user, item, graph, upstream=(student, teacher), precision="int8")
-    export.run_export(layout, day, cfg)
-    built = engine.run_convert(layout, day, cfg)
+    export.run_export(layout, day, cfg, **current_inputs(layout, "export", day))
+    built = convert.run_convert(layout, day, cfg, **current_inputs(layout, "convert", day))
     if not gate:
         return None
-    evaluation = gates.run_evaluate(layout, day, cfg, run_key=run_key, candidate={"day": day, "version": built.version})
+    evaluation = run_evaluate(layout, day, cfg, run_key=run_key, candidate={"day": day, "version": built.version})
     return gates.run_gate(layout, day, cfg, run_key=run_key, evaluation=evaluation)
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from components.models.lightgcn import LightGCN, build_adjacency
+from components.model.models.lightgcn import LightGCN, build_adjacency
 from tests.unit.model_fixtures import planted
 
 RUN = Path(__file__).resolve().parents[2] / "benchmarks" / "gowalla" / "run.py"

@@ -34,7 +34,7 @@ def test_storage_faults_are_one_message_naming_the_path_and_what_to_do(tmp_path)
     import errno
     import sqlite3
 
-    from components.errors import PermanentStageFailure, storage_fault
+    from components.core.errors import PermanentStageFailure, storage_fault
 
     full = storage_fault(OSError(errno.ENOSPC, "No space left on device", "/data/root/graphs/x.bin"), "/data/root")
     assert isinstance(full, PermanentStageFailure)  # the DAG fails it without retries
@@ -74,7 +74,7 @@ def test_a_read_only_root_exits_2_with_the_message(tmp_path, capsys, monkeypatch
 def test_a_stage_that_continues_a_run_needs_its_key(tmp_path, capsys):
     """Two runs of a day at once: a gate without --run-key used to continue the day's newest run,
     so both runs judged one candidate. Now it names the key to pass."""
-    from components.storage import Layout, mark_latest
+    from components.core.catalog import Layout, mark_latest
 
     root = str(tmp_path)
     assert main(["run", "gate", "--day", "2026-01-01", "--root", root]) == 2

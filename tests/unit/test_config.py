@@ -1,6 +1,6 @@
 import pytest
 
-from components.config import DEFAULT_CONFIG_FILE, DEFAULT_GATES_FILE, load_config, load_gates
+from components.core.config import DEFAULT_CONFIG_FILE, DEFAULT_GATES_FILE, load_config, load_gates
 
 
 def test_defaults_load_and_gate_file_is_valid():
@@ -61,8 +61,8 @@ def test_retuning_a_gate_does_not_invalidate_trained_models(tmp_path):
 def test_override_typo_names_the_key_and_suggests_the_field():
     """A typo in a run's conf overrides fails without retries (PermanentStageFailure), naming the key
     and where it came from, not blaming config/pipeline.yaml."""
-    from components.config import ConfigError
-    from components.errors import PermanentStageFailure
+    from components.core.config import ConfigError
+    from components.core.errors import PermanentStageFailure
 
     with pytest.raises(ConfigError) as info:
         load_config(DEFAULT_CONFIG_FILE, {"distill.epoch": 3})
@@ -74,7 +74,7 @@ def test_override_typo_names_the_key_and_suggests_the_field():
 
 
 def test_file_errors_name_the_file(tmp_path):
-    from components.config import ConfigError
+    from components.core.config import ConfigError
 
     path = tmp_path / "pipeline.yaml"
     path.write_text("graph:\n  window_dayz: 3\n")
@@ -110,6 +110,6 @@ def test_invalid_roles_segments_and_fallbacks_are_rejected_naming_the_file_and_f
 
 
 def test_an_unmarked_gate_decides():
-    from components.config import GateSpec
+    from components.core.config import GateSpec
 
     assert GateSpec(metric="ndcg@20", kind="min", threshold=0.1).role == "decision"

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from components.config import load_config
-from components.distill import make_kd_loss, target_users, targets_record, teacher_targets
-from components.evaluate import block_rows, embedding_scorer, evaluate_scorer, user_metrics
-from components.graph import normalized_edges
-from components.models.graph_filter import FilterParams, GraphFilter
-from components.teacher import graph_filter_teacher, teacher_topk
+from components.core.config import load_config
+from components.model.distill import make_kd_loss, target_users, targets_record, teacher_targets
+from components.model.metrics import block_rows, embedding_scorer, evaluate_scorer, user_metrics
+from components.core.interactions import normalized_edges
+from components.model.models.graph_filter import FilterParams, GraphFilter
+from components.model.teacher import graph_filter_teacher, teacher_topk
 from tests.unit.model_fixtures import planted
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -90,10 +90,10 @@ def test_scoring_a_larger_than_budget_problem_allocates_about_one_block():
     script = textwrap.dedent("""
         import json, os, resource, numpy as np, torch
         torch.set_num_threads(1)
-        from components.evaluate import evaluate_scorer
-        from components.graph import Interactions, normalized_edges
-        from components.models.graph_filter import FilterParams, GraphFilter
-        from components.teacher import teacher_topk
+        from components.model.metrics import evaluate_scorer
+        from components.core.interactions import Interactions, normalized_edges
+        from components.model.models.graph_filter import FilterParams, GraphFilter
+        from components.model.teacher import teacher_topk
         rng = np.random.default_rng(0)
         users, items, n = 40000, 4000, 400000
         u, i = rng.integers(0, users, n), rng.integers(0, items, n)

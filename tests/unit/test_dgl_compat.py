@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from components.dgl_compat import import_dgl
+from components.core.dgl_compat import import_dgl
 
 
 def test_core_message_passing_matches_torch_sparse():
@@ -39,9 +39,9 @@ def test_graphbolt_is_blocked_with_a_clear_error():
 def test_plain_import_dgl_fails_without_the_workaround_but_works_with_it():
     # Documents why the workaround exists; if a future DGL fixes it, this test says so.
     plain = subprocess.run([sys.executable, "-c", "import dgl"], capture_output=True, text=True)
-    assert plain.returncode != 0, "import dgl now works without the workaround: remove components/dgl_compat"
+    assert plain.returncode != 0, "import dgl now works without the workaround: remove components/core/dgl_compat"
     fixed = subprocess.run(
-        [sys.executable, "-c", "from components.dgl_compat import import_dgl; d = import_dgl(); print(d.__version__)"],
+        [sys.executable, "-c", "from components.core.dgl_compat import import_dgl; d = import_dgl(); print(d.__version__)"],
         capture_output=True, text=True,
     )
     assert fixed.returncode == 0, fixed.stderr

@@ -4,16 +4,18 @@ import numpy as np
 import pytest
 import torch
 
-from components.config import load_config
-from components.distill import run_distill
-from components.export import LADDER_FILE, shipped_precision
-from components.graph import Interactions
-from components.models.lightgcn import LightGCN, build_adjacency, principal_axes, project_ego
-from components.prune import magnitude_masks, prune_model, remove_dimensions, run_prune
-from components.storage import Layout, read_json
-from components.teacher import load_teacher, teacher_topk
-from components.train import load_embeddings, load_model, run_teacher
-from tests.unit.model_fixtures import planted, write_graph
+from components.core.config import load_config
+from components.model.distill import run_distill
+from components.model.ladder import LADDER_FILE
+from components.ship.export import shipped_precision
+from components.core.interactions import Interactions
+from components.model.models.lightgcn import LightGCN, build_adjacency, principal_axes, project_ego
+from components.model.prune import magnitude_masks, prune_model, remove_dimensions, run_prune
+from components.core.catalog import Layout, read_json
+from components.model.teacher import load_teacher, teacher_topk
+from components.model.teacher import run_teacher
+from components.model.train import load_embeddings, load_model
+from tests.unit.model_fixtures import current_inputs, planted, write_graph
 
 DAY = "2026-01-02"
 BASE = {"teacher.kind": "lightgcn", "teacher.embedding_dim": 32, "teacher.num_layers": 2, "teacher.epochs": 12, "teacher.lr": 0.02,
@@ -28,7 +30,7 @@ def day_with_teacher(tmp_path_factory):
     layout = Layout.at(tmp_path_factory.mktemp("root"))
     train, holdout = planted()
     write_graph(layout, DAY, train, holdout, 120, 80)
-    run_teacher(layout, DAY, load_config(None, BASE))
+    run_teacher(layout, DAY, load_config(None, BASE), **current_inputs(layout, "teacher", DAY))
     return layout
 
 
@@ -43,7 +45,7 @@ def test_teacher_topk_excludes_training_positives():
 
 def test_student_is_smaller_and_retains_quality(day_with_teacher):
     layout = day_with_teacher
-    student = run_distill(layout, DAY, load_config(None, BASE))
+    student = run_distill(layout, DAY, load_config(None, BASE), **current_inputs(layout, "distill", DAY))
     metrics = read_json(f"{student.path}/metrics.json")
     assert student.kind == "models/student"
     assert metrics["embedding_dim"] == 8 and metrics["compression_ratio"] == pytest.approx(4.0)
@@ -53,20 +55,20 @@ def test_student_is_smaller_and_retains_quality(day_with_teacher):
 
 
 def test_shuffled_labels_make_a_clearly_worse_student(day_with_teacher):
-    good = read_json(f"{run_distill(day_with_teacher, DAY, load_config(None, BASE)).path}/metrics.json")
+    good = read_json(f"{run_distill(day_with_teacher, DAY, load_config(None, BASE), **current_inputs(day_with_teacher, 'distill', DAY)).path}/metrics.json")
     bad_cfg = load_config(None, {**BASE, "distill.shuffle_labels": True})
-    bad = read_json(f"{run_distill(day_with_teacher, DAY, bad_cfg).path}/metrics.json")
+    bad = read_json(f"{run_distill(day_with_teacher, DAY, bad_cfg, **current_inputs(day_with_teacher, 'distill', DAY)).path}/metrics.json")
     assert bad["holdout"]["ndcg@20"] < 0.6 * good["holdout"]["ndcg@20"], (bad["holdout"], good["holdout"])
     # pruning's fine-tune must not repair it: the shipped candidate is the bad one
-    bad_pruned = read_json(f"{run_prune(day_with_teacher, DAY, bad_cfg).path}/metrics.json")
+    bad_pruned = read_json(f"{run_prune(day_with_teacher, DAY, bad_cfg, **current_inputs(day_with_teacher, 'prune', DAY)).path}/metrics.json")
     assert bad_pruned["holdout"]["ndcg@20"] < 0.6 * good["holdout"]["ndcg@20"], (bad_pruned["holdout"], good["holdout"])
 
 
 def test_structured_pruning_halves_dims_and_bytes_and_keeps_quality(day_with_teacher):
     layout = day_with_teacher
     cfg = load_config(None, {**BASE, "ladder.prune_ratios": [0.5]})  # a one-rung ladder: the pruned student
-    student = run_distill(layout, DAY, cfg)
-    pruned = run_prune(layout, DAY, cfg)
+    student = run_distill(layout, DAY, cfg, **current_inputs(layout, "distill", DAY))
+    pruned = run_prune(layout, DAY, cfg, **current_inputs(layout, "prune", DAY))
     metrics = read_json(f"{pruned.path}/metrics.json")
     steps = read_json(f"{pruned.path}/history.json")
     assert [s["embedding_dim"] for s in steps] == [6, 4]  # 8 dims -> 25% -> 50% removed
@@ -130,8 +132,8 @@ def test_magnitude_pruning_hits_target_sparsity_with_fixed_masks(day_with_teache
 def test_prune_stage_records_the_ladder_and_ships_its_choice(day_with_teacher, min_retention):
     layout = day_with_teacher
     cfg = load_config(None, {**BASE, "ladder.min_retention": min_retention})
-    run_distill(layout, DAY, cfg)
-    pruned = run_prune(layout, DAY, cfg)
+    run_distill(layout, DAY, cfg, **current_inputs(layout, "distill", DAY))
+    pruned = run_prune(layout, DAY, cfg, **current_inputs(layout, "prune", DAY))
     ladder = read_json(f"{pruned.path}/{LADDER_FILE}")
     teacher_val = read_json(f"{layout.current('models/teacher', DAY).path}/metrics.json")["val"]["ndcg@20"]
     rungs = ladder["rungs"]

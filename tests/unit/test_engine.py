@@ -7,8 +7,8 @@ import importlib.util
 import numpy as np
 import pytest
 
-from components.config import EngineConfig
-from components.engine import (
+from components.core.config import EngineConfig
+from components.ship.convert import (
     OnnxRuntimeRunner,
     choose_runtime,
     load_engine_result,
@@ -16,9 +16,11 @@ from components.engine import (
     run_convert,
     tensorrt_available,
 )
-from components.export import ServingGraph, export_onnx, parity, torch_outputs
-from components.storage import Layout
+from components.model.models.serving_graph import ServingGraph
+from components.ship.export import export_onnx, parity, torch_outputs
+from components.core.catalog import Layout
 
+from tests.unit.model_fixtures import current_inputs
 from tests.unit.ship_fixtures import make_world, random_embeddings, run_ship_day, tiny_config
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -70,22 +72,22 @@ def test_run_convert_falls_back_to_onnxruntime_and_records_why(tmp_path, caplog)
     assert set(result.latency_ms) == {"1", "4", "16"} and result.largest_batch == 16
     assert result.latency_p99_ms == result.latency_ms["16"]["p99_ms"]
     # re-run: same export and config -> the measured result is reused, not re-measured
-    with caplog.at_level("INFO", logger="components.engine"):
-        again = run_convert(layout, "2024-01-08", cfg)
+    with caplog.at_level("INFO", logger="components.ship.convert"):
+        again = run_convert(layout, "2024-01-08", cfg, **current_inputs(layout, "convert", "2024-01-08"))
     assert again == result
     assert "already measured" in caplog.text
     # Measured afresh (export and engine removed), both land on the same versions: the latencies
     # and build seconds live in timings.json, outside the content hash.
     import shutil
 
-    from components.export import run_export
-    from components.storage import read_json
+    from components.ship.export import run_export
+    from components.core.catalog import read_json
 
     export_version = layout.current("exports", "2024-01-08").version
     shutil.rmtree(layout.artifacts("exports"))
     shutil.rmtree(layout.artifacts("engines"))
-    assert run_export(layout, "2024-01-08", cfg).version == export_version
-    remeasured = run_convert(layout, "2024-01-08", cfg)
+    assert run_export(layout, "2024-01-08", cfg, **current_inputs(layout, "export", "2024-01-08")).version == export_version
+    remeasured = run_convert(layout, "2024-01-08", cfg, **current_inputs(layout, "convert", "2024-01-08"))
     assert remeasured.version == result.version and set(remeasured.latency_ms) == {"1", "4", "16"}
     assert "latency_ms" not in read_json(f"{remeasured.path}/engine.json")
 
@@ -97,7 +99,7 @@ needs_trt = pytest.mark.skipif(not tensorrt_available()[0], reason=f"needs Tenso
 @needs_trt
 def test_tensorrt_engine_matches_pytorch_across_batch_sizes(tmp_path):
     trt = pytest.importorskip("tensorrt")
-    from components.engine import TensorRTRunner, build_tensorrt_engine
+    from components.ship.convert import TensorRTRunner, build_tensorrt_engine
 
     user, item = random_embeddings(64, 200, dim=16, seed=2)
     module = ServingGraph(user, item, top_k=10)

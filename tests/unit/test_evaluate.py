@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from components.evaluate import embedding_scorer, evaluate_scorer, popularity_scorer
-from components.graph import Interactions
+from components.model.metrics import embedding_scorer, evaluate_scorer, popularity_scorer
+from components.core.interactions import Interactions
 
 
 def inter(pairs):

@@ -5,20 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.export import (
+from components.model.models.serving_graph import ServingGraph, seen_items_table
+from components.ship.export import (
     INPUT_NAME,
     OUTPUT_NAMES,
-    ServingGraph,
     export_onnx,
     onnxruntime_session,
     parity,
     run_export,
-    seen_items_table,
     torch_outputs,
 )
-from components.graph import Interactions
-from components.storage import Layout
+from components.core.interactions import Interactions
+from components.core.catalog import Layout
 
+from tests.unit.model_fixtures import current_inputs
 from tests.unit.ship_fixtures import cluster_embeddings, make_graph, make_model, make_world, random_embeddings, tiny_config
 
 
@@ -110,14 +110,14 @@ def test_run_export_publishes_checked_model_with_parity_and_is_idempotent(tmp_pa
     world = make_world()
     graph = make_graph(layout, "2024-01-08", world)
     make_model(layout, "pruned", "2024-01-08", *cluster_embeddings(world), graph)
-    result = run_export(layout, "2024-01-08", cfg)
+    result = run_export(layout, "2024-01-08", cfg, **current_inputs(layout, "export", "2024-01-08"))
     assert result.parity_max_abs_diff <= 1e-5 and result.parity_topk_overlap == 1.0
     assert result.parity_users == world.num_users  # fewer users than the sample size: all of them
     assert result.top_k == 5 and result.exclude_seen and result.max_seen == 5
     manifest = layout.current("exports", "2024-01-08").manifest
     assert manifest["inputs"]["model"]["kind"] == "models/pruned"
     assert manifest["io"]["outputs"][0] == {"name": "top_items", "dtype": "int64", "shape": ["batch", 5]}
-    again = run_export(layout, "2024-01-08", cfg)
+    again = run_export(layout, "2024-01-08", cfg, **current_inputs(layout, "export", "2024-01-08"))
     assert again.version == result.version
 
     # the exported model never recommends a training positive
@@ -135,13 +135,13 @@ def test_run_export_rejects_embeddings_that_do_not_match_the_graph(tmp_path):
     user, item = cluster_embeddings(world)
     make_model(layout, "pruned", "2024-01-08", user[:-1], item, graph)
     with pytest.raises(ValueError, match="embeddings cover 39 users"):
-        run_export(layout, "2024-01-08", tiny_config(tmp_path))
+        run_export(layout, "2024-01-08", tiny_config(tmp_path), **current_inputs(layout, "export", "2024-01-08"))
 
 
 def test_parity_on_no_users_is_not_a_pass():
     import math
 
-    from components.export import parity
+    from components.ship.export import parity
 
     empty_items, empty_scores = np.zeros((0, 5), np.int64), np.zeros((0, 5), np.float32)
     diff, overlap = parity(empty_items, empty_scores, empty_items, empty_scores)

@@ -2,7 +2,7 @@
 
 One module-scoped pipeline run (days D1..D3, then a re-run of D3 and a backfill of D2) feeds the
 Feast tests, because each Feast call costs seconds. Expected values are recomputed here from the
-event rows with calendar dates, independently of components.features' age arithmetic.
+event rows with calendar dates, independently of components.data.features' age arithmetic.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from components.config import PipelineConfig
-from components.features import (
+from components.core.config import PipelineConfig
+from components.data.features import (
     compute_item_features,
     compute_user_features,
     read_online_features,
@@ -29,7 +29,7 @@ from components.features import (
     run_features,
     sync_feature_repo,
 )
-from components.storage import Layout, write_json
+from components.core.catalog import Layout, write_json
 
 # dask (under Feast's file offline store) warns about a pandas downcast it does internally.
 pytestmark = pytest.mark.filterwarnings("ignore:Downcasting object dtype arrays:FutureWarning")
@@ -168,7 +168,7 @@ def test_repo_config_selects_redis_from_config(tmp_path):
     sqlite = repo_config_data(repo, PipelineConfig())
     assert sqlite["online_store"] == {"type": "sqlite", "path": "data/online.db"}
     assert sqlite["registry"] == {"registry_type": "file", "path": "data/registry.db",
-                                  "registry_store_type": "components.feast_registry.AtomicFileRegistryStore"}
+                                  "registry_store_type": "components.data.feast_registry.AtomicFileRegistryStore"}
     assert sqlite["entity_key_serialization_version"] == 3
     redis_cfg = PipelineConfig(features={"online_store": "redis", "redis_connection_string": "redis:6380,db=1"})
     redis = repo_config_data(repo, redis_cfg)
@@ -294,7 +294,7 @@ def test_a_kill_while_the_registry_is_written_leaves_the_last_registry(pipeline,
     from feast.protos.feast.core.Registry_pb2 import Registry as RegistryProto
     from feast.repo_config import RegistryConfig
 
-    from components.feast_registry import AtomicFileRegistryStore
+    from components.data.feast_registry import AtomicFileRegistryStore
 
     _, _, runs, _ = pipeline
     repo = tmp_path / "repo"

@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.graph import ITEM_ETYPE, USER_ETYPE, GraphArtifact, aggregate_pairs, extend_id_map, run_graph
+from components.core.interactions import USER_ETYPE
+from components.data.graph import ITEM_ETYPE, GraphArtifact, aggregate_pairs, extend_id_map, run_graph
 
 from tests.unit.data_fixtures import accept, day, setup
 
@@ -85,9 +86,9 @@ def test_extend_id_map_orders_new_ids_by_first_seen_then_id():
 
 
 def test_a_day_relanded_after_later_days_extends_the_newest_id_maps_without_forking(tmp_path):
-    from components.ingest import run_ingest
-    from components.sources.synthetic import corrupt_landing
-    from components.validate import DataValidationError, run_validate
+    from components.data.ingest import run_ingest
+    from components.data.sources.synthetic import corrupt_landing
+    from components.data.validate import DataValidationError, run_validate
     from tests.unit.data_fixtures import land
 
     layout, cfg = setup(tmp_path)
@@ -136,7 +137,7 @@ def test_graph_checks_are_written_to_the_stats(tmp_path):
 
 
 def test_degree_drift_and_leakage_are_measured_exactly():
-    from components.graph_checks import degree_histogram, histogram_drift
+    from components.data.graph_checks import degree_histogram, histogram_drift
 
     assert degree_histogram(np.array([0, 1, 2, 3, 4])) == [0.25, 0.5, 0.25]
     assert histogram_drift([1.0], [0.0, 1.0]) == 1.0

@@ -5,16 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from components.config import load_config
-from components.distill import run_distill
-from components.evaluate import evaluate_scorer, popularity_scorer
-from components.graph import Interactions, normalized_edges
-from components.models.graph_filter import FilterParams, GraphFilter
-from components.models.lightgcn import build_adjacency
-from components.storage import Layout, read_json
-from components.teacher import fit_graph_filter, load_teacher, load_teacher_scorer, spectral_student
-from components.train import run_teacher
-from tests.unit.model_fixtures import planted, write_graph
+from components.core.config import load_config
+from components.model.distill import run_distill
+from components.model.metrics import evaluate_scorer, popularity_scorer
+from components.core.interactions import Interactions, normalized_edges
+from components.model.models.graph_filter import FilterParams, GraphFilter
+from components.model.models.lightgcn import build_adjacency
+from components.core.catalog import Layout, read_json
+from components.model.teacher import fit_graph_filter, load_teacher, run_teacher, spectral_student
+from tests.unit.model_fixtures import current_inputs, planted, write_graph
 
 DAY = "2026-01-02"
 
@@ -163,14 +162,14 @@ FILTER_CFG = {"teacher.kind": "graph_filter", "teacher.graph_filter.rank": 16, "
 
 def test_graph_filter_teacher_stage_publishes_a_filter_that_beats_popularity(filter_day):
     layout, train, holdout = filter_day
-    teacher = run_teacher(layout, DAY, load_config(None, FILTER_CFG))
+    teacher = run_teacher(layout, DAY, load_config(None, FILTER_CFG), **current_inputs(layout, "teacher", DAY))
     metrics = read_json(f"{teacher.path}/metrics.json")
     assert metrics["kind"] == "graph_filter" and teacher.num_params == 80 * 16 + 16
     assert metrics["device"] == "cpu"  # every record that measures says which device ran
     assert metrics["holdout"]["recall@20"] > metrics["popularity_holdout"]["recall@20"] + 0.15
     assert metrics["val"]["users_evaluated"] > 0 and metrics["val"]["ndcg@20"] > 0
     # the scorer gates and serving load gives back the very numbers the stage measured
-    again = evaluate_scorer(load_teacher_scorer(teacher.path, train), train, holdout, 80, (10, 20, 50))
+    again = evaluate_scorer(load_teacher(teacher.path, train).scorer, train, holdout, 80, (10, 20, 50))
     assert again["ndcg@20"] == pytest.approx(metrics["holdout"]["ndcg@20"])
     assert load_teacher(teacher.path, train).kind == "graph_filter"
 
@@ -178,8 +177,8 @@ def test_graph_filter_teacher_stage_publishes_a_filter_that_beats_popularity(fil
 def test_student_distilled_from_a_graph_filter_keeps_its_quality(filter_day):
     layout, train, holdout = filter_day
     cfg = load_config(None, FILTER_CFG)
-    run_teacher(layout, DAY, cfg)
-    student = read_json(f"{run_distill(layout, DAY, cfg).path}/metrics.json")
+    run_teacher(layout, DAY, cfg, **current_inputs(layout, "teacher", DAY))
+    student = read_json(f"{run_distill(layout, DAY, cfg, **current_inputs(layout, 'distill', DAY)).path}/metrics.json")
     pop = evaluate_scorer(popularity_scorer(train, 80), train, holdout, 80, (20,))
     assert student["embedding_dim"] == 8
     assert student["train"]["device"] == "cpu"

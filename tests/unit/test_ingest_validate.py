@@ -4,10 +4,10 @@ import json
 import pandas as pd
 import pytest
 
-from components.ingest import run_ingest
-from components.storage import Layout
-from components.sources.synthetic import corrupt_landing, write_log
-from components.validate import DataValidationError, run_validate
+from components.data.ingest import run_ingest
+from components.core.catalog import Layout
+from components.data.sources.synthetic import corrupt_landing, write_log
+from components.data.validate import DataValidationError, run_validate
 
 from tests.unit.data_fixtures import accept, day, land, setup
 
@@ -154,7 +154,7 @@ def test_a_previously_accepted_day_that_now_fails_is_superseded_not_lost(tmp_pat
 def test_landing_may_be_any_fsspec_uri(tmp_path):
     import fsspec
 
-    from components.sources.synthetic import generate_day
+    from components.data.sources.synthetic import generate_day
     from tests.unit.data_fixtures import START, WORLD
 
     layout, cfg = setup(tmp_path)
@@ -167,7 +167,7 @@ def test_landing_may_be_any_fsspec_uri(tmp_path):
 
 
 def test_epoch_second_timestamps_parse_in_every_format(tmp_path):
-    from components.ingest import normalize
+    from components.data.ingest import normalize
 
     start = pd.Timestamp("2026-01-01", tz="UTC")
     expected = [start, start + pd.Timedelta(seconds=90)]
@@ -238,7 +238,7 @@ def test_a_one_user_day_is_flagged_loudly_and_config_decides_warn_or_quarantine(
     frame = pd.read_parquet(path)
     write_log(frame.assign(user_id="bot-1"), path)
     run_ingest(layout, day(0), cfg)
-    with caplog.at_level("WARNING", logger="components.validate"):
+    with caplog.at_level("WARNING", logger="components.data.validate"):
         result = run_validate(layout, day(0), cfg)
     (bot,) = [r for r in result.warnings if r.rule == "bot_suspect"]
     assert bot.observed == f"user bot-1: {len(frame)} of {len(frame)} events (100%)"
@@ -293,8 +293,8 @@ def test_a_failing_days_log_fits_on_a_screen_summary_first(tmp_path, caplog):
 def test_anomaly_bands_use_the_same_weekday_once_enough_of_them_exist():
     import datetime as dt
 
-    from components.config import load_config
-    from components.validate import anomaly_rules
+    from components.core.config import load_config
+    from components.data.validate import anomaly_rules
 
     cfg = load_config(overrides={"validation.anomaly_lookback_days": 28, "validation.weekday_min_days": 4})
     start = dt.date(2026, 1, 1)
@@ -314,7 +314,7 @@ def test_anomaly_bands_use_the_same_weekday_once_enough_of_them_exist():
 
 
 def test_a_quarantined_days_anomalous_metrics_stay_out_of_the_history(tmp_path):
-    from components.validate import _history
+    from components.data.validate import _history
 
     layout, cfg = setup(tmp_path, **{"validation.min_history_days": 4, "validation.severity": {"bot_suspect": "quarantine"}})
     for offset in range(5):
@@ -332,8 +332,8 @@ def test_a_quarantined_days_anomalous_metrics_stay_out_of_the_history(tmp_path):
 
 
 def test_shares_of_a_tiny_day_are_not_judged_but_its_volume_is():
-    from components.config import load_config
-    from components.validate import anomaly_rules
+    from components.core.config import load_config
+    from components.data.validate import anomaly_rules
 
     cfg = load_config()
     history = [(f"2026-01-{d:02d}", {"volume": 400, "top_item_share": 0.02}) for d in range(1, 15)]
@@ -346,8 +346,8 @@ def test_shares_of_a_tiny_day_are_not_judged_but_its_volume_is():
 
 def test_missing_landing_day_fails_at_once_with_what_to_do(tmp_path):
     """A day that has not landed is a PermanentStageFailure (no 30 minutes of retries), saying how to re-run."""
-    from components.config import PipelineConfig
-    from components.errors import LandingMissing, PermanentStageFailure
+    from components.core.config import PipelineConfig
+    from components.core.errors import LandingMissing, PermanentStageFailure
 
     with pytest.raises(LandingMissing) as info:
         run_ingest(Layout.at(tmp_path), "2026-01-07", PipelineConfig(root=str(tmp_path)))
@@ -595,7 +595,7 @@ def _as_unprivileged(folder, code: str):
     import subprocess
     import sys
 
-    from components.config import REPO_ROOT
+    from components.core.config import REPO_ROOT
 
     prefix = [] if os.geteuid() else ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HOME": str(folder), "OMP_NUM_THREADS": "1"}
@@ -619,8 +619,8 @@ def test_an_unreadable_file_or_folder_quarantines_the_day_with_a_report(shared_t
     locked.chmod(0)
     code = f"""
 import json, pathlib
-from components.ingest import run_ingest
-from components.validate import DataValidationError, run_validate
+from components.data.ingest import run_ingest
+from components.data.validate import DataValidationError, run_validate
 from tests.unit.data_fixtures import setup, day
 layout, cfg = setup(pathlib.Path({str(shared_tmp)!r}))
 staged = run_ingest(layout, day(0), cfg)
@@ -664,7 +664,7 @@ def test_a_json_array_says_so_and_a_malformed_json_line_gives_its_line_number(tm
 
 
 def test_the_contract_settings_are_validated_on_load():
-    from components.config import load_config
+    from components.core.config import load_config
 
     cfg = load_config(overrides={"validation.id_types": {"user_id": "integer"}})
     assert cfg.validation.id_types == {"event_id": "string", "user_id": "integer", "item_id": "string"}

@@ -2,8 +2,8 @@
 
 import pytest
 
-from components.config import load_config
-from components.ladder import Rung, choose_rung, ladder_record
+from components.core.config import load_config
+from components.model.ladder import Rung, choose_rung, ladder_record
 
 
 def rung(dim, precision, retention, table_bytes=None, latency=1.0):

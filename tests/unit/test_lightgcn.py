@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from components.models.lightgcn import LightGCN, adjacency_from_heterograph, build_adjacency, count_parameters
-from components.models.losses import (
+from components.model.models.lightgcn import LightGCN, adjacency_from_heterograph, build_adjacency, count_parameters
+from components.model.models.losses import (
     bpr_loss,
     ego_l2,
     kl_distillation_loss,
     rank_discount_weights,
     ranking_distillation_loss,
 )
-from components.models.sampling import positive_keys, sample_epoch
+from components.model.models.sampling import positive_keys, sample_epoch
 from tests.unit.model_fixtures import planted
 
 
@@ -47,7 +47,7 @@ def test_dgl_and_sparse_give_equal_embeddings_and_gradients():
 
 
 def test_propagation_matches_dense_formula_and_heterograph_path():
-    from components.graph import build_heterograph
+    from components.data.graph import build_heterograph
     import pandas as pd
 
     train, _ = planted(num_users=20, num_items=16, per_user=4, seed=1)

@@ -7,19 +7,19 @@ import json
 
 import pytest
 
-from components.outcome import (
+from components.decide.outcome import (
     PROMOTED, QUARANTINED, REJECTED, RunDayError, champion_day, gauges, nights_since_promotion, note_markdown,
     run_day, run_outcome, validation_report,
 )
-from components.registry import run_promote, run_register
-from components.report import fmt_number
-from components.sources.synthetic import corrupt_landing
-from components.ingest import run_ingest
-from components.validate import DataValidationError, run_validate
+from components.decide.registry import run_promote, run_register
+from components.decide.report import fmt_number
+from components.data.sources.synthetic import corrupt_landing
+from components.data.ingest import run_ingest
+from components.data.validate import DataValidationError, run_validate
 
 from tests.unit.data_fixtures import accept, day, land
 from tests.unit.ship_fixtures import make_world, run_ship_day, tiny_config
-from components.storage import Layout, run_key_for
+from components.core.catalog import Layout, run_key_for
 
 
 RUN = run_key_for("scheduled__x")
@@ -124,7 +124,7 @@ def test_cli_prints_each_nights_decision(nights, capsys):
 
 
 def test_schedule_start_never_catches_up_before_data(tmp_path, monkeypatch):
-    from components.outcome import NO_CATCHUP_START, schedule_start
+    from components.decide.outcome import NO_CATCHUP_START, schedule_start
 
     landing = tmp_path / "landing"
     nothing = schedule_start(None, None, landing)  # fresh install: one run for the latest night

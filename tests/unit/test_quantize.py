@@ -6,19 +6,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.export import (
+from components.model.models.serving_graph import ServingGraph
+from components.ship.export import (
     INPUT_NAME,
     OUTPUT_NAMES,
     QuantizationError,
-    ServingGraph,
     quantization_parity,
     export_onnx,
     onnxruntime_session,
     run_export,
     torch_outputs,
 )
-from components.models.quantize import dequantize, quantize_rows, table_bytes
-from components.storage import Layout
+from components.model.models.quantize import dequantize, quantize_rows, table_bytes
+from components.core.catalog import Layout
+from tests.unit.model_fixtures import current_inputs
 from tests.unit.ship_fixtures import cluster_embeddings, make_graph, make_model, make_world, random_embeddings, tiny_config
 
 
@@ -62,7 +63,7 @@ def test_export_records_precision_and_fails_when_quantization_reorders_the_top_k
     world = make_world()
     graph = make_graph(layout, "2024-01-08", world)
     make_model(layout, "pruned", "2024-01-08", *cluster_embeddings(world), graph, precision="int8")
-    result = run_export(layout, "2024-01-08", tiny_config(tmp_path))  # the precision the model's ladder chose
+    result = run_export(layout, "2024-01-08", tiny_config(tmp_path), **current_inputs(layout, "export", "2024-01-08"))  # the precision the model's ladder chose
     assert result.precision == "int8" and result.quantization_topk_overlap >= 0.95
     assert result.table_bytes < 0.5 * result.fp32_table_bytes
     assert result.parity_max_abs_diff <= 1e-5  # ORT vs the int8 PyTorch graph: like with like
@@ -85,7 +86,7 @@ def test_quantization_parity_knows_the_precision_and_fails_below_its_floor():
 
 
 def test_parity_counts_a_different_pick_among_items_tied_at_the_cut_as_shared():
-    from components.export import parity
+    from components.ship.export import parity
 
     ref_items = np.array([[0, 1, 2]])
     ref_scores = np.array([[3.0, 2.0, 1.0]], np.float32)  # items 2 and 7 both score 1.0

@@ -6,14 +6,14 @@ import json
 import pandas as pd
 import pytest
 
-from components.config import load_config
-from components.graph import run_graph
-from components.ingest import run_ingest
-from components.sources.public_logs import public_log
-from components.sources.replay import replay
-from components.sources.synthetic import corrupt_landing
-from components.storage import Layout
-from components.validate import DataValidationError, run_validate
+from components.core.config import load_config
+from components.data.graph import run_graph
+from components.data.ingest import run_ingest
+from components.data.sources.public_logs import public_log
+from components.data.sources.replay import replay
+from components.data.sources.synthetic import corrupt_landing
+from components.core.catalog import Layout
+from components.data.validate import DataValidationError, run_validate
 
 DAYS = 28
 CORRUPT = 14
@@ -77,8 +77,8 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from components.sources.public_logs import instacart_events, replayable_log  # noqa: E402
-from components.sources.replay import read_timestamped  # noqa: E402
+from components.data.sources.public_logs import instacart_events, replayable_log  # noqa: E402
+from components.data.sources.replay import read_timestamped  # noqa: E402
 
 NIGHTLY = Path(__file__).resolve().parents[2] / "benchmarks" / "real_logs" / "nightly.py"
 

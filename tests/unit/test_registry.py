@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components import gates, registry
-from components.registry import (
+from components.decide import gates, registry
+from components.decide.evaluation import run_evaluate
+from components.decide.registry import (
     champion,
     champion_as_of,
     history,
@@ -27,7 +28,7 @@ from components.registry import (
     run_promote,
     run_register,
 )
-from components.storage import Layout, read_json, read_outcome
+from components.core.catalog import Layout, read_json, read_outcome
 
 from tests.unit.ship_fixtures import make_world, run_ship_day, tiny_config
 
@@ -59,9 +60,9 @@ def env(shipped, tmp_path):
 
 def judge(layout, cfg, day, run_key):
     """evaluate -> gate -> register for ``day`` in run ``run_key``, passing results explicitly."""
-    from components.candidate import CandidateRefs
+    from components.decide.candidate import CandidateRefs
 
-    evaluation = gates.run_evaluate(layout, day, cfg, run_key=run_key, candidate=CandidateRefs.current(layout, day))
+    evaluation = run_evaluate(layout, day, cfg, run_key=run_key, candidate=CandidateRefs.current(layout, day))
     blessing = gates.run_gate(layout, day, cfg, run_key=run_key, evaluation=evaluation)
     return run_register(layout, day, cfg, run_key=run_key, blessing={"path": blessing.path})
 
@@ -282,9 +283,9 @@ def test_crash_while_registering_leaves_no_partial_version(env):
 # A registry action in a child process that SIGKILLs itself at the nth call of one fault point.
 ACTION_SCRIPT = """
 import json, os, signal, sys
-from components.config import load_config
-from components.registry import promote, rollback, run_promote
-from components.storage import Layout
+from components.core.config import load_config
+from components.decide.registry import promote, rollback, run_promote
+from components.core.catalog import Layout
 root, action, arg, step, nth = sys.argv[1:6]
 calls = {}
 def hook(point):
@@ -537,7 +538,7 @@ def test_a_registry_written_before_the_pointer_carried_its_deny_list_keeps_its_r
 def test_a_full_disk_after_the_pointer_moved_says_so_and_the_rerun_reports_promoted(env, tmp_path, monkeypatch):
     from dataclasses import asdict
 
-    from components.errors import PermanentStageFailure
+    from components.core.errors import PermanentStageFailure
     from components.pipeline import run_stage
 
     layout, v0, v1 = _promoted_world(env, tmp_path, promote_second=False)

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from components.gates import Blessing
-from components.registry import run_promote, run_register
-from components.report import gate_table_markdown, metric_history, run_report, training_curve
-from components.storage import Layout, latest_run
+from components.core.refs import Blessing
+from components.decide.registry import run_promote, run_register
+from components.decide.report import gate_table_markdown, metric_history, run_report, training_curve
+from components.core.catalog import Layout, latest_run
 
 from tests.unit.ship_fixtures import make_world, run_ship_day, tiny_config
 
@@ -98,7 +98,7 @@ def test_gate_table_markdown_lists_every_gate(tmp_path):
 
 
 def test_a_tiny_change_is_not_drawn_as_a_cliff():
-    from components.report import _honest_axis, _plt
+    from components.decide.report import _honest_axis, _plt
 
     plt = _plt()
     fig, ax = plt.subplots()

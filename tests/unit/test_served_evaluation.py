@@ -8,14 +8,16 @@ import pandas as pd
 import pytest
 import torch
 
-from components.evaluate import ranking_scorer, user_metrics
-from components.export import load_embeddings
-from components.features import online_history, recent_items_as_of, run_features
-from components.gates import PerUser, read_history, version_served_scorer
-from components.graph import GraphArtifact, Interactions
-from components.registry import champion, run_promote, run_register
-from components.serving import Recommender, fold_in
-from components.storage import Layout, read_json
+from components.model.metrics import ranking_scorer, user_metrics
+from components.model.train import load_embeddings
+from components.data.features import online_history, recent_items_as_of, run_features
+from components.core.refs import PerUser
+from components.decide.evaluation import read_history, version_served_scorer
+from components.core.interactions import Interactions
+from components.data.graph import GraphArtifact
+from components.decide.registry import champion, run_promote, run_register
+from components.ship.serving import Recommender, fold_in
+from components.core.catalog import Layout, read_json
 
 from tests.unit.ship_fixtures import make_world, run_ship_day, tiny_config, write_accepted_events
 

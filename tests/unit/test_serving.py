@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 import torch
 
-from components.graph import GraphArtifact
-from components.registry import run_promote, run_register
-from components.features import online_history, recent_items_as_of, run_features
-from components.serving import (Recommender, csr_rows, export_triton_repository, fold_in, history_csr,
+from components.data.graph import GraphArtifact
+from components.decide.registry import run_promote, run_register
+from components.data.features import online_history, recent_items_as_of, run_features
+from components.ship.serving import (Recommender, csr_rows, export_triton_repository, fold_in, history_csr,
                                 top_k_excluding)
-from components.storage import Layout
+from components.core.catalog import Layout
 
 from tests.unit.ship_fixtures import make_world, run_ship_day, tiny_config, write_accepted_events
 
@@ -177,11 +177,12 @@ def test_cli_recommend_reads_the_online_store(served_with_feast, served, capsys)
 def test_fold_in_answers_users_the_model_never_trained_far_better_than_popularity():
     """A trained LightGCN, 12 of 120 users left out of its graph: folded in from their items (what
     serving reads from Feast), they are ranked about as well as trained users, far above popularity."""
-    from components.config import load_config
-    from components.evaluate import embedding_scorer, evaluate_scorer, popularity_scorer
-    from components.graph import Interactions
-    from components.models.lightgcn import build_adjacency
-    from components.train import final_embeddings, train_teacher
+    from components.core.config import load_config
+    from components.model.metrics import embedding_scorer, evaluate_scorer, popularity_scorer
+    from components.core.interactions import Interactions
+    from components.model.models.lightgcn import build_adjacency
+    from components.model.teacher import train_teacher
+    from components.model.train import final_embeddings
 
     from tests.unit.model_fixtures import planted
     from tests.unit.test_train import FAST

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.sources.replay import parse_type_map, read_timestamped, replay
-from components.sources.synthetic import SyntheticWorld, generate_day
+from components.data.sources.replay import parse_type_map, read_timestamped, replay
+from components.data.sources.synthetic import SyntheticWorld, generate_day
 
 from tests.unit.data_fixtures import WORLD
 
@@ -100,7 +100,7 @@ def test_replay_generic_csv_names_missing_columns(tmp_path):
 
 
 def test_recbole_atomic_inter_files_and_packaged_logs_by_name(tmp_path):
-    from components.sources.public_logs import public_log
+    from components.data.sources.public_logs import public_log
 
     source = tmp_path / "tiny.inter"
     source.write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n7\t42\t5\t881250949\n8\t43\t2\t881250950\n")
@@ -121,8 +121,8 @@ RR_OPTIONS = dict(user_col="visitorid", item_col="itemid", type_col="event", tim
 
 def test_a_retailrocket_log_replays_as_it_ships_and_passes_the_contract(tmp_path):
     from components.cli import main
-    from components.ingest import run_ingest
-    from components.validate import run_validate
+    from components.data.ingest import run_ingest
+    from components.data.validate import run_validate
 
     from tests.unit.data_fixtures import setup
 
@@ -168,7 +168,7 @@ def test_replay_names_what_it_cannot_map(tmp_path):
 
 
 def test_movielens_100k_as_recbole_ships_it_replays_with_ratings_as_event_types(tmp_path):
-    from components.sources.public_logs import public_log
+    from components.data.sources.public_logs import public_log
 
     try:
         source = public_log("ml-100k")

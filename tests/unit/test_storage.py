@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from components.storage import Layout, atomic_write_bytes, hash_dir, replace_dir, staging_dir, tidy, write_json
+from components.core.catalog import Layout, atomic_write_bytes, hash_dir, replace_dir, staging_dir, tidy, write_json
 
 
 def test_publish_is_content_versioned_and_idempotent(tmp_path):
@@ -124,7 +124,7 @@ def test_atomic_write_leaves_old_content_when_the_write_fails(tmp_path, monkeypa
 
 
 def test_run_keys_are_filesystem_safe_and_each_run_has_its_own_folder(tmp_path):
-    from components.storage import latest_run, record_outcome, run_dir, run_key_for
+    from components.core.catalog import latest_run, record_outcome, run_dir, run_key_for
 
     layout = Layout.at(tmp_path)
     key = run_key_for("manual__2026-01-06T00:00:00+00:00")

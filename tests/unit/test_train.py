@@ -6,21 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from components.config import load_config
-from components.evaluate import evaluate_scorer, popularity_scorer
-from components.graph import Interactions
-from components.models.lightgcn import LightGCN
-from components.storage import Layout, read_json
-from components.train import (
-    InsufficientHistory,
-    fit_lightgcn,
-    load_embeddings,
-    load_model,
-    run_teacher,
-    train_teacher,
-    warm_start_rows,
-)
-from tests.unit.model_fixtures import planted, write_graph
+from components.core.config import load_config
+from components.model.metrics import evaluate_scorer, popularity_scorer
+from components.core.interactions import Interactions
+from components.model.models.lightgcn import LightGCN
+from components.core.catalog import Layout, read_json
+from components.model.teacher import InsufficientHistory, run_teacher, train_teacher
+from components.model.train import fit_lightgcn, load_embeddings, load_model, warm_start_rows
+from tests.unit.model_fixtures import current_inputs, planted, write_graph
 
 FAST = {"teacher.kind": "lightgcn", "teacher.embedding_dim": 16, "teacher.num_layers": 2, "teacher.epochs": 12, "teacher.lr": 0.02,
         "teacher.batch_size": 256, "teacher.eval_every": 4, "teacher.early_stop_patience": 5,
@@ -36,8 +29,8 @@ def test_teacher_beats_popularity_on_planted_communities():
     config = cfg()
     trained = train_teacher(train, None, 120, 80, config)
     users, items = trained.model.user_embedding.weight, trained.model.item_embedding.weight
-    from components.models.lightgcn import build_adjacency
-    from components.train import evaluate_model
+    from components.model.models.lightgcn import build_adjacency
+    from components.model.train import evaluate_model
 
     adj = build_adjacency(train.user, train.item, 120, 80)
     ours = evaluate_model(trained.model, adj, "sparse", train, holdout, (20,))
@@ -91,7 +84,7 @@ def test_run_teacher_publishes_contract_and_warm_starts_next_day(tmp_path, caplo
     train, holdout = planted()
     write_graph(layout, "2026-01-02", train, holdout, 120, 80)
     config = cfg(**{"teacher.epochs": 4})
-    first = run_teacher(layout, "2026-01-02", config)
+    first = run_teacher(layout, "2026-01-02", config, **current_inputs(layout, "teacher", "2026-01-02"))
     assert first.kind == "models/teacher" and first.num_params == (120 + 80) * 16
     user, item = load_embeddings(first.path)
     assert user.shape == (120, 16) and item.shape == (80, 16) and user.dtype == np.float32
@@ -100,13 +93,13 @@ def test_run_teacher_publishes_contract_and_warm_starts_next_day(tmp_path, caplo
     assert metrics["holdout"]["recall@20"] > metrics["popularity_holdout"]["recall@20"]
     assert "ndcg@20" in metrics["val"] and metrics["bytes"]["model_pt"] > 0
     assert len(read_json(f"{first.path}/history.json")) == 4
-    assert run_teacher(layout, "2026-01-02", config).version == first.version  # idempotent
+    assert run_teacher(layout, "2026-01-02", config, **current_inputs(layout, "teacher", "2026-01-02")).version == first.version  # idempotent
 
     # next day: 10 new users and 5 new items appended; rows of the old model are copied
     more, more_holdout = planted(num_users=130, num_items=85, seed=1)
     write_graph(layout, "2026-01-03", more, more_holdout, 130, 85, new_users=10, new_items=5)
-    with caplog.at_level(logging.INFO, logger="components.train"):
-        second = run_teacher(layout, "2026-01-03", config)
+    with caplog.at_level(logging.INFO, logger="components.model.teacher"):
+        second = run_teacher(layout, "2026-01-03", config, **current_inputs(layout, "teacher", "2026-01-03"))
     assert "copied 120 users + 80 items, 10 users + 5 items new" in caplog.text
     assert read_json(f"{second.path}/metrics.json")["warm_start"]["from"]["version"] == first.version
     model, payload = load_model(second.path)
@@ -118,7 +111,7 @@ def test_too_little_history_raises_insufficient_history(tmp_path):
     train, holdout = planted(num_users=4, num_items=10, per_user=3, holdout_per_user=1)
     write_graph(layout, "2026-01-02", train, holdout, 4, 10)
     with pytest.raises(InsufficientHistory, match="min_train_pairs=50"):
-        run_teacher(layout, "2026-01-02", cfg())
+        run_teacher(layout, "2026-01-02", cfg(), **current_inputs(layout, "teacher", "2026-01-02"))
 
 
 def test_time_budget_stop_evaluates_the_last_epoch_instead_of_discarding_it():
@@ -136,8 +129,8 @@ def test_time_budget_stop_evaluates_the_last_epoch_instead_of_discarding_it():
 def test_keep_start_returns_a_good_start_that_training_only_damages():
     # A teacher-initialized student (or a pruned model) must not ship worse than where it started:
     # the start is evaluated and kept when no epoch beats it on validation.
-    from components.train import evaluate_model
-    from components.models.lightgcn import build_adjacency
+    from components.model.train import evaluate_model
+    from components.model.models.lightgcn import build_adjacency
 
     train, holdout = planted()
     good = train_teacher(train, None, 120, 80, cfg()).model
@@ -171,8 +164,8 @@ def test_two_runs_of_the_teacher_on_the_same_inputs_give_the_same_version(tmp_pa
     second_root = Layout.at(tmp_path / "second")
     shutil.copytree(first_root.artifacts("graphs"), second_root.artifacts("graphs"))
     config = cfg(**{"teacher.kind": kind, "teacher.epochs": 4})
-    first = run_teacher(first_root, "2026-01-02", config)
-    second = run_teacher(second_root, "2026-01-02", config)
+    first = run_teacher(first_root, "2026-01-02", config, **current_inputs(first_root, "teacher", "2026-01-02"))
+    second = run_teacher(second_root, "2026-01-02", config, **current_inputs(second_root, "teacher", "2026-01-02"))
     assert second_root.current("graphs", "2026-01-02").version == graph.version
     assert first.version == second.version
     timings = read_json(f"{first.path}/timings.json")
@@ -199,7 +192,7 @@ def test_a_model_file_that_would_run_code_is_refused(tmp_path):
     layout = Layout.at(tmp_path)
     train, holdout = planted()
     write_graph(layout, "2026-01-02", train, holdout, 120, 80)
-    artifact = run_teacher(layout, "2026-01-02", cfg(**{"teacher.epochs": 1}))
+    artifact = run_teacher(layout, "2026-01-02", cfg(**{"teacher.epochs": 1}), **current_inputs(layout, "teacher", "2026-01-02"))
     model, payload = load_model(artifact.path)  # a real model loads
     assert payload["num_users"] == 120
     marker = tmp_path / "code-ran"
@@ -214,3 +207,9 @@ def test_a_model_file_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(Exception, match="Weights only load failed"):
         train_teacher(train, holdout, 120, 80, cfg(**{"teacher.epochs": 1}), None, checkpoint)
     assert not marker.exists()
+
+
+def test_load_embeddings_refuses_tables_of_different_widths(tmp_path):
+    np.savez(tmp_path / "embeddings.npz", user=np.zeros((3, 4), np.float32), item=np.zeros((5, 8), np.float32))
+    with pytest.raises(ValueError, match=r"embeddings.npz: expected user \[U, d\] and item \[I, d\], got \(3, 4\) and \(5, 8\)"):
+        load_embeddings(tmp_path)

@@ -2,11 +2,11 @@
 
 import pandas as pd
 
-from components.config import GateSpec, load_gates
-from components.gates import judge_gate
-from components.ingest import run_ingest
-from components.sources.synthetic import write_log
-from components.validate import validation_metrics
+from components.core.config import GateSpec, load_gates
+from components.decide.gates import judge_gate
+from components.data.ingest import run_ingest
+from components.data.sources.synthetic import write_log
+from components.data.validate import validation_metrics
 
 from tests.unit.data_fixtures import accept, day, land, setup
 
@@ -14,7 +14,7 @@ SPEC = GateSpec(metric="validation_warnings", kind="max", threshold=0)
 
 
 def test_a_warned_day_fails_the_validation_gate_and_a_clean_day_passes(tmp_path):
-    from components.validate import run_validate
+    from components.data.validate import run_validate
 
     layout, cfg = setup(tmp_path)
     accept(layout, cfg, 0)
@@ -37,8 +37,8 @@ def test_the_shipped_gate_file_has_the_validation_gate():
 
 
 def test_the_run_report_section_shows_warnings_with_value_and_band_and_the_graph_checks(tmp_path):
-    from components.graph import run_graph
-    from components.validate import data_checks_html, run_validate
+    from components.data.graph import run_graph
+    from components.data.validate import data_checks_html, run_validate
 
     layout, cfg = setup(tmp_path, **{"validation.min_history_days": 3})
     for offset in range(3):

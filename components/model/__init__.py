@@ -1,0 +1,1 @@
+"""Model plane: the teacher, the distilled student, pruning and quantization, the training loop and metrics."""
