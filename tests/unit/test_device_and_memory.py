@@ -36,8 +36,18 @@ def fit(variant, device="cpu", block_bytes=None):
                            FilterParams(variant=variant, rank=32, block_users=64), device, block_bytes)
 
 
+@pytest.fixture
+def one_thread():
+    """The golden outputs were computed with one CPU thread: float sums in another thread split differ
+    in the last bits (measured: 1e-7 under OMP_NUM_THREADS=2, what `make test` sets)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("variant", ["gf_cf", "bspm"])
-def test_cpu_path_is_bit_for_bit_what_it_was_before_the_device_path(variant):
+def test_cpu_path_is_bit_for_bit_what_it_was_before_the_device_path(variant, one_thread):
     train, test, _ = golden_graph()
     graph_filter = fit(variant)
     expected = json.loads((GOLDEN / "graph_filter_cpu.json").read_text())[variant]
@@ -115,7 +125,8 @@ def test_scoring_a_larger_than_budget_problem_allocates_about_one_block():
     assert got["block_users"] == 16 * 2 ** 20 // (4 * (5 * 4000 + 40000))  # 69 users per filter block
     assert got["users"] > 25000
     # a few 16 MB blocks (scores, their concatenation, R~ x^T) and the [40000, 20] targets, not 640 MB
-    assert got["growth_mb"] < 200, got
+    # (measured 120-275 MB of peak-RSS growth on the shared 2-core machine: allocator slack varies)
+    assert got["growth_mb"] < 320, got
 
 
 def test_teacher_targets_from_a_seeded_sample_of_users():
