@@ -9,6 +9,7 @@ champion-refresh DAG runs on the champion Asset's newest event.
 
 from __future__ import annotations
 
+import html
 import json
 import socket
 import subprocess
@@ -119,7 +120,7 @@ def test_plugin_serves_a_rejected_runs_outcome_and_report_behind_auth(ops):
     assert outcome["champion_after"] == outcome["champion_before"] is not None
     assert server.get(f"/graphdistill/runs/{DAG}/{run_id}", None)[0] == 401  # behind Airflow's auth
     status, page = server.get(f"/graphdistill/runs/{DAG}/{run_id}", token)
-    assert status == 200 and b"REJECTED" in page and outcome["failed_gates"][0].encode() in page
+    assert status == 200 and b"REJECTED" in page and html.escape(outcome["failed_gates"][0]).encode() in page
     status, report = server.get(f"/graphdistill/runs/{DAG}/{run_id}/report.html", token)
     assert status == 200 and report == (run_dir / "report.html").read_bytes()
     status, png = server.get(f"/graphdistill/runs/{DAG}/{run_id}/training_curves.png", token)
