@@ -266,3 +266,22 @@ class Blessing:
         if data.get("champion_health"):
             data["champion_health"] = Comparison(**data["champion_health"])
         return cls(**data)
+
+
+def read_upstream(record_type: type, given: Any, default: Path, *, stage: str, day: str, missing: str,
+                  relation: str) -> tuple[Path, Any]:
+    """The upstream stage's record a decision stage works on: ``given`` as its result (a dict or object
+    with ``path``), a path, or None for ``default`` (the run folder's file); it must exist and be of ``day``.
+    ``missing`` says what to run first; ``relation`` reads "<path> <relation> <its day>" on a day mismatch."""
+    if isinstance(given, dict):
+        path = Path(given["path"])
+    elif given is None or isinstance(given, (str, Path)):
+        path = Path(given) if given else default
+    else:
+        path = Path(given.path)
+    if not path.exists():
+        raise FileNotFoundError(f"{stage} {day}: {path} missing ({missing})")
+    record = record_type.load(path)
+    if record.day != day:
+        raise ValueError(f"{stage} {day}: {path} {relation} {record.day}")
+    return path, record

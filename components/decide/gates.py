@@ -26,7 +26,7 @@ from components.core.catalog import Layout, atomic_write_bytes, record_outcome, 
 from components.core.champion import champion_in
 from components.core.config import GateSpec, GatesConfig, PipelineConfig
 from components.core.refs import (BLESSING_FILE, EVALUATION_FILE, Blessing, Comparison, EvaluationResult, GateResult,
-                                  PerUser)
+                                  PerUser, read_upstream)
 from components.decide.candidate import CandidateRefs
 from components.decide.report import fmt_number
 
@@ -340,13 +340,8 @@ def run_gate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
     from components.decide.report import gate_table_html, gate_table_markdown
 
     out = run_dir(layout, day, run_key)
-    path = Path(evaluation["path"] if isinstance(evaluation, dict) else
-                evaluation.path if evaluation is not None else out / EVALUATION_FILE)
-    if not path.exists():
-        raise FileNotFoundError(f"run_gate {day}: {path} missing (run the evaluate stage of run {run_key} first)")
-    evaluation = EvaluationResult.load(path)
-    if evaluation.day != day:
-        raise ValueError(f"run_gate {day}: {path} evaluates {evaluation.day}")
+    _, evaluation = read_upstream(EvaluationResult, evaluation, out / EVALUATION_FILE, stage="run_gate", day=day,
+                                  missing=f"run the evaluate stage of run {run_key} first", relation="evaluates")
     refs = CandidateRefs.from_dict(layout, evaluation.candidate_refs)
     engine = load_engine_result(refs.engine)
     from components.data.validate import validation_metrics

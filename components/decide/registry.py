@@ -52,7 +52,7 @@ import numpy as np
 from components.core.champion import (CHAMPION_FILE, HISTORY_FILE, LEGACY_POINTER_EVENTS, ChampionRef, champion_in,
                                        history_in, pointer_record)
 from components.core.config import PipelineConfig
-from components.core.refs import BLESSING_FILE, Blessing
+from components.core.refs import BLESSING_FILE, Blessing, read_upstream
 from components.core.errors import StorageFault, storage_fault
 from components.core.catalog import (MANIFEST, Layout, code_version, read_json, read_outcome, record_outcome, run_dir,
                                 staging_dir, write_json)
@@ -284,15 +284,9 @@ def run_register(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
     from components.ship.convert import load_engine_result
     from components.data.graph import GraphArtifact
 
-    if isinstance(blessing, dict):
-        blessing_path = Path(blessing["path"])
-    else:
-        blessing_path = Path(blessing) if blessing else run_dir(layout, day, run_key) / BLESSING_FILE
-    if not blessing_path.exists():
-        raise FileNotFoundError(f"run_register {day}: {blessing_path} missing (run evaluate and gate first)")
-    judged = Blessing.load(blessing_path)
-    if judged.day != day:
-        raise ValueError(f"run_register {day}: {blessing_path} judges day {judged.day}")
+    blessing_path, judged = read_upstream(Blessing, blessing, run_dir(layout, day, run_key) / BLESSING_FILE,
+                                          stage="run_register", day=day, missing="run evaluate and gate first",
+                                          relation="judges day")
     refs = CandidateRefs.from_dict(layout, judged.candidate_refs)
     version = judged.candidate_version
     evaluation_path = Path(judged.evaluation_path)
