@@ -153,10 +153,10 @@ def engine_step(user_emb: np.ndarray, item_emb: np.ndarray, train: Interactions,
     """ONNX export of the serving graph, then TensorRT when it imports with CUDA, else ONNX Runtime."""
     from components.ship.convert import (OnnxRuntimeRunner, TensorRTRunner, build_tensorrt_engine, measure_latency,
                                    tensorrt_available)
-    from components.ship.export import ServingGraph, export_onnx, parity, seen_items_table, torch_outputs
+    from components.ship.export import ServingGraph, export_onnx, parity, seen_items_csr, torch_outputs
 
     cfg = load_config(None, {})
-    module = ServingGraph(user_emb, item_emb, cfg.export.top_k, seen_items_table(train, num_users), "fp32")
+    module = ServingGraph(user_emb, item_emb, cfg.export.top_k, seen_items_csr(train, num_users), "fp32")
     onnx_path = out / "student.onnx"
     _, export_s = timed(lambda: export_onnx(module, onnx_path, cfg.export.opset), torch.device("cpu"))
     usable, reason = tensorrt_available()

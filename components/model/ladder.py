@@ -23,7 +23,7 @@ from components.core.config import LadderConfig, PipelineConfig
 from components.model.metrics import embedding_scorer, evaluate_scorer
 from components.core.interactions import Interactions
 from components.model.models.quantize import dequantize
-from components.model.models.serving_graph import ServingGraph, parity_users
+from components.model.models.serving_graph import SeenItems, ServingGraph, parity_users
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def serving_latency_ms(module: ServingGraph, users: np.ndarray, calls: int) -> f
 
 
 def measure_rungs(prune_ratio: float, user_emb: torch.Tensor, item_emb: torch.Tensor, num_params_nonzero: int,
-                  fit: Interactions, val: Interactions | None, seen_items: np.ndarray | None,
+                  fit: Interactions, val: Interactions | None, seen_items: SeenItems | None,
                   teacher_val_ndcg: float | None, cfg: PipelineConfig) -> list[Rung]:
     """One rung per ladder precision for a model with final embeddings ``user_emb``/``item_emb`` over
     the fit split (what validation scores); ``seen_items`` is the served exclusion table (latency)."""

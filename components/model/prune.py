@@ -44,7 +44,7 @@ from components.model.models.lightgcn import (
     resolve_backend,
 )
 from components.model.ladder import LADDER_FILE, ladder_record, measure_rungs
-from components.model.models.serving_graph import seen_items_table
+from components.model.models.serving_graph import seen_items_csr
 from components.core.catalog import Layout, read_json, staging_dir, write_json
 from components.model.teacher import Teacher, load_teacher
 from components.model.train import (
@@ -232,7 +232,7 @@ def run_prune(layout: Layout, day: str, cfg: PipelineConfig, *, graph: GraphRef,
     weighted = cfg.teacher.edge_weights == "weighted"
     backend = resolve_backend(cfg.teacher.propagation, "cpu")
     fit_adj = adjacency_of(train, graph.num_users, graph.num_items, weighted)
-    seen = seen_items_table(train_all, graph.num_users) if cfg.export.exclude_seen else None
+    seen = seen_items_csr(train_all, graph.num_users) if cfg.export.exclude_seen else None
     teacher_val = teacher_metrics["val"].get("ndcg@20")
     rungs, rung_model = [], []
     for index, (ratio, model, _) in enumerate(models):

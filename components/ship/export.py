@@ -3,8 +3,8 @@
 The serving graph maps ``user_idx`` int64 [batch] to the top-K items: ``top_items`` int64
 [batch, K] and ``top_scores`` float32 [batch, K]. Scores are ``user @ item.T`` over the FINAL
 (propagated) embeddings, so serving needs no graph. With ``export.exclude_seen`` the users'
-training positives are baked in as a padded index table [num_users, max_seen] (-1 padding) and
-scattered to -inf before top-K, so a user is never recommended what they already interacted with.
+training positives are baked in as a CSR table (row offsets per user, item indices; bytes grow with
+the interactions, not users x the heaviest history) and scattered to -inf before top-K, so a user is never recommended what they already interacted with.
 
 The stage exports with a dynamic batch axis, runs ``onnx.checker``, runs the model with ONNX
 Runtime and measures parity with PyTorch on a seeded user sample; it stores that sample and
@@ -32,7 +32,7 @@ from components.core.refs import GraphRef, PrunedRef
 from components.data.graph import GraphArtifact
 from components.model.ladder import LADDER_FILE
 from components.model.models.quantize import Precision
-from components.model.models.serving_graph import ServingGraph, parity_users, seen_items_table
+from components.model.models.serving_graph import ServingGraph, parity_users, seen_items_csr
 from components.core.catalog import Layout, read_json, staging_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ def build_serving_graph(model_dir: str | Path, graph: GraphArtifact, cfg: Pipeli
             f"{model_dir}: embeddings cover {user_emb.shape[0]} users x {item_emb.shape[0]} items, "
             f"graph {graph.ref.version} has {graph.num_users} x {graph.num_items}"
         )
-    seen = seen_items_table(graph.train_interactions(), graph.num_users) if cfg.export.exclude_seen else None
+    seen = seen_items_csr(graph.train_interactions(), graph.num_users) if cfg.export.exclude_seen else None
     return ServingGraph(user_emb, item_emb, cfg.export.top_k, seen, precision or shipped_precision(model_dir))
 
 
@@ -193,7 +193,7 @@ def graph_shape(module: ServingGraph, graph: GraphArtifact, cfg: PipelineConfig)
     """Sizes and settings of an exported graph (manifest and result share them)."""
     return {"num_users": graph.num_users, "num_items": graph.num_items, "embedding_dim": int(module.user_emb.shape[1]),
             "precision": module.precision, "exclude_seen": module.exclude_seen,
-            "max_seen": int(module.seen_items.shape[1]) if module.exclude_seen else 0, "opset": cfg.export.opset}
+            "max_seen": module.max_seen, "opset": cfg.export.opset}
 
 
 def run_export(layout: Layout, day: str, cfg: PipelineConfig, *, graph: GraphRef, model: PrunedRef) -> ExportResult:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.model.models.serving_graph import ServingGraph, seen_items_table
+from components.model.models.serving_graph import ServingGraph, seen_items_csr
 from components.ship.export import (
     INPUT_NAME,
     OUTPUT_NAMES,
@@ -27,16 +27,28 @@ def _interactions(users, items):
     return Interactions(users, items, np.ones(users.shape[0], np.float32))
 
 
-def test_seen_items_table_pads_with_minus_one():
-    table = seen_items_table(_interactions([2, 0, 2, 2], [5, 1, 3, 4]), num_users=4)
-    assert table.dtype == np.int32
-    np.testing.assert_array_equal(table, [[1, -1, -1], [-1, -1, -1], [3, 4, 5], [-1, -1, -1]])
+def test_seen_items_csr_rows_hold_each_users_sorted_items():
+    seen = seen_items_csr(_interactions([2, 0, 2, 2], [5, 1, 3, 4]), num_users=4)
+    assert seen.items.dtype == np.int32
+    np.testing.assert_array_equal(seen.indptr, [0, 1, 1, 4, 4])
+    np.testing.assert_array_equal(seen.items, [1, 3, 4, 5])
+    assert seen.max_seen == 3 and seen.nnz == 4
+
+
+def test_seen_table_grows_with_interactions_not_users_times_heaviest_history():
+    """One heavy user used to size a users x max_seen table for everybody (20k users x 5k seen = 400 MB)."""
+    num_users, heavy = 20_000, 5_000
+    users = np.concatenate([np.zeros(heavy, np.int64), np.arange(1, num_users)])
+    items = np.concatenate([np.arange(heavy), np.zeros(num_users - 1, np.int64)])
+    seen = seen_items_csr(_interactions(users, items), num_users)
+    assert seen.max_seen == heavy
+    assert seen.indptr.nbytes + seen.items.nbytes == (num_users + 1) * 8 + (heavy + num_users - 1) * 4
 
 
 def test_serving_graph_matches_brute_force_and_excludes_seen():
     user, item = random_embeddings(6, 12, seed=3)
     train = _interactions([0, 0, 1, 3, 3, 3], [2, 7, 0, 1, 4, 11])
-    module = ServingGraph(user, item, top_k=4, seen_items=seen_items_table(train, 6))
+    module = ServingGraph(user, item, top_k=4, seen_items=seen_items_csr(train, 6))
     users = np.arange(6)
     top_items, top_scores = torch_outputs(module, users)
 
@@ -57,7 +69,7 @@ def test_serving_graph_matches_brute_force_and_excludes_seen():
 def test_top_k_clamped_to_catalogue_and_excluded_slots_are_minus_inf():
     user, item = random_embeddings(2, 3, seed=4)
     train = _interactions([0, 0], [0, 2])
-    module = ServingGraph(user, item, top_k=10, seen_items=seen_items_table(train, 2))
+    module = ServingGraph(user, item, top_k=10, seen_items=seen_items_csr(train, 2))
     items, scores = torch_outputs(module, np.array([0, 1]))
     assert items.shape == (2, 3)
     assert items[0, 0] == 1 and np.isneginf(scores[0, 1:]).all()
@@ -68,10 +80,11 @@ def test_top_k_clamped_to_catalogue_and_excluded_slots_are_minus_inf():
 def onnx_model(tmp_path_factory):
     user, item = random_embeddings(50, 80, dim=16, seed=5)
     rng = np.random.default_rng(0)
-    train = _interactions(rng.integers(0, 50, 300), rng.integers(0, 80, 300))
+    # Users 40-49 have no history: a batch of only them gathers zero-length CSR rows.
+    train = _interactions(rng.integers(0, 40, 300), rng.integers(0, 80, 300))
     # duplicates are fine for the table but the graph has distinct pairs; dedupe like it
     pairs = np.unique(np.stack([train.user, train.item], 1), axis=0)
-    module = ServingGraph(user, item, top_k=10, seen_items=seen_items_table(_interactions(*pairs.T), 50))
+    module = ServingGraph(user, item, top_k=10, seen_items=seen_items_csr(_interactions(*pairs.T), 50))
     path = tmp_path_factory.mktemp("onnx") / "model.onnx"
     export_onnx(module, path, opset=17)
     return module, path
@@ -91,6 +104,15 @@ def test_onnx_parity_across_dynamic_batch_sizes(onnx_model, batch):
     max_abs_diff, overlap = parity(ref_items, ref_scores, items, scores)
     assert max_abs_diff <= 1e-5
     assert overlap == 1.0
+
+
+def test_onnx_batch_of_users_without_history_scores_every_item(onnx_model):
+    module, path = onnx_model
+    users = np.arange(40, 50, dtype=np.int64)
+    items, scores = onnxruntime_session(path, threads=1).run(list(OUTPUT_NAMES), {INPUT_NAME: users})
+    raw = module.user_emb.numpy()[users] @ module.item_emb.numpy().T
+    np.testing.assert_array_equal(items, np.argsort(-raw, axis=1, kind="stable")[:, :10])
+    assert np.isfinite(scores).all()
 
 
 def test_parity_metric_counts_differences_and_overlap():
