@@ -196,12 +196,33 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_recommend(args: argparse.Namespace) -> int:
     from components.data.features import online_history
     from components.ship.serving import Recommender
+    from components.ship.triton import triton_repository
 
     cfg = resolve(args.root, args.config, _overrides(args.set))
     layout = Layout.at(cfg.root)
-    recommender = Recommender.load(layout, history=online_history(layout, cfg))
+    history = online_history(layout, cfg)
+    if args.via == "triton":
+        from components.core.champion import champion_in
+        from components.ship.triton import TritonRunner
+
+        url = args.triton_url or os.environ.get("GRAPHDISTILL_TRITON_URL")
+        if not url:
+            raise ValueError("recommend --via triton needs --triton-url or GRAPHDISTILL_TRITON_URL")
+        champ = champion_in(layout.registry())
+        if champ is None:
+            raise LookupError(f"no champion in registry {layout.registry()} (nothing promoted yet)")
+        runner = TritonRunner(url, triton_repository(layout, cfg.ops.triton_repository), champ.version)
+        recommender = Recommender(Path(champ.path), history=history, runner=runner)
+    else:
+        recommender = Recommender.load(layout, history=history)
     segments = recommender.segments(args.users)
-    for user, segment, items in zip(args.users, segments, recommender.recommend(args.users, args.k)):
+    try:
+        answers = recommender.recommend(args.users, args.k)
+    except RuntimeError as exc:  # TritonError: not reachable, or serving another version than the champion
+        print(f"graphdistill recommend: {exc}", file=sys.stderr)
+        return 3
+    print(f"# champion {recommender.version} answered by {recommender.runner.description}")
+    for user, segment, items in zip(args.users, segments, answers):
         print(user, f"[{segment}]", " ".join(f"{item}:{score:.3f}" for item, score in items))
     return 0
 
@@ -453,6 +474,10 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--root", default=default_root)
     rec.add_argument("--config", default=None, help="pipeline YAML (its features section opens the online store)")
     rec.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    rec.add_argument("--via", choices=("local", "triton"), default="local",
+                     help="local: the champion's engine in this process; triton: Triton answers (exit 3 when it "
+                          "is unreachable or serves another version than the champion)")
+    rec.add_argument("--triton-url", default=None, help="Triton's HTTP URL (default $GRAPHDISTILL_TRITON_URL)")
     rec.set_defaults(func=cmd_recommend)
     out = sub.add_parser("outcome", help="each night's decision (promoted, rejected, quarantined, ...) and why")
     out.add_argument("day", nargs="*", help="days (YYYY-MM-DD); default: every day with records")

@@ -43,6 +43,7 @@ def champion_serving_refresh():
         from components.core.config import default_config_file, load_config
         from components.decide.registry import champion
         from components.ship.serving import export_triton_repository as export
+        from components.ship.triton import triton_repository
         from components.core.catalog import Layout
 
         context = get_current_context()
@@ -59,8 +60,7 @@ def champion_serving_refresh():
             # The registry pointer is the truth (e.g. a rollback after the promotion): serve it.
             log.warning("champion pointer is %s, not the event's %s: exporting the pointer's champion",
                         serving.version if serving else None, event["version"])
-        target = Path(load_config(default_config_file()).ops.triton_repository)
-        out = target if target.is_absolute() else layout.root / target
+        out = triton_repository(layout, load_config(default_config_file()).ops.triton_repository)
         models = export(layout, out)
         # Triton in explicit model-control mode (the stack, deploy/docker-compose.yml): load the new version
         # and check it; a failure raises (alert), the previous version keeps serving.

@@ -254,10 +254,10 @@ def _serving_html(layout, champion_version: str | None) -> str:
     """Which version serving answers with: the serving refresh's record in the Triton repository."""
     from components.core.config import default_config_file, load_config
     from components.ship.serving import served_version
+    from components.ship.triton import triton_repository
 
     e = html.escape
-    target = Path(load_config(default_config_file()).ops.triton_repository)
-    repository = target if target.is_absolute() else layout.root / target
+    repository = triton_repository(layout, load_config(default_config_file()).ops.triton_repository)
     served = served_version(repository)
     if served is None:
         return f"<p><b>Serving</b>: nothing exported to {e(str(repository))} yet.</p>"

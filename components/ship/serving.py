@@ -22,14 +22,14 @@ import datetime as dt
 import itertools
 import logging
 import shutil
-import string
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from components.core.config import REPO_ROOT
+from components.ship.triton import render_triton_config
 from components.core.champion import champion_in
 from components.core.catalog import Layout, atomic_write_bytes, read_json, write_json
 
@@ -118,7 +118,8 @@ def top_k_excluding(
 class Recommender:
     """The champion model behind a string-ID interface (see the module docstring)."""
 
-    def __init__(self, version_dir: Path, runtime: str = "auto", history: HistorySource | None = None) -> None:
+    def __init__(self, version_dir: Path, runtime: str = "auto", history: HistorySource | None = None,
+                 runner: Any = None) -> None:
         from components.ship.convert import OnnxRuntimeRunner, TensorRTRunner, tensorrt_available
 
         self.version_dir = Path(version_dir)
@@ -150,10 +151,12 @@ class Recommender:
 
         plan = self.version_dir / "model.plan"
         usable, why = tensorrt_available()
-        if runtime == "tensorrt" and not (plan.exists() and usable):
+        if runner is not None:  # e.g. components.ship.triton.TritonRunner: the engine answers remotely
+            self.runner = runner
+        elif runtime == "tensorrt" and not (plan.exists() and usable):
             raise RuntimeError(f"{self.version}: TensorRT serving requested but "
                                f"{'no model.plan in the version' if not plan.exists() else why}")
-        if runtime in ("auto", "tensorrt") and plan.exists() and usable:
+        elif runtime in ("auto", "tensorrt") and plan.exists() and usable:
             self.runner = TensorRTRunner(plan)
         else:
             self.runner = OnnxRuntimeRunner(self.version_dir / "model.onnx")
@@ -267,16 +270,6 @@ def cold_user_scorer(item_embeddings: np.ndarray, item_degrees: np.ndarray, indp
 
 
 # --- Triton ---------------------------------------------------------------------------------
-
-
-def render_triton_config(template: Path, name: str, top_k: int, batch_sizes: list[int]) -> str:
-    preferred = sorted({b for b in batch_sizes if b > 1}) or [1]
-    return string.Template(template.read_text()).substitute(
-        name=name,
-        max_batch_size=max(batch_sizes),
-        top_k=top_k,
-        preferred_batch_sizes=", ".join(str(b) for b in preferred),
-    )
 
 
 def served_version(repository: Path) -> dict | None:

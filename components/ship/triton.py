@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import string
 import time
 import urllib.error
 import urllib.request
@@ -22,14 +23,30 @@ from pathlib import Path
 import numpy as np
 
 from components.core.config import REPO_ROOT
-from components.ship.serving import render_triton_config
-from components.core.catalog import atomic_write_bytes, read_json, write_json
+from components.core.catalog import Layout, atomic_write_bytes, read_json, write_json
 
 log = logging.getLogger(__name__)
 
 PYTHON_MODEL = "graphdistill_python"
 TEMPLATE = REPO_ROOT / "deploy" / "triton" / PYTHON_MODEL
 KEEP_VERSIONS = 2  # the serving version and the one before it (what a rollback loads back)
+
+
+def render_triton_config(template: Path, name: str, top_k: int, batch_sizes: list[int]) -> str:
+    preferred = sorted({b for b in batch_sizes if b > 1}) or [1]
+    return string.Template(template.read_text()).substitute(
+        name=name,
+        max_batch_size=max(batch_sizes),
+        top_k=top_k,
+        preferred_batch_sizes=", ".join(str(b) for b in preferred),
+    )
+
+
+def triton_repository(layout: Layout, configured: str) -> Path:
+    """Where the serving refresh writes Triton's model repository (``ops.triton_repository``; a relative
+    path is under the artifact root)."""
+    target = Path(configured)
+    return target if target.is_absolute() else layout.root / target
 
 
 class TritonError(RuntimeError):
@@ -85,6 +102,37 @@ def infer(url: str, user_idx: list[int], model: str = PYTHON_MODEL) -> tuple[np.
         timeout=30)
     out = {o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in got["outputs"]}
     return out["top_items"], out["top_scores"], str(got.get("model_version", ""))
+
+
+def served_label(repository: Path, triton_version: str, model: str = PYTHON_MODEL) -> str | None:
+    """The champion version a Triton model version was published for (its graphdistill_version.json)."""
+    record = Path(repository) / model / str(triton_version) / "graphdistill_version.json"
+    return read_json(record)["version"] if record.exists() else None
+
+
+class TritonRunner:
+    """The engine interface of components.ship.serving.Recommender answered by Triton: every answer is
+    checked to come from a Triton version published for ``champion_version``, so string ids are never
+    mapped through another version's index (a Triton that has not refreshed yet is an error, not a guess)."""
+
+    name = "triton"
+
+    def __init__(self, url: str, repository: Path, champion_version: str, model: str = PYTHON_MODEL) -> None:
+        self.url, self.repository, self.champion_version, self.model = url.rstrip("/"), Path(repository), \
+            champion_version, model
+        self.description = f"Triton {self.url} ({model})"
+
+    def run(self, user_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            items, scores, served = infer(self.url, [int(u) for u in user_idx], self.model)
+        except urllib.error.URLError as exc:
+            raise TritonError(f"{self.url}: Triton not reachable ({exc.reason}); is it running?") from exc
+        label = served_label(self.repository, served, self.model)
+        if label != self.champion_version:
+            raise TritonError(f"{self.url}: {self.model} version {served} serves "
+                              f"{label or 'an unknown model'} (repository {self.repository}), the champion is "
+                              f"{self.champion_version}: run the serving refresh (champion_serving_refresh)")
+        return items.astype(np.int64), scores.astype(np.float32)
 
 
 def refresh(url: str, repository: Path, onnx_file: Path, top_k: int, batch_sizes: list[int], label: str,

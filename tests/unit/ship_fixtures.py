@@ -232,6 +232,19 @@ def run_ship_day(layout: Layout, day: str, cfg: PipelineConfig, world: World, se
     return gates.run_gate(layout, day, cfg, run_key=run_key, evaluation=evaluation)
 
 
+def promoted_champion(root: Path, day: str) -> Layout:
+    """A root whose registry serves a champion built and promoted for ``day`` (users u38, u39 are in the
+    ID map without training pairs: the popularity segment)."""
+    from components.decide.registry import run_promote, run_register
+
+    layout = Layout.at(root)
+    cfg = tiny_config(root)
+    run_ship_day(layout, day, cfg, make_world(), cold_users=2)
+    registration = run_register(layout, day, cfg, run_key="r1")
+    assert run_promote(layout, day, cfg, run_key="r1", registration=registration).promoted
+    return layout
+
+
 def write_accepted_events(layout, day, rows):
     """An accepted partition in the validate stage's format (what the features stage reads)."""
     frame = pd.DataFrame(rows, columns=["user_id", "item_id", "ts"])

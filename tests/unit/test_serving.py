@@ -8,27 +8,19 @@ import pytest
 import torch
 
 from components.data.graph import GraphArtifact
-from components.decide.registry import run_promote, run_register
 from components.data.features import online_history, recent_items_as_of, run_features
 from components.ship.serving import (Recommender, csr_rows, export_triton_repository, fold_in, history_csr,
                                 top_k_excluding)
 from components.core.catalog import Layout
 
-from tests.unit.ship_fixtures import make_world, run_ship_day, tiny_config, write_accepted_events
+from tests.unit.ship_fixtures import promoted_champion, tiny_config, write_accepted_events
 
 DAY = "2024-01-08"
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    root = tmp_path_factory.mktemp("served")
-    layout = Layout.at(root)
-    cfg = tiny_config(root)
-    world = make_world()
-    run_ship_day(layout, DAY, cfg, world, cold_users=2)  # u38, u39: in the ID map, no training pairs
-    registration = run_register(layout, DAY, cfg, run_key="r1")
-    assert run_promote(layout, DAY, cfg, run_key="r1", registration=registration).promoted
-    return layout
+    return promoted_champion(tmp_path_factory.mktemp("served"), DAY)
 
 
 def test_known_users_get_model_recommendations_without_seen_items(served):
@@ -168,7 +160,8 @@ def test_cli_recommend_reads_the_online_store(served_with_feast, served, capsys)
 
     _, rec, _, _ = served_with_feast
     assert main(["recommend", "newbie", "nobody", "-k", "3", "--root", str(served.root)]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert header == f"# champion {rec.version} answered by {rec.runner.description}"
     expected = rec.recommend(["newbie", "nobody"], k=3)
     assert lines == [f"{user} [{segment}] " + " ".join(f"{i}:{s:.3f}" for i, s in items)
                      for user, segment, items in zip(["newbie", "nobody"], ["fold_in", "popularity"], expected)]
@@ -208,3 +201,16 @@ def test_fold_in_answers_users_the_model_never_trained_far_better_than_popularit
     assert ours["users_evaluated"] == 12
     assert ours["recall@20"] > popularity["recall@20"] + 0.15, (ours, popularity)
     assert ours["recall@20"] > untrained["recall@20"] + 0.15  # their own (never trained) rows are noise
+
+
+def test_cli_recommend_via_triton_says_what_is_missing_or_unreachable(served, capsys, monkeypatch):
+    from components.cli import main
+
+    monkeypatch.delenv("GRAPHDISTILL_TRITON_URL", raising=False)
+    assert main(["recommend", "u0", "--via", "triton", "--root", str(served.root)]) == 2
+    assert "needs --triton-url or GRAPHDISTILL_TRITON_URL" in capsys.readouterr().err
+    # A port nothing listens on: one line naming the URL, exit 3 (serving is down, the input was fine).
+    assert main(["recommend", "u0", "-k", "3", "--via", "triton", "--triton-url", "http://127.0.0.1:9", "--root",
+                 str(served.root)]) == 3
+    err = capsys.readouterr().err
+    assert "http://127.0.0.1:9: Triton not reachable" in err and "Traceback" not in err
