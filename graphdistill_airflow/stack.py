@@ -3,8 +3,8 @@
 ``python -m graphdistill_airflow.stack up|down|status [--state DIR]``: Postgres (Airflow's metadata DB,
 Feast's SQL registry DB), Redis (Celery broker db 0, Feast online store db 1), SeaweedFS's S3 gateway
 (the bucket created; conditional writes enforced, tests/stack), Airflow 3 with the CeleryExecutor
-(api-server, scheduler, dag-processor, triggerer, a worker on queue ``default`` and one on ``gpu``) and
-Triton in explicit model-control mode. Every service listens on 127.0.0.1 on a free port chosen at
+(api-server, scheduler, dag-processor, triggerer, a worker on queue ``default`` and one on ``gpu``; task
+logs on the object store through Airflow's S3 remote logging) and Triton in explicit model-control mode. Every service listens on 127.0.0.1 on a free port chosen at
 start-up; ports, pids and log files are recorded in <state>/stack.json, all state lives under <state>.
 ``up`` waits for each service's health check in order and fails naming the first one that did not come up.
 Settings: deploy/stack/stack.yaml (StackSettings below).
@@ -39,6 +39,7 @@ SETTINGS_FILE = REPO_ROOT / "deploy" / "stack" / "stack.yaml"
 TRITON_VENV = REPO_ROOT / ".venv-triton"
 TRITON_REQUIREMENTS = ["nvidia-pytriton==0.7.0", "onnxruntime>=1.18"]  # pytriton pins numpy<2: its own venv
 WORKER_QUEUES = ("default", "gpu")
+REMOTE_LOG_CONN_ID, REMOTE_LOG_PREFIX = "graphdistill_logs_s3", "logs"  # task logs: s3://<bucket>/logs/...
 # Start order; `down` stops in reverse (workers before the broker and the DB they write to).
 SERVICES = ("postgres", "redis", "seaweedfs", "api-server", "scheduler", "dag-processor", "triggerer",
             "worker-default", "worker-gpu", "triton")
@@ -154,8 +155,21 @@ class Stack:
             "GRAPHDISTILL_TRITON_URL": self.triton_url,
             "AIRFLOW_CONN_GRAPHDISTILL_API": self.api.task_env()["AIRFLOW_CONN_GRAPHDISTILL_API"],
         })
+        env.update(self.remote_logging_env())
         env.update(self.extra_env)
         return env
+
+    def remote_logging_env(self) -> dict[str, str]:
+        """Airflow's S3 remote logging (Amazon provider): a worker uploads each task's log to
+        s3://<bucket>/logs when the task ends and the api-server reads it back from there, so a lost
+        worker (and its local log folder) loses no log."""
+        connection = {"conn_type": "aws", "login": self.settings.s3_access_key,
+                      "password": self.settings.s3_secret_key,
+                      "extra": {"endpoint_url": self.s3_endpoint, "region_name": "us-east-1"}}
+        return {"AIRFLOW__LOGGING__REMOTE_LOGGING": "True",
+                "AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER": f"s3://{self.settings.bucket}/{REMOTE_LOG_PREFIX}",
+                "AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID": REMOTE_LOG_CONN_ID,
+                f"AIRFLOW_CONN_{REMOTE_LOG_CONN_ID.upper()}": json.dumps(connection)}
 
     def worker_env(self, queue: str) -> dict[str, str]:
         return {**self.airflow_env(),

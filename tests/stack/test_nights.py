@@ -106,6 +106,57 @@ def test_triton_serves_the_promoted_champion(stack, nights):
     assert items.shape[0] == 3 and (scores[:, :-1] >= scores[:, 1:]).all()  # ranked best first
 
 
+def _task_log(stack, run_id: str, task_id: str, try_number: int) -> dict:
+    path = (f"/api/v2/dags/{DAG}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/{task_id}/logs/"
+            f"{try_number}?full_content=true")
+    request = urllib.request.Request(f"{stack.api.base_url}{path}", headers={
+        "Authorization": f"Bearer {stack.api.token()}", "Accept": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def _log_key(run_id: str, ti: dict) -> str:
+    """Airflow's default log_filename_template, under the stack's remote log prefix."""
+    from graphdistill_airflow.stack import REMOTE_LOG_PREFIX
+
+    mapped = f"map_index={ti['map_index']}/" if ti["map_index"] >= 0 else ""
+    return (f"{REMOTE_LOG_PREFIX}/dag_id={DAG}/run_id={run_id}/task_id={ti['task_id']}/{mapped}"
+            f"attempt={ti['try_number']}.log")
+
+
+def test_task_logs_live_in_the_object_store(stack, nights):
+    """Remote logging: every task attempt that ran has its log under s3://<bucket>/logs; with the workers'
+    local task logs deleted (a lost node), the api-server still serves a task's log, read from the store."""
+    import shutil
+
+    from graphdistill_airflow.stack import REMOTE_LOG_PREFIX, s3_client
+
+    s3, bucket = s3_client(stack), stack.settings.bucket
+    expected = {_log_key(run_id, t) for run_id, tis in nights["tasks"].items() for t in tis
+                if t["state"] in ("success", "failed")}
+    deadline = time.monotonic() + 60  # a worker uploads right after its task process exits
+    while True:
+        stored = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=f"{REMOTE_LOG_PREFIX}/dag_id={DAG}/") for o in page.get("Contents", [])}
+        if expected <= stored or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert expected <= stored, f"task logs missing from s3://{bucket}: {sorted(expected - stored)[:5]}"
+
+    local = stack.root / "airflow" / "logs" / f"dag_id={DAG}"  # both workers' AIRFLOW_HOME/logs on this host
+    shutil.rmtree(local, ignore_errors=True)
+    promoted = next(r["dag_run_id"] for r in nights["runs"] if r["data_interval_start"][:10] == NIGHTS[1])
+    teacher = next(t for t in nights["tasks"][promoted] if t["task_id"] == "teacher")
+    key = _log_key(promoted, teacher)
+    events = [m["event"] for m in _task_log(stack, promoted, "teacher", teacher["try_number"])["content"]]
+    # The reader lists its sources first, in a group: the store's object only, no local file, no worker.
+    assert events[:3] == ["::group::Log message source details", f"s3://{bucket}/{key}", "::endgroup::"], events[:5]
+    stored_events = {json.loads(line)["event"] for line in
+                     s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode().splitlines() if line.strip()}
+    assert stored_events and set(events[3:]) == stored_events
+    print(json.dumps({"task_log_objects": len(expected), "teacher_log_lines": len(events) - 3}))
+
+
 def test_a_worker_killed_mid_task_loses_no_night(stack, nights):
     """A re-run of night 2 (manual, after the scheduled nights): the gpu worker is SIGKILLed (with its task
     processes) while a model task runs; the scheduler fails the task on its missed heartbeats, a
