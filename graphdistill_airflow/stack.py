@@ -354,6 +354,7 @@ def start_seaweedfs(stack: Stack) -> None:
         f"-volume.port={p['weed-volume']}", f"-volume.port.grpc={p['weed-volume-grpc']}",
         "-filer", f"-filer.port={p['weed-filer']}", f"-filer.port.grpc={p['weed-filer-grpc']}",
         "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['weed-s3-grpc']}", f"-s3.port.iceberg={p['weed-iceberg']}",
+        f"-s3.port.lance={p['weed-lance']}",  # default 9101: a second SeaweedFS on the host would exit
         f"-s3.config={data / 's3.json'}", f"-metricsPort={p['weed-metrics']}",
         "-master.volumeSizeLimitMB=256", "-volume.max=0"])
 
@@ -456,7 +457,7 @@ def start_triton(stack: Stack) -> None:
 
 
 PORTS = ("postgres", "redis", "s3", "weed-master", "weed-master-grpc", "weed-volume", "weed-volume-grpc", "weed-filer",
-         "weed-filer-grpc", "weed-s3-grpc", "weed-iceberg", "weed-metrics", "api-server", "triggerer-logs",
+         "weed-filer-grpc", "weed-s3-grpc", "weed-iceberg", "weed-lance", "weed-metrics", "api-server", "triggerer-logs",
          "worker-default-logs", "worker-gpu-logs", "triton-http", "triton-grpc", "triton-metrics")
 
 

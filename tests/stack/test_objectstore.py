@@ -90,3 +90,17 @@ def test_wrong_credentials_are_refused_at_connect(seaweedfs):
                             aws_secret_access_key="wrong", region_name="us-east-1")
     with pytest.raises(ObjectStoreError, match=f"s3://{seaweedfs.settings.bucket}: bucket not reachable: 403"):
         ObjectStore(seaweedfs.settings.bucket, "", stranger)
+
+
+def test_a_second_seaweedfs_on_the_host_comes_up_beside_the_first(seaweedfs, tmp_path):
+    """Every SeaweedFS port is chosen at start-up: its Lance listener defaulted to 127.0.0.1:9101, so a
+    second server on the host (another stack, a test run beside `make stack`) exited at start."""
+    from graphdistill_airflow import stack as stack_mod
+
+    second = stack_mod.Stack(tmp_path, stack_mod.load_settings(), {name: stack_mod.free_port() for name in stack_mod.PORTS})
+    try:
+        stack_mod.start_seaweedfs(second)
+        assert s3_client(second).get_object(Bucket=second.settings.bucket, Key="_stack/health")["Body"].read() == b"ok"
+    finally:
+        stack_mod.down(tmp_path, quiet=True)
+    assert s3_client(seaweedfs).get_object(Bucket=seaweedfs.settings.bucket, Key="_stack/health")["Body"].read() == b"ok"
