@@ -1,8 +1,10 @@
 """deploy/helm/values.yaml (Airflow's official chart) runs what the DAGs need: every Celery queue a task
 names has a worker set, the ``gpu`` set asks Kubernetes for a GPU, every GRAPHDISTILL_* variable a DAG
-file reads is set, and task logs go where the stack sends them. (The values were validated against the
-chart's values.schema.json by hand; that needs the chart, so it is not repeated here.)"""
+file reads is set, and task logs go where the stack sends them (deploy/docker-compose.yml too). (The
+values were validated against the chart's values.schema.json by hand; that needs the chart, so it is not
+repeated here.)"""
 
+import json
 import re
 from pathlib import Path
 
@@ -48,12 +50,20 @@ def test_every_variable_a_dag_reads_is_set():
 
 
 def test_remote_logging_as_on_the_stack(tmp_path):
-    """Same provider settings as the tested stack: bucket, prefix and connection id; the connection
-    itself comes from a secret."""
+    """The chart's values and the compose file log where the tested stack does: same bucket, prefix and
+    connection id; the chart takes the connection from a secret, compose points it at its SeaweedFS."""
     stack = stack_mod.Stack(Path(tmp_path), stack_mod.load_settings(), {"s3": 8333})
     expected = stack.remote_logging_env()
+    connection_env = f"AIRFLOW_CONN_{stack_mod.REMOTE_LOG_CONN_ID.upper()}"
     logging = VALUES["config"]["logging"]
     for key in ("remote_logging", "remote_base_log_folder", "remote_log_conn_id"):
         assert logging[key] == expected[f"AIRFLOW__LOGGING__{key.upper()}"], key
-    assert f"AIRFLOW_CONN_{stack_mod.REMOTE_LOG_CONN_ID.upper()}" in {s["envName"] for s in VALUES["secret"]}
+    assert connection_env in {s["envName"] for s in VALUES["secret"]}
     assert VALUES["executor"] == "CeleryExecutor" and VALUES["logs"]["persistence"]["enabled"] is False
+
+    compose = yaml.safe_load((REPO_ROOT / "deploy" / "docker-compose.yml").read_text())
+    for name in ("airflow-apiserver", "airflow-worker-default", "airflow-worker-gpu"):
+        env = compose["services"][name]["environment"]
+        assert {k: env[k] for k in expected if k != connection_env} == {
+            k: v for k, v in expected.items() if k != connection_env}, name
+        assert json.loads(env[connection_env])["extra"]["endpoint_url"] == env["AWS_ENDPOINT_URL_S3"], name
