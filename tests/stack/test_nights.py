@@ -203,4 +203,17 @@ def test_a_worker_killed_mid_task_loses_no_night(stack, nights):
     assert champion(layout).version == champion_before
     for path in [*(stack.root / "models").rglob("*.json"), *(stack.root / "registry").rglob("*.json")]:
         json.loads(path.read_text())  # whole: atomic writes leave only hidden *.tmp files behind
-    print(json.dumps({"killed_task": killed, "run": run_id}))
+    # The retry's log is in the store; the killed attempt's log never left the dead worker (a worker
+    # uploads a log when its task ends).
+    from graphdistill_airflow.stack import s3_client
+
+    s3, bucket = s3_client(stack), stack.settings.bucket
+    keys = {attempt: _log_key(run_id, {**tis[killed], "try_number": attempt}) for attempt in (1, 2)}
+    stored = {}
+    for _ in range(30):
+        stored = {a: s3.list_objects_v2(Bucket=bucket, Prefix=k).get("KeyCount", 0) > 0 for a, k in keys.items()}
+        if stored[2]:
+            break
+        time.sleep(2)
+    assert stored[2], f"s3://{bucket}/{keys[2]} missing"
+    print(json.dumps({"killed_task": killed, "run": run_id, "killed_attempt_log_in_store": stored[1]}))
