@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import (AsyncCallback, CronDataIntervalTimetable, DeadlineAlert, DeadlineReference, Param, dag,
+from airflow.sdk import (AsyncCallback, DeadlineAlert, DeadlineReference, Param, dag,
                          get_current_context, task, teardown)
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
@@ -29,6 +29,7 @@ from components.core.config import default_config_file, default_root, load_confi
 from components.decide.outcome import schedule_start  # noqa: E402  (standard library + storage paths: light)
 from graphdistill_airflow.alerts import DEADLINE_MISSED, GraphDistillNotifier  # noqa: E402
 from graphdistill_airflow.assets import CHAMPION, NIGHTLY_OUTCOME  # noqa: E402
+from graphdistill_airflow.timetable import NightlyTimetable  # noqa: E402  (registered by the plugin)
 from graphdistill_airflow.nightly import (NIGHT_ENDS, announce_champion, context_day, ended_as,  # noqa: E402
                                          publish_outcome)
 
@@ -84,7 +85,8 @@ def _night_ended(kind: str, fails: bool):
 
 @dag(
     dag_id=DAG_ID,
-    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    # Airflow's cron data intervals; run ids name the day processed (scheduled__day_D, not D+1).
+    schedule=NightlyTimetable("0 0 * * *", timezone="UTC"),
     start_date=dt.datetime.combine(START.start, dt.time(), tzinfo=dt.timezone.utc),
     catchup=START.catchup,
     max_active_runs=1,

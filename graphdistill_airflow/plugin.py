@@ -27,6 +27,8 @@ from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessE
 from airflow.api_fastapi.core_api.security import requires_access_dag
 from airflow.plugins_manager import AirflowPlugin
 
+from graphdistill_airflow.timetable import NightlyTimetable
+
 NIGHTLY_DAG_ID = "gnn_recsys_nightly"
 URL_PREFIX = "/graphdistill"
 COLOURS = {"promoted": "#1b7f3b", "rejected": "#c0392b", "quarantined": "#8e44ad", "not_promoted": "#d68910",
@@ -271,6 +273,7 @@ def _serving_html(layout, champion_version: str | None) -> str:
 
 class GraphDistillPlugin(AirflowPlugin):
     name = "graphdistill"
+    timetables = [NightlyTimetable]  # the nightly's schedule (run ids name the day processed)
     fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "GraphDistill"}]
     external_views = [
         {"name": "GraphDistill outcome", "href": "graphdistill/runs/{DAG_ID}/{RUN_ID}", "destination": "dag_run",
