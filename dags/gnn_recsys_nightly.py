@@ -110,11 +110,14 @@ def _night_ended(kind: str, fails: bool):
         "on_failure_callback": GraphDistillNotifier(conn_id=OPS.alert_connection_id, base_url=OPS.base_url),
     },
     params={
-        # First in the trigger form: a manual run must name its day; scheduled runs derive it.
-        "day": Param(None, type=["null", "string"], format="date", title="Day to process (manual runs: required)",
-                     description="the day whose landing partition this run processes, YYYY-MM-DD. Required for "
-                                 "manual runs; scheduled and backfill runs process their data interval's "
-                                 "start and leave it empty"),
+        # First in the trigger form. Null is allowed only because Airflow refuses a scheduled DAG whose
+        # params lack a valid default; a manual run without a day is refused when triggered (the plugin's
+        # RequireManualRunDay: trigger form and REST API) and fails at once otherwise (run_day).
+        "day": Param(None, type=["null", "string"], format="date", title="Day to process (required for manual runs)",
+                     description="YYYY-MM-DD: the day whose landing partition this run processes (trained on the "
+                                 "window ending the day before, judged on this day). Manual runs must set it: "
+                                 "without it the trigger is refused. Scheduled and backfill runs leave it empty "
+                                 "and process their data interval's start"),
         "root": Param(default_root(), type="string",
                       description="artifact root (landing, accepted, quarantine, features, graphs, models, registry)"),
         "config_file": Param(default_config_file(), type="string",

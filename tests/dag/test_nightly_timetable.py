@@ -14,11 +14,17 @@ from pathlib import Path
 from components.cli import airflow_bin, airflow_env
 
 # Runs in its own process: Airflow reads its home, database and plugins folder once per process.
-CREATE_TWO_SCHEDULED_RUNS = """
-import json
-from sqlalchemy import select
+SERIALIZE_DAGS = """
 from airflow.dag_processing.bundles.manager import DagBundlesManager
 from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+DagBundlesManager().sync_bundles_to_db()
+bag = DagBag()
+assert not bag.import_errors, bag.import_errors
+sync_bag_to_db(bag, "dags-folder", None)  # what the dag-processor does: serialize through the plugin's timetable
+"""
+CREATE_TWO_SCHEDULED_RUNS = SERIALIZE_DAGS + """
+import json
+from sqlalchemy import select
 from airflow.jobs.job import Job
 from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
 from airflow.models.dag import DagModel
@@ -29,10 +35,6 @@ from airflow.utils.state import DagRunState
 from graphdistill_airflow import plugin
 
 DAG = "gnn_recsys_nightly"
-DagBundlesManager().sync_bundles_to_db()
-bag = DagBag()
-assert not bag.import_errors, bag.import_errors
-sync_bag_to_db(bag, "dags-folder", None)  # what the dag-processor does: serialize through the plugin's timetable
 runner = SchedulerJobRunner(job=Job())
 for night in range(2):
     with create_session() as session:
