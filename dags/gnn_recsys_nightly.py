@@ -31,7 +31,7 @@ from graphdistill_airflow.alerts import DEADLINE_MISSED, GraphDistillNotifier  #
 from graphdistill_airflow.assets import CHAMPION, NIGHTLY_OUTCOME  # noqa: E402
 from graphdistill_airflow.timetable import NightlyTimetable  # noqa: E402  (registered by the plugin)
 from graphdistill_airflow.nightly import (NIGHT_ENDS, announce_champion, context_day, ended_as,  # noqa: E402
-                                         publish_outcome)
+                                         fail_for_good, publish_outcome)
 
 DAG_ID = "gnn_recsys_nightly"
 # The heavy model tasks go to the Celery queue a GPU node serves (the stack's worker-gpu); executors
@@ -65,7 +65,7 @@ def _run(stage: str, upstream: dict[str, Any] | None = None, **inputs: dict[str,
         log.warning("SKIPPED %s for %s: %s", stage, day, exc)
         raise AirflowSkipException(f"{stage} skipped for {day}: {exc}") from exc
     except PermanentStageFailure as exc:
-        raise AirflowFailException(str(exc)) from exc
+        fail_for_good(exc)
 
 
 def _night_ended(kind: str, fails: bool):
