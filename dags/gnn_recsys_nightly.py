@@ -29,9 +29,9 @@ from components.core.config import default_config_file, default_root, load_confi
 from components.decide.outcome import schedule_start  # noqa: E402  (standard library + storage paths: light)
 from graphdistill_airflow.alerts import DEADLINE_MISSED, GraphDistillNotifier  # noqa: E402
 from graphdistill_airflow.assets import CHAMPION, NIGHTLY_OUTCOME  # noqa: E402
-from graphdistill_airflow.timetable import NightlyTimetable  # noqa: E402  (registered by the plugin)
 from graphdistill_airflow.nightly import (NIGHT_ENDS, announce_champion, context_day, ended_as,  # noqa: E402
                                          fail_for_good, publish_outcome)
+from graphdistill_airflow.timetable import NightlyTimetable  # noqa: E402  (registered by the plugin)
 
 DAG_ID = "gnn_recsys_nightly"
 # The heavy model tasks go to the Celery queue a GPU node serves (the stack's worker-gpu); executors
