@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import (AsyncCallback, CronDataIntervalTimetable, DeadlineAlert, DeadlineReference, Param, dag,
+from airflow.sdk import (AsyncCallback, DeadlineAlert, DeadlineReference, Param, dag,
                          get_current_context, task, teardown)
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
@@ -30,7 +30,8 @@ from components.decide.outcome import schedule_start  # noqa: E402  (standard li
 from graphdistill_airflow.alerts import DEADLINE_MISSED, GraphDistillNotifier  # noqa: E402
 from graphdistill_airflow.assets import CHAMPION, NIGHTLY_OUTCOME  # noqa: E402
 from graphdistill_airflow.nightly import (NIGHT_ENDS, announce_champion, context_day, ended_as,  # noqa: E402
-                                         publish_outcome)
+                                         fail_for_good, publish_outcome)
+from graphdistill_airflow.timetable import NightlyTimetable  # noqa: E402  (registered by the plugin)
 
 DAG_ID = "gnn_recsys_nightly"
 # The heavy model tasks go to the Celery queue a GPU node serves (the stack's worker-gpu); executors
@@ -64,7 +65,7 @@ def _run(stage: str, upstream: dict[str, Any] | None = None, **inputs: dict[str,
         log.warning("SKIPPED %s for %s: %s", stage, day, exc)
         raise AirflowSkipException(f"{stage} skipped for {day}: {exc}") from exc
     except PermanentStageFailure as exc:
-        raise AirflowFailException(str(exc)) from exc
+        fail_for_good(exc)
 
 
 def _night_ended(kind: str, fails: bool):
@@ -84,7 +85,8 @@ def _night_ended(kind: str, fails: bool):
 
 @dag(
     dag_id=DAG_ID,
-    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    # Airflow's cron data intervals; run ids name the day processed (scheduled__day_D, not D+1).
+    schedule=NightlyTimetable("0 0 * * *", timezone="UTC"),
     start_date=dt.datetime.combine(START.start, dt.time(), tzinfo=dt.timezone.utc),
     catchup=START.catchup,
     max_active_runs=1,
@@ -108,11 +110,14 @@ def _night_ended(kind: str, fails: bool):
         "on_failure_callback": GraphDistillNotifier(conn_id=OPS.alert_connection_id, base_url=OPS.base_url),
     },
     params={
-        # First in the trigger form: a manual run must name its day; scheduled runs derive it.
-        "day": Param(None, type=["null", "string"], format="date", title="Day to process (manual runs: required)",
-                     description="the day whose landing partition this run processes, YYYY-MM-DD. Required for "
-                                 "manual runs; scheduled and backfill runs process their data interval's "
-                                 "start and leave it empty"),
+        # First in the trigger form. Null is allowed only because Airflow refuses a scheduled DAG whose
+        # params lack a valid default; a manual run without a day is refused when triggered (the plugin's
+        # RequireManualRunDay: trigger form and REST API) and fails at once otherwise (run_day).
+        "day": Param(None, type=["null", "string"], format="date", title="Day to process (required for manual runs)",
+                     description="YYYY-MM-DD: the day whose landing partition this run processes (trained on the "
+                                 "window ending the day before, judged on this day). Manual runs must set it: "
+                                 "without it the trigger is refused. Scheduled and backfill runs leave it empty "
+                                 "and process their data interval's start"),
         "root": Param(default_root(), type="string",
                       description="artifact root (landing, accepted, quarantine, features, graphs, models, registry)"),
         "config_file": Param(default_config_file(), type="string",

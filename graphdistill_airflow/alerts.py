@@ -61,7 +61,7 @@ def _reported_by_outcome(error: BaseException | None) -> str | None:
     while error is not None:
         if type(error).__name__ in OUTCOME_REPORTED:
             return type(error).__name__
-        error = error.__cause__
+        error = error.__cause__ or error.__context__  # nightly.fail_for_good raises from None
     return None
 
 

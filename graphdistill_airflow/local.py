@@ -44,6 +44,17 @@ class LocalApiServer:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
 
+    def post(self, path: str, body: Any, token: str | None = None) -> tuple[int, Any]:
+        """POST ``body`` as JSON; the status and the decoded JSON answer."""
+        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+        request = urllib.request.Request(f"{self.base_url}{path}", method="POST", data=json.dumps(body).encode(),
+                                         headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
     def get_json(self, path: str, token: str) -> Any:
         status, body = self.get(path, token)
         if status != 200:

@@ -5,13 +5,20 @@ with the task's Airflow context; the decisions themselves come from components.d
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NoReturn
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from graphdistill_airflow.assets import CHAMPION, NIGHTLY_OUTCOME
 
 log = logging.getLogger(__name__)
+
+
+def fail_for_good(error: Exception) -> NoReturn:
+    """Fail the task now (no retry) with ``error``'s message, once. Called while handling ``error``:
+    raised from None, because the chained traceback printed the message twice more; the alert
+    notifier still finds ``error`` (``__context__``)."""
+    raise AirflowFailException(str(error)) from None
 
 
 def context_day(context: dict[str, Any]) -> str:
@@ -23,7 +30,7 @@ def context_day(context: dict[str, Any]) -> str:
         return run_day(str(getattr(run.run_type, "value", run.run_type)), context.get("data_interval_start"),
                        context["params"].get("day"))
     except RunDayError as exc:
-        raise AirflowFailException(str(exc)) from exc
+        fail_for_good(exc)
 
 
 # The grid's terminal rows: (outcome kind, whether the run fails with it). NOT RUN is a run that never
@@ -81,7 +88,7 @@ def publish_outcome(context: dict[str, Any]) -> dict[str, Any]:
     except ConfigError as exc:  # a typo in the run's overrides: the run never ran, say which key
         ops = load_config(default_config_file()).ops
         write_run_note(dag_id, run_id, f"**NOT RUN** {exc}"[:1000], ops.api_connection_id)
-        raise AirflowFailException(str(exc)) from exc
+        fail_for_good(exc)
     try:
         day = context_day(context)
     except AirflowFailException as exc:  # a misuse (no or wrong day): say so on the run itself

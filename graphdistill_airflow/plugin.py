@@ -9,13 +9,15 @@ DAG ids get 404):
     /graphdistill/runs/{dag_id}/{run_id}/validation.html the validation or quarantine report
     /graphdistill/models                                 champion, recent nights, promotion history, rollback
 
-and two external views: "GraphDistill outcome" on every DAG run, "Models" in the navigation.
+and two external views: "GraphDistill outcome" on every DAG run, "Models" in the navigation. It also
+registers the nightly's timetable and refuses, when triggered, a manual run without a ``day``.
 Everything it shows comes from components.decide.outcome (the run's day, its outcome, where its files are).
 """
 
 from __future__ import annotations
 
 import html
+import json
 import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,6 +28,8 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
 from airflow.api_fastapi.core_api.security import requires_access_dag
 from airflow.plugins_manager import AirflowPlugin
+
+from graphdistill_airflow.timetable import NightlyTimetable
 
 NIGHTLY_DAG_ID = "gnn_recsys_nightly"
 URL_PREFIX = "/graphdistill"
@@ -269,8 +273,64 @@ def _serving_html(layout, champion_version: str | None) -> str:
     return text + "</p>"
 
 
+TRIGGER_PATH = f"/api/v2/dags/{NIGHTLY_DAG_ID}/dagRuns"
+
+
+def manual_run_refusal(body: bytes) -> str | None:
+    """Why a trigger request (the POST body of ``TRIGGER_PATH``) must be refused: a manual run without
+    a valid ``day`` in its conf (components.decide.outcome.run_day); None to let Airflow handle it
+    (a body that is not JSON: Airflow answers 422 itself)."""
+    from components.decide.outcome import RunDayError, run_day
+
+    try:
+        request = json.loads(body or b"{}")
+    except ValueError:
+        return None
+    conf = request.get("conf") if isinstance(request, dict) else None
+    try:
+        run_day("manual", None, conf.get("day") if isinstance(conf, dict) else None)
+    except RunDayError as exc:
+        return str(exc)
+    return None
+
+
+class RequireManualRunDay:
+    """Refuses a manual run of the nightly without a valid ``day`` when it is triggered (HTTP 400, the
+    trigger form shows the message), instead of a NOT RUN failure once it runs.
+
+    Why a middleware and not the Param's schema: Airflow validates every run's params with the same
+    schema, scheduled runs with the defaults, and refuses a scheduled DAG whose params have no valid
+    default (airflow/sdk/definitions/dag.py, DAG._validate_params), so ``day`` must accept null. The UI
+    form and REST clients create runs through this endpoint; ``airflow dags trigger`` and ``dags test``
+    write to the database directly, and their runs still fail at once naming the command to use."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith(TRIGGER_PATH):
+            await self.app(scope, receive, send)
+            return
+        messages, more = [], True
+        while more:  # the whole body, then replayed to Airflow unchanged
+            message = await receive()
+            messages.append(message)
+            more = message.get("type") == "http.request" and message.get("more_body", False)
+        refusal = manual_run_refusal(b"".join(m.get("body", b"") for m in messages))
+        if refusal:
+            await JSONResponse({"detail": refusal}, status_code=400)(scope, receive, send)
+            return
+
+        async def replay() -> dict:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+
 class GraphDistillPlugin(AirflowPlugin):
     name = "graphdistill"
+    timetables = [NightlyTimetable]  # the nightly's schedule (run ids name the day processed)
+    fastapi_root_middlewares = [{"middleware": RequireManualRunDay, "name": "graphdistill_manual_run_day"}]
     fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "GraphDistill"}]
     external_views = [
         {"name": "GraphDistill outcome", "href": "graphdistill/runs/{DAG_ID}/{RUN_ID}", "destination": "dag_run",

@@ -836,5 +836,5 @@ def run_validate(layout: Layout, day: str, cfg: PipelineConfig) -> ValidationRes
         f"landing files: {file_names}",
         f"report: {target / 'report.html'}",
     ])
-    log.error(message)
+    # Not logged here: the exception is the one record of it (Airflow's task log, the CLI's stderr).
     raise DataValidationError(message, str(target / "report.html"))

@@ -261,6 +261,11 @@ class RunDayError(ValueError):
 HOW_TO_RUN_A_DAY = 'airflow dags trigger gnn_recsys_nightly --run-id "day_D" --conf \'{"day": "D"}\''
 
 
+def day_of_interval(data_interval_start: dt.datetime) -> str:
+    """The day a scheduled or backfill run processes: its data interval's start (YYYY-MM-DD)."""
+    return data_interval_start.date().isoformat()
+
+
 def run_day(run_type: str, data_interval_start: dt.datetime | None, conf_day: str | None) -> str:
     """The day a DAG run processes.
 
@@ -269,7 +274,7 @@ def run_day(run_type: str, data_interval_start: dt.datetime | None, conf_day: st
     ``airflow dags trigger`` / ``test``) must name its day in the conf: Airflow infers a manual run's
     data interval from its trigger time, so the interval of a hand-triggered run is not a day anyone chose.
     """
-    interval_day = data_interval_start.date().isoformat() if data_interval_start else None
+    interval_day = day_of_interval(data_interval_start) if data_interval_start else None
     if conf_day:
         try:
             day = parse_day(conf_day).isoformat()

@@ -62,7 +62,7 @@ def test_schedule_catchup_and_params(dagbag):
     assert dag.catchup is True and dag.max_active_runs == 1
     assert dag.start_date.date().isoformat() == "2026-03-02"  # the first landed day
     assert "Schedule start**: 2026-03-02 (first landed day" in dag.doc_md
-    assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
+    assert type(dag.timetable).__name__ == "NightlyTimetable"  # run ids name the day (test_nightly_timetable)
     assert list(dag.params.keys()) == ["day", "root", "config_file", "overrides"]  # day first in the form
     assert dag.params["day"] is None  # scheduled runs take their data interval; manual runs must name it
 

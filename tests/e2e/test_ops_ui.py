@@ -138,6 +138,16 @@ def test_plugin_serves_a_quarantined_days_rules_and_quarantine_report(ops):
     assert status == 200 and page == (attempt / "report.html").read_bytes()
 
 
+def test_a_quarantined_days_log_says_its_error_once(ops):
+    """Issue 18, Why 8: the validate log printed its error three times (the stage's line, the chained
+    DataValidationError, the AirflowFailException). One remains, ending Airflow's own traceback
+    (Airflow 3.3 logs every AirflowFailException with log.exception, task_runner.py)."""
+    log = (ops["root"] / f"{DAYS[3]}.log").read_text()
+    assert log.count(f"validation FAILED for {DAYS[3]}") == 1
+    assert log.count("  - FAIL expect_column_to_exist(item_id): observed column missing\n") == 1
+    assert "direct cause of the following exception" not in log and "During handling of the above" not in log
+
+
 def test_models_page_lists_the_champion_the_nights_and_how_to_roll_back(ops):
     status, page = ops["server"].get("/graphdistill/models", ops["token"])
     champion = json.loads((ops["root"] / "registry" / "champion.json").read_text())["version"]
