@@ -53,7 +53,7 @@ TIMINGS = "timings.json"
 # Keys that hold wall-clock measurements (train seconds, pairs/s, latency): they differ on every
 # run, so they live in TIMINGS, outside an artifact's content hash (issue 20: a re-run of the
 # teacher made a new version each time because metrics.json held its seconds).
-_WALL_CLOCK = re.compile(r"seconds|_per_s$|^latency_ms$")
+_WALL_CLOCK = re.compile(r"seconds|_per_s$|^latency_ms$|^latency_p\d+_ms$")
 LATEST_FILE = "latest.json"
 # What a run decided, as the CLI, the report and the Airflow UI show it.
 OUTCOME_KINDS = ("promoted", "rejected", "inconclusive", "not_promoted", "skipped", "quarantined")

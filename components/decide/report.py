@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from components.core.config import PipelineConfig
-from components.core.catalog import Layout, atomic_write_bytes, latest_run, read_json, read_outcome, run_dir
+from components.core.catalog import (Layout, atomic_write_bytes, latest_run, read_json, read_measured_json, read_outcome,
+                                     run_dir)
 from components.core.refs import describe_comparison
 
 log = logging.getLogger(__name__)
@@ -366,7 +367,7 @@ def shipped_size_html(layout: Layout, blessing: dict[str, Any] | None) -> str:
     path = Path(CandidateRefs.from_dict(layout, blessing["candidate_refs"]).pruned.path) / LADDER_FILE if blessing else None
     if path is None or not path.exists():
         return ""
-    ladder = read_json(path)
+    ladder = read_measured_json(path.parent, LADDER_FILE)
     columns = {"prune ratio": "prune_ratio", "dims": "embedding_dim", "precision": "precision",
                "table bytes": "table_bytes", "p95 ms": "latency_p95_ms", "val NDCG@20": "val_ndcg_at_20",
                "retention": "retention", "within budgets": "within_budgets", "qualifies": "qualifies"}

@@ -45,7 +45,7 @@ from components.model.models.lightgcn import (
 )
 from components.model.ladder import LADDER_FILE, ladder_record, measure_rungs
 from components.model.models.serving_graph import seen_items_csr
-from components.core.catalog import Layout, read_json, staging_dir, write_json
+from components.core.catalog import Layout, read_json, staging_dir, write_measured_json
 from components.model.teacher import Teacher, load_teacher
 from components.model.train import (
     ModelArtifact,
@@ -252,7 +252,7 @@ def run_prune(layout: Layout, day: str, cfg: PipelineConfig, *, graph: GraphRef,
     with staging_dir(layout.artifacts(KIND)) as tmp:
         if cfg.prune.method == "magnitude" and metrics["prune_ratio"] > 0:
             (tmp / "model_sparse.npz").write_bytes(packed_sparse_bytes(model))
-        write_json(tmp / LADDER_FILE, ladder)
+        write_measured_json(tmp, LADDER_FILE, ladder)  # rung latencies go to TIMINGS: not hashed
         write_model_files(tmp, model, user_emb, item_emb, graph_ref.version, metrics, report,
                           extra={"prune_method": cfg.prune.method})
         metrics = read_json(tmp / "metrics.json")

@@ -11,7 +11,7 @@ from components.ship.export import shipped_precision
 from components.core.interactions import Interactions
 from components.model.models.lightgcn import LightGCN, build_adjacency, principal_axes, project_ego
 from components.model.prune import magnitude_masks, prune_model, remove_dimensions, run_prune
-from components.core.catalog import Layout, read_json
+from components.core.catalog import TIMINGS, Layout, read_json, read_measured_json
 from components.model.teacher import load_teacher, teacher_topk
 from components.model.teacher import run_teacher
 from components.model.train import load_embeddings, load_model
@@ -134,7 +134,10 @@ def test_prune_stage_records_the_ladder_and_ships_its_choice(day_with_teacher, m
     cfg = load_config(None, {**BASE, "ladder.min_retention": min_retention})
     run_distill(layout, DAY, cfg, **current_inputs(layout, "distill", DAY))
     pruned = run_prune(layout, DAY, cfg, **current_inputs(layout, "prune", DAY))
-    ladder = read_json(f"{pruned.path}/{LADDER_FILE}")
+    ladder = read_measured_json(pruned.path, LADDER_FILE)
+    # Measured latencies live in TIMINGS, outside the version hash: a re-run does not fork the version.
+    assert "latency_p95_ms" not in read_json(f"{pruned.path}/{LADDER_FILE}")["chosen_rung"]
+    assert len(read_json(f"{pruned.path}/{TIMINGS}")[LADDER_FILE]["rungs"]) == len(ladder["rungs"])
     teacher_val = read_json(f"{layout.current('models/teacher', DAY).path}/metrics.json")["val"]["ndcg@20"]
     rungs = ladder["rungs"]
     # every (prune ratio, precision) measured, with what the choice needs
