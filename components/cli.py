@@ -14,6 +14,7 @@ registry operations, and the demo that runs the real Airflow DAG day by day.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -29,6 +30,8 @@ import yaml
 from components.core.config import REPO_ROOT
 from components.core.refs import EngineRef
 from components.core.errors import PermanentStageFailure, StageSkipped, storage_fault
+from components.core.objectstore import ObjectStoreError
+from components.core.remote import session
 from components.pipeline import RUN_SCOPED, STAGES, default_inputs, resolve, run_stage
 from components.core.catalog import MANIFEST, Layout, cli_run_key, latest_run, parse_day, read_json, run_dir, run_key_for
 
@@ -472,11 +475,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return args.func(args)
+        # An s3:// root: the command works in the hydrated local copy; what it wrote is published after.
+        with session(args.root) if getattr(args, "root", None) else contextlib.nullcontext():
+            return args.func(args)
     except StageSkipped as exc:
         print(f"graphdistill {args.command}: skipped: {exc}", file=sys.stderr)
         return 0
-    except (PermanentStageFailure, LookupError, PermissionError, FileNotFoundError, ValueError) as exc:
+    except (PermanentStageFailure, LookupError, PermissionError, FileNotFoundError, ValueError,
+            ObjectStoreError) as exc:
         # Expected operator errors (nothing to roll back, unblessed version, bad input): one clear line.
         print(f"graphdistill {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ from typing import Any
 
 from components.core.config import DEFAULT_CONFIG_FILE, PipelineConfig, load_config
 from components.core.errors import PermanentStageFailure, StageSkipped, storage_fault
+from components.core.remote import session
 from components.core.refs import ExportRef, GraphRef, PrunedRef, Ref, StudentRef, TeacherRef
 from components.core.catalog import (Layout, cli_run_key, mark_latest, parse_day, record_outcome, run_dir, tidy,
                                 write_json)
@@ -90,8 +91,14 @@ def run_stage(name: str, day: str, cfg: PipelineConfig, *, run_key: str | None =
     module, function = STAGES[name]
     run = getattr(importlib.import_module(module), function)
     day = parse_day(day).isoformat()
-    layout = Layout.at(cfg.root)
     run_key = run_key or cli_run_key()
+    # An s3:// root: hydrate the local copy first, publish what the stage wrote after (remote.session).
+    with session(cfg.root, landing_day=day if name == "ingest" else None) as layout:
+        return _run_in(layout, name, run, day, cfg, run_key, upstream, refs)
+
+
+def _run_in(layout: Layout, name: str, run: Any, day: str, cfg: PipelineConfig, run_key: str,
+            upstream: dict[str, Any] | None, refs: dict[str, Ref]) -> dict[str, Any]:
     try:
         tidy(layout, started_at=time.time())
         if name in RUN_SCOPED:

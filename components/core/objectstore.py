@@ -50,6 +50,12 @@ def _lost_race(exc: ClientError) -> bool:
 
 
 @dataclass(frozen=True)
+class Listed:
+    etag: str
+    size: int
+
+
+@dataclass(frozen=True)
 class Versioned:
     body: bytes
     etag: str
@@ -110,15 +116,31 @@ class ObjectStore:
                                 f"({_code(exc)})") from exc
             raise self._fail("swap", name, exc) from exc
 
-    def list(self, prefix: str) -> list[str]:
-        names, token = [], None
+    def put(self, name: str, body: bytes) -> str:
+        """Write ``name`` unconditionally (mutable records: a day's CURRENT pointer, a run's outcome);
+        returns the new ETag."""
+        try:
+            return self.client.put_object(Bucket=self.bucket, Key=self.key(name), Body=body)["ETag"]
+        except ClientError as exc:
+            raise self._fail("put", name, exc) from exc
+
+    def entries(self, prefix: str = "") -> dict[str, Listed]:
+        """Every object under ``prefix``: name (relative to the store's prefix) -> ETag and size."""
+        found, token, strip = {}, None, len(self.key("")) if self.prefix else 0
         while True:
             kwargs = {"ContinuationToken": token} if token else {}
-            page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.key(prefix), **kwargs)
-            names += [o["Key"][len(self.key("")):] if self.prefix else o["Key"] for o in page.get("Contents", [])]
+            try:
+                page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.key(prefix), **kwargs)
+            except ClientError as exc:
+                raise self._fail("list", prefix, exc) from exc
+            for obj in page.get("Contents", []):
+                found[obj["Key"][strip:]] = Listed(obj["ETag"], obj["Size"])
             if not page.get("IsTruncated"):
-                return sorted(names)
+                return dict(sorted(found.items()))
             token = page["NextContinuationToken"]
+
+    def list(self, prefix: str) -> list[str]:
+        return list(self.entries(prefix))
 
 
 @dataclass(frozen=True)
