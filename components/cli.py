@@ -33,7 +33,8 @@ from components.core.errors import PermanentStageFailure, StageSkipped, storage_
 from components.core.objectstore import ObjectStoreError
 from components.core.remote import session
 from components.pipeline import RUN_SCOPED, STAGES, default_inputs, resolve, run_stage
-from components.core.catalog import MANIFEST, Layout, cli_run_key, latest_run, parse_day, read_json, run_dir, run_key_for
+from components.core.catalog import (MANIFEST, Layout, cli_run_key, latest_run, object_root, parse_day, read_json, run_dir,
+                                     run_key_for)
 
 DAG_ID = "gnn_recsys_nightly"
 log = logging.getLogger("graphdistill")
@@ -336,6 +337,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from components.decide.report import gate_table_markdown
     from components.core.refs import Blessing
 
+    if object_root(args.root):  # airflow dags test keeps its own SQLite and logs under the root
+        raise ValueError(f"demo runs on a local folder, got {args.root!r}; run stages on an s3:// root with "
+                         f"`graphdistill run` or the DAG")
     root = Path(args.root).resolve()
     if args.fresh and root.exists():
         shutil.rmtree(root)

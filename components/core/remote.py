@@ -83,7 +83,10 @@ def connect(root: ObjectRoot) -> ObjectStore:
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError, NoCredentialsError, PartialCredentialsError
 
-    client = boto3.client("s3", config=Config(retries={"max_attempts": 2}, connect_timeout=3, read_timeout=60))
+    # A new boto3 session each time: the default one caches the credentials it resolved first, so a
+    # long-lived worker would never see rotated (or removed) credentials.
+    client = boto3.session.Session().client("s3", config=Config(retries={"max_attempts": 2}, connect_timeout=3,
+                                                                read_timeout=60))
     endpoint = client.meta.endpoint_url
     try:
         return ObjectStore(root.bucket, root.prefix, client)
@@ -94,9 +97,12 @@ def connect(root: ObjectRoot) -> ObjectStore:
         raise RootUnavailable(f"artifact root {root.uri}: the object store at {endpoint} is not reachable "
                               f"({type(exc).__name__}: {exc}); start it or fix AWS_ENDPOINT_URL_S3") from exc
     except ObjectStoreError as exc:  # head_bucket: 404 (no such bucket), 403 (credentials refused)
-        hint = ("the credentials were refused (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)" if "403" in str(exc)
-                else f"bucket {root.bucket!r} does not exist at {endpoint}: create it or fix the URI")
-        raise RootUnavailable(f"artifact root {root.uri}: {hint} [{exc}]") from exc
+        hint = {"(HTTP 404)": f"bucket {root.bucket!r} does not exist at {endpoint} (HTTP 404): create it or fix "
+                              f"the URI",
+                "(HTTP 403)": f"the object store at {endpoint} refused the credentials (HTTP 403): check "
+                              f"AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"}
+        found = next((text for status, text in hint.items() if status in str(exc)), str(exc))
+        raise RootUnavailable(f"artifact root {root.uri}: {found}") from exc
 
 
 @dataclass
@@ -308,3 +314,10 @@ def session(root: str | Path, *, landing_day: str | None = None, publish: bool =
                     copy.publish(fault_hook)
         finally:
             del _ACTIVE[remote.uri]
+
+
+def hydrated(root: str | Path) -> Layout:
+    """The layout of ``root`` brought up to date with the store, for a reader that writes nothing
+    (the Airflow plugin's pages, the outcome task): a session that publishes nothing."""
+    with session(root, publish=False) as layout:
+        return layout
