@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -45,6 +46,8 @@ def run_nights(root: str, scratch: Path) -> dict[str, dict[str, str]]:
         made[day] = night = {}
         for stage in ["ingest", "validate"]:
             run_stage(stage, day, cfg, run_key="n1")
+        features = run_stage("features", day, cfg, run_key="n1")
+        night["features"] = f"{features['users']}u/{features['items']}i/{features['materialize_mode']}"
         built = {}
         try:
             for stage in BUILDS:
@@ -78,13 +81,21 @@ def nights(s3_env, seaweedfs, tmp_path_factory):
     """The same three nights on a local root and on s3://<bucket>/<fresh prefix>."""
     local = tmp_path_factory.mktemp("local")
     uri = f"s3://{seaweedfs.settings.bucket}/nights-{uuid.uuid4().hex[:8]}"
-    return {"uri": uri, "local": run_nights(str(local / "root"), local),
-            "s3": run_nights(uri, tmp_path_factory.mktemp("s3"))}
+    started = time.perf_counter()
+    on_local = run_nights(str(local / "root"), local)
+    middle = time.perf_counter()
+    on_s3 = run_nights(uri, tmp_path_factory.mktemp("s3"))
+    store = connect(object_root(uri))
+    print(json.dumps({"local_s": round(middle - started, 1), "s3_s": round(time.perf_counter() - middle, 1),
+                      "objects": len(store.list("")), "bytes": sum(e.size for e in store.entries("").values())}))
+    return {"uri": uri, "local": on_local, "s3": on_s3}
 
 
 def test_nights_on_s3_make_the_versions_a_local_root_makes(nights, seaweedfs):
     local, remote = nights["local"], nights["s3"]
     assert "skipped" in remote[DAYS[0]] and "skipped" in local[DAYS[0]]
+    assert [remote[d]["features"] for d in DAYS] == [local[d]["features"] for d in DAYS]
+    assert remote[DAYS[1]]["features"].endswith("/incremental")  # Feast's registry came back from the store
     for day in DAYS[1:]:
         # Content-hashed artifacts are byte-identical; the pruned model (and so the registry version) is
         # not: its ladder.json holds a measured latency (a known issue, outside the storage layer).
