@@ -99,6 +99,10 @@ def run_stage(name: str, day: str, cfg: PipelineConfig, *, run_key: str | None =
 
 def _run_in(layout: Layout, name: str, run: Any, day: str, cfg: PipelineConfig, run_key: str,
             upstream: dict[str, Any] | None, refs: dict[str, Ref]) -> dict[str, Any]:
+    # Each reference located under this process's root (the catalog's seam): a reference another worker
+    # handed on names its artifact; the path it carries is where that worker's copy held it.
+    refs = {keyword: type(ref)(day=ref.day, version=ref.version, path=layout.artifact(ref).path)
+            for keyword, ref in refs.items()}
     try:
         tidy(layout, started_at=time.time())
         if name in RUN_SCOPED:

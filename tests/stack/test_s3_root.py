@@ -51,7 +51,9 @@ def run_nights(root: str, scratch: Path) -> dict[str, dict[str, str]]:
         built = {}
         try:
             for stage in BUILDS:
-                inputs = {keyword: built[ref.KIND] for keyword, ref in INPUTS.get(stage, {}).items()}
+                # As another worker hands them on: its copy's paths mean nothing here (run_stage relocates).
+                inputs = {keyword: {**built[ref.KIND], "path": f"/another-worker/{ref.KIND}"}
+                          for keyword, ref in INPUTS.get(stage, {}).items()}
                 built[KIND_OF[stage]] = run_stage(stage, day, cfg, run_key="n1", inputs=inputs)
                 night[stage] = built[KIND_OF[stage]]["version"]
         except StageSkipped as exc:
