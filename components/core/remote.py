@@ -12,8 +12,8 @@ CLI's other commands and the Airflow plugin's pages run inside one:
 - **publish** (on exit, after a failed stage too: a quarantine report is a result): every file the
   session wrote, in this order: immutable artifacts' files create-only (``If-None-Match: *``) with
   each manifest LAST; the champion pointer ``registry/champion.json`` compare-and-swap (``If-Match``
-  the ETag hydrated; a lost race raises ``ChampionMoved`` and the rest is not published, so the task's
-  retry re-reads the new champion and decides again); the registry's new history entries, one
+  the ETag hydrated; a lost race raises ``ChampionMoved`` and the rest is not published;
+  ``run_in_session``, which every stage runs in, then re-reads the store and decides again); the registry's new history entries, one
   create-only object each (``registry/history/<n>-<hash>.json``, never a rewritten file: the local
   ``history.jsonl`` is assembled from them); then mutable records (outcomes, reports, accepted
   partitions), each directory's manifest and the ``CURRENT``/``latest.json`` pointers last.
@@ -32,11 +32,12 @@ import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from components.core.catalog import CURRENT, LATEST_FILE, MANIFEST, Layout, ObjectRoot, atomic_write_bytes, object_root
 from components.core.champion import CHAMPION_FILE, HISTORY_FILE
@@ -55,6 +56,7 @@ _IMMUTABLE = re.compile(r"^(?P<artifact>(?:graphs|models/[^/]+|exports|engines)/
                         r"|registry/versions/[^/]+)/(?P<file>.+)$")
 _POINTERS = (CURRENT, LATEST_FILE)
 FaultHook = Callable[[str], None]
+T = TypeVar("T")
 
 
 class RootUnavailable(ValueError):
@@ -281,7 +283,11 @@ class WorkingCopy:
             yield
 
 
-_ACTIVE: dict[str, WorkingCopy] = {}
+# Per thread: the plugin's pages run in threads of one process, each with its own session (the
+# copy's lock serializes them).
+_ACTIVE = threading.local()
+# A decision that lost the champion race is re-read and made again, this many times in all.
+RACE_ATTEMPTS = 3
 
 
 @contextmanager
@@ -294,7 +300,8 @@ def session(root: str | Path, *, landing_day: str | None = None, publish: bool =
     if remote is None:
         yield Layout.at(root)
         return
-    active = _ACTIVE.get(remote.uri)
+    sessions = _ACTIVE.__dict__.setdefault("by_uri", {})
+    active = sessions.get(remote.uri)
     if active is not None:  # nested: the outer session hydrated and will publish
         if landing_day:
             active.hydrate(f"{LANDING_PREFIX}date={landing_day}/")
@@ -302,7 +309,7 @@ def session(root: str | Path, *, landing_day: str | None = None, publish: bool =
         return
     copy = WorkingCopy(remote, connect(remote), remote.cache())
     with copy.locked():
-        _ACTIVE[remote.uri] = copy
+        sessions[remote.uri] = copy
         try:
             copy.hydrate()
             if landing_day:
@@ -313,7 +320,23 @@ def session(root: str | Path, *, landing_day: str | None = None, publish: bool =
                 if publish:
                     copy.publish(fault_hook)
         finally:
-            del _ACTIVE[remote.uri]
+            del sessions[remote.uri]
+
+
+def run_in_session(root: str | Path, unit: Callable[[Layout], T], *, landing_day: str | None = None) -> T:
+    """``unit(layout)`` in a session; when its publish loses the champion race (``ChampionMoved``), a
+    new session re-reads the store and runs ``unit`` again, so a promotion judged against a champion
+    that has since moved is decided again against the new one (e.g. ``stale``), up to RACE_ATTEMPTS."""
+    attempt = 1
+    while True:
+        try:
+            with session(root, landing_day=landing_day) as layout:
+                return unit(layout)
+        except ChampionMoved as exc:
+            if attempt == RACE_ATTEMPTS:
+                raise
+            attempt += 1
+            log.warning("%s; deciding again (attempt %d of %d)", exc, attempt, RACE_ATTEMPTS)
 
 
 def hydrated(root: str | Path) -> Layout:

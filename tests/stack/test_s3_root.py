@@ -18,7 +18,7 @@ from components.core.catalog import Layout, object_root, staging_dir
 from components.core.config import load_config
 from components.core.errors import StageSkipped
 from components.core.objectstore import ObjectStore
-from components.core.remote import ChampionMoved, WorkingCopy, connect, hydrated, session
+from components.core.remote import ChampionMoved, WorkingCopy, connect, hydrated, run_in_session, session
 from components.data.sources.synthetic import SyntheticWorld, write_landing_day
 from components.pipeline import INPUTS, run_stage
 from graphdistill_airflow.stack import free_port, s3_client
@@ -185,6 +185,36 @@ def test_a_lost_champion_race_publishes_nothing_of_its_decision(nights, tmp_path
     copies[1].hydrate()
     assert champion(Layout(copies[1].path)).version == restored
     assert copies[1].publish() == {"created": 0, "existed": 0, "put": 0, "history": 0, "bytes": 0}
+
+
+def test_a_decision_that_lost_the_race_is_made_again_against_the_winner(nights, monkeypatch, tmp_path):
+    """run_in_session (what run_stage runs every stage in): while an operator promotes by hand, another
+    operator promotes the same version first; the loser's swap fails, a fresh copy re-reads the store and
+    the decision, made again, finds the version already champion: one move in the store, not two."""
+    from components.decide.registry import champion, promote
+
+    monkeypatch.setenv("GRAPHDISTILL_CACHE", str(tmp_path / "decider"))
+    root = object_root(nights["uri"])
+    start = champion(hydrated(nights["uri"])).version
+    target = next(nights["s3"][d]["registered"] for d in DAYS[1:] if nights["s3"][d]["registered"] != start)
+    other = WorkingCopy(root, connect(root), tmp_path / "other")
+    moves_before = len(other.store.list("registry/history/"))
+    seen = []
+
+    def promote_by_hand(layout: Layout):
+        seen.append(champion(layout).version)
+        if len(seen) == 1:  # the other operator gets there between this copy's read and its publish
+            other.hydrate()
+            promote(Layout(other.path), target, "the other operator")
+            other.publish()
+        return promote(layout, target, "this operator")
+
+    result = run_in_session(nights["uri"], promote_by_hand)
+    assert seen == [start, target]
+    assert (result.promoted, result.reason) == (False, "already champion")
+    assert json.loads(other.store.read("registry/champion.json").body)["version"] == target
+    entries = [json.loads(other.store.read(n).body) for n in other.store.list("registry/history/")]
+    assert len(entries) == moves_before + 1 and entries[-1]["reason"] == "the other operator"
 
 
 @pytest.mark.parametrize("case", ["malformed", "other_scheme", "no_credentials", "store_down", "no_bucket"])
