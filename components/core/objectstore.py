@@ -2,7 +2,8 @@
 and the champion pointer a compare-and-swap on the store itself.
 
 - ``create``: PutObject with ``If-None-Match: *``: writes only if the key does not exist (412 otherwise).
-- ``read``: the bytes and their ETag.
+- ``read``: the bytes and their ETag; ``entries``: every object under a prefix with its ETag and size.
+- ``put``: an unconditional write (mutable records of an ``s3://`` root, components/core/remote.py).
 - ``swap``: PutObject with ``If-Match: <etag>``: replaces only the version that was read (412 if it
   changed; 409 when a concurrent conditional write to the same key is in flight: treated the same).
 - ``ObjectChampionPointer``: read with ETag, decide, write with If-Match; on a lost race re-read and
