@@ -14,6 +14,7 @@ registry operations, and the demo that runs the real Airflow DAG day by day.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -29,8 +30,11 @@ import yaml
 from components.core.config import REPO_ROOT
 from components.core.refs import EngineRef
 from components.core.errors import PermanentStageFailure, StageSkipped, storage_fault
+from components.core.objectstore import ObjectStoreError
+from components.core.remote import session
 from components.pipeline import RUN_SCOPED, STAGES, default_inputs, resolve, run_stage
-from components.core.catalog import MANIFEST, Layout, cli_run_key, latest_run, parse_day, read_json, run_dir, run_key_for
+from components.core.catalog import (MANIFEST, Layout, cli_run_key, latest_run, object_root, parse_day, read_json, run_dir,
+                                     run_key_for)
 
 DAG_ID = "gnn_recsys_nightly"
 log = logging.getLogger("graphdistill")
@@ -354,6 +358,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from components.decide.report import gate_table_markdown
     from components.core.refs import Blessing
 
+    if object_root(args.root):  # airflow dags test keeps its own SQLite and logs under the root
+        raise ValueError(f"demo runs on a local folder, got {args.root!r}; run stages on an s3:// root with "
+                         f"`graphdistill run` or the DAG")
     root = Path(args.root).resolve()
     if args.fresh and root.exists():
         shutil.rmtree(root)
@@ -497,11 +504,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return args.func(args)
+        # An s3:// root: the command works in the hydrated local copy; what it wrote is published after.
+        with session(args.root) if getattr(args, "root", None) else contextlib.nullcontext():
+            return args.func(args)
     except StageSkipped as exc:
         print(f"graphdistill {args.command}: skipped: {exc}", file=sys.stderr)
         return 0
-    except (PermanentStageFailure, LookupError, PermissionError, FileNotFoundError, ValueError) as exc:
+    except (PermanentStageFailure, LookupError, PermissionError, FileNotFoundError, ValueError,
+            ObjectStoreError) as exc:
         # Expected operator errors (nothing to roll back, unblessed version, bad input): one clear line.
         print(f"graphdistill {args.command}: {exc}", file=sys.stderr)
         return 2

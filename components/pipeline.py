@@ -15,6 +15,7 @@ from typing import Any
 
 from components.core.config import DEFAULT_CONFIG_FILE, PipelineConfig, load_config
 from components.core.errors import PermanentStageFailure, StageSkipped, storage_fault
+from components.core.remote import run_in_session
 from components.core.refs import ExportRef, GraphRef, PrunedRef, Ref, StudentRef, TeacherRef
 from components.core.catalog import (Layout, cli_run_key, mark_latest, parse_day, record_outcome, run_dir, tidy,
                                 write_json)
@@ -90,8 +91,19 @@ def run_stage(name: str, day: str, cfg: PipelineConfig, *, run_key: str | None =
     module, function = STAGES[name]
     run = getattr(importlib.import_module(module), function)
     day = parse_day(day).isoformat()
-    layout = Layout.at(cfg.root)
     run_key = run_key or cli_run_key()
+    # An s3:// root: hydrate the local copy first, publish what the stage wrote after; a promotion that
+    # lost the champion race is decided again on a fresh copy (components/core/remote.py).
+    return run_in_session(cfg.root, lambda layout: _run_in(layout, name, run, day, cfg, run_key, upstream, refs),
+                          landing_day=day if name == "ingest" else None)
+
+
+def _run_in(layout: Layout, name: str, run: Any, day: str, cfg: PipelineConfig, run_key: str,
+            upstream: dict[str, Any] | None, refs: dict[str, Ref]) -> dict[str, Any]:
+    # Each reference located under this process's root (the catalog's seam): a reference another worker
+    # handed on names its artifact; the path it carries is where that worker's copy held it.
+    refs = {keyword: type(ref)(day=ref.day, version=ref.version, path=layout.artifact(ref).path)
+            for keyword, ref in refs.items()}
     try:
         tidy(layout, started_at=time.time())
         if name in RUN_SCOPED:

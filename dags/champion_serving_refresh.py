@@ -44,7 +44,7 @@ def champion_serving_refresh():
         from components.decide.registry import champion
         from components.ship.serving import export_triton_repository as export
         from components.ship.triton import triton_repository
-        from components.core.catalog import Layout
+        from components.core.remote import hydrated
 
         context = get_current_context()
         triggering = context["triggering_asset_events"].get(CHAMPION, [])
@@ -54,7 +54,7 @@ def champion_serving_refresh():
         event = newest[0].extra
         log.info("champion event %s for day %s (newest of %d triggering event(s)); report %s",
                  event["version"], event["day"], len(triggering), event.get("report"))
-        layout = Layout.at(event["root"])
+        layout = hydrated(event["root"])  # an s3:// root: this worker's copy, brought up to date
         serving = champion(layout)
         if serving is None or serving.version != event["version"]:
             # The registry pointer is the truth (e.g. a rollback after the promotion): serve it.

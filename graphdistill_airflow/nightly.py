@@ -53,18 +53,19 @@ def announce_champion(context: dict[str, Any], promotion: dict[str, Any]) -> Non
     that moved nothing (re-run of a promoted day) is skipped, with its reason, and emits no event."""
     from components.core.config import default_root
     from components.decide.outcome import run_outcome
-    from components.core.catalog import Layout
+    from components.core.remote import hydrated
 
     if not promotion["promoted"]:
         reason = f"champion unchanged ({promotion['reason']}); no champion Asset event"
         log.warning("SKIPPED promote event for %s: %s", promotion["day"], reason)
         raise AirflowSkipException(reason)
-    layout = Layout.at(context["params"].get("root") or default_root())
+    root = context["params"].get("root") or default_root()
+    layout = hydrated(root)
     outcome = run_outcome(layout, promotion["day"], context["run_id"])
     context["outlet_events"][CHAMPION].extra = {
         "version": promotion["version"], "day": promotion["day"], "previous": promotion["previous_champion"],
         "metrics": outcome.metrics, "gates": outcome.gates, "runtime": outcome.runtime,
-        "registry": str(layout.registry()), "root": str(layout.root),
+        "registry": str(layout.registry()), "root": str(root),  # s3://...: its URI, not this worker's copy
         "report": f"/graphdistill/runs/{context['dag'].dag_id}/{context['run_id']}/report.html",
     }
     log.info("champion Asset event: %s -> %s for %s", promotion["previous_champion"], promotion["version"],
@@ -77,7 +78,7 @@ def publish_outcome(context: dict[str, Any]) -> dict[str, Any]:
     from components.core.config import ConfigError, default_config_file, load_config
     from components.decide.outcome import champion_day, note_markdown, run_outcome
     from components.pipeline import resolve
-    from components.core.catalog import Layout
+    from components.core.remote import hydrated
     from graphdistill_airflow import alerts
     from graphdistill_airflow.metrics import emit_outcome_metrics
     from graphdistill_airflow.notes import write_run_note
@@ -94,7 +95,7 @@ def publish_outcome(context: dict[str, Any]) -> dict[str, Any]:
     except AirflowFailException as exc:  # a misuse (no or wrong day): say so on the run itself
         write_run_note(dag_id, run_id, f"**NOT RUN** {exc}"[:1000], cfg.ops.api_connection_id)
         raise
-    layout = Layout.at(cfg.root)
+    layout = hydrated(cfg.root)
     outcome = run_outcome(layout, day, run_id)
     log.info("OUTCOME %s", outcome.headline)
     if outcome.report or outcome.validation_report:

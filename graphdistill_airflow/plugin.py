@@ -66,7 +66,7 @@ def _run_context(dag_id: str, run_id: str) -> tuple[Any, str]:
     """The run's artifact layout and day, the same way its tasks resolved them."""
     from components.core.config import default_root
     from components.decide.outcome import RunDayError, run_day
-    from components.core.catalog import Layout
+    from components.core.remote import hydrated
 
     if dag_id != NIGHTLY_DAG_ID:
         raise HTTPException(404, f"GraphDistill records belong to DAG {NIGHTLY_DAG_ID!r}, not {dag_id!r}")
@@ -76,7 +76,7 @@ def _run_context(dag_id: str, run_id: str) -> tuple[Any, str]:
         day = run_day(str(getattr(run.run_type, "value", run.run_type)), run.data_interval_start, conf.get("day"))
     except RunDayError as exc:
         raise HTTPException(409, str(exc)) from exc
-    return Layout.at(conf.get("root") or default_root()), day
+    return hydrated(conf.get("root") or default_root()), day
 
 
 def _outcome(dag_id: str, run_id: str):
@@ -201,14 +201,14 @@ def models_page(limit: Annotated[int, "recent runs to list"] = 14) -> HTMLRespon
     from components.core.config import default_root
     from components.decide.outcome import champion_day, run_outcome
     from components.decide.registry import champion, history, rolled_back
-    from components.core.catalog import Layout
+    from components.core.remote import hydrated
 
     e = html.escape
     with create_session() as session:
         runs = session.scalars(select(DagRun).where(DagRun.dag_id == NIGHTLY_DAG_ID)
                                .order_by(DagRun.id.desc()).limit(limit)).all()
         run_states = [(r.run_id, str(getattr(r.state, "value", r.state))) for r in runs]
-    layout = Layout.at(default_root())
+    layout = hydrated(default_root())
     taken_back = rolled_back(layout)
     rows = []
     for run_id, state in run_states:

@@ -1,6 +1,8 @@
 """The artifact layout under one root, atomic writes, and immutable versioned artifacts.
 
-Layout (``root`` is a local folder or a mounted volume; landing files may be any fsspec URI)::
+Layout (``root`` is a local folder, a mounted volume, or ``s3://bucket/prefix``: then ``Layout.root`` is
+the process's local working copy of that prefix, kept in step with the store by
+components/core/remote.py; landing files may be any fsspec URI)::
 
     landing/date=YYYY-MM-DD/*.{csv,jsonl,parquet}     raw daily logs, never modified
     staging/date=YYYY-MM-DD/                          normalized rows awaiting validation
@@ -338,12 +340,65 @@ class ArtifactRef:
         return ref
 
 
+# "scheme:" at the start of a root: a URI, never a relative folder (so "s3:/x" is refused, not created).
+_URI_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+# S3's bucket naming rules (3-63 characters, lower case, digits, dots and hyphens).
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+class RootURIError(ValueError):
+    """The artifact root is neither a local folder nor a well-formed ``s3://bucket[/prefix]``."""
+
+
+@dataclass(frozen=True)
+class ObjectRoot:
+    """An artifact root on S3-compatible object storage: a bucket and a key prefix."""
+
+    bucket: str
+    prefix: str
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    def cache(self) -> Path:
+        """This process's working copy of the prefix: $GRAPHDISTILL_CACHE (else ~/.cache/graphdistill)
+        /<bucket>/<prefix>. The same path in every process of a host, so that the paths stages hand on
+        (a reference's ``path``) resolve in the next task too."""
+        base = Path(os.environ.get("GRAPHDISTILL_CACHE") or Path.home() / ".cache" / "graphdistill")
+        return (base.expanduser() / self.bucket / (self.prefix or "_")).resolve()
+
+
+def object_root(root: str | Path) -> ObjectRoot | None:
+    """The object-store root ``root`` names, None for a local folder; raises RootURIError naming what
+    is wrong with a URI (an unsupported scheme, ``s3:/x`` missing a slash, a bad bucket name)."""
+    text = str(root)
+    match = _URI_SCHEME.match(text)
+    if match is None:
+        return None
+    if match.group(1).lower() != "s3":
+        raise RootURIError(f"artifact root {text!r}: scheme {match.group(1)!r} is not supported; "
+                           f"use a local folder or s3://bucket/prefix")
+    if not text.startswith("s3://"):
+        raise RootURIError(f"artifact root {text!r} is malformed: expected s3://bucket/prefix")
+    bucket, _, prefix = text[len("s3://"):].partition("/")
+    if not _BUCKET.match(bucket):
+        raise RootURIError(f"artifact root {text!r}: bucket {bucket!r} is not a valid S3 bucket name "
+                           f"(3-63 characters: a-z, 0-9, '.', '-')")
+    return ObjectRoot(bucket, prefix.strip("/"))
+
+
 @dataclass(frozen=True)
 class Layout:
     root: Path
 
     @classmethod
     def at(cls, root: str | Path) -> "Layout":
+        """The layout of a local folder, or of an ``s3://`` root's local working copy (hydrated and
+        published by ``components.core.remote.session``, the boundary every stage runs inside)."""
+        remote = object_root(root)
+        if remote is not None:
+            return cls(remote.cache())
         return cls(Path(root).expanduser().resolve())
 
     def landing(self, day: str) -> Path:

@@ -2,7 +2,8 @@
 and the champion pointer a compare-and-swap on the store itself.
 
 - ``create``: PutObject with ``If-None-Match: *``: writes only if the key does not exist (412 otherwise).
-- ``read``: the bytes and their ETag.
+- ``read``: the bytes and their ETag; ``entries``: every object under a prefix with its ETag and size.
+- ``put``: an unconditional write (mutable records of an ``s3://`` root, components/core/remote.py).
 - ``swap``: PutObject with ``If-Match: <etag>``: replaces only the version that was read (412 if it
   changed; 409 when a concurrent conditional write to the same key is in flight: treated the same).
 - ``ObjectChampionPointer``: read with ETag, decide, write with If-Match; on a lost race re-read and
@@ -47,6 +48,12 @@ def _status(exc: ClientError) -> int:
 
 def _lost_race(exc: ClientError) -> bool:
     return _code(exc) in LOST_RACE or _status(exc) in (409, 412)
+
+
+@dataclass(frozen=True)
+class Listed:
+    etag: str
+    size: int
 
 
 @dataclass(frozen=True)
@@ -110,15 +117,31 @@ class ObjectStore:
                                 f"({_code(exc)})") from exc
             raise self._fail("swap", name, exc) from exc
 
-    def list(self, prefix: str) -> list[str]:
-        names, token = [], None
+    def put(self, name: str, body: bytes) -> str:
+        """Write ``name`` unconditionally (mutable records: a day's CURRENT pointer, a run's outcome);
+        returns the new ETag."""
+        try:
+            return self.client.put_object(Bucket=self.bucket, Key=self.key(name), Body=body)["ETag"]
+        except ClientError as exc:
+            raise self._fail("put", name, exc) from exc
+
+    def entries(self, prefix: str = "") -> dict[str, Listed]:
+        """Every object under ``prefix``: name (relative to the store's prefix) -> ETag and size."""
+        found, token, strip = {}, None, len(self.key("")) if self.prefix else 0
         while True:
             kwargs = {"ContinuationToken": token} if token else {}
-            page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.key(prefix), **kwargs)
-            names += [o["Key"][len(self.key("")):] if self.prefix else o["Key"] for o in page.get("Contents", [])]
+            try:
+                page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.key(prefix), **kwargs)
+            except ClientError as exc:
+                raise self._fail("list", prefix, exc) from exc
+            for obj in page.get("Contents", []):
+                found[obj["Key"][strip:]] = Listed(obj["ETag"], obj["Size"])
             if not page.get("IsTruncated"):
-                return sorted(names)
+                return dict(sorted(found.items()))
             token = page["NextContinuationToken"]
+
+    def list(self, prefix: str) -> list[str]:
+        return list(self.entries(prefix))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,346 @@
+"""The artifact root on S3-compatible object storage (``GRAPHDISTILL_ROOT=s3://bucket/prefix``).
+
+The store is the system of record; each process works in a local copy of the prefix (the catalog's
+``ObjectRoot.cache``), so stage code reads and writes files exactly as on a local root. The boundary
+is ``session(root)``: the pipeline's ``run_stage`` (the DAG's tasks and ``graphdistill run``), the
+CLI's other commands and the Airflow plugin's pages run inside one:
+
+- **hydrate** (on entry): one listing of the prefix; every object new or changed since this copy last
+  saw it (its ETag) is downloaded and checked against that ETag (MD5). An immutable artifact
+  (``<kind>/<day>/<version>/``, ``registry/versions/<version>/``) whose manifest is not in the store
+  is half-published (a writer died mid-upload) and is not downloaded: readers never see it.
+- **publish** (on exit, after a failed stage too: a quarantine report is a result): every file the
+  session wrote, in this order: immutable artifacts' files create-only (``If-None-Match: *``) with
+  each manifest LAST; the champion pointer ``registry/champion.json`` compare-and-swap (``If-Match``
+  the ETag hydrated; a lost race raises ``ChampionMoved`` and the rest is not published;
+  ``run_in_session``, which every stage runs in, then re-reads the store and decides again); the registry's new history entries, one
+  create-only object each (``registry/history/<n>-<hash>.json``, never a rewritten file: the local
+  ``history.jsonl`` is assembled from them); then mutable records (outcomes, reports, accepted
+  partitions), each directory's manifest and the ``CURRENT``/``latest.json`` pointers last.
+
+One session at a time per working copy (an exclusive lock on it): two workers on one host take turns;
+give them separate ``GRAPHDISTILL_CACHE`` folders to run side by side. Sessions nest within a process
+(the CLI's command around ``run_stage``): only the outermost hydrates and publishes. Landing partitions
+are hydrated one day at a time, for the ingest of that day (``landing_day``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from components.core.catalog import CURRENT, LATEST_FILE, MANIFEST, Layout, ObjectRoot, atomic_write_bytes, object_root
+from components.core.champion import CHAMPION_FILE, HISTORY_FILE
+from components.core.objectstore import ObjectExists, ObjectStore, ObjectStoreError, StaleETag
+
+log = logging.getLogger(__name__)
+
+SYNC_DIR = ".sync"  # the copy's own bookkeeping: the ETag index, the history objects, the lock
+INDEX_FILE = "index.json"
+CHAMPION_KEY = f"registry/{CHAMPION_FILE}"
+HISTORY_KEY = f"registry/{HISTORY_FILE}"
+HISTORY_PREFIX = "registry/history/"
+LANDING_PREFIX = "landing/"
+# A published, immutable artifact: Layout.publish's <kind>/<day>/<version>/ and the registry's versions.
+_IMMUTABLE = re.compile(r"^(?P<artifact>(?:graphs|models/[^/]+|exports|engines)/\d{4}-\d{2}-\d{2}/[^/]+"
+                        r"|registry/versions/[^/]+)/(?P<file>.+)$")
+_POINTERS = (CURRENT, LATEST_FILE)
+FaultHook = Callable[[str], None]
+T = TypeVar("T")
+
+
+class RootUnavailable(ValueError):
+    """The object-store root cannot be used (no credentials, store down, bucket missing): names the
+    root, the endpoint and what to do. A ValueError: the CLI exits 2 with this one line."""
+
+
+class ChampionMoved(ObjectStoreError):
+    """Another process moved the champion pointer since this session read it: nothing of this
+    decision was published; re-run (re-read the champion, decide again)."""
+
+
+def _artifact(name: str) -> str | None:
+    match = _IMMUTABLE.match(name)
+    return match.group("artifact") if match else None
+
+
+def _md5_etag(body: bytes) -> str:
+    return f'"{hashlib.md5(body).hexdigest()}"'
+
+
+def connect(root: ObjectRoot) -> ObjectStore:
+    """The store behind ``root`` (boto3's standard environment: AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID,
+    ...), checked once: raises RootUnavailable naming the problem instead of a boto3 traceback."""
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, NoCredentialsError, PartialCredentialsError
+
+    # A new boto3 session each time: the default one caches the credentials it resolved first, so a
+    # long-lived worker would never see rotated (or removed) credentials.
+    client = boto3.session.Session().client("s3", config=Config(retries={"max_attempts": 2}, connect_timeout=3,
+                                                                read_timeout=60))
+    endpoint = client.meta.endpoint_url
+    try:
+        return ObjectStore(root.bucket, root.prefix, client)
+    except (NoCredentialsError, PartialCredentialsError) as exc:
+        raise RootUnavailable(f"artifact root {root.uri}: no credentials for the object store at {endpoint} "
+                              f"({exc}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)") from exc
+    except BotoCoreError as exc:  # connection refused, DNS, timeouts
+        raise RootUnavailable(f"artifact root {root.uri}: the object store at {endpoint} is not reachable "
+                              f"({type(exc).__name__}: {exc}); start it or fix AWS_ENDPOINT_URL_S3") from exc
+    except ObjectStoreError as exc:  # head_bucket: 404 (no such bucket), 403 (credentials refused)
+        hint = {"(HTTP 404)": f"bucket {root.bucket!r} does not exist at {endpoint} (HTTP 404): create it or fix "
+                              f"the URI",
+                "(HTTP 403)": f"the object store at {endpoint} refused the credentials (HTTP 403): check "
+                              f"AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"}
+        found = next((text for status, text in hint.items() if status in str(exc)), str(exc))
+        raise RootUnavailable(f"artifact root {root.uri}: {found}") from exc
+
+
+@dataclass
+class WorkingCopy:
+    """A local copy of an object-store root: ``hydrate`` brings it up to the store, ``publish`` sends
+    what was written since. ``index``: object name -> the ETag, size and mtime it was last synced at."""
+
+    root: ObjectRoot
+    store: ObjectStore
+    path: Path
+    index: dict[str, dict[str, Any]] = field(default_factory=dict)
+    history_lines: int = 0
+
+    @property
+    def _meta(self) -> Path:
+        return self.path / SYNC_DIR
+
+    def _load_index(self) -> None:
+        path = self._meta / INDEX_FILE
+        doc = json.loads(path.read_text()) if path.exists() else {}
+        self.index, self.history_lines = doc.get("objects", {}), doc.get("history_lines", 0)
+
+    def _save_index(self) -> None:
+        atomic_write_bytes(self._meta / INDEX_FILE, json.dumps(
+            {"root": self.root.uri, "objects": self.index, "history_lines": self.history_lines}).encode())
+
+    def _remember(self, name: str, local: Path, etag: str) -> None:
+        stat = local.stat()
+        self.index[name] = {"etag": etag, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+    def _local(self, name: str) -> Path:
+        return (self._meta / name) if name.startswith(HISTORY_PREFIX) else self.path / name
+
+    def hydrate(self, prefix: str = "") -> dict[str, int]:
+        """Download what changed in the store under ``prefix`` (landing excluded unless asked for)."""
+        self._load_index()
+        listed = self.store.entries(prefix)
+        complete = {a for name in listed if (a := _artifact(name)) and name == f"{a}/{MANIFEST}"}
+        done = {"downloaded": 0, "bytes": 0, "half_published": 0}
+        wanted = []
+        for name, entry in listed.items():
+            if name.startswith(LANDING_PREFIX) and not prefix.startswith(LANDING_PREFIX):
+                continue
+            artifact = _artifact(name)
+            if artifact and artifact not in complete:
+                done["half_published"] += 1
+                continue
+            known = self.index.get(name)
+            if known and known["etag"] == entry.etag and self._local(name).exists():
+                continue
+            wanted.append(name)
+        # Manifests last: a local reader in another session never sees a manifest before its files.
+        for name in sorted(wanted, key=lambda n: n.endswith(MANIFEST)):
+            got = self.store.read(name)
+            if got is None:  # deleted between the listing and the read
+                continue
+            if "-" not in got.etag and _md5_etag(got.body) != got.etag:
+                raise ObjectStoreError(f"{self.root.uri}/{name}: downloaded bytes do not match the store's ETag "
+                                       f"{got.etag} (got {_md5_etag(got.body)})")
+            local = self._local(name)
+            atomic_write_bytes(local, got.body)
+            self._remember(name, local, got.etag)
+            done["downloaded"] += 1
+            done["bytes"] += len(got.body)
+        if not prefix:
+            self._assemble_history()
+        self._save_index()
+        if done["downloaded"] or done["half_published"]:
+            log.info("hydrate %s -> %s: %s", self.root.uri, self.path, done)
+        return done
+
+    def _assemble_history(self) -> None:
+        """registry/history.jsonl as the registry reads it: the store's history objects in name order
+        (lines this copy appended but never published are dropped: they were never decided)."""
+        folder = self._meta / HISTORY_PREFIX
+        names = sorted(p.name for p in folder.glob("*.json")) if folder.is_dir() else []
+        lines = [(folder / name).read_bytes().rstrip(b"\n") + b"\n" for name in names]
+        target = self.path / HISTORY_KEY
+        if lines or target.exists():
+            atomic_write_bytes(target, b"".join(lines))
+        self.history_lines = len(lines)
+
+    def _changed(self) -> list[str]:
+        out = []
+        for local in self.path.rglob("*"):
+            rel = local.relative_to(self.path)
+            if any(part.startswith(".") for part in rel.parts) or not local.is_file():
+                continue  # temporary files, staging dirs, locks, this copy's bookkeeping
+            name = rel.as_posix()
+            if name == HISTORY_KEY:
+                continue
+            stat, known = local.stat(), self.index.get(name)
+            if not known or (known["size"], known["mtime_ns"]) != (stat.st_size, stat.st_mtime_ns):
+                out.append(name)
+        return sorted(out)
+
+    def publish(self, fault_hook: FaultHook | None = None) -> dict[str, int]:
+        """Upload what this copy wrote since it was last synced (order and conditions: module doc)."""
+        changed = self._changed()
+        immutable = [n for n in changed if _artifact(n)]
+        mutable = [n for n in changed if not _artifact(n) and n != CHAMPION_KEY]
+        done = {"created": 0, "existed": 0, "put": 0, "history": 0, "bytes": 0}
+        # Each artifact's manifest after all artifacts' files: a reader that finds a manifest finds its files.
+        for name in sorted(immutable, key=lambda n: n.endswith(f"/{MANIFEST}")):
+            if fault_hook:
+                fault_hook(name)
+            body = self._local(name).read_bytes()
+            try:
+                etag = self.store.create(name, body)
+                done["created"] += 1
+                done["bytes"] += len(body)
+            except ObjectExists:  # same version published by another process: versions are content hashes
+                etag = self.store.read(name).etag
+                done["existed"] += 1
+            self._remember(name, self._local(name), etag)
+        if CHAMPION_KEY in changed:
+            try:
+                self._swap_champion()
+            except ChampionMoved:
+                # The lost decision's records (outcome, latest.json) are dropped too: the next session
+                # downloads what the store holds, and the retry writes its own decision.
+                for name in mutable:
+                    self._local(name).unlink(missing_ok=True)
+                raise
+        self._publish_history(done)
+        # Within mutable records: each folder's manifest, then the pointers, last.
+        for name in sorted(mutable, key=lambda n: (n.rsplit("/", 1)[-1] in _POINTERS, n.endswith(MANIFEST))):
+            if fault_hook:
+                fault_hook(name)
+            body = self._local(name).read_bytes()
+            self._remember(name, self._local(name), self.store.put(name, body))
+            done["put"] += 1
+            done["bytes"] += len(body)
+        self._save_index()
+        if any(done.values()):
+            log.info("publish %s -> %s: %s", self.path, self.root.uri, done)
+        return done
+
+    def _swap_champion(self) -> None:
+        local = self._local(CHAMPION_KEY)
+        known = self.index.get(CHAMPION_KEY)
+        try:
+            etag = self.store.swap(CHAMPION_KEY, local.read_bytes(), known["etag"] if known else None)
+        except StaleETag as exc:
+            # Forget the local pointer: the next session downloads the champion that won.
+            self.index.pop(CHAMPION_KEY, None)
+            local.unlink(missing_ok=True)
+            self._save_index()
+            raise ChampionMoved(f"{self.root.uri}/{CHAMPION_KEY}: the champion moved since this run read it; "
+                                f"nothing of this decision was published, re-run it to decide against the "
+                                f"new champion [{exc}]") from exc
+        self._remember(CHAMPION_KEY, local, etag)
+
+    def _publish_history(self, done: dict[str, int]) -> None:
+        path = self.path / HISTORY_KEY
+        lines = path.read_bytes().splitlines() if path.exists() else []
+        for number, line in enumerate(lines[self.history_lines:], start=self.history_lines + 1):
+            if not line.strip():
+                continue
+            # Numbered after the entries this copy read: two writers appending at once both keep theirs.
+            name = f"{HISTORY_PREFIX}{number:08d}-{hashlib.sha256(line).hexdigest()[:12]}.json"
+            try:
+                etag = self.store.create(name, line + b"\n")
+            except ObjectExists:
+                etag = self.store.read(name).etag
+            atomic_write_bytes(self._local(name), line + b"\n")
+            self._remember(name, self._local(name), etag)
+            done["history"] += 1
+        self.history_lines = len(lines)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        self._meta.mkdir(parents=True, exist_ok=True)
+        with (self._meta / "lock").open("w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+
+# Per thread: the plugin's pages run in threads of one process, each with its own session (the
+# copy's lock serializes them).
+_ACTIVE = threading.local()
+# A decision that lost the champion race is re-read and made again, this many times in all.
+RACE_ATTEMPTS = 3
+
+
+@contextmanager
+def session(root: str | Path, *, landing_day: str | None = None, publish: bool = True,
+            fault_hook: FaultHook | None = None) -> Iterator[Layout]:
+    """The layout of ``root`` for the duration of one unit of work: a local folder as is; an ``s3://``
+    root hydrated on entry and published on exit (``publish=False``: a reader, e.g. a UI page).
+    ``landing_day``: also hydrate that day's landing partition (the ingest stage)."""
+    remote = object_root(root)
+    if remote is None:
+        yield Layout.at(root)
+        return
+    sessions = _ACTIVE.__dict__.setdefault("by_uri", {})
+    active = sessions.get(remote.uri)
+    if active is not None:  # nested: the outer session hydrated and will publish
+        if landing_day:
+            active.hydrate(f"{LANDING_PREFIX}date={landing_day}/")
+        yield Layout(active.path)
+        return
+    copy = WorkingCopy(remote, connect(remote), remote.cache())
+    with copy.locked():
+        sessions[remote.uri] = copy
+        try:
+            copy.hydrate()
+            if landing_day:
+                copy.hydrate(f"{LANDING_PREFIX}date={landing_day}/")
+            try:
+                yield Layout(copy.path)
+            finally:
+                if publish:
+                    copy.publish(fault_hook)
+        finally:
+            del sessions[remote.uri]
+
+
+def run_in_session(root: str | Path, unit: Callable[[Layout], T], *, landing_day: str | None = None) -> T:
+    """``unit(layout)`` in a session; when its publish loses the champion race (``ChampionMoved``), a
+    new session re-reads the store and runs ``unit`` again, so a promotion judged against a champion
+    that has since moved is decided again against the new one (e.g. ``stale``), up to RACE_ATTEMPTS."""
+    attempt = 1
+    while True:
+        try:
+            with session(root, landing_day=landing_day) as layout:
+                return unit(layout)
+        except ChampionMoved as exc:
+            if attempt == RACE_ATTEMPTS:
+                raise
+            attempt += 1
+            log.warning("%s; deciding again (attempt %d of %d)", exc, attempt, RACE_ATTEMPTS)
+
+
+def hydrated(root: str | Path) -> Layout:
+    """The layout of ``root`` brought up to date with the store, for a reader that writes nothing
+    (the Airflow plugin's pages, the outcome task): a session that publishes nothing."""
+    with session(root, publish=False) as layout:
+        return layout
