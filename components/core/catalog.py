@@ -341,10 +341,13 @@ class ArtifactRef:
 @dataclass(frozen=True)
 class Layout:
     root: Path
+    # Where the champion pointer and the registry history live: "" = registry/ under root (file lock and
+    # rename), "s3://bucket/prefix" = an S3-compatible store (If-Match; components/decide/pointer.py).
+    champion_store: str = ""
 
     @classmethod
-    def at(cls, root: str | Path) -> "Layout":
-        return cls(Path(root).expanduser().resolve())
+    def at(cls, root: str | Path, champion_store: str = "") -> "Layout":
+        return cls(Path(root).expanduser().resolve(), champion_store)
 
     def landing(self, day: str) -> Path:
         return self.root / "landing" / f"date={day}"

@@ -212,24 +212,24 @@ def _two_versions(layout, cfg):
     return judge(layout, cfg, DAYS[0], "a").version, judge(layout, cfg, DAYS[1], "a").version
 
 
-def test_crash_before_pointer_rename_keeps_the_old_champion(env):
+def test_crash_before_pointer_write_keeps_the_old_champion(env):
     layout, cfg = env
     old, new = _two_versions(layout, cfg)
     promote(layout, old, "first")
     with pytest.raises(Crash):
-        promote(layout, new, "second", fault_hook=_crash_at("before_pointer_rename"))
+        promote(layout, new, "second", fault_hook=_crash_at("before_pointer_write"))
     assert champion(layout).version == old and _complete(layout, old)
     assert [e["version"] for e in history(layout)] == [old]
     assert promote(layout, new, "retry").promoted  # the leftover temp file does not get in the way
     assert champion(layout).version == new
 
 
-def test_crash_after_pointer_rename_leaves_the_new_champion_and_history_is_repaired(env):
+def test_crash_after_pointer_write_leaves_the_new_champion_and_history_is_repaired(env):
     layout, cfg = env
     old, new = _two_versions(layout, cfg)
     promote(layout, old, "first")
     with pytest.raises(Crash):
-        promote(layout, new, "second", fault_hook=_crash_at("after_pointer_rename"))
+        promote(layout, new, "second", fault_hook=_crash_at("after_pointer_write"))
     assert champion(layout).version == new and _complete(layout, new)
     assert champion(layout).previous == (old,)
     assert not promote(layout, new, "again").promoted  # idempotent, and repairs the log
@@ -407,7 +407,7 @@ def test_kill_at_every_write_point_of_a_nightly_promote_then_the_rerun_reports_p
         assert (other.promoted, other.reason) == (False, "already the champion")
 
     points = [p for p, _ in _write_points(layout.root, tmp_path / "scratch", "run_promote", registration)]
-    assert points == ["validated", "before_pointer_rename", "after_pointer_rename", "history_appended",
+    assert points == ["validated", "before_pointer_write", "after_pointer_write", "history_appended",
                       "outcome_recorded"]
     assert _kill_everywhere(layout.root, tmp_path, "run_promote", registration, check) == 19
 
@@ -457,7 +457,7 @@ def test_kill_at_every_write_point_of_a_hand_promotion(env, tmp_path):
 def test_a_crashed_runs_promotion_is_reported_by_the_next_run_of_the_day(env, tmp_path):
     layout, v0, v1 = _promoted_world(env, tmp_path, promote_second=False)
     with pytest.raises(Crash):
-        run_promote(layout, DAYS[1], None, run_key="a", registration=v1, fault_hook=_crash_at("after_pointer_rename"))
+        run_promote(layout, DAYS[1], None, run_key="a", registration=v1, fault_hook=_crash_at("after_pointer_write"))
     assert read_outcome(layout, DAYS[1], "a") is None and champion(layout).version == v1.version
     result = run_promote(layout, DAYS[1], None, run_key="b", registration=v1)
     assert result.promoted and result.previous_champion == v0.version
