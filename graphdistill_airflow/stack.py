@@ -340,7 +340,8 @@ def start_seaweedfs(stack: Stack) -> None:
         f"-volume.port={p['weed-volume']}", f"-volume.port.grpc={p['weed-volume-grpc']}",
         "-filer", f"-filer.port={p['weed-filer']}", f"-filer.port.grpc={p['weed-filer-grpc']}",
         "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['weed-s3-grpc']}", f"-s3.port.iceberg={p['weed-iceberg']}",
-        f"-s3.config={data / 's3.json'}", f"-metricsPort={p['weed-metrics']}",
+        # Lance's listener has a fixed default port (9101): a second SeaweedFS on the machine died on it.
+        "-s3.port.lance=0", f"-s3.config={data / 's3.json'}", f"-metricsPort={p['weed-metrics']}",
         "-master.volumeSizeLimitMB=256", "-volume.max=0"])
 
     def writable() -> str | None:  # the bucket exists and takes a write (volumes are allocated lazily)
