@@ -21,9 +21,13 @@ checks (recorded as manual; it lifts a rollback). The baseline of day D (``champ
 champion that served before D: the newest promotion of a version of an earlier day (so trained on a
 window that ends before D), ignoring versions rolled back since (unless re-promoted by hand).
 
+Where champion.json and the history live is the layout's pointer backend (components/decide/pointer.py):
+the registry folder under a file lock, or an S3 store where the move is an If-Match swap and a decision
+that lost a race is made again from a fresh read. The rest of this text holds for both.
+
 Crash safety: a version directory is staged and renamed into place (complete or absent). Every
 decision that later decisions depend on lives in champion.json, moved by one atomic
-write-temp-and-rename: the champion, the stack of champions it replaced, the deny-list of
+write (temp and rename, or one conditional PUT): the champion, the stack of champions it replaced, the deny-list of
 rolled-back versions, what moved it (promote / rollback, by which run) and a sequence number that
 grows by one per move. A crash at any point therefore leaves the old or the new record, whole, and
 a rollback cannot be lost. The history is the audit copy: each move appends the entry derived from
