@@ -58,7 +58,8 @@ def champion_ref(record: dict[str, Any] | None, registry_root: str | Path) -> Ch
 
 
 def pointer_record(registry_root: Path) -> dict[str, Any] | None:
-    """champion.json of a registry folder (components/decide/pointer.py writes it); the source of truth of every decision."""
+    """champion.json of a registry folder (components/decide/pointer.py writes it): the source of
+    truth of every decision."""
     path = registry_root / CHAMPION_FILE
     if not path.exists():
         return None

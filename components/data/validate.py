@@ -500,8 +500,9 @@ def earlier_day_payload_rule(layout: Layout, day: str, rows: pd.DataFrame, windo
     ids = rows["event_id"].dropna().unique().tolist()
     start = (dt.date.fromisoformat(day) - dt.timedelta(days=window_days)).isoformat()
     columns = ["event_id", *PAYLOAD, *LINEAGE_COLUMNS]
-    earlier = [pd.read_parquet(layout.accepted(d) / "events.parquet", columns=columns, filters=[("event_id", "in", ids)])
-               .assign(accepted_day=d) for d in layout.accepted_days() if start <= d < day] if ids else []
+    earlier = [pd.read_parquet(layout.accepted(d) / "events.parquet", columns=columns,
+                               filters=[("event_id", "in", ids)]).assign(accepted_day=d)
+               for d in layout.accepted_days() if start <= d < day] if ids else []
     earlier = [frame for frame in earlier if len(frame)]
     expected = "an event id accepted on an earlier day repeats that event exactly (user, item, ts, event_type)"
     if not earlier:

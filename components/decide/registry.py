@@ -26,9 +26,9 @@ the registry folder under a file lock, or an S3 store where the move is an If-Ma
 that lost a race is made again from a fresh read. The rest of this text holds for both.
 
 Crash safety: a version directory is staged and renamed into place (complete or absent). Every
-decision that later decisions depend on lives in champion.json, moved by one atomic
-write (temp and rename, or one conditional PUT): the champion, the stack of champions it replaced, the deny-list of
-rolled-back versions, what moved it (promote / rollback, by which run) and a sequence number that
+decision that later decisions depend on lives in champion.json, moved by one atomic write
+(temp and rename, or one conditional PUT): the champion, the stack of champions it replaced, the
+deny-list of rolled-back versions, what moved it (promote / rollback, by which run) and a sequence number that
 grows by one per move. A crash at any point therefore leaves the old or the new record, whole, and
 a rollback cannot be lost. The history is the audit copy: each move appends the entry derived from
 the record (same ``seq``); a crash between the rename and the append is repaired on the next write

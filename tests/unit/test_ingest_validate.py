@@ -206,7 +206,8 @@ def test_an_event_redelivered_on_a_later_day_is_not_accepted_twice(tmp_path):
     accepted = pd.concat([pd.read_parquet(layout.accepted(day(d)) / "events.parquet") for d in (0, 1)])
     assert accepted["event_id"].is_unique
     (rule,) = [r for r in result.rules if r.name == "event_id_payload_conflict"]  # reported: passed, with the count
-    assert rule.verdict == "pass" and rule.observed == "3 rows redelivered from earlier days (same event: dropped as duplicates)"
+    assert rule.verdict == "pass"
+    assert rule.observed == "3 rows redelivered from earlier days (same event: dropped as duplicates)"
 
 
 def test_an_event_id_of_an_earlier_day_with_another_payload_quarantines_naming_both_days(tmp_path):
