@@ -157,6 +157,7 @@ class Stack:
         })
         env.update(self.remote_logging_env())
         env.update(self.extra_env)
+        env["GRAPHDISTILL_CONFIG"] = str(self.pipeline_config)  # extra_env's config, with the stack's stores
         return env
 
     def remote_logging_env(self) -> dict[str, str]:
@@ -170,6 +171,28 @@ class Stack:
                 "AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER": f"s3://{self.settings.bucket}/{REMOTE_LOG_PREFIX}",
                 "AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID": REMOTE_LOG_CONN_ID,
                 f"AIRFLOW_CONN_{REMOTE_LOG_CONN_ID.upper()}": json.dumps(connection)}
+
+    @property
+    def pipeline_config(self) -> Path:
+        return self.state / "pipeline.yaml"
+
+    def feature_stores(self) -> dict[str, str]:
+        """The stack's Feast stores (config section ``features``): Redis db 1 online, the SQL registry on Postgres."""
+        return {"online_store": "redis", "redis_connection_string": f"127.0.0.1:{self.ports['redis']},db=1",
+                "registry_store": "sql", "registry_url": f"{self.postgres_url}/feast_registry"}
+
+    def write_pipeline_config(self) -> Path:
+        """The pipeline config every stack task reads: extra_env's GRAPHDISTILL_CONFIG (else the default
+        config) with Feast on the stack's Redis and Postgres; validated before any task sees it."""
+        from components.core.config import default_config_file, load_config
+
+        base = Path(self.extra_env.get("GRAPHDISTILL_CONFIG") or default_config_file())
+        data = yaml.safe_load(base.read_text()) or {}
+        data["features"] = {**data.get("features", {}), **self.feature_stores()}
+        self.pipeline_config.write_text(f"# {base} with the stack's stores (graphdistill_airflow/stack.py)\n"
+                                        + yaml.safe_dump(data, sort_keys=False))
+        load_config(self.pipeline_config)
+        return self.pipeline_config
 
     def worker_env(self, queue: str) -> dict[str, str]:
         return {**self.airflow_env(),
@@ -473,6 +496,7 @@ def up(state: Path, settings: StackSettings, extra_env: dict[str, str] | None = 
     while len(set(stack.ports.values())) < len(PORTS):
         stack.ports = {name: free_port() for name in PORTS}
     stack.save()
+    stack.write_pipeline_config()
     timings: dict[str, float] = {}
     started = time.monotonic()
     try:

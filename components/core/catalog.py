@@ -391,15 +391,18 @@ def object_root(root: str | Path) -> ObjectRoot | None:
 @dataclass(frozen=True)
 class Layout:
     root: Path
+    # Where the champion pointer and the registry history live: "" = registry/ under root (file lock and
+    # rename), "s3://bucket/prefix" = an S3-compatible store (If-Match; components/decide/pointer.py).
+    champion_store: str = ""
 
     @classmethod
-    def at(cls, root: str | Path) -> "Layout":
+    def at(cls, root: str | Path, champion_store: str = "") -> "Layout":
         """The layout of a local folder, or of an ``s3://`` root's local working copy (hydrated and
         published by ``components.core.remote.session``, the boundary every stage runs inside)."""
         remote = object_root(root)
         if remote is not None:
-            return cls(remote.cache())
-        return cls(Path(root).expanduser().resolve())
+            return cls(remote.cache(), champion_store)
+        return cls(Path(root).expanduser().resolve(), champion_store)
 
     def landing(self, day: str) -> Path:
         return self.root / "landing" / f"date={day}"

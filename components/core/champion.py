@@ -38,7 +38,11 @@ class ChampionRef:
 
 def champion_in(registry_root: str | Path) -> ChampionRef | None:
     """The champion of a registry folder (serving reads a registry without a pipeline layout)."""
-    record = pointer_record(Path(registry_root))
+    return champion_ref(pointer_record(Path(registry_root)), registry_root)
+
+
+def champion_ref(record: dict[str, Any] | None, registry_root: str | Path) -> ChampionRef | None:
+    """The champion a pointer record names, its version directory under ``registry_root``."""
     if record is None:
         return None
     return ChampionRef(
@@ -54,7 +58,8 @@ def champion_in(registry_root: str | Path) -> ChampionRef | None:
 
 
 def pointer_record(registry_root: Path) -> dict[str, Any] | None:
-    """champion.json as written by ``_move_pointer``; the source of truth of every decision."""
+    """champion.json of a registry folder (components/decide/pointer.py writes it): the source of
+    truth of every decision."""
     path = registry_root / CHAMPION_FILE
     if not path.exists():
         return None

@@ -148,6 +148,16 @@ class FeatureConfig(_Section):
     recent_items: int = Field(50, ge=1)
     online_store: Literal["sqlite", "redis"] = "sqlite"
     redis_connection_string: str = "localhost:6379"
+    # Feast's registry: "file" (data/registry.db in the repo, written atomically) or "sql" (a database
+    # every worker and the serving fleet share, e.g. the stack's Postgres: postgresql+psycopg2://...).
+    registry_store: Literal["file", "sql"] = "file"
+    registry_url: str = ""
+
+    @model_validator(mode="after")
+    def _sql_registry_has_a_url(self) -> "FeatureConfig":
+        if self.registry_store == "sql" and "://" not in self.registry_url:
+            raise ValueError(f"registry_store 'sql' needs registry_url (a SQLAlchemy URL), got {self.registry_url!r}")
+        return self
 
 
 class GraphConfig(_Section):

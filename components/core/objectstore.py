@@ -6,8 +6,8 @@ and the champion pointer a compare-and-swap on the store itself.
 - ``put``: an unconditional write (mutable records of an ``s3://`` root, components/core/remote.py).
 - ``swap``: PutObject with ``If-Match: <etag>``: replaces only the version that was read (412 if it
   changed; 409 when a concurrent conditional write to the same key is in flight: treated the same).
-- ``ObjectChampionPointer``: read with ETag, decide, write with If-Match; on a lost race re-read and
-  decide again against the new champion. Every decision is its own history object, written create-only.
+The registry's champion pointer on a store (read with ETag, decide, write with If-Match; on a lost race
+re-read and decide again) is components/decide/pointer.py's ``ObjectPointer``.
 
 Tested against SeaweedFS's S3 gateway (tests/stack/test_objectstore.py), which enforces both conditions.
 Client settings come from boto3's standard environment (AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, ...).
@@ -15,9 +15,8 @@ Client settings come from boto3's standard environment (AWS_ENDPOINT_URL_S3, AWS
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from botocore.exceptions import ClientError
 
@@ -77,6 +76,14 @@ class ObjectStore:
         except ClientError as exc:
             raise ObjectStoreError(f"s3://{bucket}: bucket not reachable: {_code(exc)} (HTTP {_status(exc)}); "
                                    f"create it or fix the bucket name") from exc
+
+    @classmethod
+    def at(cls, uri: str) -> "ObjectStore":
+        """The store named by ``s3://bucket/prefix`` (client from boto3's standard environment)."""
+        if not uri.startswith("s3://") or not uri[5:].split("/", 1)[0]:
+            raise ObjectStoreError(f"{uri!r}: not an object-store location (expected s3://bucket/prefix)")
+        bucket, _, prefix = uri[5:].partition("/")
+        return cls(bucket, prefix)
 
     def key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
@@ -142,61 +149,3 @@ class ObjectStore:
 
     def list(self, prefix: str) -> list[str]:
         return list(self.entries(prefix))
-
-
-@dataclass(frozen=True)
-class PointerDecision:
-    """One decision on the champion pointer: promoted or not, against which champion, after how many reads."""
-
-    candidate: str
-    promoted: bool
-    reason: str
-    champion_before: str | None
-    seq: int
-    attempts: int
-
-
-class ObjectChampionPointer:
-    """The champion pointer as one object (``champion.json``: version, seq) swapped with If-Match, and an
-    append-only history: ``history/<seq>-<candidate>.json``, one create-only object per decision.
-
-    ``decide(current_champion, candidate) -> (promote?, reason)`` is called again after every lost race
-    with the champion that won, so a candidate judged against a champion that has since moved is
-    re-decided (e.g. ``stale``) instead of overwriting it."""
-
-    POINTER = "champion.json"
-
-    def __init__(self, store: ObjectStore, max_attempts: int = 50):
-        self.store, self.max_attempts = store, max_attempts
-
-    def current(self) -> tuple[dict[str, Any] | None, str | None]:
-        got = self.store.read(self.POINTER)
-        return (json.loads(got.body), got.etag) if got else (None, None)
-
-    def propose(self, candidate: str, decide: Callable[[str | None, str], tuple[bool, str]]) -> PointerDecision:
-        for attempt in range(1, self.max_attempts + 1):
-            pointer, etag = self.current()
-            before = pointer["version"] if pointer else None
-            seq = (pointer["seq"] if pointer else 0) + 1
-            promote, reason = decide(before, candidate)
-            if promote:
-                try:
-                    self.store.swap(self.POINTER, json.dumps({"version": candidate, "seq": seq,
-                                                              "previous": before}).encode(), etag)
-                except StaleETag:
-                    continue  # another promotion won: re-read and decide again against it
-            decision = PointerDecision(candidate, promote, reason, before, seq if promote else seq - 1, attempt)
-            self._record(decision)
-            return decision
-        raise ObjectStoreError(f"champion pointer s3://{self.store.bucket}/{self.store.key(self.POINTER)}: "
-                               f"{self.max_attempts} lost races in a row for {candidate}")
-
-    def _record(self, decision: PointerDecision) -> None:
-        # The winner's seq is unique (the swap serialised it); a loser's name carries its candidate and
-        # attempt so that no two decisions share a key and none is ever rewritten.
-        kind = "promoted" if decision.promoted else f"not_promoted-{decision.attempts}"
-        self.store.create(f"history/{decision.seq:08d}-{kind}-{decision.candidate}.json",
-                          json.dumps(decision.__dict__).encode())
-
-    def history(self) -> list[dict[str, Any]]:
-        return [json.loads(self.store.read(name).body) for name in self.store.list("history/")]

@@ -213,12 +213,17 @@ def sync_feature_repo(layout: Layout, source: Path = FEATURE_REPO) -> Path:
 
 
 def repo_config_data(repo: Path, cfg: PipelineConfig) -> dict[str, Any]:
-    """feature_store.yaml as a mapping, with the online store chosen by ``cfg.features`` and the
-    registry written atomically (components.data.feast_registry)."""
+    """feature_store.yaml as a mapping, with the online store and the registry chosen by
+    ``cfg.features`` (a file registry is written atomically: components.data.feast_registry)."""
     import yaml
 
     data = yaml.safe_load((repo / "feature_store.yaml").read_text())
-    data["registry"] = {"registry_type": "file", "path": data["registry"], "registry_store_type": REGISTRY_STORE}
+    if cfg.features.registry_store == "sql":
+        # No cache: a worker that applies and one that serves read the same rows (the stack's Postgres).
+        data["registry"] = {"registry_type": "sql", "path": cfg.features.registry_url, "cache_ttl_seconds": 0,
+                            "sqlalchemy_config_kwargs": {"pool_pre_ping": True}}
+    else:
+        data["registry"] = {"registry_type": "file", "path": data["registry"], "registry_store_type": REGISTRY_STORE}
     if cfg.features.online_store == "redis":
         data["online_store"] = {"type": "redis", "connection_string": cfg.features.redis_connection_string}
     return data

@@ -492,6 +492,38 @@ def payload_conflict_rule(rows: pd.DataFrame) -> RuleResult:
                       expected="a reused event_id repeats its event exactly (user, item, ts, event_type)")
 
 
+def earlier_day_payload_rule(layout: Layout, day: str, rows: pd.DataFrame, window_days: int) -> RuleResult:
+    """An event id accepted on an earlier day of the window, delivered again with another payload: the
+    same contract violation as a reuse within the day (rule ``event_id_payload_conflict``, so the same
+    severity setting). The same payload is a redelivery: passes, counted here, dropped by ``deduplicate``.
+    Reads only the earlier rows whose id occurs today (a filter in the Parquet scan), never the window."""
+    ids = rows["event_id"].dropna().unique().tolist()
+    start = (dt.date.fromisoformat(day) - dt.timedelta(days=window_days)).isoformat()
+    columns = ["event_id", *PAYLOAD, *LINEAGE_COLUMNS]
+    earlier = [pd.read_parquet(layout.accepted(d) / "events.parquet", columns=columns,
+                               filters=[("event_id", "in", ids)]).assign(accepted_day=d)
+               for d in layout.accepted_days() if start <= d < day] if ids else []
+    earlier = [frame for frame in earlier if len(frame)]
+    expected = "an event id accepted on an earlier day repeats that event exactly (user, item, ts, event_type)"
+    if not earlier:
+        return RuleResult("event_id_payload_conflict", None, True, observed="0 rows redelivered from earlier days",
+                          expected=expected)
+    matched = rows[columns].merge(pd.concat(earlier, ignore_index=True), on="event_id", suffixes=("", "_earlier"))
+    differs = np.zeros(len(matched), dtype=bool)
+    for column in PAYLOAD:  # a null on either side counts as different
+        differs |= ~matched[column].eq(matched[f"{column}_earlier"]).fillna(False).to_numpy(dtype=bool)
+    conflicts = matched[differs]
+    samples = tuple(f"event {c['event_id']}: {_payload(c)} vs {c['accepted_day']} "
+                    f"{_payload(pd.Series({k: c[f'{k}_earlier'] for k in (*PAYLOAD, *LINEAGE_COLUMNS)}))}"
+                    for _, c in conflicts.head(SAMPLE_ROWS).iterrows())
+    redelivered = f"{int((~differs).sum())} rows redelivered from earlier days (same event: dropped as duplicates)"
+    ids_in_conflict = conflicts["event_id"].nunique()
+    return RuleResult("event_id_payload_conflict", None, ids_in_conflict == 0, unit="event ids of earlier days",
+                      unexpected_count=ids_in_conflict or None, samples=samples,
+                      observed=f"{len(conflicts)} rows; {redelivered}" if ids_in_conflict else redelivered,
+                      expected=expected)
+
+
 def deduplicate(rows: pd.DataFrame, earlier_ids: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(events, duplicates): the first row of each event id (by ts, file, row) that no earlier day
     accepted, then the first of each content (user, item, ts, type) under different event ids.
@@ -813,7 +845,8 @@ def run_validate(layout: Layout, day: str, cfg: PipelineConfig) -> ValidationRes
         rules.append(RuleResult("expect_table_row_count_to_be_between", None, False, observed=0,
                                 expected=f"min_value={params['min_rows']}"))
     if set(REQUIRED_COLUMNS) <= set(rows.columns):
-        rules += [payload_conflict_rule(rows), content_duplicate_rule(rows, cfg)]
+        rules += [payload_conflict_rule(rows), earlier_day_payload_rule(layout, day, rows, cfg.graph.window_days),
+                  content_duplicate_rule(rows, cfg)]
     rules = _with_severity(rules, cfg)
     rules += anomaly_rules(profile, history, day, cfg)
     bot = bot_rule(profile, cfg)

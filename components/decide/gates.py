@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 
 from components.core.catalog import Layout, atomic_write_bytes, record_outcome, run_dir, write_json
-from components.core.champion import champion_in
 from components.core.config import GateSpec, GatesConfig, PipelineConfig
 from components.core.refs import (BLESSING_FILE, EVALUATION_FILE, Blessing, Comparison, EvaluationResult, GateResult,
                                   PerUser, read_upstream)
 from components.decide.candidate import CandidateRefs
+from components.decide.pointer import champion
 from components.decide.report import fmt_number
 
 log = logging.getLogger(__name__)
@@ -373,7 +373,7 @@ def run_gate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
                 "champion health %s: champion %s vs popularity %s (%s)", day, blessing.champion_version,
                 blessing.champion_health.verdict.upper(), blessing.champion_health.describe())
     if not blessing.blessed:
-        serving = champion_in(layout.registry())
+        serving = champion(layout)
         record_outcome(layout, day, run_key, blessing.verdict, blessing.reason, candidate=blessing.candidate_version,
                        champion_before=serving.version if serving else None,
                        champion_after=serving.version if serving else None,

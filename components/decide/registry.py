@@ -21,10 +21,14 @@ checks (recorded as manual; it lifts a rollback). The baseline of day D (``champ
 champion that served before D: the newest promotion of a version of an earlier day (so trained on a
 window that ends before D), ignoring versions rolled back since (unless re-promoted by hand).
 
+Where champion.json and the history live is the layout's pointer backend (components/decide/pointer.py):
+the registry folder under a file lock, or an S3 store where the move is an If-Match swap and a decision
+that lost a race is made again from a fresh read. The rest of this text holds for both.
+
 Crash safety: a version directory is staged and renamed into place (complete or absent). Every
-decision that later decisions depend on lives in champion.json, moved by one atomic
-write-temp-and-rename: the champion, the stack of champions it replaced, the deny-list of
-rolled-back versions, what moved it (promote / rollback, by which run) and a sequence number that
+decision that later decisions depend on lives in champion.json, moved by one atomic write
+(temp and rename, or one conditional PUT): the champion, the stack of champions it replaced, the
+deny-list of rolled-back versions, what moved it (promote / rollback, by which run) and a sequence number that
 grows by one per move. A crash at any point therefore leaves the old or the new record, whole, and
 a rollback cannot be lost. The history is the audit copy: each move appends the entry derived from
 the record (same ``seq``); a crash between the rename and the append is repaired on the next write
@@ -36,26 +40,23 @@ before the next append, so a torn line never swallows the entry after it.
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
-import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from components.core.champion import (CHAMPION_FILE, HISTORY_FILE, LEGACY_POINTER_EVENTS, ChampionRef, champion_in,
-                                       history_in, pointer_record)
+from components.core.champion import CHAMPION_FILE, ChampionRef
 from components.core.config import PipelineConfig
 from components.core.refs import BLESSING_FILE, Blessing, read_upstream
 from components.core.errors import StorageFault, storage_fault
 from components.core.catalog import (MANIFEST, Layout, code_version, read_json, read_outcome, record_outcome, run_dir,
                                 staging_dir, write_json)
+from components.decide.pointer import ChampionPointer, LostRace, champion, pointer_of
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,9 @@ STATUSES = (STATUS_BLESSED, STATUS_REJECTED, STATUS_INCONCLUSIVE)
 MODEL_FILES = ("embeddings.npz", "model.pt")
 
 FaultHook = Callable[[str], None]
+# A guard, not a tuning knob: each lost race means another decision landed, so only a store that
+# refuses every conditional write loses this often in a row.
+MAX_LOST_RACES = 50
 
 
 def _versions(layout: Layout) -> Path:
@@ -108,10 +112,6 @@ class PromotionResult:
 # --- reading --------------------------------------------------------------------------------
 
 
-def champion(layout: Layout) -> ChampionRef | None:
-    return champion_in(layout.registry())
-
-
 def version_manifest(layout: Layout, version: str) -> dict[str, Any]:
     path = version_dir(layout, version) / MANIFEST
     if not path.exists():
@@ -141,7 +141,7 @@ def _version_ref(layout: Layout, version: str, reason: str) -> ChampionRef:
 
 def rolled_back(layout: Layout) -> dict[str, dict[str, Any]]:
     """Versions taken away by a rollback and not re-promoted by hand since: version -> {at, reason}."""
-    record = pointer_record(layout.registry())
+    record = pointer_of(layout).read()[0]
     return dict(record["rolled_back"]) if record else {}
 
 
@@ -154,7 +154,7 @@ def champion_as_of(layout: Layout, day: str) -> tuple[ChampionRef | None, str]:
     trained on a window ending X-1 and was judged on X, so an earlier day's version never saw
     ``day``; later days' promotions do not change it, so re-running ``day`` reproduces its
     judgement. Read from champion.json alone, so a lost history line cannot change it. Returns (ref, why)."""
-    record = pointer_record(layout.registry())
+    record = pointer_of(layout).read()[0]
     if record is not None:
         for version in (record["version"], *reversed(record["previous"])):
             if version in record["rolled_back"]:
@@ -177,7 +177,7 @@ def list_versions(layout: Layout) -> list[str]:
 
 
 def history(layout: Layout) -> list[dict[str, Any]]:
-    return history_in(layout.registry())
+    return pointer_of(layout).entries()
 
 
 # --- registering ----------------------------------------------------------------------------
@@ -322,52 +322,6 @@ def run_register(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
 # --- promotion ------------------------------------------------------------------------------
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _append_history(layout: Layout, entry: dict[str, Any], fault_hook: FaultHook | None = None) -> None:
-    """Append one JSON line. A torn tail (a kill mid-append) is cut off first and a failed append
-    (disk full) is truncated back, so a partial line never prefixes, and swallows, the next entry."""
-    path = layout.registry() / HISTORY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        end = _cut_torn_tail(fd, path)
-        try:
-            _write_all(fd, (json.dumps(entry, sort_keys=True) + "\n").encode())
-            os.fsync(fd)
-        except OSError:
-            os.ftruncate(fd, end)
-            raise
-    finally:
-        os.close(fd)
-    if fault_hook:
-        fault_hook("history_appended")
-
-
-def _cut_torn_tail(fd: int, path: Path) -> int:
-    """Make the history end with a whole line; returns its size. A complete entry that lost only
-    its newline keeps its content; anything else after the last newline is a torn entry."""
-    size = os.fstat(fd).st_size
-    content = os.pread(fd, size, 0)
-    if not content or content.endswith(b"\n"):
-        return size
-    cut = content.rfind(b"\n") + 1
-    tail = content[cut:]
-    try:
-        json.loads(tail)
-    except ValueError:
-        log.warning("registry history %s: cutting a torn last line (%d bytes) %r", path, len(tail), tail[:80])
-        os.ftruncate(fd, cut)
-        os.fsync(fd)
-        return cut
-    _write_all(fd, b"\n")
-    return size + 1
-
-
 def _move_entry(record: dict[str, Any]) -> dict[str, Any]:
     """The history entry of a pointer move: a function of champion.json alone, so the entry
     written after the move and the one a repair writes after a crash are the same."""
@@ -376,84 +330,65 @@ def _move_entry(record: dict[str, Any]) -> dict[str, Any]:
             "seq": record["seq"], "run_key": record["run_key"]}
 
 
-def _logged_seq(entries: list[dict[str, Any]]) -> int:
-    seq = 0
-    for entry in entries:
-        if entry.get("event") in LEGACY_POINTER_EVENTS:
-            seq = entry.get("seq", seq + 1)  # entries logged before moves carried seq count one each
-    return seq
-
-
-def _repair_history(layout: Layout, fault_hook: FaultHook | None = None) -> dict[str, Any] | None:
-    """A crash after the pointer rename but before the history append leaves the log one move
-    short: append the move's own entry (a rollback stays a rollback). Returns the pointer record."""
-    record = pointer_record(layout.registry())
-    if record is None or _logged_seq(history(layout)) >= record["seq"]:
-        return record
-    _append_history(layout, {**_move_entry(record), "recovered": True}, fault_hook)
+def _repair_history(pointer: ChampionPointer, fault_hook: FaultHook | None = None) -> tuple[dict[str, Any] | None, Any]:
+    """A crash after the pointer moved but before the history append leaves the log one move
+    short: append the move's own entry (a rollback stays a rollback). Returns the pointer record
+    and its token (what the decision that follows must be made against)."""
+    record, token = pointer.read()
+    if record is None or pointer.move_logged(record["seq"]):
+        return record, token
+    pointer.append({**_move_entry(record), "recovered": True}, record["seq"], fault_hook)
     log.warning("registry: history repaired, the %s of %s (move %d) was not logged", record["event"],
                 record["version"], record["seq"])
-    return record
+    return record, token
 
 
-def _log_move(layout: Layout, record: dict[str, Any], fault_hook: FaultHook | None) -> None:
+def _log_move(pointer: ChampionPointer, record: dict[str, Any], fault_hook: FaultHook | None) -> None:
     """Log a move that already happened: the pointer is the decision, so a failed append (disk
     full) is reported, not raised, and repaired from the pointer on the next registry write."""
     try:
-        _append_history(layout, _move_entry(record), fault_hook)
+        pointer.append(_move_entry(record), record["seq"], fault_hook)
     except OSError as exc:
         log.error("registry: %s of %s done, but its history entry was not written (%s); it is repaired from "
                   "%s on the next registry write", record["event"], record["version"], exc, CHAMPION_FILE)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _move_pointer(layout: Layout, previous_record: dict[str, Any] | None, move: dict[str, Any],
+def _move_pointer(pointer: ChampionPointer, current: dict[str, Any] | None, token: Any, move: dict[str, Any],
                   fault_hook: FaultHook | None) -> dict[str, Any]:
-    """Write the next pointer record (``move``'s fields, seq + 1), fsync, rename: champion.json is
-    the old or the new record, never a mix. Returns the new record."""
-    registry = layout.registry()
-    registry.mkdir(parents=True, exist_ok=True)
-    record = {**move, "seq": (previous_record["seq"] if previous_record else 0) + 1}
-    target = registry / CHAMPION_FILE
-    tmp = registry / f".{CHAMPION_FILE}.{os.getpid()}.tmp"
-    with tmp.open("w") as handle:
-        handle.write(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    if fault_hook:
-        fault_hook("before_pointer_rename")
-    os.replace(tmp, target)
-    _fsync_dir(registry)
-    if fault_hook:
-        fault_hook("after_pointer_rename")
+    """Replace the record read with ``token`` by the next one (``move``'s fields, seq + 1), whole or
+    not at all; LostRace if another writer moved it first. Returns the new record."""
+    record = {**move, "seq": (current["seq"] if current else 0) + 1}
+    pointer.move(record, token, fault_hook)
     return record
 
 
-@contextmanager
-def _pointer_lock(layout: Layout) -> Iterator[None]:
-    """Serialize read-modify-write of the champion pointer (the DAG and an operator's CLI call)."""
-    layout.registry().mkdir(parents=True, exist_ok=True)
-    with (layout.registry() / ".lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+def _decide(layout: Layout, decision: Callable[[ChampionPointer], Any]) -> Any:
+    """Run one decision (read, decide, move) on the layout's champion pointer: under its lock, and
+    from a fresh read again after each lost race (the object store's compare-and-swap)."""
+    pointer = pointer_of(layout)
+    with pointer.exclusive():
+        for _ in range(MAX_LOST_RACES):
+            try:
+                return decision(pointer)
+            except LostRace as race:
+                log.info("registry: lost a race on %s (%s); deciding again", pointer.where, race)
+    raise RuntimeError(f"champion pointer {pointer.where}: {MAX_LOST_RACES} lost races in a row; is another "
+                       f"writer looping, or does the store refuse every conditional write?")
 
 
 def promote(layout: Layout, version: str, reason: str, *, fault_hook: FaultHook | None = None) -> PromotionResult:
     """An operator's promotion of any blessed version (recorded as manual; lifts a rollback)."""
-    with _pointer_lock(layout):
-        return _promote(layout, version, reason, manual=True, fault_hook=fault_hook)
+    day = _check_blessed(layout, version)["day"]
+
+    def decision(pointer: ChampionPointer) -> PromotionResult:
+        current, token = _repair_history(pointer, fault_hook)
+        return _promote(pointer, current, token, version, day, reason, manual=True, fault_hook=fault_hook)
+
+    return _decide(layout, decision)
 
 
 def rollback(layout: Layout, reason: str = "rollback", *, fault_hook: FaultHook | None = None) -> str:
-    with _pointer_lock(layout):
-        return _rollback(layout, reason, fault_hook=fault_hook)
+    return _decide(layout, lambda pointer: _rollback(layout, pointer, reason, fault_hook=fault_hook))
 
 
 def _check_blessed(layout: Layout, version: str) -> dict[str, Any]:
@@ -469,12 +404,12 @@ def _check_blessed(layout: Layout, version: str) -> dict[str, Any]:
     return manifest
 
 
-def _promote(layout: Layout, version: str, reason: str, *, manual: bool, run_key: str | None = None,
+def _promote(pointer: ChampionPointer, current: dict[str, Any] | None, token: Any, version: str, day: str,
+             reason: str, *, manual: bool, run_key: str | None = None,
              fault_hook: FaultHook | None = None) -> PromotionResult:
-    """Make ``version`` the champion. Refuses unblessed or incomplete versions; promoting the
-    current champion is a no-op. ``fault_hook(step)`` is called at each step (crash tests)."""
-    day = _check_blessed(layout, version)["day"]
-    current = _repair_history(layout, fault_hook)
+    """Make ``version`` (blessed, of ``day``) the champion in place of ``current`` (read with
+    ``token``); promoting the current champion is a no-op. ``fault_hook(step)`` is called at each
+    step (crash tests)."""
     if current is not None and current["version"] == version:
         log.info("promote: %s is already the champion; nothing to do", version)
         return PromotionResult(day=day, version=version, promoted=False, champion_version=version,
@@ -485,24 +420,26 @@ def _promote(layout: Layout, version: str, reason: str, *, manual: bool, run_key
     denied = dict(current["rolled_back"]) if current else {}
     if manual:  # an operator's promotion lifts the version's rollback
         denied.pop(version, None)
-    record = _move_pointer(layout, current, {
+    record = _move_pointer(pointer, current, token, {
         "version": version, "promoted_at": _now(), "reason": reason, "event": "promote", "manual": manual,
         "previous": previous, "replaced": current["version"] if current else None, "rolled_back": denied,
         "run_key": run_key}, fault_hook)
-    _log_move(layout, record, fault_hook)
+    _log_move(pointer, record, fault_hook)
     log.info("promote: champion %s -> %s (%s%s)", record["replaced"] or "none", version, reason,
              ", by hand" if manual else "")
     return PromotionResult(day=day, version=version, promoted=True, champion_version=version,
                            previous_champion=record["replaced"], reason=reason, outcome="promoted")
 
 
-def ineligibility(layout: Layout, version: str, day: str, judged_against: str | None) -> str | None:
+def ineligibility(layout: Layout, record: dict[str, Any] | None, version: str, day: str,
+                  judged_against: str | None) -> str | None:
     """Why an automatic promotion of ``version`` (of ``day``, judged against ``judged_against``)
-    must not happen now, or None. Read under the lock: compare-and-swap's compare."""
-    current = champion(layout)
-    if current is not None and current.version == version:
+    must not happen against the pointer ``record``, or None: compare-and-swap's compare (the swap
+    then succeeds only if the pointer is still ``record``)."""
+    current = record["version"] if record else None
+    if current == version:
         return "already the champion"
-    taken_back = rolled_back(layout)
+    taken_back = dict(record["rolled_back"]) if record else {}
     if version in taken_back:
         entry = taken_back[version]
         return f"rolled back: {version} was rolled back at {entry['at']} ({entry['reason']}); promote it by hand to lift"
@@ -512,12 +449,12 @@ def ineligibility(layout: Layout, version: str, day: str, judged_against: str | 
         return (f"rolled back: {day}'s version {other} was rolled back at {entry['at']} ({entry['reason']}); "
                 f"promote by hand to lift")
     if current is not None:
-        current_day = version_day(layout, current.version)
+        current_day = version_day(layout, current)
         if day <= current_day:
-            return f"historical day: not newer than the champion ({current.version} of {current_day})"
-    if (current.version if current else None) != judged_against:
+            return f"historical day: not newer than the champion ({current} of {current_day})"
+    if current != judged_against:
         return (f"stale: champion changed since judged (judged against {judged_against or 'no champion'}, "
-                f"serving {current.version if current else 'none'})")
+                f"serving {current or 'none'})")
     return None
 
 
@@ -536,51 +473,57 @@ def _unreported_promotion(layout: Layout, record: dict[str, Any] | None, version
 
 def decide_promotion(layout: Layout, version: str, judged_against: str | None, *, run_key: str | None = None,
                      fault_hook: FaultHook | None = None) -> PromotionResult:
-    """Compare-and-swap promotion of a blessed candidate, under the registry lock: promoted only if
-    the champion is still ``judged_against``, the candidate's day is newer than the champion's and
-    it was not rolled back. Otherwise the champion is untouched and the decision is logged in the
-    history as not_promoted with its reason. A promotion already made by ``run_key`` (or by a run
-    that crashed before recording it) is reported as promoted again, without a second move."""
-    with _pointer_lock(layout):
-        day = _check_blessed(layout, version)["day"]
-        record = _repair_history(layout, fault_hook)
+    """Compare-and-swap promotion of a blessed candidate: promoted only if the champion is still
+    ``judged_against``, the candidate's day is newer than the champion's and it was not rolled back
+    (decided under the registry lock, or re-decided after a lost race on the object store).
+    Otherwise the champion is untouched and the decision is logged in the history as not_promoted
+    with its reason. A promotion already made by ``run_key`` (or by a run that crashed before
+    recording it) is reported as promoted again, without a second move."""
+    day = _check_blessed(layout, version)["day"]
+
+    def decision(pointer: ChampionPointer) -> PromotionResult:
+        record, token = _repair_history(pointer, fault_hook)
         if _unreported_promotion(layout, record, version, day, run_key):
             log.warning("promote: %s became the champion in run %s before a crash; reporting that promotion",
                         version, record["run_key"])
             return PromotionResult(day=day, version=version, promoted=True, champion_version=version,
                                    previous_champion=record["replaced"], reason=record["reason"],
                                    outcome="promoted")
-        why_not = ineligibility(layout, version, day, judged_against)
+        why_not = ineligibility(layout, record, version, day, judged_against)
         if why_not is None:
             reason = f"blessed on {day} against {judged_against or 'no champion (bootstrap: first champion)'}"
-            return _promote(layout, version, reason, manual=False, run_key=run_key, fault_hook=fault_hook)
+            return _promote(pointer, record, token, version, day, reason, manual=False, run_key=run_key,
+                            fault_hook=fault_hook)
         current = record["version"] if record else None
-        _append_history(layout, {"event": "not_promoted", "version": version, "at": _now(), "reason": why_not,
-                                 "judged_against": judged_against, "champion": current, "run_key": run_key},
-                        fault_hook)
+        pointer.append({"event": "not_promoted", "version": version, "at": _now(), "reason": why_not,
+                        "judged_against": judged_against, "champion": current, "run_key": run_key},
+                       record["seq"] if record else 0, fault_hook)
         log.warning("promote: candidate %s blessed but NOT promoted: %s; champion stays %s", version, why_not,
                     current or "none")
         return PromotionResult(day=day, version=version, promoted=False, champion_version=current,
                                previous_champion=current, reason=why_not, outcome="not_promoted")
 
+    return _decide(layout, decision)
 
-def _rollback(layout: Layout, reason: str = "rollback", *, fault_hook: FaultHook | None = None) -> str:
+
+def _rollback(layout: Layout, pointer: ChampionPointer, reason: str = "rollback", *,
+              fault_hook: FaultHook | None = None) -> str:
     """Restore the champion the current one replaced and deny-list the current one, in one pointer
     move; returns the restored version."""
-    current = _repair_history(layout, fault_hook)
+    current, token = _repair_history(pointer, fault_hook)
     if current is None or not current["previous"]:
-        raise LookupError(f"nothing to roll back to under {layout.registry()}: "
+        raise LookupError(f"nothing to roll back to under {pointer.where}: "
                           f"{'no champion' if current is None else 'the champion has no predecessor'}")
     target = current["previous"][-1]
     version_manifest(layout, target)  # must still be complete
     at = _now()
     denied = {**current["rolled_back"], current["version"]: {"at": at, "reason": reason}}
     denied.pop(target, None)  # the operator restores the target: it serves, so it must not stay denied
-    record = _move_pointer(layout, current, {
+    record = _move_pointer(pointer, current, token, {
         "version": target, "promoted_at": at, "reason": reason, "event": "rollback", "manual": True,
         "previous": current["previous"][:-1], "replaced": current["version"], "rolled_back": denied,
         "run_key": None}, fault_hook)
-    _log_move(layout, record, fault_hook)
+    _log_move(pointer, record, fault_hook)
     log.info("rollback: champion %s -> %s (%s)", current["version"], target, reason)
     return target
 

@@ -1,4 +1,4 @@
-"""Fixtures that start real servers on loopback: SeaweedFS alone (object-store tests, seconds) and the
+"""Fixtures that start real servers on loopback (SeaweedFS alone: tests/conftest.py): the
 whole stack (graphdistill_airflow/stack.py; `make test-stack`, minutes)."""
 
 from __future__ import annotations
@@ -15,18 +15,6 @@ from components.data.sources.synthetic import SyntheticWorld, corrupt_landing, w
 from components.core.catalog import Layout, parse_day
 from graphdistill_airflow import stack as stack_mod
 from tests.e2e.small_world import write_small_world_gates
-
-
-@pytest.fixture(scope="session")
-def seaweedfs(tmp_path_factory):
-    """SeaweedFS's S3 gateway (the stack's own start-up code) in a temporary state folder."""
-    state = tmp_path_factory.mktemp("seaweedfs")
-    weed = stack_mod.Stack(state, stack_mod.load_settings(), {name: stack_mod.free_port() for name in stack_mod.PORTS})
-    try:
-        stack_mod.start_seaweedfs(weed)
-        yield weed
-    finally:
-        stack_mod.down(state, quiet=True)
 
 
 # The last three whole days before now: the scheduler's catch-up from GRAPHDISTILL_START_DATE creates

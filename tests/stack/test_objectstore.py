@@ -1,6 +1,6 @@
 """Conditional writes on a real S3-compatible server (SeaweedFS's S3 gateway): create-only and
-compare-and-swap are refused when their condition fails, and a promotion race through the store has
-exactly one winner every round."""
+compare-and-swap are refused when their condition fails, and a promotion race through the registry with
+its champion pointer on the store has exactly one winner every round."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from components.core.objectstore import ObjectChampionPointer, ObjectExists, ObjectStore, ObjectStoreError, StaleETag
+from components.core.objectstore import ObjectExists, ObjectStore, ObjectStoreError, StaleETag
 from graphdistill_airflow.stack import s3_client
 
 
@@ -46,22 +46,39 @@ def test_missing_key_reads_none_and_missing_bucket_names_it(store, seaweedfs):
     assert "no-such-bucket-graphdistill" not in names
 
 
-def test_promotion_race_has_exactly_one_winner_every_round(store):
-    """Two promoters, each with its own candidate judged against the same champion, 100 rounds; the loser
-    re-reads, sees the champion moved and records not_promoted (stale)."""
-    pointer = ObjectChampionPointer(store)
-    pointer.propose("v000", lambda champion, cand: (True, "bootstrap"))
-    rounds, outcomes = 100, []
+def test_registry_promotion_race_through_the_store_has_exactly_one_winner_every_round(seaweedfs, tmp_path,
+                                                                                     monkeypatch, caplog):
+    """Two runs of a day, each with its own blessed candidate judged against the same champion, promote at
+    once through the registry with its pointer on the store, 100 rounds: exactly one wins every round; the
+    loser, re-deciding against the winner (a candidate of its own day), is recorded not_promoted."""
+    import datetime as dt
+    import logging
+
+    from components.core.catalog import Layout
+    from components.decide.registry import champion, decide_promotion, history, register_candidate
+
+    for name, value in seaweedfs.s3_env().items():
+        monkeypatch.setenv(name, value)
+    layout = Layout.at(tmp_path / "root", f"s3://{seaweedfs.settings.bucket}/race-{uuid.uuid4().hex[:8]}")
+
+    def blessed(version: str, day: str) -> str:
+        register_candidate(layout, version, day, {}, {}, {"blessing.json": {"blessed": True}}, "blessed")
+        return version
+
+    assert decide_promotion(layout, blessed("v000", "2024-01-01"), None, run_key="boot").promoted
+    rounds, contested = 100, 0
+    caplog.set_level(logging.INFO, logger="components.decide.registry")
     for r in range(1, rounds + 1):
-        judged_against = pointer.current()[0]["version"]
-        decide = lambda champion, cand: (True, "blessed") if champion == judged_against else (False, "stale")  # noqa: E731
+        day = (dt.date(2024, 1, 1) + dt.timedelta(days=r)).isoformat()
+        judged_against, candidates = champion(layout).version, [blessed(f"r{r:03d}{side}", day) for side in "ab"]
         barrier, results = threading.Barrier(2), {}
+        caplog.clear()
 
-        def promoter(name: str) -> None:
+        def run(version: str) -> None:
             barrier.wait()
-            results[name] = pointer.propose(name, decide)
+            results[version] = decide_promotion(layout, version, judged_against, run_key=version)
 
-        threads = [threading.Thread(target=promoter, args=(f"r{r:03d}{side}",)) for side in "ab"]
+        threads = [threading.Thread(target=run, args=(version,)) for version in candidates]
         for t in threads:
             t.start()
         for t in threads:
@@ -69,16 +86,15 @@ def test_promotion_race_has_exactly_one_winner_every_round(store):
         winners = [d for d in results.values() if d.promoted]
         losers = [d for d in results.values() if not d.promoted]
         assert len(winners) == 1 and len(losers) == 1, f"round {r}: {results}"
-        assert losers[0].reason == "stale" and losers[0].champion_before == winners[0].candidate
-        assert pointer.current()[0]["version"] == winners[0].candidate
-        outcomes.append((winners[0].attempts, losers[0].attempts))
-    final = pointer.current()[0]
-    assert final["seq"] == rounds + 1
-    history = pointer.history()
-    assert len(history) == 1 + 2 * rounds  # one object per decision, none rewritten
-    assert sum(h["promoted"] for h in history) == rounds + 1
-    # Both promoters really raced (read the same ETag) in most rounds: the loser needed a second read.
-    contested = sum(1 for _, loser_attempts in outcomes if loser_attempts > 1)
+        assert losers[0].reason.startswith("historical day: not newer than the champion")
+        assert losers[0].champion_version == winners[0].version == champion(layout).version
+        contested += any("lost a race" in m for m in caplog.messages)
+    assert champion(layout).seq == rounds + 1
+    entries = history(layout)  # one object per decision, none rewritten
+    assert [e["event"] for e in entries].count("promote") == rounds + 1
+    assert [e["event"] for e in entries].count("not_promoted") == rounds
+    assert [e["seq"] for e in entries if e["event"] == "promote"] == list(range(1, rounds + 2))
+    # Both runs really raced (read the same ETag) in many rounds: the loser lost a swap and re-decided.
     print(json.dumps({"rounds": rounds, "contested_rounds": contested}))
     assert contested >= 10
 

@@ -175,6 +175,12 @@ def test_repo_config_selects_redis_from_config(tmp_path):
     assert redis["online_store"] == {"type": "redis", "connection_string": "redis:6380,db=1"}
     assert {k: v for k, v in redis.items() if k != "online_store"} == {
         k: v for k, v in sqlite.items() if k != "online_store"}
+    url = "postgresql+psycopg2://postgres:pw@127.0.0.1:5433/feast_registry"
+    sql = repo_config_data(repo, PipelineConfig(features={"registry_store": "sql", "registry_url": url}))
+    assert sql["registry"] == {"registry_type": "sql", "path": url, "cache_ttl_seconds": 0,
+                               "sqlalchemy_config_kwargs": {"pool_pre_ping": True}}
+    with pytest.raises(ValueError, match="registry_store 'sql' needs registry_url"):
+        PipelineConfig(features={"registry_store": "sql"})
 
 
 # --- the stage through Feast --------------------------------------------------------------------

@@ -183,14 +183,21 @@ def test_epoch_second_timestamps_parse_in_every_format(tmp_path):
     assert [normalize(f, "f")[1] for f in (as_text, iso, millis, micros_text)] == ["epoch-s", "iso-offset", "epoch-ms", "epoch-us"]
 
 
+def _redelivered(layout, cfg, count: int):
+    """Day 0 accepted; day 1 landed. Returns (day 1's rows, day 0's last ``count`` events, which lie
+    within day 1's late tolerance, and day 1's file)."""
+    accept(layout, cfg, 0)
+    yesterday = pd.read_parquet(layout.landing(day(0)) / "events.parquet").sort_values("ts").iloc[-count:]
+    assert (pd.to_datetime(yesterday["ts"], utc=True)
+            >= pd.Timestamp(day(1), tz="UTC") - pd.Timedelta(hours=cfg.data.late_tolerance_hours)).all()
+    path = land(layout, 1)
+    return pd.read_parquet(path), yesterday, path
+
+
 def test_an_event_redelivered_on_a_later_day_is_not_accepted_twice(tmp_path):
     layout, cfg = setup(tmp_path)
-    accept(layout, cfg, 0)
-    yesterday = pd.read_parquet(layout.landing(day(0)) / "events.parquet").iloc[:3]
-    path = land(layout, 1)
-    frame = pd.read_parquet(path)
-    late = yesterday.assign(ts=pd.Timestamp(day(1), tz="UTC") + pd.Timedelta(minutes=5))
-    write_log(pd.concat([frame, late], ignore_index=True), path)
+    frame, yesterday, path = _redelivered(layout, cfg, 3)
+    write_log(pd.concat([frame, yesterday], ignore_index=True), path)  # unchanged: a redelivery
     run_ingest(layout, day(1), cfg)
     result = run_validate(layout, day(1), cfg)
     assert result.accepted_rows == len(frame) and result.duplicate_rows == 3
@@ -198,6 +205,41 @@ def test_an_event_redelivered_on_a_later_day_is_not_accepted_twice(tmp_path):
     assert manifest["rows_duplicate_of_earlier_days"] == 3
     accepted = pd.concat([pd.read_parquet(layout.accepted(day(d)) / "events.parquet") for d in (0, 1)])
     assert accepted["event_id"].is_unique
+    (rule,) = [r for r in result.rules if r.name == "event_id_payload_conflict"]  # reported: passed, with the count
+    assert rule.verdict == "pass"
+    assert rule.observed == "3 rows redelivered from earlier days (same event: dropped as duplicates)"
+
+
+def test_an_event_id_of_an_earlier_day_with_another_payload_quarantines_naming_both_days(tmp_path):
+    """Issue 20: an id accepted yesterday and reused today for another event was dropped as a redelivery."""
+    layout, cfg = setup(tmp_path)
+    frame, yesterday, path = _redelivered(layout, cfg, 3)
+    reused = yesterday.assign(ts=pd.Timestamp(day(1), tz="UTC") + pd.Timedelta(minutes=5))  # same ids, another time
+    write_log(pd.concat([frame, reused], ignore_index=True), path)
+    run_ingest(layout, day(1), cfg)
+    with pytest.raises(DataValidationError) as failure:
+        run_validate(layout, day(1), cfg)
+    message = str(failure.value)
+    assert ("FAIL event_id_payload_conflict: 3 event ids of earlier days; observed 3 rows; 0 rows redelivered from "
+            "earlier days") in message
+    # Today's file:row and the earlier day's file:row, each with its payload.
+    first = reused.iloc[0]
+    landed = pd.read_parquet(layout.landing(day(0)) / "events.parquet")
+    earlier_row = int(landed.index[landed["event_id"] == first["event_id"]][0]) + 1
+    ts = lambda t: pd.Timestamp(t).tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%S%z")  # noqa: E731
+    assert (f"event {first['event_id']}: events.parquet:{len(frame) + 1} ({first['user_id']}, {first['item_id']}, "
+            f"{ts(first['ts'])}, {first['event_type']}) vs {day(0)} events.parquet:{earlier_row} ({first['user_id']}, "
+            f"{first['item_id']}, {ts(yesterday.iloc[0]['ts'])}, {first['event_type']})") in message
+    assert not layout.accepted(day(1)).exists()
+
+    # Warned instead (the within-day rule's severity setting): accepted, the earlier day's copy kept.
+    warn_layout, warn = setup(tmp_path / "warn", **{"validation.severity": {"event_id_payload_conflict": "warn"}})
+    frame, yesterday, path = _redelivered(warn_layout, warn, 3)
+    write_log(pd.concat([frame, reused], ignore_index=True), path)
+    run_ingest(warn_layout, day(1), warn)
+    result = run_validate(warn_layout, day(1), warn)
+    assert result.success and result.accepted_rows == len(frame) and result.duplicate_rows == 3
+    assert [r.name for r in result.warnings] == ["event_id_payload_conflict"]
 
 
 def test_an_unknown_column_is_kept_beside_the_events_and_reported(tmp_path):

@@ -1,5 +1,6 @@
 """Registry: immutable versions, the baseline as of a day, compare-and-swap promotion, rollbacks
-that stick, manual promotion, and crash consistency of the champion pointer."""
+that stick, manual promotion, and crash consistency of the champion pointer, against every pointer
+backend: a folder (file lock + rename) and a real S3 server (SeaweedFS: If-Match compare-and-swap)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,7 @@ from components.decide.registry import (
     run_register,
 )
 from components.core.catalog import Layout, read_json, read_outcome
+from components.decide.pointer import FilePointer, pointer_of
 
 from tests.unit.ship_fixtures import make_world, run_ship_day, tiny_config
 
@@ -51,11 +54,38 @@ def shipped(tmp_path_factory):
     return root
 
 
-@pytest.fixture
-def env(shipped, tmp_path):
+BACKENDS = ("file", "object")
+FILE_ONLY = pytest.mark.parametrize("env", ["file"], indirect=True)  # faults injected into the file system
+
+
+@pytest.fixture(params=BACKENDS)
+def env(request, shipped, tmp_path, monkeypatch):
+    """A root with four days of candidates; its champion pointer in the registry folder ("file") or
+    on SeaweedFS under a prefix of its own ("object": boto3's environment names the server, so
+    the killed child processes reach it too)."""
     root = tmp_path / "root"
     shutil.copytree(shipped, root)
-    return Layout.at(root), tiny_config(root)
+    store = ""
+    if request.param == "object":
+        weed = request.getfixturevalue("seaweedfs")
+        for name, value in weed.s3_env().items():
+            monkeypatch.setenv(name, value)
+        store = f"s3://{weed.settings.bucket}/registry-{uuid.uuid4().hex[:12]}"
+    return Layout.at(root, store), tiny_config(root)
+
+
+def _clone(layout: Layout, dest: Path) -> Layout:
+    """A copy of the root and of its champion store (a fresh prefix): each kill starts from the same state."""
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(layout.root, dest)
+    if not layout.champion_store:
+        return Layout.at(dest)
+    store = pointer_of(layout).store
+    copy = Layout.at(dest, f"s3://{store.bucket}/registry-{uuid.uuid4().hex[:12]}")
+    target = pointer_of(copy).store
+    for name in store.list(""):
+        target.create(name, store.read(name).body)
+    return copy
 
 
 def judge(layout, cfg, day, run_key):
@@ -73,9 +103,19 @@ def _complete(layout: Layout, version: str) -> bool:
 
 
 def _pointer(layout):
-    return (layout.registry() / "champion.json").read_bytes()
+    return json.dumps(pointer_of(layout).read()[0], sort_keys=True)
 
 
+def _raw_history(layout) -> list[dict]:
+    """The history as stored; a torn line in the file backend raises."""
+    pointer = pointer_of(layout)
+    if isinstance(pointer, FilePointer):
+        path = layout.registry() / "history.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return pointer.entries()  # objects are written whole or not at all
+
+
+@FILE_ONLY
 def test_one_candidate_id_from_gate_to_registry(env):
     layout, cfg = env
     first = judge(layout, cfg, DAYS[0], "a")
@@ -189,6 +229,7 @@ def test_rejected_candidate_is_registered_but_never_promoted(env):
     assert sorted(list_versions(layout)) == sorted([good.version, bad.version])
 
 
+@FILE_ONLY
 def test_register_refuses_a_blessing_of_another_day(env):
     layout, cfg = env
     judge(layout, cfg, DAYS[0], "a")
@@ -212,24 +253,24 @@ def _two_versions(layout, cfg):
     return judge(layout, cfg, DAYS[0], "a").version, judge(layout, cfg, DAYS[1], "a").version
 
 
-def test_crash_before_pointer_rename_keeps_the_old_champion(env):
+def test_crash_before_pointer_write_keeps_the_old_champion(env):
     layout, cfg = env
     old, new = _two_versions(layout, cfg)
     promote(layout, old, "first")
     with pytest.raises(Crash):
-        promote(layout, new, "second", fault_hook=_crash_at("before_pointer_rename"))
+        promote(layout, new, "second", fault_hook=_crash_at("before_pointer_write"))
     assert champion(layout).version == old and _complete(layout, old)
     assert [e["version"] for e in history(layout)] == [old]
     assert promote(layout, new, "retry").promoted  # the leftover temp file does not get in the way
     assert champion(layout).version == new
 
 
-def test_crash_after_pointer_rename_leaves_the_new_champion_and_history_is_repaired(env):
+def test_crash_after_pointer_write_leaves_the_new_champion_and_history_is_repaired(env):
     layout, cfg = env
     old, new = _two_versions(layout, cfg)
     promote(layout, old, "first")
     with pytest.raises(Crash):
-        promote(layout, new, "second", fault_hook=_crash_at("after_pointer_rename"))
+        promote(layout, new, "second", fault_hook=_crash_at("after_pointer_write"))
     assert champion(layout).version == new and _complete(layout, new)
     assert champion(layout).previous == (old,)
     assert not promote(layout, new, "again").promoted  # idempotent, and repairs the log
@@ -248,6 +289,7 @@ def test_not_promoted_entries_do_not_look_like_a_lost_pointer_move(env):
     assert [e["event"] for e in history(layout)] == ["promote", "not_promoted"]
 
 
+@FILE_ONLY
 def test_failing_rename_keeps_the_old_champion(env, monkeypatch):
     layout, cfg = env
     old, new = _two_versions(layout, cfg)
@@ -266,6 +308,7 @@ def test_failing_rename_keeps_the_old_champion(env, monkeypatch):
     assert champion(layout).version == old and _complete(layout, old)
 
 
+@FILE_ONLY
 def test_crash_while_registering_leaves_no_partial_version(env):
     layout, _ = env
     files = {"embeddings.npz": Path(layout.current("models/pruned", DAYS[0]).path) / "embeddings.npz"}
@@ -286,13 +329,13 @@ import json, os, signal, sys
 from components.core.config import load_config
 from components.decide.registry import promote, rollback, run_promote
 from components.core.catalog import Layout
-root, action, arg, step, nth = sys.argv[1:6]
+root, store, action, arg, step, nth = sys.argv[1:7]
 calls = {}
 def hook(point):
     calls[point] = calls.get(point, 0) + 1
     if (point, calls[point]) == (step, int(nth)):
         os.kill(os.getpid(), signal.SIGKILL)
-layout = Layout.at(root)
+layout = Layout.at(root, store)
 if action == "run_promote":
     registration = json.loads(arg)
     run_promote(layout, registration["day"], load_config(None, overrides={"root": root}), run_key="a",
@@ -315,17 +358,16 @@ def _do(layout, action, arg, fault_hook=None):
     return promote(layout, arg, "by hand", fault_hook=fault_hook)
 
 
-def _write_points(root: Path, scratch: Path, action: str, arg: str) -> list[tuple[str, int]]:
-    """Every (fault point, nth call) ``action`` passes on a copy of ``root``: the kill points."""
-    shutil.rmtree(scratch, ignore_errors=True)
-    shutil.copytree(root, scratch)
+def _write_points(layout: Layout, scratch: Path, action: str, arg: str) -> list[tuple[str, int]]:
+    """Every (fault point, nth call) ``action`` passes on a copy of ``layout``: the kill points."""
     points: list[tuple[str, int]] = []
-    _do(Layout.at(scratch), action, arg, lambda p: points.append((p, 1 + sum(q == p for q, _ in points))))
+    _do(_clone(layout, scratch), action, arg, lambda p: points.append((p, 1 + sum(q == p for q, _ in points))))
     return points
 
 
-def _kill_at(root: Path, action: str, arg: str, point: tuple[str, int]) -> None:
-    proc = subprocess.run([sys.executable, "-c", ACTION_SCRIPT, str(root), action, arg, point[0], str(point[1])],
+def _kill_at(layout: Layout, action: str, arg: str, point: tuple[str, int]) -> None:
+    proc = subprocess.run([sys.executable, "-c", ACTION_SCRIPT, str(layout.root), layout.champion_store, action, arg,
+                           point[0], str(point[1])],
                           cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, f"{action} not killed at {point}: rc {proc.returncode} {proc.stderr}"
 
@@ -333,11 +375,9 @@ def _kill_at(root: Path, action: str, arg: str, point: tuple[str, int]) -> None:
 def _assert_consistent(layout: Layout, allowed: set[str]) -> None:
     """After any kill: a whole pointer naming a complete allowed version; a history of whole lines
     whose pointer moves are numbered 1, 2, ... and never ahead of the pointer."""
-    record = json.loads((layout.registry() / "champion.json").read_text())
+    record = pointer_of(layout).read()[0]
     assert record["version"] in allowed and _complete(layout, record["version"])
-    path = layout.registry() / "history.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    entries = [json.loads(line) for line in lines]  # raises on a torn line
+    entries = _raw_history(layout)
     seqs = [e["seq"] for e in entries if e["event"] in ("promote", "rollback")]
     assert seqs == list(range(1, len(seqs) + 1)) and record["seq"] - len(seqs) in (0, 1)
 
@@ -346,29 +386,27 @@ def _moves(layout):
     return [(e["event"], e["version"], e["seq"]) for e in history(layout) if e["event"] in ("promote", "rollback")]
 
 
-def _kill_everywhere(base: Path, tmp_path: Path, action: str, arg: str, check, retry=None) -> int:
+def _kill_everywhere(base: Layout, tmp_path: Path, action: str, arg: str, check, retry=None) -> int:
     """Kill ``action`` at each of its write points; then kill the retry (``retry(layout)`` -> (action,
     arg), default the same call; it repairs what the kill left) at each of ITS write points; after
     every kill assert consistency, then let a last retry finish and hand the root to
     ``check(layout, killed_at, after_kill)``. Returns the kills made."""
     kills = 0
     for point in _write_points(base, tmp_path / "scratch", action, arg):
-        first = tmp_path / f"first-{point[0]}-{point[1]}"
-        shutil.copytree(base, first)
+        first = _clone(base, tmp_path / f"first-{point[0]}-{point[1]}")
         _kill_at(first, action, arg, point)
         kills += 1
-        check(Layout.at(first), point, after_kill=True)
-        again, again_arg = retry(Layout.at(first)) if retry else (action, arg)
+        check(first, point, after_kill=True)
+        again, again_arg = retry(first) if retry else (action, arg)
         for repair_point in _write_points(first, tmp_path / "scratch", again, again_arg):
-            second = tmp_path / f"second-{point[0]}-{point[1]}-{repair_point[0]}-{repair_point[1]}"
-            shutil.copytree(first, second)
+            second = _clone(first, tmp_path / f"second-{point[0]}-{point[1]}-{repair_point[0]}-{repair_point[1]}")
             _kill_at(second, again, again_arg, repair_point)
             kills += 1
-            check(Layout.at(second), (point, repair_point), after_kill=True)
-            check(Layout.at(second), (point, repair_point), after_kill=False)
-            shutil.rmtree(second)
-        check(Layout.at(first), point, after_kill=False)
-        shutil.rmtree(first)
+            check(second, (point, repair_point), after_kill=True)
+            check(second, (point, repair_point), after_kill=False)
+            shutil.rmtree(second.root)
+        check(first, point, after_kill=False)
+        shutil.rmtree(first.root)
     return kills
 
 
@@ -398,18 +436,18 @@ def test_kill_at_every_write_point_of_a_nightly_promote_then_the_rerun_reports_p
             assert (result.promoted, result.outcome, result.champion_version, result.previous_champion) == (
                 True, "promoted", v1.version, v0.version), point
             assert read_outcome(killed, DAYS[1], "a")["kind"] == "promoted"
-        pointer, log = _pointer(killed), (killed.registry() / "history.jsonl").read_bytes()
+        pointer, log = _pointer(killed), _raw_history(killed)
         assert _moves(killed) == [("promote", v0.version, 1), ("promote", v1.version, 2)], point
         assert _do(killed, "run_promote", registration).promoted
-        assert (_pointer(killed), (killed.registry() / "history.jsonl").read_bytes()) == (pointer, log)
+        assert (_pointer(killed), _raw_history(killed)) == (pointer, log)
         # Another run of the day, after the promotion was reported: already the champion.
         other = run_promote(killed, DAYS[1], None, run_key="b", registration=json.loads(registration))
         assert (other.promoted, other.reason) == (False, "already the champion")
 
-    points = [p for p, _ in _write_points(layout.root, tmp_path / "scratch", "run_promote", registration)]
-    assert points == ["validated", "before_pointer_rename", "after_pointer_rename", "history_appended",
+    points = [p for p, _ in _write_points(layout, tmp_path / "scratch", "run_promote", registration)]
+    assert points == ["validated", "before_pointer_write", "after_pointer_write", "history_appended",
                       "outcome_recorded"]
-    assert _kill_everywhere(layout.root, tmp_path, "run_promote", registration, check) == 19
+    assert _kill_everywhere(layout, tmp_path, "run_promote", registration, check) == 19
 
 
 def test_kill_at_every_write_point_of_a_rollback_and_the_rollback_sticks(env, tmp_path):
@@ -438,7 +476,7 @@ def test_kill_at_every_write_point_of_a_rollback_and_the_rollback_sticks(env, tm
             return "rollback", "bad deploy"
         return "run_promote", json.dumps(registration)
 
-    assert _kill_everywhere(layout.root, tmp_path, "rollback", "bad deploy", check, retry) == 11
+    assert _kill_everywhere(layout, tmp_path, "rollback", "bad deploy", check, retry) == 11
 
 
 def test_kill_at_every_write_point_of_a_hand_promotion(env, tmp_path):
@@ -451,13 +489,13 @@ def test_kill_at_every_write_point_of_a_hand_promotion(env, tmp_path):
             assert _moves(killed) == [("promote", v0.version, 1), ("promote", v1.version, 2)], point
             assert history(killed)[-1]["manual"] is True
 
-    assert _kill_everywhere(layout.root, tmp_path, "promote", v1.version, check) == 13
+    assert _kill_everywhere(layout, tmp_path, "promote", v1.version, check) == 13
 
 
 def test_a_crashed_runs_promotion_is_reported_by_the_next_run_of_the_day(env, tmp_path):
     layout, v0, v1 = _promoted_world(env, tmp_path, promote_second=False)
     with pytest.raises(Crash):
-        run_promote(layout, DAYS[1], None, run_key="a", registration=v1, fault_hook=_crash_at("after_pointer_rename"))
+        run_promote(layout, DAYS[1], None, run_key="a", registration=v1, fault_hook=_crash_at("after_pointer_write"))
     assert read_outcome(layout, DAYS[1], "a") is None and champion(layout).version == v1.version
     result = run_promote(layout, DAYS[1], None, run_key="b", registration=v1)
     assert result.promoted and result.previous_champion == v0.version
@@ -487,6 +525,7 @@ def _fail_history_writes(monkeypatch, truncate_fails: bool):
         monkeypatch.setattr(registry.os, "ftruncate", failing_truncate)
 
 
+@FILE_ONLY
 @pytest.mark.parametrize("truncate_fails", [False, True])
 def test_disk_full_during_a_history_append_never_swallows_the_next_entry(env, tmp_path, monkeypatch,
                                                                           truncate_fails):
@@ -507,6 +546,37 @@ def test_disk_full_during_a_history_append_never_swallows_the_next_entry(env, tm
     assert not again.promoted and again.reason.startswith("rolled back:")
 
 
+@pytest.mark.parametrize("env", ["object"], indirect=True)
+def test_a_store_refusing_the_history_write_after_the_pointer_moved_never_loses_the_rollback(env, tmp_path,
+                                                                                            monkeypatch):
+    """The object store's disk full: the history object of a move cannot be written (the store fails).
+    The move stands and is reported; the next decision writes the lost entry first, so a rollback
+    after it is still a rollback and the rolled-back day never comes back."""
+    from components.core.objectstore import ObjectStoreError
+
+    layout, v0, v1 = _promoted_world(env, tmp_path, promote_second=False)
+    store = pointer_of(layout).store
+    real_create = store.create
+
+    def failing_create(name, body):
+        if name.startswith("history/"):
+            raise ObjectStoreError(f"s3://{store.bucket}/{store.key(name)}: create failed: InternalError (HTTP 500)")
+        return real_create(name, body)
+
+    monkeypatch.setattr(store, "create", failing_create)
+    result = run_promote(layout, DAYS[1], None, run_key="a", registration=v1)
+    monkeypatch.setattr(store, "create", real_create)
+    assert result.promoted and champion(layout).version == v1.version
+    assert _moves(layout) == [("promote", v0.version, 1)]  # the move's entry is missing ...
+    assert rollback(layout, "bad deploy") == v0.version  # ... written by the next decision, before its own
+    assert _moves(layout) == [("promote", v0.version, 1), ("promote", v1.version, 2), ("rollback", v0.version, 3)]
+    assert history(layout)[1]["recovered"] is True
+    _assert_consistent(layout, {v0.version})
+    again = run_promote(layout, DAYS[1], None, run_key="a", registration=v1)
+    assert not again.promoted and again.reason.startswith("rolled back:")
+
+
+@FILE_ONLY
 def test_a_not_promoted_entry_that_hits_a_full_disk_leaves_no_half_line(env, tmp_path, monkeypatch):
     layout, v0, _ = _promoted_world(env, tmp_path, promote_second=False)
     before = (layout.registry() / "history.jsonl").read_bytes()
@@ -518,6 +588,7 @@ def test_a_not_promoted_entry_that_hits_a_full_disk_leaves_no_half_line(env, tmp
     assert (layout.registry() / "history.jsonl").read_bytes() == before
 
 
+@FILE_ONLY
 def test_a_registry_written_before_the_pointer_carried_its_deny_list_keeps_its_rollbacks(env, tmp_path):
     layout, v0, v1 = _promoted_world(env, tmp_path, promote_second=True)
     rollback(layout, "bad deploy")
@@ -535,6 +606,7 @@ def test_a_registry_written_before_the_pointer_carried_its_deny_list_keeps_its_r
     assert [e["event"] for e in history(layout)] == ["promote", "promote", "rollback", "not_promoted", "promote"]
 
 
+@FILE_ONLY
 def test_a_full_disk_after_the_pointer_moved_says_so_and_the_rerun_reports_promoted(env, tmp_path, monkeypatch):
     from dataclasses import asdict
 
