@@ -189,7 +189,13 @@ def gnn_recsys_nightly():
 
     @task.short_circuit(ignore_downstream_trigger_rules=False)
     def blessed(registration: dict) -> bool:
-        """Short-circuits promote when the gates did not bless the candidate (the report still runs)."""
+        """Short-circuits promote when the gates did not bless the candidate (the report still runs),
+        unless the night falls back to popularity (the champion conclusively lost to it): promote decides that."""
+        if registration.get("fallback_version"):
+            log.warning("candidate %s %s and champion %s worse than popularity: promote decides the popularity "
+                        "fallback %s", registration["version"], registration["status"],
+                        registration["judged_against"], registration["fallback_version"])
+            return True
         if not registration["blessed"]:
             log.warning("candidate %s NOT promoted (%s by the gates; judged against %s; champion %s keeps serving)",
                         registration["version"], registration["status"], registration["judged_against"],
@@ -198,11 +204,14 @@ def gnn_recsys_nightly():
 
     @task(outlets=[CHAMPION])
     def promote(registration: dict) -> dict:
-        """Compare-and-swap under the registry lock; a blessed candidate that may not be promoted
-        (stale, historical day, rolled back) skips this task with the reason (and no Asset event)."""
+        """Compare-and-swap under the registry lock (of the candidate, or of the night's popularity
+        fallback); a version that may not be promoted (stale, historical day, rolled back) skips this
+        task with the reason (and no Asset event)."""
         decision = _run("promote", registration)
         if not decision["promoted"]:
-            reason = (f"candidate {decision['version']} blessed but not promoted: {decision['reason']}; "
+            what = ("candidate {} blessed but not promoted" if decision["outcome"] == "not_promoted"
+                    else "popularity fallback {} not promoted").format(decision["version"])
+            reason = (f"{what}: {decision['reason']}; "
                       f"champion stays {decision['champion_version']}")
             log.warning("SKIPPED promote: %s", reason)
             raise AirflowSkipException(reason)

@@ -30,7 +30,8 @@ def context_day(context: dict[str, Any]) -> str:
 # knew its day or config (components.decide.outcome has no record for it).
 NOT_RUN = "not_run"
 NIGHT_ENDS = (("promoted", False), ("rejected", False), ("inconclusive", False), ("not_promoted", False),
-              ("skipped", False), ("quarantined", True), ("incomplete", True), (NOT_RUN, True))
+              ("skipped", False), ("quarantined", True), ("incomplete", True), (NOT_RUN, True),
+              ("fallback_popularity", False))
 
 
 def ended_as(context: dict[str, Any]) -> str:

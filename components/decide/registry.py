@@ -43,7 +43,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,8 @@ STATUS_BLESSED = "blessed"
 STATUS_REJECTED = "rejected"
 STATUS_INCONCLUSIVE = "inconclusive"
 STATUSES = (STATUS_BLESSED, STATUS_REJECTED, STATUS_INCONCLUSIVE)
+# Outcomes that moved the champion (components.decide.outcome PROMOTED, FALLBACK_POPULARITY)
+OUTCOME_PROMOTED, OUTCOME_FALLBACK = "promoted", "fallback_popularity"
 # Files copied from artifacts into a version: (artifact, file, required).
 MODEL_FILES = ("embeddings.npz", "model.pt")
 
@@ -92,6 +94,8 @@ class RegistryResult:
     newly_registered: bool
     judged_against: str | None  # the baseline the blessing was judged against
     champion_version: str | None  # champion at registration time (unchanged by registering)
+    # the popularity version registered for the night's fallback (blessing.fallback), to promote instead
+    fallback_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,7 @@ class PromotionResult:
     champion_version: str | None  # champion after the call
     previous_champion: str | None  # champion before the call
     reason: str
-    outcome: str = ""  # "promoted" | "not_promoted" (automatic decisions)
+    outcome: str = ""  # "promoted" | "not_promoted" | "fallback_popularity" (automatic decisions)
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -310,13 +314,19 @@ def run_register(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
                                        documents={"metrics.json": documents["metrics.json"], "lineage.json": lineage,
                                                   "serving.json": documents["serving.json"]}, status=status)
     write_json(_day_pointer(layout, day), {"day": day, "version": version, "status": status})
+    fallback = None
+    if judged.fallback is not None:
+        from components.decide.fallback import register_popularity_fallback
+
+        fallback, _ = register_popularity_fallback(layout, day, cfg, judged, run_key=run_key)
     champ = champion(layout)
     log.info("register %s run %s: candidate %s %s (%s), judged against %s; champion %s", day, run_key, version,
              status, "new" if created else "already registered", judged.champion_version or "none (bootstrap)",
              champ.version if champ else "none")
     return RegistryResult(day=day, run_key=run_key, version=version, path=str(path), status=status,
                           blessed=status == STATUS_BLESSED, newly_registered=created,
-                          judged_against=judged.champion_version, champion_version=champ.version if champ else None)
+                          judged_against=judged.champion_version, champion_version=champ.version if champ else None,
+                          fallback_version=fallback)
 
 
 # --- promotion ------------------------------------------------------------------------------
@@ -531,16 +541,17 @@ def _unreported_promotion(layout: Layout, record: dict[str, Any] | None, version
     if record["run_key"] == run_key:
         return True
     mover = read_outcome(layout, day, record["run_key"])
-    return not (mover and mover["kind"] == "promoted" and mover["candidate"] == version)
+    return not (mover and mover["kind"] in (OUTCOME_PROMOTED, OUTCOME_FALLBACK) and mover["champion_after"] == version)
 
 
 def decide_promotion(layout: Layout, version: str, judged_against: str | None, *, run_key: str | None = None,
-                     fault_hook: FaultHook | None = None) -> PromotionResult:
+                     reason: str | None = None, fault_hook: FaultHook | None = None) -> PromotionResult:
     """Compare-and-swap promotion of a blessed candidate, under the registry lock: promoted only if
     the champion is still ``judged_against``, the candidate's day is newer than the champion's and
     it was not rolled back. Otherwise the champion is untouched and the decision is logged in the
     history as not_promoted with its reason. A promotion already made by ``run_key`` (or by a run
-    that crashed before recording it) is reported as promoted again, without a second move."""
+    that crashed before recording it) is reported as promoted again, without a second move.
+    ``reason``: what the promotion is recorded with (default: blessed on the day against the baseline)."""
     with _pointer_lock(layout):
         day = _check_blessed(layout, version)["day"]
         record = _repair_history(layout, fault_hook)
@@ -552,7 +563,7 @@ def decide_promotion(layout: Layout, version: str, judged_against: str | None, *
                                    outcome="promoted")
         why_not = ineligibility(layout, version, day, judged_against)
         if why_not is None:
-            reason = f"blessed on {day} against {judged_against or 'no champion (bootstrap: first champion)'}"
+            reason = reason or f"blessed on {day} against {judged_against or 'no champion (bootstrap: first champion)'}"
             return _promote(layout, version, reason, manual=False, run_key=run_key, fault_hook=fault_hook)
         current = record["version"] if record else None
         _append_history(layout, {"event": "not_promoted", "version": version, "at": _now(), "reason": why_not,
@@ -585,6 +596,23 @@ def _rollback(layout: Layout, reason: str = "rollback", *, fault_hook: FaultHook
     return target
 
 
+def _promote_fallback(layout: Layout, blessing: Blessing, status: str, cfg: PipelineConfig, run_key: str,
+                      fault_hook: FaultHook | None) -> PromotionResult:
+    """The night's popularity version (registered with the candidate) promoted by the same
+    compare-and-swap against the champion the blessing judged: outcome fallback_popularity; when the
+    swap is refused, the candidate's own outcome with why popularity does not serve either."""
+    from components.decide.fallback import fallback_reason, popularity_version_id
+
+    fallback = popularity_version_id(blessing, cfg)
+    version_manifest(layout, fallback)  # registered by run_register; raises naming it when missing
+    decision = decide_promotion(layout, fallback, blessing.champion_version, run_key=run_key,
+                                reason=fallback_reason(blessing), fault_hook=fault_hook)
+    if decision.promoted:
+        return replace(decision, outcome=OUTCOME_FALLBACK)
+    return replace(decision, reason=f"{blessing.reason}; popularity fallback {fallback} not promoted: {decision.reason}",
+                   outcome=status)
+
+
 def run_promote(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
                 registration: RegistryResult | dict[str, Any] | None = None,
                 fault_hook: FaultHook | None = None) -> PromotionResult:
@@ -606,7 +634,9 @@ def run_promote(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
     blessing = Blessing.load(version_dir(layout, version) / BLESSING_FILE)
     metrics = {k: v for k, v in read_json(version_dir(layout, version) / "metrics.json")["evaluation"].items()
                if k in ("users_evaluated", "cold_users_evaluated")}
-    if manifest["status"] != STATUS_BLESSED:
+    if manifest["status"] != STATUS_BLESSED and blessing.fallback is not None:
+        result = _promote_fallback(layout, blessing, manifest["status"], cfg, run_key, fault_hook)
+    elif manifest["status"] != STATUS_BLESSED:
         current = champion(layout)
         result = PromotionResult(day=day, version=version, promoted=False,
                                  champion_version=current.version if current else None,
@@ -623,7 +653,7 @@ def run_promote(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
         fault = storage_fault(exc, layout.root)
         if fault is None or not result.promoted:
             raise
-        raise StorageFault(f"{fault}. The champion DID move to {version}; once fixed, re-run promote for {day} "
+        raise StorageFault(f"{fault}. The champion DID move to {result.version}; once fixed, re-run promote for {day} "
                            f"(run {run_key}): it records the outcome and announces the champion") from exc
     if fault_hook:
         fault_hook("outcome_recorded")
