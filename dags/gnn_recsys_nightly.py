@@ -30,7 +30,7 @@ from components.decide.outcome import schedule_start  # noqa: E402  (standard li
 from graphdistill_airflow.alerts import DEADLINE_MISSED, GraphDistillNotifier  # noqa: E402
 from graphdistill_airflow.assets import CHAMPION, NIGHTLY_OUTCOME  # noqa: E402
 from graphdistill_airflow.nightly import (NIGHT_ENDS, announce_champion, context_day, ended_as,  # noqa: E402
-                                         publish_outcome)
+                                         goes_to_promote, publish_outcome)
 
 DAG_ID = "gnn_recsys_nightly"
 # The heavy model tasks go to the Celery queue a GPU node serves (the stack's worker-gpu); executors
@@ -184,23 +184,15 @@ def gnn_recsys_nightly():
 
     @task
     def register(blessing: dict) -> dict:
-        """Registers the judged candidate (blessed or not) under its candidate id."""
+        """Registers the judged candidate (blessed or not) under its candidate id, and on a night that
+        falls back to popularity the popularity version."""
         return _run("register", blessing)
 
     @task.short_circuit(ignore_downstream_trigger_rules=False)
     def blessed(registration: dict) -> bool:
-        """Short-circuits promote when the gates did not bless the candidate (the report still runs),
-        unless the night falls back to popularity (the champion conclusively lost to it): promote decides that."""
-        if registration.get("fallback_version"):
-            log.warning("candidate %s %s and champion %s worse than popularity: promote decides the popularity "
-                        "fallback %s", registration["version"], registration["status"],
-                        registration["judged_against"], registration["fallback_version"])
-            return True
-        if not registration["blessed"]:
-            log.warning("candidate %s NOT promoted (%s by the gates; judged against %s; champion %s keeps serving)",
-                        registration["version"], registration["status"], registration["judged_against"],
-                        registration["champion_version"])
-        return bool(registration["blessed"])
+        """Short-circuits promote unless the gates blessed the candidate or the night falls back to
+        popularity (the champion conclusively lost to it); the report still runs."""
+        return goes_to_promote(registration)
 
     @task(outlets=[CHAMPION])
     def promote(registration: dict) -> dict:

@@ -247,3 +247,13 @@ def test_a_popularity_fallback_shows_as_its_own_end_in_the_tab_and_on_the_models
     badges, reason = night_cells(fallback, {"2026-01-09-popularity-abc": {"at": "2026-01-10T08:00", "reason": "ops"}})
     assert "FALLBACK POPULARITY" in badges and "ROLLED BACK" in badges
     assert reason.startswith("rolled back 2026-01-10T08:00 (ops); was: champion 2026-01-02-weak -> ")
+
+
+def test_promote_runs_for_a_blessed_candidate_or_a_popularity_fallback_only():
+    from graphdistill_airflow.nightly import goes_to_promote
+
+    registration = {"version": "2026-01-09-c", "status": "rejected", "blessed": False, "judged_against": "w",
+                    "champion_version": "w", "fallback_version": None}
+    assert goes_to_promote(registration) is False
+    assert goes_to_promote({**registration, "fallback_version": "2026-01-09-popularity-abc"}) is True
+    assert goes_to_promote({**registration, "status": "blessed", "blessed": True}) is True
