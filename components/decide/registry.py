@@ -55,6 +55,7 @@ from components.core.champion import (CHAMPION_FILE, HISTORY_FILE, LEGACY_POINTE
                                        history_in, pointer_record)
 from components.core.config import PipelineConfig
 from components.core.refs import BLESSING_FILE, Blessing, read_upstream
+from components.decide.outcome import FALLBACK_POPULARITY, PROMOTED
 from components.core.errors import StorageFault, storage_fault
 from components.core.catalog import (MANIFEST, Layout, code_version, read_json, read_outcome, record_outcome, run_dir,
                                 staging_dir, write_json)
@@ -65,8 +66,6 @@ STATUS_BLESSED = "blessed"
 STATUS_REJECTED = "rejected"
 STATUS_INCONCLUSIVE = "inconclusive"
 STATUSES = (STATUS_BLESSED, STATUS_REJECTED, STATUS_INCONCLUSIVE)
-# Outcomes that moved the champion (components.decide.outcome PROMOTED, FALLBACK_POPULARITY)
-OUTCOME_PROMOTED, OUTCOME_FALLBACK = "promoted", "fallback_popularity"
 # Files copied from artifacts into a version: (artifact, file, required).
 MODEL_FILES = ("embeddings.npz", "model.pt")
 
@@ -252,9 +251,6 @@ def version_contents(refs, engine, graph, blessing_path: Path, evaluation_path: 
     from components.ship.convert import PLAN_FILE
     from components.ship.export import ONNX_FILE
 
-    train = graph.train_interactions()
-    indptr, indices = seen_csr(train.user, train.item, graph.num_users)
-    popularity = np.bincount(train.item, minlength=graph.num_items).astype(np.float32)
     files = {name: Path(refs.pruned.path) / name for name in MODEL_FILES}
     files["model.onnx"] = Path(refs.export.path) / ONNX_FILE
     if engine.tensorrt_status == "built":
@@ -274,8 +270,39 @@ def version_contents(refs, engine, graph, blessing_path: Path, evaluation_path: 
     serving = {"top_k": export_manifest["io"]["outputs"][0]["shape"][1], "max_batch": max(cfg.export.batch_sizes),
                "batch_sizes": list(cfg.export.batch_sizes), "io": export_manifest["io"], "runtime": engine.runtime,
                "tensorrt_status": engine.tensorrt_status}
-    arrays = {"seen.npz": {"indptr": indptr, "indices": indices}, "popularity.npy": {"array": popularity}}
+    arrays = serving_arrays(graph.train_interactions(), graph.num_users, graph.num_items)
     return files, arrays, {"metrics.json": metrics, "serving.json": serving}
+
+
+def serving_arrays(train, num_users: int, num_items: int) -> dict[str, dict[str, np.ndarray]]:
+    """What serving reads besides the model: seen items per user (CSR) and popularity counts (its
+    cold-user answer and fold-in's item degrees), from a graph's training interactions."""
+    indptr, indices = seen_csr(train.user, train.item, num_users)
+    popularity = np.bincount(train.item, minlength=num_items).astype(np.float32)
+    return {"seen.npz": {"indptr": indptr, "indices": indices}, "popularity.npy": {"array": popularity}}
+
+
+def register_popularity_fallback(layout: Layout, day: str, cfg: PipelineConfig, blessing: Blessing, *,
+                                 run_key: str) -> tuple[str, bool]:
+    """Register the popularity version of a night that falls back (components/decide/fallback.py):
+    status blessed, over the candidate's graph. Idempotent; returns (version, newly registered)."""
+    from components.core.refs import GraphRef
+    from components.data.graph import GraphArtifact
+    from components.decide.fallback import fallback_reason, popularity_version_files, popularity_version_id
+
+    version = popularity_version_id(blessing, cfg)
+    if (version_dir(layout, version) / MANIFEST).exists():
+        return version, False
+    graph = GraphArtifact.load(layout.artifact(GraphRef.from_dict(blessing.candidate_refs["graph"])))
+    train = graph.train_interactions()
+    with staging_dir(layout.registry()) as scratch:  # the ONNX model is written here, copied into the version
+        files, documents = popularity_version_files(graph, train, cfg, blessing, version, run_key, scratch)
+        _, created = register_candidate(layout, version, day, files,
+                                        serving_arrays(train, graph.num_users, graph.num_items), documents,
+                                        STATUS_BLESSED)
+    log.warning("register %s run %s: popularity fallback %s %s over graph %s (%s)", day, run_key, version,
+                "registered" if created else "already registered", graph.ref.version, fallback_reason(blessing))
+    return version, created
 
 
 def run_register(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
@@ -318,8 +345,6 @@ def run_register(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
     write_json(_day_pointer(layout, day), {"day": day, "version": version, "status": status})
     fallback = None
     if judged.fallback is not None:
-        from components.decide.fallback import register_popularity_fallback
-
         fallback, _ = register_popularity_fallback(layout, day, cfg, judged, run_key=run_key)
     champ = champion(layout)
     log.info("register %s run %s: candidate %s %s (%s), judged against %s; champion %s", day, run_key, version,
@@ -543,7 +568,7 @@ def _unreported_promotion(layout: Layout, record: dict[str, Any] | None, version
     if record["run_key"] == run_key:
         return True
     mover = read_outcome(layout, day, record["run_key"])
-    return not (mover and mover["kind"] in (OUTCOME_PROMOTED, OUTCOME_FALLBACK) and mover["champion_after"] == version)
+    return not (mover and mover["kind"] in (PROMOTED, FALLBACK_POPULARITY) and mover["champion_after"] == version)
 
 
 def decide_promotion(layout: Layout, version: str, judged_against: str | None, *, run_key: str | None = None,
@@ -610,7 +635,7 @@ def _promote_fallback(layout: Layout, blessing: Blessing, status: str, cfg: Pipe
     decision = decide_promotion(layout, fallback, blessing.champion_version, run_key=run_key,
                                 reason=fallback_reason(blessing), fault_hook=fault_hook)
     if decision.promoted:
-        return replace(decision, outcome=OUTCOME_FALLBACK)
+        return replace(decision, outcome=FALLBACK_POPULARITY)
     return replace(decision, reason=f"{blessing.reason}; popularity fallback {fallback} not promoted: {decision.reason}",
                    outcome=status)
 
@@ -620,7 +645,8 @@ def run_promote(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
                 fault_hook: FaultHook | None = None) -> PromotionResult:
     """Decide the run's registered candidate (``registration``: the register stage's result;
     default the candidate the run's own blessing judged, never the day's newest: two runs of a day
-    at once each decide their own candidate) and record the run's outcome."""
+    at once each decide their own candidate) and record the run's outcome. A candidate not blessed
+    on a night that falls back (``blessing.fallback``) decides the night's popularity version instead."""
     if registration is None:
         blessing_path = run_dir(layout, day, run_key) / BLESSING_FILE
         if not blessing_path.exists():
