@@ -31,19 +31,17 @@ from components.core.interactions import Interactions
 from components.core.refs import Blessing
 from components.data.graph import GraphArtifact
 
-KIND = "popularity"
-POPULARITY = "popularity"  # Blessing.fallback value (config champion_health.fallback)
+KIND = "popularity"  # the version's lineage kind, and Blessing.fallback's value (config champion_health.fallback)
 
 
-def popularity_embeddings(train_item: np.ndarray, num_users: int, num_items: int
-                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(user [num_users, 1] all ones, item [num_items, 1] = num_items - rank, counts [num_items]):
-    rank 0 is the most-trained item, ties to the lower index (the popularity baseline's order)."""
+def popularity_embeddings(train_item: np.ndarray, num_users: int, num_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """(user [num_users, 1] all ones, item [num_items, 1] = num_items - rank): rank 0 is the
+    most-trained item, ties to the lower index (the popularity baseline's order)."""
     counts = np.bincount(train_item, minlength=num_items).astype(np.float32)
     order = np.argsort(-counts.astype(np.float64), kind="stable")
     score = np.empty(num_items, np.float32)
     score[order] = num_items - np.arange(num_items, dtype=np.float32)
-    return np.ones((num_users, 1), np.float32), score[:, None], counts
+    return np.ones((num_users, 1), np.float32), score[:, None]
 
 
 def popularity_version_id(blessing: Blessing, cfg: PipelineConfig) -> str:
@@ -71,10 +69,10 @@ def popularity_version_files(graph: GraphArtifact, train: Interactions, cfg: Pip
                                         serving_io, torch_outputs)
     from components.model.models.serving_graph import ServingGraph, parity_users, seen_items_table
 
-    if blessing.fallback != POPULARITY:
+    if blessing.fallback != KIND:
         raise ValueError(f"popularity version {version}: the blessing of {blessing.day} (run {blessing.run_key}) does "
                          f"not fall back to popularity (fallback={blessing.fallback!r})")
-    user_emb, item_emb, _ = popularity_embeddings(train.item, graph.num_users, graph.num_items)
+    user_emb, item_emb = popularity_embeddings(train.item, graph.num_users, graph.num_items)
     seen = seen_items_table(train, graph.num_users) if cfg.export.exclude_seen else None
     module = ServingGraph(user_emb, item_emb, cfg.export.top_k, seen, "fp32")
     export_onnx(module, scratch / ONNX_FILE, cfg.export.opset)

@@ -24,6 +24,15 @@ from tests.unit.ship_fixtures import TINY_GATES, make_world, run_ship_day, tiny_
 DECISION = [g for g in TINY_GATES if g.get("baseline") != "teacher"]
 
 
+def test_popularity_scores_are_ranks_with_ties_to_the_lower_index():
+    from components.decide.fallback import popularity_embeddings
+
+    user, item = popularity_embeddings(np.array([2, 2, 1, 1, 0, 3, 3, 3]), num_users=3, num_items=5)
+    np.testing.assert_array_equal(user, np.ones((3, 1)))
+    # counts 1, 2, 2, 3, 0: item 3 first, then 1 before 2 (tie), 0, and the never-trained 4 last
+    np.testing.assert_array_equal(item[:, 0], [2.0, 4.0, 3.0, 5.0, 1.0])
+
+
 def _configs(root, fallback: str):
     lenient = tiny_config(root, gates_file=str(write_gates(root / "lenient.yaml", TINY_GATES[:1])))
     strict = tiny_config(root, gates_file=str(write_gates(root / f"strict_{fallback}.yaml", DECISION,
