@@ -30,7 +30,7 @@ from components.decide.outcome import schedule_start  # noqa: E402  (standard li
 from graphdistill_airflow.alerts import DEADLINE_MISSED, GraphDistillNotifier  # noqa: E402
 from graphdistill_airflow.assets import CHAMPION, NIGHTLY_OUTCOME  # noqa: E402
 from graphdistill_airflow.nightly import (NIGHT_ENDS, announce_champion, context_day, ended_as,  # noqa: E402
-                                         fail_for_good, publish_outcome)
+                                         fail_for_good, goes_to_promote, publish_outcome)
 from graphdistill_airflow.timetable import NightlyTimetable  # noqa: E402  (registered by the plugin)
 
 DAG_ID = "gnn_recsys_nightly"
@@ -189,25 +189,26 @@ def gnn_recsys_nightly():
 
     @task
     def register(blessing: dict) -> dict:
-        """Registers the judged candidate (blessed or not) under its candidate id."""
+        """Registers the judged candidate (blessed or not) under its candidate id, and on a night that
+        falls back to popularity the popularity version."""
         return _run("register", blessing)
 
     @task.short_circuit(ignore_downstream_trigger_rules=False)
     def blessed(registration: dict) -> bool:
-        """Short-circuits promote when the gates did not bless the candidate (the report still runs)."""
-        if not registration["blessed"]:
-            log.warning("candidate %s NOT promoted (%s by the gates; judged against %s; champion %s keeps serving)",
-                        registration["version"], registration["status"], registration["judged_against"],
-                        registration["champion_version"])
-        return bool(registration["blessed"])
+        """Short-circuits promote unless the gates blessed the candidate or the night falls back to
+        popularity (the champion conclusively lost to it); the report still runs."""
+        return goes_to_promote(registration)
 
     @task(outlets=[CHAMPION])
     def promote(registration: dict) -> dict:
-        """Compare-and-swap under the registry lock; a blessed candidate that may not be promoted
-        (stale, historical day, rolled back) skips this task with the reason (and no Asset event)."""
+        """Compare-and-swap under the registry lock (of the candidate, or of the night's popularity
+        fallback); a version that may not be promoted (stale, historical day, rolled back) skips this
+        task with the reason (and no Asset event)."""
         decision = _run("promote", registration)
         if not decision["promoted"]:
-            reason = (f"candidate {decision['version']} blessed but not promoted: {decision['reason']}; "
+            what = ("candidate {} blessed but not promoted" if decision["outcome"] == "not_promoted"
+                    else "popularity fallback {} not promoted").format(decision["version"])
+            reason = (f"{what}: {decision['reason']}; "
                       f"champion stays {decision['champion_version']}")
             log.warning("SKIPPED promote: %s", reason)
             raise AirflowSkipException(reason)

@@ -37,7 +37,8 @@ def context_day(context: dict[str, Any]) -> str:
 # knew its day or config (components.decide.outcome has no record for it).
 NOT_RUN = "not_run"
 NIGHT_ENDS = (("promoted", False), ("rejected", False), ("inconclusive", False), ("not_promoted", False),
-              ("skipped", False), ("quarantined", True), ("incomplete", True), (NOT_RUN, True))
+              ("skipped", False), ("quarantined", True), ("incomplete", True), (NOT_RUN, True),
+              ("fallback_popularity", False))
 
 
 def ended_as(context: dict[str, Any]) -> str:
@@ -46,6 +47,22 @@ def ended_as(context: dict[str, Any]) -> str:
     kind = published["kind"] if isinstance(published, dict) else NOT_RUN
     log.info("the night ended %s: row %r of the grid", kind.upper(), kind)
     return kind
+
+
+def goes_to_promote(registration: dict[str, Any]) -> bool:
+    """Whether the promote task runs on the register task's result: a blessed candidate, or the
+    night's popularity fallback (registered when the champion conclusively lost to popularity and
+    the candidate did not qualify); otherwise the champion keeps serving, said in the log."""
+    if registration.get("fallback_version"):
+        log.warning("candidate %s %s and champion %s worse than popularity: promote decides the popularity "
+                    "fallback %s", registration["version"], registration["status"], registration["judged_against"],
+                    registration["fallback_version"])
+        return True
+    if not registration["blessed"]:
+        log.warning("candidate %s NOT promoted (%s by the gates; judged against %s; champion %s keeps serving)",
+                    registration["version"], registration["status"], registration["judged_against"],
+                    registration["champion_version"])
+    return bool(registration["blessed"])
 
 
 def announce_champion(context: dict[str, Any], promotion: dict[str, Any]) -> None:
@@ -64,6 +81,7 @@ def announce_champion(context: dict[str, Any], promotion: dict[str, Any]) -> Non
     outcome = run_outcome(layout, promotion["day"], context["run_id"])
     context["outlet_events"][CHAMPION].extra = {
         "version": promotion["version"], "day": promotion["day"], "previous": promotion["previous_champion"],
+        "outcome": outcome.kind,  # promoted, or fallback_popularity (the popularity version serves)
         "metrics": outcome.metrics, "gates": outcome.gates, "runtime": outcome.runtime,
         "registry": str(layout.registry()), "root": str(root),  # s3://...: its URI, not this worker's copy
         "report": f"/graphdistill/runs/{context['dag'].dag_id}/{context['run_id']}/report.html",

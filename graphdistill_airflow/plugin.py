@@ -35,12 +35,13 @@ NIGHTLY_DAG_ID = "gnn_recsys_nightly"
 URL_PREFIX = "/graphdistill"
 COLOURS = {"promoted": "#1b7f3b", "rejected": "#c0392b", "quarantined": "#8e44ad", "not_promoted": "#d68910",
            "inconclusive": "#7f8c8d", "skipped": "#5d6d7e", "not_run": "#000000", "running": "#1565c0",
-           "incomplete": "#b03a2e", "rolled_back": "#6e2c00"}
+           "incomplete": "#b03a2e", "rolled_back": "#6e2c00", "fallback_popularity": "#b9770e"}
 
 # What the list of gates that did not pass means, per outcome (an INCONCLUSIVE night failed none).
 GATE_HEADINGS = {"rejected": "Gates that failed (or could not decide)", "inconclusive": "Gates that could not decide",
                  "promoted": "Diagnostic gates overridden by a conclusive win",
-                 "not_promoted": "Gates that did not pass"}
+                 "not_promoted": "Gates that did not pass",
+                 "fallback_popularity": "Gates the candidate failed (popularity serves instead)"}
 
 app = FastAPI(title="GraphDistill", description="Nightly outcomes, run reports and the champion")
 # Every page serves the nightly's records, so access is checked for the nightly, whatever DAG id
@@ -247,7 +248,7 @@ def models_page(limit: Annotated[int, "recent runs to list"] = 14) -> HTMLRespon
 def night_cells(outcome, taken_back: dict[str, dict[str, Any]]) -> tuple[str, str]:
     """A night's badges and reason on the Models page; a promotion undone since is marked ROLLED BACK."""
     badges, reason = _badge(outcome.kind), outcome.reason[:220]
-    if outcome.kind == "promoted" and outcome.champion_after in taken_back:
+    if outcome.kind in ("promoted", "fallback_popularity") and outcome.champion_after in taken_back:
         undo = taken_back[outcome.champion_after]
         badges += " " + _badge("rolled_back")
         reason = f"rolled back {undo.get('at', '')} ({undo.get('reason', '')}); was: {reason}"

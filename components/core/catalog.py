@@ -58,7 +58,8 @@ TIMINGS = "timings.json"
 _WALL_CLOCK = re.compile(r"seconds|_per_s$|^latency_ms$|^latency_p\d+_ms$")
 LATEST_FILE = "latest.json"
 # What a run decided, as the CLI, the report and the Airflow UI show it.
-OUTCOME_KINDS = ("promoted", "rejected", "inconclusive", "not_promoted", "skipped", "quarantined")
+OUTCOME_KINDS = ("promoted", "rejected", "inconclusive", "not_promoted", "skipped", "quarantined",
+                 "fallback_popularity")
 _UNSAFE_IN_RUN_KEY = re.compile(r"[^A-Za-z0-9._-]")
 _CODE_DIR = Path(__file__).resolve().parents[1]  # the components package
 

@@ -408,17 +408,9 @@ class ChampionHealth(_Section):
     metric: str = "ndcg@20"
     segment: Segment = "history"
     tolerance: float = Field(0.0, ge=0, lt=1)
-    # When the champion loses and no candidate qualifies: keep it (the only supported fallback).
-    fallback: Literal["keep", "popularity"] = "keep"
-
-    @field_validator("fallback")
-    @classmethod
-    def _supported_fallback(cls, fallback: str) -> str:
-        if fallback == "popularity":
-            raise ValueError("champion_health.fallback: 'popularity' is not supported yet (serving has no "
-                             "popularity model to switch to; the registry only promotes trained versions); "
-                             "use 'keep'")
-        return fallback
+    # When the champion conclusively loses and the candidate does not qualify: serve the popularity
+    # version (components/decide/fallback.py) or keep the champion; why popularity: config/gates.yaml.
+    fallback: Literal["keep", "popularity"] = "popularity"
 
 
 class GatesConfig(_Section):

@@ -253,6 +253,9 @@ class Blessing:
     # The champion as served vs popularity on the day (None: no champion, or a record before it).
     champion_health: Comparison | None = None
     champion_worse_than_popularity: bool = False  # champion_health FAIL: what alerts read
+    # "popularity" when the night falls back (champion_health FAIL, candidate not blessed, config
+    # champion_health.fallback: popularity): register and promote the popularity version instead.
+    fallback: str | None = None
     history_users_evaluated: int | None = None
     users_without_unseen_test_items: int | None = None
 

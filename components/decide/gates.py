@@ -8,8 +8,10 @@ INCONCLUSIVE by the rule of its kind; engine gates compare the engine's measurem
 are skipped and say so. A gate's role is decision or diagnostic: a diagnostic FAIL / INCONCLUSIVE
 is overridden when the candidate conclusively beats the champion and popularity (``candidate_wins``).
 The champion's health against popularity is judged alongside (``champion_health``; it never
-blocks). The blessing records n, point value and interval of every gate and comparison. The
-registry decides promotion (components/decide/registry.py); nothing here imports it back.
+blocks a candidate); when it conclusively loses and the candidate is not blessed, the blessing
+says the night falls back to popularity (``fallback``, config ``champion_health.fallback``). The
+blessing records n, point value and interval of every gate and comparison. The registry decides
+promotion (components/decide/registry.py); nothing here imports it back.
 """
 
 from __future__ import annotations
@@ -288,6 +290,8 @@ def judge(evaluation: EvaluationResult, per_user: PerUser | None, engine_result,
         if inconclusive:
             reason += f"; inconclusive treated as pass: {'; '.join(inconclusive)}"
     health = champion_health(per_user, gates, seed)
+    # Popularity serves only when both hold: the champion conclusively lost and the candidate does not qualify.
+    falls_back = health.verdict == "fail" and blocked and gates.champion_health.fallback == "popularity"
     return Blessing(
         day=evaluation.day,
         run_key=evaluation.run_key,
@@ -314,6 +318,7 @@ def judge(evaluation: EvaluationResult, per_user: PerUser | None, engine_result,
         conclusive_win=conclusive,
         champion_health=None if health.verdict == "skipped" else health,
         champion_worse_than_popularity=health.verdict == "fail",
+        fallback="popularity" if falls_back else None,
         history_users_evaluated=evaluation.history_users_evaluated,
         users_without_unseen_test_items=evaluation.users_without_unseen_test_items,
     )

@@ -26,8 +26,8 @@ from components.decide.report import champion_health_text, fmt_number, gate_labe
 from components.core.catalog import (MANIFEST, OUTCOME_FILE, Layout, latest_run, parse_day, read_json, run_dir,
                                 run_key_for)
 
-# What a night can end as (the DAG-run note, the plugin and the alerts use these words); the first
-# six are recorded by the stages (components.core.catalog.OUTCOME_KINDS).
+# What a night can end as (the DAG-run note, the plugin and the alerts use these words); all but
+# INCOMPLETE are recorded by the stages (components.core.catalog.OUTCOME_KINDS).
 PROMOTED = "promoted"  # a new champion serves
 REJECTED = "rejected"  # the candidate failed a gate; the champion keeps serving
 INCONCLUSIVE = "inconclusive"  # no gate failed, but some could not decide (too few users, wide interval)
@@ -35,7 +35,10 @@ NOT_PROMOTED = "not_promoted"  # blessed, but the compare-and-swap refused (stal
 SKIPPED = "skipped"  # nothing to judge (e.g. no training window yet)
 QUARANTINED = "quarantined"  # the day's data failed validation; nothing downstream ran
 INCOMPLETE = "incomplete"  # no decision recorded: a stage failed or the run is still going
-KINDS = (PROMOTED, REJECTED, INCONCLUSIVE, NOT_PROMOTED, SKIPPED, QUARANTINED, INCOMPLETE)
+# The champion conclusively lost to popularity and the candidate did not qualify: the popularity
+# version serves now (config champion_health.fallback: popularity; components/decide/fallback.py).
+FALLBACK_POPULARITY = "fallback_popularity"
+KINDS = (PROMOTED, REJECTED, INCONCLUSIVE, NOT_PROMOTED, SKIPPED, QUARANTINED, INCOMPLETE, FALLBACK_POPULARITY)
 
 KEY_METRICS = ("ndcg@20", "recall@20")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -179,6 +182,9 @@ def run_outcome(layout: Layout, day: str, run_id: str | None = None) -> Outcome:
             champion_worse_than_popularity=bool(blessing.get("champion_worse_than_popularity")),
         )
     reason = recorded["reason"]
+    if recorded["kind"] == FALLBACK_POPULARITY and blessing:  # the loss itself is appended below, with its numbers
+        reason = (f"champion {recorded.get('champion_before')} -> {recorded.get('champion_after')} (popularity); "
+                  f"candidate {recorded.get('candidate')} {blessing['verdict']}: {blessing['reason']}")
     if recorded["kind"] == PROMOTED:  # the headline ops scan for: old -> new champion, with its numbers
         numbers = ", ".join(f"{k} {v:.4f}" for k, v in common.get("metrics", {}).get("candidate", {}).items())
         reason = (f"champion {recorded.get('champion_before') or 'none (bootstrap)'} -> {recorded.get('champion_after')}"

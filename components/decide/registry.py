@@ -7,6 +7,8 @@ Layout under ``layout.registry()``::
         users.parquet items.parquet                          ID maps (string id -> index)
         seen.npz popularity.npy                              serving: seen items (CSR), fallback
         metrics.json blessing.json lineage.json manifest.json
+                             (a popularity fallback version, components/decide/fallback.py: the same
+                             files but model.pt and model.plan; lineage kind "popularity")
     candidates/<day>.json    index: which version the day's newest run registered (stages never read it)
     champion.json            THE pointer and decision state: version, the stack of champions it replaced,
                              the deny-list of rolled-back versions, what moved it, a move number (seq)
@@ -44,7 +46,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,7 @@ import numpy as np
 from components.core.champion import CHAMPION_FILE, ChampionRef
 from components.core.config import PipelineConfig
 from components.core.refs import BLESSING_FILE, Blessing, read_upstream
+from components.decide.outcome import FALLBACK_POPULARITY, PROMOTED
 from components.core.errors import StorageFault, storage_fault
 from components.core.catalog import (MANIFEST, Layout, code_version, read_json, read_outcome, record_outcome, run_dir,
                                 staging_dir, write_json)
@@ -96,6 +99,8 @@ class RegistryResult:
     newly_registered: bool
     judged_against: str | None  # the baseline the blessing was judged against
     champion_version: str | None  # champion at registration time (unchanged by registering)
+    # the popularity version registered for the night's fallback (blessing.fallback), to promote instead
+    fallback_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,7 @@ class PromotionResult:
     champion_version: str | None  # champion after the call
     previous_champion: str | None  # champion before the call
     reason: str
-    outcome: str = ""  # "promoted" | "not_promoted" (automatic decisions)
+    outcome: str = ""  # "promoted" | "not_promoted" | "fallback_popularity" (automatic decisions)
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -246,9 +251,6 @@ def version_contents(refs, engine, graph, blessing_path: Path, evaluation_path: 
     from components.ship.convert import PLAN_FILE
     from components.ship.export import ONNX_FILE
 
-    train = graph.train_interactions()
-    indptr, indices = seen_csr(train.user, train.item, graph.num_users)
-    popularity = np.bincount(train.item, minlength=graph.num_items).astype(np.float32)
     files = {name: Path(refs.pruned.path) / name for name in MODEL_FILES}
     files["model.onnx"] = Path(refs.export.path) / ONNX_FILE
     if engine.tensorrt_status == "built":
@@ -268,8 +270,39 @@ def version_contents(refs, engine, graph, blessing_path: Path, evaluation_path: 
     serving = {"top_k": export_manifest["io"]["outputs"][0]["shape"][1], "max_batch": max(cfg.export.batch_sizes),
                "batch_sizes": list(cfg.export.batch_sizes), "io": export_manifest["io"], "runtime": engine.runtime,
                "tensorrt_status": engine.tensorrt_status}
-    arrays = {"seen.npz": {"indptr": indptr, "indices": indices}, "popularity.npy": {"array": popularity}}
+    arrays = serving_arrays(graph.train_interactions(), graph.num_users, graph.num_items)
     return files, arrays, {"metrics.json": metrics, "serving.json": serving}
+
+
+def serving_arrays(train, num_users: int, num_items: int) -> dict[str, dict[str, np.ndarray]]:
+    """What serving reads besides the model: seen items per user (CSR) and popularity counts (its
+    cold-user answer and fold-in's item degrees), from a graph's training interactions."""
+    indptr, indices = seen_csr(train.user, train.item, num_users)
+    popularity = np.bincount(train.item, minlength=num_items).astype(np.float32)
+    return {"seen.npz": {"indptr": indptr, "indices": indices}, "popularity.npy": {"array": popularity}}
+
+
+def register_popularity_fallback(layout: Layout, day: str, cfg: PipelineConfig, blessing: Blessing, *,
+                                 run_key: str) -> tuple[str, bool]:
+    """Register the popularity version of a night that falls back (components/decide/fallback.py):
+    status blessed, over the candidate's graph. Idempotent; returns (version, newly registered)."""
+    from components.core.refs import GraphRef
+    from components.data.graph import GraphArtifact
+    from components.decide.fallback import fallback_reason, popularity_version_files, popularity_version_id
+
+    version = popularity_version_id(blessing, cfg)
+    if (version_dir(layout, version) / MANIFEST).exists():
+        return version, False
+    graph = GraphArtifact.load(layout.artifact(GraphRef.from_dict(blessing.candidate_refs["graph"])))
+    train = graph.train_interactions()
+    with staging_dir(layout.registry()) as scratch:  # the ONNX model is written here, copied into the version
+        files, documents = popularity_version_files(graph, train, cfg, blessing, version, run_key, scratch)
+        _, created = register_candidate(layout, version, day, files,
+                                        serving_arrays(train, graph.num_users, graph.num_items), documents,
+                                        STATUS_BLESSED)
+    log.warning("register %s run %s: popularity fallback %s %s over graph %s (%s)", day, run_key, version,
+                "registered" if created else "already registered", graph.ref.version, fallback_reason(blessing))
+    return version, created
 
 
 def run_register(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
@@ -310,13 +343,17 @@ def run_register(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
                                        documents={"metrics.json": documents["metrics.json"], "lineage.json": lineage,
                                                   "serving.json": documents["serving.json"]}, status=status)
     write_json(_day_pointer(layout, day), {"day": day, "version": version, "status": status})
+    fallback = None
+    if judged.fallback is not None:
+        fallback, _ = register_popularity_fallback(layout, day, cfg, judged, run_key=run_key)
     champ = champion(layout)
     log.info("register %s run %s: candidate %s %s (%s), judged against %s; champion %s", day, run_key, version,
              status, "new" if created else "already registered", judged.champion_version or "none (bootstrap)",
              champ.version if champ else "none")
     return RegistryResult(day=day, run_key=run_key, version=version, path=str(path), status=status,
                           blessed=status == STATUS_BLESSED, newly_registered=created,
-                          judged_against=judged.champion_version, champion_version=champ.version if champ else None)
+                          judged_against=judged.champion_version, champion_version=champ.version if champ else None,
+                          fallback_version=fallback)
 
 
 # --- promotion ------------------------------------------------------------------------------
@@ -468,17 +505,18 @@ def _unreported_promotion(layout: Layout, record: dict[str, Any] | None, version
     if record["run_key"] == run_key:
         return True
     mover = read_outcome(layout, day, record["run_key"])
-    return not (mover and mover["kind"] == "promoted" and mover["candidate"] == version)
+    return not (mover and mover["kind"] in (PROMOTED, FALLBACK_POPULARITY) and mover["champion_after"] == version)
 
 
 def decide_promotion(layout: Layout, version: str, judged_against: str | None, *, run_key: str | None = None,
-                     fault_hook: FaultHook | None = None) -> PromotionResult:
+                     reason: str | None = None, fault_hook: FaultHook | None = None) -> PromotionResult:
     """Compare-and-swap promotion of a blessed candidate: promoted only if the champion is still
     ``judged_against``, the candidate's day is newer than the champion's and it was not rolled back
     (decided under the registry lock, or re-decided after a lost race on the object store).
     Otherwise the champion is untouched and the decision is logged in the history as not_promoted
     with its reason. A promotion already made by ``run_key`` (or by a run that crashed before
-    recording it) is reported as promoted again, without a second move."""
+    recording it) is reported as promoted again, without a second move.
+    ``reason``: what the promotion is recorded with (default: blessed on the day against the baseline)."""
     day = _check_blessed(layout, version)["day"]
 
     def decision(pointer: ChampionPointer) -> PromotionResult:
@@ -491,8 +529,8 @@ def decide_promotion(layout: Layout, version: str, judged_against: str | None, *
                                    outcome="promoted")
         why_not = ineligibility(layout, record, version, day, judged_against)
         if why_not is None:
-            reason = f"blessed on {day} against {judged_against or 'no champion (bootstrap: first champion)'}"
-            return _promote(pointer, record, token, version, day, reason, manual=False, run_key=run_key,
+            why = reason or f"blessed on {day} against {judged_against or 'no champion (bootstrap: first champion)'}"
+            return _promote(pointer, record, token, version, day, why, manual=False, run_key=run_key,
                             fault_hook=fault_hook)
         current = record["version"] if record else None
         pointer.append({"event": "not_promoted", "version": version, "at": _now(), "reason": why_not,
@@ -528,12 +566,30 @@ def _rollback(layout: Layout, pointer: ChampionPointer, reason: str = "rollback"
     return target
 
 
+def _promote_fallback(layout: Layout, blessing: Blessing, status: str, cfg: PipelineConfig, run_key: str,
+                      fault_hook: FaultHook | None) -> PromotionResult:
+    """The night's popularity version (registered with the candidate) promoted by the same
+    compare-and-swap against the champion the blessing judged: outcome fallback_popularity; when the
+    swap is refused, the candidate's own outcome with why popularity does not serve either."""
+    from components.decide.fallback import fallback_reason, popularity_version_id
+
+    fallback = popularity_version_id(blessing, cfg)
+    version_manifest(layout, fallback)  # registered by run_register; raises naming it when missing
+    decision = decide_promotion(layout, fallback, blessing.champion_version, run_key=run_key,
+                                reason=fallback_reason(blessing), fault_hook=fault_hook)
+    if decision.promoted:
+        return replace(decision, outcome=FALLBACK_POPULARITY)
+    return replace(decision, reason=f"{blessing.reason}; popularity fallback {fallback} not promoted: {decision.reason}",
+                   outcome=status)
+
+
 def run_promote(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
                 registration: RegistryResult | dict[str, Any] | None = None,
                 fault_hook: FaultHook | None = None) -> PromotionResult:
     """Decide the run's registered candidate (``registration``: the register stage's result;
     default the candidate the run's own blessing judged, never the day's newest: two runs of a day
-    at once each decide their own candidate) and record the run's outcome."""
+    at once each decide their own candidate) and record the run's outcome. A candidate not blessed
+    on a night that falls back (``blessing.fallback``) decides the night's popularity version instead."""
     if registration is None:
         blessing_path = run_dir(layout, day, run_key) / BLESSING_FILE
         if not blessing_path.exists():
@@ -549,7 +605,9 @@ def run_promote(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
     blessing = Blessing.load(version_dir(layout, version) / BLESSING_FILE)
     metrics = {k: v for k, v in read_json(version_dir(layout, version) / "metrics.json")["evaluation"].items()
                if k in ("users_evaluated", "cold_users_evaluated")}
-    if manifest["status"] != STATUS_BLESSED:
+    if manifest["status"] != STATUS_BLESSED and blessing.fallback is not None:
+        result = _promote_fallback(layout, blessing, manifest["status"], cfg, run_key, fault_hook)
+    elif manifest["status"] != STATUS_BLESSED:
         current = champion(layout)
         result = PromotionResult(day=day, version=version, promoted=False,
                                  champion_version=current.version if current else None,
@@ -566,7 +624,7 @@ def run_promote(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
         fault = storage_fault(exc, layout.root)
         if fault is None or not result.promoted:
             raise
-        raise StorageFault(f"{fault}. The champion DID move to {version}; once fixed, re-run promote for {day} "
+        raise StorageFault(f"{fault}. The champion DID move to {result.version}; once fixed, re-run promote for {day} "
                            f"(run {run_key}): it records the outcome and announces the champion") from exc
     if fault_hook:
         fault_hook("outcome_recorded")

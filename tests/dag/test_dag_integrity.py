@@ -18,7 +18,7 @@ EXPECTED_EDGES = {
     ("register", "promote"), ("blessed", "promote"), ("promote", "report"), ("report", "outcome"),
     ("features", "outcome"), ("outcome", "decision"),
     *{("decision", kind) for kind in ("promoted", "rejected", "inconclusive", "not_promoted", "skipped",
-                                      "quarantined", "incomplete", "not_run")},
+                                      "quarantined", "incomplete", "not_run", "fallback_popularity")},
 }
 
 

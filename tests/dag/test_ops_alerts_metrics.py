@@ -173,7 +173,7 @@ def test_outcome_gauges_reach_statsd_through_airflow_metrics_settings(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     packets = set()
     try:
-        while len(packets) < 12:  # 7 outcome kinds, 2 metrics, 1 gate, 2 row counts
+        while len(packets) < 13:  # 8 outcome kinds, 2 metrics, 1 gate, 2 row counts
             packets.add(receiver.recv(4096).decode())
     except socket.timeout:
         pass
@@ -236,3 +236,28 @@ def test_the_models_page_marks_a_promotion_rolled_back_since():
     assert reason == "rolled back 2026-01-10T08:00 (bad in prod); was: champion a -> b"
     badges, reason = night_cells(promoted, {})  # not rolled back: no mark
     assert "ROLLED BACK" not in badges and reason == "champion a -> b"
+
+
+def test_a_popularity_fallback_shows_as_its_own_end_in_the_tab_and_on_the_models_page():
+    from graphdistill_airflow.nightly import NIGHT_ENDS
+    from graphdistill_airflow.plugin import night_cells, outcome_body
+
+    assert ("fallback_popularity", False) in NIGHT_ENDS  # its own green row of the grid
+    fallback = dataclasses.replace(_weak_champion_outcome("2026-01-09-popularity-abc"), kind="fallback_popularity",
+                                   reason="champion 2026-01-02-weak -> 2026-01-09-popularity-abc (popularity)",
+                                   failed_gates=("[decision] ndcg@20 min_lift_over popularity: +1.0% (INCONCLUSIVE)",))
+    body = outcome_body(fallback, "r", "/graphdistill/runs/d/r")
+    assert "FALLBACK POPULARITY</span>" in body and "<h3>Gates the candidate failed (popularity serves instead)</h3>" in body
+    badges, reason = night_cells(fallback, {"2026-01-09-popularity-abc": {"at": "2026-01-10T08:00", "reason": "ops"}})
+    assert "FALLBACK POPULARITY" in badges and "ROLLED BACK" in badges
+    assert reason.startswith("rolled back 2026-01-10T08:00 (ops); was: champion 2026-01-02-weak -> ")
+
+
+def test_promote_runs_for_a_blessed_candidate_or_a_popularity_fallback_only():
+    from graphdistill_airflow.nightly import goes_to_promote
+
+    registration = {"version": "2026-01-09-c", "status": "rejected", "blessed": False, "judged_against": "w",
+                    "champion_version": "w", "fallback_version": None}
+    assert goes_to_promote(registration) is False
+    assert goes_to_promote({**registration, "fallback_version": "2026-01-09-popularity-abc"}) is True
+    assert goes_to_promote({**registration, "status": "blessed", "blessed": True}) is True

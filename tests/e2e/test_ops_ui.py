@@ -94,7 +94,8 @@ def test_every_run_carries_its_decision_as_a_note(ops):
     assert ops["runs"][DAYS[2]]["state"] == "success" and ops["runs"][DAYS[3]]["state"] == "failed"
 
 
-ENDS = ("promoted", "rejected", "inconclusive", "not_promoted", "skipped", "quarantined", "incomplete", "not_run")
+ENDS = ("promoted", "rejected", "inconclusive", "not_promoted", "skipped", "quarantined", "incomplete", "not_run",
+        "fallback_popularity")
 
 
 def _task_states(ops, run_id: str) -> dict[str, str]:

@@ -196,10 +196,11 @@ def tiny_config(tmp_path: Path, **overrides) -> PipelineConfig:
     return load_config(None, overrides=base)
 
 
-def write_gates(path: Path, gates: list[dict]) -> Path:
+def write_gates(path: Path, gates: list[dict], **settings) -> Path:
+    """A gates file: ``gates`` and top-level ``settings`` (e.g. champion_health={"fallback": "keep"})."""
     import yaml
 
-    path.write_text(yaml.safe_dump({"gates": gates}))
+    path.write_text(yaml.safe_dump({"gates": gates, **settings}))
     return path
 
 

@@ -90,13 +90,12 @@ def test_the_shipped_gates_declare_their_roles_and_judge_comparisons_on_users_wi
     assert roles[("validation_warnings", "max", None)] == roles[("latency_p99_ms", "max", None)] == "decision"
     assert {g.segment for g in gates.gates if g.baseline in ("champion", "popularity")} == {"history"}
     assert (gates.conclusive_win.metric, gates.conclusive_win.segment) == ("ndcg@20", "history")
-    assert gates.champion_health.fallback == "keep" and gates.champion_health.tolerance == 0.0
+    assert gates.champion_health.fallback == "popularity" and gates.champion_health.tolerance == 0.0
 
 
 @pytest.mark.parametrize("text, message", [
     ("gates:\n  - {metric: ndcg@20, kind: min, threshold: 0.1, role: advisory}\n", "role"),
     ("gates:\n  - {metric: ndcg@20, kind: min, threshold: 0.1, segment: returning}\n", "segment"),
-    ("gates: []\nchampion_health: {fallback: popularity}\n", "'popularity' is not supported yet"),
     ("gates: []\nchampion_health: {fallback: retire}\n", "fallback"),
     ("gates: []\nconclusive_win: {min_lift_over_champion: -0.1}\n", "min_lift_over_champion"),
     ("gates: []\nconclusive_win: {segmnt: all}\n", "segmnt"),

@@ -450,13 +450,28 @@ def test_champion_health_against_popularity(champion, popularity, verdict):
     assert blessing.blessed  # health never blocks a candidate
 
 
-def test_champion_health_tolerance_and_the_unsupported_popularity_fallback():
+def test_champion_health_tolerance():
     evaluation, per_user = _measured(candidate=WINNER, champion=0.97 * BASE, popularity=BASE)
     strict = judge(evaluation, per_user, ENGINE, _gates(NON_INFERIOR), seed=0)
     lenient = judge(evaluation, per_user, ENGINE, _gates(NON_INFERIOR, champion_health={"tolerance": 0.05}), seed=0)
     assert strict.champion_health.verdict == "fail" and lenient.champion_health.verdict == "pass"
-    with pytest.raises(ValueError, match="'popularity' is not supported yet"):
-        _gates(NON_INFERIOR, champion_health={"fallback": "popularity"})
+
+
+@pytest.mark.parametrize("candidate, champion, popularity, fallback, expected", [
+    (0.5 * BASE + NOISE, 0.6 * BASE, BASE, "popularity", "popularity"),  # champion loses, candidate rejected
+    (0.5 * BASE + NOISE, 0.6 * BASE, BASE, "keep", None),  # the same night, configured to keep
+    (WINNER, 0.6 * BASE, BASE, "popularity", None),  # champion loses, but the candidate qualifies
+    (0.5 * BASE + NOISE, BASE, 0.6 * BASE, "popularity", None),  # candidate rejected, champion healthy
+    (0.5 * BASE + NOISE, BASE + NOISE, BASE, "popularity", None),  # champion's loss not conclusive
+])
+def test_the_night_falls_back_to_popularity_only_when_the_champion_loses_and_no_candidate_qualifies(
+        candidate, champion, popularity, fallback, expected):
+    blessing = _roles(candidate, champion, popularity, NON_INFERIOR, champion_health={"fallback": fallback})
+    assert blessing.fallback == expected
+    assert blessing.blessed is (candidate is WINNER)
+    if expected:
+        assert blessing.champion_worse_than_popularity and blessing.verdict == "rejected"
+    assert Blessing.load(_saved(blessing)).fallback == expected
 
 
 def test_the_history_segment_judges_the_users_models_can_answer_differently():

@@ -161,7 +161,9 @@ def weak_champion(tmp_path_factory):
     retention = {"metric": "ndcg@20", "kind": "min_ratio_to", "baseline": "teacher", "threshold": 1.5,
                  "role": "diagnostic"}
     decision = [g for g in TINY_GATES if g.get("baseline") != "teacher"]
-    strict = tiny_config(root, gates_file=str(write_gates(root / "strict.yaml", [*decision, retention])))
+    # keep: this fixture is about a weak champion that serves on (test_fallback.py covers popularity)
+    strict = tiny_config(root, gates_file=str(write_gates(root / "strict.yaml", [*decision, retention],
+                                                          champion_health={"fallback": "keep"})))
     world = make_world()
     for offset, cfg, candidate, run_key in ((1, lenient, "anti", "first"), (2, strict, "random", "keep"),
                                             (2, strict, "good", "replace")):
