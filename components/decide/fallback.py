@@ -67,13 +67,13 @@ def popularity_version_files(graph: GraphArtifact, train: Interactions, cfg: Pip
     popularity.npy as for any version and registers it (``registry.register_popularity_fallback``)."""
     from components.ship.export import (INPUT_NAME, ONNX_FILE, OUTPUT_NAMES, export_onnx, onnxruntime_session, parity,
                                         serving_io, torch_outputs)
-    from components.model.models.serving_graph import ServingGraph, parity_users, seen_items_table
+    from components.model.models.serving_graph import ServingGraph, parity_users, seen_items_csr
 
     if blessing.fallback != KIND:
         raise ValueError(f"popularity version {version}: the blessing of {blessing.day} (run {blessing.run_key}) does "
                          f"not fall back to popularity (fallback={blessing.fallback!r})")
     user_emb, item_emb = popularity_embeddings(train.item, graph.num_users, graph.num_items)
-    seen = seen_items_table(train, graph.num_users) if cfg.export.exclude_seen else None
+    seen = seen_items_csr(train, graph.num_users) if cfg.export.exclude_seen else None
     module = ServingGraph(user_emb, item_emb, cfg.export.top_k, seen, "fp32")
     export_onnx(module, scratch / ONNX_FILE, cfg.export.opset)
     users = parity_users(graph.num_users, cfg.seed)
