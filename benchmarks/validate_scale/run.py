@@ -183,10 +183,10 @@ def main() -> None:
     shutil.rmtree(args.work, ignore_errors=True)
     base = baseline_code(args.baseline, args.work / "baseline") if args.baseline else None
     results = []
-    for size in sorted(set(args.sizes) | set(args.baseline_sizes if base else [])):
+    for size in dict.fromkeys([*args.sizes, *(args.baseline_sizes if base else [])]):  # in the order given
         landing = args.work / f"landing-{size}"
         land(landing, size, args.part_rows)
-        repeats = args.repeats if size == min(args.sizes) else 1
+        repeats = args.repeats if size == args.sizes[0] else 1
         plans = ([("this branch", REPO, args.chunk_rows)] if size in args.sizes else []) + \
                 ([(f"baseline {args.baseline}", base, None)] if base and size in args.baseline_sizes else [])
         for code_name, code, chunk_rows in plans:
@@ -195,18 +195,21 @@ def main() -> None:
                 runs.append(run_child(code, landing, chunk_rows, args.kill_gb))
                 print(code_name, size, runs[-1], flush=True)
             results.append({"code": code_name, "rows": size, "summary": summarize(runs)})
+            write_results(args, results)  # after each size: a long run interrupted keeps what it measured
         shutil.rmtree(landing)
+
+
+def write_results(args: argparse.Namespace, results: list[dict]) -> None:
     doc = {"label": args.label, "command": " ".join(["benchmarks/validate_scale/run.py", *sys.argv[1:]]),
            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                       f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GB RAM",
-           "note": (f"first size: median of {args.repeats} runs, larger sizes 1 run each; the 2 cores are shared "
+           "note": (f"first size given: median of {args.repeats} runs, the others 1 run each; the 2 cores are shared "
                     f"with other jobs (load varies), so times are indicative; peak RSS is the kernel's ru_maxrss of "
                     f"the measuring process; landed as parquet parts of {args.part_rows:,} rows with 0.5% redeliveries"),
            "target": {"rows": 20_000_000, "peak_rss_gb": TARGET_GB}, "results": results}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.label}.json").write_text(json.dumps(doc, indent=2) + "\n")
     (RESULTS / f"{args.label}.md").write_text(markdown(doc))
-    print(markdown(doc))
 
 
 if __name__ == "__main__":

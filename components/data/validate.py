@@ -897,7 +897,7 @@ def scan_day(staged: Path, day: str, cfg: PipelineConfig, suite: ContractSuite |
     row-level expectations on each chunk, and the compact keys every cross-chunk rule needs."""
     keys = DayKeys(pq.ParquetFile(staged).metadata.num_rows)
     for number, chunk in enumerate(staged_chunks(staged, cfg.validation.chunk_rows), start=1):
-        keys.add(chunk, PAYLOAD)
+        keys.add(chunk)
         if suite is not None:
             suite.check_rows(_with_derived_columns(chunk, day))
         if number % 5 == 0:

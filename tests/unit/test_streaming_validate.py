@@ -12,7 +12,7 @@ from components.core.config import load_config
 from components.data.ingest import run_ingest
 from components.data.sources.synthetic import write_log
 from components.data.streaming import DayKeys, in_sorted, mark_seen, repeated, staged_chunks, tally
-from components.data.validate import PAYLOAD, DataValidationError, run_validate
+from components.data.validate import DataValidationError, run_validate
 
 from tests.unit.data_fixtures import accept, day, land
 
@@ -122,7 +122,7 @@ def test_the_cross_chunk_state_is_a_few_bytes_per_row_whatever_the_ids_length(tm
     for frame in (short, long):
         keys = DayKeys(rows)
         for start in range(0, rows, 100):
-            keys.add(frame.iloc[start:start + 100], PAYLOAD)
+            keys.add(frame.iloc[start:start + 100])
         sizes.append(keys.nbytes)
     assert sizes[0] == sizes[1] == rows * (5 * 8 + 3)  # 5 eight-byte keys and 3 presence bytes per row
     assert keys.event_types == {"view": rows}
