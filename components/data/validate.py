@@ -905,13 +905,25 @@ def scan_day(staged: Path, day: str, cfg: PipelineConfig, suite: ContractSuite |
     return keys
 
 
+def read_repeats(staged: Path, keys: DayKeys, columns: list[str], chunk_rows: int
+                 ) -> tuple[pd.DataFrame, np.ndarray, dict[int, dict[str, str]]]:
+    """Every row whose event id or content repeats, read back whole (the exact judges of duplicates);
+    which rows repeat an event id; the ids of the rows where the day's top user and item first occur."""
+    id_repeats = repeated(keys.event_id, keys.event_id_present)
+    repeated_rows = id_repeats | (repeated(keys.content) if set(REQUIRED_COLUMNS) <= set(columns) else False)
+    users, items = tally(keys.user, keys.user_present), tally(keys.item, keys.item_present)
+    tops = np.zeros(keys.rows, dtype=bool)
+    tops[[p for p in (users.top_position, items.top_position) if p >= 0]] = True
+    gathered = gather(staged, repeated_rows | tops, chunk_rows)
+    top_names = {p: {c: str(gathered.at[p, c]) for c in ("user_id", "item_id") if c in columns}
+                 for p in gathered.index[tops[gathered.index.to_numpy()]]}
+    return gathered[repeated_rows[gathered.index.to_numpy()]], id_repeats, top_names
+
+
 def run_validate(layout: Layout, day: str, cfg: PipelineConfig) -> ValidationResult:
     """Validate the staged day; accept it (warnings recorded) or quarantine it (raising DataValidationError).
-
-    Streams: the day is read in chunks of ``validation.chunk_rows`` rows; what crosses chunks is held
-    as compact keys (components/data/streaming.py), so memory grows by ~60 bytes a row, not by the
-    rows themselves (benchmarks/validate_scale). The verdict, counts and accepted rows do not depend
-    on the chunk size."""
+    Streams in chunks of ``validation.chunk_rows`` (what crosses chunks: compact keys, streaming.py);
+    the verdict, counts and accepted rows do not depend on the chunk size (benchmarks/validate_scale)."""
     staging = layout.staging(day)
     if not (staging / "files.json").exists():
         raise FileNotFoundError(f"{staging}: no staged data for {day}; run ingest first")
@@ -925,16 +937,7 @@ def run_validate(layout: Layout, day: str, cfg: PipelineConfig) -> ValidationRes
     suite = ContractSuite(params) if any(c in columns for c in REQUIRED_COLUMNS) else None
     keys = scan_day(staged, day, cfg, suite)
     complete = set(REQUIRED_COLUMNS) <= set(columns)
-    # Every row whose event id or content repeats, read back whole: the exact judges of duplicates.
-    id_repeats = repeated(keys.event_id, keys.event_id_present)
-    repeated_rows = id_repeats | (repeated(keys.content) if complete else False)
-    users, items = tally(keys.user, keys.user_present), tally(keys.item, keys.item_present)
-    tops = np.zeros(keys.rows, dtype=bool)
-    tops[[p for p in (users.top_position, items.top_position) if p >= 0]] = True
-    gathered = gather(staged, repeated_rows | tops, chunk_rows)
-    repeats = gathered[repeated_rows[gathered.index.to_numpy()]]
-    top_names = {p: {c: str(gathered.at[p, c]) for c in ("user_id", "item_id") if c in columns}
-                 for p in gathered.index[tops[gathered.index.to_numpy()]]}
+    repeats, id_repeats, top_names = read_repeats(staged, keys, columns, chunk_rows)
     seen = _seen_before(layout, day, keys, chunk_rows)
     earlier_days = [d for d in (*layout.accepted_days(), *_quarantined_days(layout)) if d < day]
     profile = day_profile(keys, columns, seen, judged_new=bool(earlier_days), top_names=top_names)
