@@ -117,6 +117,10 @@ class ValidationConfig(_Section):
     bot_top_user_share: float = Field(0.9, gt=0, le=1)
     bot_min_events: int = Field(50, ge=1)
     severity: dict[str, Severity] = Field(default_factory=dict)
+    # Rows read, checked (the GX suite runs per chunk) and written per chunk by ingest and validate:
+    # the memory bound of a day (benchmarks/validate_scale). The verdict, counts and accepted rows
+    # do not depend on it; the accepted files' row groups do.
+    chunk_rows: int = Field(1_000_000, ge=1)
     # Graph-level checks after the graph is built (recorded in graphs/<day>/stats.json "checks").
     graph_max_degree_drift: float = Field(0.25, ge=0, le=1)  # total variation of log2 degree histograms vs the previous graph
     graph_max_isolated_share: float = Field(0.5, ge=0, le=1)  # nodes without a training edge

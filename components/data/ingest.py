@@ -21,12 +21,16 @@ import io
 import json
 import logging
 import re
+import shutil
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import fsspec
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from components.core.config import PipelineConfig
 from components.core.errors import LandingMissing
@@ -386,7 +390,25 @@ def run_ingest(layout: Layout, day: str, cfg: PipelineConfig, landing: str | Non
                              f"--day {day}`")
     fs, root = fsspec.core.url_to_fs(landing)
     root = root.rstrip("/")
-    frames, found, files = [], [], [SourceFile(name, 0, None, None, error) for name, error in listing.errors]
+    with staging_dir(layout.root / "staging") as tmp:
+        files, issues, staged = _stage_files(fs, root, listing, cfg, tmp)
+        issues.to_parquet(tmp / "issues.parquet", index=False)
+        write_json(tmp / "files.json", {"day": day, "landing": landing, "files": [f.__dict__ for f in files],
+                                        "skipped": [s.__dict__ for s in listing.skipped]})
+        replace_dir(tmp, layout.staging(day))
+    log.info("ingest %s: %d entries seen, %d files read (%d unreadable), %d skipped; %d rows staged, %d value issues",
+             day, len(files) + len(listing.skipped), len(files), sum(1 for f in files if f.error),
+             len(listing.skipped), staged, len(issues))
+    return IngestResult(day, str(layout.staging(day)), staged, tuple(files), listing.skipped, len(issues))
+
+
+def _stage_files(fs: Any, root: str, listing: Listing, cfg: PipelineConfig, tmp: Path
+                 ) -> tuple[list[SourceFile], pd.DataFrame, int]:
+    """Read and normalize each file, one at a time, into ``tmp/rows.parquet`` (memory: the largest
+    file, never the whole day). Returns (files, value issues, rows staged)."""
+    parts = tmp / "parts"
+    parts.mkdir()
+    found, files = [], [SourceFile(name, 0, None, None, error) for name, error in listing.errors]
     for path in listing.files:  # one iteration per file, not per row
         short = path[len(root):].lstrip("/")
         try:
@@ -407,18 +429,33 @@ def run_ingest(layout: Layout, day: str, cfg: PipelineConfig, landing: str | Non
         kinds = {c: value_kind(frame[c]) for c in REQUIRED_COLUMNS if c in frame.columns}
         rows, ts_form, issues = normalize(frame, short, cfg)
         files.append(SourceFile(short, len(raw), digest, len(frame), None, missing, extra, kinds, ts_form))
-        frames.append(rows)
+        del raw, frame
+        rows.to_parquet(parts / f"{len(found):06d}.parquet", index=False)
         found.append(issues)
-    staged = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(LINEAGE_COLUMNS))
+    staged = merge_parts(sorted(parts.iterdir()), tmp / "rows.parquet", cfg.validation.chunk_rows)
+    shutil.rmtree(parts)
     issues = pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=list(ISSUE_COLUMNS))
     issues = issues.astype({"source_row": "int64", **{c: "string" for c in ISSUE_COLUMNS if c != "source_row"}})
-    with staging_dir(layout.root / "staging") as tmp:
-        staged.to_parquet(tmp / "rows.parquet", index=False)
-        issues.to_parquet(tmp / "issues.parquet", index=False)
-        write_json(tmp / "files.json", {"day": day, "landing": landing, "files": [f.__dict__ for f in files],
-                                        "skipped": [s.__dict__ for s in listing.skipped]})
-        replace_dir(tmp, layout.staging(day))
-    log.info("ingest %s: %d entries seen, %d files read (%d unreadable), %d skipped; %d rows staged, %d value issues",
-             day, len(files) + len(listing.skipped), len(files), sum(1 for f in files if f.error),
-             len(listing.skipped), len(staged), len(issues))
-    return IngestResult(day, str(layout.staging(day)), len(staged), tuple(files), listing.skipped, len(issues))
+    return files, issues, staged
+
+
+def merge_parts(parts: list[Path], target: Path, chunk_rows: int) -> int:
+    """Concatenate per-file parquet parts into one file, a chunk at a time: columns are the union in
+    order of first appearance (a column a file lacks is null there, as pandas' concat makes it);
+    pandas' dtypes are kept from the part that has the most columns. Returns the rows written."""
+    if not parts:
+        pd.DataFrame(columns=list(LINEAGE_COLUMNS)).to_parquet(target, index=False)
+        return 0
+    schemas = [pq.read_schema(p) for p in parts]
+    widest = max(schemas, key=lambda schema: len(schema.names))
+    schema = pa.unify_schemas([s.remove_metadata() for s in schemas]).with_metadata(widest.metadata)
+    rows = 0
+    with pq.ParquetWriter(target, schema) as writer:
+        for part in parts:
+            for batch in pq.ParquetFile(part).iter_batches(batch_size=chunk_rows):
+                table = pa.Table.from_batches([batch])
+                columns = [table.column(f.name) if f.name in table.column_names else pa.nulls(len(table), f.type)
+                           for f in schema]
+                writer.write_table(pa.Table.from_arrays(columns, schema=schema), row_group_size=chunk_rows)
+                rows += len(table)
+    return rows

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from components.core.config import ANOMALY_METRICS, REPO_ROOT, PipelineConfig
 from components.core.errors import PermanentStageFailure
@@ -48,6 +49,17 @@ from components.data.ingest import (
     NOT_NULL_RULE,
     REQUIRED_COLUMNS,
     SUPPORTED_SUFFIXES,
+)
+from components.data.streaming import (
+    NAT_LAST,
+    DayKeys,
+    in_sorted,
+    mark_seen,
+    repeated,
+    staged_chunks,
+    tally,
+    text_keys,
+    write_in_order,
 )
 from components.core.catalog import (
     MANIFEST,
@@ -190,45 +202,55 @@ def _quarantined_days(layout: Layout) -> list[str]:
     return sorted(p.name.split("=", 1)[1] for p in base.glob("date=*")) if base.exists() else []
 
 
-def _known_ids(layout: Layout, day: str) -> tuple[pd.Index, pd.Index]:
-    """Users and items seen on any earlier day, accepted or quarantined.
+def _present_keys(chunk: pd.DataFrame, column: str) -> np.ndarray:
+    keys, present = text_keys(chunk[column])
+    return keys[present]
+
+
+def _seen_before(layout: Layout, day: str, keys: DayKeys, chunk_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: was its user / item seen on any earlier day, accepted or quarantined.
 
     Quarantined rows count as seen: the people behind a held day are not new the day after, so one
-    bad day cannot make the following days look new (no cascade)."""
-    columns = ["user_id", "item_id"]
-    frames = [pd.read_parquet(layout.accepted(d) / "events.parquet", columns=columns)
-              for d in layout.accepted_days() if d < day]
+    bad day cannot make the following days look new (no cascade). Bounded: the day's own distinct
+    keys, marked while earlier days stream past a chunk at a time (a 64-bit hash collision could
+    count one new user as seen: ~1e-5 per 20 M-row day, in an anomaly share only)."""
+    sources = [layout.accepted(d) / "events.parquet" for d in layout.accepted_days() if d < day]
     for d in _quarantined_days(layout):
         if d < day:
-            frames += [pd.read_parquet(a / "rows.parquet").reindex(columns=columns)
-                       for a in sorted(layout.quarantine(d).iterdir()) if (a / "rows.parquet").exists()]
-    if not frames:
-        return pd.Index([]), pd.Index([])
-    seen = pd.concat(frames, ignore_index=True)
-    return pd.Index(seen["user_id"].dropna().unique()), pd.Index(seen["item_id"].dropna().unique())
+            sources += [a / "rows.parquet" for a in sorted(layout.quarantine(d).iterdir()) if (a / "rows.parquet").exists()]
+    marks = {}
+    for column, ids, present in (("user_id", keys.user, keys.user_present), ("item_id", keys.item, keys.item_present)):
+        unique = np.unique(ids[present])
+        seen = np.zeros(unique.size, dtype=bool)
+        for path in sources:
+            if column in pq.read_schema(path).names:  # a quarantined day may lack the column
+                mark_seen(unique, seen, (_present_keys(c, column) for c in staged_chunks(path, chunk_rows, [column])))
+        marks[column] = present & in_sorted(unique[seen], ids)
+    return marks["user_id"], marks["item_id"]
 
 
-def day_profile(rows: pd.DataFrame, known_users: pd.Index, known_items: pd.Index, judged_new: bool) -> dict[str, Any]:
-    """The day's whole-day metrics (vectorized); stored in the accepted manifest as history."""
-    if rows.empty or not {"user_id", "item_id", "event_type"} <= set(rows.columns):
-        return {"volume": int(len(rows))}
-    users = rows["user_id"].value_counts()
-    items = rows["item_id"].value_counts()
-    n = len(rows)
-    mix = rows["event_type"].value_counts(normalize=True)
+def day_profile(keys: DayKeys, columns: list[str], seen: tuple[np.ndarray, np.ndarray], judged_new: bool,
+                top_names: dict[int, dict[str, str]]) -> dict[str, Any]:
+    """The day's whole-day metrics from its compact keys; stored in the accepted manifest as history.
+    ``seen``: per row, user / item seen before; ``top_names``: row -> its ids (the top user and item)."""
+    n = keys.rows
+    if n == 0 or not {"user_id", "item_id", "event_type"} <= set(columns):
+        return {"volume": int(n)}
+    users, items = tally(keys.user, keys.user_present), tally(keys.item, keys.item_present)
+    typed = sum(keys.event_types.values())
     return {
         "volume": int(n),
-        "users": int(users.size),
-        "items": int(items.size),
-        "new_user_share": float((~rows["user_id"].isin(known_users)).mean()) if judged_new else None,
-        "new_item_share": float((~rows["item_id"].isin(known_items)).mean()) if judged_new else None,
-        "top_user": str(users.index[0]) if users.size else None,
-        "top_user_events": int(users.iloc[0]) if users.size else 0,
-        "top_user_share": float(users.iloc[0] / n) if users.size else 0.0,
-        "events_per_user": float(n / users.size) if users.size else 0.0,
-        "top_item": str(items.index[0]) if items.size else None,
-        "top_item_share": float(items.iloc[0] / n) if items.size else 0.0,
-        "event_type_mix": {str(k): float(v) for k, v in mix.sort_index().items()},
+        "users": users.distinct,
+        "items": items.distinct,
+        "new_user_share": float((~seen[0]).mean()) if judged_new else None,
+        "new_item_share": float((~seen[1]).mean()) if judged_new else None,
+        "top_user": top_names[users.top_position]["user_id"] if users.distinct else None,
+        "top_user_events": users.top_count,
+        "top_user_share": float(users.top_count / n) if users.distinct else 0.0,
+        "events_per_user": float(n / users.distinct) if users.distinct else 0.0,
+        "top_item": top_names[items.top_position]["item_id"] if items.distinct else None,
+        "top_item_share": float(items.top_count / n) if items.distinct else 0.0,
+        "event_type_mix": {k: v / typed for k, v in sorted(keys.event_types.items())},
     }
 
 
@@ -543,12 +565,13 @@ def deduplicate(rows: pd.DataFrame, earlier_ids: pd.Series) -> tuple[pd.DataFram
     return events, duplicates
 
 
-def content_duplicate_rule(rows: pd.DataFrame, cfg: PipelineConfig) -> RuleResult:
+def content_duplicate_rule(rows: pd.DataFrame, cfg: PipelineConfig, day_rows: int | None = None) -> RuleResult:
     """The same (user, item, ts, type) under different event ids: deduplicated up to the same
-    tolerance as redelivered ids (``validation.max_duplicate_share``), beyond it the day stops."""
+    tolerance as redelivered ids (``validation.max_duplicate_share``), beyond it the day stops.
+    ``rows``: the day, or every row of it whose event id or content repeats (``day_rows`` in all)."""
     _, duplicates = deduplicate(rows, pd.Series([], dtype="string"))
     copies = duplicates[duplicates["duplicate_of"] == "content"]
-    share = len(copies) / max(len(rows), 1)
+    share = len(copies) / max(len(rows) if day_rows is None else day_rows, 1)
     samples = []
     for _, copy in copies.head(SAMPLE_ROWS).iterrows():  # examples only
         same = rows[list(PAYLOAD)].eq(copy[list(PAYLOAD)]).fillna(False).all(axis=1) & (rows["event_id"] != copy["event_id"])
@@ -562,74 +585,106 @@ def content_duplicate_rule(rows: pd.DataFrame, cfg: PipelineConfig) -> RuleResul
                       expected=f"share <= {limit} (validation.max_duplicate_share); within it the copies are dropped")
 
 
-def _gx_rules(frame: pd.DataFrame, params: dict[str, Any], coerced: pd.DataFrame) -> tuple[list[RuleResult], dict[str, Any]]:
-    """The GX suite's rules; a sample whose value coercion turned into null shows its raw value
-    and cause (``coerced``: ingest's not-null findings)."""
-    # GX logs ~200 INFO lines ("Skipping registering function ...") while importing its public API;
-    # they buried the failure summary in the task log.
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
-    import great_expectations as gx
-    from great_expectations.core.expectation_suite import ExpectationSuite
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+# Judged on the whole day at once (a share or count of the day, not a property of each row): run once on
+# the day's compact frame (row count, an exact integer code per event id) instead of per chunk.
+WHOLE_DAY_EXPECTATIONS = ("expect_column_proportion_of_unique_values_to_be_between", "expect_table_row_count_to_be_between")
 
-    spec = json.loads(SUITE_FILE.read_text())
-    suite = ExpectationSuite(name=spec["name"], expectations=spec["expectations"], meta=spec.get("meta"))
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    batch = (
-        context.data_sources.add_pandas("landing")
-        .add_dataframe_asset("day")
-        .add_batch_definition_whole_dataframe("whole_day")
-        .get_batch(batch_parameters={"dataframe": frame})
-    )
-    result = batch.validate(
-        suite,
-        result_format={
-            "result_format": "COMPLETE",
-            "unexpected_index_column_names": list(LINEAGE_COLUMNS),
-            "partial_unexpected_count": SAMPLE_ROWS,
-        },
-        expectation_parameters=params,
-    )
-    # Looked up only for the few sample rows: no per-row Python structure for a broken day's millions.
-    raw = coerced.drop_duplicates(["column", "source_file", "source_row"]).set_index(
-        ["column", "source_file", "source_row"])[["raw", "cause"]]
-    rules = []
-    for item in result.results:
-        config = item.expectation_config
-        kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id", "column")}
-        expected = ", ".join(f"{k}={v}" for k, v in sorted(kwargs.items()))
-        res = item.result or {}
-        column = config.kwargs.get("column")
-        samples = tuple(
-            _sample(row.get("source_file"), row.get("source_row"), *raw.loc[(column, row.get("source_file"), row.get("source_row"))])
-            if config.type == NOT_NULL_RULE and (column, row.get("source_file"), row.get("source_row")) in raw.index
-            else f"{row.get('source_file')}:{row.get('source_row')} ({row.get(column)})"
-            for row in (res.get("partial_unexpected_index_list") or [])[:SAMPLE_ROWS]
-        )
-        observed = res.get("observed_value")
-        missing = bool(column) and column not in frame.columns
-        if missing and config.type != "expect_column_to_exist":
-            # One failure per missing column (expect_column_to_exist); its other rules cannot be judged.
-            rules.append(RuleResult(rule=config.type, column=column, success=True, expected=expected,
-                                    skipped=f"column {column} missing (see expect_column_to_exist)"))
-            continue
-        if missing:
-            observed = "column missing"  # GX raises inside the expectation; say what happened
-        elif item.exception_info and item.exception_info.get("raised_exception"):
-            observed = f"error: {str(item.exception_info.get('exception_message'))[:160]}"
-        rules.append(
-            RuleResult(
-                rule=config.type,
-                column=config.kwargs.get("column"),
-                success=bool(item.success),
-                observed=_plain(observed),
-                unexpected_count=res.get("unexpected_count"),
-                expected=expected,
-                samples=samples,
+
+class ContractSuite:
+    """The GX suite, run chunk by chunk for its row-level expectations and once on the day's compact
+    frame for the whole-day ones; each expectation's outcome aggregated over the chunks (success if
+    every chunk passed, unexpected rows summed, the first samples in day order)."""
+
+    def __init__(self, params: dict[str, Any]):
+        # GX logs ~200 INFO lines ("Skipping registering function ...") while importing its public API;
+        # they buried the failure summary in the task log.
+        logging.getLogger("great_expectations").setLevel(logging.WARNING)
+        import great_expectations as gx
+        from great_expectations.core.expectation_suite import ExpectationSuite
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        spec = json.loads(SUITE_FILE.read_text())
+        self.name = spec["name"]
+        self.params = params
+        context = gx.get_context(mode="ephemeral")
+        context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        self._batches = context.data_sources.add_pandas("landing").add_dataframe_asset("day") \
+            .add_batch_definition_whole_dataframe("whole_day")
+        whole_day = [e["type"] in WHOLE_DAY_EXPECTATIONS for e in spec["expectations"]]
+        self._order = {scope: [i for i, w in enumerate(whole_day) if w == scope] for scope in (False, True)}
+        self._suites = {scope: ExpectationSuite(name=spec["name"], meta=spec.get("meta"),
+                                                expectations=[spec["expectations"][i] for i in self._order[scope]])
+                        for scope in (False, True)}
+        self.outcomes: list[dict[str, Any] | None] = [None] * len(spec["expectations"])
+        self.chunks = 0
+
+    def _run(self, frame: pd.DataFrame, whole_day: bool) -> None:
+        result_format = {"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE_ROWS}
+        if not whole_day:
+            result_format["unexpected_index_column_names"] = list(LINEAGE_COLUMNS)
+        result = self._batches.get_batch(batch_parameters={"dataframe": frame}).validate(
+            self._suites[whole_day], result_format=result_format, expectation_parameters=self.params)
+        for index, item in zip(self._order[whole_day], result.results):
+            config, res = item.expectation_config, item.result or {}
+            outcome = self.outcomes[index] or {
+                "type": config.type, "kwargs": {k: v for k, v in config.kwargs.items() if k != "batch_id"},
+                "success": True, "unexpected_count": None, "element_count": 0, "samples": [],
+                "observed_value": res.get("observed_value"), "exception": None}
+            outcome["success"] = outcome["success"] and bool(item.success)
+            if res.get("unexpected_count") is not None:
+                outcome["unexpected_count"] = (outcome["unexpected_count"] or 0) + int(res["unexpected_count"])
+            outcome["element_count"] += int(res.get("element_count") or 0)
+            outcome["samples"] += (res.get("partial_unexpected_index_list") or [])[:SAMPLE_ROWS - len(outcome["samples"])]
+            if item.exception_info and item.exception_info.get("raised_exception") and not outcome["exception"]:
+                outcome["exception"] = str(item.exception_info.get("exception_message"))
+            self.outcomes[index] = outcome
+
+    def check_rows(self, chunk: pd.DataFrame) -> None:
+        """The row-level expectations on one chunk (with its derived columns)."""
+        self._run(chunk, whole_day=False)
+        self.chunks += 1
+
+    def check_day(self, compact: pd.DataFrame) -> None:
+        """The whole-day expectations on the day's compact frame (``compact_day``)."""
+        self._run(compact, whole_day=True)
+
+    def record(self) -> dict[str, Any]:
+        """What validation.json keeps of GX's work: per expectation, the aggregated outcome."""
+        return {"suite": self.name, "chunks": self.chunks, "success": all(o["success"] for o in self.outcomes if o),
+                "results": self.outcomes}
+
+    def rules(self, columns: list[str], coerced: pd.DataFrame) -> list[RuleResult]:
+        """The suite's rules; a sample whose value coercion turned into null shows its raw value
+        and cause (``coerced``: ingest's not-null findings)."""
+        # Looked up only for the few sample rows: no per-row Python structure for a broken day's millions.
+        raw = coerced.drop_duplicates(["column", "source_file", "source_row"]).set_index(
+            ["column", "source_file", "source_row"])[["raw", "cause"]]
+        rules = []
+        for outcome in self.outcomes:
+            kwargs = {k: v for k, v in outcome["kwargs"].items() if k != "column"}
+            expected = ", ".join(f"{k}={v}" for k, v in sorted(kwargs.items()))
+            column = outcome["kwargs"].get("column")
+            samples = tuple(
+                _sample(row.get("source_file"), row.get("source_row"), *raw.loc[(column, row.get("source_file"), row.get("source_row"))])
+                if outcome["type"] == NOT_NULL_RULE and (column, row.get("source_file"), row.get("source_row")) in raw.index
+                else f"{row.get('source_file')}:{row.get('source_row')} ({row.get(column)})"
+                for row in outcome["samples"][:SAMPLE_ROWS]
             )
-        )
-    return rules, result.to_json_dict()
+            observed = outcome["observed_value"]
+            missing = bool(column) and column not in (*columns, "ts_offset_hours")  # derived: always there
+            if missing and outcome["type"] != "expect_column_to_exist":
+                # One failure per missing column (expect_column_to_exist); its other rules cannot be judged.
+                rules.append(RuleResult(rule=outcome["type"], column=column, success=True, expected=expected,
+                                        skipped=f"column {column} missing (see expect_column_to_exist)"))
+                continue
+            if missing:
+                observed = "column missing"  # GX raises inside the expectation; say what happened
+            elif outcome["exception"]:
+                observed = f"error: {outcome['exception'][:160]}"
+            rules.append(RuleResult(rule=outcome["type"], column=column, success=outcome["success"],
+                                    observed=_plain(observed), unexpected_count=outcome["unexpected_count"],
+                                    expected=expected, samples=samples))
+        return rules
 
 
 def _plain(value: Any) -> Any:
@@ -728,48 +783,106 @@ tr.bad{{background:#fdd}}tr.warn{{background:#ffe8b0}}tr.skip{{background:#eee}}
     return "\n".join(md) + "\n", page
 
 
-def _earlier_event_ids(layout: Layout, day: str, window_days: int) -> pd.Series:
-    start = (dt.date.fromisoformat(day) - dt.timedelta(days=window_days)).isoformat()
-    days = [d for d in layout.accepted_days() if start <= d < day]
-    if not days:
-        return pd.Series([], dtype="string")
-    return pd.concat([pd.read_parquet(layout.accepted(d) / "events.parquet", columns=["event_id"])["event_id"]
-                      for d in days], ignore_index=True)
+def _earlier_event_ids(layout: Layout, day: str, keys: DayKeys, cfg: PipelineConfig) -> tuple[np.ndarray, pd.Series]:
+    """(rows whose event id hash an earlier day of the window accepted, those earlier ids exactly):
+    one chunk of an earlier day at a time against the day's own distinct ids, then only the hits
+    re-read as text."""
+    start = (dt.date.fromisoformat(day) - dt.timedelta(days=cfg.graph.window_days)).isoformat()
+    paths = [layout.accepted(d) / "events.parquet" for d in layout.accepted_days() if start <= d < day]
+    unique = np.unique(keys.event_id[keys.event_id_present])
+    seen = np.zeros(unique.size, dtype=bool)
+    chunk_rows = cfg.validation.chunk_rows
+    for path in paths:
+        mark_seen(unique, seen, (_present_keys(c, "event_id") for c in staged_chunks(path, chunk_rows, ["event_id"])))
+    hits = unique[seen]
+    exact = [c["event_id"][in_sorted(hits, text_keys(c["event_id"])[0]) & c["event_id"].notna().to_numpy()]
+             for path in (paths if hits.size else []) for c in staged_chunks(path, chunk_rows, ["event_id"])]
+    ids = pd.concat(exact, ignore_index=True) if exact else pd.Series([], dtype="string")
+    return keys.event_id_present & in_sorted(hits, keys.event_id), ids
 
 
-def _accept(layout: Layout, day: str, rows: pd.DataFrame, cfg: PipelineConfig, summary: dict[str, Any]) -> tuple[Path, int, int, int]:
+def gather(path: Path, rows: np.ndarray, chunk_rows: int) -> pd.DataFrame:
+    """The staged rows selected by the mask ``rows``, every column, indexed by their day position."""
+    return pd.concat([c[rows[c.index.start:c.index.stop]] if len(c) else c for c in staged_chunks(path, chunk_rows)])
+
+
+def compact_day(keys: DayKeys, columns: list[str], repeats: pd.DataFrame) -> pd.DataFrame:
+    """The frame GX judges whole-day expectations on: one row per staged row, its event id as an
+    exact integer code (a unique id keeps its 63-bit hash; ids whose hash repeats, ``repeats``, are
+    numbered from their text, above 2**63, so no hash collision can merge two ids)."""
+    if "event_id" not in columns:
+        return pd.DataFrame(index=pd.RangeIndex(keys.rows))
+    codes = keys.event_id & np.uint64(2**63 - 1)
+    codes[repeats.index.to_numpy()] = np.uint64(2**63) + pd.factorize(repeats["event_id"])[0].astype(np.uint64)
+    return pd.DataFrame({"event_id": pd.arrays.IntegerArray(codes, ~keys.event_id_present)})
+
+
+def duplicate_rules(layout: Layout, day: str, cfg: PipelineConfig, staged: Path, keys: DayKeys,
+                    repeats: pd.DataFrame, earlier_rows: np.ndarray) -> list[RuleResult]:
+    """Event ids reused within the day or from an earlier day with another payload, and content copies:
+    judged exactly on the rows read back (``repeats``; ``earlier_rows``: rows whose id an earlier day accepted)."""
+    hits = gather(staged, earlier_rows, cfg.validation.chunk_rows) if earlier_rows.any() else repeats.iloc[:0]
+    return [payload_conflict_rule(repeats), earlier_day_payload_rule(layout, day, hits, cfg.graph.window_days),
+            content_duplicate_rule(repeats, cfg, day_rows=keys.rows)]
+
+
+def _accept(layout: Layout, day: str, cfg: PipelineConfig, staged: Path, keys: DayKeys, repeats: pd.DataFrame,
+            summary: dict[str, Any], earlier: tuple[np.ndarray, pd.Series]) -> tuple[Path, int, int, int, int]:
+    """Deduplicate and publish the day, chunk by chunk. Only rows whose id or content repeats (or
+    whose id an earlier day accepted) can be dropped: those are judged exactly, together; every
+    other row is kept. Events are written in (ts, file, row) order, one row group per chunk."""
+    chunk_rows = cfg.validation.chunk_rows
     # Redeliveries across days too: an event accepted on an earlier day of the window is dropped here.
-    events, duplicates = deduplicate(rows, _earlier_event_ids(layout, day, cfg.graph.window_days))
+    earlier, earlier_ids = earlier
+    known = np.zeros(keys.rows, dtype=bool)
+    known[repeats.index.to_numpy()] = True
+    more = gather(staged, earlier & ~known, chunk_rows) if (earlier & ~known).any() else repeats.iloc[:0]
+    _, duplicates = deduplicate(pd.concat([repeats, more]).sort_index(), earlier_ids)
+    kept = np.ones(keys.rows, dtype=bool)
+    kept[duplicates.index.to_numpy()] = False
+    rows = np.flatnonzero(kept)
+    order = rows[np.lexsort((rows, keys.ts[rows]))]  # by ts (null last), then file and row: day order
+    rank = np.full(keys.rows, -1, dtype=np.int64)
+    rank[order] = np.arange(order.size)
     start = pd.Timestamp(day, tz="UTC")
-    events["weight"] = events["event_type"].map(cfg.data.event_weights).astype("float64")
-    events["late"] = (events["ts"] < start) | (events["ts"] >= start + pd.Timedelta(days=1))
+    span = (int(start.value // 1000), int((start + pd.Timedelta(days=1)).value // 1000))
+    times = keys.ts[rows]
+    late = int(((times != NAT_LAST) & ((times < span[0]) | (times >= span[1]))).sum())
+
+    def events_of(chunk: pd.DataFrame) -> pd.DataFrame:
+        events = chunk[kept[chunk.index.start:chunk.index.stop]] if len(chunk) else chunk
+        return events.assign(weight=events["event_type"].map(cfg.data.event_weights).astype("float64"),
+                             late=(events["ts"] < start) | (events["ts"] >= start + pd.Timedelta(days=1)))
+
     columns = [*REQUIRED_COLUMNS, "weight", "late", *LINEAGE_COLUMNS]
-    extras = [c for c in events.columns if c.startswith(EXTRA_PREFIX)]
+    extras = [c for c in pq.read_schema(staged).names if c.startswith(EXTRA_PREFIX)]
     with staging_dir(layout.root / "accepted") as tmp:
-        events[columns].reset_index(drop=True).to_parquet(tmp / "events.parquet", index=False)
-        duplicates.reset_index(drop=True).to_parquet(tmp / "duplicates.parquet", index=False)
+        outputs = {tmp / "events.parquet": lambda events: events[columns]}
         if extras:  # schema drift: unknown columns travel beside the events, row for row
-            sidecar = events[["event_id", *LINEAGE_COLUMNS, *extras]].rename(columns=lambda c: c.removeprefix(EXTRA_PREFIX))
-            sidecar.reset_index(drop=True).to_parquet(tmp / EXTRA_FILE, index=False)
+            outputs[tmp / EXTRA_FILE] = lambda events: events[["event_id", *LINEAGE_COLUMNS, *extras]].rename(
+                columns=lambda c: c.removeprefix(EXTRA_PREFIX))
+        write_in_order((events_of(c) for c in staged_chunks(staged, chunk_rows)), rank, chunk_rows, tmp / "spill", outputs)
+        duplicates.reset_index(drop=True).to_parquet(tmp / "duplicates.parquet", index=False)
+        content = int((duplicates["duplicate_of"] == "content").sum())
         write_json(tmp / MANIFEST, {
             "day": day,
-            "rows_in": int(len(rows)),
-            "rows_accepted": int(len(events)),
+            "rows_in": int(keys.rows),
+            "rows_accepted": int(order.size),
             "rows_duplicate_dropped": int(len(duplicates)),
             "rows_duplicate_of_earlier_days": int((duplicates["duplicate_of"] == "event_id of an earlier day").sum()),
-            "rows_content_duplicate_dropped": int((duplicates["duplicate_of"] == "content").sum()),
-            "rows_late": int(events["late"].sum()),
+            "rows_content_duplicate_dropped": content,
+            "rows_late": late,
             "unknown_columns": [c.removeprefix(EXTRA_PREFIX) for c in extras],
             "config_hash": cfg.config_hash("validate"),
             "code_version": code_version(),
             **summary,
         })
         replace_dir(tmp, layout.accepted(day))
-    return layout.accepted(day), len(events), len(duplicates), int(events["late"].sum())
+    return layout.accepted(day), int(order.size), len(duplicates), late, content
 
 
 def _quarantine(layout: Layout, day: str, landing: str, files: list[dict[str, Any]], skipped: list[dict[str, Any]],
-                rows: pd.DataFrame, gx_json: dict[str, Any] | None, result: ValidationResult) -> Path:
+                staged: Path, gx_json: dict[str, Any] | None, result: ValidationResult) -> Path:
     import fsspec
 
     attempt = hashlib.sha256("".join(sorted(f["sha256"] or f"{f['name']}:{f['error']}" for f in files)).encode()).hexdigest()[:12]
@@ -783,7 +896,7 @@ def _quarantine(layout: Layout, day: str, landing: str, files: list[dict[str, An
             copy = tmp / "raw" / source["name"]
             copy.parent.mkdir(parents=True, exist_ok=True)
             copy.write_bytes(fs.cat_file(f"{base.rstrip('/')}/{source['name']}"))
-        rows.to_parquet(tmp / "rows.parquet", index=False)
+        shutil.copyfile(staged, tmp / "rows.parquet")  # every staged row, as staged (no frame in memory)
         if layout.accepted(day).exists():  # a previously accepted version of the day is superseded, not lost
             shutil.copytree(layout.accepted(day), tmp / "superseded_accepted")
         write_json(tmp / "validation.json", {"result": asdict(result), "great_expectations": gx_json})
@@ -796,17 +909,18 @@ def _quarantine(layout: Layout, day: str, landing: str, files: list[dict[str, An
     return target
 
 
-def accept_day(layout: Layout, day: str, cfg: PipelineConfig, rows: pd.DataFrame, files: list[dict],
-               skipped: list[dict], rules: list[RuleResult], profile: dict, gx_json: Any, base: dict[str, Any]
-               ) -> ValidationResult:
-    """Publish a day that passed: its accepted partition, the validation record and reports, the log lines."""
+def accept_day(layout: Layout, day: str, cfg: PipelineConfig, staged: Path, keys: DayKeys, repeats: pd.DataFrame,
+               files: list[dict], skipped: list[dict], rules: list[RuleResult], profile: dict, gx_json: Any,
+               base: dict[str, Any], earlier: tuple[np.ndarray, pd.Series]) -> ValidationResult:
+    """Publish a day that passed: its accepted partition, the validation record and reports, the log lines.
+    ``earlier``: the rows whose event id an earlier day accepted, and those ids (``_earlier_event_ids``)."""
     reports = layout.reports(day) / "validation"
     summary = {"files": files, "skipped": skipped, "rules_checked": len(rules), "suite": SUITE_FILE.name, "profile": profile,
                "warnings": [r.describe() for r in rules if r.verdict == "WARN"]}
-    path, accepted, dups, late = _accept(layout, day, rows, cfg, summary)
+    path, accepted, dups, late, content = _accept(layout, day, cfg, staged, keys, repeats, summary, earlier)
     result = ValidationResult(**base, accepted_rows=accepted, duplicate_rows=dups, late_rows=late,
                               quarantined_rows=0, accepted_path=str(path), report_path=str(reports / "report.html"),
-                              content_duplicate_rows=int(read_json(path / MANIFEST)["rows_content_duplicate_dropped"]))
+                              content_duplicate_rows=content)
     markdown, page = render_report(result, files, skipped)
     write_json(reports / "validation.json", {"result": asdict(result), "great_expectations": gx_json})
     atomic_write_bytes(reports / "report.md", markdown.encode())
@@ -815,55 +929,92 @@ def accept_day(layout: Layout, day: str, cfg: PipelineConfig, rows: pd.DataFrame
         log.warning("validate %s: PASSED with %d WARNING(S); report %s\n%s", day, len(result.warnings),
                     result.report_path, "\n".join(f"  - {line}" for line in result.summary_lines()))
     log.info("validate %s: PASSED %d rules; %d rows in = %d accepted + %d duplicates dropped (%d by content); "
-             "%d late; %d files read, %d skipped", day, len(rules), len(rows), accepted, dups,
+             "%d late; %d files read, %d skipped", day, len(rules), keys.rows, accepted, dups,
              result.content_duplicate_rows, late, len(files), len(skipped))
     return result
 
 
+def scan_day(staged: Path, day: str, cfg: PipelineConfig, suite: ContractSuite | None) -> DayKeys:
+    """One pass over the staged day, a chunk (``validation.chunk_rows``) at a time: the GX suite's
+    row-level expectations on each chunk, and the compact keys every cross-chunk rule needs."""
+    keys = DayKeys(pq.ParquetFile(staged).metadata.num_rows)
+    for number, chunk in enumerate(staged_chunks(staged, cfg.validation.chunk_rows), start=1):
+        keys.add(chunk)
+        if suite is not None:
+            suite.check_rows(_with_derived_columns(chunk, day))
+        if number % 5 == 0:
+            log.info("validate %s: %d of %d rows checked", day, chunk.index.stop, keys.rows)
+    return keys
+
+
+def read_repeats(staged: Path, keys: DayKeys, columns: list[str], chunk_rows: int
+                 ) -> tuple[pd.DataFrame, np.ndarray, dict[int, dict[str, str]]]:
+    """Every row whose event id or content repeats, read back whole (the exact judges of duplicates);
+    which rows repeat an event id; the ids of the rows where the day's top user and item first occur."""
+    id_repeats = repeated(keys.event_id, keys.event_id_present)
+    repeated_rows = id_repeats | (repeated(keys.content) if set(REQUIRED_COLUMNS) <= set(columns) else False)
+    users, items = tally(keys.user, keys.user_present), tally(keys.item, keys.item_present)
+    tops = np.zeros(keys.rows, dtype=bool)
+    tops[[p for p in (users.top_position, items.top_position) if p >= 0]] = True
+    gathered = gather(staged, repeated_rows | tops, chunk_rows)
+    top_names = {p: {c: str(gathered.at[p, c]) for c in ("user_id", "item_id") if c in columns}
+                 for p in gathered.index[tops[gathered.index.to_numpy()]]}
+    return gathered[repeated_rows[gathered.index.to_numpy()]], id_repeats, top_names
+
+
 def run_validate(layout: Layout, day: str, cfg: PipelineConfig) -> ValidationResult:
-    """Validate the staged day; accept it (warnings recorded) or quarantine it (raising DataValidationError)."""
+    """Validate the staged day; accept it (warnings recorded) or quarantine it (raising DataValidationError).
+    Streams in chunks of ``validation.chunk_rows`` (what crosses chunks: compact keys, streaming.py);
+    the verdict, counts and accepted rows do not depend on the chunk size (benchmarks/validate_scale)."""
     staging = layout.staging(day)
     if not (staging / "files.json").exists():
         raise FileNotFoundError(f"{staging}: no staged data for {day}; run ingest first")
     manifest = read_json(staging / "files.json")
     files, skipped = manifest["files"], manifest.get("skipped", [])
-    rows = pd.read_parquet(staging / "rows.parquet")
+    staged = staging / "rows.parquet"
+    columns = pq.read_schema(staged).names
     issues = pd.read_parquet(staging / "issues.parquet")
     params = suite_parameters(cfg)
-    known_users, known_items = _known_ids(layout, day)
+    chunk_rows = cfg.validation.chunk_rows
+    suite = ContractSuite(params) if any(c in columns for c in REQUIRED_COLUMNS) else None
+    keys = scan_day(staged, day, cfg, suite)
+    complete = set(REQUIRED_COLUMNS) <= set(columns)
+    repeats, id_repeats, top_names = read_repeats(staged, keys, columns, chunk_rows)
+    seen = _seen_before(layout, day, keys, chunk_rows)
     earlier_days = [d for d in (*layout.accepted_days(), *_quarantined_days(layout)) if d < day]
-    profile = day_profile(rows, known_users, known_items, judged_new=bool(earlier_days))
+    profile = day_profile(keys, columns, seen, judged_new=bool(earlier_days), top_names=top_names)
     history, held = _history(layout, day, cfg)
     notes = [f"anomaly history: {len(history)} days in the {cfg.validation.anomaly_lookback_days}-day lookback, "
              f"{held} of them quarantined (only their metrics judged normal count); judged from {cfg.validation.min_history_days}"]
     rules = _file_rules(files, skipped) + schema_rules(files, cfg) + value_rules(issues, cfg)
     gx_json = None
-    if any(c in rows.columns for c in REQUIRED_COLUMNS):
-        gx_rules, gx_json = _gx_rules(_with_derived_columns(rows, day), params, issues[issues["rule"] == NOT_NULL_RULE])
-        rules += gx_rules
+    if suite is not None:
+        suite.check_day(compact_day(keys, columns, repeats[id_repeats[repeats.index.to_numpy()]]))
+        rules += suite.rules(columns, issues[issues["rule"] == NOT_NULL_RULE])
+        gx_json = suite.record()
     else:
         rules.append(RuleResult("expect_table_row_count_to_be_between", None, False, observed=0,
                                 expected=f"min_value={params['min_rows']}"))
-    if set(REQUIRED_COLUMNS) <= set(rows.columns):
-        rules += [payload_conflict_rule(rows), earlier_day_payload_rule(layout, day, rows, cfg.graph.window_days),
-                  content_duplicate_rule(rows, cfg)]
+    earlier = _earlier_event_ids(layout, day, keys, cfg) if complete else None
+    rules += duplicate_rules(layout, day, cfg, staged, keys, repeats, earlier[0]) if complete else []
     rules = _with_severity(rules, cfg)
     rules += anomaly_rules(profile, history, day, cfg)
     bot = bot_rule(profile, cfg)
     rules += [bot] if bot is not None else []
     success = not any(r.verdict == "FAIL" for r in rules)
     unknown = tuple(sorted({c for f in files for c in (f.get("extra_columns") or ())}))
-    base = dict(day=day, success=success, rows=len(rows), rules=tuple(rules), parameters=params, notes=tuple(notes),
+    base = dict(day=day, success=success, rows=keys.rows, rules=tuple(rules), parameters=params, notes=tuple(notes),
                 profile=profile, unknown_columns=unknown, files_read=len(files), files_skipped=len(skipped))
     if success:
-        return accept_day(layout, day, cfg, rows, files, skipped, rules, profile, gx_json, base)
-    pending = ValidationResult(**base, accepted_rows=0, duplicate_rows=0, late_rows=0, quarantined_rows=len(rows))
-    target = _quarantine(layout, day, manifest["landing"], files, skipped, rows, gx_json, pending)
+        return accept_day(layout, day, cfg, staged, keys, repeats, files, skipped, rules, profile, gx_json, base,
+                          earlier)
+    pending = ValidationResult(**base, accepted_rows=0, duplicate_rows=0, late_rows=0, quarantined_rows=keys.rows)
+    target = _quarantine(layout, day, manifest["landing"], files, skipped, staged, gx_json, pending)
     result = replace(pending, quarantine_path=str(target), report_path=str(target / "report.html"))
     file_names = ", ".join(f["name"] for f in files)
     # Summary first, one line per failed rule: the Airflow log view clips long lines and long logs.
     message = "\n".join([
-        f"validation FAILED for {day}: {len(result.failed)} rule(s) failed, {len(rows)} rows quarantined "
+        f"validation FAILED for {day}: {len(result.failed)} rule(s) failed, {keys.rows} rows quarantined "
         f"({len(files)} files read, {len(skipped)} skipped)",
         *(f"  - {line}" for line in result.summary_lines()),
         f"landing files: {file_names}",
