@@ -21,18 +21,24 @@ from components.decide.registry import (
     champion,
     champion_as_of,
     history,
-    list_versions,
     promote,
     register_candidate,
     rollback,
     run_promote,
     run_register,
 )
-from components.core.catalog import Layout, read_json, read_outcome
+from components.core.catalog import MANIFEST, Layout, read_json, read_outcome
 
 from tests.unit.ship_fixtures import make_world, run_ship_day, tiny_config
 
 DAYS = ("2024-01-08", "2024-01-09", "2024-01-10", "2024-01-11")
+
+
+def registered_versions(layout: Layout) -> list[str]:
+    """The complete versions in the registry (a version folder is complete once its manifest exists)."""
+    return sorted(p.name for p in (layout.registry() / "versions").glob("*") if (p / MANIFEST).exists())
+
+
 VERSION_FILES = {
     "embeddings.npz", "model.pt", "model.onnx", "users.parquet", "items.parquet", "seen.npz",
     "popularity.npy", "metrics.json", "blessing.json", "lineage.json", "serving.json", "manifest.json",
@@ -60,9 +66,9 @@ def env(shipped, tmp_path):
 
 def judge(layout, cfg, day, run_key):
     """evaluate -> gate -> register for ``day`` in run ``run_key``, passing results explicitly."""
-    from components.decide.candidate import CandidateRefs
+    from components.core.refs import EngineRef
 
-    evaluation = run_evaluate(layout, day, cfg, run_key=run_key, candidate=CandidateRefs.current(layout, day))
+    evaluation = run_evaluate(layout, day, cfg, run_key=run_key, candidate=layout.current_ref(EngineRef, day).as_dict())
     blessing = gates.run_gate(layout, day, cfg, run_key=run_key, evaluation=evaluation)
     return run_register(layout, day, cfg, run_key=run_key, blessing={"path": blessing.path})
 
@@ -186,7 +192,7 @@ def test_rejected_candidate_is_registered_but_never_promoted(env):
     with pytest.raises(PermissionError, match=f"refusing to promote {bad.version}"):
         promote(layout, bad.version, "force it")
     assert champion(layout).version == good.version
-    assert sorted(list_versions(layout)) == sorted([good.version, bad.version])
+    assert sorted(registered_versions(layout)) == sorted([good.version, bad.version])
 
 
 def test_register_refuses_a_blessing_of_another_day(env):
@@ -272,7 +278,7 @@ def test_crash_while_registering_leaves_no_partial_version(env):
     with pytest.raises(Crash):
         register_candidate(layout, "2024-01-08-partial", DAYS[0], files, {"popularity.npy": {"array": np.ones(3)}},
                            {"blessing.json": {"blessed": True}}, "blessed", fault_hook=_crash_at("version_staged"))
-    assert "2024-01-08-partial" not in list_versions(layout)
+    assert "2024-01-08-partial" not in registered_versions(layout)
     assert not (layout.registry() / "versions" / "2024-01-08-partial").exists()
     path, created = register_candidate(layout, "2024-01-08-partial", DAYS[0], files,
                                        {"popularity.npy": {"array": np.ones(3)}},
