@@ -41,6 +41,7 @@ import pandas as pd
 
 from components.core.config import ANOMALY_METRICS, REPO_ROOT, PipelineConfig
 from components.core.errors import PermanentStageFailure
+from components.core.refs import DayRef
 from components.data.ingest import (
     EXPECTED_KINDS,
     EXTRA_PREFIX,
@@ -141,7 +142,8 @@ class ValidationResult:
     files_skipped: int = 0  # entries of the partition not read, each listed with its reason
     parameters: dict[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
-    accepted_path: str | None = None
+    version: str | None = None  # the accepted partition's content hash: with day and path, an AcceptedRef
+    path: str | None = None  # accepted/date=<day>/ (None: quarantined)
     quarantine_path: str | None = None
     report_path: str | None = None
     profile: dict[str, Any] = field(default_factory=dict)  # the day's metrics the anomaly checks judge
@@ -773,7 +775,8 @@ def accept_day(layout: Layout, day: str, cfg: PipelineConfig, rows: pd.DataFrame
                "warnings": [r.describe() for r in rules if r.verdict == "WARN"]}
     path, accepted, dups, late = _accept(layout, day, rows, cfg, summary)
     result = ValidationResult(**base, accepted_rows=accepted, duplicate_rows=dups, late_rows=late,
-                              quarantined_rows=0, accepted_path=str(path), report_path=str(reports / "report.html"),
+                              quarantined_rows=0, version=layout.partition_version("accepted", day), path=str(path),
+                              report_path=str(reports / "report.html"),
                               content_duplicate_rows=int(read_json(path / MANIFEST)["rows_content_duplicate_dropped"]))
     markdown, page = render_report(result, files, skipped)
     write_json(reports / "validation.json", {"result": asdict(result), "great_expectations": gx_json})
@@ -788,11 +791,12 @@ def accept_day(layout: Layout, day: str, cfg: PipelineConfig, rows: pd.DataFrame
     return result
 
 
-def run_validate(layout: Layout, day: str, cfg: PipelineConfig) -> ValidationResult:
-    """Validate the staged day; accept it (warnings recorded) or quarantine it (raising DataValidationError)."""
-    staging = layout.staging(day)
-    if not (staging / "files.json").exists():
-        raise FileNotFoundError(f"{staging}: no staged data for {day}; run ingest first")
+def run_validate(layout: Layout, day: str, cfg: PipelineConfig, staged: DayRef) -> ValidationResult:
+    """Validate the staged day ``staged`` (what ingest returned); accept it (warnings recorded; the
+    result is an AcceptedRef) or quarantine it (raising DataValidationError)."""
+    if staged.day != day:
+        raise ValueError(f"validate {day}: given the staged day {staged.day} (v{staged.version})")
+    staging = layout.partition(staged)
     manifest = read_json(staging / "files.json")
     files, skipped = manifest["files"], manifest.get("skipped", [])
     rows = pd.read_parquet(staging / "rows.parquet")

@@ -14,6 +14,7 @@ from components.ship.serving import (Recommender, csr_rows, export_triton_reposi
                                 top_k_excluding)
 from components.core.catalog import Layout
 
+from tests.unit.data_fixtures import current_inputs
 from tests.unit.ship_fixtures import make_world, run_ship_day, tiny_config, write_accepted_events
 
 DAY = "2024-01-08"
@@ -120,7 +121,7 @@ def served_with_feast(served):
         ("u0", first_for_u0, f"{DAY}T13:00"),
         ("stranger", "i_new", f"{DAY}T14:00"),
     ])
-    run_features(served, DAY, cfg)
+    run_features(served, DAY, cfg, **current_inputs(served, "features", DAY, cfg))
     return engine_only, Recommender.load(served, history=online_history(served, cfg)), first_for_u0, cfg
 
 

@@ -8,7 +8,7 @@ import pytest
 from components.data.sources.replay import parse_type_map, read_timestamped, replay
 from components.data.sources.synthetic import SyntheticWorld, generate_day
 
-from tests.unit.data_fixtures import WORLD
+from tests.unit.data_fixtures import WORLD, current_inputs
 
 
 def test_synthetic_days_are_deterministic_and_independent_of_order():
@@ -142,7 +142,7 @@ def test_a_retailrocket_log_replays_as_it_ships_and_passes_the_contract(tmp_path
     days = sorted(p.name.removeprefix("date=") for p in (layout.root / "landing").iterdir())
     assert days == sorted(frame["ts"].dt.strftime("%Y-%m-%d").unique())
     run_ingest(layout, days[0], cfg)
-    result = run_validate(layout, days[0], cfg)
+    result = run_validate(layout, days[0], cfg, **current_inputs(layout, "validate", days[0]))
     first_day = frame[frame["ts"].dt.strftime("%Y-%m-%d") == days[0]]
     assert result.success and result.accepted_rows == len(first_day) and not result.failed
     events = pd.read_parquet(layout.accepted(days[0]) / "events.parquet")
