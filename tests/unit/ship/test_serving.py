@@ -186,7 +186,7 @@ def test_fold_in_answers_users_the_model_never_trained_far_better_than_popularit
     from components.model.train import final_embeddings
 
     from tests.unit.model_fixtures import planted
-    from tests.unit.test_train import FAST
+    from tests.unit.model.test_train import FAST
 
     train, holdout = planted()
     cold = np.arange(120) % 10 == 0

@@ -114,7 +114,7 @@ def test_recbole_atomic_inter_files_and_packaged_logs_by_name(tmp_path):
 # RetailRocket's events.csv as it ships (timestamp in epoch ms, visitorid, event in view/addtocart/
 # transaction, itemid, transactionid): 36 rows written for this test in that exact header and units
 # (not rows of the real dataset).
-RETAILROCKET = Path(__file__).parent.parent / "fixtures" / "retailrocket_events.csv"
+RETAILROCKET = Path(__file__).parents[2] / "fixtures" / "retailrocket_events.csv"
 RR_OPTIONS = dict(user_col="visitorid", item_col="itemid", type_col="event", time_unit="ms",
                   type_map=parse_type_map("addtocart=cart,transaction=purchase"))
 

@@ -332,7 +332,7 @@ def _write_points(root: Path, scratch: Path, action: str, arg: str) -> list[tupl
 
 def _kill_at(root: Path, action: str, arg: str, point: tuple[str, int]) -> None:
     proc = subprocess.run([sys.executable, "-c", ACTION_SCRIPT, str(root), action, arg, point[0], str(point[1])],
-                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120)
+                          cwd=Path(__file__).resolve().parents[3], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, f"{action} not killed at {point}: rc {proc.returncode} {proc.stderr}"
 
 

@@ -81,7 +81,7 @@ import numpy as np  # noqa: E402
 from components.data.sources.public_logs import instacart_events, replayable_log  # noqa: E402
 from components.data.sources.replay import read_timestamped  # noqa: E402
 
-NIGHTLY = Path(__file__).resolve().parents[2] / "benchmarks" / "real_logs" / "nightly.py"
+NIGHTLY = Path(__file__).resolve().parents[3] / "benchmarks" / "real_logs" / "nightly.py"
 
 
 def _orders(rows):
