@@ -32,7 +32,7 @@ from components.core.refs import EngineRef
 from components.core.errors import PermanentStageFailure, StageSkipped, storage_fault
 from components.core.objectstore import ObjectStoreError
 from components.core.remote import session
-from components.pipeline import RUN_SCOPED, STAGES, default_inputs, resolve, run_stage
+from components.pipeline import RUN_SCOPED, STAGES, catalog_inputs, default_inputs, describe_inputs, resolve, run_stage
 from components.core.catalog import (MANIFEST, Layout, cli_run_key, latest_run, object_root, parse_day, read_json, run_dir,
                                      run_key_for)
 
@@ -88,12 +88,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"no {EngineRef.KIND} artifact for {day} under {layout.root} (run convert first)")
         print(f"candidate: {engine.kind} {engine.day} v{engine.version} (the day's current)", file=sys.stderr)
         upstream = engine.as_dict()
-    inputs = default_inputs(args.stage, day, cfg)
+    inputs = default_inputs(args.stage, day, layout)
     for keyword, ref in inputs.items():  # the DAG passes its upstream tasks' results; here: the day's current
         print(f"{keyword}: {ref['kind']} {ref['day']} v{ref['version']} (the day's current)", file=sys.stderr)
+    context = catalog_inputs(args.stage, day, layout, cfg)
+    if context:
+        print(f"from the catalog: {describe_inputs(context)}", file=sys.stderr)
     print(f"run key: {run_key} ({run_dir(layout, day, run_key)})", file=sys.stderr)
-    print(json.dumps(run_stage(args.stage, day, cfg, run_key=run_key, upstream=upstream, inputs=inputs), indent=2,
-                     default=str))
+    print(json.dumps(run_stage(args.stage, day, cfg, run_key=run_key, upstream=upstream, inputs=inputs,
+                               context=context), indent=2, default=str))
     return 0
 
 

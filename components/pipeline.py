@@ -16,15 +16,18 @@ from typing import Any
 from components.core.config import DEFAULT_CONFIG_FILE, PipelineConfig, load_config
 from components.core.errors import PermanentStageFailure, StageSkipped, storage_fault
 from components.core.remote import run_in_session
-from components.core.refs import ExportRef, GraphRef, PrunedRef, Ref, StudentRef, TeacherRef
+from components.core.refs import (AcceptedRef, DayRef, ExportRef, GraphRef, PrunedRef, Ref, StudentRef,
+                                  TeacherRef)
 from components.core.catalog import (Layout, cli_run_key, mark_latest, parse_day, record_outcome, run_dir, tidy,
                                 write_json)
 
 log = logging.getLogger(__name__)
 
-# name -> (module, function); every function is run(layout, day, cfg) -> frozen dataclass. The build
-# stages (INPUTS) also take references to what they build on, as keywords: teacher(graph=) ->
-# distill(graph=, teacher=) -> prune(graph=, teacher=, student=) -> export(graph=, model=) -> convert(export=).
+# name -> (module, function); every function is run(layout, day, cfg) -> frozen dataclass. A stage that
+# builds on upstream results (INPUTS) takes their references as keywords: validate(staged=) ->
+# features(accepted=), graph(accepted=) -> teacher(graph=) -> distill(graph=, teacher=) ->
+# prune(graph=, teacher=, student=) -> export(graph=, model=) -> convert(export=); what it reads besides
+# (the graph's window, the teacher's warm start: ``catalog_inputs``) is chosen here once, from the catalog.
 # The decision stages (RUN_SCOPED) take the run's key and their upstream's result as keywords:
 # evaluate(candidate=<convert result>) -> gate(evaluation=) -> register(blessing=) -> promote(registration=).
 STAGES: dict[str, tuple[str, str]] = {
@@ -44,6 +47,9 @@ STAGES: dict[str, tuple[str, str]] = {
     "report": ("components.decide.report", "run_report"),
 }
 INPUTS: dict[str, dict[str, type[Ref]]] = {
+    "validate": {"staged": DayRef},
+    "features": {"accepted": AcceptedRef},
+    "graph": {"accepted": AcceptedRef},
     "teacher": {"graph": GraphRef},
     "distill": {"graph": GraphRef, "teacher": TeacherRef},
     "prune": {"graph": GraphRef, "teacher": TeacherRef, "student": StudentRef},
@@ -62,26 +68,68 @@ def resolve(root: str | None, config_file: str | None, overrides: dict[str, Any]
     return load_config(Path(config_file) if config_file else DEFAULT_CONFIG_FILE, merged)
 
 
-def default_inputs(name: str, day: str, cfg: PipelineConfig) -> dict[str, dict[str, str]]:
-    """The references a build stage runs on when none are named: the day's current versions (the CLI's
+def default_inputs(name: str, day: str, layout: Layout) -> dict[str, dict[str, str]]:
+    """The references a stage runs on when none are named: the day's current versions (the CLI's
     default; it prints them). Raises naming the stage to run first."""
-    layout = Layout.at(cfg.root)
     found = {}
     for keyword, ref_type in INPUTS.get(name, {}).items():
-        ref = layout.current_ref(ref_type, day)
+        partition = ref_type in (DayRef, AcceptedRef)  # a day partition, replaced per day
+        ref = (next(iter(layout.partition_refs(ref_type, day, day)), None) if partition
+               else layout.current_ref(ref_type, day))
         if ref is None:
-            raise FileNotFoundError(f"{name} {day}: no {ref_type.KIND} artifact of {day} under {layout.root} "
-                                    f"(run the stage that builds it first)")
+            raise FileNotFoundError(f"{name} {day}: no {ref_type.KIND} {'partition' if partition else 'artifact'} of "
+                                    f"{day} under {layout.root} (run the stage that builds it first"
+                                    + (", or the day was quarantined)" if ref_type is AcceptedRef else ")"))
         found[keyword] = ref.as_dict()
     return found
 
 
+def _typed(ref_type: type[Ref], found: Any) -> Any:
+    return None if found is None else ref_type(day=found.day, version=found.version, path=found.path)
+
+
+def catalog_inputs(name: str, day: str, layout: Layout, cfg: PipelineConfig) -> dict[str, Any]:
+    """What a stage reads besides its upstream results, chosen once for ``day`` from the catalog (the
+    stage records it in its artifact's lineage): the accepted days of the graph's training window and
+    the graphs whose ID maps it keeps or extends, the features' lookback, the LightGCN teacher's warm
+    start (its newest earlier version)."""
+    if name == "graph":
+        from components.data.graph import newest_id_maps, window_days
+
+        return {"window": tuple(layout.partition_refs(AcceptedRef, *window_days(day, cfg.graph))),
+                "id_maps": newest_id_maps(layout), "same_day": layout.current_ref(GraphRef, day),
+                "previous": _typed(GraphRef, layout.latest_before(GraphRef.KIND, day))}
+    if name == "features":
+        from components.data.features import lookback_days
+
+        first, last = lookback_days(day, tuple(cfg.features.windows_days))
+        return {"window": tuple(r for r in layout.partition_refs(AcceptedRef, first, last) if r.day < day)}
+    if name == "teacher" and cfg.teacher.kind == "lightgcn":
+        return {"warm_start": _typed(TeacherRef, layout.latest_before(TeacherRef.KIND, day))}
+    return {}
+
+
+def describe_inputs(inputs: dict[str, Any]) -> str:
+    """``catalog_inputs`` in one line, e.g. "window: accepted 2026-01-01..2026-01-04 (4 days); id_maps:
+    graphs 2026-01-04 v1a2b...": what the CLI prints and a stage logs."""
+    def one(value: Any) -> str:
+        if value is None:
+            return "none"
+        if isinstance(value, tuple):
+            return (f"{value[0].kind} {value[0].day}..{value[-1].day} ({len(value)} days)" if value
+                    else "no days")
+        return f"{value.kind} {value.day} v{value.version}"
+
+    return "; ".join(f"{keyword}: {one(value)}" for keyword, value in inputs.items())
+
+
 def run_stage(name: str, day: str, cfg: PipelineConfig, *, run_key: str | None = None,
-              upstream: dict[str, Any] | None = None, inputs: dict[str, dict[str, Any]] | None = None
-              ) -> dict[str, Any]:
+              upstream: dict[str, Any] | None = None, inputs: dict[str, dict[str, Any]] | None = None,
+              context: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run one stage for ``day`` as part of run ``run_key`` (default: a new CLI run key); returns its
     result as a JSON-serializable dict. ``upstream`` is the result the stage works on (RUN_SCOPED);
-    ``inputs`` the results (or references) a build stage builds on, by keyword (INPUTS)."""
+    ``inputs`` the results (or references) a stage builds on, by keyword (INPUTS); ``context`` what it
+    reads besides (default: ``catalog_inputs``, resolved here and logged)."""
     if name not in STAGES:
         raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
     wanted = INPUTS.get(name, {})
@@ -94,15 +142,15 @@ def run_stage(name: str, day: str, cfg: PipelineConfig, *, run_key: str | None =
     run_key = run_key or cli_run_key()
     # An s3:// root: hydrate the local copy first, publish what the stage wrote after; a promotion that
     # lost the champion race is decided again on a fresh copy (components/core/remote.py).
-    return run_in_session(cfg.root, lambda layout: _run_in(layout, name, run, day, cfg, run_key, upstream, refs),
-                          landing_day=day if name == "ingest" else None)
+    return run_in_session(cfg.root, lambda layout: _run_in(layout, name, run, day, cfg, run_key, upstream, refs,
+                                                           context), landing_day=day if name == "ingest" else None)
 
 
 def _run_in(layout: Layout, name: str, run: Any, day: str, cfg: PipelineConfig, run_key: str,
-            upstream: dict[str, Any] | None, refs: dict[str, Ref]) -> dict[str, Any]:
+            upstream: dict[str, Any] | None, refs: dict[str, Ref], context: dict[str, Any] | None) -> dict[str, Any]:
     # Each reference located under this process's root (the catalog's seam): a reference another worker
     # handed on names its artifact; the path it carries is where that worker's copy held it.
-    refs = {keyword: type(ref)(day=ref.day, version=ref.version, path=layout.artifact(ref).path)
+    refs = {keyword: type(ref)(day=ref.day, version=ref.version, path=layout.locate(ref))
             for keyword, ref in refs.items()}
     try:
         tidy(layout, started_at=time.time())
@@ -112,7 +160,11 @@ def _run_in(layout: Layout, name: str, run: Any, day: str, cfg: PipelineConfig, 
         else:
             if upstream is not None:
                 raise ValueError(f"stage {name} takes no upstream result")
-            result = run(layout, day, cfg, **refs)
+            if context is None:
+                context = catalog_inputs(name, day, layout, cfg)
+                if context:
+                    log.info("%s %s reads from the catalog: %s", name, day, describe_inputs(context))
+            result = run(layout, day, cfg, **refs, **context)
     except StageSkipped as exc:  # a decision too: the run's outcome says why nothing was trained
         record_outcome(layout, day, run_key, "skipped", f"{name}: {exc}")
         raise

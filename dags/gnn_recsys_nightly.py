@@ -135,20 +135,21 @@ def gnn_recsys_nightly():
         return _run("ingest")
 
     @task  # a failed validation raises AirflowFailException: quarantined, never retried
-    def validate() -> dict:
+    def validate(staged: dict) -> dict:
         """The data contract (Great Expectations) and anomaly checks; a failing day is quarantined whole,
         with its report, and nothing downstream runs on it."""
-        return _run("validate")
+        return _run("validate", staged=staged)
 
     @task
-    def features() -> dict:
+    def features(accepted: dict) -> dict:
         """Feast: applies feature_repo/ and materializes the users' recent items into the online store."""
-        return _run("features")
+        return _run("features", accepted=accepted)
 
     @task
-    def graph() -> dict:
-        """The user-item graph (DGL) over the rolling window ending the day before, IDs stable across days."""
-        return _run("graph")
+    def graph(accepted: dict) -> dict:
+        """The user-item graph (DGL) over the rolling window ending the day before, IDs stable across days
+        (the window's accepted days and the ID maps it extends are logged and kept in its lineage)."""
+        return _run("graph", accepted=accepted)
 
     @task(execution_timeout=dt.timedelta(hours=6), queue=GPU_QUEUE)
     def teacher(graph: dict) -> dict:
@@ -175,8 +176,7 @@ def gnn_recsys_nightly():
         """The serving engine: TensorRT on a GPU, else ONNX Runtime (named in every record); parity and latency."""
         return _run("convert", export=export)
 
-    # Each task builds on its upstream tasks' results (references: kind, day, version, path); evaluate
-    # judges the engine convert built, gate -> register -> promote hand on what they decided.
+    # evaluate judges the engine convert built; gate -> register -> promote hand on what they decided.
     @task
     def evaluate(engine: dict) -> dict:
         """Candidate, teacher, champion and popularity on the same fresh day, as served, per user."""
@@ -236,13 +236,10 @@ def gnn_recsys_nightly():
 
     ends = [_night_ended(kind, fails) for kind, fails in NIGHT_ENDS]
 
-    # ingest, validate, features and graph work on the run's day (the landing partition, the accepted
-    # window): ordered with >>, no reference passes between them.
-    ingested = ingest()
-    validated = validate()
-    built_graph = graph()
-    features_done = features()
-    ingested >> validated >> [features_done, built_graph]
+    # Each task builds on its upstream tasks' results (references: kind, day, version, path).
+    accepted = validate(ingest())
+    built_graph = graph(accepted)
+    features_done = features(accepted)
     built_teacher = teacher(built_graph)
     student = distill(built_graph, built_teacher)
     built_engine = convert(export(built_graph, prune(built_graph, built_teacher, student)))

@@ -462,7 +462,7 @@ def main(argv: list[str] | None = None) -> dict:
         "Training propagation is the torch.sparse CSR path (the CPU default): the layer sum is one polynomial "
         "sum_k alpha_k A^k evaluated by Horner's rule over 32-column blocks, and its backward is the same pass "
         "(A is symmetric); DGL message passing is the layer-by-layer path, equal within float tolerance "
-        "(tests/unit/test_lightgcn.py).")
+        "(tests/unit/model/test_lightgcn.py).")
     results["notes"].append(
         "As in the official code, the test split is evaluated every --eval-every epochs and the best evaluated "
         "state is kept (the paper code has no separate validation split).")

@@ -11,5 +11,5 @@ PY=${PYTHON:-.venv/bin/python}
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 mkdir -p benchmarks/gpu/results
 # the device tests skip with their reason where CUDA is absent; on a GPU they must pass
-"$PY" -m pytest -q -rs tests/unit/test_device_and_memory.py -k "cuda or bit_for_bit" 2>&1 | tee benchmarks/gpu/results/device-tests.txt
+"$PY" -m pytest -q -rs tests/unit/model/test_device_and_memory.py -k "cuda or bit_for_bit" 2>&1 | tee benchmarks/gpu/results/device-tests.txt
 exec timeout --signal=INT "${GPU_BENCH_TIMEOUT_S:-480}" "$PY" benchmarks/gpu/run.py "$@"

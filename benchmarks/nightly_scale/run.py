@@ -271,8 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     earlier = days[: -args.nights]
     tic = time.perf_counter()
     for i, day in enumerate(earlier, 1):
-        run_stage("ingest", day, cfg)
-        run_stage("validate", day, cfg)
+        run_stage("validate", day, cfg, inputs={"staged": run_stage("ingest", day, cfg)})
         log.info("prepare: %s ingested and validated (%d/%d)", day, i, len(earlier))
     results["prepare"] = {"days": earlier, "seconds": round(time.perf_counter() - tic, 1)}
 

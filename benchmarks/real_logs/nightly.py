@@ -51,6 +51,7 @@ def land_public_log(name: str, root: Path, nights: int, history_days: int, work:
     from components.data.sources.public_logs import replayable_log
     from components.data.sources.replay import read_timestamped, replay
     from components.core.catalog import Layout
+    from components.core.refs import DayRef
     from components.data.validate import run_validate
 
     frame = read_timestamped(replayable_log(name, work))
@@ -66,8 +67,7 @@ def land_public_log(name: str, root: Path, nights: int, history_days: int, work:
     days = list(replay(source, layout.root / "landing", shift_to=first + dt.timedelta(weeks=weeks)).days)
     cfg = load_config(overrides={"root": str(root)})
     for d in days[:-nights]:
-        run_ingest(layout, d, cfg)
-        run_validate(layout, d, cfg)
+        run_validate(layout, d, cfg, staged=DayRef.of(run_ingest(layout, d, cfg)))
     return days[:-nights], days[-nights:]
 
 

@@ -57,7 +57,9 @@ def main() -> int:
     from components.data.sources.replay import replay
     from components.data.sources.synthetic import corrupt_landing
     from components.core.catalog import Layout
+    from components.core.refs import AcceptedRef, DayRef
     from components.data.validate import DataValidationError, run_validate
+    from components.pipeline import catalog_inputs
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     cfg = load_config(overrides={"root": str(work / "root"), **overrides})
@@ -70,10 +72,10 @@ def main() -> int:
     records, started = [], time.perf_counter()
     for index, day in enumerate(days):
         record = {"day": day, "corrupted": index == corrupt_index}
-        rows = run_ingest(layout, day, cfg).rows
-        record["rows"] = rows
+        staged = run_ingest(layout, day, cfg)
+        rows = record["rows"] = staged.rows
         try:
-            result = run_validate(layout, day, cfg)
+            result = run_validate(layout, day, cfg, staged=DayRef.of(staged))
         except DataValidationError:
             attempt = sorted(layout.quarantine(day).iterdir())[-1]
             rules = json.loads((attempt / "validation.json").read_text())["result"]["rules"]
@@ -85,7 +87,9 @@ def main() -> int:
             record.update(verdict="warned" if warnings else "passed", failed=[],
                           warnings=[_describe(r.__dict__) for r in warnings])
             if not args.no_graph and index > 0:
-                stats = json.loads((Path(run_graph(layout, day, cfg).path) / "stats.json").read_text())
+                graph = run_graph(layout, day, cfg, accepted=AcceptedRef.of(result),
+                                  **catalog_inputs("graph", day, layout, cfg))
+                stats = json.loads((Path(graph.path) / "stats.json").read_text())
                 record["graph_checks"] = {c["check"]: [c["value"], c["verdict"]] for c in stats.get("checks", [])}
         records.append(record)
         print(f"{day} {record['verdict']:11s} rows {rows:5d} "

@@ -57,6 +57,8 @@ TIMINGS = "timings.json"
 # teacher made a new version each time because metrics.json held its seconds).
 _WALL_CLOCK = re.compile(r"seconds|_per_s$|^latency_ms$|^latency_p\d+_ms$")
 LATEST_FILE = "latest.json"
+# The file a day partition writes last: the partition is complete once it exists.
+PARTITION_MARKERS = {"staging": "files.json", "accepted": MANIFEST}
 # What a run decided, as the CLI, the report and the Airflow UI show it.
 OUTCOME_KINDS = ("promoted", "rejected", "inconclusive", "not_promoted", "skipped", "quarantined",
                  "fallback_popularity")
@@ -510,6 +512,41 @@ class Layout:
         reference is named (and says so); stages take theirs as arguments."""
         found = self.current(ref_type.KIND, day)
         return None if found is None else ref_type(day=found.day, version=found.version, path=found.path)
+
+    # --- day partitions (staging, accepted): replaced per day, versioned by their content -----------
+
+    def partition_version(self, kind: str, day: str) -> str | None:
+        """Content hash of the day's ``kind`` partition (``staging`` or ``accepted``), None while it is
+        absent or incomplete (no PARTITION_MARKERS file)."""
+        path = self.root / kind / f"date={day}"
+        if kind == "accepted":
+            restore_replaced(path)  # a re-validation interrupted between its renames
+        return hash_dir(path) if (path / PARTITION_MARKERS[kind]).exists() else None
+
+    def partition(self, ref: Any) -> Path:
+        """The partition a data-plane reference (DayRef, AcceptedRef) names; raises when it is missing
+        or now holds other content (re-ingested or re-validated since the reference was made)."""
+        path = self.root / ref.kind / f"date={ref.day}"
+        found = self.partition_version(ref.kind, ref.day)
+        if found != ref.version:
+            raise FileNotFoundError(f"{ref.kind} {ref.day} v{ref.version}: {path} "
+                                    + ("is missing or incomplete" if found is None else f"now holds v{found}")
+                                    + " (run the stage that writes it again)")
+        return path
+
+    def locate(self, ref: Any) -> str:
+        """Where a typed reference's content lives under this root: its day partition (staging,
+        accepted) or its versioned artifact; raises when missing, incomplete or changed."""
+        return str(self.partition(ref)) if ref.kind in PARTITION_MARKERS else self.artifact(ref).path
+
+    def partition_refs(self, ref_type: type[R], first: str, last: str) -> list[R]:
+        """References to the complete ``ref_type`` partitions of the days ``first``..``last`` (inclusive),
+        oldest first: a rolling window, resolved once by the caller and handed to the stage."""
+        base = self.root / ref_type.KIND
+        days = (self.accepted_days() if ref_type.KIND == "accepted"  # puts back a day set aside mid-replace
+                else sorted(p.name.split("=", 1)[1] for p in base.glob("date=*")))
+        found = [(d, self.partition_version(ref_type.KIND, d)) for d in days if first <= d <= last]
+        return [ref_type(day=d, version=v, path=str(base / f"date={d}")) for d, v in found if v is not None]
 
     def latest_before(self, kind: str, day: str) -> ArtifactRef | None:
         """The current version of the newest day strictly before ``day`` (warm starts, ID maps)."""

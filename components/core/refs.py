@@ -1,10 +1,11 @@
 """Typed references: the small, frozen, JSON-serializable records one stage hands to the next.
 
-A build stage takes references to its inputs (``GraphRef``, ``TeacherRef``, ...) and publishes
-through the catalog; the decision stages hand on what they measured and decided (``EvaluationResult``,
-``Blessing``). A reference names its artifact (kind, day, version, path); the bytes stay where the
-catalog (components/core/catalog.py ``Layout``) put them, and only the catalog turns a reference
-into a location (``Layout.artifact``).
+A stage takes references to its inputs (``DayRef`` -> ``AcceptedRef`` -> ``GraphRef`` -> ``TeacherRef``
+-> ...) and publishes through the catalog; the decision stages hand on what they measured and decided
+(``EvaluationResult``, ``Blessing``). A reference names its artifact (kind, day, version, path); the
+bytes stay where the catalog (components/core/catalog.py ``Layout``) put them, and only the catalog
+turns a reference into a location (``Layout.artifact`` for versioned artifacts, ``Layout.partition``
+for a day's staging or accepted partition).
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ class Ref:
         return {"kind": self.kind, "day": self.day, "version": self.version, "path": self.path}
 
     @classmethod
+    def of(cls, result: Any) -> Self:
+        """The reference a stage's result object carries (its day, version and path)."""
+        return cls(day=result.day, version=result.version, path=result.path)
+
+    @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
         """The reference in a stage's JSON result (extra keys, e.g. metrics, are the result's own)."""
         kind = data.get("kind", cls.KIND)
@@ -47,6 +53,26 @@ class Ref:
             raise ValueError(f"expected a {cls.KIND} reference, got kind {kind!r} ({data.get('day')} "
                              f"v{data.get('version')})")
         return cls(day=str(data["day"]), version=str(data["version"]), path=str(data["path"]))
+
+
+class DayRef(Ref):
+    """A landed day as ingest staged it (staging/date=<day>/: rows, value issues, files.json); its
+    version is the content hash of those files (``Layout.partition`` checks it)."""
+
+    KIND = "staging"
+
+
+class AcceptedRef(Ref):
+    """A day that passed validation (accepted/date=<day>/); version: the content hash of its files."""
+
+    KIND = "accepted"
+
+
+class FeaturesRef(Ref):
+    """The features stage's run for a day (features/runs/<day>.json); version: a hash of the accepted
+    partitions it read and the features config (the Feast stores themselves are not versioned)."""
+
+    KIND = "features"
 
 
 class GraphRef(Ref):

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import importlib.util
 import io
+import json
 import logging
 import shutil
 from dataclasses import asdict, dataclass
@@ -42,6 +44,7 @@ import pyarrow.parquet as pq
 
 from components.core.config import REPO_ROOT, PipelineConfig
 from components.core.catalog import Layout, atomic_write_bytes, parse_day, write_json
+from components.core.refs import AcceptedRef
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +70,14 @@ class FeatureResult:
     before: [D end - ttl, D end]), "incremental" (materialize_incremental to D's end) or "rerun"
     (D at or before the last materialized end: [D end, last end] explicitly, so online keeps the
     newest values). materialized_rows: entity rows per view in the materialized interval.
-    online_store: "sqlite" or "redis". accepted_days_used: partitions read.
+    online_store: "sqlite" or "redis". accepted_days_used: partitions read. With day, ``version`` (a
+    hash of the accepted versions read and the features config) and ``path`` (this run's record,
+    features/runs/<day>.json) it is a FeaturesRef.
     """
 
     day: str
+    version: str
+    path: str
     users: int
     items: int
     user_features_path: str
@@ -270,15 +277,15 @@ def _check_schema(view, snapshot: pd.DataFrame, cfg: PipelineConfig) -> None:
 # --- stage --------------------------------------------------------------------------------------
 
 
-def _read_accepted(layout: Layout, day: str, windows: tuple[int, ...]) -> tuple[pd.DataFrame, list[str]]:
-    first = (parse_day(day) - dt.timedelta(days=max(windows) + 1 + LATE_PARTITION_DAYS)).isoformat()
-    days = [d for d in layout.accepted_days() if first <= d <= day]
-    frames = [pd.read_parquet(layout.accepted(d) / "events.parquet", columns=EVENT_COLUMNS) for d in days]
-    if not frames:
-        empty = pd.DataFrame({"user_id": pd.Series(dtype="string"), "item_id": pd.Series(dtype="string"),
-                              "ts": pd.Series(dtype="datetime64[us, UTC]"), "weight": pd.Series(dtype="float64")})
-        return empty, days
-    return pd.concat(frames, ignore_index=True), days
+def lookback_days(day: str, windows: tuple[int, ...]) -> tuple[str, str]:
+    """The first and last day whose accepted partitions the snapshot of ``day`` reads."""
+    first = parse_day(day) - dt.timedelta(days=max(windows) + 1 + LATE_PARTITION_DAYS)
+    return first.isoformat(), day
+
+
+def _read_accepted(layout: Layout, partitions: list[AcceptedRef]) -> pd.DataFrame:
+    return pd.concat([pd.read_parquet(layout.partition(ref) / "events.parquet", columns=EVENT_COLUMNS)
+                      for ref in partitions], ignore_index=True)
 
 
 def _write_snapshot(directory: Path, day: str, snapshot: pd.DataFrame, view) -> Path:
@@ -325,13 +332,18 @@ def _materialize(store, views: list, end: pd.Timestamp) -> tuple[str, pd.Timesta
     return "rerun", end, newest
 
 
-def run_features(layout: Layout, day: str, cfg: PipelineConfig) -> FeatureResult:
-    """Compute the day's snapshots, write them offline, apply the Feast repo, materialize online."""
+def run_features(layout: Layout, day: str, cfg: PipelineConfig, accepted: AcceptedRef,
+                 window: tuple[AcceptedRef, ...]) -> FeatureResult:
+    """Compute the snapshots of the accepted day ``accepted`` from it and the earlier accepted days of its
+    lookback (``window``: ``lookback_days``, chosen by the caller), write them offline, apply the Feast repo,
+    materialize online."""
     day = parse_day(day).isoformat()
+    if accepted.day != day or any(not ref.day < day for ref in window):
+        raise ValueError(f"features {day}: given accepted {accepted.day} and window {[r.day for r in window]} "
+                         f"(expected {day} and earlier days)")
     windows = tuple(cfg.features.windows_days)
-    events, used = _read_accepted(layout, day, windows)
-    if day not in used:
-        log.warning("features %s: no accepted partition for the day; snapshot from %d earlier days", day, len(used))
+    partitions = [*window, accepted]
+    events, used = _read_accepted(layout, partitions), [ref.day for ref in partitions]
     created_at = pd.Timestamp.now(tz="UTC")
     users = compute_user_features(events, day, windows, created_at, cfg.features.recent_items)
     items = compute_item_features(events, day, windows, created_at)
@@ -356,33 +368,20 @@ def run_features(layout: Layout, day: str, cfg: PipelineConfig) -> FeatureResult
     }
     log.info("features %s: materialized (%s) %s..%s into %s: %s", day, mode, start, end,
              cfg.features.online_store, materialized)
+    inputs = [ref.as_dict() for ref in partitions]
+    config_hash = cfg.config_hash("features")
+    record = layout.features() / "runs" / f"{day}.json"
     result = FeatureResult(
-        day=day, users=len(users), items=len(items),
+        day=day, version=hashlib.sha256(json.dumps([inputs, config_hash], sort_keys=True).encode()).hexdigest()[:12],
+        path=str(record), users=len(users), items=len(items),
         user_features_path=str(user_path), item_features_path=str(item_path), repo_path=str(repo),
         feature_views=(USER_VIEW, ITEM_VIEW), materialize_mode=mode,
         materialized_start=start.isoformat(), materialized_end=end.isoformat(),
         materialized_rows=materialized, online_store=cfg.features.online_store,
         accepted_days_used=tuple(used),
     )
-    write_json(layout.features() / "runs" / f"{day}.json", {
-        "result": asdict(result), "config_hash": cfg.config_hash("features"),
-        "inputs": [{"kind": "accepted", "day": d, "path": str(layout.accepted(d))} for d in used],
-    })
+    write_json(record, {"result": asdict(result), "config_hash": config_hash, "inputs": inputs})
     return result
-
-
-def read_online_features(
-    layout: Layout, cfg: PipelineConfig, user_ids: list[str], item_ids: list[str]
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Online values through Feast: (users with user_activity features, items with item_popularity)."""
-    store = open_store(layout, cfg)
-
-    def read(view_name: str, key: str, ids: list[str]) -> pd.DataFrame:
-        view = store.get_feature_view(view_name)
-        refs = [f"{view_name}:{f.name}" for f in view.features]
-        return store.get_online_features(features=refs, entity_rows={key: list(ids)}).to_df()
-
-    return read(USER_VIEW, "user_id", user_ids), read(ITEM_VIEW, "item_id", item_ids)
 
 
 # --- serving reads ------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import pandas as pd
 from components.core.config import GraphConfig, PipelineConfig
 from components.core.dgl_compat import import_dgl
 from components.core.interactions import USER_ETYPE, Interactions
+from components.core.refs import AcceptedRef, GraphRef
 from components.data.graph_checks import graph_checks
 from components.core.catalog import (
     MANIFEST,
@@ -108,13 +109,20 @@ class GraphResult:
     new_items: int
 
 
-def _read_days(layout: Layout, days: list[str]) -> pd.DataFrame:
+def _read_days(layout: Layout, partitions: list[AcceptedRef]) -> pd.DataFrame:
     columns = ["user_id", "item_id", "ts", "weight"]
-    frames = [pd.read_parquet(layout.accepted(d) / "events.parquet", columns=columns) for d in days]
+    frames = [pd.read_parquet(layout.partition(ref) / "events.parquet", columns=columns) for ref in partitions]
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in
                              zip(columns, ["string", "string", "datetime64[us, UTC]", "float64"])})
     return pd.concat(frames, ignore_index=True)
+
+
+def window_days(day: str, gcfg: GraphConfig) -> tuple[str, str]:
+    """The first and last day of the training window of run day ``day``: [day - window, day - 1]."""
+    run_day = parse_day(day)
+    return ((run_day - dt.timedelta(days=gcfg.window_days)).isoformat(),
+            (run_day - dt.timedelta(days=1)).isoformat())
 
 
 def extend_id_map(previous: pd.DataFrame, events: pd.DataFrame, id_column: str) -> pd.DataFrame:
@@ -125,11 +133,13 @@ def extend_id_map(previous: pd.DataFrame, events: pd.DataFrame, id_column: str) 
     new = first_seen[~first_seen[id_column].isin(previous[id_column])]
     new = new.sort_values(["first_seen", id_column], kind="stable")
     new = new.assign(idx=np.arange(len(previous), len(previous) + len(new), dtype=np.int64))
-    combined = pd.concat([previous, new[[id_column, "idx", "first_seen"]]], ignore_index=True)
+    # An empty part is left out: pandas deprecates concatenating one (its object columns would set dtypes).
+    parts = [previous] + ([new[[id_column, "idx", "first_seen"]]] if len(new) else [])
+    combined = pd.concat(parts, ignore_index=True)
     return combined.astype({id_column: "string", "idx": "int64", "first_seen": "string"})
 
 
-def newest_id_maps(layout: Layout) -> ArtifactRef | None:
+def newest_id_maps(layout: Layout) -> GraphRef | None:
     """The graph holding the longest ID maps, of any day and version.
 
     Every map extends the longest one, so all maps form one append-only chain: a day re-landed and
@@ -142,19 +152,28 @@ def newest_id_maps(layout: Layout) -> ArtifactRef | None:
         size = (stats.get("num_users", -1), stats.get("num_items", -1))
         if size > best_size:
             record = read_json(manifest)
-            best, best_size = ArtifactRef(KIND, record["day"], record["version"], str(manifest.parent)), size
+            best, best_size = GraphRef(record["day"], record["version"], str(manifest.parent)), size
     return best
 
 
-def _maps_covering(ref: ArtifactRef | None, events: pd.DataFrame) -> ArtifactRef | None:
+def _maps_covering(layout: Layout, ref: GraphRef | None, events: pd.DataFrame) -> GraphRef | None:
     """``ref`` if its ID maps already hold every user and item of ``events``, else None."""
     if ref is None:
         return None
     for name, column in (("users.parquet", "user_id"), ("items.parquet", "item_id")):
-        known = pd.read_parquet(Path(ref.path) / name, columns=[column])[column].astype(str)
+        known = pd.read_parquet(Path(layout.artifact(ref).path) / name, columns=[column])[column].astype(str)
         if not events[column].astype(str).isin(known).all():
             return None
     return ref
+
+
+def _id_map(layout: Layout, base: GraphRef | None, id_column: str) -> pd.DataFrame:
+    """The ID map of ``base`` (``id_column``, idx, first_seen), or an empty one to start the chain."""
+    if base is None:
+        return pd.DataFrame({id_column: pd.Series(dtype="string"), "idx": pd.Series(dtype="int64"),
+                             "first_seen": pd.Series(dtype="string")})
+    name = "users.parquet" if id_column == "user_id" else "items.parquet"
+    return pd.read_parquet(Path(layout.artifact(base).path) / name)[[id_column, "idx", "first_seen"]]
 
 
 def aggregate_pairs(events: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame,
@@ -227,35 +246,35 @@ def graph_stats(day: str, train_days: list[str], gcfg: GraphConfig, num_users: i
     }
 
 
-def run_graph(layout: Layout, day: str, cfg: PipelineConfig) -> GraphResult:
-    """Build and publish the graph for run day ``day`` (training window ending the day before)."""
+def run_graph(layout: Layout, day: str, cfg: PipelineConfig, accepted: AcceptedRef, window: tuple[AcceptedRef, ...],
+              id_maps: GraphRef | None, same_day: GraphRef | None, previous: GraphRef | None) -> GraphResult:
+    """Build and publish the graph for run day ``day``: trained on the accepted days ``window`` (the
+    training window ending the day before, ``window_days``), ``accepted`` (the day) kept as holdout.
+    The caller chooses the graphs it builds on: ``same_day`` (the day's current graph: its ID maps are
+    kept while they cover the events, so a re-run is byte-identical), else ``id_maps`` (the longest
+    maps, ``newest_id_maps``) are extended; ``previous`` (the newest graph of an earlier day) is what
+    new users and degree drift are counted against. All of them are recorded in the lineage."""
     gcfg: GraphConfig = cfg.graph
     run_day = parse_day(day)
-    if not (layout.accepted(day) / "manifest.json").exists():
-        raise FileNotFoundError(f"{layout.accepted(day)}: day {day} has no accepted partition (quarantined or not validated)")
-    window_start = (run_day - dt.timedelta(days=gcfg.window_days)).isoformat()
-    train_days = [d for d in layout.accepted_days() if window_start <= d < day]
-    train_events = _read_days(layout, train_days)
-    holdout_events = _read_days(layout, [day])
+    first, last = window_days(day, gcfg)
+    if accepted.day != day or any(not first <= ref.day <= last for ref in window):
+        raise ValueError(f"graph {day}: given accepted {accepted.day} and window {[r.day for r in window]} "
+                         f"(expected {day} and days {first}..{last})")
+    train_days = [ref.day for ref in window]
+    train_events = _read_days(layout, list(window))
+    holdout_events = _read_days(layout, [accepted])
 
     # Holdout IDs are appended too: new users/items of the fresh day get stable indices and are counted.
     all_events = pd.concat([train_events, holdout_events], ignore_index=True)
-    # A re-run keeps the day's own maps while they cover its events (so its graph is byte-identical);
-    # otherwise the newest maps are extended, so no index a later day gave out is reused.
-    previous = _maps_covering(layout.current(KIND, day), all_events) or newest_id_maps(layout)
-    empty = pd.DataFrame({"idx": pd.Series(dtype="int64"), "first_seen": pd.Series(dtype="string")})
-    prev_users = pd.read_parquet(Path(previous.path) / "users.parquet") if previous else empty.assign(user_id=pd.Series(dtype="string"))
-    prev_items = pd.read_parquet(Path(previous.path) / "items.parquet") if previous else empty.assign(item_id=pd.Series(dtype="string"))
-    users = extend_id_map(prev_users[["user_id", "idx", "first_seen"]], all_events, "user_id")
-    items = extend_id_map(prev_items[["item_id", "idx", "first_seen"]], all_events, "item_id")
+    base = _maps_covering(layout, same_day, all_events) or id_maps
+    users, items = (extend_id_map(_id_map(layout, base, column), all_events, column) for column in ("user_id", "item_id"))
 
     as_of = pd.Timestamp(run_day, tz="UTC")
     train_pairs = aggregate_pairs(train_events, users, items, as_of, gcfg.decay_half_life_days)
     holdout_pairs = aggregate_pairs(holdout_events, users, items, as_of, None)
     graph = build_heterograph(train_pairs, len(users), len(items))
 
-    yesterday = layout.latest_before(KIND, day)
-    yesterday_stats = read_json(Path(yesterday.path) / "stats.json") if yesterday else None
+    yesterday_stats = read_json(Path(layout.artifact(previous).path) / "stats.json") if previous else None
     stats = graph_stats(day, train_days, gcfg, len(users), len(items), train_events, holdout_events, train_pairs,
                         holdout_pairs, yesterday_stats)
     stats.update(graph_checks(layout, day, train_days, train_pairs, holdout_pairs, len(users), len(items),
@@ -267,9 +286,8 @@ def run_graph(layout: Layout, day: str, cfg: PipelineConfig) -> GraphResult:
         items.to_parquet(tmp / "items.parquet", index=False)
         holdout_pairs.to_parquet(tmp / "holdout.parquet", index=False)
         write_json(tmp / "stats.json", stats)
-        inputs = [{"kind": "accepted", "day": d, "path": str(layout.accepted(d))} for d in [*train_days, day]]
-        if previous is not None:
-            inputs.append(previous.as_lineage())
+        inputs = [ref.as_dict() for ref in [*window, accepted]]
+        inputs += [ref.as_dict() | {"role": role} for role, ref in (("id_maps", base), ("previous", previous)) if ref]
         # DGL's graph.bin is not byte-stable across saves; version by the edges it encodes instead.
         version = hashlib.sha256(
             (hash_dir(tmp, exclude=(MANIFEST, "graph.bin")) + train_pairs.to_csv(index=False)).encode()

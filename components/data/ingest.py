@@ -90,8 +90,11 @@ class SkippedEntry:
 
 @dataclass(frozen=True)
 class IngestResult:
+    """The staged day (a ``DayRef``: day, version, path) and what ingest read to stage it."""
+
     day: str
-    staging_path: str
+    version: str  # content hash of the staging partition (Layout.partition_version)
+    path: str  # staging/date=<day>/
     rows: int
     files: tuple[SourceFile, ...]
     skipped: tuple[SkippedEntry, ...] = ()
@@ -399,7 +402,8 @@ def run_ingest(layout: Layout, day: str, cfg: PipelineConfig, landing: str | Non
     log.info("ingest %s: %d entries seen, %d files read (%d unreadable), %d skipped; %d rows staged, %d value issues",
              day, len(files) + len(listing.skipped), len(files), sum(1 for f in files if f.error),
              len(listing.skipped), staged, len(issues))
-    return IngestResult(day, str(layout.staging(day)), staged, tuple(files), listing.skipped, len(issues))
+    return IngestResult(day, layout.partition_version("staging", day), str(layout.staging(day)), staged,
+                        tuple(files), listing.skipped, len(issues))
 
 
 def _stage_files(fs: Any, root: str, listing: Listing, cfg: PipelineConfig, tmp: Path

@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 
 from components.core.config import ANOMALY_METRICS, REPO_ROOT, PipelineConfig
 from components.core.errors import PermanentStageFailure
+from components.core.refs import DayRef
 from components.data.ingest import (
     EXPECTED_KINDS,
     EXTRA_PREFIX,
@@ -153,7 +154,8 @@ class ValidationResult:
     files_skipped: int = 0  # entries of the partition not read, each listed with its reason
     parameters: dict[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
-    accepted_path: str | None = None
+    version: str | None = None  # the accepted partition's content hash: with day and path, an AcceptedRef
+    path: str | None = None  # accepted/date=<day>/ (None: quarantined)
     quarantine_path: str | None = None
     report_path: str | None = None
     profile: dict[str, Any] = field(default_factory=dict)  # the day's metrics the anomaly checks judge
@@ -919,8 +921,8 @@ def accept_day(layout: Layout, day: str, cfg: PipelineConfig, staged: Path, keys
                "warnings": [r.describe() for r in rules if r.verdict == "WARN"]}
     path, accepted, dups, late, content = _accept(layout, day, cfg, staged, keys, repeats, summary, earlier)
     result = ValidationResult(**base, accepted_rows=accepted, duplicate_rows=dups, late_rows=late,
-                              quarantined_rows=0, accepted_path=str(path), report_path=str(reports / "report.html"),
-                              content_duplicate_rows=content)
+                              quarantined_rows=0, version=layout.partition_version("accepted", day), path=str(path),
+                              report_path=str(reports / "report.html"), content_duplicate_rows=content)
     markdown, page = render_report(result, files, skipped)
     write_json(reports / "validation.json", {"result": asdict(result), "great_expectations": gx_json})
     atomic_write_bytes(reports / "report.md", markdown.encode())
@@ -962,24 +964,25 @@ def read_repeats(staged: Path, keys: DayKeys, columns: list[str], chunk_rows: in
     return gathered[repeated_rows[gathered.index.to_numpy()]], id_repeats, top_names
 
 
-def run_validate(layout: Layout, day: str, cfg: PipelineConfig) -> ValidationResult:
-    """Validate the staged day; accept it (warnings recorded) or quarantine it (raising DataValidationError).
-    Streams in chunks of ``validation.chunk_rows`` (what crosses chunks: compact keys, streaming.py);
-    the verdict, counts and accepted rows do not depend on the chunk size (benchmarks/validate_scale)."""
-    staging = layout.staging(day)
-    if not (staging / "files.json").exists():
-        raise FileNotFoundError(f"{staging}: no staged data for {day}; run ingest first")
+def run_validate(layout: Layout, day: str, cfg: PipelineConfig, staged: DayRef) -> ValidationResult:
+    """Validate the staged day ``staged`` (what ingest returned); accept it (warnings recorded; the
+    result is an AcceptedRef) or quarantine it (raising DataValidationError). Streams in chunks of
+    ``validation.chunk_rows`` (what crosses chunks: compact keys, streaming.py); the verdict, counts and
+    accepted rows do not depend on the chunk size (benchmarks/validate_scale)."""
+    if staged.day != day:
+        raise ValueError(f"validate {day}: given the staged day {staged.day} (v{staged.version})")
+    staging = layout.partition(staged)
     manifest = read_json(staging / "files.json")
     files, skipped = manifest["files"], manifest.get("skipped", [])
-    staged = staging / "rows.parquet"
-    columns = pq.read_schema(staged).names
+    rows_file = staging / "rows.parquet"
+    columns = pq.read_schema(rows_file).names
     issues = pd.read_parquet(staging / "issues.parquet")
     params = suite_parameters(cfg)
     chunk_rows = cfg.validation.chunk_rows
     suite = ContractSuite(params) if any(c in columns for c in REQUIRED_COLUMNS) else None
-    keys = scan_day(staged, day, cfg, suite)
+    keys = scan_day(rows_file, day, cfg, suite)
     complete = set(REQUIRED_COLUMNS) <= set(columns)
-    repeats, id_repeats, top_names = read_repeats(staged, keys, columns, chunk_rows)
+    repeats, id_repeats, top_names = read_repeats(rows_file, keys, columns, chunk_rows)
     seen = _seen_before(layout, day, keys, chunk_rows)
     earlier_days = [d for d in (*layout.accepted_days(), *_quarantined_days(layout)) if d < day]
     profile = day_profile(keys, columns, seen, judged_new=bool(earlier_days), top_names=top_names)
@@ -996,20 +999,18 @@ def run_validate(layout: Layout, day: str, cfg: PipelineConfig) -> ValidationRes
         rules.append(RuleResult("expect_table_row_count_to_be_between", None, False, observed=0,
                                 expected=f"min_value={params['min_rows']}"))
     earlier = _earlier_event_ids(layout, day, keys, cfg) if complete else None
-    rules += duplicate_rules(layout, day, cfg, staged, keys, repeats, earlier[0]) if complete else []
+    rules += duplicate_rules(layout, day, cfg, rows_file, keys, repeats, earlier[0]) if complete else []
     rules = _with_severity(rules, cfg)
-    rules += anomaly_rules(profile, history, day, cfg)
-    bot = bot_rule(profile, cfg)
-    rules += [bot] if bot is not None else []
+    rules += anomaly_rules(profile, history, day, cfg) + [r for r in (bot_rule(profile, cfg),) if r is not None]
     success = not any(r.verdict == "FAIL" for r in rules)
     unknown = tuple(sorted({c for f in files for c in (f.get("extra_columns") or ())}))
     base = dict(day=day, success=success, rows=keys.rows, rules=tuple(rules), parameters=params, notes=tuple(notes),
                 profile=profile, unknown_columns=unknown, files_read=len(files), files_skipped=len(skipped))
     if success:
-        return accept_day(layout, day, cfg, staged, keys, repeats, files, skipped, rules, profile, gx_json, base,
+        return accept_day(layout, day, cfg, rows_file, keys, repeats, files, skipped, rules, profile, gx_json, base,
                           earlier)
     pending = ValidationResult(**base, accepted_rows=0, duplicate_rows=0, late_rows=0, quarantined_rows=keys.rows)
-    target = _quarantine(layout, day, manifest["landing"], files, skipped, staged, gx_json, pending)
+    target = _quarantine(layout, day, manifest["landing"], files, skipped, rows_file, gx_json, pending)
     result = replace(pending, quarantine_path=str(target), report_path=str(target / "report.html"))
     file_names = ", ".join(f["name"] for f in files)
     # Summary first, one line per failed rule: the Airflow log view clips long lines and long logs.

@@ -66,14 +66,6 @@ class CandidateRefs:
         return cls(day=engine.day, graph=graph, teacher=_ref(layout, teachers[0]) if teachers else None,
                    pruned=pruned, export=export, engine=engine)
 
-    @classmethod
-    def current(cls, layout: Layout, day: str) -> "CandidateRefs":
-        """The CLI's default when no engine is named: the day's current engine (printed by the CLI)."""
-        engine = layout.current(ENGINE_KIND, day)
-        if engine is None:
-            raise FileNotFoundError(f"no {ENGINE_KIND} artifact for {day} under {layout.root} (run convert first)")
-        return cls.from_engine(layout, engine)
-
     def student(self, layout: Layout) -> ArtifactRef | None:
         """The distilled student the pruned candidate was made from (not part of the candidate's id)."""
         students = [i for i in _inputs(self.pruned) if i["kind"] == "models/student"]

@@ -216,16 +216,13 @@ def _excluded(train: Interactions, history: History) -> Interactions:
 
 
 def run_evaluate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
-                 candidate: CandidateRefs | dict[str, Any]) -> EvaluationResult:
-    """Evaluate the candidate (``candidate``: its engine reference or CandidateRefs; the CLI names
+                 candidate: dict[str, Any]) -> EvaluationResult:
+    """Evaluate the candidate (``candidate``: its engine reference, or convert's result; the CLI names
     the day's current engine when none is given, and says so), its teacher, the champion as of ``day`` and popularity
     on the day's holdout, as served; write evaluation.json and per_user.npz to the run's folder."""
     from components.decide.registry import champion_as_of
 
-    if isinstance(candidate, CandidateRefs):
-        refs = candidate
-    else:
-        refs = CandidateRefs.from_engine(layout, candidate.get("engine", candidate))
+    refs = CandidateRefs.from_engine(layout, candidate.get("engine", candidate))
     if refs.day != day:
         raise ValueError(f"evaluate {day}: the candidate's artifacts are of {refs.day}")
     baseline, baseline_reason = champion_as_of(layout, day)

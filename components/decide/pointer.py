@@ -9,7 +9,7 @@ registry's compare-and-swap. The registry decides; a backend only reads, swaps a
   decides again); the history is one create-only object per entry, so nothing is ever torn or rewritten.
 
 Both call ``fault_hook`` at the same points (``before_pointer_write``, ``after_pointer_write``,
-``history_appended``), so one crash suite runs against both (tests/unit/test_registry.py).
+``history_appended``), so one crash suite runs against both (tests/unit/decide/test_registry.py).
 """
 
 from __future__ import annotations

@@ -174,13 +174,6 @@ def champion_as_of(layout: Layout, day: str) -> tuple[ChampionRef | None, str]:
     return None, f"no version of a day before {day} was ever promoted (bootstrap)"
 
 
-def list_versions(layout: Layout) -> list[str]:
-    base = _versions(layout)
-    if not base.exists():
-        return []
-    return sorted(p.name for p in base.iterdir() if (p / MANIFEST).exists())
-
-
 def history(layout: Layout) -> list[dict[str, Any]]:
     return pointer_of(layout).entries()
 

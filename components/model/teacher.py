@@ -33,7 +33,7 @@ import torch
 from components.core.catalog import ArtifactRef, Layout, read_json, staging_dir, write_json, write_measured_json
 from components.core.config import PipelineConfig
 from components.core.errors import StageSkipped
-from components.core.refs import GraphRef
+from components.core.refs import GraphRef, TeacherRef
 from components.model.metrics import (SCORE_BYTES, Scorer, block_rows, embedding_scorer, evaluate_scorer,
                                       popularity_scorer, ranked_blocks)
 from components.core.interactions import Interactions, normalized_edges
@@ -250,9 +250,12 @@ def build_lightgcn_teacher(train_all: Interactions, train: Interactions, val: In
                         train_info, warm_start, write)
 
 
-def run_teacher(layout: Layout, day: str, cfg: PipelineConfig, *, graph: GraphRef) -> ModelArtifact:
+def run_teacher(layout: Layout, day: str, cfg: PipelineConfig, *, graph: GraphRef,
+                warm_start: TeacherRef | None = None) -> ModelArtifact:
     """Build (graph_filter: compute, lightgcn: train) the teacher of ``graph``, evaluate it (validation +
-    fresh-day holdout + popularity baseline) and publish it."""
+    fresh-day holdout + popularity baseline) and publish it. A LightGCN teacher starts from
+    ``warm_start`` (the caller's choice: the newest teacher of an earlier day) or cold from None; a
+    graph filter is recomputed from the graph alone."""
     graph_ref = layout.artifact(graph)
     graph = GraphArtifact.load(graph_ref)
     train_all = graph.train_interactions()
@@ -260,8 +263,9 @@ def run_teacher(layout: Layout, day: str, cfg: PipelineConfig, *, graph: GraphRe
     if len(train_all) < tcfg.min_train_pairs:
         raise InsufficientHistory(f"graph {day} v{graph_ref.version} has {len(train_all)} training pairs, "
                                   f"fewer than teacher.min_train_pairs={tcfg.min_train_pairs}")
-    # a graph filter is recomputed from the day's graph alone; a LightGCN warm-starts from yesterday's
-    previous_ref = layout.latest_before(KIND, day) if tcfg.kind == "lightgcn" else None
+    if warm_start is not None and tcfg.kind != "lightgcn":
+        raise ValueError(f"teacher {day}: a {tcfg.kind} teacher has no warm start (given {warm_start.as_dict()})")
+    previous_ref = layout.artifact(warm_start) if warm_start else None
     inputs = [graph_ref.as_lineage()] + ([previous_ref.as_lineage()] if previous_ref else [])
     config_hash = cfg.config_hash("teacher")
     done = existing_artifact(layout, KIND, day, inputs, config_hash)

@@ -254,7 +254,7 @@ def test_a_small_day_under_the_production_gates_is_inconclusive(run, capsys):
 
 def test_feast_online_features_match_a_pandas_recomputation(run):
     root, layout, rcs, snaps, _ = run
-    from components.data.features import read_online_features
+    from tests.unit.data_fixtures import read_online_features
 
     cfg = load_config(overrides={"root": str(root)})
     last = DAYS[5]

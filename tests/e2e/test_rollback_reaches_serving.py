@@ -34,7 +34,7 @@ def _cli(args, env):
 
 
 def test_rollback_emits_the_champion_event_and_serving_follows(tmp_path):
-    from tests.unit.test_registry import judge
+    from tests.unit.decide.test_registry import judge
 
     root = tmp_path / "root"
     root.mkdir()

@@ -14,10 +14,11 @@ import sqlalchemy
 
 from components.core.catalog import Layout
 from components.core.config import PipelineConfig
-from components.data.features import (feature_repo_path, online_history, read_online_features, recent_items_as_of,
+from components.data.features import (feature_repo_path, online_history, recent_items_as_of,
                                       run_features)
 from graphdistill_airflow import stack as stack_mod
-from tests.unit.test_features import ALL_ITEMS, ALL_USERS, D1, D2, D3, OLD, write_accepted
+from tests.unit.data.test_features import ALL_ITEMS, ALL_USERS, D1, D2, D3, OLD, write_accepted
+from tests.unit.data_fixtures import current_inputs, read_online_features
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,8 @@ def test_features_serving_and_evaluation_read_through_redis_and_the_postgres_reg
         root = tmp_path / label
         layout, cfg = Layout.at(root), PipelineConfig(root=str(root), features=features)
         write_accepted(layout, [OLD, D1, D2, D3])
-        runs[label] = [run_features(layout, day, cfg) for day in (D1, D2, D3)]
+        runs[label] = [run_features(layout, day, cfg, **current_inputs(layout, "features", day, cfg))
+                       for day in (D1, D2, D3)]
         users, items = read_online_features(layout, cfg, ALL_USERS, ALL_ITEMS)
         reads[label] = (users.sort_values("user_id").reset_index(drop=True),
                         items.sort_values("item_id").reset_index(drop=True),

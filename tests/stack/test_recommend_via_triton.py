@@ -12,6 +12,7 @@ from components.cli import main
 from components.core.champion import champion_in
 from components.ship.triton import publish_version, load, refresh_champion
 from components.data.features import run_features
+from tests.unit.data_fixtures import current_inputs
 from tests.unit.ship_fixtures import promoted_champion, tiny_config, write_accepted_events
 
 pytestmark = pytest.mark.stack
@@ -30,7 +31,8 @@ def _recommend(capsys, root: Path, *extra: str) -> tuple[int, list[str], str]:
 def test_recommend_via_triton_matches_the_local_engine_and_refuses_another_version(triton, tmp_path, capsys):
     layout = promoted_champion(tmp_path, DAY)
     write_accepted_events(layout, DAY, [("newbie", "i0", f"{DAY}T08:00"), ("newbie", "i4", f"{DAY}T09:00")])
-    run_features(layout, DAY, tiny_config(layout.root))
+    cfg = tiny_config(layout.root)
+    run_features(layout, DAY, cfg, **current_inputs(layout, "features", DAY, cfg))
     capsys.readouterr()  # Feast's materialization progress
     champ = champion_in(layout.registry())
     url, repo = triton.triton_url, triton.triton_repository

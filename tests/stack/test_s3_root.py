@@ -26,8 +26,9 @@ from tests.e2e.small_world import write_small_world_gates
 
 DAYS = ["2026-01-01", "2026-01-02", "2026-01-03"]
 BUILDS = ["graph", "teacher", "distill", "prune", "export", "convert"]
-KIND_OF = {"graph": "graphs", "teacher": "models/teacher", "distill": "models/student", "prune": "models/pruned",
-           "export": "exports", "convert": "engines"}
+KIND_OF = {"ingest": "staging", "validate": "accepted", "features": "features", "graph": "graphs",
+           "teacher": "models/teacher", "distill": "models/student", "prune": "models/pruned", "export": "exports",
+           "convert": "engines"}
 
 
 def run_nights(root: str, scratch: Path) -> dict[str, dict[str, str]]:
@@ -44,18 +45,21 @@ def run_nights(root: str, scratch: Path) -> dict[str, dict[str, str]]:
     made: dict[str, dict[str, str]] = {}
     for day in DAYS:
         made[day] = night = {}
-        for stage in ["ingest", "validate"]:
-            run_stage(stage, day, cfg, run_key="n1")
-        features = run_stage("features", day, cfg, run_key="n1")
-        night["features"] = f"{features['users']}u/{features['items']}i/{features['materialize_mode']}"
         built = {}
+
+        def build(stage: str) -> dict:
+            # As another worker hands them on: its copy's paths mean nothing here (run_stage relocates).
+            inputs = {keyword: {**built[ref.KIND], "path": f"/another-worker/{ref.KIND}"}
+                      for keyword, ref in INPUTS.get(stage, {}).items()}
+            built[KIND_OF[stage]] = run_stage(stage, day, cfg, run_key="n1", inputs=inputs)
+            return built[KIND_OF[stage]]
+
+        build("ingest"), build("validate")
+        features = build("features")
+        night["features"] = f"{features['users']}u/{features['items']}i/{features['materialize_mode']}"
         try:
             for stage in BUILDS:
-                # As another worker hands them on: its copy's paths mean nothing here (run_stage relocates).
-                inputs = {keyword: {**built[ref.KIND], "path": f"/another-worker/{ref.KIND}"}
-                          for keyword, ref in INPUTS.get(stage, {}).items()}
-                built[KIND_OF[stage]] = run_stage(stage, day, cfg, run_key="n1", inputs=inputs)
-                night[stage] = built[KIND_OF[stage]]["version"]
+                night[stage] = build(stage)["version"]
         except StageSkipped as exc:
             night["skipped"] = str(exc)
             continue

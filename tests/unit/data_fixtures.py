@@ -26,7 +26,37 @@ def land(layout: Layout, offset: int, fmt: str = "parquet"):
     return write_landing_day(WORLD, layout.landing(day(offset)), START + dt.timedelta(days=offset), fmt)
 
 
+def current_inputs(layout: Layout, stage: str, day: str, cfg=None) -> dict:
+    """What the DAG would hand a stage here: the day's current versions of its inputs (as the CLI's
+    default does), as typed references, and what the pipeline reads for it from the catalog (``cfg``
+    needed for a stage that reads any: graph, features, teacher)."""
+    from components.pipeline import INPUTS, catalog_inputs, default_inputs
+
+    assert cfg is not None or stage not in ("graph", "features", "teacher"), f"{stage} reads the catalog: pass cfg"
+    found = {keyword: INPUTS[stage][keyword].from_dict(ref) for keyword, ref in default_inputs(stage, day, layout).items()}
+    return {**found, **(catalog_inputs(stage, day, layout, cfg) if cfg is not None else {})}
+
+
+def validate(layout: Layout, day: str, cfg):
+    """The validate stage on the day's staged partition (what ingest returned)."""
+    return run_validate(layout, day, cfg, **current_inputs(layout, "validate", day))
+
+
 def accept(layout: Layout, cfg, offset: int, fmt: str = "parquet"):
     land(layout, offset, fmt)
     run_ingest(layout, day(offset), cfg)
-    return run_validate(layout, day(offset), cfg)
+    return validate(layout, day(offset), cfg)
+
+
+def read_online_features(layout: Layout, cfg, user_ids: list[str], item_ids: list[str]):
+    """Online values through Feast: (users with user_activity features, items with item_popularity)."""
+    from components.data.features import ITEM_VIEW, USER_VIEW, open_store
+
+    store = open_store(layout, cfg)
+
+    def read(view_name: str, key: str, ids: list[str]):
+        view = store.get_feature_view(view_name)
+        refs = [f"{view_name}:{f.name}" for f in view.features]
+        return store.get_online_features(features=refs, entity_rows={key: list(ids)}).to_df()
+
+    return read(USER_VIEW, "user_id", user_ids), read(ITEM_VIEW, "item_id", item_ids)

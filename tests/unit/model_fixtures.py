@@ -66,14 +66,3 @@ def write_graph(layout: Layout, day: str, train: Interactions, holdout: Interact
                       "weight": holdout.weight}).to_parquet(tmp / "holdout.parquet", index=False)
         write_json(tmp / "stats.json", stats)
         return layout.publish("graphs", day, tmp, {"inputs": [], "config_hash": "test", "stats": stats})
-
-
-def current_inputs(layout: Layout, stage: str, day: str) -> dict:
-    """What the DAG would hand a build stage here: the day's current versions of its inputs (as the
-    CLI's default does), as typed references."""
-    from components.pipeline import INPUTS
-
-    found = {keyword: layout.current_ref(ref_type, day) for keyword, ref_type in INPUTS[stage].items()}
-    missing = [keyword for keyword, ref in found.items() if ref is None]
-    assert not missing, f"{stage} {day}: no current {missing} under {layout.root}"
-    return found

@@ -25,7 +25,7 @@ from components.data.graph import ITEM_ETYPE, GraphArtifact
 from components.model.ladder import Rung, ladder_record
 from components.model.models.quantize import quantize_rows, table_bytes
 from components.core.catalog import Layout, staging_dir, write_json
-from tests.unit.model_fixtures import current_inputs
+from tests.unit.data_fixtures import current_inputs
 
 NUM_CLUSTERS = 4
 

@@ -129,20 +129,44 @@ def test_the_tower_is_at_most_eight_layers():
 
 
 def test_stages_take_their_inputs_as_references():
-    """A stage of the model, ship or decide plane never looks up "the day's current version" of what it
-    works on (a partial re-run would then judge one candidate and register another): its inputs are
-    arguments. The CLI resolves a default for a day and says which (components/pipeline.default_inputs)."""
-    lookups = {"current", "current_ref"}
+    """A stage never looks up "the day's current version" or "yesterday's" of what it works on (a partial
+    re-run would then judge one candidate and register another, or build on a graph that changed since):
+    its inputs are arguments. The pipeline resolves what a stage reads besides its upstream results
+    (the graph's window and ID maps, the teacher's warm start) once, from the catalog, and the CLI says
+    which (components/pipeline.default_inputs, catalog_inputs)."""
     offenders = []
-    for plane_name in ("model", "ship", "decide"):
+    for plane_name in ("data", "model", "ship", "decide"):
         for path in (COMPONENTS / plane_name).rglob("*.py"):
             for fn in ast.walk(ast.parse(path.read_text())):
-                if not (isinstance(fn, ast.FunctionDef) and fn.name.startswith("run_")):
-                    continue
-                offenders += [f"{module_name(path)}.{fn.name} line {call.lineno}" for call in ast.walk(fn)
-                              if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
-                              and call.func.attr in lookups]
+                if isinstance(fn, ast.FunctionDef) and fn.name.startswith("run_"):
+                    offenders += [f"{module_name(path)}.{fn.name} line {line}: {name}" for line, name in lookups_in(fn)
+                                  if f"{module_name(path)}.{fn.name}" not in BASELINE_READERS]
     assert offenders == []
+
+
+# Validate judges a day against the days before it (anomaly bands, known ids, cross-day duplicates,
+# accepted and quarantined days alike): that baseline is still read by day inside the stage.
+BASELINE_READERS = {"components.data.validate.run_validate"}
+LOOKUPS = {"current", "current_ref", "latest_before", "newest_id_maps", "accepted_days", "partition_refs"}
+
+
+def lookups_in(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, name) of every call in ``tree`` that looks an artifact up by day (a method or a function)."""
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
+    names = [(c.lineno, c.func.attr if isinstance(c.func, ast.Attribute) else getattr(c.func, "id", "")) for c in calls]
+    return [(line, name) for line, name in names if name in LOOKUPS]
+
+
+def test_the_graph_and_features_modules_read_only_the_days_they_are_given():
+    """Their rolling windows are lists of accepted references (components/pipeline.catalog_inputs), so
+    not even a helper of theirs lists the accepted days or looks up a graph by day."""
+    found = {m: lookups_in(ast.parse((COMPONENTS / "data" / f"{m}.py").read_text())) for m in ("graph", "features")}
+    assert found == {"graph": [], "features": []}
+
+
+def test_the_lookup_finder_sees_methods_and_functions():
+    tree = ast.parse("def run_x(layout):\n    layout.latest_before('graphs', d)\n    newest_id_maps(layout)\n    f(1)\n")
+    assert lookups_in(tree) == [(2, "latest_before"), (3, "newest_id_maps")]
 
 
 def test_no_stage_function_is_longer_than_sixty_lines():

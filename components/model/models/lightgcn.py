@@ -103,12 +103,6 @@ def build_adjacency(user: np.ndarray, item: np.ndarray, num_users: int, num_item
                                torch.from_numpy(norm))
 
 
-def adjacency_from_heterograph(graph) -> NormalizedAdjacency:
-    """Normalized adjacency from the graph stage's heterograph ("user" -interacts-> "item")."""
-    users, items = graph.edges(etype=("user", "interacts", "item"))
-    return build_adjacency(users.numpy(), items.numpy(), graph.num_nodes("user"), graph.num_nodes("item"))
-
-
 def _horner(csr: torch.Tensor, x: torch.Tensor, weights: tuple[float, ...], block: int) -> torch.Tensor:
     """sum_k w_k A^k x by Horner's rule, (w_K x -> A(.) + w_{K-1} x -> ...), over column blocks."""
     out = torch.empty_like(x)

@@ -20,7 +20,7 @@ from components.model.models.serving_graph import ServingGraph
 from components.ship.export import export_onnx, parity, torch_outputs
 from components.core.catalog import Layout
 
-from tests.unit.model_fixtures import current_inputs
+from tests.unit.data_fixtures import current_inputs
 from tests.unit.ship_fixtures import make_world, random_embeddings, run_ship_day, tiny_config
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None

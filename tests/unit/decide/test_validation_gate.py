@@ -8,7 +8,7 @@ from components.data.ingest import run_ingest
 from components.data.sources.synthetic import write_log
 from components.data.validate import validation_metrics
 
-from tests.unit.data_fixtures import accept, day, land, setup
+from tests.unit.data_fixtures import accept, current_inputs, day, land, setup
 
 SPEC = GateSpec(metric="validation_warnings", kind="max", threshold=0)
 
@@ -21,7 +21,7 @@ def test_a_warned_day_fails_the_validation_gate_and_a_clean_day_passes(tmp_path)
     path = land(layout, 1)
     write_log(pd.read_parquet(path).assign(user_id="bot-1", extra="x"), path)  # a bot day with an unknown column
     run_ingest(layout, day(1), cfg)
-    run_validate(layout, day(1), cfg)
+    run_validate(layout, day(1), cfg, **current_inputs(layout, "validate", day(1)))
     clean, warned = validation_metrics(layout, day(0)), validation_metrics(layout, day(1))
     assert clean == {"validation_warnings": 0.0} and warned == {"validation_warnings": 2.0}
     assert judge_gate(SPEC, None, None, None, load_gates(), 0, clean).verdict == "pass"
@@ -46,9 +46,9 @@ def test_the_run_report_section_shows_warnings_with_value_and_band_and_the_graph
     path = land(layout, 3)
     write_log(pd.read_parquet(path).iloc[:25], path)  # low volume: a warning with a band
     run_ingest(layout, day(3), cfg)
-    warnings = run_validate(layout, day(3), cfg).warnings
+    warnings = run_validate(layout, day(3), cfg, **current_inputs(layout, "validate", day(3))).warnings
     (volume,) = [r for r in warnings if r.rule == "volume"]
-    run_graph(layout, day(3), cfg)
+    run_graph(layout, day(3), cfg, **current_inputs(layout, "graph", day(3), cfg))
     section = data_checks_html(layout, day(3))
     assert f"{len(warnings)} validation warning(s)" in section
     assert f"<td>volume</td><td>25</td><td>[{volume.band[0]}, {volume.band[1]}]</td>" in section

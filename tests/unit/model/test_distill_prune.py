@@ -15,7 +15,8 @@ from components.core.catalog import TIMINGS, Layout, read_json, read_measured_js
 from components.model.teacher import load_teacher, teacher_topk
 from components.model.teacher import run_teacher
 from components.model.train import load_embeddings, load_model
-from tests.unit.model_fixtures import current_inputs, planted, write_graph
+from tests.unit.data_fixtures import current_inputs
+from tests.unit.model_fixtures import planted, write_graph
 
 DAY = "2026-01-02"
 BASE = {"teacher.kind": "lightgcn", "teacher.embedding_dim": 32, "teacher.num_layers": 2, "teacher.epochs": 12, "teacher.lr": 0.02,
@@ -30,7 +31,7 @@ def day_with_teacher(tmp_path_factory):
     layout = Layout.at(tmp_path_factory.mktemp("root"))
     train, holdout = planted()
     write_graph(layout, DAY, train, holdout, 120, 80)
-    run_teacher(layout, DAY, load_config(None, BASE), **current_inputs(layout, "teacher", DAY))
+    run_teacher(layout, DAY, load_config(None, BASE), **current_inputs(layout, "teacher", DAY, load_config(None, BASE)))
     return layout
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.model.models.lightgcn import LightGCN, adjacency_from_heterograph, build_adjacency, count_parameters
+from components.model.models.lightgcn import LightGCN, build_adjacency, count_parameters
 from components.model.models.losses import (
     bpr_loss,
     ego_l2,
@@ -53,7 +53,8 @@ def test_propagation_matches_dense_formula_and_heterograph_path():
     train, _ = planted(num_users=20, num_items=16, per_user=4, seed=1)
     graph = build_heterograph(pd.DataFrame({"user_idx": train.user, "item_idx": train.item,
                                             "weight": train.weight}), 20, 16)
-    adj = adjacency_from_heterograph(graph)
+    users, items = graph.edges(etype=("user", "interacts", "item"))  # the graph stage's edges, as the teacher reads them
+    adj = build_adjacency(users.numpy(), items.numpy(), graph.num_nodes("user"), graph.num_nodes("item"))
     dense = build_adjacency(train.user, train.item, 20, 16).csr.to_dense()
     assert torch.allclose(adj.csr.to_dense(), dense)
     model = LightGCN(20, 16, embedding_dim=4, num_layers=2)

@@ -14,8 +14,7 @@ from scipy.stats import bootstrap
 from components.core.config import GateSpec, GatesConfig, load_gates
 from components.ship.convert import EngineResult
 from components.model.metrics import ranking_scorer, served_scorer, user_metrics
-from components.core.refs import Blessing, EvaluationResult, PerUser
-from components.decide.candidate import CandidateRefs
+from components.core.refs import Blessing, EngineRef, EvaluationResult, PerUser
 from components.decide.evaluation import prefix_scorer, run_evaluate
 from components.decide.gates import BOOTSTRAP_NOTE, bootstrap_interval, decide, judge
 from components.data.graph import GraphArtifact
@@ -256,7 +255,7 @@ def test_the_champion_is_scored_through_its_own_id_maps(tmp_path):
     rng = np.random.default_rng(3)
     user_order, item_order = rng.permutation(30), rng.permutation(50)
     version, path = _old_champion(layout, user_order=user_order, item_order=item_order)
-    result = run_evaluate(layout, day, cfg, run_key="r1", candidate=CandidateRefs.current(layout, day))
+    result = run_evaluate(layout, day, cfg, run_key="r1", candidate=layout.current_ref(EngineRef, day).as_dict())
     assert result.champion_version == version
     graph = GraphArtifact.load(layout.current("graphs", day))
     with np.load(path / "embeddings.npz") as saved:
@@ -281,7 +280,7 @@ def test_run_evaluate_scores_every_user_as_served_against_the_champion_as_of_the
     day = "2024-01-08"
     run_ship_day(layout, day, cfg, make_world(), gate=False, cold_users=3)
     version, path = _old_champion(layout)
-    result = run_evaluate(layout, day, cfg, run_key="r1", candidate=CandidateRefs.current(layout, day))
+    result = run_evaluate(layout, day, cfg, run_key="r1", candidate=layout.current_ref(EngineRef, day).as_dict())
     assert result.champion_version == version and "champion as of 2024-01-08" in result.baseline_reason
     graph = GraphArtifact.load(layout.current("graphs", day))
     holdout = pd.read_parquet(f"{graph.ref.path}/holdout.parquet")
@@ -317,7 +316,7 @@ def test_a_newer_champion_is_never_the_baseline_of_an_older_day(tmp_path):
     run_ship_day(layout, "2024-01-08", cfg, make_world(), gate=False)
     _old_champion(layout, num_users=45, num_items=70, day="2024-01-09")  # newer and larger than the graph
     result = run_evaluate(layout, "2024-01-08", cfg, run_key="r1",
-                          candidate=CandidateRefs.current(layout, "2024-01-08"))  # no crash: judged as a bootstrap
+                          candidate=layout.current_ref(EngineRef, "2024-01-08").as_dict())  # no crash: judged as a bootstrap
     assert result.champion_version is None and "bootstrap" in result.baseline_reason
 
 

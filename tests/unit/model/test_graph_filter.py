@@ -12,8 +12,10 @@ from components.core.interactions import Interactions, normalized_edges
 from components.model.models.graph_filter import FilterParams, GraphFilter
 from components.model.models.lightgcn import build_adjacency
 from components.core.catalog import Layout, read_json
+from components.core.refs import TeacherRef
 from components.model.teacher import fit_graph_filter, load_teacher, run_teacher, spectral_student
-from tests.unit.model_fixtures import current_inputs, planted, write_graph
+from tests.unit.data_fixtures import current_inputs
+from tests.unit.model_fixtures import planted, write_graph
 
 DAY = "2026-01-02"
 
@@ -162,7 +164,12 @@ FILTER_CFG = {"teacher.kind": "graph_filter", "teacher.graph_filter.rank": 16, "
 
 def test_graph_filter_teacher_stage_publishes_a_filter_that_beats_popularity(filter_day):
     layout, train, holdout = filter_day
-    teacher = run_teacher(layout, DAY, load_config(None, FILTER_CFG), **current_inputs(layout, "teacher", DAY))
+    cfg = load_config(None, FILTER_CFG)
+    given = current_inputs(layout, "teacher", DAY, cfg)
+    assert "warm_start" not in given  # recomputed from the graph alone
+    with pytest.raises(ValueError, match="a graph_filter teacher has no warm start"):
+        run_teacher(layout, DAY, cfg, **given, warm_start=TeacherRef(DAY, "v0", "/t"))
+    teacher = run_teacher(layout, DAY, cfg, **given)
     metrics = read_json(f"{teacher.path}/metrics.json")
     assert metrics["kind"] == "graph_filter" and teacher.num_params == 80 * 16 + 16
     assert metrics["device"] == "cpu"  # every record that measures says which device ran
@@ -177,7 +184,7 @@ def test_graph_filter_teacher_stage_publishes_a_filter_that_beats_popularity(fil
 def test_student_distilled_from_a_graph_filter_keeps_its_quality(filter_day):
     layout, train, holdout = filter_day
     cfg = load_config(None, FILTER_CFG)
-    run_teacher(layout, DAY, cfg, **current_inputs(layout, "teacher", DAY))
+    run_teacher(layout, DAY, cfg, **current_inputs(layout, "teacher", DAY, cfg))
     student = read_json(f"{run_distill(layout, DAY, cfg, **current_inputs(layout, 'distill', DAY)).path}/metrics.json")
     pop = evaluate_scorer(popularity_scorer(train, 80), train, holdout, 80, (20,))
     assert student["embedding_dim"] == 8

@@ -9,7 +9,7 @@ from components.core.catalog import Layout
 from components.data.sources.synthetic import corrupt_landing, write_log
 from components.data.validate import DataValidationError, run_validate
 
-from tests.unit.data_fixtures import accept, day, land, setup
+from tests.unit.data_fixtures import accept, current_inputs, day, land, setup
 
 
 def _digest(path):
@@ -42,7 +42,7 @@ def test_rerunning_a_day_is_byte_identical_and_never_duplicates(tmp_path):
     first = accept(layout, cfg, 0)
     before = _digest(layout.accepted(day(0)))
     run_ingest(layout, day(0), cfg)
-    second = run_validate(layout, day(0), cfg)
+    second = run_validate(layout, day(0), cfg, **current_inputs(layout, "validate", day(0)))
     assert _digest(layout.accepted(day(0))) == before
     assert second.accepted_rows == first.accepted_rows
 
@@ -53,7 +53,7 @@ def test_small_redelivery_is_deduplicated_and_kept_aside(tmp_path):
     frame = pd.read_parquet(path)
     write_log(pd.concat([frame, frame.iloc[:2]], ignore_index=True), path)
     run_ingest(layout, day(0), cfg)
-    result = run_validate(layout, day(0), cfg)
+    result = run_validate(layout, day(0), cfg, **current_inputs(layout, "validate", day(0)))
     assert result.duplicate_rows == 2 and result.accepted_rows == len(frame)
     duplicates = pd.read_parquet(layout.accepted(day(0)) / "duplicates.parquet")
     assert len(duplicates) == 2 and result.accepted_rows + len(duplicates) == result.rows  # nothing lost
@@ -66,7 +66,7 @@ def test_late_events_within_tolerance_are_accepted_and_counted(tmp_path):
     frame.loc[:4, "ts"] = pd.Timestamp(day(0), tz="UTC") - pd.Timedelta(hours=2)
     write_log(frame, path)
     run_ingest(layout, day(0), cfg)
-    assert run_validate(layout, day(0), cfg).late_rows == 5
+    assert run_validate(layout, day(0), cfg, **current_inputs(layout, "validate", day(0))).late_rows == 5
 
 
 @pytest.mark.parametrize(
@@ -86,7 +86,7 @@ def test_corrupted_days_are_quarantined_whole_with_a_report(tmp_path, corruption
     corrupt_landing(layout.landing(day(1)), corruption)
     staged = run_ingest(layout, day(1), cfg)
     with pytest.raises(DataValidationError) as failure:
-        run_validate(layout, day(1), cfg)
+        run_validate(layout, day(1), cfg, **current_inputs(layout, "validate", day(1)))
     message = str(failure.value)
     assert rule in message and "events" in message  # names the rule and the file(s)
     assert not layout.accepted(day(1)).exists()
@@ -109,7 +109,7 @@ def test_failing_rows_are_named_by_file_and_row(tmp_path):
     frame.to_csv(path, index=False)
     run_ingest(layout, day(0), cfg)
     with pytest.raises(DataValidationError, match=r"expect_column_values_to_be_in_set\(event_type\): 1 rows.*events.csv:7 \(teleport\)"):
-        run_validate(layout, day(0), cfg)
+        run_validate(layout, day(0), cfg, **current_inputs(layout, "validate", day(0)))
 
 
 def test_a_volume_drop_warns_with_its_band_and_can_be_made_to_quarantine(tmp_path):
@@ -120,7 +120,7 @@ def test_a_volume_drop_warns_with_its_band_and_can_be_made_to_quarantine(tmp_pat
     path = land(layout, 3)
     write_log(pd.read_parquet(path).iloc[:25], path)  # a day with ~5% of normal volume
     run_ingest(layout, day(3), cfg)
-    result = run_validate(layout, day(3), cfg)
+    result = run_validate(layout, day(3), cfg, **current_inputs(layout, "validate", day(3)))
     assert result.success and result.accepted_rows == 25  # an anomaly warns; the day goes on
     (volume,) = [r for r in result.warnings if r.rule == "volume"]
     volumes = [json.loads((layout.accepted(day(d)) / "manifest.json").read_text())["profile"]["volume"] for d in range(3)]
@@ -136,7 +136,7 @@ def test_a_volume_drop_warns_with_its_band_and_can_be_made_to_quarantine(tmp_pat
     write_log(pd.read_parquet(land(strict_layout, 3)).iloc[:25], strict_layout.landing(day(3)) / "events.parquet")
     run_ingest(strict_layout, day(3), strict)
     with pytest.raises(DataValidationError, match=r"FAIL volume: observed 25; expected \[\d"):
-        run_validate(strict_layout, day(3), strict)
+        run_validate(strict_layout, day(3), strict, **current_inputs(strict_layout, "validate", day(3)))
 
 
 def test_a_previously_accepted_day_that_now_fails_is_superseded_not_lost(tmp_path):
@@ -145,7 +145,7 @@ def test_a_previously_accepted_day_that_now_fails_is_superseded_not_lost(tmp_pat
     corrupt_landing(layout.landing(day(0)), "wrong_day")
     run_ingest(layout, day(0), cfg)
     with pytest.raises(DataValidationError):
-        run_validate(layout, day(0), cfg)
+        run_validate(layout, day(0), cfg, **current_inputs(layout, "validate", day(0)))
     assert not layout.accepted(day(0)).exists()
     (attempt,) = list(layout.quarantine(day(0)).iterdir())
     assert (attempt / "superseded_accepted" / "events.parquet").exists()
@@ -163,7 +163,7 @@ def test_landing_may_be_any_fsspec_uri(tmp_path):
         handle.write(generate_day(WORLD, START).to_parquet(index=False))
     staged = run_ingest(layout, day(0), cfg, landing=f"memory:///landing-{tmp_path.name}/date={day(0)}")
     assert staged.rows == len(generate_day(WORLD, START))
-    assert run_validate(layout, day(0), cfg).accepted_rows == staged.rows
+    assert run_validate(layout, day(0), cfg, **current_inputs(layout, "validate", day(0))).accepted_rows == staged.rows
 
 
 def test_epoch_second_timestamps_parse_in_every_format(tmp_path):
@@ -199,7 +199,7 @@ def test_an_event_redelivered_on_a_later_day_is_not_accepted_twice(tmp_path):
     frame, yesterday, path = _redelivered(layout, cfg, 3)
     write_log(pd.concat([frame, yesterday], ignore_index=True), path)  # unchanged: a redelivery
     run_ingest(layout, day(1), cfg)
-    result = run_validate(layout, day(1), cfg)
+    result = run_validate(layout, day(1), cfg, **current_inputs(layout, "validate", day(1)))
     assert result.accepted_rows == len(frame) and result.duplicate_rows == 3
     manifest = json.loads((layout.accepted(day(1)) / "manifest.json").read_text())
     assert manifest["rows_duplicate_of_earlier_days"] == 3
@@ -218,7 +218,7 @@ def test_an_event_id_of_an_earlier_day_with_another_payload_quarantines_naming_b
     write_log(pd.concat([frame, reused], ignore_index=True), path)
     run_ingest(layout, day(1), cfg)
     with pytest.raises(DataValidationError) as failure:
-        run_validate(layout, day(1), cfg)
+        run_validate(layout, day(1), cfg, **current_inputs(layout, "validate", day(1)))
     message = str(failure.value)
     assert ("FAIL event_id_payload_conflict: 3 event ids of earlier days; observed 3 rows; 0 rows redelivered from "
             "earlier days") in message
@@ -237,7 +237,7 @@ def test_an_event_id_of_an_earlier_day_with_another_payload_quarantines_naming_b
     frame, yesterday, path = _redelivered(warn_layout, warn, 3)
     write_log(pd.concat([frame, reused], ignore_index=True), path)
     run_ingest(warn_layout, day(1), warn)
-    result = run_validate(warn_layout, day(1), warn)
+    result = run_validate(warn_layout, day(1), warn, **current_inputs(warn_layout, "validate", day(1)))
     assert result.success and result.accepted_rows == len(frame) and result.duplicate_rows == 3
     assert [r.name for r in result.warnings] == ["event_id_payload_conflict"]
 
@@ -248,7 +248,7 @@ def test_an_unknown_column_is_kept_beside_the_events_and_reported(tmp_path):
     frame = pd.read_parquet(path)
     write_log(frame.assign(session=[f"s{i % 7}" for i in range(len(frame))]), path)
     run_ingest(layout, day(0), cfg)
-    result = run_validate(layout, day(0), cfg)
+    result = run_validate(layout, day(0), cfg, **current_inputs(layout, "validate", day(0)))
     assert result.success and result.unknown_columns == ("session",)
     (drift,) = [r for r in result.warnings if r.rule == "unknown_columns"]
     assert drift.observed == "session" and drift.samples == ("events.parquet (session)",)
@@ -267,7 +267,7 @@ def test_a_changed_column_type_quarantines_naming_column_expected_and_seen(tmp_p
     write_log(frame.assign(user_id=frame.index.to_numpy() + 0.5), path)  # ids became floats
     staged = run_ingest(layout, day(0), cfg)
     with pytest.raises(DataValidationError) as failure:
-        run_validate(layout, day(0), cfg)
+        run_validate(layout, day(0), cfg, **current_inputs(layout, "validate", day(0)))
     assert "expect_column_type(user_id)" in str(failure.value)
     assert "events.parquet (user_id: expected string or integer, seen float)" in str(failure.value)
     (attempt,) = list(layout.quarantine(day(0)).iterdir())
@@ -281,7 +281,7 @@ def test_a_one_user_day_is_flagged_loudly_and_config_decides_warn_or_quarantine(
     write_log(frame.assign(user_id="bot-1"), path)
     run_ingest(layout, day(0), cfg)
     with caplog.at_level("WARNING", logger="components.data.validate"):
-        result = run_validate(layout, day(0), cfg)
+        result = run_validate(layout, day(0), cfg, **current_inputs(layout, "validate", day(0)))
     (bot,) = [r for r in result.warnings if r.rule == "bot_suspect"]
     assert bot.observed == f"user bot-1: {len(frame)} of {len(frame)} events (100%)"
     assert "WARN bot_suspect(user_id)" in caplog.text
@@ -290,7 +290,7 @@ def test_a_one_user_day_is_flagged_loudly_and_config_decides_warn_or_quarantine(
     write_log(frame.assign(user_id="bot-1"), land(strict_layout, 0))
     run_ingest(strict_layout, day(0), strict)
     with pytest.raises(DataValidationError, match="FAIL bot_suspect"):
-        run_validate(strict_layout, day(0), strict)
+        run_validate(strict_layout, day(0), strict, **current_inputs(strict_layout, "validate", day(0)))
 
 
 def test_a_quarantined_day_makes_no_later_day_look_new_or_abnormal(tmp_path):
@@ -301,7 +301,7 @@ def test_a_quarantined_day_makes_no_later_day_look_new_or_abnormal(tmp_path):
     corrupt_landing(layout.landing(day(5)), "wrong_day")
     run_ingest(layout, day(5), cfg)
     with pytest.raises(DataValidationError):
-        run_validate(layout, day(5), cfg)
+        run_validate(layout, day(5), cfg, **current_inputs(layout, "validate", day(5)))
     after = [accept(layout, cfg, offset) for offset in (6, 7)]
     assert all(r.success and not r.warnings for r in after)
     # Users first seen on the quarantined day are not new on the next one.
@@ -323,7 +323,7 @@ def test_a_failing_days_log_fits_on_a_screen_summary_first(tmp_path, caplog):
     frame.to_csv(path, index=False)
     run_ingest(layout, day(0), cfg)
     with caplog.at_level("INFO"), pytest.raises(DataValidationError) as failure:
-        run_validate(layout, day(0), cfg)
+        run_validate(layout, day(0), cfg, **current_inputs(layout, "validate", day(0)))
     lines = str(failure.value).splitlines()
     assert lines[0].startswith(f"validation FAILED for {day(0)}: 2 rule(s) failed")
     assert lines[1].startswith("  - FAIL ") and lines[2].startswith("  - FAIL ")
@@ -365,7 +365,7 @@ def test_a_quarantined_days_anomalous_metrics_stay_out_of_the_history(tmp_path):
     write_log(pd.read_parquet(path).assign(user_id="bot-1"), path)
     run_ingest(layout, day(5), cfg)
     with pytest.raises(DataValidationError, match="FAIL bot_suspect") as failure:
-        run_validate(layout, day(5), cfg)
+        run_validate(layout, day(5), cfg, **current_inputs(layout, "validate", day(5)))
     assert "WARN top_user_share" in str(failure.value)
     history, held = _history(layout, day(6), cfg)
     assert held == 1 and [d for d, _ in history] == [day(d) for d in range(6)]
@@ -409,7 +409,7 @@ def _csv_day(layout, offset=0):
 def _quarantined(layout, cfg, offset=0):
     staged = run_ingest(layout, day(offset), cfg)
     with pytest.raises(DataValidationError) as failure:
-        run_validate(layout, day(offset), cfg)
+        run_validate(layout, day(offset), cfg, **current_inputs(layout, "validate", day(offset)))
     (attempt,) = list(layout.quarantine(day(offset)).iterdir())
     result = json.loads((attempt / "validation.json").read_text())["result"]
     # Row accounting: every staged row is in quarantine, nothing accepted.
@@ -444,7 +444,7 @@ def test_all_naive_timestamps_are_read_as_utc_and_epoch_milliseconds_are_detecte
         other, other_cfg = setup(tmp_path / name.replace(" ", "_"))
         frame, path = _csv_day(other)
         frame.assign(ts=write(frame["ts"])).to_csv(path, index=False)
-        result = (run_ingest(other, day(0), other_cfg), run_validate(other, day(0), other_cfg))[1]
+        result = (run_ingest(other, day(0), other_cfg), run_validate(other, day(0), other_cfg, **current_inputs(other, "validate", day(0))))[1]
         assert result.success and result.accepted_rows == reference.accepted_rows, name
         assert pd.read_parquet(other.accepted(day(0)) / "events.parquet")["ts"].tolist() == expected.tolist(), name
         files = json.loads((other.accepted(day(0)) / "manifest.json").read_text())["files"]
@@ -489,7 +489,7 @@ def test_float_ids_beside_integer_ids_quarantine_or_are_read_as_integers_by_decl
                                                        "validation.severity": {"id_float_form": "warn"}})
     frame.to_csv(land(typed_layout, 0, "csv"), index=False)
     run_ingest(typed_layout, day(0), typed)
-    result = run_validate(typed_layout, day(0), typed)
+    result = run_validate(typed_layout, day(0), typed, **current_inputs(typed_layout, "validate", day(0)))
     assert result.success and result.accepted_rows == len(frame)
     users = pd.read_parquet(typed_layout.accepted(day(0)) / "events.parquet")["user_id"]
     assert not users.str.contains(".", regex=False).any()  # 13.0 is 13: no ghost ids
@@ -531,7 +531,7 @@ def test_nfc_and_nfd_spellings_of_one_id_are_one_user_and_warn_or_quarantine_by_
     frame.loc[10:14, "user_id"] = nfd
     frame.to_csv(path, index=False)
     run_ingest(layout, day(0), cfg)
-    result = run_validate(layout, day(0), cfg)
+    result = run_validate(layout, day(0), cfg, **current_inputs(layout, "validate", day(0)))
     assert result.success and result.accepted_rows == len(frame)
     users = pd.read_parquet(layout.accepted(day(0)) / "events.parquet")["user_id"]
     assert (users == nfc).sum() == 15 and not (users == nfd).any()
@@ -563,7 +563,7 @@ def test_content_duplicates_under_new_event_ids_are_dropped_within_tolerance_and
     copies = frame.iloc[:2].assign(event_id=lambda f: f["event_id"] + "-again")
     pd.concat([frame, copies], ignore_index=True).to_csv(path, index=False)
     run_ingest(layout, day(0), cfg)
-    result = run_validate(layout, day(0), cfg)
+    result = run_validate(layout, day(0), cfg, **current_inputs(layout, "validate", day(0)))
     assert result.success and result.accepted_rows == len(frame) and result.content_duplicate_rows == 2
     assert result.rows == result.accepted_rows + result.duplicate_rows  # nothing lost
     duplicates = pd.read_parquet(layout.accepted(day(0)) / "duplicates.parquet")
@@ -600,7 +600,7 @@ def test_every_entry_of_the_partition_is_read_or_listed_as_skipped_and_the_rows_
     write_log(frame.iloc[:5], landing / ".hidden.parquet")
     (landing / "_SUCCESS").write_bytes(b"")
     staged = run_ingest(layout, day(0), cfg)
-    result = run_validate(layout, day(0), cfg)
+    result = run_validate(layout, day(0), cfg, **current_inputs(layout, "validate", day(0)))
     assert sorted(f.name for f in staged.files) == ["events.parquet", "hour=12/part-0.parquet"]
     assert {s.name: s.reason.split(" (")[0] for s in staged.skipped} == {
         ".hidden.parquet": "hidden", "_SUCCESS": "marker", "_part-9.parquet": "underscore-prefixed", "linked.parquet": "symlink"}
@@ -663,11 +663,11 @@ def test_an_unreadable_file_or_folder_quarantines_the_day_with_a_report(shared_t
 import json, pathlib
 from components.data.ingest import run_ingest
 from components.data.validate import DataValidationError, run_validate
-from tests.unit.data_fixtures import setup, day
+from tests.unit.data_fixtures import current_inputs, setup, day
 layout, cfg = setup(pathlib.Path({str(shared_tmp)!r}))
 staged = run_ingest(layout, day(0), cfg)
 try:
-    run_validate(layout, day(0), cfg)
+    run_validate(layout, day(0), cfg, **current_inputs(layout, "validate", day(0)))
 except DataValidationError as exc:
     print(json.dumps({{"message": str(exc), "rows": staged.rows}}))
 """
@@ -723,7 +723,7 @@ def test_a_missing_column_fails_once_and_the_report_says_how_to_rerun_the_day(tm
     corrupt_landing(layout.landing(day(1)), "missing_column")
     run_ingest(layout, day(1), cfg)
     with pytest.raises(DataValidationError) as failure:
-        run_validate(layout, day(1), cfg)
+        run_validate(layout, day(1), cfg, **current_inputs(layout, "validate", day(1)))
     failed = [line for line in str(failure.value).splitlines() if line.strip().startswith("- FAIL")]
     assert failed == ["  - FAIL expect_column_to_exist(item_id): observed column missing"]  # not also not-null
     (attempt,) = list(layout.quarantine(day(1)).iterdir())

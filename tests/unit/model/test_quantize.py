@@ -19,7 +19,7 @@ from components.ship.export import (
 )
 from components.model.models.quantize import dequantize, quantize_rows, table_bytes
 from components.core.catalog import Layout
-from tests.unit.model_fixtures import current_inputs
+from tests.unit.data_fixtures import current_inputs
 from tests.unit.ship_fixtures import cluster_embeddings, make_graph, make_model, make_world, random_embeddings, tiny_config
 
 

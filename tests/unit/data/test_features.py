@@ -24,12 +24,12 @@ from components.core.config import PipelineConfig
 from components.data.features import (
     compute_item_features,
     compute_user_features,
-    read_online_features,
     repo_config_data,
     run_features,
     sync_feature_repo,
 )
 from components.core.catalog import Layout, write_json
+from tests.unit.data_fixtures import current_inputs, read_online_features
 
 # dask (under Feast's file offline store) warns about a pandas downcast it does internally.
 pytestmark = pytest.mark.filterwarnings("ignore:Downcasting object dtype arrays:FutureWarning")
@@ -198,7 +198,7 @@ def pipeline(tmp_path_factory):
     runs, online = {}, {}
     cwd = os.getcwd()
     for label, day in (("d1", D1), ("d2", D2), ("d3", D3), ("d3_again", D3), ("d2_backfill", D2)):
-        runs[label] = run_features(layout, day, cfg)
+        runs[label] = run_features(layout, day, cfg, **current_inputs(layout, "features", day, cfg))
         online[label] = read_online_features(layout, cfg, ALL_USERS, ALL_ITEMS)
     assert os.getcwd() == cwd  # unlike `feast apply`'s code path, the stage never chdirs
     return layout, cfg, runs, online
@@ -339,7 +339,7 @@ def test_a_features_run_failing_at_the_registry_write_keeps_serving(pipeline, tm
 
     monkeypatch.setattr(os, "fsync", fsync)
     with pytest.raises(OSError, match="No space left"):
-        run_features(copy, D3, copy_cfg)
+        run_features(copy, D3, copy_cfg, **current_inputs(copy, "features", D3, copy_cfg))
     monkeypatch.undo()
     users, items = read_online_features(copy, copy_cfg, ALL_USERS, ALL_ITEMS)
     pd.testing.assert_frame_equal(users, online["d3"][0])
@@ -351,5 +351,5 @@ def test_windows_that_differ_from_the_repo_are_named(tmp_path):
     write_accepted(layout, [D1])
     cfg = PipelineConfig(root=str(tmp_path), features={"windows_days": (1, 3, 14)})
     with pytest.raises(ValueError, match=r"user_activity.*events_14d"):
-        run_features(layout, D1, cfg)
+        run_features(layout, D1, cfg, **current_inputs(layout, "features", D1, cfg))
     assert not (tmp_path / "features" / "repo" / "data" / "user_features").exists()  # nothing written

@@ -13,6 +13,7 @@ from components.ship.serving import (Recommender, csr_rows, export_triton_reposi
                                 top_k_excluding)
 from components.core.catalog import Layout
 
+from tests.unit.data_fixtures import current_inputs
 from tests.unit.ship_fixtures import promoted_champion, tiny_config, write_accepted_events
 
 DAY = "2024-01-08"
@@ -112,7 +113,7 @@ def served_with_feast(served):
         ("u0", first_for_u0, f"{DAY}T13:00"),
         ("stranger", "i_new", f"{DAY}T14:00"),
     ])
-    run_features(served, DAY, cfg)
+    run_features(served, DAY, cfg, **current_inputs(served, "features", DAY, cfg))
     return engine_only, Recommender.load(served, history=online_history(served, cfg)), first_for_u0, cfg
 
 
@@ -178,7 +179,7 @@ def test_fold_in_answers_users_the_model_never_trained_far_better_than_popularit
     from components.model.train import final_embeddings
 
     from tests.unit.model_fixtures import planted
-    from tests.unit.test_train import FAST
+    from tests.unit.model.test_train import FAST
 
     train, holdout = planted()
     cold = np.arange(120) % 10 == 0

@@ -19,6 +19,7 @@ from components.decide.registry import champion, run_promote, run_register
 from components.ship.serving import Recommender, fold_in
 from components.core.catalog import Layout, read_json
 
+from tests.unit.data_fixtures import current_inputs
 from tests.unit.ship_fixtures import make_world, run_ship_day, tiny_config, write_accepted_events
 
 DAY, BEFORE = "2024-01-08", "2024-01-07"
@@ -46,7 +47,7 @@ def evaluated(tmp_path_factory):
             for j, item in enumerate(items)]
     rows.append(("u39", "i_new", f"{BEFORE}T09:00"))
     write_accepted_events(layout, BEFORE, rows)
-    run_features(layout, BEFORE, cfg)
+    run_features(layout, BEFORE, cfg, **current_inputs(layout, "features", BEFORE, cfg))
     run_ship_day(layout, DAY, cfg, world, cold_users=len(COLD))
     registration = run_register(layout, DAY, cfg, run_key="r1")
     assert run_promote(layout, DAY, cfg, run_key="r1", registration=registration).promoted

@@ -13,7 +13,8 @@ from components.model.models.lightgcn import LightGCN
 from components.core.catalog import Layout, read_json
 from components.model.teacher import InsufficientHistory, run_teacher, train_teacher
 from components.model.train import fit_lightgcn, load_embeddings, load_model, warm_start_rows
-from tests.unit.model_fixtures import current_inputs, planted, write_graph
+from tests.unit.data_fixtures import current_inputs
+from tests.unit.model_fixtures import planted, write_graph
 
 FAST = {"teacher.kind": "lightgcn", "teacher.embedding_dim": 16, "teacher.num_layers": 2, "teacher.epochs": 12, "teacher.lr": 0.02,
         "teacher.batch_size": 256, "teacher.eval_every": 4, "teacher.early_stop_patience": 5,
@@ -84,7 +85,7 @@ def test_run_teacher_publishes_contract_and_warm_starts_next_day(tmp_path, caplo
     train, holdout = planted()
     write_graph(layout, "2026-01-02", train, holdout, 120, 80)
     config = cfg(**{"teacher.epochs": 4})
-    first = run_teacher(layout, "2026-01-02", config, **current_inputs(layout, "teacher", "2026-01-02"))
+    first = run_teacher(layout, "2026-01-02", config, **current_inputs(layout, "teacher", "2026-01-02", config))
     assert first.kind == "models/teacher" and first.num_params == (120 + 80) * 16
     user, item = load_embeddings(first.path)
     assert user.shape == (120, 16) and item.shape == (80, 16) and user.dtype == np.float32
@@ -93,17 +94,23 @@ def test_run_teacher_publishes_contract_and_warm_starts_next_day(tmp_path, caplo
     assert metrics["holdout"]["recall@20"] > metrics["popularity_holdout"]["recall@20"]
     assert "ndcg@20" in metrics["val"] and metrics["bytes"]["model_pt"] > 0
     assert len(read_json(f"{first.path}/history.json")) == 4
-    assert run_teacher(layout, "2026-01-02", config, **current_inputs(layout, "teacher", "2026-01-02")).version == first.version  # idempotent
+    assert run_teacher(layout, "2026-01-02", config, **current_inputs(layout, "teacher", "2026-01-02", config)).version == first.version  # idempotent
 
     # next day: 10 new users and 5 new items appended; rows of the old model are copied
     more, more_holdout = planted(num_users=130, num_items=85, seed=1)
     write_graph(layout, "2026-01-03", more, more_holdout, 130, 85, new_users=10, new_items=5)
     with caplog.at_level(logging.INFO, logger="components.model.teacher"):
-        second = run_teacher(layout, "2026-01-03", config, **current_inputs(layout, "teacher", "2026-01-03"))
+        second = run_teacher(layout, "2026-01-03", config, **current_inputs(layout, "teacher", "2026-01-03", config))
     assert "copied 120 users + 80 items, 10 users + 5 items new" in caplog.text
     assert read_json(f"{second.path}/metrics.json")["warm_start"]["from"]["version"] == first.version
     model, payload = load_model(second.path)
     assert payload["num_users"] == 130 and model.item_embedding.weight.shape == (85, 16)
+    # the warm start is the caller's choice (the pipeline's: the newest earlier teacher), recorded
+    given = current_inputs(layout, "teacher", "2026-01-03", config)
+    assert given["warm_start"].version == first.version
+    cold = run_teacher(layout, "2026-01-03", config, **{**given, "warm_start": None})
+    assert read_json(f"{cold.path}/metrics.json")["warm_start"]["from"] is None and cold.version != second.version
+    assert read_json(f"{cold.path}/manifest.json")["inputs"] == [layout.artifact(given["graph"]).as_lineage()]
 
 
 def test_too_little_history_raises_insufficient_history(tmp_path):
@@ -111,7 +118,7 @@ def test_too_little_history_raises_insufficient_history(tmp_path):
     train, holdout = planted(num_users=4, num_items=10, per_user=3, holdout_per_user=1)
     write_graph(layout, "2026-01-02", train, holdout, 4, 10)
     with pytest.raises(InsufficientHistory, match="min_train_pairs=50"):
-        run_teacher(layout, "2026-01-02", cfg(), **current_inputs(layout, "teacher", "2026-01-02"))
+        run_teacher(layout, "2026-01-02", cfg(), **current_inputs(layout, "teacher", "2026-01-02", cfg()))
 
 
 def test_time_budget_stop_evaluates_the_last_epoch_instead_of_discarding_it():
@@ -164,8 +171,8 @@ def test_two_runs_of_the_teacher_on_the_same_inputs_give_the_same_version(tmp_pa
     second_root = Layout.at(tmp_path / "second")
     shutil.copytree(first_root.artifacts("graphs"), second_root.artifacts("graphs"))
     config = cfg(**{"teacher.kind": kind, "teacher.epochs": 4})
-    first = run_teacher(first_root, "2026-01-02", config, **current_inputs(first_root, "teacher", "2026-01-02"))
-    second = run_teacher(second_root, "2026-01-02", config, **current_inputs(second_root, "teacher", "2026-01-02"))
+    first = run_teacher(first_root, "2026-01-02", config, **current_inputs(first_root, "teacher", "2026-01-02", config))
+    second = run_teacher(second_root, "2026-01-02", config, **current_inputs(second_root, "teacher", "2026-01-02", config))
     assert second_root.current("graphs", "2026-01-02").version == graph.version
     assert first.version == second.version
     timings = read_json(f"{first.path}/timings.json")
@@ -192,7 +199,7 @@ def test_a_model_file_that_would_run_code_is_refused(tmp_path):
     layout = Layout.at(tmp_path)
     train, holdout = planted()
     write_graph(layout, "2026-01-02", train, holdout, 120, 80)
-    artifact = run_teacher(layout, "2026-01-02", cfg(**{"teacher.epochs": 1}), **current_inputs(layout, "teacher", "2026-01-02"))
+    artifact = run_teacher(layout, "2026-01-02", cfg(**{"teacher.epochs": 1}), **current_inputs(layout, "teacher", "2026-01-02", cfg(**{"teacher.epochs": 1})))
     model, payload = load_model(artifact.path)  # a real model loads
     assert payload["num_users"] == 120
     marker = tmp_path / "code-ran"

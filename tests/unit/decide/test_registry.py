@@ -23,19 +23,25 @@ from components.decide.registry import (
     champion,
     champion_as_of,
     history,
-    list_versions,
     promote,
     register_candidate,
     rollback,
     run_promote,
     run_register,
 )
-from components.core.catalog import Layout, read_json, read_outcome
+from components.core.catalog import MANIFEST, Layout, read_json, read_outcome
 from components.decide.pointer import FilePointer, pointer_of
 
 from tests.unit.ship_fixtures import make_world, run_ship_day, tiny_config
 
 DAYS = ("2024-01-08", "2024-01-09", "2024-01-10", "2024-01-11")
+
+
+def registered_versions(layout: Layout) -> list[str]:
+    """The complete versions in the registry (a version folder is complete once its manifest exists)."""
+    return sorted(p.name for p in (layout.registry() / "versions").glob("*") if (p / MANIFEST).exists())
+
+
 VERSION_FILES = {
     "embeddings.npz", "model.pt", "model.onnx", "users.parquet", "items.parquet", "seen.npz",
     "popularity.npy", "metrics.json", "blessing.json", "lineage.json", "serving.json", "manifest.json",
@@ -90,9 +96,9 @@ def _clone(layout: Layout, dest: Path) -> Layout:
 
 def judge(layout, cfg, day, run_key):
     """evaluate -> gate -> register for ``day`` in run ``run_key``, passing results explicitly."""
-    from components.decide.candidate import CandidateRefs
+    from components.core.refs import EngineRef
 
-    evaluation = run_evaluate(layout, day, cfg, run_key=run_key, candidate=CandidateRefs.current(layout, day))
+    evaluation = run_evaluate(layout, day, cfg, run_key=run_key, candidate=layout.current_ref(EngineRef, day).as_dict())
     blessing = gates.run_gate(layout, day, cfg, run_key=run_key, evaluation=evaluation)
     return run_register(layout, day, cfg, run_key=run_key, blessing={"path": blessing.path})
 
@@ -226,7 +232,7 @@ def test_rejected_candidate_is_registered_but_never_promoted(env):
     with pytest.raises(PermissionError, match=f"refusing to promote {bad.version}"):
         promote(layout, bad.version, "force it")
     assert champion(layout).version == good.version
-    assert sorted(list_versions(layout)) == sorted([good.version, bad.version])
+    assert sorted(registered_versions(layout)) == sorted([good.version, bad.version])
 
 
 @FILE_ONLY
@@ -315,7 +321,7 @@ def test_crash_while_registering_leaves_no_partial_version(env):
     with pytest.raises(Crash):
         register_candidate(layout, "2024-01-08-partial", DAYS[0], files, {"popularity.npy": {"array": np.ones(3)}},
                            {"blessing.json": {"blessed": True}}, "blessed", fault_hook=_crash_at("version_staged"))
-    assert "2024-01-08-partial" not in list_versions(layout)
+    assert "2024-01-08-partial" not in registered_versions(layout)
     assert not (layout.registry() / "versions" / "2024-01-08-partial").exists()
     path, created = register_candidate(layout, "2024-01-08-partial", DAYS[0], files,
                                        {"popularity.npy": {"array": np.ones(3)}},
@@ -368,7 +374,7 @@ def _write_points(layout: Layout, scratch: Path, action: str, arg: str) -> list[
 def _kill_at(layout: Layout, action: str, arg: str, point: tuple[str, int]) -> None:
     proc = subprocess.run([sys.executable, "-c", ACTION_SCRIPT, str(layout.root), layout.champion_store, action, arg,
                            point[0], str(point[1])],
-                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120)
+                          cwd=Path(__file__).resolve().parents[3], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, f"{action} not killed at {point}: rc {proc.returncode} {proc.stderr}"
 
 

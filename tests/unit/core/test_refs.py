@@ -5,7 +5,7 @@ import json
 import pytest
 
 from components.core.catalog import Layout
-from components.core.refs import EngineRef, GraphRef, PrunedRef, StudentRef, TeacherRef
+from components.core.refs import AcceptedRef, DayRef, EngineRef, GraphRef, PrunedRef, StudentRef, TeacherRef
 
 
 def _publish(layout: Layout, kind: str, day: str, tmp_path, name: str):
@@ -49,3 +49,35 @@ def test_the_catalog_refuses_a_reference_to_nothing(tmp_path):
     layout = Layout.at(tmp_path / "root")
     with pytest.raises(FileNotFoundError, match="graphs 2026-01-05 vmissing: .* is missing or incomplete"):
         layout.artifact(GraphRef("2026-01-05", "missing", "/x"))
+
+
+def _partition(layout: Layout, kind: str, day: str, content: str) -> None:
+    folder = layout.root / kind / f"date={day}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "events.parquet").write_text(content)
+    (folder / ("files.json" if kind == "staging" else "manifest.json")).write_text("{}")
+
+
+def test_a_day_partition_is_named_by_its_content_and_refused_once_it_changed(tmp_path):
+    layout = Layout.at(tmp_path / "root")
+    _partition(layout, "accepted", "2026-01-05", "first")
+    (accepted,) = layout.partition_refs(AcceptedRef, "2026-01-05", "2026-01-05")
+    assert accepted.kind == "accepted" and AcceptedRef.from_dict(json.loads(json.dumps(accepted.as_dict()))) == accepted
+    assert layout.partition(accepted) == layout.accepted("2026-01-05")
+    _partition(layout, "accepted", "2026-01-05", "re-validated")  # the day was validated again since
+    with pytest.raises(FileNotFoundError, match=f"accepted 2026-01-05 v{accepted.version}: .* now holds v"):
+        layout.partition(accepted)
+    with pytest.raises(FileNotFoundError, match="staging 2026-01-05 vx: .* is missing or incomplete"):
+        layout.partition(DayRef("2026-01-05", "x", "/x"))
+
+
+def test_a_window_lists_the_complete_partitions_of_its_days_oldest_first(tmp_path):
+    layout = Layout.at(tmp_path / "root")
+    for day in ("2026-01-01", "2026-01-03", "2026-01-04", "2026-01-06"):
+        _partition(layout, "accepted", day, day)
+    (layout.accepted("2026-01-04") / "manifest.json").unlink()  # incomplete: not part of any window
+    window = layout.partition_refs(AcceptedRef, "2026-01-02", "2026-01-05")
+    assert [ref.day for ref in window] == ["2026-01-03"]
+    assert [ref.day for ref in layout.partition_refs(AcceptedRef, "2026-01-01", "2026-01-06")] == \
+        ["2026-01-01", "2026-01-03", "2026-01-06"]
+    assert layout.partition_refs(DayRef, "2026-01-01", "2026-01-06") == []

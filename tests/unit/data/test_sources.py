@@ -8,7 +8,7 @@ import pytest
 from components.data.sources.replay import parse_type_map, read_timestamped, replay
 from components.data.sources.synthetic import SyntheticWorld, generate_day
 
-from tests.unit.data_fixtures import WORLD
+from tests.unit.data_fixtures import WORLD, current_inputs
 
 
 def test_synthetic_days_are_deterministic_and_independent_of_order():
@@ -114,7 +114,7 @@ def test_recbole_atomic_inter_files_and_packaged_logs_by_name(tmp_path):
 # RetailRocket's events.csv as it ships (timestamp in epoch ms, visitorid, event in view/addtocart/
 # transaction, itemid, transactionid): 36 rows written for this test in that exact header and units
 # (not rows of the real dataset).
-RETAILROCKET = Path(__file__).parent.parent / "fixtures" / "retailrocket_events.csv"
+RETAILROCKET = Path(__file__).parents[2] / "fixtures" / "retailrocket_events.csv"
 RR_OPTIONS = dict(user_col="visitorid", item_col="itemid", type_col="event", time_unit="ms",
                   type_map=parse_type_map("addtocart=cart,transaction=purchase"))
 
@@ -142,7 +142,7 @@ def test_a_retailrocket_log_replays_as_it_ships_and_passes_the_contract(tmp_path
     days = sorted(p.name.removeprefix("date=") for p in (layout.root / "landing").iterdir())
     assert days == sorted(frame["ts"].dt.strftime("%Y-%m-%d").unique())
     run_ingest(layout, days[0], cfg)
-    result = run_validate(layout, days[0], cfg)
+    result = run_validate(layout, days[0], cfg, **current_inputs(layout, "validate", days[0]))
     first_day = frame[frame["ts"].dt.strftime("%Y-%m-%d") == days[0]]
     assert result.success and result.accepted_rows == len(first_day) and not result.failed
     events = pd.read_parquet(layout.accepted(days[0]) / "events.parquet")

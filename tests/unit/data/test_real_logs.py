@@ -14,6 +14,7 @@ from components.data.sources.replay import replay
 from components.data.sources.synthetic import corrupt_landing
 from components.core.catalog import Layout
 from components.data.validate import DataValidationError, run_validate
+from tests.unit.data_fixtures import current_inputs
 
 DAYS = 28
 CORRUPT = 14
@@ -37,13 +38,13 @@ def _replay(tmp_path, source, corrupt: int | None, graph_days: tuple[int, ...] =
     for index, day in enumerate(days):
         run_ingest(layout, day, cfg)
         try:
-            result = run_validate(layout, day, cfg)
+            result = run_validate(layout, day, cfg, **current_inputs(layout, "validate", day))
         except DataValidationError as failure:
             outcomes[day] = ("quarantined", str(failure), ())
             continue
         outcomes[day] = ("accepted", "", result.warnings)
         if index in graph_days:
-            run_graph(layout, day, cfg)
+            run_graph(layout, day, cfg, **current_inputs(layout, "graph", day, cfg))
     return layout, days, outcomes
 
 
@@ -80,7 +81,7 @@ import numpy as np  # noqa: E402
 from components.data.sources.public_logs import instacart_events, replayable_log  # noqa: E402
 from components.data.sources.replay import read_timestamped  # noqa: E402
 
-NIGHTLY = Path(__file__).resolve().parents[2] / "benchmarks" / "real_logs" / "nightly.py"
+NIGHTLY = Path(__file__).resolve().parents[3] / "benchmarks" / "real_logs" / "nightly.py"
 
 
 def _orders(rows):

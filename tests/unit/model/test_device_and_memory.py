@@ -20,7 +20,7 @@ from components.model.teacher import graph_filter_teacher, teacher_topk
 from tests.unit.model_fixtures import planted
 
 GOLDEN = Path(__file__).parent / "golden"
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine (CI has none)")
 
 

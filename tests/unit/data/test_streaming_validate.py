@@ -9,6 +9,7 @@ import pytest
 
 from components.core.catalog import Layout
 from components.core.config import load_config
+from components.core.refs import DayRef
 from components.data.ingest import run_ingest
 from components.data.sources.synthetic import write_log
 from components.data.streaming import DayKeys, in_sorted, mark_seen, repeated, staged_chunks, tally
@@ -28,9 +29,9 @@ def _run(tmp_path, name, chunk_rows, landing_frames, earlier_days=0):
         accept(layout, cfg, offset - earlier_days + 1)
     for file_name, frame in landing_frames.items():
         write_log(frame, layout.landing(day(1)) / file_name)
-    run_ingest(layout, day(1), cfg)
+    staged = DayRef.of(run_ingest(layout, day(1), cfg))
     try:
-        return layout, run_validate(layout, day(1), cfg)
+        return layout, run_validate(layout, day(1), cfg, staged=staged)
     except DataValidationError as error:
         return layout, error
 

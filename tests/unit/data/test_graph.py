@@ -5,7 +5,7 @@ import pytest
 from components.core.interactions import USER_ETYPE
 from components.data.graph import ITEM_ETYPE, GraphArtifact, aggregate_pairs, extend_id_map, run_graph
 
-from tests.unit.data_fixtures import accept, day, setup
+from tests.unit.data_fixtures import accept, current_inputs, day, setup
 
 
 def test_id_maps_are_append_only_across_days(tmp_path):
@@ -14,7 +14,7 @@ def test_id_maps_are_append_only_across_days(tmp_path):
         accept(layout, cfg, offset)
     maps = []
     for offset in range(1, 4):
-        run_graph(layout, day(offset), cfg)
+        run_graph(layout, day(offset), cfg, **current_inputs(layout, "graph", day(offset), cfg))
         artifact = GraphArtifact.load(layout.current("graphs", day(offset)))
         maps.append((artifact.user_ids(), artifact.item_ids()))
     for (users_a, items_a), (users_b, items_b) in zip(maps, maps[1:]):
@@ -28,7 +28,7 @@ def test_graph_holds_the_window_before_the_day_and_the_day_as_holdout(tmp_path):
     layout, cfg = setup(tmp_path, **{"graph.window_days": 2})
     for offset in range(4):
         accept(layout, cfg, offset)
-    result = run_graph(layout, day(3), cfg)
+    result = run_graph(layout, day(3), cfg, **current_inputs(layout, "graph", day(3), cfg))
     artifact = GraphArtifact.load(layout.current("graphs", day(3)))
     stats = artifact.ref.manifest["stats"]
     assert stats["train_days"] == [day(1), day(2)]
@@ -51,14 +51,14 @@ def test_rerun_lands_on_the_same_version(tmp_path):
     layout, cfg = setup(tmp_path)
     for offset in range(2):
         accept(layout, cfg, offset)
-    assert run_graph(layout, day(1), cfg) == run_graph(layout, day(1), cfg)
+    assert run_graph(layout, day(1), cfg, **current_inputs(layout, "graph", day(1), cfg)) == run_graph(layout, day(1), cfg, **current_inputs(layout, "graph", day(1), cfg))
 
 
 def test_quarantined_day_has_no_graph(tmp_path):
     layout, cfg = setup(tmp_path)
     accept(layout, cfg, 0)
     with pytest.raises(FileNotFoundError, match="no accepted partition"):
-        run_graph(layout, day(1), cfg)
+        run_graph(layout, day(1), cfg, **current_inputs(layout, "graph", day(1), cfg))
 
 
 def test_decay_halves_weight_per_half_life():
@@ -98,14 +98,14 @@ def test_a_day_relanded_after_later_days_extends_the_newest_id_maps_without_fork
     corrupt_landing(layout.landing(day(2)), "wrong_day")
     run_ingest(layout, day(2), cfg)
     with pytest.raises(DataValidationError):
-        run_validate(layout, day(2), cfg)
+        run_validate(layout, day(2), cfg, **current_inputs(layout, "validate", day(2)))
     accept(layout, cfg, 3)
     for offset in (1, 3):
-        run_graph(layout, day(offset), cfg)
+        run_graph(layout, day(offset), cfg, **current_inputs(layout, "graph", day(offset), cfg))
     accept(layout, cfg, 2)  # the fixed day is re-landed late and re-run
-    run_graph(layout, day(2), cfg)
+    run_graph(layout, day(2), cfg, **current_inputs(layout, "graph", day(2), cfg))
     accept(layout, cfg, 4)
-    run_graph(layout, day(4), cfg)
+    run_graph(layout, day(4), cfg, **current_inputs(layout, "graph", day(4), cfg))
     maps = {d: GraphArtifact.load(layout.current("graphs", day(d))).user_ids() for d in (1, 3, 2, 4)}
     chain = [maps[1], maps[3], maps[2], maps[4]]  # in the order they were built
     for shorter, longer in zip(chain, chain[1:]):
@@ -120,8 +120,8 @@ def test_graph_checks_are_written_to_the_stats(tmp_path):
     layout, cfg = setup(tmp_path, **{"graph.window_days": 2})
     for offset in range(4):
         accept(layout, cfg, offset)
-    run_graph(layout, day(2), cfg)
-    run_graph(layout, day(3), cfg)
+    run_graph(layout, day(2), cfg, **current_inputs(layout, "graph", day(2), cfg))
+    run_graph(layout, day(3), cfg, **current_inputs(layout, "graph", day(3), cfg))
     stats = GraphArtifact.load(layout.current("graphs", day(3))).ref.manifest["stats"]
     checks = {c["check"]: c for c in stats["checks"]}
     assert checks["leaked_events"]["value"] == 0 and checks["duplicate_edges"]["value"] == 0
@@ -148,8 +148,29 @@ def test_rerunning_an_earlier_day_after_later_days_lands_on_the_same_graph(tmp_p
     layout, cfg = setup(tmp_path)
     for offset in (0, 1, 2):
         accept(layout, cfg, offset)
-    first = run_graph(layout, day(1), cfg)
-    run_graph(layout, day(2), cfg)  # longer maps now exist
-    again = run_graph(layout, day(1), cfg)
+    first = run_graph(layout, day(1), cfg, **current_inputs(layout, "graph", day(1), cfg))
+    run_graph(layout, day(2), cfg, **current_inputs(layout, "graph", day(2), cfg))  # longer maps now exist
+    again = run_graph(layout, day(1), cfg, **current_inputs(layout, "graph", day(1), cfg))
     assert again.version == first.version
     assert GraphArtifact.load(layout.current("graphs", day(2))).num_users > first.num_users
+
+
+def test_the_graph_builds_on_the_references_it_is_given_and_records_them(tmp_path):
+    layout, cfg = setup(tmp_path, **{"graph.window_days": 2})
+    for offset in range(4):
+        accept(layout, cfg, offset)
+    yesterday = run_graph(layout, day(2), cfg, **current_inputs(layout, "graph", day(2), cfg))
+    given = current_inputs(layout, "graph", day(3), cfg)  # what the pipeline resolves once, from the catalog
+    assert [ref.day for ref in given["window"]] == [day(1), day(2)] and given["same_day"] is None
+    assert given["previous"].version == given["id_maps"].version == yesterday.version
+    run_graph(layout, day(3), cfg, **given)
+    manifest = GraphArtifact.load(layout.current("graphs", day(3))).ref.manifest
+    assert manifest["inputs"] == [*(ref.as_dict() for ref in (*given["window"], given["accepted"])),
+                                  given["id_maps"].as_dict() | {"role": "id_maps"},
+                                  given["previous"].as_dict() | {"role": "previous"}]
+    # only the days it is given are read, whatever else the catalog holds
+    run_graph(layout, day(3), cfg, **{**given, "window": given["window"][1:]})
+    assert GraphArtifact.load(layout.current("graphs", day(3))).ref.manifest["stats"]["train_days"] == [day(2)]
+    outside = current_inputs(layout, "graph", day(1), cfg)["window"]  # day 0: outside day 3's window
+    with pytest.raises(ValueError, match=f"expected {day(3)} and days {day(1)}..{day(2)}"):
+        run_graph(layout, day(3), cfg, **{**given, "window": outside})

@@ -17,7 +17,7 @@ from components.data.sources.synthetic import corrupt_landing
 from components.data.ingest import run_ingest
 from components.data.validate import DataValidationError, run_validate
 
-from tests.unit.data_fixtures import accept, day, land
+from tests.unit.data_fixtures import accept, current_inputs, day, land
 from tests.unit.ship_fixtures import make_world, run_ship_day, tiny_config
 from components.core.catalog import Layout, run_key_for
 
@@ -42,7 +42,7 @@ def nights(tmp_path_factory):
     corrupt_landing(layout.landing(day(3)), "missing_column")
     run_ingest(layout, day(3), cfg)
     with pytest.raises(DataValidationError):
-        run_validate(layout, day(3), cfg)
+        run_validate(layout, day(3), cfg, **current_inputs(layout, "validate", day(3)))
     return layout
 
 
