@@ -212,7 +212,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         url = args.triton_url or os.environ.get("GRAPHDISTILL_TRITON_URL")
         if not url:
             raise ValueError("recommend --via triton needs --triton-url or GRAPHDISTILL_TRITON_URL")
-        champ = champion_in(layout.registry())
+        champ = champion_in(layout)  # an s3:// root: the store's pointer
         if champ is None:
             raise LookupError(f"no champion in registry {layout.registry()} (nothing promoted yet)")
         runner = TritonRunner(url, triton_repository(layout, cfg.ops.triton_repository), champ.version)

@@ -55,6 +55,7 @@ import numpy as np
 from components.core.champion import CHAMPION_FILE, ChampionRef
 from components.core.config import PipelineConfig
 from components.core.refs import BLESSING_FILE, Blessing, read_upstream
+from components.core.remote import publish_artifacts
 from components.decide.outcome import FALLBACK_POPULARITY, PROMOTED
 from components.core.errors import StorageFault, storage_fault
 from components.core.catalog import (MANIFEST, Layout, code_version, read_json, read_outcome, record_outcome, run_dir,
@@ -402,6 +403,8 @@ def _move_pointer(pointer: ChampionPointer, current: dict[str, Any] | None, toke
 def _decide(layout: Layout, decision: Callable[[ChampionPointer], Any]) -> Any:
     """Run one decision (read, decide, move) on the layout's champion pointer: under its lock, and
     from a fresh read again after each lost race (the object store's compare-and-swap)."""
+    # An s3:// root: the versions this session registered reach the store before a pointer can name one.
+    publish_artifacts(layout)
     pointer = pointer_of(layout)
     with pointer.exclusive():
         for _ in range(MAX_LOST_RACES):
