@@ -54,6 +54,7 @@ INDEX_FILE = "index.json"
 # The champion pointer's keys: read and written on the store only (module doc), never copied.
 POINTER_KEYS = (f"registry/{CHAMPION_FILE}", f"registry/{HISTORY_OBJECTS}", f"registry/{HISTORY_FILE}")
 LANDING_PREFIX = "landing/"
+VERSIONS_PREFIX = "registry/versions/"
 # A published, immutable artifact: Layout.publish's <kind>/<day>/<version>/ and the registry's versions.
 _IMMUTABLE = re.compile(r"^(?P<artifact>(?:graphs|models/[^/]+|exports|engines)/\d{4}-\d{2}-\d{2}/[^/]+"
                         r"|registry/versions/[^/]+)/(?P<file>.+)$")
@@ -286,8 +287,20 @@ def publish_artifacts(layout: Layout) -> dict[str, int]:
     """Publish now the complete immutable artifacts this thread's session on ``layout`` wrote (the
     registry calls it before each decision, so a pointer never names a version the store lacks);
     nothing for a local root or outside a session."""
-    copy = next((c for c in _ACTIVE.__dict__.get("by_uri", {}).values() if c.path == layout.root), None)
+    copy = _session_copy(layout)
     return copy.publish_artifacts() if copy is not None else {}
+
+
+def _session_copy(layout: Layout) -> WorkingCopy | None:
+    return next((c for c in _ACTIVE.__dict__.get("by_uri", {}).values() if c.path == layout.root), None)
+
+
+def fetch_versions(layout: Layout) -> dict[str, int]:
+    """Bring the store's registry versions into this thread's session copy of ``layout`` now (the
+    registry, when the store's pointer names a version the copy was hydrated without); nothing for a
+    local root or outside a session."""
+    copy = _session_copy(layout)
+    return copy.hydrate(VERSIONS_PREFIX) if copy is not None else {}
 
 
 def hydrated(root: str | Path) -> Layout:

@@ -55,7 +55,7 @@ import numpy as np
 from components.core.champion import CHAMPION_FILE, ChampionRef
 from components.core.config import PipelineConfig
 from components.core.refs import BLESSING_FILE, Blessing, read_upstream
-from components.core.remote import publish_artifacts
+from components.core.remote import fetch_versions, publish_artifacts
 from components.decide.outcome import FALLBACK_POPULARITY, PROMOTED
 from components.core.errors import StorageFault, storage_fault
 from components.core.catalog import (MANIFEST, Layout, code_version, read_json, read_outcome, record_outcome, run_dir,
@@ -368,11 +368,17 @@ def _move_entry(record: dict[str, Any]) -> dict[str, Any]:
             "seq": record["seq"], "run_key": record["run_key"]}
 
 
-def _repair_history(pointer: ChampionPointer, fault_hook: FaultHook | None = None) -> tuple[dict[str, Any] | None, Any]:
+def _repair_history(layout: Layout, pointer: ChampionPointer,
+                    fault_hook: FaultHook | None = None) -> tuple[dict[str, Any] | None, Any]:
     """A crash after the pointer moved but before the history append leaves the log one move
     short: append the move's own entry (a rollback stays a rollback). Returns the pointer record
     and its token (what the decision that follows must be made against)."""
     record, token = pointer.read()
+    if record is not None and not all((version_dir(layout, v) / MANIFEST).exists()
+                                      for v in (record["version"], *record["previous"], *record["rolled_back"])):
+        # An s3:// root whose pointer another process moved since this copy was hydrated: the versions
+        # it names were in the store before it could name them; bring them into this copy.
+        fetch_versions(layout)
     if record is None or pointer.move_logged(record["seq"]):
         return record, token
     pointer.append({**_move_entry(record), "recovered": True}, record["seq"], fault_hook)
@@ -421,7 +427,7 @@ def promote(layout: Layout, version: str, reason: str, *, fault_hook: FaultHook 
     day = _check_blessed(layout, version)["day"]
 
     def decision(pointer: ChampionPointer) -> PromotionResult:
-        current, token = _repair_history(pointer, fault_hook)
+        current, token = _repair_history(layout, pointer, fault_hook)
         return _promote(pointer, current, token, version, day, reason, manual=True, fault_hook=fault_hook)
 
     return _decide(layout, decision)
@@ -523,7 +529,7 @@ def decide_promotion(layout: Layout, version: str, judged_against: str | None, *
     day = _check_blessed(layout, version)["day"]
 
     def decision(pointer: ChampionPointer) -> PromotionResult:
-        record, token = _repair_history(pointer, fault_hook)
+        record, token = _repair_history(layout, pointer, fault_hook)
         if _unreported_promotion(layout, record, version, day, run_key):
             log.warning("promote: %s became the champion in run %s before a crash; reporting that promotion",
                         version, record["run_key"])
@@ -551,7 +557,7 @@ def _rollback(layout: Layout, pointer: ChampionPointer, reason: str = "rollback"
               fault_hook: FaultHook | None = None) -> str:
     """Restore the champion the current one replaced and deny-list the current one, in one pointer
     move; returns the restored version."""
-    current, token = _repair_history(pointer, fault_hook)
+    current, token = _repair_history(layout, pointer, fault_hook)
     if current is None or not current["previous"]:
         raise LookupError(f"nothing to roll back to under {pointer.where}: "
                           f"{'no champion' if current is None else 'the champion has no predecessor'}")
