@@ -20,7 +20,8 @@ points the registry's pointer backend at the store's ``registry/`` (components/d
 race, and create-only ``registry/history/`` objects), and readers read it there (components/core/
 champion.py). Hydrate and publish leave those keys alone. A pointer must never name a version the store
 lacks, so the registry calls ``publish_artifacts`` before every decision: the session's complete
-immutable artifacts (a version registered in this session) are in the store before the swap.
+immutable artifacts (a version registered in this session) are in the store before the swap; and
+``fetch_versions`` when the pointer names a version this copy was hydrated without.
 
 One session at a time per working copy (an exclusive lock on it): two workers on one host take turns;
 give them separate ``GRAPHDISTILL_CACHE`` folders to run side by side. Sessions nest within a process

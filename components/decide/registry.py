@@ -25,7 +25,10 @@ window that ends before D), ignoring versions rolled back since (unless re-promo
 
 Where champion.json and the history live is the layout's pointer backend (components/decide/pointer.py):
 the registry folder under a file lock, or an S3 store where the move is an If-Match swap and a decision
-that lost a race is made again from a fresh read. The rest of this text holds for both.
+that lost a race is made again from a fresh read (an ``s3://`` artifact root's own ``registry/``: before
+each decision the session's new versions are published, so the pointer never names a version the store
+lacks, and versions another copy published are fetched when the pointer names them). The rest of this
+text holds for both.
 
 Crash safety: a version directory is staged and renamed into place (complete or absent). Every
 decision that later decisions depend on lives in champion.json, moved by one atomic write
