@@ -163,7 +163,7 @@ def champion_as_of(layout: Layout, day: str) -> tuple[ChampionRef | None, str]:
     trained on a window ending X-1 and was judged on X, so an earlier day's version never saw
     ``day``; later days' promotions do not change it, so re-running ``day`` reproduces its
     judgement. Read from champion.json alone, so a lost history line cannot change it. Returns (ref, why)."""
-    record = pointer_of(layout).read()[0]
+    record = _read_pointer(layout, pointer_of(layout))[0]
     if record is not None:
         for version in (record["version"], *reversed(record["previous"])):
             if version in record["rolled_back"]:
@@ -371,17 +371,23 @@ def _move_entry(record: dict[str, Any]) -> dict[str, Any]:
             "seq": record["seq"], "run_key": record["run_key"]}
 
 
-def _repair_history(layout: Layout, pointer: ChampionPointer,
-                    fault_hook: FaultHook | None = None) -> tuple[dict[str, Any] | None, Any]:
-    """A crash after the pointer moved but before the history append leaves the log one move
-    short: append the move's own entry (a rollback stays a rollback). Returns the pointer record
-    and its token (what the decision that follows must be made against)."""
+def _read_pointer(layout: Layout, pointer: ChampionPointer) -> tuple[dict[str, Any] | None, Any]:
+    """The pointer record and its token, with every version it names in this layout's root."""
     record, token = pointer.read()
     if record is not None and not all((version_dir(layout, v) / MANIFEST).exists()
                                       for v in (record["version"], *record["previous"], *record["rolled_back"])):
         # An s3:// root whose pointer another process moved since this copy was hydrated: the versions
         # it names were in the store before it could name them; bring them into this copy.
         fetch_versions(layout)
+    return record, token
+
+
+def _repair_history(layout: Layout, pointer: ChampionPointer,
+                    fault_hook: FaultHook | None = None) -> tuple[dict[str, Any] | None, Any]:
+    """A crash after the pointer moved but before the history append leaves the log one move
+    short: append the move's own entry (a rollback stays a rollback). Returns the pointer record
+    and its token (what the decision that follows must be made against)."""
+    record, token = _read_pointer(layout, pointer)
     if record is None or pointer.move_logged(record["seq"]):
         return record, token
     pointer.append({**_move_entry(record), "recovered": True}, record["seq"], fault_hook)

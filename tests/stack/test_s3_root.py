@@ -245,7 +245,7 @@ def test_a_rollback_through_one_copy_is_what_every_other_copy_reads(s3_env, seaw
     reads the rollback: the CLI's champion and history, serving's champion, the outcome's champion day."""
     from components.core.champion import champion_in
     from components.decide.outcome import champion_day
-    from components.decide.registry import decide_promotion
+    from components.decide.registry import champion_as_of, decide_promotion
     from components.ship.serving import _champion
 
     uri = f"s3://{seaweedfs.settings.bucket}/rollback-{uuid.uuid4().hex[:8]}"
@@ -274,6 +274,15 @@ def test_a_rollback_through_one_copy_is_what_every_other_copy_reads(s3_env, seaw
         ["promote", "v1"], ["promote", "v2"], ["rollback", "v1"]]
     assert not stale.exists()  # the session's hydrate dropped the old copy's pointer
     assert json.loads(connect(object_root(uri)).read("registry/champion.json").body)["version"] == "v1"
+    # Another process promotes v3 while this copy is in a session hydrated before: the next day's
+    # baseline is v3, fetched from the store (not skipped as "removed by hand", which would judge against v1).
+    with session(uri) as layout:
+        other = subprocess.run([sys.executable, "-c", DECIDER, uri, "v3", "2026-03-03", "v1"], capture_output=True,
+                               text=True, cwd=REPO, timeout=120,
+                               env={**os.environ, "GRAPHDISTILL_CACHE": str(tmp_path / "third"), "PYTHONPATH": str(REPO)})
+        assert other.returncode == 0 and json.loads(other.stdout.splitlines()[-1])["promoted"], other.stderr[-2000:]
+        assert not (layout.registry() / "versions" / "v3").exists()
+        assert champion_as_of(layout, "2026-03-04")[0].version == "v3"
 
 
 @pytest.mark.parametrize("case", ["malformed", "other_scheme", "no_credentials", "store_down", "no_bucket"])
