@@ -136,7 +136,7 @@ def cmd_champion(args: argparse.Namespace) -> int:
     return 0 if current else 1
 
 
-def announce_champion(layout: Layout, event: str, reason: str) -> int:
+def announce_champion(root: str, layout: Layout, event: str, reason: str) -> int:
     """Tell Airflow the champion changed outside a nightly run: an event on the champion Asset through
     the api-server ($GRAPHDISTILL_API_URL), so the serving refresh DAG exports it within one refresh.
     0 when announced, or when no api-server is configured (said on stderr, with how to finish); 3 when
@@ -154,8 +154,10 @@ def announce_champion(layout: Layout, event: str, reason: str) -> int:
               f"not set, so serving keeps its model until the next promotion; finish with {retry}", file=sys.stderr)
         return 0  # nothing configured to tell: a local root without Airflow is a normal setup
     api = AirflowApi.from_url(url)
+    # An s3:// root travels as its URI: the serving refresh reads the store's champion, not this host's copy.
     extra = {"version": current.version, "day": version_day(layout, current.version), "previous": list(current.previous)[-1:] or None,
-             "event": event, "reason": reason, "root": str(layout.root), "registry": str(layout.registry())}
+             "event": event, "reason": reason, "root": str(root) if object_root(root) else str(layout.root),
+             "registry": str(layout.registry())}
     try:
         posted = api.emit_asset_event(CHAMPION_ASSET, extra)
     except (OSError, LookupError, KeyError) as exc:  # HTTP, connection and lookup errors
@@ -173,11 +175,11 @@ def cmd_promote(args: argparse.Namespace) -> int:
     layout = Layout.at(args.root)
     result = promote(layout, args.version, reason=args.reason)
     print(json.dumps(result.__dict__, indent=2))
-    return announce_champion(layout, "manual promotion", args.reason) if result.promoted else 0
+    return announce_champion(args.root, layout, "manual promotion", args.reason) if result.promoted else 0
 
 
 def cmd_announce(args: argparse.Namespace) -> int:
-    return announce_champion(Layout.at(args.root), "announce", args.reason)
+    return announce_champion(args.root, Layout.at(args.root), "announce", args.reason)
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -197,7 +199,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
     layout = Layout.at(args.root)
     print(f"champion is now {rollback(layout, reason=args.reason)}")
-    return announce_champion(layout, "rollback", args.reason)
+    return announce_champion(args.root, layout, "rollback", args.reason)
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
@@ -215,7 +217,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         url = args.triton_url or os.environ.get("GRAPHDISTILL_TRITON_URL")
         if not url:
             raise ValueError("recommend --via triton needs --triton-url or GRAPHDISTILL_TRITON_URL")
-        champ = champion_in(layout.registry())
+        champ = champion_in(layout)  # an s3:// root: the store's pointer
         if champ is None:
             raise LookupError(f"no champion in registry {layout.registry()} (nothing promoted yet)")
         runner = TritonRunner(url, triton_repository(layout, cfg.ops.triton_repository), champ.version)

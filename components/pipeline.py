@@ -15,7 +15,7 @@ from typing import Any
 
 from components.core.config import DEFAULT_CONFIG_FILE, PipelineConfig, load_config
 from components.core.errors import PermanentStageFailure, StageSkipped, storage_fault
-from components.core.remote import run_in_session
+from components.core.remote import session
 from components.core.refs import (AcceptedRef, DayRef, ExportRef, GraphRef, PrunedRef, Ref, StudentRef,
                                   TeacherRef)
 from components.core.catalog import (Layout, cli_run_key, mark_latest, parse_day, record_outcome, run_dir, tidy,
@@ -140,10 +140,10 @@ def run_stage(name: str, day: str, cfg: PipelineConfig, *, run_key: str | None =
     run = getattr(importlib.import_module(module), function)
     day = parse_day(day).isoformat()
     run_key = run_key or cli_run_key()
-    # An s3:// root: hydrate the local copy first, publish what the stage wrote after; a promotion that
-    # lost the champion race is decided again on a fresh copy (components/core/remote.py).
-    return run_in_session(cfg.root, lambda layout: _run_in(layout, name, run, day, cfg, run_key, upstream, refs,
-                                                           context), landing_day=day if name == "ingest" else None)
+    # An s3:// root: hydrate the local copy first, publish what the stage wrote after (components/core/
+    # remote.py); the champion pointer is decided on the store itself (components/decide/pointer.py).
+    with session(cfg.root, landing_day=day if name == "ingest" else None) as layout:
+        return _run_in(layout, name, run, day, cfg, run_key, upstream, refs, context)
 
 
 def _run_in(layout: Layout, name: str, run: Any, day: str, cfg: PipelineConfig, run_key: str,

@@ -364,6 +364,11 @@ class ObjectRoot:
     def uri(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
 
+    @property
+    def champion_store(self) -> str:
+        """Where the registry's champion pointer and history live: the store's own ``registry/``."""
+        return f"{self.uri}/registry"
+
     def cache(self) -> Path:
         """This process's working copy of the prefix: $GRAPHDISTILL_CACHE (else ~/.cache/graphdistill)
         /<bucket>/<prefix>. The same path in every process of a host, so that the paths stages hand on
@@ -401,10 +406,12 @@ class Layout:
     @classmethod
     def at(cls, root: str | Path, champion_store: str = "") -> "Layout":
         """The layout of a local folder, or of an ``s3://`` root's local working copy (hydrated and
-        published by ``components.core.remote.session``, the boundary every stage runs inside)."""
+        published by ``components.core.remote.session``, the boundary every stage runs inside). An
+        ``s3://`` root's champion pointer is the store's own ``registry/`` (never the copy's): every
+        process decides and reads on the store, whatever its copy holds."""
         remote = object_root(root)
         if remote is not None:
-            return cls(remote.cache(), champion_store)
+            return cls(remote.cache(), champion_store or remote.champion_store)
         return cls(Path(root).expanduser().resolve(), champion_store)
 
     def landing(self, day: str) -> Path:

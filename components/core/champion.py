@@ -1,22 +1,33 @@
 """The champion pointer, read side: which version serves (``champion_in``) and the registry's history
-log. The registry (components/decide/registry.py) is its only writer, under its lock; serving reads
-it here, so that shipping a model needs nothing from the plane that decides.
+log. The registry (components/decide/registry.py, through components/decide/pointer.py) is its only
+writer; serving, the CLI, the plugin and the outcome read it here, so that shipping a model needs
+nothing from the plane that decides.
+
+Where it lives is the layout's ``champion_store``: "" = champion.json and history.jsonl in the registry
+folder; "s3://bucket/prefix" = the objects ``champion.json`` and ``history/*.json`` under that prefix
+(an ``s3://`` artifact root's is its ``registry/``). Readers given a Layout read where the registry
+writes, so every process sees the store's pointer, never a stale local copy.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from components.core.catalog import read_json
+from components.core.catalog import Layout, read_json
+
+if TYPE_CHECKING:
+    from components.core.objectstore import ObjectStore
 
 log = logging.getLogger(__name__)
 
 CHAMPION_FILE = "champion.json"
 HISTORY_FILE = "history.jsonl"
+HISTORY_OBJECTS = "history/"  # on an object store: one create-only object per history entry
 POINTER_EVENTS = ("promote", "rollback")
 # Pointer moves logged before champion.json carried its sequence number ("recovered": a repaired move).
 LEGACY_POINTER_EVENTS = (*POINTER_EVENTS, "recovered")
@@ -36,9 +47,45 @@ class ChampionRef:
     rolled_back: tuple[str, ...] = ()  # versions a rollback took away and no hand promotion restored
 
 
-def champion_in(registry_root: str | Path) -> ChampionRef | None:
-    """The champion of a registry folder (serving reads a registry without a pipeline layout)."""
-    return champion_ref(pointer_record(Path(registry_root)), registry_root)
+def champion_in(source: Layout | str | Path) -> ChampionRef | None:
+    """The serving champion of a layout (read where its registry decides: folder or object store), or
+    of a registry folder given as a path (serving reads a registry without a pipeline layout)."""
+    if isinstance(source, Layout):
+        return champion_ref(record_of(source), source.registry())
+    return champion_ref(pointer_record(Path(source)), source)
+
+
+def record_of(layout: Layout) -> dict[str, Any] | None:
+    """The layout's champion.json record (None before the first promotion), from its pointer backend."""
+    if layout.champion_store:
+        return stored_record(pointer_store(layout.champion_store))[0]
+    return pointer_record(layout.registry())
+
+
+def history_of(layout: Layout) -> list[dict[str, Any]]:
+    """The layout's registry history, oldest first, from its pointer backend."""
+    if layout.champion_store:
+        return stored_history(pointer_store(layout.champion_store))
+    return history_in(layout.registry())
+
+
+@functools.cache
+def pointer_store(uri: str) -> "ObjectStore":
+    """The object store holding a champion pointer (``s3://bucket/prefix``): one client per location."""
+    from components.core.objectstore import ObjectStore
+
+    return ObjectStore.at(uri)
+
+
+def stored_record(store: "ObjectStore") -> tuple[dict[str, Any] | None, str | None]:
+    """champion.json on an object store and its ETag (what an If-Match swap must name)."""
+    got = store.read(CHAMPION_FILE)
+    return (json.loads(got.body), got.etag) if got else (None, None)
+
+
+def stored_history(store: "ObjectStore") -> list[dict[str, Any]]:
+    """The history objects on a store, in key order (move number first: oldest first)."""
+    return [json.loads(store.read(name).body) for name in store.list(HISTORY_OBJECTS)]
 
 
 def champion_ref(record: dict[str, Any] | None, registry_root: str | Path) -> ChampionRef | None:

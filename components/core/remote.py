@@ -11,12 +11,17 @@ CLI's other commands and the Airflow plugin's pages run inside one:
   is half-published (a writer died mid-upload) and is not downloaded: readers never see it.
 - **publish** (on exit, after a failed stage too: a quarantine report is a result): every file the
   session wrote, in this order: immutable artifacts' files create-only (``If-None-Match: *``) with
-  each manifest LAST; the champion pointer ``registry/champion.json`` compare-and-swap (``If-Match``
-  the ETag hydrated; a lost race raises ``ChampionMoved`` and the rest is not published;
-  ``run_in_session``, which every stage runs in, then re-reads the store and decides again); the registry's new history entries, one
-  create-only object each (``registry/history/<n>-<hash>.json``, never a rewritten file: the local
-  ``history.jsonl`` is assembled from them); then mutable records (outcomes, reports, accepted
-  partitions), each directory's manifest and the ``CURRENT``/``latest.json`` pointers last.
+  each manifest LAST; then mutable records (outcomes, reports, accepted partitions), each
+  directory's manifest and the ``CURRENT``/``latest.json`` pointers last.
+
+The champion pointer and the registry history are not in the copy: ``Layout.at`` of an ``s3://`` root
+points the registry's pointer backend at the store's ``registry/`` (components/decide/pointer.py's
+``ObjectPointer``: an If-Match swap of ``registry/champion.json``, re-decided from a fresh read on a lost
+race, and create-only ``registry/history/`` objects), and readers read it there (components/core/
+champion.py). Hydrate and publish leave those keys alone. A pointer must never name a version the store
+lacks, so the registry calls ``publish_artifacts`` before every decision: the session's complete
+immutable artifacts (a version registered in this session) are in the store before the swap; and
+``fetch_versions`` when the pointer names a version this copy was hydrated without.
 
 One session at a time per working copy (an exclusive lock on it): two workers on one host take turns;
 give them separate ``GRAPHDISTILL_CACHE`` folders to run side by side. Sessions nest within a process
@@ -37,26 +42,25 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from components.core.catalog import CURRENT, LATEST_FILE, MANIFEST, Layout, ObjectRoot, atomic_write_bytes, object_root
-from components.core.champion import CHAMPION_FILE, HISTORY_FILE
-from components.core.objectstore import ObjectExists, ObjectStore, ObjectStoreError, StaleETag
+from components.core.champion import CHAMPION_FILE, HISTORY_FILE, HISTORY_OBJECTS
+from components.core.objectstore import ObjectExists, ObjectStore, ObjectStoreError
 
 log = logging.getLogger(__name__)
 
-SYNC_DIR = ".sync"  # the copy's own bookkeeping: the ETag index, the history objects, the lock
+SYNC_DIR = ".sync"  # the copy's own bookkeeping: the ETag index, the lock
 INDEX_FILE = "index.json"
-CHAMPION_KEY = f"registry/{CHAMPION_FILE}"
-HISTORY_KEY = f"registry/{HISTORY_FILE}"
-HISTORY_PREFIX = "registry/history/"
+# The champion pointer's keys: read and written on the store only (module doc), never copied.
+POINTER_KEYS = (f"registry/{CHAMPION_FILE}", f"registry/{HISTORY_OBJECTS}", f"registry/{HISTORY_FILE}")
 LANDING_PREFIX = "landing/"
+VERSIONS_PREFIX = "registry/versions/"
 # A published, immutable artifact: Layout.publish's <kind>/<day>/<version>/ and the registry's versions.
 _IMMUTABLE = re.compile(r"^(?P<artifact>(?:graphs|models/[^/]+|exports|engines)/\d{4}-\d{2}-\d{2}/[^/]+"
                         r"|registry/versions/[^/]+)/(?P<file>.+)$")
 _POINTERS = (CURRENT, LATEST_FILE)
 FaultHook = Callable[[str], None]
-T = TypeVar("T")
 
 
 class RootUnavailable(ValueError):
@@ -64,14 +68,13 @@ class RootUnavailable(ValueError):
     root, the endpoint and what to do. A ValueError: the CLI exits 2 with this one line."""
 
 
-class ChampionMoved(ObjectStoreError):
-    """Another process moved the champion pointer since this session read it: nothing of this
-    decision was published; re-run (re-read the champion, decide again)."""
-
-
 def _artifact(name: str) -> str | None:
     match = _IMMUTABLE.match(name)
     return match.group("artifact") if match else None
+
+
+def _pointer(name: str) -> bool:
+    return name.startswith(POINTER_KEYS)
 
 
 def _md5_etag(body: bytes) -> str:
@@ -116,7 +119,6 @@ class WorkingCopy:
     store: ObjectStore
     path: Path
     index: dict[str, dict[str, Any]] = field(default_factory=dict)
-    history_lines: int = 0
 
     @property
     def _meta(self) -> Path:
@@ -125,18 +127,18 @@ class WorkingCopy:
     def _load_index(self) -> None:
         path = self._meta / INDEX_FILE
         doc = json.loads(path.read_text()) if path.exists() else {}
-        self.index, self.history_lines = doc.get("objects", {}), doc.get("history_lines", 0)
+        self.index = {name: known for name, known in doc.get("objects", {}).items() if not _pointer(name)}
 
     def _save_index(self) -> None:
         atomic_write_bytes(self._meta / INDEX_FILE, json.dumps(
-            {"root": self.root.uri, "objects": self.index, "history_lines": self.history_lines}).encode())
+            {"root": self.root.uri, "objects": self.index}).encode())
 
     def _remember(self, name: str, local: Path, etag: str) -> None:
         stat = local.stat()
         self.index[name] = {"etag": etag, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
     def _local(self, name: str) -> Path:
-        return (self._meta / name) if name.startswith(HISTORY_PREFIX) else self.path / name
+        return self.path / name
 
     def hydrate(self, prefix: str = "") -> dict[str, int]:
         """Download what changed in the store under ``prefix`` (landing excluded unless asked for)."""
@@ -146,7 +148,7 @@ class WorkingCopy:
         done = {"downloaded": 0, "bytes": 0, "half_published": 0}
         wanted = []
         for name, entry in listed.items():
-            if name.startswith(LANDING_PREFIX) and not prefix.startswith(LANDING_PREFIX):
+            if (name.startswith(LANDING_PREFIX) and not prefix.startswith(LANDING_PREFIX)) or _pointer(name):
                 continue
             artifact = _artifact(name)
             if artifact and artifact not in complete:
@@ -170,22 +172,14 @@ class WorkingCopy:
             done["downloaded"] += 1
             done["bytes"] += len(got.body)
         if not prefix:
-            self._assemble_history()
+            # A copy made before the pointer lived on the store only: its champion.json and history
+            # would be a stale second answer to "who is champion".
+            for name in (f"registry/{CHAMPION_FILE}", f"registry/{HISTORY_FILE}"):
+                self._local(name).unlink(missing_ok=True)
         self._save_index()
         if done["downloaded"] or done["half_published"]:
             log.info("hydrate %s -> %s: %s", self.root.uri, self.path, done)
         return done
-
-    def _assemble_history(self) -> None:
-        """registry/history.jsonl as the registry reads it: the store's history objects in name order
-        (lines this copy appended but never published are dropped: they were never decided)."""
-        folder = self._meta / HISTORY_PREFIX
-        names = sorted(p.name for p in folder.glob("*.json")) if folder.is_dir() else []
-        lines = [(folder / name).read_bytes().rstrip(b"\n") + b"\n" for name in names]
-        target = self.path / HISTORY_KEY
-        if lines or target.exists():
-            atomic_write_bytes(target, b"".join(lines))
-        self.history_lines = len(lines)
 
     def _changed(self) -> list[str]:
         out = []
@@ -194,7 +188,7 @@ class WorkingCopy:
             if any(part.startswith(".") for part in rel.parts) or not local.is_file():
                 continue  # temporary files, staging dirs, locks, this copy's bookkeeping
             name = rel.as_posix()
-            if name == HISTORY_KEY:
+            if _pointer(name):
                 continue
             stat, known = local.stat(), self.index.get(name)
             if not known or (known["size"], known["mtime_ns"]) != (stat.st_size, stat.st_mtime_ns):
@@ -204,32 +198,9 @@ class WorkingCopy:
     def publish(self, fault_hook: FaultHook | None = None) -> dict[str, int]:
         """Upload what this copy wrote since it was last synced (order and conditions: module doc)."""
         changed = self._changed()
-        immutable = [n for n in changed if _artifact(n)]
-        mutable = [n for n in changed if not _artifact(n) and n != CHAMPION_KEY]
-        done = {"created": 0, "existed": 0, "put": 0, "history": 0, "bytes": 0}
-        # Each artifact's manifest after all artifacts' files: a reader that finds a manifest finds its files.
-        for name in sorted(immutable, key=lambda n: n.endswith(f"/{MANIFEST}")):
-            if fault_hook:
-                fault_hook(name)
-            body = self._local(name).read_bytes()
-            try:
-                etag = self.store.create(name, body)
-                done["created"] += 1
-                done["bytes"] += len(body)
-            except ObjectExists:  # same version published by another process: versions are content hashes
-                etag = self.store.read(name).etag
-                done["existed"] += 1
-            self._remember(name, self._local(name), etag)
-        if CHAMPION_KEY in changed:
-            try:
-                self._swap_champion()
-            except ChampionMoved:
-                # The lost decision's records (outcome, latest.json) are dropped too: the next session
-                # downloads what the store holds, and the retry writes its own decision.
-                for name in mutable:
-                    self._local(name).unlink(missing_ok=True)
-                raise
-        self._publish_history(done)
+        done = {"created": 0, "existed": 0, "put": 0, "bytes": 0}
+        self._create_artifacts([n for n in changed if _artifact(n)], done, fault_hook)
+        mutable = [n for n in changed if not _artifact(n)]
         # Within mutable records: each folder's manifest, then the pointers, last.
         for name in sorted(mutable, key=lambda n: (n.rsplit("/", 1)[-1] in _POINTERS, n.endswith(MANIFEST))):
             if fault_hook:
@@ -243,37 +214,30 @@ class WorkingCopy:
             log.info("publish %s -> %s: %s", self.path, self.root.uri, done)
         return done
 
-    def _swap_champion(self) -> None:
-        local = self._local(CHAMPION_KEY)
-        known = self.index.get(CHAMPION_KEY)
-        try:
-            etag = self.store.swap(CHAMPION_KEY, local.read_bytes(), known["etag"] if known else None)
-        except StaleETag as exc:
-            # Forget the local pointer: the next session downloads the champion that won.
-            self.index.pop(CHAMPION_KEY, None)
-            local.unlink(missing_ok=True)
-            self._save_index()
-            raise ChampionMoved(f"{self.root.uri}/{CHAMPION_KEY}: the champion moved since this run read it; "
-                                f"nothing of this decision was published, re-run it to decide against the "
-                                f"new champion [{exc}]") from exc
-        self._remember(CHAMPION_KEY, local, etag)
+    def publish_artifacts(self, fault_hook: FaultHook | None = None) -> dict[str, int]:
+        """Upload the complete immutable artifacts written since the last sync, now (create-only,
+        manifests last): what the registry needs in the store before its pointer may name a version."""
+        done = {"created": 0, "existed": 0, "bytes": 0}
+        self._create_artifacts([n for n in self._changed() if _artifact(n)], done, fault_hook)
+        self._save_index()
+        if any(done.values()):
+            log.info("publish artifacts %s -> %s: %s", self.path, self.root.uri, done)
+        return done
 
-    def _publish_history(self, done: dict[str, int]) -> None:
-        path = self.path / HISTORY_KEY
-        lines = path.read_bytes().splitlines() if path.exists() else []
-        for number, line in enumerate(lines[self.history_lines:], start=self.history_lines + 1):
-            if not line.strip():
-                continue
-            # Numbered after the entries this copy read: two writers appending at once both keep theirs.
-            name = f"{HISTORY_PREFIX}{number:08d}-{hashlib.sha256(line).hexdigest()[:12]}.json"
+    def _create_artifacts(self, names: list[str], done: dict[str, int], fault_hook: FaultHook | None) -> None:
+        # Each artifact's manifest after all artifacts' files: a reader that finds a manifest finds its files.
+        for name in sorted(names, key=lambda n: n.endswith(f"/{MANIFEST}")):
+            if fault_hook:
+                fault_hook(name)
+            body = self._local(name).read_bytes()
             try:
-                etag = self.store.create(name, line + b"\n")
-            except ObjectExists:
+                etag = self.store.create(name, body)
+                done["created"] += 1
+                done["bytes"] += len(body)
+            except ObjectExists:  # same version published by another process: versions are content hashes
                 etag = self.store.read(name).etag
-            atomic_write_bytes(self._local(name), line + b"\n")
+                done["existed"] += 1
             self._remember(name, self._local(name), etag)
-            done["history"] += 1
-        self.history_lines = len(lines)
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -286,9 +250,6 @@ class WorkingCopy:
 # Per thread: the plugin's pages run in threads of one process, each with its own session (the
 # copy's lock serializes them).
 _ACTIVE = threading.local()
-# A decision that lost the champion race is re-read and made again, this many times in all.
-RACE_ATTEMPTS = 3
-
 
 @contextmanager
 def session(root: str | Path, *, landing_day: str | None = None, publish: bool = True,
@@ -305,7 +266,7 @@ def session(root: str | Path, *, landing_day: str | None = None, publish: bool =
     if active is not None:  # nested: the outer session hydrated and will publish
         if landing_day:
             active.hydrate(f"{LANDING_PREFIX}date={landing_day}/")
-        yield Layout(active.path)
+        yield Layout(active.path, remote.champion_store)
         return
     copy = WorkingCopy(remote, connect(remote), remote.cache())
     with copy.locked():
@@ -315,7 +276,7 @@ def session(root: str | Path, *, landing_day: str | None = None, publish: bool =
             if landing_day:
                 copy.hydrate(f"{LANDING_PREFIX}date={landing_day}/")
             try:
-                yield Layout(copy.path)
+                yield Layout(copy.path, remote.champion_store)
             finally:
                 if publish:
                     copy.publish(fault_hook)
@@ -323,20 +284,24 @@ def session(root: str | Path, *, landing_day: str | None = None, publish: bool =
             del sessions[remote.uri]
 
 
-def run_in_session(root: str | Path, unit: Callable[[Layout], T], *, landing_day: str | None = None) -> T:
-    """``unit(layout)`` in a session; when its publish loses the champion race (``ChampionMoved``), a
-    new session re-reads the store and runs ``unit`` again, so a promotion judged against a champion
-    that has since moved is decided again against the new one (e.g. ``stale``), up to RACE_ATTEMPTS."""
-    attempt = 1
-    while True:
-        try:
-            with session(root, landing_day=landing_day) as layout:
-                return unit(layout)
-        except ChampionMoved as exc:
-            if attempt == RACE_ATTEMPTS:
-                raise
-            attempt += 1
-            log.warning("%s; deciding again (attempt %d of %d)", exc, attempt, RACE_ATTEMPTS)
+def publish_artifacts(layout: Layout) -> dict[str, int]:
+    """Publish now the complete immutable artifacts this thread's session on ``layout`` wrote (the
+    registry calls it before each decision, so a pointer never names a version the store lacks);
+    nothing for a local root or outside a session."""
+    copy = _session_copy(layout)
+    return copy.publish_artifacts() if copy is not None else {}
+
+
+def _session_copy(layout: Layout) -> WorkingCopy | None:
+    return next((c for c in _ACTIVE.__dict__.get("by_uri", {}).values() if c.path == layout.root), None)
+
+
+def fetch_versions(layout: Layout) -> dict[str, int]:
+    """Bring the store's registry versions into this thread's session copy of ``layout`` now (the
+    registry, when the store's pointer names a version the copy was hydrated without); nothing for a
+    local root or outside a session."""
+    copy = _session_copy(layout)
+    return copy.hydrate(VERSIONS_PREFIX) if copy is not None else {}
 
 
 def hydrated(root: str | Path) -> Layout:

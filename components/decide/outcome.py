@@ -220,10 +220,12 @@ def nights_since_promotion(champion_day: str | None, day: str) -> int | None:
 
 def champion_day(layout: Layout) -> str | None:
     """The day of the serving champion's version (from its registry manifest)."""
-    pointer = layout.registry() / "champion.json"
-    if not pointer.exists():
+    from components.core.champion import champion_in
+
+    current = champion_in(layout)  # the layout's pointer backend: an s3:// root's store, not the copy
+    if current is None:
         return None
-    manifest = layout.registry() / "versions" / read_json(pointer)["version"] / MANIFEST
+    manifest = Path(current.path) / MANIFEST
     return read_json(manifest)["day"] if manifest.exists() else None
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import functools
 import json
 import logging
 import os
@@ -28,8 +27,9 @@ from pathlib import Path
 from typing import Any, ContextManager, Protocol
 
 from components.core.catalog import Layout
-from components.core.champion import (CHAMPION_FILE, HISTORY_FILE, LEGACY_POINTER_EVENTS, ChampionRef, champion_ref,
-                                       history_in, pointer_record)
+from components.core.champion import (CHAMPION_FILE, HISTORY_FILE, HISTORY_OBJECTS, LEGACY_POINTER_EVENTS, ChampionRef,
+                                       champion_in, history_in, pointer_record, pointer_store, stored_history,
+                                       stored_record)
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,13 @@ class ChampionPointer(Protocol):
 def pointer_of(layout: Layout) -> ChampionPointer:
     """The layout's champion pointer: its object store when it names one, else its registry folder."""
     if layout.champion_store:
-        return _object_pointer(layout.champion_store)
+        return ObjectPointer(pointer_store(layout.champion_store))
     return FilePointer(layout.registry())
 
 
 def champion(layout: Layout) -> ChampionRef | None:
-    """The serving champion of a layout, wherever its pointer lives."""
-    return champion_ref(pointer_of(layout).read()[0], layout.registry())
+    """The serving champion of a layout, wherever its pointer lives (the readers' helper, in core)."""
+    return champion_in(layout)
 
 
 def _call(hook: FaultHook | None, point: str) -> None:
@@ -185,20 +185,13 @@ class FilePointer:
 # --- an object store --------------------------------------------------------------------------
 
 
-@functools.cache
-def _object_pointer(uri: str) -> "ObjectPointer":
-    from components.core.objectstore import ObjectStore
-
-    return ObjectPointer(ObjectStore.at(uri))
-
-
 class ObjectPointer:
     """champion.json swapped with If-Match; the history as ``history/<seq>-...json`` objects, one per
     entry, written create-only. A move's entry has a key of its own seq (``<seq>-0-move``), so the entry
     written after the move and the one a repair writes after a crash are one object: whichever writer
     comes second finds it there. Other entries sort after the move the pointer was at when decided."""
 
-    HISTORY = "history/"
+    HISTORY = HISTORY_OBJECTS
 
     def __init__(self, store: Any):
         self.store = store
@@ -208,8 +201,7 @@ class ObjectPointer:
         return nullcontext()
 
     def read(self) -> tuple[dict[str, Any] | None, Any]:
-        got = self.store.read(CHAMPION_FILE)
-        return (json.loads(got.body), got.etag) if got else (None, None)
+        return stored_record(self.store)
 
     def move(self, record: dict[str, Any], token: Any, fault_hook: FaultHook | None) -> None:
         from components.core.objectstore import StaleETag
@@ -241,7 +233,7 @@ class ObjectPointer:
         _call(fault_hook, "history_appended")
 
     def entries(self) -> list[dict[str, Any]]:
-        return [json.loads(self.store.read(name).body) for name in self.store.list(self.HISTORY)]
+        return stored_history(self.store)
 
     def move_logged(self, seq: int) -> bool:
         return self.store.read(self._move_key(seq)) is not None

@@ -25,7 +25,10 @@ window that ends before D), ignoring versions rolled back since (unless re-promo
 
 Where champion.json and the history live is the layout's pointer backend (components/decide/pointer.py):
 the registry folder under a file lock, or an S3 store where the move is an If-Match swap and a decision
-that lost a race is made again from a fresh read. The rest of this text holds for both.
+that lost a race is made again from a fresh read (an ``s3://`` artifact root's own ``registry/``: before
+each decision the session's new versions are published, so the pointer never names a version the store
+lacks, and versions another copy published are fetched when the pointer names them). The rest of this
+text holds for both.
 
 Crash safety: a version directory is staged and renamed into place (complete or absent). Every
 decision that later decisions depend on lives in champion.json, moved by one atomic write
@@ -55,6 +58,7 @@ import numpy as np
 from components.core.champion import CHAMPION_FILE, ChampionRef
 from components.core.config import PipelineConfig
 from components.core.refs import BLESSING_FILE, Blessing, read_upstream
+from components.core.remote import fetch_versions, publish_artifacts
 from components.decide.outcome import FALLBACK_POPULARITY, PROMOTED
 from components.core.errors import StorageFault, storage_fault
 from components.core.catalog import (MANIFEST, Layout, code_version, read_json, read_outcome, record_outcome, run_dir,
@@ -159,7 +163,7 @@ def champion_as_of(layout: Layout, day: str) -> tuple[ChampionRef | None, str]:
     trained on a window ending X-1 and was judged on X, so an earlier day's version never saw
     ``day``; later days' promotions do not change it, so re-running ``day`` reproduces its
     judgement. Read from champion.json alone, so a lost history line cannot change it. Returns (ref, why)."""
-    record = pointer_of(layout).read()[0]
+    record = _read_pointer(layout, pointer_of(layout))[0]
     if record is not None:
         for version in (record["version"], *reversed(record["previous"])):
             if version in record["rolled_back"]:
@@ -360,11 +364,23 @@ def _move_entry(record: dict[str, Any]) -> dict[str, Any]:
             "seq": record["seq"], "run_key": record["run_key"]}
 
 
-def _repair_history(pointer: ChampionPointer, fault_hook: FaultHook | None = None) -> tuple[dict[str, Any] | None, Any]:
+def _read_pointer(layout: Layout, pointer: ChampionPointer) -> tuple[dict[str, Any] | None, Any]:
+    """The pointer record and its token, with every version it names in this layout's root."""
+    record, token = pointer.read()
+    if record is not None and not all((version_dir(layout, v) / MANIFEST).exists()
+                                      for v in (record["version"], *record["previous"], *record["rolled_back"])):
+        # An s3:// root whose pointer another process moved since this copy was hydrated: the versions
+        # it names were in the store before it could name them; bring them into this copy.
+        fetch_versions(layout)
+    return record, token
+
+
+def _repair_history(layout: Layout, pointer: ChampionPointer,
+                    fault_hook: FaultHook | None = None) -> tuple[dict[str, Any] | None, Any]:
     """A crash after the pointer moved but before the history append leaves the log one move
     short: append the move's own entry (a rollback stays a rollback). Returns the pointer record
     and its token (what the decision that follows must be made against)."""
-    record, token = pointer.read()
+    record, token = _read_pointer(layout, pointer)
     if record is None or pointer.move_logged(record["seq"]):
         return record, token
     pointer.append({**_move_entry(record), "recovered": True}, record["seq"], fault_hook)
@@ -395,6 +411,8 @@ def _move_pointer(pointer: ChampionPointer, current: dict[str, Any] | None, toke
 def _decide(layout: Layout, decision: Callable[[ChampionPointer], Any]) -> Any:
     """Run one decision (read, decide, move) on the layout's champion pointer: under its lock, and
     from a fresh read again after each lost race (the object store's compare-and-swap)."""
+    # An s3:// root: the versions this session registered reach the store before a pointer can name one.
+    publish_artifacts(layout)
     pointer = pointer_of(layout)
     with pointer.exclusive():
         for _ in range(MAX_LOST_RACES):
@@ -411,7 +429,7 @@ def promote(layout: Layout, version: str, reason: str, *, fault_hook: FaultHook 
     day = _check_blessed(layout, version)["day"]
 
     def decision(pointer: ChampionPointer) -> PromotionResult:
-        current, token = _repair_history(pointer, fault_hook)
+        current, token = _repair_history(layout, pointer, fault_hook)
         return _promote(pointer, current, token, version, day, reason, manual=True, fault_hook=fault_hook)
 
     return _decide(layout, decision)
@@ -513,7 +531,7 @@ def decide_promotion(layout: Layout, version: str, judged_against: str | None, *
     day = _check_blessed(layout, version)["day"]
 
     def decision(pointer: ChampionPointer) -> PromotionResult:
-        record, token = _repair_history(pointer, fault_hook)
+        record, token = _repair_history(layout, pointer, fault_hook)
         if _unreported_promotion(layout, record, version, day, run_key):
             log.warning("promote: %s became the champion in run %s before a crash; reporting that promotion",
                         version, record["run_key"])
@@ -541,7 +559,7 @@ def _rollback(layout: Layout, pointer: ChampionPointer, reason: str = "rollback"
               fault_hook: FaultHook | None = None) -> str:
     """Restore the champion the current one replaced and deny-list the current one, in one pointer
     move; returns the restored version."""
-    current, token = _repair_history(pointer, fault_hook)
+    current, token = _repair_history(layout, pointer, fault_hook)
     if current is None or not current["previous"]:
         raise LookupError(f"nothing to roll back to under {pointer.where}: "
                           f"{'no champion' if current is None else 'the champion has no predecessor'}")

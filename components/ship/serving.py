@@ -1,7 +1,7 @@
 """Serving: recommendations from the registry's champion, and a Triton model repository export.
 
-``Recommender.load(registry_root or layout, history=...)`` opens the champion's complete version
-directory: the TensorRT plan when one was built and TensorRT + CUDA are here, the ONNX model on ONNX
+``Recommender.load(registry_root, layout or s3:// root, history=...)`` opens the champion's complete
+version directory (a layout's champion is read where its registry decides: an ``s3://`` root's store): the TensorRT plan when one was built and TensorRT + CUDA are here, the ONNX model on ONNX
 Runtime otherwise. ``recommend(user_ids, k)`` maps string IDs through the version's ID maps and
 answers each user from one of three segments:
 
@@ -30,8 +30,8 @@ import pandas as pd
 
 from components.core.config import REPO_ROOT
 from components.ship.triton import render_triton_config
-from components.core.champion import champion_in
-from components.core.catalog import Layout, atomic_write_bytes, read_json, write_json
+from components.core.champion import ChampionRef, champion_in
+from components.core.catalog import Layout, atomic_write_bytes, object_root, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,18 @@ SEGMENTS = ("model", "fold_in", "popularity")
 HistorySource = Callable[[Sequence[str]], list[list[str]]]
 
 
-def _registry_root(source: str | Path | Layout) -> Path:
+def _champion(source: str | Path | Layout) -> tuple[ChampionRef | None, str]:
+    """The champion ``source`` names and where it was read (for messages): a Layout, or an ``s3://``
+    root, through its pointer backend (the store, not a local copy); else a registry folder or a
+    pipeline root holding registry/."""
+    if not isinstance(source, Layout) and object_root(source) is not None:
+        source = Layout.at(source)
     if isinstance(source, Layout):
-        return source.registry()
+        return champion_in(source), source.champion_store or str(source.registry())
     root = Path(source)
     # Accept the registry folder itself or a pipeline root holding registry/.
-    return root if (root / "champion.json").exists() or root.name == "registry" else root / "registry"
+    registry = root if (root / "champion.json").exists() or root.name == "registry" else root / "registry"
+    return champion_in(registry), str(registry)
 
 
 def history_csr(histories: Sequence[Sequence[str]], item_index: pd.Index) -> tuple[np.ndarray, np.ndarray]:
@@ -167,10 +173,9 @@ class Recommender:
     @classmethod
     def load(cls, source: str | Path | Layout, runtime: str = "auto",
              history: HistorySource | None = None) -> "Recommender":
-        registry_root = _registry_root(source)
-        champ = champion_in(registry_root)
+        champ, registry = _champion(source)
         if champ is None:
-            raise LookupError(f"no champion in registry {registry_root} (nothing promoted yet)")
+            raise LookupError(f"no champion in registry {registry} (nothing promoted yet)")
         return cls(Path(champ.path), runtime, history)
 
     def _plan(self, user_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -282,10 +287,9 @@ def export_triton_repository(source: str | Path | Layout, out_dir: str | Path) -
     """Write a Triton model repository for the champion: <out>/<model>/1/model.{plan,onnx} and
     <out>/<model>/config.pbtxt from deploy/triton templates. The ONNX model is always written;
     the TensorRT model only when the champion has a built plan. Returns the model folders."""
-    registry_root = _registry_root(source)
-    champ = champion_in(registry_root)
+    champ, registry = _champion(source)
     if champ is None:
-        raise LookupError(f"no champion in registry {registry_root}: nothing to export to Triton")
+        raise LookupError(f"no champion in registry {registry}: nothing to export to Triton")
     version_dir = Path(champ.path)
     serving = read_json(version_dir / "serving.json")
     batch_sizes = [int(b) for b in serving.get("batch_sizes", [serving.get("max_batch", 64)])]

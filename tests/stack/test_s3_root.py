@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -18,12 +21,13 @@ from components.core.catalog import Layout, object_root, staging_dir
 from components.core.config import load_config
 from components.core.errors import StageSkipped
 from components.core.objectstore import ObjectStore
-from components.core.remote import ChampionMoved, WorkingCopy, connect, hydrated, run_in_session, session
+from components.core.remote import connect, hydrated, session
 from components.data.sources.synthetic import SyntheticWorld, write_landing_day
 from components.pipeline import INPUTS, run_stage
 from graphdistill_airflow.stack import free_port, s3_client
 from tests.e2e.small_world import write_small_world_gates
 
+REPO = Path(__file__).resolve().parents[2]
 DAYS = ["2026-01-01", "2026-01-02", "2026-01-03"]
 BUILDS = ["graph", "teacher", "distill", "prune", "export", "convert"]
 KIND_OF = {"ingest": "staging", "validate": "accepted", "features": "features", "graph": "graphs",
@@ -167,58 +171,122 @@ def test_an_interrupted_publish_leaves_nothing_visible(nights, monkeypatch, tmp_
     assert hydrated(uri).current("graphs", day).version == version
 
 
-def test_a_lost_champion_race_publishes_nothing_of_its_decision(nights, tmp_path):
-    """Two operators roll back from copies hydrated at the same champion: the first wins the If-Match
-    swap; the second's move and history entry never reach the store, and its copy then reads the winner."""
-    from components.decide.registry import champion, rollback
+# A second process (its own working copy, GRAPHDISTILL_CACHE) registers ``version`` of ``day`` and
+# decides it against ``judged``; before its swap it checks that the version is already in the store.
+DECIDER = """
+import json, sys
+from components.core.remote import session
+from components.decide.registry import decide_promotion
+from tests.stack.test_s3_root import register_blessed, version_in_store
 
-    root = object_root(nights["uri"])
-    copies = [WorkingCopy(root, connect(root), tmp_path / name) for name in ("first", "second")]
-    for copy in copies:
-        copy.hydrate()
-    store = copies[0].store
-    before = len(store.list("registry/history/"))
-    restored = rollback(Layout(copies[0].path), "operator one")
-    copies[0].publish()
-    rollback(Layout(copies[1].path), "operator two, judged against the old champion")
-    with pytest.raises(ChampionMoved, match="the champion moved since this run read it"):
-        copies[1].publish()
-    assert json.loads(store.read("registry/champion.json").body)["version"] == restored
+uri, version, day, judged = sys.argv[1:5]
+with session(uri) as layout:
+    register_blessed(layout, version, day)
+    hook = lambda step: step == "before_pointer_write" and version_in_store(uri, version)
+    print(json.dumps(decide_promotion(layout, version, judged, run_key="second", fault_hook=hook).__dict__))
+"""
+
+
+def register_blessed(layout: Layout, version: str, day: str) -> None:
+    """A blessed registry version of ``day`` (what the registry's decisions read of it: manifest, blessing)."""
+    from components.decide.registry import register_candidate
+
+    register_candidate(layout, version, day, {}, {}, {"blessing.json": {"blessed": True}}, "blessed")
+
+
+def version_in_store(uri: str, version: str) -> None:
+    """Raise unless the version is complete in the store: a pointer may name only such a version."""
+    if connect(object_root(uri)).read(f"registry/versions/{version}/manifest.json") is None:
+        raise AssertionError(f"the pointer is about to name {version}, which is not in {uri} yet")
+
+
+def test_two_copies_promoting_against_one_champion_end_with_one_winner(s3_env, seaweedfs, monkeypatch, tmp_path):
+    """Two processes, each with its own working copy, promote a candidate judged against the same
+    champion: the second process's swap lands between the first's read and its swap; the first loses
+    the store's If-Match, re-reads and records its candidate not_promoted (stale). Each version is in
+    the store before the pointer names it, although its session publishes only on exit."""
+    from components.decide.registry import decide_promotion
+
+    uri = f"s3://{seaweedfs.settings.bucket}/race-{uuid.uuid4().hex[:8]}"
+    store = connect(object_root(uri))
+    monkeypatch.setenv("GRAPHDISTILL_CACHE", str(tmp_path / "setup"))
+    with session(uri) as layout:
+        assert layout.champion_store == f"{uri}/registry"
+        register_blessed(layout, "v0", "2026-02-01")
+        first = decide_promotion(layout, "v0", None, run_key="setup",
+                                 fault_hook=lambda step: step == "before_pointer_write" and version_in_store(uri, "v0"))
+    assert first.promoted
+    second_process = []
+
+    def the_other_process_swaps_first(step: str) -> None:
+        if step == "before_pointer_write" and not second_process:
+            version_in_store(uri, "a")
+            second_process.append(subprocess.run(
+                [sys.executable, "-c", DECIDER, uri, "b", "2026-02-02", "v0"], capture_output=True, text=True,
+                env={**os.environ, "GRAPHDISTILL_CACHE": str(tmp_path / "second"), "PYTHONPATH": str(REPO)},
+                cwd=REPO, timeout=120))
+
+    monkeypatch.setenv("GRAPHDISTILL_CACHE", str(tmp_path / "first"))
+    with session(uri) as layout:
+        register_blessed(layout, "a", "2026-02-03")
+        lost = decide_promotion(layout, "a", "v0", run_key="first", fault_hook=the_other_process_swaps_first)
+    assert second_process[0].returncode == 0, second_process[0].stderr[-2000:]
+    won = json.loads(second_process[0].stdout.strip().splitlines()[-1])
+    assert (won["promoted"], won["champion_version"], won["previous_champion"]) == (True, "b", "v0")
+    assert (lost.promoted, lost.outcome, lost.champion_version) == (False, "not_promoted", "b")
+    assert lost.reason == "stale: champion changed since judged (judged against v0, serving b)"
+    assert json.loads(store.read("registry/champion.json").body)["version"] == "b"
     entries = [json.loads(store.read(n).body) for n in store.list("registry/history/")]
-    assert len(entries) == before + 1 and entries[-1]["reason"] == "operator one"
-    copies[1].hydrate()
-    assert champion(Layout(copies[1].path)).version == restored
-    assert copies[1].publish() == {"created": 0, "existed": 0, "put": 0, "history": 0, "bytes": 0}
+    assert [(e["event"], e["version"], e.get("seq")) for e in entries] == [
+        ("promote", "v0", 1), ("promote", "b", 2), ("not_promoted", "a", None)]
+    # Neither copy holds a pointer of its own: the store's is the only answer.
+    assert not list(tmp_path.glob("*/**/registry/champion.json")) and not list(tmp_path.glob("*/**/history.jsonl"))
 
 
-def test_a_decision_that_lost_the_race_is_made_again_against_the_winner(nights, monkeypatch, tmp_path):
-    """run_in_session (what run_stage runs every stage in): while an operator promotes by hand, another
-    operator promotes the same version first; the loser's swap fails, a fresh copy re-reads the store and
-    the decision, made again, finds the version already champion: one move in the store, not two."""
-    from components.decide.registry import champion, promote
+def test_a_rollback_through_one_copy_is_what_every_other_copy_reads(s3_env, seaweedfs, monkeypatch, tmp_path, capsys):
+    """An operator rolls back through one working copy; a reader whose copy was hydrated before (and
+    still holds an old champion.json from a copy made before the pointer lived on the store only)
+    reads the rollback: the CLI's champion and history, serving's champion, the outcome's champion day."""
+    from components.core.champion import champion_in
+    from components.decide.outcome import champion_day
+    from components.decide.registry import champion_as_of, decide_promotion
+    from components.ship.serving import _champion
 
-    monkeypatch.setenv("GRAPHDISTILL_CACHE", str(tmp_path / "decider"))
-    root = object_root(nights["uri"])
-    start = champion(hydrated(nights["uri"])).version
-    target = next(nights["s3"][d]["registered"] for d in DAYS[1:] if nights["s3"][d]["registered"] != start)
-    other = WorkingCopy(root, connect(root), tmp_path / "other")
-    moves_before = len(other.store.list("registry/history/"))
-    seen = []
-
-    def promote_by_hand(layout: Layout):
-        seen.append(champion(layout).version)
-        if len(seen) == 1:  # the other operator gets there between this copy's read and its publish
-            other.hydrate()
-            promote(Layout(other.path), target, "the other operator")
-            other.publish()
-        return promote(layout, target, "this operator")
-
-    result = run_in_session(nights["uri"], promote_by_hand)
-    assert seen == [start, target]
-    assert (result.promoted, result.reason) == (False, "already champion")
-    assert json.loads(other.store.read("registry/champion.json").body)["version"] == target
-    entries = [json.loads(other.store.read(n).body) for n in other.store.list("registry/history/")]
-    assert len(entries) == moves_before + 1 and entries[-1]["reason"] == "the other operator"
+    uri = f"s3://{seaweedfs.settings.bucket}/rollback-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("GRAPHDISTILL_CACHE", str(tmp_path / "operator"))
+    with session(uri) as layout:
+        for version, day, judged_against in (("v1", "2026-03-01", None), ("v2", "2026-03-02", "v1")):
+            register_blessed(layout, version, day)
+            assert decide_promotion(layout, version, judged_against).promoted
+    monkeypatch.setenv("GRAPHDISTILL_CACHE", str(tmp_path / "reader"))
+    reader = hydrated(uri)
+    assert champion_in(reader).version == "v2"
+    stale = reader.registry() / "champion.json"
+    stale.write_text(json.dumps({"version": "v2"}))  # what an older copy kept: it must not be read, nor published
+    monkeypatch.setenv("GRAPHDISTILL_CACHE", str(tmp_path / "operator"))
+    assert main(["rollback", "--root", uri, "--reason", "v2 hurts clicks"]) == 0
+    assert "champion is now v1" in capsys.readouterr().out
+    monkeypatch.setenv("GRAPHDISTILL_CACHE", str(tmp_path / "reader"))
+    assert champion_in(reader).version == "v1"  # the copy as it was: the pointer is read on the store
+    assert _champion(reader)[0].version == _champion(uri)[0].version == "v1"
+    assert champion_day(reader) == "2026-03-01"
+    assert main(["champion", "--root", uri]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["version"], shown["event"], shown["rolled_back"]) == ("v1", "rollback", ["v2"])
+    assert main(["history", "--root", uri]) == 0
+    assert [line.split()[1:3] for line in capsys.readouterr().out.splitlines()] == [
+        ["promote", "v1"], ["promote", "v2"], ["rollback", "v1"]]
+    assert not stale.exists()  # the session's hydrate dropped the old copy's pointer
+    assert json.loads(connect(object_root(uri)).read("registry/champion.json").body)["version"] == "v1"
+    # Another process promotes v3 while this copy is in a session hydrated before: the next day's
+    # baseline is v3, fetched from the store (not skipped as "removed by hand", which would judge against v1).
+    with session(uri) as layout:
+        other = subprocess.run([sys.executable, "-c", DECIDER, uri, "v3", "2026-03-03", "v1"], capture_output=True,
+                               text=True, cwd=REPO, timeout=120,
+                               env={**os.environ, "GRAPHDISTILL_CACHE": str(tmp_path / "third"), "PYTHONPATH": str(REPO)})
+        assert other.returncode == 0 and json.loads(other.stdout.splitlines()[-1])["promoted"], other.stderr[-2000:]
+        assert not (layout.registry() / "versions" / "v3").exists()
+        assert champion_as_of(layout, "2026-03-04")[0].version == "v3"
 
 
 @pytest.mark.parametrize("case", ["malformed", "other_scheme", "no_credentials", "store_down", "no_bucket"])
