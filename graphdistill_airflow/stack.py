@@ -13,6 +13,7 @@ Settings: deploy/stack/stack.yaml (StackSettings below).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -512,6 +513,19 @@ def up(state: Path, settings: StackSettings, extra_env: dict[str, str] | None = 
     timings["total"] = round(time.monotonic() - started, 1)
     (state / "startup.json").write_text(json.dumps(timings, indent=1))
     return stack
+
+
+@contextlib.contextmanager
+def services(state: Path, *start: Callable[[Stack], None]) -> Iterator[Stack]:
+    """Some of the stack's services (e.g. ``start_seaweedfs``), on free ports under ``state``, stopped on
+    exit: what a test starts without the whole stack."""
+    stack = Stack(state, load_settings(), {name: free_port() for name in PORTS})
+    try:
+        for step in start:
+            step(stack)
+        yield stack
+    finally:
+        down(state, quiet=True)
 
 
 def down(state: Path, quiet: bool = False) -> None:

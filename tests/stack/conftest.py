@@ -66,11 +66,9 @@ def stack(tmp_path_factory):
 @pytest.fixture(scope="session")
 def triton(tmp_path_factory):
     """Triton (explicit model control, the nvidia-pytriton binary, its own venv) in a temporary state folder."""
-    state = tmp_path_factory.mktemp("triton")
-    server = stack_mod.Stack(state, stack_mod.load_settings(), {name: stack_mod.free_port() for name in stack_mod.PORTS})
-    server.triton_repository.mkdir(parents=True)
-    try:
+    def start(server: stack_mod.Stack) -> None:
+        server.triton_repository.mkdir(parents=True)
         stack_mod.start_triton(server)
+
+    with stack_mod.services(tmp_path_factory.mktemp("triton"), start) as server:
         yield server
-    finally:
-        stack_mod.down(state, quiet=True)

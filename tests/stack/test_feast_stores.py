@@ -24,14 +24,9 @@ from tests.unit.data_fixtures import current_inputs, read_online_features
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
     """The stack's Postgres and Redis in a temporary state folder."""
-    state = tmp_path_factory.mktemp("feast-stores")
-    stack = stack_mod.Stack(state, stack_mod.load_settings(), {name: stack_mod.free_port() for name in stack_mod.PORTS})
-    try:
-        stack_mod.start_postgres(stack)
-        stack_mod.start_redis(stack)
+    with stack_mod.services(tmp_path_factory.mktemp("feast-stores"), stack_mod.start_postgres,
+                            stack_mod.start_redis) as stack:
         yield stack
-    finally:
-        stack_mod.down(state, quiet=True)
 
 
 @pytest.mark.stack

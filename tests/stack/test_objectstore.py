@@ -113,10 +113,6 @@ def test_a_second_seaweedfs_on_the_host_comes_up_beside_the_first(seaweedfs, tmp
     second server on the host (another stack, a test run beside `make stack`) exited at start."""
     from graphdistill_airflow import stack as stack_mod
 
-    second = stack_mod.Stack(tmp_path, stack_mod.load_settings(), {name: stack_mod.free_port() for name in stack_mod.PORTS})
-    try:
-        stack_mod.start_seaweedfs(second)
+    with stack_mod.services(tmp_path, stack_mod.start_seaweedfs) as second:
         assert s3_client(second).get_object(Bucket=second.settings.bucket, Key="_stack/health")["Body"].read() == b"ok"
-    finally:
-        stack_mod.down(tmp_path, quiet=True)
     assert s3_client(seaweedfs).get_object(Bucket=seaweedfs.settings.bucket, Key="_stack/health")["Body"].read() == b"ok"
