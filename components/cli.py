@@ -32,7 +32,8 @@ from components.core.refs import EngineRef
 from components.core.errors import PermanentStageFailure, StageSkipped, storage_fault
 from components.core.objectstore import ObjectStoreError
 from components.core.remote import session
-from components.pipeline import RUN_SCOPED, STAGES, catalog_inputs, default_inputs, describe_inputs, resolve, run_stage
+from components.pipeline import (RUN_SCOPED, STAGES, catalog_inputs, context_as_json, default_inputs, describe_inputs,
+                                 resolve, run_stage)
 from components.core.catalog import (MANIFEST, Layout, cli_run_key, latest_run, object_root, parse_day, read_json, run_dir,
                                      run_key_for)
 
@@ -96,7 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"from the catalog: {describe_inputs(context)}", file=sys.stderr)
     print(f"run key: {run_key} ({run_dir(layout, day, run_key)})", file=sys.stderr)
     print(json.dumps(run_stage(args.stage, day, cfg, run_key=run_key, upstream=upstream, inputs=inputs,
-                               context=context), indent=2, default=str))
+                               context=context_as_json(context)), indent=2, default=str))
     return 0
 
 

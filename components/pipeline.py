@@ -7,6 +7,7 @@ parsing the DAG or printing ``--help`` stays fast.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import importlib
 import logging
 import time
@@ -16,8 +17,8 @@ from typing import Any
 from components.core.config import DEFAULT_CONFIG_FILE, PipelineConfig, load_config
 from components.core.errors import PermanentStageFailure, StageSkipped, storage_fault
 from components.core.remote import session
-from components.core.refs import (AcceptedRef, DayRef, ExportRef, GraphRef, PrunedRef, Ref, StudentRef,
-                                  TeacherRef)
+from components.core.refs import (AcceptedRef, DayRef, ExportRef, GraphRef, PrunedRef, QuarantinedRef, Ref,
+                                  StudentRef, TeacherRef, ValidationHistory)
 from components.core.catalog import (Layout, cli_run_key, mark_latest, parse_day, record_outcome, run_dir, tidy,
                                 write_json)
 
@@ -27,7 +28,9 @@ log = logging.getLogger(__name__)
 # builds on upstream results (INPUTS) takes their references as keywords: validate(staged=) ->
 # features(accepted=), graph(accepted=) -> teacher(graph=) -> distill(graph=, teacher=) ->
 # prune(graph=, teacher=, student=) -> export(graph=, model=) -> convert(export=); what it reads besides
-# (the graph's window, the teacher's warm start: ``catalog_inputs``) is chosen here once, from the catalog.
+# (validate's history, the graph's window, the teacher's warm start: ``catalog_inputs``, typed in CONTEXT)
+# is chosen once, from the catalog: by the DAG's catalog_inputs task for the night (``night_inputs``), by
+# the CLI for one stage.
 # The decision stages (RUN_SCOPED) take the run's key and their upstream's result as keywords:
 # evaluate(candidate=<convert result>) -> gate(evaluation=) -> register(blessing=) -> promote(registration=).
 STAGES: dict[str, tuple[str, str]] = {
@@ -55,6 +58,14 @@ INPUTS: dict[str, dict[str, type[Ref]]] = {
     "prune": {"graph": GraphRef, "teacher": TeacherRef, "student": StudentRef},
     "export": {"graph": GraphRef, "model": PrunedRef},
     "convert": {"export": ExportRef},
+}
+# What a stage reads besides its upstream results, by keyword: the type of the reference (a tuple of them
+# for a window; None where the catalog has none). The teacher reads a warm start only as LightGCN.
+CONTEXT: dict[str, dict[str, type]] = {
+    "validate": {"history": ValidationHistory},
+    "features": {"window": AcceptedRef},
+    "graph": {"window": AcceptedRef, "id_maps": GraphRef, "same_day": GraphRef, "previous": GraphRef},
+    "teacher": {"warm_start": TeacherRef},
 }
 RUN_SCOPED = {"evaluate": "candidate", "gate": "evaluation", "register": "blessing", "promote": "registration",
               "report": None}
@@ -90,9 +101,15 @@ def _typed(ref_type: type[Ref], found: Any) -> Any:
 
 def catalog_inputs(name: str, day: str, layout: Layout, cfg: PipelineConfig) -> dict[str, Any]:
     """What a stage reads besides its upstream results, chosen once for ``day`` from the catalog (the
-    stage records it in its artifact's lineage): the accepted days of the graph's training window and
-    the graphs whose ID maps it keeps or extends, the features' lookback, the LightGCN teacher's warm
-    start (its newest earlier version)."""
+    stage records it in its artifact's lineage): validate's history (every accepted and quarantined day
+    before ``day``), the accepted days of the graph's training window and the graphs whose ID maps it
+    keeps or extends, the features' lookback, the LightGCN teacher's warm start (its newest earlier
+    version). None of it is of ``day`` itself, so validating the day changes none of it."""
+    if name == "validate":
+        before = (parse_day(day) - dt.timedelta(days=1)).isoformat()
+        first = dt.date.min.isoformat()
+        return {"history": ValidationHistory(accepted=tuple(layout.partition_refs(AcceptedRef, first, before)),
+                                             quarantined=tuple(layout.partition_refs(QuarantinedRef, first, before)))}
     if name == "graph":
         from components.data.graph import newest_id_maps, window_days
 
@@ -109,12 +126,49 @@ def catalog_inputs(name: str, day: str, layout: Layout, cfg: PipelineConfig) -> 
     return {}
 
 
+def night_inputs(day: str, cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
+    """``catalog_inputs`` of every stage that reads any, resolved once for the night of ``day`` (the
+    DAG's catalog_inputs task, before validate: nothing in it is of ``day``), as JSON by stage."""
+    day = parse_day(day).isoformat()
+    with session(cfg.root) as layout:
+        found = {name: catalog_inputs(name, day, layout, cfg) for name in CONTEXT}
+    for name, context in found.items():
+        if context:
+            log.info("%s %s reads from the catalog: %s", name, day, describe_inputs(context))
+    return {name: context_as_json(context) for name, context in found.items()}
+
+
+def context_as_json(context: dict[str, Any]) -> dict[str, Any]:
+    """``catalog_inputs`` as JSON (what XCom carries): a reference's dict, a window's list of them, None."""
+    def one(value: Any) -> Any:
+        return (None if value is None else [r.as_dict() for r in value] if isinstance(value, tuple)
+                else value.as_dict())
+
+    return {keyword: one(value) for keyword, value in context.items()}
+
+
+def context_from_json(name: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """``context_as_json``'s inverse for stage ``name``, each keyword typed as CONTEXT declares it."""
+    wanted = CONTEXT.get(name, {})
+    unknown = set(payload) - set(wanted)
+    if unknown:
+        raise ValueError(f"stage {name} reads {sorted(wanted) or 'nothing'} from the catalog, got {sorted(unknown)}")
+
+    def one(ref_type: type, value: Any) -> Any:
+        return (None if value is None else tuple(ref_type.from_dict(v) for v in value) if isinstance(value, list)
+                else ref_type.from_dict(value))
+
+    return {keyword: one(wanted[keyword], value) for keyword, value in payload.items()}
+
+
 def describe_inputs(inputs: dict[str, Any]) -> str:
     """``catalog_inputs`` in one line, e.g. "window: accepted 2026-01-01..2026-01-04 (4 days); id_maps:
     graphs 2026-01-04 v1a2b...": what the CLI prints and a stage logs."""
     def one(value: Any) -> str:
         if value is None:
             return "none"
+        if isinstance(value, ValidationHistory):
+            return f"{one(value.accepted)} accepted, {one(value.quarantined)} quarantined"
         if isinstance(value, tuple):
             return (f"{value[0].kind} {value[0].day}..{value[-1].day} ({len(value)} days)" if value
                     else "no days")
@@ -129,13 +183,14 @@ def run_stage(name: str, day: str, cfg: PipelineConfig, *, run_key: str | None =
     """Run one stage for ``day`` as part of run ``run_key`` (default: a new CLI run key); returns its
     result as a JSON-serializable dict. ``upstream`` is the result the stage works on (RUN_SCOPED);
     ``inputs`` the results (or references) a stage builds on, by keyword (INPUTS); ``context`` what it
-    reads besides (default: ``catalog_inputs``, resolved here and logged)."""
+    reads besides, as JSON (``context_as_json``; default: ``catalog_inputs``, resolved here and logged)."""
     if name not in STAGES:
         raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
     wanted = INPUTS.get(name, {})
     if set(inputs or {}) != set(wanted):
         raise ValueError(f"stage {name} builds on {sorted(wanted) or 'no references'}, got {sorted(inputs or {})}")
     refs = {keyword: wanted[keyword].from_dict(payload) for keyword, payload in (inputs or {}).items()}
+    reads = None if context is None else context_from_json(name, context)
     module, function = STAGES[name]
     run = getattr(importlib.import_module(module), function)
     day = parse_day(day).isoformat()
@@ -143,7 +198,7 @@ def run_stage(name: str, day: str, cfg: PipelineConfig, *, run_key: str | None =
     # An s3:// root: hydrate the local copy first, publish what the stage wrote after (components/core/
     # remote.py); the champion pointer is decided on the store itself (components/decide/pointer.py).
     with session(cfg.root, landing_day=day if name == "ingest" else None) as layout:
-        return _run_in(layout, name, run, day, cfg, run_key, upstream, refs, context)
+        return _run_in(layout, name, run, day, cfg, run_key, upstream, refs, reads)
 
 
 def _run_in(layout: Layout, name: str, run: Any, day: str, cfg: PipelineConfig, run_key: str,

@@ -70,7 +70,7 @@ def measure(root: Path, landing: Path, chunk_rows: int | None) -> dict:
     from components.core.catalog import Layout
     from components.core.config import load_config
     from components.data.ingest import run_ingest
-    from components.core.refs import DayRef
+    from components.core.refs import DayRef, ValidationHistory
     from components.data.validate import run_validate
 
     overrides = {"root": str(root)}
@@ -81,7 +81,7 @@ def measure(root: Path, landing: Path, chunk_rows: int | None) -> dict:
     started = time.perf_counter()
     ingest = run_ingest(layout, DAY.isoformat(), cfg, landing=str(landing))
     ingested = time.perf_counter()
-    result = run_validate(layout, DAY.isoformat(), cfg, staged=DayRef.of(ingest))
+    result = run_validate(layout, DAY.isoformat(), cfg, staged=DayRef.of(ingest), history=ValidationHistory())  # a fresh root
     done = time.perf_counter()
     return {"rows": ingest.rows, "accepted_rows": result.accepted_rows, "duplicate_rows": result.duplicate_rows,
             "success": result.success, "ingest_s": round(ingested - started, 1), "validate_s": round(done - ingested, 1),

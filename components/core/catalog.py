@@ -59,6 +59,9 @@ _WALL_CLOCK = re.compile(r"seconds|_per_s$|^latency_ms$|^latency_p\d+_ms$")
 LATEST_FILE = "latest.json"
 # The file a day partition writes last: the partition is complete once it exists.
 PARTITION_MARKERS = {"staging": "files.json", "accepted": MANIFEST}
+# A quarantined day holds one folder per attempt (renamed into place complete; hidden names are
+# attempts being written or set aside): complete once it has one.
+QUARANTINE = "quarantine"
 # What a run decided, as the CLI, the report and the Airflow UI show it.
 OUTCOME_KINDS = ("promoted", "rejected", "inconclusive", "not_promoted", "skipped", "quarantined",
                  "fallback_popularity")
@@ -319,6 +322,11 @@ def record_outcome(layout: "Layout", day: str, run_key: str, kind: str, reason: 
     return outcome
 
 
+def quarantine_attempts(day_dir: Path) -> list[Path]:
+    """The complete attempts of a quarantined day (quarantine/date=<day>/<attempt>/), by name."""
+    return sorted(p for p in day_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) if day_dir.is_dir() else []
+
+
 @dataclass(frozen=True)
 class ArtifactRef:
     """A published artifact: kind, the date it is for, its content version, and where it lives."""
@@ -523,16 +531,23 @@ class Layout:
     # --- day partitions (staging, accepted): replaced per day, versioned by their content -----------
 
     def partition_version(self, kind: str, day: str) -> str | None:
-        """Content hash of the day's ``kind`` partition (``staging`` or ``accepted``), None while it is
-        absent or incomplete (no PARTITION_MARKERS file)."""
+        """Content hash of the day's ``kind`` partition (``staging``, ``accepted`` or ``quarantine``), None
+        while it is absent or incomplete (no PARTITION_MARKERS file; a quarantined day: no attempt)."""
         path = self.root / kind / f"date={day}"
+        if kind == QUARANTINE:
+            attempts = quarantine_attempts(path)
+            digest = hashlib.sha256()
+            for attempt in attempts:
+                digest.update(f"{attempt.name}:{hash_dir(attempt, exclude=())}\0".encode())
+            return digest.hexdigest()[:12] if attempts else None
         if kind == "accepted":
             restore_replaced(path)  # a re-validation interrupted between its renames
         return hash_dir(path) if (path / PARTITION_MARKERS[kind]).exists() else None
 
     def partition(self, ref: Any) -> Path:
-        """The partition a data-plane reference (DayRef, AcceptedRef) names; raises when it is missing
-        or now holds other content (re-ingested or re-validated since the reference was made)."""
+        """The partition a data-plane reference (DayRef, AcceptedRef, QuarantinedRef) names; raises when it
+        is missing or now holds other content (re-ingested, re-validated or quarantined again since the
+        reference was made)."""
         path = self.root / ref.kind / f"date={ref.day}"
         found = self.partition_version(ref.kind, ref.day)
         if found != ref.version:
@@ -544,7 +559,7 @@ class Layout:
     def locate(self, ref: Any) -> str:
         """Where a typed reference's content lives under this root: its day partition (staging,
         accepted) or its versioned artifact; raises when missing, incomplete or changed."""
-        return str(self.partition(ref)) if ref.kind in PARTITION_MARKERS else self.artifact(ref).path
+        return str(self.partition(ref)) if ref.kind in (*PARTITION_MARKERS, QUARANTINE) else self.artifact(ref).path
 
     def partition_refs(self, ref_type: type[R], first: str, last: str) -> list[R]:
         """References to the complete ``ref_type`` partitions of the days ``first``..``last`` (inclusive),

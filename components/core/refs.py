@@ -1,11 +1,12 @@
 """Typed references: the small, frozen, JSON-serializable records one stage hands to the next.
 
 A stage takes references to its inputs (``DayRef`` -> ``AcceptedRef`` -> ``GraphRef`` -> ``TeacherRef``
--> ...) and publishes through the catalog; the decision stages hand on what they measured and decided
+-> ...; validate also the earlier days it judges a day against, ``ValidationHistory``) and publishes
+through the catalog; the decision stages hand on what they measured and decided
 (``EvaluationResult``, ``Blessing``). A reference names its artifact (kind, day, version, path); the
 bytes stay where the catalog (components/core/catalog.py ``Layout``) put them, and only the catalog
 turns a reference into a location (``Layout.artifact`` for versioned artifacts, ``Layout.partition``
-for a day's staging or accepted partition).
+for a day's staging, accepted or quarantine partition).
 """
 
 from __future__ import annotations
@@ -66,6 +67,31 @@ class AcceptedRef(Ref):
     """A day that passed validation (accepted/date=<day>/); version: the content hash of its files."""
 
     KIND = "accepted"
+
+
+class QuarantinedRef(Ref):
+    """A day validation quarantined (quarantine/date=<day>/: one folder per attempt, each with its raw
+    files, staged rows and validation record); version: the content hash of its complete attempts."""
+
+    KIND = "quarantine"
+
+
+@dataclass(frozen=True)
+class ValidationHistory:
+    """The days before the validated one that validate judges it against (anomaly bands, known users
+    and items, event ids already accepted): every accepted and every quarantined day before it, oldest
+    first, resolved once by the caller (components/pipeline.catalog_inputs). JSON: ``as_dict``."""
+
+    accepted: tuple[AcceptedRef, ...] = ()
+    quarantined: tuple[QuarantinedRef, ...] = ()
+
+    def as_dict(self) -> dict[str, list[dict[str, str]]]:
+        return {"accepted": [r.as_dict() for r in self.accepted], "quarantined": [r.as_dict() for r in self.quarantined]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ValidationHistory":
+        return cls(accepted=tuple(AcceptedRef.from_dict(r) for r in data["accepted"]),
+                   quarantined=tuple(QuarantinedRef.from_dict(r) for r in data["quarantined"]))
 
 
 class FeaturesRef(Ref):

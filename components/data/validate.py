@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from components.core.config import ANOMALY_METRICS, REPO_ROOT, PipelineConfig
 from components.core.errors import PermanentStageFailure
-from components.core.refs import DayRef
+from components.core.refs import DayRef, ValidationHistory
 from components.data.ingest import (
     EXPECTED_KINDS,
     EXTRA_PREFIX,
@@ -67,6 +67,7 @@ from components.core.catalog import (
     Layout,
     atomic_write_bytes,
     code_version,
+    quarantine_attempts,
     read_json,
     replace_dir,
     staging_dir,
@@ -199,9 +200,28 @@ def suite_parameters(cfg: PipelineConfig) -> dict[str, Any]:
     }
 
 
-def _quarantined_days(layout: Layout) -> list[str]:
-    base = layout.root / "quarantine"
-    return sorted(p.name.split("=", 1)[1] for p in base.glob("date=*")) if base.exists() else []
+@dataclass(frozen=True)
+class EarlierDays:
+    """The days a ``ValidationHistory`` names, located once under the root (``Layout.partition`` checks
+    each against its version): accepted partitions, and quarantined days with their attempts, oldest first."""
+
+    accepted: tuple[tuple[str, Path], ...]
+    quarantined: tuple[tuple[str, tuple[Path, ...]], ...]
+
+    @classmethod
+    def located(cls, layout: Layout, day: str, history: ValidationHistory) -> "EarlierDays":
+        later = [r.day for r in (*history.accepted, *history.quarantined) if r.day >= day]
+        if later:
+            raise ValueError(f"validate {day}: the history must hold earlier days only, got {sorted(set(later))}")
+        return cls(accepted=tuple((r.day, layout.partition(r)) for r in history.accepted),
+                   quarantined=tuple((r.day, tuple(quarantine_attempts(layout.partition(r))))
+                                     for r in history.quarantined))
+
+    def accepted_since(self, start: str) -> list[tuple[str, Path]]:
+        return [(d, path) for d, path in self.accepted if start <= d]
+
+    def __bool__(self) -> bool:  # any earlier day at all: only then can a user or item be new
+        return bool(self.accepted or self.quarantined)
 
 
 def _present_keys(chunk: pd.DataFrame, column: str) -> np.ndarray:
@@ -209,17 +229,16 @@ def _present_keys(chunk: pd.DataFrame, column: str) -> np.ndarray:
     return keys[present]
 
 
-def _seen_before(layout: Layout, day: str, keys: DayKeys, chunk_rows: int) -> tuple[np.ndarray, np.ndarray]:
+def _seen_before(earlier_days: EarlierDays, keys: DayKeys, chunk_rows: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row: was its user / item seen on any earlier day, accepted or quarantined.
 
     Quarantined rows count as seen: the people behind a held day are not new the day after, so one
     bad day cannot make the following days look new (no cascade). Bounded: the day's own distinct
     keys, marked while earlier days stream past a chunk at a time (a 64-bit hash collision could
     count one new user as seen: ~1e-5 per 20 M-row day, in an anomaly share only)."""
-    sources = [layout.accepted(d) / "events.parquet" for d in layout.accepted_days() if d < day]
-    for d in _quarantined_days(layout):
-        if d < day:
-            sources += [a / "rows.parquet" for a in sorted(layout.quarantine(d).iterdir()) if (a / "rows.parquet").exists()]
+    sources = [path / "events.parquet" for _, path in earlier_days.accepted]
+    sources += [a / "rows.parquet" for _, attempts in earlier_days.quarantined for a in attempts
+                if (a / "rows.parquet").exists()]
     marks = {}
     for column, ids, present in (("user_id", keys.user, keys.user_present), ("item_id", keys.item, keys.item_present)):
         unique = np.unique(ids[present])
@@ -256,7 +275,7 @@ def day_profile(keys: DayKeys, columns: list[str], seen: tuple[np.ndarray, np.nd
     }
 
 
-def _history(layout: Layout, day: str, cfg: PipelineConfig) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+def _history(earlier_days: EarlierDays, day: str, cfg: PipelineConfig) -> tuple[list[tuple[str, dict[str, Any]]], int]:
     """Profiles of the days in the lookback, and how many of them were quarantined.
 
     A quarantined day broke the contract, yet its distribution may be perfectly normal (a broken
@@ -264,13 +283,14 @@ def _history(layout: Layout, day: str, cfg: PipelineConfig) -> tuple[list[tuple[
     history, those that warned are left out. Dropping the whole day would shift every band and
     could flag a later borderline day because of it."""
     start = (dt.date.fromisoformat(day) - dt.timedelta(days=cfg.validation.anomaly_lookback_days)).isoformat()
-    accepted = [d for d in layout.accepted_days() if start <= d < day]
-    history = [(d, read_json(layout.accepted(d) / MANIFEST).get("profile")) for d in accepted]
+    accepted = earlier_days.accepted_since(start)
+    history = [(d, read_json(path / MANIFEST).get("profile")) for d, path in accepted]
     quarantined = 0
-    for d in _quarantined_days(layout):
-        if not start <= d < day or d in accepted:
+    for d, attempts in earlier_days.quarantined:
+        if d < start or d in {a for a, _ in accepted}:
             continue
-        records = sorted(layout.quarantine(d).glob("*/validation.json"), key=lambda p: p.stat().st_mtime)
+        records = sorted((a / "validation.json" for a in attempts if (a / "validation.json").exists()),
+                         key=lambda p: p.stat().st_mtime)
         result = read_json(records[-1])["result"] if records else {}
         if not result.get("profile"):
             continue
@@ -516,7 +536,7 @@ def payload_conflict_rule(rows: pd.DataFrame) -> RuleResult:
                       expected="a reused event_id repeats its event exactly (user, item, ts, event_type)")
 
 
-def earlier_day_payload_rule(layout: Layout, day: str, rows: pd.DataFrame, window_days: int) -> RuleResult:
+def earlier_day_payload_rule(earlier_days: EarlierDays, day: str, rows: pd.DataFrame, window_days: int) -> RuleResult:
     """An event id accepted on an earlier day of the window, delivered again with another payload: the
     same contract violation as a reuse within the day (rule ``event_id_payload_conflict``, so the same
     severity setting). The same payload is a redelivery: passes, counted here, dropped by ``deduplicate``.
@@ -524,9 +544,9 @@ def earlier_day_payload_rule(layout: Layout, day: str, rows: pd.DataFrame, windo
     ids = rows["event_id"].dropna().unique().tolist()
     start = (dt.date.fromisoformat(day) - dt.timedelta(days=window_days)).isoformat()
     columns = ["event_id", *PAYLOAD, *LINEAGE_COLUMNS]
-    earlier = [pd.read_parquet(layout.accepted(d) / "events.parquet", columns=columns,
+    earlier = [pd.read_parquet(path / "events.parquet", columns=columns,
                                filters=[("event_id", "in", ids)]).assign(accepted_day=d)
-               for d in layout.accepted_days() if start <= d < day] if ids else []
+               for d, path in earlier_days.accepted_since(start)] if ids else []
     earlier = [frame for frame in earlier if len(frame)]
     expected = "an event id accepted on an earlier day repeats that event exactly (user, item, ts, event_type)"
     if not earlier:
@@ -785,12 +805,13 @@ tr.bad{{background:#fdd}}tr.warn{{background:#ffe8b0}}tr.skip{{background:#eee}}
     return "\n".join(md) + "\n", page
 
 
-def _earlier_event_ids(layout: Layout, day: str, keys: DayKeys, cfg: PipelineConfig) -> tuple[np.ndarray, pd.Series]:
+def _earlier_event_ids(earlier_days: EarlierDays, day: str, keys: DayKeys, cfg: PipelineConfig
+                       ) -> tuple[np.ndarray, pd.Series]:
     """(rows whose event id hash an earlier day of the window accepted, those earlier ids exactly):
     one chunk of an earlier day at a time against the day's own distinct ids, then only the hits
     re-read as text."""
     start = (dt.date.fromisoformat(day) - dt.timedelta(days=cfg.graph.window_days)).isoformat()
-    paths = [layout.accepted(d) / "events.parquet" for d in layout.accepted_days() if start <= d < day]
+    paths = [path / "events.parquet" for _, path in earlier_days.accepted_since(start)]
     unique = np.unique(keys.event_id[keys.event_id_present])
     seen = np.zeros(unique.size, dtype=bool)
     chunk_rows = cfg.validation.chunk_rows
@@ -819,12 +840,12 @@ def compact_day(keys: DayKeys, columns: list[str], repeats: pd.DataFrame) -> pd.
     return pd.DataFrame({"event_id": pd.arrays.IntegerArray(codes, ~keys.event_id_present)})
 
 
-def duplicate_rules(layout: Layout, day: str, cfg: PipelineConfig, staged: Path, keys: DayKeys,
+def duplicate_rules(earlier_days: EarlierDays, day: str, cfg: PipelineConfig, staged: Path, keys: DayKeys,
                     repeats: pd.DataFrame, earlier_rows: np.ndarray) -> list[RuleResult]:
     """Event ids reused within the day or from an earlier day with another payload, and content copies:
     judged exactly on the rows read back (``repeats``; ``earlier_rows``: rows whose id an earlier day accepted)."""
     hits = gather(staged, earlier_rows, cfg.validation.chunk_rows) if earlier_rows.any() else repeats.iloc[:0]
-    return [payload_conflict_rule(repeats), earlier_day_payload_rule(layout, day, hits, cfg.graph.window_days),
+    return [payload_conflict_rule(repeats), earlier_day_payload_rule(earlier_days, day, hits, cfg.graph.window_days),
             content_duplicate_rule(repeats, cfg, day_rows=keys.rows)]
 
 
@@ -964,14 +985,16 @@ def read_repeats(staged: Path, keys: DayKeys, columns: list[str], chunk_rows: in
     return gathered[repeated_rows[gathered.index.to_numpy()]], id_repeats, top_names
 
 
-def run_validate(layout: Layout, day: str, cfg: PipelineConfig, staged: DayRef) -> ValidationResult:
-    """Validate the staged day ``staged`` (what ingest returned); accept it (warnings recorded; the
-    result is an AcceptedRef) or quarantine it (raising DataValidationError). Streams in chunks of
-    ``validation.chunk_rows`` (what crosses chunks: compact keys, streaming.py); the verdict, counts and
-    accepted rows do not depend on the chunk size (benchmarks/validate_scale)."""
+def run_validate(layout: Layout, day: str, cfg: PipelineConfig, staged: DayRef,
+                 history: ValidationHistory) -> ValidationResult:
+    """Validate the staged day ``staged`` (what ingest returned) against the earlier days ``history``
+    (every accepted and quarantined day before it); accept it (warnings recorded; the result is an
+    AcceptedRef) or quarantine it (raising DataValidationError). Streams in chunks of ``validation.chunk_rows``
+    (compact keys cross chunks: streaming.py); verdict, counts and accepted rows do not depend on the chunk size."""
     if staged.day != day:
         raise ValueError(f"validate {day}: given the staged day {staged.day} (v{staged.version})")
     staging = layout.partition(staged)
+    earlier_days = EarlierDays.located(layout, day, history)
     manifest = read_json(staging / "files.json")
     files, skipped = manifest["files"], manifest.get("skipped", [])
     rows_file = staging / "rows.parquet"
@@ -983,11 +1006,10 @@ def run_validate(layout: Layout, day: str, cfg: PipelineConfig, staged: DayRef) 
     keys = scan_day(rows_file, day, cfg, suite)
     complete = set(REQUIRED_COLUMNS) <= set(columns)
     repeats, id_repeats, top_names = read_repeats(rows_file, keys, columns, chunk_rows)
-    seen = _seen_before(layout, day, keys, chunk_rows)
-    earlier_days = [d for d in (*layout.accepted_days(), *_quarantined_days(layout)) if d < day]
+    seen = _seen_before(earlier_days, keys, chunk_rows)
     profile = day_profile(keys, columns, seen, judged_new=bool(earlier_days), top_names=top_names)
-    history, held = _history(layout, day, cfg)
-    notes = [f"anomaly history: {len(history)} days in the {cfg.validation.anomaly_lookback_days}-day lookback, "
+    profiles, held = _history(earlier_days, day, cfg)
+    notes = [f"anomaly history: {len(profiles)} days in the {cfg.validation.anomaly_lookback_days}-day lookback, "
              f"{held} of them quarantined (only their metrics judged normal count); judged from {cfg.validation.min_history_days}"]
     rules = _file_rules(files, skipped) + schema_rules(files, cfg) + value_rules(issues, cfg)
     gx_json = None
@@ -998,10 +1020,10 @@ def run_validate(layout: Layout, day: str, cfg: PipelineConfig, staged: DayRef) 
     else:
         rules.append(RuleResult("expect_table_row_count_to_be_between", None, False, observed=0,
                                 expected=f"min_value={params['min_rows']}"))
-    earlier = _earlier_event_ids(layout, day, keys, cfg) if complete else None
-    rules += duplicate_rules(layout, day, cfg, rows_file, keys, repeats, earlier[0]) if complete else []
+    earlier = _earlier_event_ids(earlier_days, day, keys, cfg) if complete else None
+    rules += duplicate_rules(earlier_days, day, cfg, rows_file, keys, repeats, earlier[0]) if complete else []
     rules = _with_severity(rules, cfg)
-    rules += anomaly_rules(profile, history, day, cfg) + [r for r in (bot_rule(profile, cfg),) if r is not None]
+    rules += anomaly_rules(profile, profiles, day, cfg) + [r for r in (bot_rule(profile, cfg),) if r is not None]
     success = not any(r.verdict == "FAIL" for r in rules)
     unknown = tuple(sorted({c for f in files for c in (f.get("extra_columns") or ())}))
     base = dict(day=day, success=success, rows=keys.rows, rules=tuple(rules), parameters=params, notes=tuple(notes),

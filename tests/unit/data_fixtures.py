@@ -29,12 +29,14 @@ def land(layout: Layout, offset: int, fmt: str = "parquet"):
 def current_inputs(layout: Layout, stage: str, day: str, cfg=None) -> dict:
     """What the DAG would hand a stage here: the day's current versions of its inputs (as the CLI's
     default does), as typed references, and what the pipeline reads for it from the catalog (``cfg``
-    needed for a stage that reads any: graph, features, teacher)."""
+    needed for a stage whose reads depend on config: graph, features, teacher; validate's history,
+    every earlier day, does not)."""
     from components.pipeline import INPUTS, catalog_inputs, default_inputs
 
     assert cfg is not None or stage not in ("graph", "features", "teacher"), f"{stage} reads the catalog: pass cfg"
     found = {keyword: INPUTS[stage][keyword].from_dict(ref) for keyword, ref in default_inputs(stage, day, layout).items()}
-    return {**found, **(catalog_inputs(stage, day, layout, cfg) if cfg is not None else {})}
+    reads = catalog_inputs(stage, day, layout, cfg) if cfg is not None or stage == "validate" else {}
+    return {**found, **reads}
 
 
 def validate(layout: Layout, day: str, cfg):

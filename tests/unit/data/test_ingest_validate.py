@@ -356,7 +356,8 @@ def test_anomaly_bands_use_the_same_weekday_once_enough_of_them_exist():
 
 
 def test_a_quarantined_days_anomalous_metrics_stay_out_of_the_history(tmp_path):
-    from components.data.validate import _history
+    from components.data.validate import EarlierDays, _history
+    from components.pipeline import catalog_inputs
 
     layout, cfg = setup(tmp_path, **{"validation.min_history_days": 4, "validation.severity": {"bot_suspect": "quarantine"}})
     for offset in range(5):
@@ -367,7 +368,8 @@ def test_a_quarantined_days_anomalous_metrics_stay_out_of_the_history(tmp_path):
     with pytest.raises(DataValidationError, match="FAIL bot_suspect") as failure:
         run_validate(layout, day(5), cfg, **current_inputs(layout, "validate", day(5)))
     assert "WARN top_user_share" in str(failure.value)
-    history, held = _history(layout, day(6), cfg)
+    earlier_days = EarlierDays.located(layout, day(6), catalog_inputs("validate", day(6), layout, cfg)["history"])
+    history, held = _history(earlier_days, day(6), cfg)
     assert held == 1 and [d for d, _ in history] == [day(d) for d in range(6)]
     bot_day = dict(history)[day(5)]
     assert "top_user_share" not in bot_day and bot_day["volume"] == len(pd.read_parquet(path))

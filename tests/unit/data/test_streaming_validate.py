@@ -14,6 +14,7 @@ from components.data.ingest import run_ingest
 from components.data.sources.synthetic import write_log
 from components.data.streaming import DayKeys, in_sorted, mark_seen, repeated, staged_chunks, tally
 from components.data.validate import DataValidationError, run_validate
+from components.pipeline import catalog_inputs
 
 from tests.unit.data_fixtures import accept, day, land
 
@@ -31,7 +32,7 @@ def _run(tmp_path, name, chunk_rows, landing_frames, earlier_days=0):
         write_log(frame, layout.landing(day(1)) / file_name)
     staged = DayRef.of(run_ingest(layout, day(1), cfg))
     try:
-        return layout, run_validate(layout, day(1), cfg, staged=staged)
+        return layout, run_validate(layout, day(1), cfg, staged=staged, **catalog_inputs("validate", day(1), layout, cfg))
     except DataValidationError as error:
         return layout, error
 
