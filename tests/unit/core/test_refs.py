@@ -5,7 +5,8 @@ import json
 import pytest
 
 from components.core.catalog import Layout
-from components.core.refs import AcceptedRef, DayRef, EngineRef, GraphRef, PrunedRef, StudentRef, TeacherRef
+from components.core.refs import (AcceptedRef, DayRef, EngineRef, GraphRef, PrunedRef, QuarantinedRef, StudentRef,
+                                 TeacherRef, ValidationHistory)
 
 
 def _publish(layout: Layout, kind: str, day: str, tmp_path, name: str):
@@ -81,3 +82,37 @@ def test_a_window_lists_the_complete_partitions_of_its_days_oldest_first(tmp_pat
     assert [ref.day for ref in layout.partition_refs(AcceptedRef, "2026-01-01", "2026-01-06")] == \
         ["2026-01-01", "2026-01-03", "2026-01-06"]
     assert layout.partition_refs(DayRef, "2026-01-01", "2026-01-06") == []
+
+
+def _attempt(layout: Layout, day: str, attempt: str, rows: str) -> None:
+    folder = layout.quarantine(day) / attempt
+    folder.mkdir(parents=True)
+    (folder / "rows.parquet").write_text(rows)
+    (folder / "validation.json").write_text("{}")
+
+
+def test_a_quarantined_day_is_named_by_its_complete_attempts_and_refused_once_held_again(tmp_path):
+    layout = Layout.at(tmp_path / "root")
+    _attempt(layout, "2026-01-02", "a1", "rows")
+    (layout.quarantine("2026-01-02") / ".staging-x").mkdir()  # an attempt being written: not part of the day yet
+    (layout.quarantine("2026-01-02") / ".staging-x" / "rows.parquet").write_text("half")
+    layout.quarantine("2026-01-03").mkdir(parents=True)  # no complete attempt: not a quarantined day
+    (held,) = layout.partition_refs(QuarantinedRef, "2026-01-01", "2026-01-03")
+    assert (held.kind, held.day) == ("quarantine", "2026-01-02")
+    assert layout.partition(held) == layout.quarantine("2026-01-02")
+    assert layout.locate(held) == str(layout.quarantine("2026-01-02"))
+    (layout.quarantine("2026-01-02") / ".staging-x" / "rows.parquet").write_text("more")
+    assert layout.partition_version("quarantine", "2026-01-02") == held.version
+    _attempt(layout, "2026-01-02", "b2", "other rows")  # quarantined again since the reference was made
+    with pytest.raises(FileNotFoundError, match=f"quarantine 2026-01-02 v{held.version}: .* now holds v"):
+        layout.partition(held)
+
+
+def test_a_validation_history_round_trips_through_json():
+    history = ValidationHistory(accepted=(AcceptedRef("2026-01-01", "a1", "/a"), AcceptedRef("2026-01-03", "a3", "/b")),
+                                quarantined=(QuarantinedRef("2026-01-02", "q2", "/q"),))
+    payload = json.loads(json.dumps(history.as_dict()))
+    assert payload["quarantined"] == [{"kind": "quarantine", "day": "2026-01-02", "version": "q2", "path": "/q"}]
+    assert ValidationHistory.from_dict(payload) == history
+    with pytest.raises(ValueError, match="expected a quarantine reference, got kind 'accepted'"):
+        ValidationHistory.from_dict({"accepted": [], "quarantined": payload["accepted"]})

@@ -732,3 +732,27 @@ def test_a_missing_column_fails_once_and_the_report_says_how_to_rerun_the_day(tm
     report = (attempt / "report.md").read_text()
     assert "| expect_column_values_to_not_be_null | item_id | quarantine | skipped |" in report
     assert "## What to do" in report and f"--conf '{{\"day\": \"{day(1)}\"}}'" in report
+
+
+def test_validate_reads_only_the_earlier_days_it_is_given(tmp_path):
+    """Its history is an argument (components/pipeline.catalog_inputs resolves it): given none, a day
+    after three accepted ones is judged as a first day; a day it names must still hold that content."""
+    from components.core.refs import AcceptedRef, ValidationHistory
+
+    layout, cfg = setup(tmp_path)
+    for offset in range(3):
+        accept(layout, cfg, offset)
+    land(layout, 3)
+    run_ingest(layout, day(3), cfg)
+    given = current_inputs(layout, "validate", day(3))
+    assert [r.day for r in given["history"].accepted] == [day(0), day(1), day(2)] and given["history"].quarantined == ()
+    alone = run_validate(layout, day(3), cfg, staged=given["staged"], history=ValidationHistory())
+    assert alone.profile["new_user_share"] is None and alone.notes[0].startswith("anomaly history: 0 days")
+    judged = run_validate(layout, day(3), cfg, **given)
+    assert 0 <= judged.profile["new_user_share"] < 1 and judged.notes[0].startswith("anomaly history: 3 days")
+    itself = layout.partition_refs(AcceptedRef, day(3), day(3))
+    with pytest.raises(ValueError, match=f"history must hold earlier days only, got \\['{day(3)}'\\]"):
+        run_validate(layout, day(3), cfg, staged=given["staged"], history=ValidationHistory(accepted=tuple(itself)))
+    (layout.accepted(day(1)) / "events.parquet").write_bytes(b"changed since")
+    with pytest.raises(FileNotFoundError, match=f"accepted {day(1)} v{given['history'].accepted[1].version}: .* now holds v"):
+        run_validate(layout, day(3), cfg, **given)
