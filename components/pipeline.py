@@ -168,7 +168,8 @@ def describe_inputs(inputs: dict[str, Any]) -> str:
         if value is None:
             return "none"
         if isinstance(value, ValidationHistory):
-            return f"{one(value.accepted)} accepted, {one(value.quarantined)} quarantined"
+            return " + ".join(one(refs) if refs else f"no {kind} days"
+                              for kind, refs in (("accepted", value.accepted), ("quarantined", value.quarantined)))
         if isinstance(value, tuple):
             return (f"{value[0].kind} {value[0].day}..{value[-1].day} ({len(value)} days)" if value
                     else "no days")

@@ -1,5 +1,6 @@
 """GraphDistill nightly: ingest -> validate -> features -> graph -> teacher -> distill -> prune ->
-export -> convert -> evaluate -> gate -> register -> promote, then the run's report.
+export -> convert -> evaluate -> gate -> register -> promote, then the run's report; catalog_inputs hands
+validate, features, graph and teacher the earlier days and artifacts they read besides.
 
 Wiring only: every step is a function in components/ (see components/pipeline.py STAGES), run
 here for the run's day (components.decide.outcome.run_day: the data interval's start for scheduled and
@@ -14,6 +15,7 @@ import datetime as dt
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +47,11 @@ START = schedule_start(os.environ.get("GRAPHDISTILL_START_DATE"), OPS.start_date
 log = logging.getLogger(__name__)
 
 
-def _run(stage: str, upstream: dict[str, Any] | None = None, **inputs: dict[str, Any]) -> dict[str, Any]:
-    """Run a components stage for this run's day and run (reports/<day>/runs/<run_key>/), on the
-    upstream tasks' results (``inputs``: what a build stage builds on; ``upstream``: what a decision
-    stage decides on), mapping its outcomes onto Airflow's."""
+def _in_run(what: str, work: Callable[[str, Any, str], dict[str, Any]]) -> dict[str, Any]:
+    """``work(day, config, run key)`` for this run's day and run (reports/<day>/runs/<run_key>/), mapping
+    its outcomes onto Airflow's."""
     from components.core.errors import PermanentStageFailure, StageSkipped
-    from components.pipeline import resolve, run_stage
+    from components.pipeline import resolve
     from components.core.catalog import run_key_for
 
     context = get_current_context()
@@ -59,13 +60,24 @@ def _run(stage: str, upstream: dict[str, Any] | None = None, **inputs: dict[str,
     try:
         # Inside the try: a broken config or override (ConfigError) fails now, naming the key; no retry.
         cfg = resolve(params.get("root"), params.get("config_file"), params.get("overrides"))
-        return run_stage(stage, day, cfg, run_key=run_key_for(context["run_id"]), upstream=upstream, inputs=inputs)
+        return work(day, cfg, run_key_for(context["run_id"]))
     except StageSkipped as exc:
         # Logged before raising: Airflow files the skip exception under the collapsed "Post Execute".
-        log.warning("SKIPPED %s for %s: %s", stage, day, exc)
-        raise AirflowSkipException(f"{stage} skipped for {day}: {exc}") from exc
+        log.warning("SKIPPED %s for %s: %s", what, day, exc)
+        raise AirflowSkipException(f"{what} skipped for {day}: {exc}") from exc
     except PermanentStageFailure as exc:
         fail_for_good(exc)
+
+
+def _run(stage: str, upstream: dict[str, Any] | None = None, reads: dict[str, Any] | None = None,
+         **inputs: dict[str, Any]) -> dict[str, Any]:
+    """Run a components stage on the upstream tasks' results (``inputs``: what a build stage builds on;
+    ``upstream``: what a decision stage decides on; ``reads``: what it reads besides, from the
+    catalog_inputs task)."""
+    from components.pipeline import run_stage
+
+    return _in_run(stage, lambda day, cfg, run_key: run_stage(stage, day, cfg, run_key=run_key, upstream=upstream,
+                                                               inputs=inputs, context=reads))
 
 
 def _night_ended(kind: str, fails: bool):
@@ -129,32 +141,43 @@ def _night_ended(kind: str, fails: bool):
     + f"\n\n**Schedule start**: {START.start} ({START.source}); catch-up {'on' if START.catchup else 'off'}.",
 )
 def gnn_recsys_nightly():
+    # One XCom per stage (multiple_outputs): each task is handed only what it reads.
+    @task(multiple_outputs=True)
+    def catalog_inputs() -> dict:
+        """What validate, features, graph and teacher read besides their upstream results, resolved once
+        from the catalog for the night and handed to each as references: validate's history (every
+        accepted and quarantined day before the run's day), the training and feature windows (accepted
+        days before it), the ID maps and previous graph, the LightGCN teacher's warm start."""
+        from components.pipeline import night_inputs
+
+        return _in_run("catalog_inputs", lambda day, cfg, _: night_inputs(day, cfg))
+
     @task  # idempotent: a transient read error of the landing store is worth a retry
     def ingest() -> dict:
         """Reads every file of the day's landing partition into staging (files read or skipped, with why)."""
         return _run("ingest")
 
     @task  # a failed validation raises AirflowFailException: quarantined, never retried
-    def validate(staged: dict) -> dict:
-        """The data contract (Great Expectations) and anomaly checks; a failing day is quarantined whole,
-        with its report, and nothing downstream runs on it."""
-        return _run("validate", staged=staged)
+    def validate(staged: dict, reads: dict) -> dict:
+        """The data contract (Great Expectations) and anomaly checks against the earlier days it is given;
+        a failing day is quarantined whole, with its report, and nothing downstream runs on it."""
+        return _run("validate", reads=reads, staged=staged)
 
     @task
-    def features(accepted: dict) -> dict:
+    def features(accepted: dict, reads: dict) -> dict:
         """Feast: applies feature_repo/ and materializes the users' recent items into the online store."""
-        return _run("features", accepted=accepted)
+        return _run("features", reads=reads, accepted=accepted)
 
     @task
-    def graph(accepted: dict) -> dict:
+    def graph(accepted: dict, reads: dict) -> dict:
         """The user-item graph (DGL) over the rolling window ending the day before, IDs stable across days
         (the window's accepted days and the ID maps it extends are logged and kept in its lineage)."""
-        return _run("graph", accepted=accepted)
+        return _run("graph", reads=reads, accepted=accepted)
 
     @task(execution_timeout=dt.timedelta(hours=6), queue=GPU_QUEUE)
-    def teacher(graph: dict) -> dict:
+    def teacher(graph: dict, reads: dict) -> dict:
         """The large teacher (graph filter, closed form, or LightGCN) recomputed on the new graph."""
-        return _run("teacher", graph=graph)
+        return _run("teacher", reads=reads, graph=graph)
 
     @task(execution_timeout=dt.timedelta(hours=3), queue=GPU_QUEUE)
     def distill(graph: dict, teacher: dict) -> dict:
@@ -236,11 +259,14 @@ def gnn_recsys_nightly():
 
     ends = [_night_ended(kind, fails) for kind, fails in NIGHT_ENDS]
 
-    # Each task builds on its upstream tasks' results (references: kind, day, version, path).
-    accepted = validate(ingest())
-    built_graph = graph(accepted)
-    features_done = features(accepted)
-    built_teacher = teacher(built_graph)
+    # Each task builds on its upstream tasks' results (references: kind, day, version, path). What the
+    # night reads besides is resolved once, before validate: none of it is of the run's day (validate's
+    # history and the windows end the day before), so validating the day changes none of it.
+    night = catalog_inputs()
+    accepted = validate(ingest(), night["validate"])
+    built_graph = graph(accepted, night["graph"])
+    features_done = features(accepted, night["features"])
+    built_teacher = teacher(built_graph, night["teacher"])
     student = distill(built_graph, built_teacher)
     built_engine = convert(export(built_graph, prune(built_graph, built_teacher, student)))
     registration = register(gate(evaluate(built_engine)))

@@ -11,6 +11,9 @@ REPO = Path(__file__).resolve().parents[2]
 DAG_FILE = REPO / "dags" / "gnn_recsys_nightly.py"
 EXPECTED_EDGES = {
     ("ingest", "validate"), ("validate", "features"), ("validate", "graph"), ("graph", "teacher"),
+    # what they read besides their upstream results, resolved once for the night (references)
+    ("catalog_inputs", "validate"), ("catalog_inputs", "features"), ("catalog_inputs", "graph"),
+    ("catalog_inputs", "teacher"),
     ("teacher", "distill"), ("distill", "prune"), ("prune", "export"), ("export", "convert"),
     # data edges: distill, prune and export build on the graph too, prune on the teacher too
     ("graph", "distill"), ("graph", "prune"), ("graph", "export"), ("teacher", "prune"),
