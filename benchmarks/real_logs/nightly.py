@@ -68,7 +68,8 @@ def land_public_log(name: str, root: Path, nights: int, history_days: int, work:
     days = list(replay(source, layout.root / "landing", shift_to=first + dt.timedelta(weeks=weeks)).days)
     cfg = load_config(overrides={"root": str(root)})
     for d in days[:-nights]:
-        run_validate(layout, d, cfg, staged=DayRef.of(run_ingest(layout, d, cfg)), **catalog_inputs("validate", d, layout, cfg))
+        staged = DayRef.of(run_ingest(layout, d, cfg))
+        run_validate(layout, d, cfg, staged=staged, **catalog_inputs("validate", d, layout, cfg))
     return days[:-nights], days[-nights:]
 
 

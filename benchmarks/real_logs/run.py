@@ -75,7 +75,8 @@ def main() -> int:
         staged = run_ingest(layout, day, cfg)
         rows = record["rows"] = staged.rows
         try:
-            result = run_validate(layout, day, cfg, staged=DayRef.of(staged), **catalog_inputs("validate", day, layout, cfg))
+            result = run_validate(layout, day, cfg, staged=DayRef.of(staged),
+                                  **catalog_inputs("validate", day, layout, cfg))
         except DataValidationError:
             attempt = sorted(layout.quarantine(day).iterdir())[-1]
             rules = json.loads((attempt / "validation.json").read_text())["result"]["rules"]

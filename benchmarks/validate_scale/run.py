@@ -81,7 +81,8 @@ def measure(root: Path, landing: Path, chunk_rows: int | None) -> dict:
     started = time.perf_counter()
     ingest = run_ingest(layout, DAY.isoformat(), cfg, landing=str(landing))
     ingested = time.perf_counter()
-    result = run_validate(layout, DAY.isoformat(), cfg, staged=DayRef.of(ingest), history=ValidationHistory())  # a fresh root
+    # a fresh root: no earlier day to judge against
+    result = run_validate(layout, DAY.isoformat(), cfg, staged=DayRef.of(ingest), history=ValidationHistory())
     done = time.perf_counter()
     return {"rows": ingest.rows, "accepted_rows": result.accepted_rows, "duplicate_rows": result.duplicate_rows,
             "success": result.success, "ingest_s": round(ingested - started, 1), "validate_s": round(done - ingested, 1),

@@ -754,5 +754,6 @@ def test_validate_reads_only_the_earlier_days_it_is_given(tmp_path):
     with pytest.raises(ValueError, match=f"history must hold earlier days only, got \\['{day(3)}'\\]"):
         run_validate(layout, day(3), cfg, staged=given["staged"], history=ValidationHistory(accepted=tuple(itself)))
     (layout.accepted(day(1)) / "events.parquet").write_bytes(b"changed since")
-    with pytest.raises(FileNotFoundError, match=f"accepted {day(1)} v{given['history'].accepted[1].version}: .* now holds v"):
+    stale = given["history"].accepted[1]
+    with pytest.raises(FileNotFoundError, match=f"accepted {day(1)} v{stale.version}: .* now holds v"):
         run_validate(layout, day(3), cfg, **given)

@@ -32,7 +32,8 @@ def _run(tmp_path, name, chunk_rows, landing_frames, earlier_days=0):
         write_log(frame, layout.landing(day(1)) / file_name)
     staged = DayRef.of(run_ingest(layout, day(1), cfg))
     try:
-        return layout, run_validate(layout, day(1), cfg, staged=staged, **catalog_inputs("validate", day(1), layout, cfg))
+        history = catalog_inputs("validate", day(1), layout, cfg)["history"]
+        return layout, run_validate(layout, day(1), cfg, staged=staged, history=history)
     except DataValidationError as error:
         return layout, error
 
