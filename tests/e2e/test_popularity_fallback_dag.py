@@ -16,6 +16,7 @@ would start it; `graphdistill recommend` then answers from the popularity versio
 
 from __future__ import annotations
 
+import html
 import json
 import subprocess
 import sys
@@ -156,6 +157,8 @@ def test_the_outcome_and_the_run_note_say_why_with_the_interval(night):
     assert outcome["reason"].startswith(f"champion {bad} -> {served} (popularity); candidate {record['candidate']} "
                                         f"rejected: failed gates: ndcg@20 min; champion {bad} as served: WORSE THAN "
                                         f"POPULARITY (ndcg@20 {health['relative_change']:+.1%} {interval}")
+    report = (night["run_dir"] / "report.html").read_text()
+    assert f"<h2>Outcome: FALLBACK POPULARITY</h2><p>{html.escape(record['reason'])}</p>" in report
     note = night["run"]["note"]
     assert note.startswith(f"**FALLBACK POPULARITY** day {DAYS[2]}: champion {bad} -> {served}") and interval in note
     assert note.endswith(f"serving champion: {served}")
