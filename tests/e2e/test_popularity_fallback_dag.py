@@ -124,6 +124,8 @@ def test_the_night_ends_fallback_popularity_on_its_own_row(night):
     assert ran == {"fallback_popularity": "success"}, states
     assert (states["blessed"], states["promote"], states["report"], states["outcome"]) == ("success",) * 4
     assert night["run"]["state"] == "success"
+    log = (night["root"] / "night.log").read_text()  # the outcome task's gauges (StatsD/OpenTelemetry)
+    assert "outcome.fallback_popularity=1," in log and "champion_health.worse_than_popularity=1," in log
     print(f"popularity fallback e2e, seconds: {night['seconds']}")
 
 
