@@ -457,7 +457,8 @@ def run_report(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str) -
 
     sections = []
     if outcome is not None:
-        sections.append(f"<h2>Outcome: {html.escape(outcome['kind'].upper())}</h2><p>{html.escape(outcome['reason'])}"
+        kind = outcome["kind"].upper().replace("_", " ")  # as the note, the grid and the Models page name it
+        sections.append(f"<h2>Outcome: {html.escape(kind)}</h2><p>{html.escape(outcome['reason'])}"
                         "</p>" + _kv_table({k: outcome[k] for k in ("candidate", "champion_before", "champion_after")}))
     else:
         sections.append("<h2>Outcome: none recorded</h2><p>No decision was recorded for this run "

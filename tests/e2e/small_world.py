@@ -36,11 +36,12 @@ def write_small_world_gates(root: Path) -> Path:
     return path
 
 
-def land_small_world(layout: Layout, days: list[str], seed: int) -> None:
-    """Land ``days`` of a generated world (one universe) as parquet; the fourth day is corrupted
-    (a missing column), so the nightly quarantines it."""
+def land_small_world(layout: Layout, days: list[str], seed: int, corrupt: bool = True) -> None:
+    """Land ``days`` of a generated world (one universe) as parquet; with ``corrupt`` the fourth day
+    is corrupted (a missing column), so the nightly quarantines it."""
     world = SyntheticWorld(start=parse_day(days[0]), seed=seed)
     universe = world.universe()
     for day in days:
         write_landing_day(world, layout.landing(day), parse_day(day), "parquet", universe)
-    corrupt_landing(layout.landing(days[3]), "missing_column")
+    if corrupt:
+        corrupt_landing(layout.landing(days[3]), "missing_column")

@@ -13,9 +13,7 @@ import html
 import json
 import socket
 import subprocess
-import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from components.cli import airflow_bin, airflow_env, run_dag_day
 from components.core.catalog import Layout, latest_run
 from graphdistill_airflow.local import api_server
 
+from tests.e2e.alert_receiver import alert_receiver
 from tests.e2e.small_world import land_small_world, write_small_world_gates
 
 pytestmark = pytest.mark.e2e
@@ -41,28 +40,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class _Webhook(BaseHTTPRequestHandler):
-    received: list[dict] = []
-
-    def do_POST(self):  # noqa: N802 (http.server's name)
-        self.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args):
-        """Silent: the tests read the received payloads, not http.server's access log."""
-
-
 @pytest.fixture(scope="module")
 def ops(tmp_path_factory):
     root = tmp_path_factory.mktemp("ops")
     layout = Layout.at(root)
     land_small_world(layout, DAYS, seed=5)
-    hook = HTTPServer(("127.0.0.1", 0), _Webhook)
-    threading.Thread(target=hook.serve_forever, daemon=True).start()
-    alerts_env = {"AIRFLOW_CONN_GRAPHDISTILL_ALERTS": f"http://127.0.0.1:{hook.server_port}/alerts"}
     gates = {"gates_file": str(write_small_world_gates(root))}
-    try:
+    with alert_receiver() as (alerts_env, received):
         with api_server(root, _free_port(), root / "api-server.log") as server:
             env = {**server.task_env(), **alerts_env}
             rcs = {day: run_dag_day(root, day, {"root": str(root), "overrides": {**(BAD if day == DAYS[2] else SMALL), **gates}},
@@ -72,9 +56,7 @@ def ops(tmp_path_factory):
             token = server.token()
             runs = server.get_json(f"/api/v2/dags/{DAG}/dagRuns?order_by=id", token)["dag_runs"]
             yield {"root": root, "layout": layout, "server": server, "token": token, "rcs": rcs, "refresh": refresh,
-                   "runs": {r["conf"]["day"]: r for r in runs}, "alerts": list(_Webhook.received)}
-    finally:
-        hook.shutdown()
+                   "runs": {r["conf"]["day"]: r for r in runs}, "alerts": list(received)}
 
 
 def _outcome(ops, day):
