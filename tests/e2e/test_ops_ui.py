@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html
 import json
-import socket
 import subprocess
 import urllib.parse
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 from components.cli import airflow_bin, airflow_env, run_dag_day
 from components.core.catalog import Layout, latest_run
 from graphdistill_airflow.local import api_server
+from graphdistill_airflow.stack import free_port
 
 from tests.e2e.alert_receiver import alert_receiver
 from tests.e2e.small_world import land_small_world, write_small_world_gates
@@ -34,12 +34,6 @@ BAD = {**SMALL, "distill.shuffle_labels": True}
 DAG = "gnn_recsys_nightly"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ops(tmp_path_factory):
     root = tmp_path_factory.mktemp("ops")
@@ -47,7 +41,7 @@ def ops(tmp_path_factory):
     land_small_world(layout, DAYS, seed=5)
     gates = {"gates_file": str(write_small_world_gates(root))}
     with alert_receiver() as (alerts_env, received):
-        with api_server(root, _free_port(), root / "api-server.log") as server:
+        with api_server(root, free_port(), root / "api-server.log") as server:
             env = {**server.task_env(), **alerts_env}
             rcs = {day: run_dag_day(root, day, {"root": str(root), "overrides": {**(BAD if day == DAYS[2] else SMALL), **gates}},
                                     root / f"{day}.log", extra_env=env) for day in DAYS}
