@@ -275,9 +275,10 @@ def test_a_worker_killed_mid_task_loses_no_night(stack, nights):
     assert tis[killed]["state"] == "success" and tis[killed]["try_number"] == 2, tis[killed]
     assert tis[killed]["hostname"].startswith("worker-gpu.")
     assert champion(layout).version == champion_before
-    # Nothing partial in the store: every artifact folder has its manifest (the killed attempt published
-    # nothing; a session publishes on exit, manifests last), every JSON object reads whole, and a reader
-    # with an empty copy finds no half-published version to skip.
+    # Nothing partial in the store: every artifact folder has its manifest (a SIGKILLed session never
+    # reaches its publish, or stops inside it with manifests still to go, and the retry completes the same
+    # content-hashed version), every JSON object reads whole, and a reader with an empty copy finds no
+    # half-published version to skip.
     from components.core.remote import WorkingCopy, connect
     from components.core.catalog import object_root
 
