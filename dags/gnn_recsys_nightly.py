@@ -42,8 +42,7 @@ GPU_QUEUE = "gpu"
 OPS = load_config(default_config_file()).ops  # deadline, timeout, alert connection (config/pipeline.yaml "ops")
 # First unpause: catch up from GRAPHDISTILL_START_DATE / ops.start_date / the first landed day, else run
 # only the latest night (never one failing run per day since a hard-coded date).
-START = schedule_start(os.environ.get("GRAPHDISTILL_START_DATE"), OPS.start_date,
-                       Path(default_root()) / "landing")
+START = schedule_start(os.environ.get("GRAPHDISTILL_START_DATE"), OPS.start_date, default_root())
 log = logging.getLogger(__name__)
 
 

@@ -2,7 +2,9 @@
 
 ``python -m graphdistill_airflow.stack up|down|status [--state DIR]``: Postgres (Airflow's metadata DB,
 Feast's SQL registry DB), Redis (Celery broker db 0, Feast online store db 1), SeaweedFS's S3 gateway
-(the bucket created; conditional writes enforced, tests/stack), Airflow 3 with the CeleryExecutor
+(the bucket created; conditional writes enforced, tests/stack; the artifact root of every DAG run is
+``s3://<bucket>/<root_prefix>`` there, each process working in its own copy under <state>/cache/<process>,
+components/core/remote.py), Airflow 3 with the CeleryExecutor
 (api-server, scheduler, dag-processor, triggerer, a worker on queue ``default`` and one on ``gpu``; task
 logs on the object store through Airflow's S3 remote logging) and Triton in explicit model-control mode. Every service listens on 127.0.0.1 on a free port chosen at
 start-up; ports, pids and log files are recorded in <state>/stack.json, all state lives under <state>.
@@ -51,6 +53,8 @@ class StackSettings(BaseModel):
 
     state_dir: str = ".graphdistill/stack"
     bucket: str = Field("graphdistill", min_length=3, max_length=63)
+    # The artifact root of the stack's DAG runs, the plugin and the CLI: s3://<bucket>/<root_prefix>.
+    root_prefix: str = Field("root", min_length=1, pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
     s3_access_key: str = "graphdistill-local"
     s3_secret_key: str = "graphdistill-local-secret"
     airflow_user: str = "ops"
@@ -85,8 +89,16 @@ class Stack:
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
-    def root(self) -> Path:  # the artifact root of the stack's DAG runs (GRAPHDISTILL_ROOT)
-        return self.state / "root"
+    def root(self) -> str:
+        """GRAPHDISTILL_ROOT of every stack process: the object store, never a local folder (a worker's
+        folder is lost with its node; another worker could not read it)."""
+        return f"s3://{self.settings.bucket}/{self.settings.root_prefix}"
+
+    def cache(self, process: str) -> Path:
+        """GRAPHDISTILL_CACHE of one process (a worker, the api-server, the CLI): its own working copy
+        of the root, kept across its tasks so each session downloads only what changed. Two task
+        processes of one worker share it and take turns (the copy's lock)."""
+        return self.state / "cache" / process
 
     def log(self, service: str) -> Path:
         return self.state / "logs" / f"{service}.log"
@@ -113,8 +125,10 @@ class Stack:
         return f"http://127.0.0.1:{self.ports['triton-http']}"
 
     @property
-    def triton_repository(self) -> Path:  # where champion_serving_refresh writes (ops.triton_repository)
-        return self.root / "serving" / "triton_repository"
+    def triton_repository(self) -> Path:
+        """Triton's model repository on this host, where champion_serving_refresh writes (the stack's
+        ``ops.triton_repository``: absolute, since a relative one would be under a worker's copy)."""
+        return self.state / "triton" / "repository"
 
     def urls(self) -> dict[str, str]:
         return {"postgres": f"{self.postgres_url}/airflow (Feast registry: /feast_registry)",
@@ -139,10 +153,12 @@ class Stack:
                 "AWS_ENDPOINT_URL_S3": self.s3_endpoint, "AWS_DEFAULT_REGION": "us-east-1",
                 "GRAPHDISTILL_BUCKET": self.settings.bucket}
 
-    def airflow_env(self) -> dict[str, str]:
-        """Environment of every Airflow process of the stack (and of `airflow` CLI calls against it)."""
-        env = server_env(self.root, self.ports["api-server"], self.settings.airflow_user)
+    def airflow_env(self, process: str = "cli") -> dict[str, str]:
+        """Environment of every Airflow process of the stack (and of `airflow` CLI calls against it);
+        ``process`` names its working copy of the root (``cache``)."""
+        env = server_env(self.state, self.ports["api-server"], self.settings.airflow_user)  # AIRFLOW_HOME <state>/airflow
         env.update(self.s3_env())
+        env.update({"GRAPHDISTILL_ROOT": self.root, "GRAPHDISTILL_CACHE": str(self.cache(process))})
         env.update({
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"{self.postgres_url}/airflow",
             "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
@@ -184,19 +200,21 @@ class Stack:
 
     def write_pipeline_config(self) -> Path:
         """The pipeline config every stack task reads: extra_env's GRAPHDISTILL_CONFIG (else the default
-        config) with Feast on the stack's Redis and Postgres; validated before any task sees it."""
+        config) with Feast on the stack's Redis and Postgres and Triton's repository on this host;
+        validated before any task sees it."""
         from components.core.config import default_config_file, load_config
 
         base = Path(self.extra_env.get("GRAPHDISTILL_CONFIG") or default_config_file())
         data = yaml.safe_load(base.read_text()) or {}
         data["features"] = {**data.get("features", {}), **self.feature_stores()}
+        data["ops"] = {**data.get("ops", {}), "triton_repository": str(self.triton_repository)}
         self.pipeline_config.write_text(f"# {base} with the stack's stores (graphdistill_airflow/stack.py)\n"
                                         + yaml.safe_dump(data, sort_keys=False))
         load_config(self.pipeline_config)
         return self.pipeline_config
 
     def worker_env(self, queue: str) -> dict[str, str]:
-        return {**self.airflow_env(),
+        return {**self.airflow_env(f"worker-{queue}"),
                 "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.ports[f"worker-{queue}-logs"]),
                 # Task instances record which worker ran them (two workers share this host's name).
                 "AIRFLOW__CORE__HOSTNAME_CALLABLE": "graphdistill_airflow.stack.worker_hostname",
@@ -393,7 +411,7 @@ def start_seaweedfs(stack: Stack) -> None:
 
 
 def _airflow(stack: Stack, service: str, args: list[str], env: dict[str, str] | None = None) -> None:
-    _spawn(stack, service, [airflow_bin(), *args], env or stack.airflow_env())
+    _spawn(stack, service, [airflow_bin(), *args], env or stack.airflow_env(service))
 
 
 def start_airflow(stack: Stack) -> None:

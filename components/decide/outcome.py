@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from components.decide.report import champion_health_text, fmt_number, gate_label, override_text
-from components.core.catalog import (MANIFEST, OUTCOME_FILE, Layout, latest_run, parse_day, read_json, run_dir,
-                                run_key_for)
+from components.core.catalog import (MANIFEST, OUTCOME_FILE, Layout, latest_run, object_root, parse_day, read_json,
+                                run_dir, run_key_for)
 
 # What a night can end as (the DAG-run note, the plugin and the alerts use these words); all but
 # INCOMPLETE are recorded by the stages (components.core.catalog.OUTCOME_KINDS).
@@ -313,12 +313,13 @@ class ScheduleStart:
 NO_CATCHUP_START = dt.date(2026, 1, 1)
 
 
-def schedule_start(env_start: str | None, configured: dt.date | None, landing_root: Path) -> ScheduleStart:
+def schedule_start(env_start: str | None, configured: dt.date | None, root: str | Path) -> ScheduleStart:
     """The schedule's first day: GRAPHDISTILL_START_DATE, else ops.start_date, else the first landed
-    day under ``landing_root`` (``date=YYYY-MM-DD`` folders), else no catch-up.
+    day under the local ``root``'s ``landing/`` (``date=YYYY-MM-DD`` folders), else no catch-up.
 
     Catch-up from a landed day never creates runs for days before any data existed (an unpause used
-    to start ~330 runs, one per day since January, each failing on a missing landing day)."""
+    to start ~330 runs, one per day since January, each failing on a missing landing day). An ``s3://``
+    root is not listed: the DAG file calls this while it is parsed, over and over."""
     if env_start:
         try:
             return ScheduleStart(parse_day(env_start), True, "GRAPHDISTILL_START_DATE")
@@ -326,6 +327,12 @@ def schedule_start(env_start: str | None, configured: dt.date | None, landing_ro
             raise ValueError(f"GRAPHDISTILL_START_DATE={env_start!r} is not a date (YYYY-MM-DD)") from exc
     if configured is not None:
         return ScheduleStart(configured, True, "ops.start_date")
+    remote = object_root(root)
+    if remote is not None:
+        return ScheduleStart(NO_CATCHUP_START, False, f"the root {remote.uri} is an object store, not listed while "
+                                                      f"the DAG is parsed (set GRAPHDISTILL_START_DATE or "
+                                                      f"ops.start_date to catch up): no catch-up")
+    landing_root = Path(root) / "landing"
     landed = sorted(p.name.removeprefix("date=") for p in landing_root.glob("date=*") if p.is_dir())
     for name in landed:
         try:

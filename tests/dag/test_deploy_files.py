@@ -67,3 +67,20 @@ def test_remote_logging_as_on_the_stack(tmp_path):
         assert {k: env[k] for k in expected if k != connection_env} == {
             k: v for k, v in expected.items() if k != connection_env}, name
         assert json.loads(env[connection_env])["extra"]["endpoint_url"] == env["AWS_ENDPOINT_URL_S3"], name
+
+
+def test_the_artifact_root_is_the_object_store_as_on_the_stack(tmp_path):
+    """The chart, the compose file and the stack run every DAG on the same s3:// root; compose gives each
+    container a copy of its own and Triton the repository its serving refresh writes."""
+    stack = stack_mod.Stack(Path(tmp_path), stack_mod.load_settings(), {"s3": 8333})
+    helm = {e["name"]: e.get("value") for e in VALUES["env"]}
+    compose = yaml.safe_load((REPO_ROOT / "deploy" / "docker-compose.yml").read_text())
+    assert helm["GRAPHDISTILL_ROOT"] == stack.root == "s3://graphdistill/root"
+    init = " ".join(compose["services"]["airflow-init"]["command"])
+    for name in ("airflow-apiserver", "airflow-scheduler", "airflow-worker-default", "airflow-worker-gpu"):
+        env = compose["services"][name]["environment"]
+        assert env["GRAPHDISTILL_ROOT"] == stack.root, name
+        assert not env["GRAPHDISTILL_CACHE"].startswith("/data/"), name  # container-local, not the shared volume
+        assert f"open('{env['GRAPHDISTILL_CONFIG']}', 'w')" in init, name  # the config airflow-init derives
+    repository = re.search(r"\['triton_repository'\] = '([^']+)'", init).group(1)
+    assert f"--model-repository={repository} " in compose["services"]["triton"]["command"]

@@ -1,10 +1,12 @@
 """Scheduler-driven nights on the stack: nobody triggers anything. The DAG is unpaused, the scheduler
-catches up the three landed nights (GRAPHDISTILL_START_DATE), the Celery workers run them (the model
-tasks on queue ``gpu``) against Postgres and Redis, and the outcomes are read back over HTTP."""
+catches up the three nights landed in the object store (GRAPHDISTILL_START_DATE), the Celery workers run
+them (the model tasks on queue ``gpu``) against Postgres, Redis and the artifact root on the object store
+(s3://<bucket>/root, each worker in its own working copy), and the outcomes are read back over HTTP."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.parse
 import urllib.request
@@ -16,6 +18,8 @@ from tests.stack.conftest import NIGHTS
 pytestmark = pytest.mark.stack
 
 DAG = "gnn_recsys_nightly"
+# Immutable artifacts in the store: <kind>/<day>/<version>/ (components/core/remote.py's _IMMUTABLE).
+ARTIFACT = re.compile(r"^(graphs|models/[^/]+|exports|engines)/(\d{4}-\d{2}-\d{2})/([^/]+)/(.+)$")
 GPU_TASKS = {"teacher", "distill", "prune", "convert"}
 NIGHTS_TIMEOUT_S = 2400  # three small nights, one at a time, on a 2-core machine
 
@@ -102,7 +106,7 @@ def test_triton_serves_the_promoted_champion(stack, nights):
     assert [r["state"] for r in refreshes] == ["success"]
     items, scores, version = infer(stack.triton_url, [0, 1, 2])
     served = json.loads((stack.triton_repository / PYTHON_MODEL / version / "graphdistill_version.json").read_text())
-    assert served["version"] == champion(Layout.at(stack.root)).version
+    assert served["version"] == champion(Layout.at(stack.root)).version  # the pointer on the store
     assert items.shape[0] == 3 and (scores[:, :-1] >= scores[:, 1:]).all()  # ranked best first
 
 
@@ -143,7 +147,7 @@ def test_task_logs_live_in_the_object_store(stack, nights):
         time.sleep(2)
     assert expected <= stored, f"task logs missing from s3://{bucket}: {sorted(expected - stored)[:5]}"
 
-    local = stack.root / "airflow" / "logs" / f"dag_id={DAG}"  # both workers' AIRFLOW_HOME/logs on this host
+    local = stack.state / "airflow" / "logs" / f"dag_id={DAG}"  # both workers' AIRFLOW_HOME/logs on this host
     shutil.rmtree(local, ignore_errors=True)
     promoted = next(r["dag_run_id"] for r in nights["runs"] if r["data_interval_start"][:10] == NIGHTS[1])
     teacher = next(t for t in nights["tasks"][promoted] if t["task_id"] == "teacher")
@@ -157,11 +161,81 @@ def test_task_logs_live_in_the_object_store(stack, nights):
     print(json.dumps({"task_log_objects": len(expected), "teacher_log_lines": len(events) - 3}))
 
 
+def _root_store(stack):
+    from components.core.catalog import object_root
+    from components.core.remote import connect
+
+    return connect(object_root(stack.root))
+
+
+def _incomplete_artifacts(objects: dict[str, int]) -> list[str]:
+    """Artifact folders in the store with files but no manifest (a half-published version)."""
+    from components.core.catalog import MANIFEST
+
+    folders = {m.group(0)[: -len(m.group(4))] for name in objects if (m := ARTIFACT.match(name))}
+    return sorted(f for f in folders if f"{f}{MANIFEST}" not in objects)
+
+
+def test_the_nights_artifacts_live_in_the_object_store(stack, nights):
+    """The root is s3://<bucket>/root: night 2's versions (graph, teacher, student, export, engine) are in
+    the store whole (each with its manifest), the champion pointer is the store's object naming a
+    registered version, the history holds one create-only object per decision, and no local folder was
+    the root: each process worked in its own copy under <state>/cache."""
+    from components.core.catalog import MANIFEST, Layout
+    from components.decide.registry import champion
+
+    assert stack.root == f"s3://{stack.settings.bucket}/root"
+    store = _root_store(stack)
+    objects = {name: entry.size for name, entry in store.entries().items()}
+    by_day: dict[str, dict[str, set[str]]] = {}
+    for name in objects:
+        if (m := ARTIFACT.match(name)) and m.group(4) == MANIFEST:
+            by_day.setdefault(m.group(2), {}).setdefault(m.group(1), set()).add(m.group(3))
+    # Night 1 builds its graph, then has no training window; night 3 is quarantined before any build.
+    assert {day: set(kinds) for day, kinds in by_day.items()} == {
+        NIGHTS[0]: {"graphs"},
+        NIGHTS[1]: {"graphs", "models/teacher", "models/student", "models/pruned", "exports", "engines"}}, by_day
+    assert _incomplete_artifacts(objects) == []
+    landed = sorted({n.split("/")[1] for n in objects if n.startswith("landing/")})
+    assert landed == [f"date={d}" for d in NIGHTS]  # the producer's partitions, read by the workers' ingest
+
+    pointer = json.loads(store.read("registry/champion.json").body)
+    assert pointer["event"] == "promote" and f"registry/versions/{pointer['version']}/{MANIFEST}" in objects
+    assert champion(Layout.at(stack.root)).version == pointer["version"]
+    history = sorted(n for n in objects if n.startswith("registry/history/"))
+    assert len(history) == 1 and history[0].endswith("-0-move.json"), history  # night 2's promotion, once
+    assert json.loads(store.read(history[0]).body)["version"] == pointer["version"]
+
+    assert not (stack.state / "root").exists()  # the local root of `make demo` was never made
+    for process in ("worker-default", "worker-gpu", "api-server"):
+        copy = stack.cache(process) / stack.settings.bucket / "root"
+        assert (copy / ".sync" / "index.json").exists(), f"{process} never worked in its copy {copy}"
+    # The engine was built on the gpu worker and reached the default worker (evaluate) through the store.
+    engine = sorted(by_day[NIGHTS[1]]["engines"])[0]
+    for queue in ("gpu", "default"):
+        assert (stack.cache(f"worker-{queue}") / stack.settings.bucket / "root" / "engines" / NIGHTS[1] / engine
+                / MANIFEST).exists(), queue
+    print(json.dumps({"store_objects": len(objects), "store_bytes": sum(objects.values()),
+                      "store_bytes_by_day": {day: sum(size for name, size in objects.items()
+                                                      if f"/{day}/" in f"/{name}" or f"date={day}/" in name)
+                                             for day in NIGHTS}}))
+
+
+def test_the_models_page_reads_the_champion_from_the_store(stack, nights):
+    """The plugin's page in the api-server (its own copy of the s3 root) names the store's champion."""
+    from components.core.catalog import Layout
+    from components.decide.registry import champion
+
+    status, body = stack.api.get("/graphdistill/models", stack.api.token())
+    assert status == 200, body[:300]
+    assert f"Champion {champion(Layout.at(stack.root)).version}" in body.decode()
+
+
 def test_a_worker_killed_mid_task_loses_no_night(stack, nights):
     """A re-run of night 2 (manual, after the scheduled nights): the gpu worker is SIGKILLed (with its task
     processes) while a model task runs; the scheduler fails the task on its missed heartbeats, a
-    replacement gpu worker runs the retry, the night completes, the champion is untouched and every JSON
-    artifact in the store reads whole."""
+    replacement gpu worker (the same working copy, as a node's disk) runs the retry, the night completes,
+    the champion is untouched and the store holds no partial artifact."""
     import os
     import signal
 
@@ -201,8 +275,22 @@ def test_a_worker_killed_mid_task_loses_no_night(stack, nights):
     assert tis[killed]["state"] == "success" and tis[killed]["try_number"] == 2, tis[killed]
     assert tis[killed]["hostname"].startswith("worker-gpu.")
     assert champion(layout).version == champion_before
-    for path in [*(stack.root / "models").rglob("*.json"), *(stack.root / "registry").rglob("*.json")]:
-        json.loads(path.read_text())  # whole: atomic writes leave only hidden *.tmp files behind
+    # Nothing partial in the store: every artifact folder has its manifest (a SIGKILLed session never
+    # reaches its publish, or stops inside it with manifests still to go, and the retry completes the same
+    # content-hashed version), every JSON object reads whole, and a reader with an empty copy finds no
+    # half-published version to skip.
+    from components.core.remote import WorkingCopy, connect
+    from components.core.catalog import object_root
+
+    store = _root_store(stack)
+    objects = {name: entry.size for name, entry in store.entries().items()}
+    assert _incomplete_artifacts(objects) == []
+    for name in objects:
+        if name.endswith(".json") and not name.startswith("landing/"):
+            json.loads(store.read(name).body)
+    reader = WorkingCopy(object_root(stack.root), connect(object_root(stack.root)), stack.cache("after-kill"))
+    with reader.locked():
+        assert reader.hydrate()["half_published"] == 0
     # The retry's log is in the store; the killed attempt's log never left the dead worker (a worker
     # uploads a log when its task ends).
     from graphdistill_airflow.stack import s3_client

@@ -38,3 +38,22 @@ def test_settings_file_is_valid_and_names_every_health_timeout():
     assert set(settings.health_timeout_s) >= set(stack_mod.SERVICES)
     with pytest.raises(ValueError, match="bucket"):
         stack_mod.load_settings(bucket="x")
+
+
+def test_every_process_runs_on_the_object_store_root_in_a_copy_of_its_own(tmp_path):
+    """GRAPHDISTILL_ROOT is the store for every process; each has its own working copy under the state
+    folder (one per worker, stable across its tasks), and Triton's repository is an absolute path on this
+    host, not a folder inside some worker's copy."""
+    import yaml
+
+    stack = _stack(tmp_path)
+    envs = {**{f"worker-{q}": stack.worker_env(q) for q in stack_mod.WORKER_QUEUES},
+            **{service: stack.airflow_env(service) for service in ("api-server", "scheduler", "triggerer")}}
+    assert {env["GRAPHDISTILL_ROOT"] for env in envs.values()} == {"s3://graphdistill/root"}
+    assert {name: env["GRAPHDISTILL_CACHE"] for name, env in envs.items()} == {
+        name: str(tmp_path / "cache" / name) for name in envs}
+    assert {env["AIRFLOW_HOME"] for env in envs.values()} == {str(tmp_path / "airflow")}
+    ops = yaml.safe_load(stack.write_pipeline_config().read_text())["ops"]
+    assert ops["triton_repository"] == str(tmp_path / "triton" / "repository") == str(stack.triton_repository)
+    with pytest.raises(ValueError, match="root_prefix"):
+        stack_mod.load_settings(root_prefix="/leading-slash")

@@ -127,18 +127,23 @@ def test_schedule_start_never_catches_up_before_data(tmp_path, monkeypatch):
     from components.decide.outcome import NO_CATCHUP_START, schedule_start
 
     landing = tmp_path / "landing"
-    nothing = schedule_start(None, None, landing)  # fresh install: one run for the latest night
+    nothing = schedule_start(None, None, tmp_path)  # fresh install: one run for the latest night
     assert (nothing.start, nothing.catchup) == (NO_CATCHUP_START, False) and "no catch-up" in nothing.source
     for name in ("date=2026-02-10", "date=2026-02-03", "date=notaday", "stray"):
         (landing / name).mkdir(parents=True)
-    landed = schedule_start(None, None, landing)
+    landed = schedule_start(None, None, tmp_path)
     assert (landed.start, landed.catchup) == (dt.date(2026, 2, 3), True)
-    configured = schedule_start(None, dt.date(2026, 2, 8), landing)
+    configured = schedule_start(None, dt.date(2026, 2, 8), tmp_path)
     assert (configured.start, configured.source) == (dt.date(2026, 2, 8), "ops.start_date")
-    from_env = schedule_start("2026-02-09", dt.date(2026, 2, 8), landing)
+    from_env = schedule_start("2026-02-09", dt.date(2026, 2, 8), tmp_path)
     assert (from_env.start, from_env.source) == (dt.date(2026, 2, 9), "GRAPHDISTILL_START_DATE")
     with pytest.raises(ValueError, match="GRAPHDISTILL_START_DATE='2026-2-30' is not a date"):
-        schedule_start("2026-2-30", None, landing)
+        schedule_start("2026-2-30", None, tmp_path)
+    # An s3:// root is not listed while the DAG is parsed: no catch-up unless a start date is set.
+    remote = schedule_start(None, None, "s3://graphdistill/root")
+    assert (remote.start, remote.catchup) == (NO_CATCHUP_START, False)
+    assert "s3://graphdistill/root" in remote.source and "GRAPHDISTILL_START_DATE" in remote.source
+    assert schedule_start("2026-02-09", None, "s3://graphdistill/root").catchup
 
 
 def test_misuse_message_shows_a_command_that_exists():
