@@ -51,7 +51,14 @@ def champion_in(source: Layout | str | Path) -> ChampionRef | None:
     """The serving champion of a layout (read where its registry decides: folder or object store), or
     of a registry folder given as a path (serving reads a registry without a pipeline layout)."""
     if isinstance(source, Layout):
-        return champion_ref(record_of(source), source.registry())
+        champion = champion_ref(record_of(source), source.registry())
+        if champion is not None and source.champion_store:
+            # An s3:// root's copy may predate the promotion the store's pointer names: fetch that version
+            # (the one place a reader turns the pointer into local files). Imported here: remote imports this module.
+            from components.core.remote import fetch_version
+
+            fetch_version(source, champion.version)
+        return champion
     return champion_ref(pointer_record(Path(source)), source)
 
 

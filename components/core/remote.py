@@ -21,7 +21,9 @@ race, and create-only ``registry/history/`` objects), and readers read it there 
 champion.py). Hydrate and publish leave those keys alone. A pointer must never name a version the store
 lacks, so the registry calls ``publish_artifacts`` before every decision: the session's complete
 immutable artifacts (a version registered in this session) are in the store before the swap; and
-``fetch_versions`` when the pointer names a version this copy was hydrated without.
+``fetch_versions`` when the pointer names a version this copy was hydrated without. A reader outside a
+decision meets the same race (its copy hydrated, then another process promoted): ``champion_in``
+resolves the pointer through ``fetch_version``, which downloads the named version on a miss.
 
 One session at a time per working copy (an exclusive lock on it): two workers on one host take turns;
 give them separate ``GRAPHDISTILL_CACHE`` folders to run side by side. Sessions nest within a process
@@ -302,6 +304,43 @@ def fetch_versions(layout: Layout) -> dict[str, int]:
     local root or outside a session."""
     copy = _session_copy(layout)
     return copy.hydrate(VERSIONS_PREFIX) if copy is not None else {}
+
+
+def fetch_version(layout: Layout, version: str) -> bool:
+    """Make registry version ``version`` complete in the working copy behind ``layout``: a reader (serving,
+    the CLI, the plugin) whose copy was hydrated before another process promoted it downloads it from
+    the store now, as ``hydrate`` does (published versions only: manifest in the store; ETag-checked;
+    manifest last). Inside this thread's session on the copy it uses that session; outside, it takes
+    the copy's lock. True when the copy holds the version complete afterwards; a layout that is not an
+    ``s3://`` root's copy is only looked at."""
+    local = layout.registry() / "versions" / version
+    if (local / MANIFEST).exists():
+        return True
+    copy = _session_copy(layout)
+    if copy is not None:
+        copy.hydrate(f"{VERSIONS_PREFIX}{version}/")
+    elif (remote := _copy_of(layout)) is not None:
+        copy = WorkingCopy(remote, connect(remote), layout.root)
+        with copy.locked():
+            copy.hydrate(f"{VERSIONS_PREFIX}{version}/")
+    if (local / MANIFEST).exists():
+        log.info("fetched registry version %s into %s (promoted after this copy was hydrated)", version, layout.root)
+        return True
+    if copy is not None:
+        log.warning("the champion pointer %s names version %s, which is not published in %s (no %s%s/%s)",
+                    layout.champion_store, version, copy.root.uri, VERSIONS_PREFIX, version, MANIFEST)
+    return False
+
+
+def _copy_of(layout: Layout) -> ObjectRoot | None:
+    """The ``s3://`` root whose working copy ``layout.root`` is (its index names the root it was
+    hydrated from, whatever $GRAPHDISTILL_CACHE says now), None for any other layout."""
+    index = layout.root / SYNC_DIR / INDEX_FILE
+    if not (layout.champion_store and index.exists()):
+        return None
+    uri = json.loads(index.read_text()).get("root")
+    remote = object_root(uri) if uri else None
+    return remote if remote is not None and remote.champion_store == layout.champion_store else None
 
 
 def hydrated(root: str | Path) -> Layout:

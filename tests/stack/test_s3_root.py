@@ -296,6 +296,60 @@ def test_a_rollback_through_one_copy_is_what_every_other_copy_reads(s3_env, seaw
         assert champion_as_of(layout, "2026-03-04")[0].version == "v3"
 
 
+def copy_version(source_uri: str, target_uri: str, version: str) -> None:
+    """Put registry version ``version`` of one root into another, as its registering process publishes
+    it: every file, then the manifest."""
+    source, target = connect(object_root(source_uri)), connect(object_root(target_uri))
+    for name in sorted(source.list(f"registry/versions/{version}/"), key=lambda n: n.endswith("manifest.json")):
+        target.create(name, source.read(name).body)
+
+
+def test_a_reader_hydrated_before_a_promotion_serves_the_version_promoted_after(nights, monkeypatch, tmp_path, capsys):
+    """Issue 17: a reader outside any decision (serving, the CLI, the plugin, the serving refresh) whose copy
+    was hydrated before another process promoted a new version fetches that version from the store when
+    the pointer names it, instead of failing on files its copy lacks; a pointer naming a version the
+    store does not hold is one clear line from the CLI."""
+    from components.core.champion import champion_in
+    from components.ship.serving import Recommender
+
+    uri = f"s3://{nights['uri'].split('/')[2]}/readers-{uuid.uuid4().hex[:8]}"
+    older, newer = nights["s3"][DAYS[1]]["registered"], nights["s3"][DAYS[2]]["registered"]
+    monkeypatch.delenv("GRAPHDISTILL_API_URL", raising=False)
+    copy_version(nights["uri"], uri, older)
+    monkeypatch.setenv("GRAPHDISTILL_CACHE", str(tmp_path / "setup"))
+    assert main(["promote", older, "--root", uri, "--reason", "first champion"]) == 0
+    monkeypatch.setenv("GRAPHDISTILL_CACHE", str(tmp_path / "reader"))
+    reader = hydrated(uri)
+    users = [str(u) for u in range(40)]
+    served_before = Recommender.load(reader, runtime="onnxruntime")
+    assert served_before.version == older
+    # Process B, its own copy: the newer version (published by whoever registered it), promoted by hand.
+    copy_version(nights["uri"], uri, newer)
+    promoted = subprocess.run([sys.executable, "-m", "components.cli", "promote", newer, "--root", uri, "--reason",
+                               "after the reader hydrated"], capture_output=True, text=True, cwd=REPO, timeout=120,
+                              env={**os.environ, "GRAPHDISTILL_CACHE": str(tmp_path / "promoter"),
+                                   "PYTHONPATH": str(REPO)})
+    assert promoted.returncode == 0, promoted.stderr[-2000:]
+    assert not (reader.registry() / "versions" / newer).exists()  # the reader's copy, as it was hydrated
+    served = Recommender.load(reader, runtime="onnxruntime")  # same copy, no new session
+    assert served.version == champion_in(reader).version == newer
+    monkeypatch.setenv("GRAPHDISTILL_CACHE", str(tmp_path / "fresh"))
+    expected = Recommender.load(hydrated(uri), runtime="onnxruntime").recommend(users, 5)
+    assert served.recommend(users, 5) == expected != served_before.recommend(users, 5)
+    # The fetched files are what the store holds (ETag-checked), and the copy's index knows them.
+    index = json.loads((reader.root / ".sync" / "index.json").read_text())["objects"]
+    assert f"registry/versions/{newer}/manifest.json" in index
+    # A pointer naming a version the store lacks: the reader still fails, in one line, naming the file.
+    store = connect(object_root(uri))
+    got = store.read("registry/champion.json")
+    store.swap("registry/champion.json", json.dumps({**json.loads(got.body), "version": "ghost"}).encode(), got.etag)
+    monkeypatch.setenv("GRAPHDISTILL_CACHE", str(tmp_path / "reader"))
+    assert main(["triton-export", str(tmp_path / "triton"), "--root", uri]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("graphdistill triton-export: ") and "versions/ghost/serving.json" in err[-1], err
+    assert not (reader.registry() / "versions" / "ghost").exists()
+
+
 @pytest.mark.parametrize("case", ["malformed", "other_scheme", "no_credentials", "store_down", "no_bucket"])
 def test_a_bad_root_is_one_line_and_exit_2(case, seaweedfs, s3_env, monkeypatch, tmp_path, capsys):
     roots = {"malformed": "s3:/x", "other_scheme": "gs://bucket/prefix"}
