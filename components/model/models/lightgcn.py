@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from components.core.dgl_compat import import_dgl
 from components.core.interactions import Interactions, normalized_edges
@@ -139,6 +140,15 @@ def dgl_spmm(adjacency: NormalizedAdjacency, x: torch.Tensor) -> torch.Tensor:
         graph.ndata["h"] = x
         graph.update_all(fn.u_mul_e("h", "norm", "m"), fn.sum("m", "h"))
         return graph.ndata["h"]
+
+
+def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` (rows of a 2-D table, ``index`` of any shape) with a backward that gives the
+    same bits on every call. Indexing's backward (index_put_ with accumulate) adds with parallel float
+    atomics on CPU once a gather has >= 32768 elements and torch has > 1 thread, so the sum order, hence
+    the last bits, changed run to run (issue 20). Embedding's backward sums each row's gradients in
+    index order on CPU (rows split across threads) and by sorted segments on CUDA."""
+    return F.embedding(index, table)
 
 
 def resolve_backend(requested: str, device: torch.device | str) -> Backend:
