@@ -31,7 +31,7 @@ from components.core.refs import GraphRef, Ref, TeacherRef
 from components.model.metrics import embedding_scorer, evaluate_scorer
 from components.core.interactions import Interactions
 from components.data.graph import GraphArtifact
-from components.model.models.lightgcn import LightGCN, count_parameters, resolve_backend
+from components.model.models.lightgcn import LightGCN, count_parameters, gather_rows, resolve_backend
 from components.model.models.losses import kl_distillation_loss, rank_discount_weights, ranking_distillation_loss
 from components.core.catalog import Layout, read_json, staging_dir
 from components.model.teacher import Teacher, load_teacher, teacher_topk
@@ -43,6 +43,7 @@ from components.model.train import (
     existing_artifact,
     final_embeddings,
     fit_lightgcn,
+    ran_on,
     resolve_device,
     split_validation,
     summary_metrics,
@@ -76,10 +77,11 @@ def make_kd_loss(top_scores: torch.Tensor, top_items: torch.Tensor, cfg: Pipelin
         if sampled:
             keep = has_target[users]
             users, negatives = users[keep], negatives[keep]
-        scores = (user_final[users][:, None, :] * item_final[top_items[users]]).sum(-1)
+        batch_users = gather_rows(user_final, users)  # not user_final[users]: see gather_rows (issue 20)
+        scores = (batch_users[:, None, :] * gather_rows(item_final, top_items[users])).sum(-1)
         total = torch.zeros((), device=user_final.device)
         if dcfg.kd_rank_weight > 0:
-            neg_scores = (user_final[users] * item_final[negatives]).sum(-1)
+            neg_scores = (batch_users * gather_rows(item_final, negatives)).sum(-1)
             total = total + dcfg.kd_rank_weight * ranking_distillation_loss(scores, neg_scores, weights)
         if dcfg.kd_kl_weight > 0:
             total = total + dcfg.kd_kl_weight * kl_distillation_loss(scores, target[users], dcfg.kd_temperature)
@@ -218,7 +220,7 @@ def run_distill(layout: Layout, day: str, cfg: PipelineConfig, *, graph: GraphRe
         "compression_ratio": teacher_metrics["num_params"] / num_params,
         "embedding_dim": fit.model.embedding_dim, "shuffle_labels": cfg.distill.shuffle_labels,
         "train": {"epochs_run": len(fit.history), "best_epoch": fit.best_epoch + 1, "stopped": fit.stopped,
-                  "seconds": fit.train_seconds, "device": str(device)},
+                  "seconds": fit.train_seconds, **ran_on(device)},
         "teacher_targets": targets_record(graph.num_users, cfg) if cfg.distill.kd_weight > 0 else None,
     }
     with staging_dir(layout.artifacts(KIND)) as tmp:

@@ -55,6 +55,7 @@ from components.model.train import (
     final_embeddings,
     fit_lightgcn,
     load_model,
+    ran_on,
     resolve_device,
     summary_metrics,
     write_model_files,
@@ -207,7 +208,7 @@ def pruned_record(model: LightGCN, ladder: dict, report: list[dict], student_par
         "teacher_num_params": teacher_metrics["num_params"],
         "compression_ratio": teacher_metrics["num_params"] / max(nonzero, 1),
         "size_ratio_vs_student": student_params / count_parameters(model),
-        "device": str(resolve_device(cfg.teacher.device)),
+        **ran_on(resolve_device(cfg.teacher.device)),
         "teacher_targets": targets_record(num_users, cfg) if cfg.distill.kd_weight > 0 else None,
     }
 

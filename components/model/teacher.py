@@ -42,8 +42,8 @@ from components.model.models.graph_filter import FilterParams, GraphFilter
 from components.model.models.lightgcn import (LightGCN, principal_axes, project_ego, resolve_backend,
                                                uniform_layer_weights)
 from components.model.train import (FitResult, ModelArtifact, adjacency_of, existing_artifact, final_embeddings,
-                                    fit_lightgcn, load_embeddings, load_model, resolve_device, split_validation,
-                                    summary_metrics, warm_start_rows, work_dir, write_model_files)
+                                    fit_lightgcn, load_embeddings, load_model, ran_on, resolve_device,
+                                    split_validation, summary_metrics, warm_start_rows, work_dir, write_model_files)
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,7 @@ def run_teacher(layout: Layout, day: str, cfg: PipelineConfig, *, graph: GraphRe
                                  graph.num_items, ks, cfg.eval.user_batch_size, cfg.compute.block_bytes)
     stats = read_json(graph.path / "stats.json")
     metrics = {
-        "kind": tcfg.kind, "edge_weights": tcfg.edge_weights, "device": str(resolve_device(tcfg.device)),
+        "kind": tcfg.kind, "edge_weights": tcfg.edge_weights, **ran_on(resolve_device(tcfg.device)),
         "val": built.val_metrics, "holdout": holdout_metrics, "popularity_holdout": popularity,
         "holdout_counts": stats.get("holdout", {}), "new_users": stats.get("new_users"),
         "new_items": stats.get("new_items"), "num_params": teacher.num_params, "train": built.train_info,

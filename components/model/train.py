@@ -28,6 +28,7 @@ from components.model.models.lightgcn import (
     LightGCN,
     NormalizedAdjacency,
     build_adjacency,
+    gather_rows,
     resolve_backend,
 )
 from components.model.models.losses import bpr_loss, ego_l2
@@ -96,6 +97,13 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+def ran_on(device: torch.device | str) -> dict[str, Any]:
+    """Where a model stage computed: device and torch's CPU thread count. Both go into the hashed
+    record: each changes the last bits (float sums split per thread; the graph-filter teacher differs
+    between 1 and 2 threads), so a version names the thread count it depends on (issue 20)."""
+    return {"device": str(torch.device(device)), "threads": torch.get_num_threads()}
+
+
 def final_embeddings(model: LightGCN, adjacency: NormalizedAdjacency, backend: Backend) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         users, items = model(adjacency, backend)
@@ -137,12 +145,14 @@ def train_step(model: LightGCN, adjacency: NormalizedAdjacency, backend: Backend
     """One optimizer step on a batch of (user, positive, negative): whole-graph propagation, BPR,
     L2 on the batch's ego embeddings, optional extra loss. Returns the (detached) batch loss."""
     final = model.propagate(adjacency, backend)
-    # one gather for the batch's users, positives and negatives: one scatter in backward
-    u_e, p_e, q_e = final[torch.cat([u, p + model.num_users, q + model.num_users])].split(u.numel())
+    # one gather for the batch's users, positives and negatives: one scatter in backward; gather_rows,
+    # not final[...], so that a recomputation gives the same bits (issue 20)
+    u_e, p_e, q_e = gather_rows(final, torch.cat([u, p + model.num_users, q + model.num_users])).split(u.numel())
     loss = bpr_loss((u_e * p_e).sum(1), (u_e * q_e).sum(1))
     if l2 > 0:
-        loss = loss + l2 * ego_l2(model.user_embedding.weight[u], model.item_embedding.weight[p],
-                                  model.item_embedding.weight[q])
+        loss = loss + l2 * ego_l2(gather_rows(model.user_embedding.weight, u),
+                                  gather_rows(model.item_embedding.weight, p),
+                                  gather_rows(model.item_embedding.weight, q))
     if extra_loss is not None:
         loss = loss + extra_loss(final[: model.num_users], final[model.num_users:], u, p, q)
     optimizer.zero_grad(set_to_none=True)
