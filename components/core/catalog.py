@@ -166,8 +166,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            # A failed write or fsync names no file: name the one being written (a full disk under
+            # reports/ read "disk full: <root>", another filesystem than the full one).
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 

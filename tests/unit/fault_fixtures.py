@@ -4,6 +4,7 @@ containers; no setpriv), the test is skipped with the failing command's own erro
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -52,6 +53,22 @@ def tmpfs(mount_point: Path, size: int) -> Iterator[Path]:
 def remount(mount_point: Path, options: str) -> None:
     """``mount -o remount,<options>``: e.g. ``size=65536`` (full or room again), ``ro``, ``rw``."""
     _must(["mount", "-o", f"remount,{options}", str(mount_point)])
+
+
+def fill(mount_point: Path) -> Path:
+    """Write a file until the filesystem refuses (ENOSPC): no room left, whatever the kernel's
+    per-CPU slack in its page count. Delete the returned file to make room again."""
+    filler = mount_point / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        while True:
+            os.write(fd, b"x" * PAGE)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+    finally:
+        os.close(fd)
+    return filler
 
 
 def used_bytes(mount_point: Path) -> int:

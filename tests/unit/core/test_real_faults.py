@@ -14,12 +14,13 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from components.core.catalog import (MANIFEST, PARTITION_MARKERS, REPLACED_SUFFIX, STAGING_PREFIX, TMP_SUFFIX,
                                      Layout, hash_dir, latest_run)
 from components.core.config import REPO_ROOT, load_config
 from tests.unit.data_fixtures import accept, day, land
-from tests.unit.fault_fixtures import (NOBODY, PAGE, as_unprivileged, footprint, remount, shared_tmp, tmpfs,
+from tests.unit.fault_fixtures import (NOBODY, PAGE, as_unprivileged, fill, footprint, remount, shared_tmp, tmpfs,
                                        used_bytes)
 
 __all__ = ["shared_tmp"]  # a fixture: imported to be found by pytest
@@ -167,3 +168,24 @@ def test_as_an_unprivileged_user_an_unwritable_root_exits_2_and_an_unreadable_fi
     (attempt,) = layout.quarantine(day(0)).iterdir()
     report = (attempt / "report.md").read_text()
     assert "| more.parquet | unreadable |" in report and "Permission denied" in report
+
+
+def test_a_full_disk_under_the_run_records_fails_the_task_for_good(tmp_path):
+    """The day published, then the disk fills at the run's own record (reports/ on a full tmpfs of
+    its own): the DAG's entry (pipeline.run_stage) raises a PermanentStageFailure, so the task fails
+    without retries. It raised a bare OSError, which the DAG retried for nothing."""
+    from components.core.errors import PermanentStageFailure
+    from components.pipeline import run_stage
+
+    root = tmp_path / "root"
+    land(Layout.at(root), 1)
+    cfg = load_config(overrides={"root": str(root)})
+    with tmpfs(root / "reports", 16 * PAGE) as reports:
+        filler = fill(reports)
+        with pytest.raises(PermanentStageFailure) as failure:
+            run_stage("ingest", day(1), cfg, run_key="full", inputs={})
+        assert str(failure.value).startswith(f"disk full: {reports}/{day(1)}/"), failure.value  # the record's own path
+        assert published(root, "ingest") is not None and half_written(root) == []  # the day itself: whole
+        filler.unlink()
+        run_stage("ingest", day(1), cfg, run_key="full", inputs={})
+        assert json.loads((reports / day(1) / "runs" / "full" / "stages" / "ingest.json").read_text())["rows"] > 0
