@@ -1,8 +1,9 @@
 """Real storage faults against the real CLI (issue 20): a full disk and a read-only root on a small
 tmpfs, permission denied as an unprivileged user. Each fails with exit 2 and one last line naming
 the path and what to do; nothing half-written is published; once fixed, the re-run succeeds and
-publishes what a run on a healthy disk publishes. The message mapping itself is unit-tested in
-tests/unit/test_cli.py."""
+publishes what a run on a healthy disk publishes; the DAG's entry (pipeline.run_stage) fails the
+task for good. The message mapping itself is unit-tested in tests/unit/test_cli.py. Mounting and
+dropping privileges skip (with the command's error) where the machine forbids them."""
 
 from __future__ import annotations
 
@@ -19,16 +20,16 @@ import pytest
 from components.core.catalog import (MANIFEST, PARTITION_MARKERS, REPLACED_SUFFIX, STAGING_PREFIX, TMP_SUFFIX,
                                      Layout, hash_dir, latest_run)
 from components.core.config import REPO_ROOT, load_config
-from tests.unit.data_fixtures import accept, day, land
-from tests.unit.fault_fixtures import (NOBODY, PAGE, as_unprivileged, fill, footprint, remount, shared_tmp, tmpfs,
-                                       used_bytes)
+from tests.unit.data_fixtures import day, land
+from tests.unit.fault_fixtures import (NOBODY, PAGE, as_unprivileged, fill, footprint, remount,  # noqa: F401
+                                       shared_tmp, tmpfs, used_bytes)  # shared_tmp: a fixture
 
-__all__ = ["shared_tmp"]  # a fixture: imported to be found by pytest
 ROOMY = 64 << 20  # bytes: the tmpfs once room is made (the small world needs well under 1 MB)
-# ingest .. teacher for day 1 (day 0 accepted: the graph's training window): each stage's first
-# writes of a day, without the minutes of distill, prune and convert.
-STAGES = ("ingest", "validate", "features", "graph", "teacher")
-ARTIFACTS = {"graph": "graphs", "teacher": "models/teacher"}
+# Day 1's stages that write through each publishing path: a day partition (validate), Feast's
+# snapshots, registry and SQLite online store (features), a versioned artifact (graph; teacher and
+# later stages publish the same way). Ingest's faults are the read-only and run-record tests'.
+STAGES = ("validate", "features", "graph")
+VERSIONED = ("graphs", "models/*", "exports", "engines")  # <family>/<day>/<version>/, manifest last
 
 
 def cli(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
@@ -37,8 +38,8 @@ def cli(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
                           env=env, cwd=cwd, timeout=300)
 
 
-def cli_stage(stage: str, root: Path, offset: int = 1) -> subprocess.CompletedProcess:
-    return cli("run", stage, "--day", day(offset), "--root", root, cwd=root.parent)
+def cli_stage(stage: str, root: Path) -> subprocess.CompletedProcess:
+    return cli("run", stage, "--day", day(1), "--root", root, cwd=root.parent)
 
 
 def run_healthy(stage: str, root: Path) -> None:
@@ -77,7 +78,7 @@ def published(root: Path, stage: str) -> object:
         # created_timestamp is the wall clock of the write (Feast's tie-breaker), by design
         return (json.loads(record.read_text())["result"]["materialized_rows"],
                 {p.parent.name: pd.read_parquet(p).drop(columns="created_timestamp").to_json() for p in snapshots})
-    current = layout.current(ARTIFACTS[stage], day(1))
+    current = layout.current("graphs", day(1))
     return current and current.version
 
 
@@ -88,17 +89,20 @@ def half_written(root: Path) -> list[str]:
              or p.name.startswith(".") and p.name.endswith((TMP_SUFFIX, REPLACED_SUFFIX))]
     for kind, marker in PARTITION_MARKERS.items():
         found += [p for p in (root / kind).glob("date=*") if not (p / marker).exists()]
-    for kind in ARTIFACTS.values():
-        found += [p for p in (root / kind).glob("*/*") if p.is_dir() and not (p / MANIFEST).exists()]
+    for family in VERSIONED:
+        found += [p for p in root.glob(f"{family}/*/*") if p.is_dir() and not (p / MANIFEST).exists()]
     return sorted(str(p.relative_to(root)) for p in found)
 
 
 def test_a_full_disk_fails_each_stage_cleanly_and_after_making_room_the_rerun_publishes_the_same(tmp_path):
+    """Each stage on a root with room for half of what it writes (measured on pytest's disk): exit 2
+    and the message, its output published whole or not at all, no temporary files left; once the
+    tmpfs is grown, the re-run publishes what the run on pytest's disk published."""
     with tmpfs(tmp_path / "mnt", ROOMY) as mnt:
         disk = tmp_path / "disk"  # the healthy run, on pytest's disk
         layout = Layout.at(disk)
-        accept(layout, load_config(overrides={"root": str(disk)}), 0)
         land(layout, 1)
+        run_healthy("ingest", disk)
         root = mnt / "root"
         shutil.copytree(disk, root)
         for stage in STAGES:
