@@ -173,6 +173,12 @@ def test_as_an_unprivileged_user_an_unwritable_root_exits_2_and_an_unreadable_fi
     report = (attempt / "report.md").read_text()
     assert "| more.parquet | unreadable |" in report and "Permission denied" in report
 
+    rows = layout.staging(day(0)) / "rows.parquet"
+    rows.chmod(0)  # a stage's input its reader cannot open: the CLI said "[Errno 13]" and no more
+    unreadable = cli_as_unprivileged("validate")
+    assert_one_message(unreadable, f"graphdistill run: permission denied: {rows}: ",
+                       f"give the user running the pipeline (uid {uid}) read and write access to it")
+
 
 def test_a_full_disk_under_the_run_records_fails_the_task_for_good(tmp_path):
     """The day published, then the disk fills at the run's own record (reports/ on a full tmpfs of
