@@ -5,6 +5,7 @@ containers; no setpriv), the test is skipped with the failing command's own erro
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import shutil
 import subprocess
@@ -100,8 +101,18 @@ def as_unprivileged(args: list[str], folder: Path, **kwargs) -> subprocess.Compl
     (e.g. a clone or a venv under a 0700 home)."""
     prefix = [] if os.geteuid() else ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HOME": str(folder), "OMP_NUM_THREADS": "1"}
-    probe = _run([*prefix, sys.executable, "-c", "import components"], env=env, cwd=folder, timeout=120)
-    if probe.returncode:
-        pytest.skip(f"needs an unprivileged user who can run {sys.executable} and import {REPO_ROOT}: "
-                    f"`{' '.join(probe.args)}` failed: {probe.stderr.strip()[-300:] or probe.returncode}")
+    refused = _unprivileged_python_refused(tuple(prefix))
+    if refused:
+        pytest.skip(refused)
     return _run([*prefix, sys.executable, *args], env=env, cwd=folder, timeout=300, **kwargs)
+
+
+@functools.cache
+def _unprivileged_python_refused(prefix: tuple[str, ...]) -> str | None:
+    """Why the user ``prefix`` runs as cannot run this Python and import the code; None if it can."""
+    cmd = [*prefix, sys.executable, "-c", "import components"]
+    probe = _run(cmd, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, cwd="/", timeout=120)
+    if probe.returncode == 0:
+        return None
+    return (f"needs an unprivileged user who can run {sys.executable} and import {REPO_ROOT}: "
+            f"`{' '.join(cmd)}` failed: {probe.stderr.strip()[-300:] or probe.returncode}")
