@@ -26,7 +26,7 @@ PAGE = 4096  # tmpfs charges whole pages per file
 def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(cmd, capture_output=True, text=True, **kwargs)
-    except FileNotFoundError as exc:  # no mount/setpriv binary on this machine
+    except OSError as exc:  # no mount/setpriv binary, or one this user may not run
         return subprocess.CompletedProcess(cmd, 127, "", str(exc))
 
 
