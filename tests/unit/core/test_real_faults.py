@@ -199,3 +199,36 @@ def test_a_full_disk_under_the_run_records_fails_the_task_for_good(tmp_path):
         filler.unlink()
         run_stage("ingest", day(1), cfg, run_key="full", inputs={})
         assert json.loads((reports / day(1) / "runs" / "full" / "stages" / "ingest.json").read_text())["rows"] > 0
+
+
+def _blessed_version(layout: Layout, version: str, day_: str) -> None:
+    """A registry version as register writes it, reduced to what a manual promotion reads."""
+    from components.core.catalog import write_json
+
+    folder = layout.registry() / "versions" / version
+    write_json(folder / "blessing.json", {"blessed": True, "failed": [], "inconclusive": []})
+    write_json(folder / MANIFEST, {"version": version, "day": day_, "status": "blessed",
+                                   "files": ["blessing.json", MANIFEST]})
+
+
+def test_a_full_disk_during_a_promotion_keeps_the_champion_and_leaves_no_temporary_file(tmp_path):
+    """A manual promotion on a full tmpfs: exit 2 naming the pointer file, champion and history as
+    they were. The pointer's own temporary file stayed behind (no stage's tidy runs for a promote)
+    and the message named only the root."""
+    with tmpfs(tmp_path / "mnt", ROOMY) as mnt:
+        root = mnt / "root"
+        layout = Layout.at(root)
+        _blessed_version(layout, "v-first", day(0))
+        _blessed_version(layout, "v-second", day(1))
+        assert succeeds(cli("promote", "v-first", "--reason", "first", "--root", root, cwd=tmp_path))
+        pointer = (layout.registry() / "champion.json").read_bytes()
+        history = (layout.registry() / "history.jsonl").read_bytes()
+        filler = fill(mnt)
+        full = cli("promote", "v-second", "--reason", "second", "--root", root, cwd=tmp_path)
+        assert_one_message(full, f"graphdistill promote: disk full: {layout.registry()}/", "free space")
+        assert (layout.registry() / "champion.json").read_bytes() == pointer  # the champion unchanged
+        assert (layout.registry() / "history.jsonl").read_bytes() == history
+        assert half_written(root) == []
+        filler.unlink()
+        assert succeeds(cli("promote", "v-second", "--reason", "second", "--root", root, cwd=tmp_path))
+        assert json.loads((layout.registry() / "champion.json").read_text())["version"] == "v-second"
