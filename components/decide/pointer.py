@@ -128,7 +128,8 @@ class FilePointer:
             raise LostRace(f"{self.registry / CHAMPION_FILE} moved to seq {seq} since seq {token} was read")
         # The catalog's atomic write: a full disk mid-write left the temporary file behind (until a
         # stage's tidy) and named no file (found on a real tmpfs by a manual promote).
-        atomic_write_bytes(self.registry / CHAMPION_FILE, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode(),
+        body = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
+        atomic_write_bytes(self.registry / CHAMPION_FILE, body,
                            before_replace=lambda: _call(fault_hook, "before_pointer_write"))
         _fsync_dir(self.registry)
         _call(fault_hook, "after_pointer_write")

@@ -69,7 +69,8 @@ def published(root: Path, stage: str) -> object:
     if stage in ("ingest", "validate"):  # the rows; the marker names the root's landing path
         kind = "staging" if stage == "ingest" else "accepted"
         partition = root / kind / f"date={day(1)}"
-        return hash_dir(partition, exclude=(PARTITION_MARKERS[kind],)) if layout.partition_version(kind, day(1)) else None
+        complete = layout.partition_version(kind, day(1)) is not None
+        return hash_dir(partition, exclude=(PARTITION_MARKERS[kind],)) if complete else None
     if stage == "features":  # the run record is written last
         record = layout.features() / "runs" / f"{day(1)}.json"
         if not record.exists():
@@ -168,7 +169,8 @@ def test_as_an_unprivileged_user_an_unwritable_root_exits_2_and_an_unreadable_fi
     assert quarantined.returncode == 2 and "Traceback" not in quarantined.stderr, quarantined.stderr[-3000:]
     assert (f"FAIL source_file_readable: 1 files; expected every landing file and folder can be read and parses; "
             f"e.g. more.parquet (PermissionError") in quarantined.stderr
-    assert latest_run(layout, day(0))["outcome"] == "quarantined" and layout.partition_version("accepted", day(0)) is None
+    assert latest_run(layout, day(0))["outcome"] == "quarantined"
+    assert layout.partition_version("accepted", day(0)) is None
     (attempt,) = layout.quarantine(day(0)).iterdir()
     report = (attempt / "report.md").read_text()
     assert "| more.parquet | unreadable |" in report and "Permission denied" in report
@@ -194,7 +196,7 @@ def test_a_full_disk_under_the_run_records_fails_the_task_for_good(tmp_path):
         filler = fill(reports)
         with pytest.raises(PermanentStageFailure) as failure:
             run_stage("ingest", day(1), cfg, run_key="full", inputs={})
-        assert str(failure.value).startswith(f"disk full: {reports}/{day(1)}/"), failure.value  # the record's own path
+        assert str(failure.value).startswith(f"disk full: {reports}/{day(1)}/"), failure.value  # the record itself
         assert published(root, "ingest") is not None and half_written(root) == []  # the day itself: whole
         filler.unlink()
         run_stage("ingest", day(1), cfg, run_key="full", inputs={})
