@@ -518,8 +518,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except (PermanentStageFailure, LookupError, PermissionError, FileNotFoundError, ValueError,
             ObjectStoreError) as exc:
-        # Expected operator errors (nothing to roll back, unblessed version, bad input): one clear line.
-        print(f"graphdistill {args.command}: {exc}", file=sys.stderr)
+        # Expected operator errors (nothing to roll back, unblessed version, bad input): one clear line;
+        # a permission the OS refused (e.g. reading a stage's inputs) says what to do, as everywhere.
+        fault = storage_fault(exc, getattr(args, "root", None) or ".") if isinstance(exc, OSError) else None
+        print(f"graphdistill {args.command}: {fault or exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # disk full, read-only root, permission denied: one line, not a traceback
         fault = storage_fault(exc, getattr(args, "root", None) or ".")

@@ -204,6 +204,22 @@ def run_stage(name: str, day: str, cfg: PipelineConfig, *, run_key: str | None =
 
 def _run_in(layout: Layout, name: str, run: Any, day: str, cfg: PipelineConfig, run_key: str,
             upstream: dict[str, Any] | None, refs: dict[str, Ref], context: dict[str, Any] | None) -> dict[str, Any]:
+    try:
+        return _run_recorded(layout, name, run, day, cfg, run_key, upstream, refs, context)
+    except (StageSkipped, PermanentStageFailure):
+        raise
+    except Exception as exc:  # disk full, read-only root, permission denied: a message, no retries
+        # Mapped around the run's own records too: a full disk at latest.json after the stage (found
+        # on a real tmpfs) escaped as a bare OSError, which the DAG retried for nothing.
+        fault = storage_fault(exc, layout.root)
+        if fault is None:
+            raise
+        raise fault from exc
+
+
+def _run_recorded(layout: Layout, name: str, run: Any, day: str, cfg: PipelineConfig, run_key: str,
+                  upstream: dict[str, Any] | None, refs: dict[str, Ref], context: dict[str, Any] | None
+                  ) -> dict[str, Any]:
     # Each reference located under this process's root (the catalog's seam): a reference another worker
     # handed on names its artifact; the path it carries is where that worker's copy held it.
     refs = {keyword: type(ref)(day=ref.day, version=ref.version, path=layout.locate(ref))
@@ -228,11 +244,6 @@ def _run_in(layout: Layout, name: str, run: Any, day: str, cfg: PipelineConfig, 
         if name == "validate":
             record_outcome(layout, day, run_key, "quarantined", f"validation failed: {exc}")
         raise
-    except Exception as exc:  # disk full, read-only root, permission denied: a message, no retries
-        fault = storage_fault(exc, layout.root)
-        if fault is None:
-            raise
-        raise fault from exc
     payload = dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result
     # The run's own record of each stage's result: the demo summary and ops read it back.
     write_json(run_dir(layout, day, run_key) / "stages" / f"{name}.json", payload)

@@ -156,9 +156,10 @@ def read_measured_json(directory: Path, name: str) -> Any:
     return _with_timings(doc, read_json(timings).get(name)) if timings.exists() else doc
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, before_replace: Callable[[], None] | None = None) -> None:
     """Write to a temporary sibling, fsync, then rename: readers see old or new, never half. The
-    temporary file is locked while written (``tidy`` removes only unlocked ones) and removed on failure."""
+    temporary file is locked while written (``tidy`` removes only unlocked ones) and removed on failure.
+    ``before_replace`` runs between the fsync and the rename (the crash tests' fault points)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{TMP_SUFFIX}")
@@ -168,9 +169,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+            if before_replace:
+                before_replace()
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:
+            # A failed write or fsync names no file: name the one being written (a full disk under
+            # reports/ read "disk full: <root>", another filesystem than the full one).
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 

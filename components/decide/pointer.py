@@ -26,7 +26,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, ContextManager, Protocol
 
-from components.core.catalog import Layout
+from components.core.catalog import Layout, atomic_write_bytes
 from components.core.champion import (CHAMPION_FILE, HISTORY_FILE, HISTORY_OBJECTS, LEGACY_POINTER_EVENTS, ChampionRef,
                                        champion_in, history_in, pointer_record, pointer_store, stored_history,
                                        stored_record)
@@ -126,14 +126,11 @@ class FilePointer:
         current, seq = self.read()
         if seq != token:
             raise LostRace(f"{self.registry / CHAMPION_FILE} moved to seq {seq} since seq {token} was read")
-        self.registry.mkdir(parents=True, exist_ok=True)
-        tmp = self.registry / f".{CHAMPION_FILE}.{os.getpid()}.tmp"
-        with tmp.open("w") as handle:
-            handle.write(json.dumps(record, indent=2, sort_keys=True) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        _call(fault_hook, "before_pointer_write")
-        os.replace(tmp, self.registry / CHAMPION_FILE)
+        # The catalog's atomic write: a full disk mid-write left the temporary file behind (until a
+        # stage's tidy) and named no file (found on a real tmpfs by a manual promote).
+        body = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
+        atomic_write_bytes(self.registry / CHAMPION_FILE, body,
+                           before_replace=lambda: _call(fault_hook, "before_pointer_write"))
         _fsync_dir(self.registry)
         _call(fault_hook, "after_pointer_write")
 

@@ -34,6 +34,8 @@ def test_rollback_without_a_champion_is_a_clear_error(tmp_path, capsys):
 
 
 def test_storage_faults_are_one_message_naming_the_path_and_what_to_do(tmp_path):
+    """The mapping; the real faults (a full or read-only tmpfs, an unprivileged user) through the
+    CLI are tests/unit/core/test_real_faults.py."""
     import errno
     import sqlite3
 
@@ -54,24 +56,6 @@ def test_storage_faults_are_one_message_naming_the_path_and_what_to_do(tmp_path)
     assert str(denied).startswith("permission denied: /data/root/accepted: give the user running the pipeline (uid ")
     assert storage_fault(ValueError("bad day"), "/r") is None
     assert storage_fault(PermissionError("refusing to promote v1: status 'rejected'"), "/r") is None
-
-
-def test_a_read_only_root_exits_2_with_the_message(tmp_path, capsys, monkeypatch):
-    import errno
-    import os
-
-    root = tmp_path / "root"
-    assert main(["generate", "--root", str(root), "--days", "1", "--users", "40", "--items", "30"]) == 0
-    capsys.readouterr()
-
-    def read_only(src, dst, *args, **kwargs):
-        raise OSError(errno.EROFS, "Read-only file system", str(dst))
-
-    monkeypatch.setattr(os, "replace", read_only)
-    assert main(["run", "ingest", "--day", "2026-01-01", "--root", str(root)]) == 2
-    err = capsys.readouterr().err
-    assert err.splitlines()[-1].startswith(f"graphdistill run: read-only filesystem: {root}/staging/")
-    assert "remount it read-write" in err and "Traceback" not in err
 
 
 def test_a_stage_that_continues_a_run_needs_its_key(tmp_path, capsys):

@@ -10,6 +10,7 @@ from components.data.sources.synthetic import corrupt_landing, write_log
 from components.data.validate import DataValidationError, run_validate
 
 from tests.unit.data_fixtures import accept, current_inputs, day, land, setup
+from tests.unit.fault_fixtures import as_unprivileged, shared_tmp  # noqa: F401 (shared_tmp: a fixture)
 
 
 def _digest(path):
@@ -617,36 +618,6 @@ def test_every_entry_of_the_partition_is_read_or_listed_as_skipped_and_the_rows_
     assert len(manifest["files"]) == 2 and len(manifest["skipped"]) == 4
 
 
-@pytest.fixture
-def shared_tmp():
-    """A folder an unprivileged user can reach: pytest's base folder is root-only (and reset to
-    0700 by every pytest session started meanwhile)."""
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    folder = Path(tempfile.mkdtemp(prefix="graphdistill-perm-"))
-    folder.chmod(0o777)
-    yield folder
-    for path in [folder, *folder.rglob("*")]:
-        path.chmod(0o777)
-    shutil.rmtree(folder)
-
-
-def _as_unprivileged(folder, code: str):
-    """Run ``code`` as an unprivileged user when we are root (root reads through permission bits)."""
-    import os
-    import subprocess
-    import sys
-
-    from components.core.config import REPO_ROOT
-
-    prefix = [] if os.geteuid() else ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HOME": str(folder), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          cwd=folder, timeout=300)
-
-
 @pytest.mark.parametrize("target", ["file", "folder"])
 def test_an_unreadable_file_or_folder_quarantines_the_day_with_a_report(shared_tmp, target):
     layout, cfg = setup(shared_tmp)
@@ -673,7 +644,7 @@ try:
 except DataValidationError as exc:
     print(json.dumps({{"message": str(exc), "rows": staged.rows}}))
 """
-    done = _as_unprivileged(shared_tmp, code)
+    done = as_unprivileged(["-c", code], shared_tmp)
     assert done.returncode == 0, done.stderr[-2000:]
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
     name = "more.parquet" if target == "file" else "sub/"
