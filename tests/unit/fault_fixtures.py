@@ -4,6 +4,7 @@ containers; no setpriv), the test is skipped with the failing command's own erro
 
 from __future__ import annotations
 
+import atexit
 import errno
 import functools
 import os
@@ -97,22 +98,65 @@ def shared_tmp() -> Iterator[Path]:
 def as_unprivileged(args: list[str], folder: Path, **kwargs) -> subprocess.CompletedProcess:
     """Run ``python <args>`` as user nobody when we are root (root reads and writes through
     permission bits), else as ourselves, with this repository importable and HOME in ``folder``.
-    Skips the test, quoting the error, where nobody cannot run this Python and import the code
-    (e.g. a clone or a venv under a 0700 home)."""
-    prefix = [] if os.geteuid() else ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HOME": str(folder), "OMP_NUM_THREADS": "1"}
-    refused = _unprivileged_python_refused(tuple(prefix))
+    Skips the test, quoting the error, where nobody cannot run a Python that imports the code."""
+    prefix = () if os.geteuid() else ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
+    python, env, refused = _unprivileged_python(prefix)
     if refused:
         pytest.skip(refused)
-    return _run([*prefix, sys.executable, *args], env=env, cwd=folder, timeout=300, **kwargs)
+    env = {**env, "HOME": str(folder), "OMP_NUM_THREADS": "1"}
+    return _run([*prefix, *python, *args], env=env, cwd=folder, timeout=300, **kwargs)
 
 
 @functools.cache
-def _unprivileged_python_refused(prefix: tuple[str, ...]) -> str | None:
-    """Why the user ``prefix`` runs as cannot run this Python and import the code; None if it can."""
-    cmd = [*prefix, sys.executable, "-c", "import components"]
-    probe = _run(cmd, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, cwd="/", timeout=120)
+def _unprivileged_python(prefix: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, str], str | None]:
+    """(python argv, environment, why not) for the user ``prefix`` runs as: this Python if that user can
+    run it and import the code, else a readable copy of its interpreter and standard library (pyenv and
+    uv keep them under a 0700 home) that adds this venv's site-packages."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    refused = _refused(prefix, (sys.executable,), env)
+    if not refused or not prefix:
+        return (sys.executable,), env, refused
+    copy = _readable_interpreter()
+    site_packages = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
+    env = {**os.environ, "PYTHONHOME": str(copy), "LD_LIBRARY_PATH": str(copy / "lib"),
+           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(copy / "sitecustomize")])}
+    (copy / "sitecustomize").mkdir(exist_ok=True)
+    # .pth files of the venv must run as in the venv, hence addsitedir rather than PYTHONPATH
+    (copy / "sitecustomize" / "sitecustomize.py").write_text(
+        "import site\n" + "".join(f"site.addsitedir({p!r})\n" for p in site_packages))
+    python = (str(copy / "bin" / Path(sys.executable).name),)
+    again = _refused(prefix, python, env)
+    return python, env, again and f"{refused}; a readable copy of the interpreter: {again}"
+
+
+def _refused(prefix: tuple[str, ...], python: tuple[str, ...], env: dict[str, str]) -> str | None:
+    cmd = [*prefix, *python, "-c", "import components, numpy, pandas, torch"]
+    probe = _run(cmd, env=env, cwd="/", timeout=120)
     if probe.returncode == 0:
         return None
-    return (f"needs an unprivileged user who can run {sys.executable} and import {REPO_ROOT}: "
+    return (f"needs an unprivileged user who can run Python and import {REPO_ROOT}: "
             f"`{' '.join(cmd)}` failed: {probe.stderr.strip()[-300:] or probe.returncode}")
+
+
+_LEFT_OUT = ("site-packages", "test", "idlelib", "tkinter", "ensurepip", "lib2to3", "config-*")
+
+
+def _readable_interpreter() -> Path:
+    """The base interpreter (binary, libpython, standard library without its tests) copied into a
+    world-readable temporary folder, removed when the test process exits."""
+    base = Path(sys.base_prefix)
+    stdlib = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    copy = Path(tempfile.mkdtemp(prefix="graphdistill-python-"))
+    copy.chmod(0o755)
+    atexit.register(shutil.rmtree, copy, True)
+    (copy / "bin").mkdir()
+    binary = Path(sys.executable).resolve()
+    shutil.copy2(binary, copy / "bin" / Path(sys.executable).name)
+    shutil.copytree(base / "lib" / stdlib, copy / "lib" / stdlib, ignore=shutil.ignore_patterns(*_LEFT_OUT),
+                    symlinks=True)
+    for library in (base / "lib").glob("libpython*.so*"):
+        shutil.copy2(library, copy / "lib", follow_symlinks=False)
+    for path in [copy, *copy.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else path.stat().st_mode | 0o444)
+    return copy
