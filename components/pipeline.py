@@ -198,20 +198,16 @@ def run_stage(name: str, day: str, cfg: PipelineConfig, *, run_key: str | None =
     run_key = run_key or cli_run_key()
     # An s3:// root: hydrate the local copy first, publish what the stage wrote after (components/core/
     # remote.py); the champion pointer is decided on the store itself (components/decide/pointer.py).
-    with session(cfg.root, landing_day=day if name == "ingest" else None) as layout:
-        return _run_in(layout, name, run, day, cfg, run_key, upstream, refs, reads)
-
-
-def _run_in(layout: Layout, name: str, run: Any, day: str, cfg: PipelineConfig, run_key: str,
-            upstream: dict[str, Any] | None, refs: dict[str, Ref], context: dict[str, Any] | None) -> dict[str, Any]:
     try:
-        return _run_recorded(layout, name, run, day, cfg, run_key, upstream, refs, context)
+        with session(cfg.root, landing_day=day if name == "ingest" else None) as layout:
+            return _run_recorded(layout, name, run, day, cfg, run_key, upstream, refs, reads)
     except (StageSkipped, PermanentStageFailure):
         raise
     except Exception as exc:  # disk full, read-only root, permission denied: a message, no retries
-        # Mapped around the run's own records too: a full disk at latest.json after the stage (found
-        # on a real tmpfs) escaped as a bare OSError, which the DAG retried for nothing.
-        fault = storage_fault(exc, layout.root)
+        # Mapped around the run's own records and an s3:// root's copy and publish too: a full disk at
+        # latest.json after the stage (found on a real tmpfs) escaped as a bare OSError, which the DAG
+        # retried for nothing.
+        fault = storage_fault(exc, cfg.root)
         if fault is None:
             raise
         raise fault from exc

@@ -19,13 +19,14 @@ import pytest
 from components.cli import main
 from components.core.catalog import Layout, object_root, staging_dir
 from components.core.config import load_config
-from components.core.errors import StageSkipped
+from components.core.errors import PermanentStageFailure, StageSkipped, StorageFault
 from components.core.objectstore import ObjectStore
 from components.core.remote import connect, hydrated, session
 from components.data.sources.synthetic import SyntheticWorld, write_landing_day
 from components.pipeline import INPUTS, run_stage
 from graphdistill_airflow.stack import free_port, s3_client
 from tests.e2e.small_world import write_small_world_gates
+from tests.unit.fault_fixtures import tmpfs
 
 REPO = Path(__file__).resolve().parents[2]
 DAYS = ["2026-01-01", "2026-01-02", "2026-01-03"]
@@ -168,6 +169,17 @@ def test_an_interrupted_publish_leaves_nothing_visible(nights, monkeypatch, tmp_
     assert hydrated(uri).current("graphs", day).version == version
     monkeypatch.setenv("GRAPHDISTILL_CACHE", str(tmp_path / "reader-2"))
     assert hydrated(uri).current("graphs", day).version == version
+
+
+def test_a_full_disk_under_the_working_copy_fails_the_stage_for_good_naming_the_copy(nights, monkeypatch, tmp_path):
+    """The stage's own run is mapped, and so is hydrating the copy before it: a worker whose cache disk
+    is full gets the storage-fault message (no retry can help), not a bare OSError the DAG retries."""
+    with tmpfs(tmp_path / "small", 256 * 1024) as small:
+        monkeypatch.setenv("GRAPHDISTILL_CACHE", str(small / "copy"))
+        cfg = load_config(None, overrides={"root": nights["uri"], "gates_file": str(write_small_world_gates(tmp_path))})
+        with pytest.raises(StorageFault, match=rf"^disk full: {small}/copy/.*\[OSError: \[Errno 28\]"):
+            run_stage("report", DAYS[2], cfg, run_key="n1")
+    assert issubclass(StorageFault, PermanentStageFailure)
 
 
 # A second process (its own working copy, GRAPHDISTILL_CACHE) registers ``version`` of ``day`` and
