@@ -5,9 +5,11 @@
         --sizes 1000000 5000000 20000000 --repeats 3 --baseline c50903c --baseline-sizes 1000000
 
 1. The day is landed once per size by a streaming writer: part files of at most ``--part-rows``
-   rows (as producers deliver big days), each a day of the synthetic world (components/data/sources/
-   synthetic.py) moved onto the measured day, plus 0.5% redelivered rows (at-least-once delivery,
-   so deduplication works at scale); generating is not measured.
+   rows (as producers deliver big days), or with ``--files 1`` one file holding every part (a day
+   landed whole: ingest reads it in chunks of ``validation.landing_chunk_rows``), as ``--format``
+   parquet or csv; each part a day of the synthetic world (components/data/sources/synthetic.py)
+   moved onto the measured day, plus 0.5% redelivered rows (at-least-once delivery, so
+   deduplication works at scale); generating is not measured.
 2. Each measurement is its own process (``measure``): ``run_ingest`` then ``run_validate`` on a
    fresh root, peak RSS from the kernel (``ru_maxrss`` of that process) and sampled every 0.5 s by
    the parent, which kills it past ``--kill-gb`` (recorded as such, not as a number).
@@ -40,9 +42,13 @@ DAY = dt.date(2026, 3, 2)
 TARGET_GB = 8.0
 
 
-def land(landing: Path, rows: int, part_rows: int) -> None:
-    """Write ``rows`` rows of ``DAY`` as parquet part files (bounded memory: one part at a time)."""
+def land(landing: Path, rows: int, part_rows: int, files: int = 0, fmt: str = "parquet") -> None:
+    """Write ``rows`` rows of ``DAY`` in bounded memory (one part of ``part_rows`` rows at a time): a
+    file per part (``files`` 0, as producers deliver big days) or one file holding every part
+    (``files`` 1: the day a producer lands whole, which ingest must read in chunks), as ``fmt``."""
     import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from components.data.sources.synthetic import SyntheticWorld, generate_day, write_log
 
@@ -51,17 +57,29 @@ def land(landing: Path, rows: int, part_rows: int) -> None:
                            start=DAY - dt.timedelta(days=60), seed=11)
     universe = world.universe()
     landing.mkdir(parents=True)
-    written, part = 0, 0
-    while written < rows:
-        source_day = DAY - dt.timedelta(days=part)
-        frame = generate_day(world, source_day, universe).iloc[: min(part_rows, rows - written)]
-        frame = frame.assign(ts=frame["ts"] + pd.Timedelta(days=part))  # moved onto the measured day
-        redelivered = frame.sample(frac=0.005, random_state=part)  # the same events again
-        frame = pd.concat([frame.iloc[: len(frame) - len(redelivered)], redelivered], ignore_index=True)
-        write_log(frame, landing / f"part-{part:05d}.parquet")
-        written += len(frame)
-        part += 1
-        del frame
+    written, part, single = 0, 0, None
+    try:
+        while written < rows:
+            source_day = DAY - dt.timedelta(days=part)
+            frame = generate_day(world, source_day, universe).iloc[: min(part_rows, rows - written)]
+            frame = frame.assign(ts=frame["ts"] + pd.Timedelta(days=part))  # moved onto the measured day
+            redelivered = frame.sample(frac=0.005, random_state=part)  # the same events again
+            frame = pd.concat([frame.iloc[: len(frame) - len(redelivered)], redelivered], ignore_index=True)
+            if not files:
+                write_log(frame, landing / f"part-{part:05d}.{fmt}")
+            elif fmt == "parquet":
+                table = pa.Table.from_pandas(frame, preserve_index=False)
+                single = single or pq.ParquetWriter(landing / "day.parquet", table.schema)
+                single.write_table(table.cast(single.schema))
+            else:  # csv: the header once, then each part appended (as write_log writes it)
+                with open(landing / "day.csv", "a") as out:
+                    frame.to_csv(out, index=False, header=part == 0, date_format="%Y-%m-%dT%H:%M:%SZ")
+            written += len(frame)
+            part += 1
+            del frame
+    finally:
+        if single is not None:
+            single.close()
     assert written == rows, (written, rows)
 
 
@@ -170,6 +188,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000, 20_000_000])
     parser.add_argument("--repeats", type=int, default=3, help="runs of the first size (median reported)")
     parser.add_argument("--part-rows", type=int, default=1_000_000)
+    parser.add_argument("--files", type=int, choices=[0, 1], default=0,
+                        help="0: a file per part; 1: the whole day in one file (read by ingest in chunks)")
+    parser.add_argument("--format", choices=["parquet", "csv"], default="parquet", help="landed files' format")
     parser.add_argument("--chunk-rows", type=int, help="validation.chunk_rows (default: config's)")
     parser.add_argument("--baseline", help="a commit to compare with (its components/ and config/)")
     parser.add_argument("--baseline-sizes", type=int, nargs="*", default=[1_000_000])
@@ -186,7 +207,7 @@ def main() -> None:
     results = []
     for size in dict.fromkeys([*args.sizes, *(args.baseline_sizes if base else [])]):  # in the order given
         landing = args.work / f"landing-{size}"
-        land(landing, size, args.part_rows)
+        land(landing, size, args.part_rows, args.files, args.format)
         repeats = args.repeats if size == args.sizes[0] else 1
         plans = ([("this branch", REPO, args.chunk_rows)] if size in args.sizes else []) + \
                 ([(f"baseline {args.baseline}", base, None)] if base and size in args.baseline_sizes else [])
@@ -200,13 +221,21 @@ def main() -> None:
         shutil.rmtree(landing)
 
 
+def landing_form(args: argparse.Namespace) -> str:
+    if args.files:
+        return f"one {args.format} file (written {args.part_rows:,} rows at a time)"
+    return f"{args.format} parts of {args.part_rows:,} rows"
+
+
 def write_results(args: argparse.Namespace, results: list[dict]) -> None:
     doc = {"label": args.label, "command": " ".join(["benchmarks/validate_scale/run.py", *sys.argv[1:]]),
            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                       f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GB RAM",
            "note": (f"first size given: median of {args.repeats} runs, the others 1 run each; the 2 cores are shared "
                     f"with other jobs (load varies), so times are indicative; peak RSS is the kernel's ru_maxrss of "
-                    f"the measuring process; landed as parquet parts of {args.part_rows:,} rows with 0.5% redeliveries"),
+                    f"the measuring process; landed as {landing_form(args)} with 0.5% redeliveries"),
+           "landed": {"files": "one" if args.files else "a file per part", "format": args.format,
+                      "part_rows": args.part_rows},
            "target": {"rows": 20_000_000, "peak_rss_gb": TARGET_GB}, "results": results}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.label}.json").write_text(json.dumps(doc, indent=2) + "\n")
