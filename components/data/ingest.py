@@ -11,6 +11,10 @@ Every entry under the partition is accounted for in ``files.json``: read (with r
 error that stopped it, permission denied included) or skipped with its reason. A file or folder
 that cannot be read is recorded rather than raised, so validate quarantines the day with a report.
 
+Each file is read in chunks of ``validation.landing_chunk_rows`` rows (components/data/landed.py),
+never whole: what a rule decides on the whole file (a column's kind, the file's timestamp form) is
+gathered chunk by chunk and decided at the end, so the staged bytes do not depend on the chunk size.
+
 Idempotent: staging for a day is rebuilt from the landing files and replaced atomically.
 """
 

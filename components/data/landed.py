@@ -89,6 +89,9 @@ def chunks(fs: Any, path: str, name: str, chunk_rows: int, found: Survey, blank:
     if blank and suffix != ".parquet":
         yield pd.DataFrame()
     elif suffix == ".csv":
+        # pandas' C parser does not count the fields of the first row of each block it reads (a chunk,
+        # and its own blocks, 131,072 rows for five columns, in a whole-file read too): a row with an
+        # extra field there loses it silently instead of failing the file. Measured, pandas 2.3.
         with fs.open(path, "rb") as stream:
             yield from pd.read_csv(stream, dtype=str, keep_default_na=False, na_values=[""], chunksize=chunk_rows)
     elif suffix == ".parquet":

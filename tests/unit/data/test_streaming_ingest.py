@@ -164,7 +164,7 @@ def test_chunked_json_lines_and_parquet_stage_what_a_whole_file_read_gives(tmp_p
         pd.testing.assert_frame_equal(as_values(got), as_values(expected[got.columns]))
 
 
-def test_a_malformed_json_line_in_a_later_chunk_is_named_by_its_line_in_the_file(tmp_path):
+def test_a_malformed_line_in_a_later_chunk_is_named_by_its_line_in_the_file(tmp_path):
     base = _base(tmp_path)
 
     def write(landing):
@@ -173,9 +173,13 @@ def test_a_malformed_json_line_in_a_later_chunk_is_named_by_its_line_in_the_file
         lines[45] = b'{"event_id": "e1", "user_id": '
         (landing / "b.jsonl").write_bytes(b"\n".join(lines))
         write_log(base.iloc[60:], landing / "a.parquet")
+        text = base.iloc[:60].to_csv(index=False).split("\n")
+        text[31] += ",extra"  # data row 31: inside a 13-row chunk
+        (landing / "c.csv").write_text("\n".join(text))
     _, ingested, error = _same_staging(tmp_path, write)
-    bad = next(f for f in ingested.files if f.name == "b.jsonl")
-    assert bad.rows is None and bad.error.startswith("ValueError: line 46: malformed JSON")
+    files = {f.name: f for f in ingested.files}
+    assert files["b.jsonl"].rows is None and files["b.jsonl"].error.startswith("ValueError: line 46: malformed JSON")
+    assert files["c.csv"].rows is None and "Expected 5 fields in line 32, saw 6" in files["c.csv"].error
     assert isinstance(error, DataValidationError) and "b.jsonl" in str(error)
 
 
