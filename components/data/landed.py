@@ -144,13 +144,12 @@ def _json_survey(fs: Any, path: str, chunk_rows: int) -> Survey:
     """Every column in order of first appearance, with one value of each Python type it holds (the
     smallest and largest integers: they decide int64, uint64 or object) and whether a record lacks it."""
     kinds: dict[str, dict[Any, Any]] = {}
-    started, records_before = False, 0
+    records_before = 0
     for before, lines in _json_blocks(fs, path, chunk_rows):
         text = b"".join(lines).decode("utf-8")
         body = [line for line in (line.strip() for line in text.split("\n")) if line]
-        if body and not started and body[0][:1] == "[":
+        if body and not records_before and body[0][:1] == "[":
             raise ValueError("the file is a JSON array; the contract expects JSON Lines (one JSON object per line)")
-        started = started or bool(body)
         try:
             records = ujson_loads("[" + ",".join(body) + "]")
         except ValueError:
@@ -158,6 +157,8 @@ def _json_survey(fs: Any, path: str, chunk_rows: int) -> Survey:
             raise
         if not all(type(record) is dict for record in records):
             _raise_bad_line(text, before)
+        if not records:  # blank lines only
+            continue
         frame = pd.DataFrame(records, dtype=object)  # raw values, no inference
         for column in kinds.keys() - set(frame.columns):
             kinds[column].setdefault("missing", _MISSING)

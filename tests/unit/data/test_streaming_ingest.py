@@ -102,6 +102,7 @@ def _broken_landing(base):
     records = json.loads(base.iloc[50:140].to_json(orient="records", date_format="iso", date_unit="s"))
     for number, record in enumerate(records):
         record["tag"] = number if number < 30 else None if number == 31 else f"t{number}"  # ints, a null, text later
+        record["n"] = number  # integers only: int64, never float, in every chunk
         if number >= 50:
             record["late"] = "x"  # a column first seen in the 4th chunk
     records[5]["tag"] = None
@@ -121,14 +122,14 @@ def test_a_failing_day_in_13_row_chunks_fails_with_the_same_issues_rows_and_repo
 
     def write(landing):
         _without_pandas_metadata(parquet, landing / "a.parquet")
-        (landing / "b.jsonl").write_bytes(_jsonl(records))
+        (landing / "b.jsonl").write_bytes(_jsonl(records[:40]) + b"\n" * 27 + _jsonl(records[40:]))  # a block of blank lines
         csv.to_csv(landing / "c.csv", index=False)
     layout, ingested, error = _same_staging(tmp_path, write)
     assert isinstance(error, DataValidationError)
     files = {f.name: f for f in ingested.files}
     # The csv's first chunk is all ISO: only the whole file says its form is epoch seconds.
     assert files["c.csv"].ts_form == "epoch-s" and files["b.jsonl"].ts_form == "iso-offset"
-    assert files["b.jsonl"].extra_columns == ("tag", "late")
+    assert files["b.jsonl"].extra_columns == ("tag", "n", "late")
     issues = pd.read_parquet(layout.staging(day(1)) / "issues.parquet")
     found = set(zip(issues["source_file"], issues["rule"], issues["source_row"]))
     assert {("a.parquet", "id_unicode_form", 28), ("b.jsonl", "id_float_form", 71), ("b.jsonl", "ts_consistent_form", 81),
@@ -142,6 +143,7 @@ def test_a_failing_day_in_13_row_chunks_fails_with_the_same_issues_rows_and_repo
     assert parquet_rows["extra.score"].iloc[[0, 44]].tolist() == ["0.0", "44.0"] and pd.isna(parquet_rows["extra.score"].iloc[45])
     json_rows = rows[rows["source_file"] == "b.jsonl"]
     assert json_rows["extra.tag"].iloc[[0, 40]].tolist() == ["0", "t40"] and json_rows["extra.late"].iloc[:50].isna().all()
+    assert json_rows["extra.n"].tolist() == [str(n) for n in range(len(records))]
 
 
 def test_chunked_json_lines_and_parquet_stage_what_a_whole_file_read_gives(tmp_path):
@@ -151,7 +153,7 @@ def test_chunked_json_lines_and_parquet_stage_what_a_whole_file_read_gives(tmp_p
 
     def write(landing):
         _without_pandas_metadata(parquet, landing / "a.parquet")
-        (landing / "b.jsonl").write_bytes(_jsonl(records))
+        (landing / "b.jsonl").write_bytes(_jsonl(records[:40]) + b"\n" * 27 + _jsonl(records[40:]))
     layout, _, _ = _run(tmp_path, "tiny", TINY, write)
     staged = pd.read_parquet(layout.staging(day(1)) / "rows.parquet")
     landing = tmp_path / "landing"
