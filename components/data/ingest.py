@@ -140,40 +140,44 @@ class ValueIssues:
 # --- what a file's columns hold --------------------------------------------------------------
 
 
-def kind_facts(values: pd.Series) -> tuple[str, frozenset[str], bool]:
-    """What ``value_kind`` decides from: (dtype family, Python types of an object column's values,
-    whether every float is whole). Facts of a file's chunks combine with ``merge_kind_facts``."""
-    present = values.dropna()
-    if pd.api.types.is_bool_dtype(values):
-        return "boolean", frozenset(), True
-    if pd.api.types.is_datetime64_any_dtype(values):
-        return "timestamp", frozenset(), True
-    if pd.api.types.is_integer_dtype(values):
-        return "integer", frozenset(), True
-    if pd.api.types.is_float_dtype(values):
-        return "float", frozenset(), bool((present == present.round()).all())
-    kinds = frozenset(type(v).__name__ for v in present)
-    return "object", kinds, "float" not in kinds or all(float(v).is_integer() for v in present if isinstance(v, float))
+@dataclass(frozen=True)
+class KindFacts:
+    """What ``value_kind`` decides from, gathered per chunk and merged over a file's chunks (which
+    share the file's dtype: ``landed.chunks``)."""
 
+    family: str  # boolean, timestamp, integer, float, object (from the dtype)
+    types: frozenset[str] = frozenset()  # Python types of an object column's values
+    whole: bool = True  # every float is a whole number
 
-def merge_kind_facts(first: tuple[str, frozenset[str], bool], second: tuple[str, frozenset[str], bool]
-                     ) -> tuple[str, frozenset[str], bool]:
-    """Facts of two chunks of one column (same dtype: ``landed.chunks`` gives the file's)."""
-    return first[0], first[1] | second[1], first[2] and second[2]
+    @classmethod
+    def of(cls, values: pd.Series) -> KindFacts:
+        present = values.dropna()
+        if pd.api.types.is_bool_dtype(values):
+            return cls("boolean")
+        if pd.api.types.is_datetime64_any_dtype(values):
+            return cls("timestamp")
+        if pd.api.types.is_integer_dtype(values):
+            return cls("integer")
+        if pd.api.types.is_float_dtype(values):
+            return cls("float", whole=bool((present == present.round()).all()))
+        types = frozenset(type(v).__name__ for v in present)
+        return cls("object", types, "float" not in types or all(float(v).is_integer() for v in present if isinstance(v, float)))
 
+    def merge(self, other: KindFacts) -> KindFacts:
+        return KindFacts(self.family, self.types | other.types, self.whole and other.whole)
 
-def kind_from_facts(facts: tuple[str, frozenset[str], bool]) -> str:
-    family, kinds, whole = facts
-    if family == "float":
-        return "integer" if whole else "float"
-    if family != "object":
-        return family
-    names = {"str": "string", "int": "integer", "float": "float", "bool": "boolean", "Timestamp": "timestamp",
-             "datetime": "timestamp"}
-    seen = sorted({names.get(k, k) for k in kinds})
-    if seen == ["float", "integer"] and whole:
-        return "integer"  # JSON 13 beside 13.0: the float form is judged per row (id_float_form)
-    return seen[0] if len(seen) == 1 else ("string" if not seen else "mixed(" + ",".join(seen) + ")")
+    @property
+    def kind(self) -> str:
+        if self.family == "float":
+            return "integer" if self.whole else "float"
+        if self.family != "object":
+            return self.family
+        names = {"str": "string", "int": "integer", "float": "float", "bool": "boolean", "Timestamp": "timestamp",
+                 "datetime": "timestamp"}
+        seen = sorted({names.get(k, k) for k in self.types})
+        if seen == ["float", "integer"] and self.whole:
+            return "integer"  # JSON 13 beside 13.0: the float form is judged per row (id_float_form)
+        return seen[0] if len(seen) == 1 else ("string" if not seen else "mixed(" + ",".join(seen) + ")")
 
 
 def value_kind(values: pd.Series) -> str:
@@ -182,7 +186,7 @@ def value_kind(values: pd.Series) -> str:
     Floats that are all whole numbers count as integer (JSON/Parquet turn an integer column with
     nulls into floats); CSV is read as text, so its columns are strings.
     """
-    return kind_from_facts(kind_facts(values))
+    return KindFacts.of(values).kind
 
 
 # --- coercion: timestamps ----------------------------------------------------------------------
@@ -496,15 +500,16 @@ def _stage_file(fs: Any, path: str, short: str, read: landed.Digest, cfg: Pipeli
     def chunks() -> Iterator[pd.DataFrame]:
         return landed.chunks(fs, path, short, v.landing_chunk_rows, surveyed, read.blank)
 
-    issues, facts, codes, columns, rows = ValueIssues(), {}, [], None, 0
+    facts: dict[str, KindFacts] = {}  # per contract column, over the chunks read so far
+    issues, codes, columns, rows = ValueIssues(), [], None, 0
     writer = None
     try:
         for chunk in chunks():
             columns = list(chunk.columns) if columns is None else columns
             for column in REQUIRED_COLUMNS:
                 if column in chunk.columns:
-                    facts[column] = merge_kind_facts(facts[column], kind_facts(chunk[column])) if column in facts \
-                        else kind_facts(chunk[column])
+                    found = KindFacts.of(chunk[column])
+                    facts[column] = facts[column].merge(found) if column in facts else found
             converted, chunk_codes, chunk_issues = convert(chunk, short, v, first_row=rows)
             issues.frames += chunk_issues.frames
             codes += [] if chunk_codes is None else [chunk_codes]
@@ -520,7 +525,7 @@ def _stage_file(fs: Any, path: str, short: str, read: landed.Digest, cfg: Pipeli
     ts_form = None
     if "ts" in columns:  # a column typed as timestamps has no per-value forms
         ts_form = judge_forms(np.concatenate(codes), lambda idx: _ts_texts(chunks(), idx), issues) if codes else "timestamp"
-    kinds = {c: kind_from_facts(facts[c]) for c in REQUIRED_COLUMNS if c in columns}
+    kinds = {c: facts[c].kind for c in REQUIRED_COLUMNS if c in columns}
     source = SourceFile(short, read.bytes, read.sha256, rows, None, tuple(c for c in REQUIRED_COLUMNS if c not in columns),
                         tuple(str(c) for c in columns if c not in REQUIRED_COLUMNS), kinds, ts_form)
     return source, issues.table(short)

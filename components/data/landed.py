@@ -104,6 +104,9 @@ def chunks(fs: Any, path: str, name: str, chunk_rows: int, found: Survey, blank:
         emitted = False
         for _, lines in _json_blocks(fs, path, chunk_rows):
             text = found.sentinel + b"".join(lines).decode("utf-8")
+            # convert_dates=False: pandas would turn a column named like a date (created_at) into
+            # timestamps by a guess over all its values, with a unit guessed per chunk; an unknown
+            # column is kept as the text it came as.
             frame = pd.read_json(io.StringIO(text), lines=True, dtype=False, convert_dates=False)
             frame = frame.iloc[found.sentinel_rows:].reset_index(drop=True)
             if len(frame) or not emitted:

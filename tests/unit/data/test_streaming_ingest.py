@@ -103,6 +103,7 @@ def _broken_landing(base):
     for number, record in enumerate(records):
         record["tag"] = number if number < 30 else None if number == 31 else f"t{number}"  # ints, a null, text later
         record["n"] = number  # integers only: int64, never float, in every chunk
+        record["created_at"] = 1767312000 + number  # named like a date: kept as it came, not guessed into one
         if number >= 50:
             record["late"] = "x"  # a column first seen in the 4th chunk
     records[5]["tag"] = None
@@ -129,7 +130,7 @@ def test_a_failing_day_in_13_row_chunks_fails_with_the_same_issues_rows_and_repo
     files = {f.name: f for f in ingested.files}
     # The csv's first chunk is all ISO: only the whole file says its form is epoch seconds.
     assert files["c.csv"].ts_form == "epoch-s" and files["b.jsonl"].ts_form == "iso-offset"
-    assert files["b.jsonl"].extra_columns == ("tag", "n", "late")
+    assert files["b.jsonl"].extra_columns == ("tag", "n", "created_at", "late")
     issues = pd.read_parquet(layout.staging(day(1)) / "issues.parquet")
     found = set(zip(issues["source_file"], issues["rule"], issues["source_row"]))
     assert {("a.parquet", "id_unicode_form", 28), ("b.jsonl", "id_float_form", 71), ("b.jsonl", "ts_consistent_form", 81),
@@ -144,6 +145,7 @@ def test_a_failing_day_in_13_row_chunks_fails_with_the_same_issues_rows_and_repo
     json_rows = rows[rows["source_file"] == "b.jsonl"]
     assert json_rows["extra.tag"].iloc[[0, 40]].tolist() == ["0", "t40"] and json_rows["extra.late"].iloc[:50].isna().all()
     assert json_rows["extra.n"].tolist() == [str(n) for n in range(len(records))]
+    assert json_rows["extra.created_at"].iloc[0] == "1767312000"
 
 
 def test_chunked_json_lines_and_parquet_stage_what_a_whole_file_read_gives(tmp_path):
