@@ -96,13 +96,19 @@ def measure(root: Path, landing: Path, chunk_rows: int | None) -> dict:
         overrides["validation.chunk_rows"] = chunk_rows
     cfg = load_config(overrides=overrides)
     layout = Layout.at(root)
-    started = time.perf_counter()
+
+    def cpu_s() -> float:  # this process's CPU seconds: comparable across loads, unlike wall time
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    started, started_cpu = time.perf_counter(), cpu_s()
     ingest = run_ingest(layout, DAY.isoformat(), cfg, landing=str(landing))
-    ingested = time.perf_counter()
+    ingested, ingested_cpu = time.perf_counter(), cpu_s()
     result = run_validate(layout, DAY.isoformat(), cfg, staged=DayRef.of(ingest))
-    done = time.perf_counter()
+    done, done_cpu = time.perf_counter(), cpu_s()
     return {"rows": ingest.rows, "accepted_rows": result.accepted_rows, "duplicate_rows": result.duplicate_rows,
             "success": result.success, "ingest_s": round(ingested - started, 1), "validate_s": round(done - ingested, 1),
+            "ingest_cpu_s": round(ingested_cpu - started_cpu, 1), "validate_cpu_s": round(done_cpu - ingested_cpu, 1),
             "max_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
 
 
@@ -161,19 +167,21 @@ def markdown(doc: dict) -> str:
     lines = [f"# Ingest + validate at scale ({doc['label']})", "",
              f"Command: `{doc['command']}`", "",
              f"Machine: {doc['machine']}; {doc['note']}", "",
-             "| code | rows | runs | ingest s | validate s | rows/s | peak RSS GB (ru_maxrss) | accepted | within 8 GB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| code | rows | runs | ingest s | validate s | rows/s | CPU s (ingest + validate) | peak RSS GB (ru_maxrss) "
+             "| accepted | within 8 GB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for entry in doc["results"]:
         summary = entry["summary"]
         if "median" not in summary:
             run = summary["runs"][0]
             what = (f"killed at {run['killed_over_gb']} GB after {run['wall_s']} s" if "killed_over_gb" in run
                     else f"error: {run.get('error')}")
-            lines.append(f"| {entry['code']} | {entry['rows']:,} | {len(summary['runs'])} | | | | {what} | | no |")
+            lines.append(f"| {entry['code']} | {entry['rows']:,} | {len(summary['runs'])} | | | | | {what} | | no |")
             continue
         m = summary["median"]
+        cpu = f"{m['ingest_cpu_s']} + {m['validate_cpu_s']}" if "ingest_cpu_s" in m else "not recorded"
         lines.append(f"| {entry['code']} | {entry['rows']:,} | {len(summary['runs'])} | {m['ingest_s']} | {m['validate_s']} "
-                     f"| {summary['rows_per_s_median']:,.0f} | {summary['max_rss_gb_max']} | {m['accepted_rows']:,} "
+                     f"| {summary['rows_per_s_median']:,.0f} | {cpu} | {summary['max_rss_gb_max']} | {m['accepted_rows']:,} "
                      f"| {'yes' if summary['max_rss_gb_max'] <= TARGET_GB else 'no'} |")
     return "\n".join(lines) + "\n"
 
