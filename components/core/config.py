@@ -121,6 +121,10 @@ class ValidationConfig(_Section):
     # the memory bound of a day (benchmarks/validate_scale). The verdict, counts and accepted rows
     # do not depend on it; the accepted files' row groups do.
     chunk_rows: int = Field(1_000_000, ge=1)
+    # Rows of a landed file ingest reads and converts at a time (components/data/landed.py: a survey
+    # pass, then a converting pass), so a day landed as one 1.2 GB file is never held whole. The
+    # staged bytes, issues and verdict do not depend on it (tests/unit/data/test_streaming_ingest.py).
+    landing_chunk_rows: int = Field(1_000_000, ge=1)
     # Graph-level checks after the graph is built (recorded in graphs/<day>/stats.json "checks").
     graph_max_degree_drift: float = Field(0.25, ge=0, le=1)  # total variation of log2 degree histograms vs the previous graph
     graph_max_isolated_share: float = Field(0.5, ge=0, le=1)  # nodes without a training edge

@@ -11,17 +11,19 @@ Every entry under the partition is accounted for in ``files.json``: read (with r
 error that stopped it, permission denied included) or skipped with its reason. A file or folder
 that cannot be read is recorded rather than raised, so validate quarantines the day with a report.
 
+Each file is read in chunks of ``validation.landing_chunk_rows`` rows (components/data/landed.py),
+never whole: what a rule decides on the whole file (a column's kind, the file's timestamp form) is
+gathered chunk by chunk and decided at the end, so the staged bytes do not depend on the chunk size.
+
 Idempotent: staging for a day is rebuilt from the landing files and replaced atomically.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import logging
 import re
 import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -32,9 +34,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from components.core.config import PipelineConfig
+from components.core.config import PipelineConfig, ValidationConfig
 from components.core.errors import LandingMissing
 from components.core.catalog import Layout, replace_dir, staging_dir, write_json
+from components.data import landed
+from components.data.landed import SUPPORTED_SUFFIXES  # noqa: F401 (the contract's formats, read by validate)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,11 @@ LINEAGE_COLUMNS = ("source_file", "source_row")
 ISSUE_COLUMNS = ("rule", "column", "source_file", "source_row", "raw", "cause")
 # A value that became null during coercion is judged by the not-null rule, which shows its raw value.
 NOT_NULL_RULE = "expect_column_values_to_not_be_null"
+NULL_TOKEN_CAUSE = "null token (validation.null_tokens)"
+# The order ``convert`` judges in (columns, then rules within a column): a file's issues are listed
+# in it, whatever chunks they were found in.
+COLUMN_ORDER = (*ID_COLUMNS, "event_type", "ts")
+RULE_ORDER = (NOT_NULL_RULE, "id_unicode_form", "id_float_form", "id_type", "ts_consistent_form")
 # Unknown columns (schema drift) are kept in staging under this prefix, as text, so they can never
 # collide with the contract's or the validator's own columns; acceptance keeps them in a sidecar.
 EXTRA_PREFIX = "extra."
@@ -56,7 +65,6 @@ EXPECTED_KINDS: dict[str, tuple[str, ...]] = {
     "event_type": ("string",),
     "ts": ("timestamp", "integer", "float", "string"),
 }
-SUPPORTED_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 # Hadoop/Spark job markers: expected beside the data, skipped without a warning.
 MARKER_NAMES = re.compile(r"_(SUCCESS|FAILURE|SUCCESS\.crc|committed_.*|started_.*|temporary|metadata|common_metadata)")
 # Epoch unit by magnitude when not declared (validation.epoch_unit "auto"): below 1e11 seconds
@@ -66,6 +74,7 @@ _EPOCH_TEXT = r"[+-]?\d+(\.\d+)?"
 _OFFSET_SUFFIX = r".*\d[T ]?.*(Z|z|[+-]\d{2}(:?\d{2})?)$"  # an ISO time ending in Z or +hh[:mm]
 _WHOLE_FLOAT = r"[+-]?\d+\.0+"
 _INTEGER = r"[+-]?\d+"
+TS_FORMS = ("epoch-s", "epoch-ms", "epoch-us", "epoch-ns", "iso-offset", "iso-naive")  # forms of a text/number ts
 
 
 @dataclass(frozen=True)
@@ -107,50 +116,68 @@ class IngestResult:
 
 @dataclass
 class ValueIssues:
-    """Value-level findings of one file, gathered column by column (vectorized)."""
+    """Value-level findings of one file (or of a chunk starting at data row ``first_row`` + 1),
+    gathered column by column (vectorized)."""
 
     frames: list[pd.DataFrame] = field(default_factory=list)
+    first_row: int = 0
 
     def add(self, rule: str, column: str, rows: np.ndarray, raw: pd.Series, cause: str | np.ndarray) -> None:
         if len(rows):
-            self.frames.append(pd.DataFrame({"rule": rule, "column": column, "source_row": rows + 1,
+            self.frames.append(pd.DataFrame({"rule": rule, "column": column, "source_row": rows + 1 + self.first_row,
                                              "raw": raw.astype("string").to_numpy(), "cause": cause}))
 
-
-# --- reading -----------------------------------------------------------------------------------
-
-
-def _json_lines(raw: bytes) -> pd.DataFrame:
-    """JSON Lines; a JSON array or a malformed line is named as such, with its line number."""
-    head = raw.lstrip()[:1]
-    if head == b"[":
-        raise ValueError("the file is a JSON array; the contract expects JSON Lines (one JSON object per line)")
-    try:
-        return pd.read_json(io.BytesIO(raw), lines=True, dtype=False)
-    except ValueError:
-        # Only on failure: find the first bad line (pandas' message has no line number).
-        for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"line {number}: malformed JSON ({exc.msg} at column {exc.colno}): {line[:80]!r}") from None
-            if not isinstance(value, dict):
-                raise ValueError(f"line {number}: a JSON {type(value).__name__}, expected one object per line: {line[:80]!r}") from None
-        raise
+    def table(self, source_file: str) -> pd.DataFrame:
+        """The file's issues in the order one pass over the whole file finds them: column by column,
+        each rule in the order it is judged, then by row, whatever chunks they were found in."""
+        found = pd.concat(self.frames, ignore_index=True) if self.frames else pd.DataFrame(columns=list(ISSUE_COLUMNS))
+        found["source_file"] = source_file
+        order = np.lexsort((found["source_row"].to_numpy(), (found["cause"] != NULL_TOKEN_CAUSE).to_numpy(),
+                            found["rule"].map(RULE_ORDER.index).to_numpy(), found["column"].map(COLUMN_ORDER.index).to_numpy()))
+        return found.iloc[order][list(ISSUE_COLUMNS)].reset_index(drop=True)
 
 
-def _read_bytes(raw: bytes, name: str) -> pd.DataFrame:
-    suffix = PurePosixPath(name).suffix.lower()
-    if suffix == ".parquet":
-        return pd.read_parquet(io.BytesIO(raw))
-    if suffix == ".csv":
-        # Empty file: zero rows, no columns (the validator reports it), not a parse error.
-        return pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False, na_values=[""]) if raw.strip() else pd.DataFrame()
-    if suffix in (".jsonl", ".json"):
-        return _json_lines(raw) if raw.strip() else pd.DataFrame()
-    raise ValueError(f"unsupported format {suffix!r}; accepted: {', '.join(SUPPORTED_SUFFIXES)}")
+# --- what a file's columns hold --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KindFacts:
+    """What ``value_kind`` decides from, gathered per chunk and merged over a file's chunks (which
+    share the file's dtype: ``landed.chunks``)."""
+
+    family: str  # boolean, timestamp, integer, float, object (from the dtype)
+    types: frozenset[str] = frozenset()  # Python types of an object column's values
+    whole: bool = True  # every float is a whole number
+
+    @classmethod
+    def of(cls, values: pd.Series) -> KindFacts:
+        present = values.dropna()
+        if pd.api.types.is_bool_dtype(values):
+            return cls("boolean")
+        if pd.api.types.is_datetime64_any_dtype(values):
+            return cls("timestamp")
+        if pd.api.types.is_integer_dtype(values):
+            return cls("integer")
+        if pd.api.types.is_float_dtype(values):
+            return cls("float", whole=bool((present == present.round()).all()))
+        types = frozenset(type(v).__name__ for v in present)
+        return cls("object", types, "float" not in types or all(float(v).is_integer() for v in present if isinstance(v, float)))
+
+    def merge(self, other: KindFacts) -> KindFacts:
+        return KindFacts(self.family, self.types | other.types, self.whole and other.whole)
+
+    @property
+    def kind(self) -> str:
+        if self.family == "float":
+            return "integer" if self.whole else "float"
+        if self.family != "object":
+            return self.family
+        names = {"str": "string", "int": "integer", "float": "float", "bool": "boolean", "Timestamp": "timestamp",
+                 "datetime": "timestamp"}
+        seen = sorted({names.get(k, k) for k in self.types})
+        if seen == ["float", "integer"] and self.whole:
+            return "integer"  # JSON 13 beside 13.0: the float form is judged per row (id_float_form)
+        return seen[0] if len(seen) == 1 else ("string" if not seen else "mixed(" + ",".join(seen) + ")")
 
 
 def value_kind(values: pd.Series) -> str:
@@ -159,22 +186,7 @@ def value_kind(values: pd.Series) -> str:
     Floats that are all whole numbers count as integer (JSON/Parquet turn an integer column with
     nulls into floats); CSV is read as text, so its columns are strings.
     """
-    present = values.dropna()
-    if pd.api.types.is_bool_dtype(values):
-        return "boolean"
-    if pd.api.types.is_datetime64_any_dtype(values):
-        return "timestamp"
-    if pd.api.types.is_integer_dtype(values):
-        return "integer"
-    if pd.api.types.is_float_dtype(values):
-        return "integer" if bool((present == present.round()).all()) else "float"
-    kinds = {type(v).__name__ for v in present}
-    names = {"str": "string", "int": "integer", "float": "float", "bool": "boolean", "Timestamp": "timestamp",
-             "datetime": "timestamp"}
-    seen = sorted({names.get(k, k) for k in kinds})
-    if seen == ["float", "integer"] and all(float(v).is_integer() for v in present if isinstance(v, float)):
-        return "integer"  # JSON 13 beside 13.0: the float form is judged per row (id_float_form)
-    return seen[0] if len(seen) == 1 else ("string" if not seen else "mixed(" + ",".join(seen) + ")")
+    return KindFacts.of(values).kind
 
 
 # --- coercion: timestamps ----------------------------------------------------------------------
@@ -197,19 +209,20 @@ def epoch_to_utc(numbers: pd.Series, unit: str) -> pd.Series:
     return out
 
 
-def parse_timestamps(ts: pd.Series, epoch_unit: str, issues: ValueIssues) -> tuple[pd.Series, str]:
-    """One file's ``ts`` -> UTC, and the form the file writes time in.
+def ts_text(ts: pd.Series) -> pd.Series:
+    """A ``ts`` column as the text its forms are judged on (and issues show)."""
+    return ts.astype("string[pyarrow]").str.strip()
 
-    Policy (README): a file writes every timestamp in one form: epoch numbers in one unit (declared
-    by ``validation.epoch_unit`` or detected by magnitude), ISO 8601 with an offset, or naive ISO
-    8601, taken as UTC only because every value in the file is naive. A value in another form than
-    the file's majority is a ``ts_consistent_form`` issue (the file is judged, its values still
-    parsed each by its own form); a value that cannot be parsed becomes null, with its cause."""
+
+def timestamp_forms(ts: pd.Series, epoch_unit: str, issues: ValueIssues) -> tuple[pd.Series, np.ndarray | None]:
+    """``ts`` values -> UTC, and each value's form as a code into ``TS_FORMS`` (-1: null, no form);
+    None for a column typed as timestamps (form "timestamp"). Each value is parsed by its own form;
+    a value that cannot be parsed becomes null, with its cause."""
     if pd.api.types.is_datetime64_any_dtype(ts):
         parsed = ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts.dt.tz_convert("UTC")
-        return parsed.astype("datetime64[us, UTC]"), "timestamp"
+        return parsed.astype("datetime64[us, UTC]"), None
     present = ts.notna()
-    text = ts.astype("string[pyarrow]").str.strip()
+    text = ts_text(ts)
     numeric = pd.to_numeric(ts, errors="coerce") if pd.api.types.is_numeric_dtype(ts) else pd.Series(np.nan, index=ts.index)
     is_epoch = present & (numeric.notna() | text.str.fullmatch(_EPOCH_TEXT).fillna(False).astype(bool))
     numeric = numeric.where(numeric.notna(), pd.to_numeric(text.where(is_epoch), errors="coerce"))
@@ -232,15 +245,43 @@ def parse_timestamps(ts: pd.Series, epoch_unit: str, issues: ValueIssues) -> tup
                                    "neither ISO 8601 nor an epoch number"), index=ts.index[idx])
         issues.add(NOT_NULL_RULE, "ts", idx, text.iloc[idx], cause.to_numpy())
     form = form.where(present & parsed.notna())  # an unparsable value has no form: it is null, said so
-    counts = form.value_counts()
-    majority = str(counts.index[0]) if len(counts) else "empty"
-    odd = form.notna() & (form != majority)
+    return parsed, pd.Categorical(form, categories=TS_FORMS).codes.astype(np.int8)
+
+
+def majority_form(codes: np.ndarray) -> tuple[str, int]:
+    """A file's form (the most frequent; a tie goes to the first to occur, as ``value_counts``
+    ranks them) and how many values have it; "empty" when no value has a form."""
+    counts = np.bincount(codes[codes >= 0], minlength=len(TS_FORMS))
+    seen = np.flatnonzero(counts)
+    if not seen.size:
+        return "empty", 0
+    seen = seen[np.argsort([np.argmax(codes == code) for code in seen])]
+    ranked = pd.Series(counts[seen], index=[TS_FORMS[code] for code in seen]).sort_values(ascending=False)
+    return str(ranked.index[0]), int(ranked.iloc[0])
+
+
+def judge_forms(codes: np.ndarray, text_of: Callable[[np.ndarray], pd.Series], issues: ValueIssues) -> str:
+    """Policy (README): a file writes every timestamp in one form: epoch numbers in one unit (declared
+    by ``validation.epoch_unit`` or detected by magnitude), ISO 8601 with an offset, or naive ISO
+    8601, taken as UTC only because every value in the file is naive. A value in another form than
+    the file's majority is a ``ts_consistent_form`` issue. ``text_of(rows)``: those rows' ``ts_text``.
+    Returns the file's form."""
+    majority, count = majority_form(codes)
+    odd = (codes >= 0) & (codes != (TS_FORMS.index(majority) if majority in TS_FORMS else -1))
     if odd.any():
-        idx = np.flatnonzero(odd.to_numpy())
-        issues.add("ts_consistent_form", "ts", idx, text.iloc[idx],
-                   (form.iloc[idx] + f" value in a file whose other {int(counts.iloc[0])} timestamps are "
-                    f"{majority} (one form per file)").to_numpy())
-    return parsed, majority
+        idx = np.flatnonzero(odd)
+        forms = pd.Series(np.asarray(TS_FORMS, dtype=object)[codes[idx]])
+        issues.add("ts_consistent_form", "ts", idx, text_of(idx).reset_index(drop=True),
+                   (forms + f" value in a file whose other {count} timestamps are {majority} (one form per file)").to_numpy())
+    return majority
+
+
+def parse_timestamps(ts: pd.Series, epoch_unit: str, issues: ValueIssues) -> tuple[pd.Series, str]:
+    """One whole ``ts`` column -> UTC, and the form the file writes time in (``judge_forms``)."""
+    parsed, codes = timestamp_forms(ts, epoch_unit, issues)
+    if codes is None:
+        return parsed, "timestamp"
+    return parsed, judge_forms(codes, lambda rows: ts_text(ts).iloc[rows], issues)
 
 
 # --- coercion: ids and event types -------------------------------------------------------------
@@ -266,7 +307,7 @@ def normalize_ids(values: pd.Series, column: str, id_type: str | None, null_toke
     token = text.isin(null_tokens)
     if token.any():
         idx = np.flatnonzero(token.to_numpy())
-        issues.add(NOT_NULL_RULE, column, idx, text.iloc[idx], "null token (validation.null_tokens)")
+        issues.add(NOT_NULL_RULE, column, idx, text.iloc[idx], NULL_TOKEN_CAUSE)
     text = text.mask(token | (text == ""))
     if id_type is None:
         return text.astype("string")
@@ -295,36 +336,45 @@ def normalize_ids(values: pd.Series, column: str, id_type: str | None, null_toke
     return text.astype("string")
 
 
-def normalize(frame: pd.DataFrame, source_file: str, cfg: PipelineConfig | None = None) -> tuple[pd.DataFrame, str | None, pd.DataFrame]:
-    """Coerce to the contract's types; add lineage columns. Unknown columns are kept as text
-    under ``EXTRA_PREFIX`` (schema drift is reported by the validator, never dropped).
-
-    Returns (rows, the file's timestamp form, the file's value issues)."""
-    v = (cfg or PipelineConfig()).validation
-    issues = ValueIssues()
+def convert(frame: pd.DataFrame, source_file: str, v: ValidationConfig, first_row: int = 0
+            ) -> tuple[pd.DataFrame, np.ndarray | None, ValueIssues]:
+    """One chunk of a file (its data rows ``first_row`` + 1 on) -> the contract's types with lineage
+    columns. Unknown columns are kept as text under ``EXTRA_PREFIX`` (schema drift is reported by the
+    validator, never dropped). Returns (rows, each row's ``ts`` form code or None, value issues but
+    the file-level ``ts_consistent_form``, which ``judge_forms`` decides on the whole file)."""
+    frame = frame.reset_index(drop=True)
+    issues = ValueIssues(first_row=first_row)
     out = pd.DataFrame(index=frame.index)
     for column in (*ID_COLUMNS, "event_type"):
         if column in frame.columns:
             out[column] = normalize_ids(frame[column], column, v.id_types.get(column), tuple(v.null_tokens), issues)
-    ts_form = None
+    codes = None
     if "ts" in frame.columns:
         ts = frame["ts"]
         if ts.dtype == object:  # null tokens in a text column are missing values, said so
             token = ts.astype("string").str.strip().isin(v.null_tokens).fillna(False).astype(bool)
             if token.any():
                 idx = np.flatnonzero(token.to_numpy())
-                issues.add(NOT_NULL_RULE, "ts", idx, ts.iloc[idx], "null token (validation.null_tokens)")
+                issues.add(NOT_NULL_RULE, "ts", idx, ts.iloc[idx], NULL_TOKEN_CAUSE)
                 ts = ts.mask(token)
-        out["ts"], ts_form = parse_timestamps(ts, v.epoch_unit, issues)
+        out["ts"], codes = timestamp_forms(ts, v.epoch_unit, issues)
     for column in frame.columns:
         if column not in REQUIRED_COLUMNS:
             values = frame[column]
             out[f"{EXTRA_PREFIX}{column}"] = values.where(values.notna(), None).astype("string")
     out["source_file"] = source_file
-    out["source_row"] = pd.RangeIndex(1, len(frame) + 1, dtype="int64")
-    found = pd.concat(issues.frames, ignore_index=True) if issues.frames else pd.DataFrame(columns=list(ISSUE_COLUMNS))
-    found["source_file"] = source_file
-    return out.reset_index(drop=True), ts_form, found[list(ISSUE_COLUMNS)]
+    out["source_row"] = pd.RangeIndex(first_row + 1, first_row + len(frame) + 1, dtype="int64")
+    return out, codes, issues
+
+
+def normalize(frame: pd.DataFrame, source_file: str, cfg: PipelineConfig | None = None) -> tuple[pd.DataFrame, str | None, pd.DataFrame]:
+    """A whole file in one frame: ``convert`` and ``judge_forms``.
+
+    Returns (rows, the file's timestamp form, the file's value issues)."""
+    rows, codes, issues = convert(frame, source_file, (cfg or PipelineConfig()).validation)
+    ts_form = None if "ts" not in frame.columns else "timestamp" if codes is None else \
+        judge_forms(codes, lambda idx: ts_text(frame["ts"]).iloc[idx], issues)
+    return rows, ts_form, issues.table(source_file)
 
 
 # --- the partition's entries -------------------------------------------------------------------
@@ -408,39 +458,89 @@ def run_ingest(layout: Layout, day: str, cfg: PipelineConfig, landing: str | Non
 
 def _stage_files(fs: Any, root: str, listing: Listing, cfg: PipelineConfig, tmp: Path
                  ) -> tuple[list[SourceFile], pd.DataFrame, int]:
-    """Read and normalize each file, one at a time, into ``tmp/rows.parquet`` (memory: the largest
-    file, never the whole day). Returns (files, value issues, rows staged)."""
+    """Read and normalize each file, a chunk at a time, into ``tmp/rows.parquet`` (memory: a chunk of
+    ``validation.landing_chunk_rows`` rows, never a whole file). Returns (files, value issues, rows staged)."""
     parts = tmp / "parts"
     parts.mkdir()
     found, files = [], [SourceFile(name, 0, None, None, error) for name, error in listing.errors]
     for path in listing.files:  # one iteration per file, not per row
         short = path[len(root):].lstrip("/")
         try:
-            raw = fs.cat_file(path)
+            read = landed.digest(fs, path)
         except OSError as exc:  # permission denied and the like: recorded, the day goes to quarantine
             files.append(SourceFile(short, int(fs.size(path) or 0), None, None, f"{type(exc).__name__}: {exc}"))
             log.warning("landing file %s unreadable: %s", path, exc)
             continue
-        digest = hashlib.sha256(raw).hexdigest()
+        part = parts / f"{len(found):06d}.parquet"
         try:
-            frame = _read_bytes(raw, short)
+            source, issues = _stage_file(fs, path, short, read, cfg, part)
         except Exception as exc:  # any parser failure: record it, the day goes to quarantine
-            files.append(SourceFile(short, len(raw), digest, None, f"{type(exc).__name__}: {exc}"))
+            part.unlink(missing_ok=True)
+            files.append(SourceFile(short, read.bytes, read.sha256, None, f"{type(exc).__name__}: {exc}"))
             log.warning("landing file %s unreadable: %s", path, exc)
             continue
-        missing = tuple(c for c in REQUIRED_COLUMNS if c not in frame.columns)
-        extra = tuple(str(c) for c in frame.columns if c not in REQUIRED_COLUMNS)
-        kinds = {c: value_kind(frame[c]) for c in REQUIRED_COLUMNS if c in frame.columns}
-        rows, ts_form, issues = normalize(frame, short, cfg)
-        files.append(SourceFile(short, len(raw), digest, len(frame), None, missing, extra, kinds, ts_form))
-        del raw, frame
-        rows.to_parquet(parts / f"{len(found):06d}.parquet", index=False)
+        files.append(source)
         found.append(issues)
     staged = merge_parts(sorted(parts.iterdir()), tmp / "rows.parquet", cfg.validation.chunk_rows)
     shutil.rmtree(parts)
     issues = pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=list(ISSUE_COLUMNS))
     issues = issues.astype({"source_row": "int64", **{c: "string" for c in ISSUE_COLUMNS if c != "source_row"}})
     return files, issues, staged
+
+
+def _stage_file(fs: Any, path: str, short: str, read: landed.Digest, cfg: PipelineConfig, part: Path
+                ) -> tuple[SourceFile, pd.DataFrame]:
+    """One landed file in chunks of ``validation.landing_chunk_rows`` rows: ``landed.survey`` finds the
+    whole file's dtypes, then each chunk is converted and appended to ``part``; what is decided on the
+    whole file (column kinds, the timestamp form) is gathered chunk by chunk and decided at the end.
+    Same file, same bytes in ``part`` and the same issues, whatever the chunk size."""
+    v = cfg.validation
+    surveyed = landed.survey(fs, path, short, v.landing_chunk_rows, read.blank)
+
+    def chunks() -> Iterator[pd.DataFrame]:
+        return landed.chunks(fs, path, short, v.landing_chunk_rows, surveyed, read.blank)
+
+    facts: dict[str, KindFacts] = {}  # per contract column, over the chunks read so far
+    issues, codes, columns, rows = ValueIssues(), [], None, 0
+    writer = None
+    try:
+        for chunk in chunks():
+            columns = list(chunk.columns) if columns is None else columns
+            for column in REQUIRED_COLUMNS:
+                if column in chunk.columns:
+                    found = KindFacts.of(chunk[column])
+                    facts[column] = facts[column].merge(found) if column in facts else found
+            converted, chunk_codes, chunk_issues = convert(chunk, short, v, first_row=rows)
+            issues.frames += chunk_issues.frames
+            codes += [] if chunk_codes is None else [chunk_codes]
+            table = pa.Table.from_pandas(converted, preserve_index=False)
+            writer = writer or pq.ParquetWriter(part, table.schema)
+            if len(table):
+                writer.write_table(table.cast(writer.schema))
+            rows += len(converted)
+    finally:
+        if writer is not None:
+            writer.close()
+    columns = columns or []
+    ts_form = None
+    if "ts" in columns:  # a column typed as timestamps has no per-value forms
+        ts_form = judge_forms(np.concatenate(codes), lambda idx: _ts_texts(chunks(), idx), issues) if codes else "timestamp"
+    kinds = {c: facts[c].kind for c in REQUIRED_COLUMNS if c in columns}
+    source = SourceFile(short, read.bytes, read.sha256, rows, None, tuple(c for c in REQUIRED_COLUMNS if c not in columns),
+                        tuple(str(c) for c in columns if c not in REQUIRED_COLUMNS), kinds, ts_form)
+    return source, issues.table(short)
+
+
+def _ts_texts(chunks: Iterator[pd.DataFrame], rows: np.ndarray) -> pd.Series:
+    """``ts_text`` of the given rows (positions in the file, sorted), read again a chunk at a time: only
+    a file with timestamps in more than one form needs it."""
+    texts, start = [], 0
+    for chunk in chunks:
+        wanted = rows[(rows >= start) & (rows < start + len(chunk))] - start
+        if wanted.size:
+            texts.append(ts_text(chunk["ts"].reset_index(drop=True)).iloc[wanted])
+        start += len(chunk)
+    return pd.concat(texts)
 
 
 def merge_parts(parts: list[Path], target: Path, chunk_rows: int) -> int:
