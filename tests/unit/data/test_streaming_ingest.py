@@ -7,12 +7,13 @@ import json
 import unicodedata
 
 import pandas as pd
+import pytest
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from components.core.catalog import Layout
 from components.core.config import load_config
-from components.core.refs import DayRef
+from components.core.refs import DayRef, ValidationHistory
 from components.data.ingest import normalize, run_ingest
 from components.data.sources.synthetic import write_log
 from components.data.validate import DataValidationError, run_validate
@@ -34,7 +35,8 @@ def _run(tmp_path, name, landing_chunk_rows, write):
         write(landing)
     ingested = run_ingest(layout, day(1), cfg, landing=str(landing))
     try:
-        return layout, ingested, run_validate(layout, day(1), cfg, staged=DayRef.of(ingested))
+        return layout, ingested, run_validate(layout, day(1), cfg, staged=DayRef.of(ingested),
+                                              history=ValidationHistory())  # day 1: no day before it
     except DataValidationError as error:
         return layout, ingested, error
 
@@ -185,6 +187,25 @@ def test_a_malformed_line_in_a_later_chunk_is_named_by_its_line_in_the_file(tmp_
     assert files["b.jsonl"].rows is None and files["b.jsonl"].error.startswith("ValueError: line 46: malformed JSON")
     assert files["c.csv"].rows is None and "Expected 5 fields in line 32, saw 6" in files["c.csv"].error
     assert isinstance(error, DataValidationError) and "b.jsonl" in str(error)
+
+
+@pytest.mark.parametrize("data_row", [1, 14])  # the first row of the file, of the second 13-row chunk
+def test_a_row_wider_than_the_header_fails_its_file_where_pandas_reads_it_silently(tmp_path, data_row):
+    """pandas' C parser does not count the fields of the first row of a chunk: that row's extra field
+    became an index and shifted its chunk's values by one column, without an error."""
+    base = _base(tmp_path)
+
+    def write(landing):
+        text = base.iloc[:60].to_csv(index=False).split("\n")
+        text[data_row] += ",extra"
+        (landing / "c.csv").write_text("\n".join(text))
+        write_log(base.iloc[60:], landing / "a.parquet")
+    _, ingested, error = _same_staging(tmp_path, write)
+    files = {f.name: f for f in ingested.files}
+    assert files["c.csv"].rows is None
+    assert f"Expected 5 fields in line {data_row + 1}, saw 6" in files["c.csv"].error
+    assert files["a.parquet"].rows == len(base) - 60
+    assert isinstance(error, DataValidationError) and "c.csv" in str(error)
 
 
 def test_empty_files_and_a_header_without_rows_are_the_same_in_chunks(tmp_path):
