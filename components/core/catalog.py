@@ -45,6 +45,11 @@ R = TypeVar("R")  # a typed reference (components/core/refs.py): the catalog nev
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 OUTCOME_FILE = "outcome.json"
+# The registry's champion pointer and its history (components/core/champion.py reads them; the pointer
+# backends in components/decide/pointer.py write them; an s3:// root's copy never holds them).
+CHAMPION_FILE = "champion.json"
+HISTORY_FILE = "history.jsonl"
+HISTORY_OBJECTS = "history/"  # on an object store: one create-only object per history entry
 STAGING_PREFIX = ".staging-"
 TMP_SUFFIX = ".tmp"
 REPLACED_SUFFIX = ".replaced"

@@ -18,16 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from components.core.catalog import Layout, read_json
+from components.core.catalog import CHAMPION_FILE, HISTORY_FILE, HISTORY_OBJECTS, Layout, read_json
+from components.core.remote import fetch_version
 
 if TYPE_CHECKING:
     from components.core.objectstore import ObjectStore
 
 log = logging.getLogger(__name__)
 
-CHAMPION_FILE = "champion.json"
-HISTORY_FILE = "history.jsonl"
-HISTORY_OBJECTS = "history/"  # on an object store: one create-only object per history entry
 POINTER_EVENTS = ("promote", "rollback")
 # Pointer moves logged before champion.json carried its sequence number ("recovered": a repaired move).
 LEGACY_POINTER_EVENTS = (*POINTER_EVENTS, "recovered")
@@ -54,9 +52,7 @@ def champion_in(source: Layout | str | Path) -> ChampionRef | None:
         champion = champion_ref(record_of(source), source.registry())
         if champion is not None and source.champion_store:
             # An s3:// root's copy may predate the promotion the store's pointer names: fetch that version
-            # (the one place a reader turns the pointer into local files). Imported here: remote imports this module.
-            from components.core.remote import fetch_version
-
+            # (the one place a reader turns the pointer into local files).
             fetch_version(source, champion.version)
         return champion
     return champion_ref(pointer_record(Path(source)), source)

@@ -46,8 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.core.catalog import CURRENT, LATEST_FILE, MANIFEST, Layout, ObjectRoot, atomic_write_bytes, object_root
-from components.core.champion import CHAMPION_FILE, HISTORY_FILE, HISTORY_OBJECTS
+from components.core.catalog import (CHAMPION_FILE, CURRENT, HISTORY_FILE, HISTORY_OBJECTS, LATEST_FILE, MANIFEST, Layout,
+                                     ObjectRoot, atomic_write_bytes, object_root)
 from components.core.objectstore import ObjectExists, ObjectStore, ObjectStoreError
 
 log = logging.getLogger(__name__)

@@ -26,10 +26,9 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, ContextManager, Protocol
 
-from components.core.catalog import Layout, atomic_write_bytes
-from components.core.champion import (CHAMPION_FILE, HISTORY_FILE, HISTORY_OBJECTS, LEGACY_POINTER_EVENTS, ChampionRef,
-                                       champion_in, history_in, pointer_record, pointer_store, stored_history,
-                                       stored_record)
+from components.core.catalog import CHAMPION_FILE, HISTORY_FILE, HISTORY_OBJECTS, Layout, atomic_write_bytes
+from components.core.champion import (LEGACY_POINTER_EVENTS, ChampionRef, champion_in, history_in, pointer_record,
+                                       pointer_store, stored_history, stored_record)
 
 log = logging.getLogger(__name__)
 

@@ -55,14 +55,14 @@ from typing import Any
 
 import numpy as np
 
-from components.core.champion import CHAMPION_FILE, ChampionRef
+from components.core.champion import ChampionRef
 from components.core.config import PipelineConfig
 from components.core.refs import BLESSING_FILE, Blessing, read_upstream
 from components.core.remote import fetch_versions, publish_artifacts
 from components.decide.outcome import FALLBACK_POPULARITY, PROMOTED
 from components.core.errors import StorageFault, storage_fault
-from components.core.catalog import (MANIFEST, Layout, code_version, read_json, read_outcome, record_outcome, run_dir,
-                                staging_dir, write_json)
+from components.core.catalog import (CHAMPION_FILE, MANIFEST, Layout, code_version, read_json, read_outcome,
+                                     record_outcome, run_dir, staging_dir, write_json)
 from components.decide.pointer import ChampionPointer, LostRace, champion, pointer_of
 
 log = logging.getLogger(__name__)
