@@ -58,7 +58,8 @@ def main() -> int:
     from components.data.sources.synthetic import corrupt_landing
     from components.core.catalog import Layout
     from components.core.refs import AcceptedRef, DayRef
-    from components.data.validate import DataValidationError, run_validate
+    from components.data.validate import run_validate
+    from components.data.validation_result import DataValidationError
     from components.pipeline import catalog_inputs
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}

@@ -59,7 +59,7 @@ class DataConfig(_Section):
 
 Severity = Literal["quarantine", "warn", "off"]
 
-# Anomaly checks judged against the trailing history of accepted days (components/data/validate.py).
+# Anomaly checks judged against the trailing history of accepted days (components/data/anomalies.py).
 # Volume and events per user are judged on a log scale (they vary multiplicatively).
 ANOMALY_METRICS = ("volume", "new_user_share", "new_item_share", "top_user_share", "events_per_user",
                    "top_item_share", "event_type_mix_shift")

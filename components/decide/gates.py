@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 LATENCY_METRICS = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms")
 ENGINE_METRICS = ("parity_max_abs_diff", "parity_topk_overlap", "engine_bytes") + LATENCY_METRICS
 COUNT_METRICS = ("users_evaluated",)
-DATA_METRICS = ("validation_warnings",)  # components/data/validate.py validation_metrics
+DATA_METRICS = ("validation_warnings",)  # components/data/validation_report.py validation_metrics
 BOOTSTRAP_NOTE = "skipped (no champion: bootstrap)"
 
 
@@ -349,7 +349,7 @@ def run_gate(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str,
                                   missing=f"run the evaluate stage of run {run_key} first", relation="evaluates")
     refs = CandidateRefs.from_dict(layout, evaluation.candidate_refs)
     engine = load_engine_result(refs.engine)
-    from components.data.validate import validation_metrics
+    from components.data.validation_report import validation_metrics
 
     blessing = judge(evaluation, PerUser.load(evaluation.per_user_path), engine, cfg.gates, cfg.seed,
                      data_metrics=validation_metrics(layout, day))

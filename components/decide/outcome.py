@@ -202,7 +202,7 @@ def run_outcome(layout: Layout, day: str, run_id: str | None = None) -> Outcome:
 
 
 def _describe_rule(rule: dict[str, Any]) -> str:
-    from components.data.validate import RuleResult  # a dataclass; validate's heavy imports are already optional
+    from components.data.validation_result import RuleResult  # the dataclass validation.json records
 
     fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in rule.items()}
     return RuleResult(**fields).describe()

@@ -453,7 +453,7 @@ def run_report(layout: Layout, day: str, cfg: PipelineConfig, *, run_key: str) -
     if plot_metric_history(rows, out / HISTORY_PNG):
         figures.append(HISTORY_PNG)
 
-    from components.data.validate import data_checks_html  # validation warnings and graph checks of the day
+    from components.data.validation_report import data_checks_html  # validation warnings and graph checks of the day
 
     sections = []
     if outcome is not None:

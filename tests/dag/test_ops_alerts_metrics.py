@@ -119,7 +119,7 @@ def test_one_alert_per_quarantine_and_per_run_without_a_day(nightly_dag, webhook
     from airflow.sdk.exceptions import AirflowFailException
 
     from components.decide.outcome import RunDayError
-    from components.data.validate import DataValidationError
+    from components.data.validation_result import DataValidationError
     from graphdistill_airflow.nightly import fail_for_good
 
     notifier = nightly_dag.default_args["on_failure_callback"]

@@ -7,7 +7,7 @@ import pytest
 from components.core.refs import AcceptedRef, ValidationHistory
 from components.data.ingest import run_ingest
 from components.data.sources.synthetic import corrupt_landing
-from components.data.validate import DataValidationError
+from components.data.validation_result import DataValidationError
 from components.pipeline import (CONTEXT, catalog_inputs, context_as_json, context_from_json, describe_inputs,
                                  night_inputs)
 

@@ -88,7 +88,8 @@ def test_extend_id_map_orders_new_ids_by_first_seen_then_id():
 def test_a_day_relanded_after_later_days_extends_the_newest_id_maps_without_forking(tmp_path):
     from components.data.ingest import run_ingest
     from components.data.sources.synthetic import corrupt_landing
-    from components.data.validate import DataValidationError, run_validate
+    from components.data.validate import run_validate
+    from components.data.validation_result import DataValidationError
     from tests.unit.data_fixtures import land
 
     layout, cfg = setup(tmp_path)

@@ -7,7 +7,8 @@ import pytest
 from components.data.ingest import run_ingest
 from components.core.catalog import Layout
 from components.data.sources.synthetic import corrupt_landing, write_log
-from components.data.validate import DataValidationError, run_validate
+from components.data.validate import run_validate
+from components.data.validation_result import DataValidationError
 
 from tests.unit.data_fixtures import accept, current_inputs, day, land, setup
 from tests.unit.fault_fixtures import as_unprivileged, shared_tmp  # noqa: F401 (shared_tmp: a fixture)
@@ -337,7 +338,7 @@ def test_anomaly_bands_use_the_same_weekday_once_enough_of_them_exist():
     import datetime as dt
 
     from components.core.config import load_config
-    from components.data.validate import anomaly_rules
+    from components.data.anomalies import anomaly_rules
 
     cfg = load_config(overrides={"validation.anomaly_lookback_days": 28, "validation.weekday_min_days": 4})
     start = dt.date(2026, 1, 1)
@@ -357,7 +358,7 @@ def test_anomaly_bands_use_the_same_weekday_once_enough_of_them_exist():
 
 
 def test_a_quarantined_days_anomalous_metrics_stay_out_of_the_history(tmp_path):
-    from components.data.validate import EarlierDays, _history
+    from components.data.earlier_days import EarlierDays, profile_history
     from components.pipeline import catalog_inputs
 
     layout, cfg = setup(tmp_path, **{"validation.min_history_days": 4, "validation.severity": {"bot_suspect": "quarantine"}})
@@ -370,7 +371,7 @@ def test_a_quarantined_days_anomalous_metrics_stay_out_of_the_history(tmp_path):
         run_validate(layout, day(5), cfg, **current_inputs(layout, "validate", day(5)))
     assert "WARN top_user_share" in str(failure.value)
     earlier_days = EarlierDays.located(layout, day(6), catalog_inputs("validate", day(6), layout, cfg)["history"])
-    history, held = _history(earlier_days, day(6), cfg)
+    history, held = profile_history(earlier_days, day(6), cfg)
     assert held == 1 and [d for d, _ in history] == [day(d) for d in range(6)]
     bot_day = dict(history)[day(5)]
     assert "top_user_share" not in bot_day and bot_day["volume"] == len(pd.read_parquet(path))
@@ -378,7 +379,7 @@ def test_a_quarantined_days_anomalous_metrics_stay_out_of_the_history(tmp_path):
 
 def test_shares_of_a_tiny_day_are_not_judged_but_its_volume_is():
     from components.core.config import load_config
-    from components.data.validate import anomaly_rules
+    from components.data.anomalies import anomaly_rules
 
     cfg = load_config()
     history = [(f"2026-01-{d:02d}", {"volume": 400, "top_item_share": 0.02}) for d in range(1, 15)]
@@ -635,7 +636,8 @@ def test_an_unreadable_file_or_folder_quarantines_the_day_with_a_report(shared_t
     code = f"""
 import json, pathlib
 from components.data.ingest import run_ingest
-from components.data.validate import DataValidationError, run_validate
+from components.data.validate import run_validate
+from components.data.validation_result import DataValidationError
 from tests.unit.data_fixtures import current_inputs, setup, day
 layout, cfg = setup(pathlib.Path({str(shared_tmp)!r}))
 staged = run_ingest(layout, day(0), cfg)

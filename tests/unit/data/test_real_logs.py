@@ -13,7 +13,8 @@ from components.data.sources.public_logs import public_log
 from components.data.sources.replay import replay
 from components.data.sources.synthetic import corrupt_landing
 from components.core.catalog import Layout
-from components.data.validate import DataValidationError, run_validate
+from components.data.validate import run_validate
+from components.data.validation_result import DataValidationError
 from tests.unit.data_fixtures import current_inputs
 
 DAYS = 28

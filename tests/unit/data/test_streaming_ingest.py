@@ -16,7 +16,8 @@ from components.core.config import load_config
 from components.core.refs import DayRef, ValidationHistory
 from components.data.ingest import normalize, run_ingest
 from components.data.sources.synthetic import write_log
-from components.data.validate import DataValidationError, run_validate
+from components.data.validate import run_validate
+from components.data.validation_result import DataValidationError
 
 from tests.unit.data_fixtures import day, land
 

@@ -13,7 +13,8 @@ from components.core.refs import DayRef
 from components.data.ingest import run_ingest
 from components.data.sources.synthetic import write_log
 from components.data.streaming import DayKeys, in_sorted, mark_seen, repeated, staged_chunks, tally
-from components.data.validate import DataValidationError, run_validate
+from components.data.validate import run_validate
+from components.data.validation_result import DataValidationError
 from components.pipeline import catalog_inputs
 
 from tests.unit.data_fixtures import accept, day, land

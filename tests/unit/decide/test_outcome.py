@@ -15,7 +15,8 @@ from components.decide.registry import run_promote, run_register
 from components.decide.report import fmt_number
 from components.data.sources.synthetic import corrupt_landing
 from components.data.ingest import run_ingest
-from components.data.validate import DataValidationError, run_validate
+from components.data.validate import run_validate
+from components.data.validation_result import DataValidationError
 
 from tests.unit.data_fixtures import accept, current_inputs, day, land
 from tests.unit.ship_fixtures import make_world, run_ship_day, tiny_config

@@ -6,7 +6,7 @@ from components.core.config import GateSpec, load_gates
 from components.decide.gates import judge_gate
 from components.data.ingest import run_ingest
 from components.data.sources.synthetic import write_log
-from components.data.validate import validation_metrics
+from components.data.validation_report import validation_metrics
 
 from tests.unit.data_fixtures import accept, current_inputs, day, land, setup
 
@@ -38,7 +38,8 @@ def test_the_shipped_gate_file_has_the_validation_gate():
 
 def test_the_run_report_section_shows_warnings_with_value_and_band_and_the_graph_checks(tmp_path):
     from components.data.graph import run_graph
-    from components.data.validate import data_checks_html, run_validate
+    from components.data.validate import run_validate
+    from components.data.validation_report import data_checks_html
 
     layout, cfg = setup(tmp_path, **{"validation.min_history_days": 3})
     for offset in range(3):
