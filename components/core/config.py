@@ -87,7 +87,7 @@ class ValidationConfig(_Section):
         default_factory=lambda: {"event_id": "string", "user_id": "string", "item_id": "string"})
     # Text that means "no value" in any contract column: it becomes null (the not-null rule names it).
     null_tokens: list[str] = Field(default_factory=lambda: ["NULL", "null", "None", "none", "nan", "NaN", "NA", "N/A", "\\N"])
-    # Unit of epoch timestamps; "auto" detects it per value by magnitude (components/data/ingest.py
+    # Unit of epoch timestamps; "auto" detects it per value by magnitude (components/data/coercion.py
     # EPOCH_UNIT_LIMITS: < 1e11 s, < 1e14 ms, < 1e17 us, else ns) and a file mixing units fails
     # ts_consistent_form. Declare it when a log's epochs are near 1970 (small numbers).
     epoch_unit: Literal["auto", "s", "ms", "us", "ns"] = "auto"

@@ -9,7 +9,7 @@ columns named (user, item, time and an optional event-type column with a value m
 RetailRocket ``events.csv``: ``timestamp,visitorid,event,itemid`` with millisecond times and
 ``view/addtocart/transaction``). Ratings, where present and no event column is named, become event
 types (5 -> purchase, 4 -> cart, 3 -> click, else view). Timestamps follow the contract's rules
-(components/data/ingest.py): epoch s/ms/us/ns by magnitude or declared, or ISO 8601, one form per file.
+(components/data/coercion.py): epoch s/ms/us/ns by magnitude or declared, or ISO 8601, one form per file.
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ def parse_type_map(text: str | None) -> dict[str, str]:
 
 
 def _timestamps(path: Path, values: pd.Series, unit: str) -> pd.Series:
-    """The contract's timestamp rules (components/data/ingest.py: one form per file, epoch unit by
+    """The contract's timestamp rules (components/data/coercion.py: one form per file, epoch unit by
     magnitude or declared); the first bad value raises naming its line, raw value and cause."""
-    from components.data.ingest import ValueIssues, parse_timestamps
+    from components.data.coercion import ValueIssues, parse_timestamps
 
     epoch = values.astype("string").str.fullmatch(r"[+-]?\d+(\.\d+)?").fillna(False).to_numpy()
     if unit == "iso" and epoch.any():
