@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 
 from components.core.config import REPO_ROOT, PipelineConfig
-from components.data.ingest import EXPECTED_KINDS, LINEAGE_COLUMNS, NOT_NULL_RULE, REQUIRED_COLUMNS, SUPPORTED_SUFFIXES
+from components.data.coercion import EXPECTED_KINDS, NOT_NULL_RULE, REQUIRED_COLUMNS
+from components.data.ingest import LINEAGE_COLUMNS
+from components.data.landed import SUPPORTED_SUFFIXES
 from components.data.streaming import DayKeys
 from components.data.validation_result import OFF, SAMPLE_ROWS, RuleResult, plain, severity_of
 

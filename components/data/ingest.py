@@ -40,7 +40,6 @@ from components.core.errors import LandingMissing
 from components.core.catalog import Layout, replace_dir, staging_dir, write_json
 from components.data import landed
 from components.data.coercion import (
-    EXPECTED_KINDS,  # noqa: F401 (the contract's column kinds, read by validate)
     ID_COLUMNS,
     ISSUE_COLUMNS,
     NOT_NULL_RULE,
@@ -53,7 +52,6 @@ from components.data.coercion import (
     timestamp_forms,
     ts_text,
 )
-from components.data.landed import SUPPORTED_SUFFIXES  # noqa: F401 (the contract's formats, read by validate)
 
 log = logging.getLogger(__name__)
 

@@ -66,7 +66,8 @@ from components.data.contract import (
 )
 from components.data.duplicates import deduplicate, duplicate_rules, gather
 from components.data.earlier_days import EarlierDays, earlier_event_ids, profile_history, seen_before
-from components.data.ingest import EXTRA_PREFIX, LINEAGE_COLUMNS, NOT_NULL_RULE, REQUIRED_COLUMNS
+from components.data.coercion import NOT_NULL_RULE, REQUIRED_COLUMNS
+from components.data.ingest import EXTRA_PREFIX, LINEAGE_COLUMNS
 from components.data.streaming import NAT_LAST, DayKeys, repeated, staged_chunks, tally, write_in_order
 from components.data.validation_report import render_report
 from components.data.validation_result import DataValidationError, RuleResult, ValidationResult, with_severity
