@@ -104,7 +104,8 @@ def catalog_inputs(name: str, day: str, layout: Layout, cfg: PipelineConfig) -> 
     stage records it in its artifact's lineage): validate's history (every accepted and quarantined day
     before ``day``), the accepted days of the graph's training window and the graphs whose ID maps it
     keeps or extends, the features' lookback, the LightGCN teacher's warm start (its newest earlier
-    version). None of it is of ``day`` itself, so validating the day changes none of it."""
+    version). Validate writes none of it (its history and the windows end the day before), so validating
+    the day changes none of it."""
     if name == "validate":
         before = (parse_day(day) - dt.timedelta(days=1)).isoformat()
         first = dt.date.min.isoformat()
@@ -171,8 +172,8 @@ def describe_inputs(inputs: dict[str, Any]) -> str:
             return " + ".join(one(refs) if refs else f"no {kind} days"
                               for kind, refs in (("accepted", value.accepted), ("quarantined", value.quarantined)))
         if isinstance(value, tuple):
-            return (f"{value[0].kind} {value[0].day}..{value[-1].day} ({len(value)} days)" if value
-                    else "no days")
+            days = f"{len(value)} day{'s' if len(value) != 1 else ''}"
+            return f"{value[0].kind} {value[0].day}..{value[-1].day} ({days})" if value else "no days"
         return f"{value.kind} {value.day} v{value.version}"
 
     return "; ".join(f"{keyword}: {one(value)}" for keyword, value in inputs.items())

@@ -259,8 +259,8 @@ def gnn_recsys_nightly():
     ends = [_night_ended(kind, fails) for kind, fails in NIGHT_ENDS]
 
     # Each task builds on its upstream tasks' results (references: kind, day, version, path). What the
-    # night reads besides is resolved once, before validate: none of it is of the run's day (validate's
-    # history and the windows end the day before), so validating the day changes none of it.
+    # night reads besides is resolved once, before validate: validate writes none of it (its history and
+    # the windows end the day before), so validating the day changes none of it.
     night = catalog_inputs()
     accepted = validate(ingest(), night["validate"])
     built_graph = graph(accepted, night["graph"])

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from components.core.errors import StaleReference
+
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")  # a typed reference (components/core/refs.py): the catalog never imports those
@@ -563,9 +565,11 @@ class Layout:
         path = self.root / ref.kind / f"date={ref.day}"
         found = self.partition_version(ref.kind, ref.day)
         if found != ref.version:
-            raise FileNotFoundError(f"{ref.kind} {ref.day} v{ref.version}: {path} "
-                                    + ("is missing or incomplete" if found is None else f"now holds v{found}")
-                                    + " (run the stage that writes it again)")
+            raise StaleReference(f"{ref.kind} {ref.day} v{ref.version}: {path} "
+                                 + ("is missing or incomplete" if found is None else f"now holds v{found}")
+                                 + ": clear the task that made the reference (catalog_inputs or the upstream stage) "
+                                   "with its downstream tasks, or re-run the stage from the CLI, to run on the "
+                                   "days as they are now")
         return path
 
     def locate(self, ref: Any) -> str:

@@ -20,6 +20,11 @@ class LandingMissing(PermanentStageFailure, FileNotFoundError):
     """The day's landing partition has no files: a retry minutes later rarely helps; land it, then clear."""
 
 
+class StaleReference(PermanentStageFailure, FileNotFoundError):
+    """A reference a task was handed names content its partition no longer holds (the day was re-ingested,
+    re-validated or quarantined again since): every retry reads the same, so fail at once."""
+
+
 class StorageFault(PermanentStageFailure):
     """The filesystem under the root refused (disk full, read-only, permission denied): a retry
     fails the same way until someone acts, so the task fails at once with what to do."""

@@ -6,7 +6,6 @@ plugin, on a metadata database that holds the nightly as the dag-processor seria
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 import urllib.parse
@@ -15,6 +14,7 @@ import pytest
 
 from components.cli import airflow_env
 from graphdistill_airflow.local import api_server
+from graphdistill_airflow.stack import free_port
 from tests.dag.test_nightly_timetable import SERIALIZE_DAGS
 
 DAG = "gnn_recsys_nightly"
@@ -30,12 +30,6 @@ with create_session() as session:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _python(root, code: str, *args: str) -> None:
     done = subprocess.run([sys.executable, "-c", code, *args], env={**airflow_env(root), "GRAPHDISTILL_ROOT": str(root)},
                           capture_output=True, text=True)
@@ -45,7 +39,7 @@ def _python(root, code: str, *args: str) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("trigger")
-    with api_server(root, _free_port(), root / "api-server.log") as running:
+    with api_server(root, free_port(), root / "api-server.log") as running:
         _python(root, SERIALIZE_DAGS)
         yield root, running, running.token()
 

@@ -30,3 +30,4 @@ def alert_receiver() -> Iterator[tuple[dict[str, str], list[dict]]]:
         yield {"AIRFLOW_CONN_GRAPHDISTILL_ALERTS": f"http://127.0.0.1:{hook.server_port}/alerts"}, received
     finally:
         hook.shutdown()
+        hook.server_close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -15,17 +14,12 @@ from components.cli import airflow_bin, airflow_env
 from components.decide.registry import champion, run_promote
 from components.core.catalog import Layout
 from graphdistill_airflow.local import api_server
+from graphdistill_airflow.stack import free_port
 
 from tests.unit.ship_fixtures import make_world, run_ship_day, tiny_config
 
 pytestmark = pytest.mark.e2e
 DAYS = ("2024-01-08", "2024-01-09")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cli(args, env):
@@ -46,7 +40,7 @@ def test_rollback_emits_the_champion_event_and_serving_follows(tmp_path):
         registration = judge(layout, cfg, day, "r")
         assert run_promote(layout, day, cfg, run_key="r", registration=registration).promoted
         versions.append(registration.version)
-    with api_server(root, _free_port(), tmp_path / "api-server.log") as server:
+    with api_server(root, free_port(), tmp_path / "api-server.log") as server:
         env = {**airflow_env(root), **server.task_env()}
         parsed = subprocess.run([airflow_bin(), "dags", "reserialize"], env=env, capture_output=True, text=True)
         assert parsed.returncode == 0, parsed.stderr[-2000:]  # the DAGs (and their Assets) are known

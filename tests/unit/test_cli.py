@@ -22,7 +22,7 @@ def test_generate_then_run_stages_from_the_cli(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "validation FAILED for 2026-01-02" in err
     # validate judges the day against the earlier days it is handed, and the CLI says which
-    assert "from the catalog: history: accepted 2026-01-01..2026-01-01 (1 days) + no quarantined days" in err
+    assert "from the catalog: history: accepted 2026-01-01..2026-01-01 (1 day) + no quarantined days" in err
     assert main(["outcome", "2026-01-02", "--json", "--root", root]) == 0
     outcome = json.loads(capsys.readouterr().out)
     assert outcome["kind"] == "quarantined" and "rows quarantined; failed rules: expect_column_values_to_be_between(ts_offset_hours)" in outcome["reason"]

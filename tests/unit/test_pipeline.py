@@ -35,7 +35,7 @@ def test_the_night_inputs_are_each_stages_catalog_inputs_as_json_refs(tmp_path):
     typed = context_from_json("validate", night["validate"])["history"]
     assert isinstance(typed, ValidationHistory) and isinstance(typed.accepted[0], AcceptedRef)
     assert describe_inputs({"history": typed}) == (f"history: accepted {day(0)}..{day(3)} (3 days) + "
-                                                   f"quarantine {day(2)}..{day(2)} (1 days)")
+                                                   f"quarantine {day(2)}..{day(2)} (1 day)")
     assert context_as_json(catalog_inputs("graph", day(4), layout, cfg)) == night["graph"]
     with pytest.raises(ValueError, match=r"stage graph reads \['id_maps', 'previous', 'same_day', 'window'\] from "
                                          r"the catalog, got \['history'\]"):

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from components.core.catalog import Layout
+from components.core.errors import StaleReference
 from components.core.refs import (AcceptedRef, DayRef, EngineRef, GraphRef, PrunedRef, QuarantinedRef, StudentRef,
                                  TeacherRef, ValidationHistory)
 
@@ -66,7 +67,8 @@ def test_a_day_partition_is_named_by_its_content_and_refused_once_it_changed(tmp
     assert accepted.kind == "accepted" and AcceptedRef.from_dict(json.loads(json.dumps(accepted.as_dict()))) == accepted
     assert layout.partition(accepted) == layout.accepted("2026-01-05")
     _partition(layout, "accepted", "2026-01-05", "re-validated")  # the day was validated again since
-    with pytest.raises(FileNotFoundError, match=f"accepted 2026-01-05 v{accepted.version}: .* now holds v"):
+    # No retry reads anything else: a permanent failure naming what to clear.
+    with pytest.raises(StaleReference, match=f"accepted 2026-01-05 v{accepted.version}: .* now holds v.*clear the task"):
         layout.partition(accepted)
     with pytest.raises(FileNotFoundError, match="staging 2026-01-05 vx: .* is missing or incomplete"):
         layout.partition(DayRef("2026-01-05", "x", "/x"))
