@@ -8,7 +8,7 @@ Layout under ``layout.registry()``::
         seen.npz popularity.npy                              serving: seen items (CSR), fallback
         metrics.json blessing.json lineage.json manifest.json
                              (a popularity fallback version, components/decide/fallback.py: the same
-                             files but model.pt and model.plan; lineage kind "popularity")
+                             files but model.pt, and model.plan when TensorRT built one; lineage kind "popularity")
     candidates/<day>.json    index: which version the day's newest run registered (stages never read it)
     champion.json            THE pointer and decision state: version, the stack of champions it replaced,
                              the deny-list of rolled-back versions, what moved it, a move number (seq)

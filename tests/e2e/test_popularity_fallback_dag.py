@@ -187,7 +187,7 @@ def test_the_champion_asset_event_refreshes_serving(night):
     refresh = night["refresh"]
     assert refresh.returncode == 0, refresh.stdout[-3000:] + refresh.stderr[-3000:]
     exported = read_json(night["root"] / "serving" / "triton_repository" / "graphdistill_version.json")
-    assert exported["version"] == served and exported["models"] == ["graphdistill_onnx"]  # ONNX only: no plan
+    assert exported["version"] == served and exported["models"] == ["graphdistill_onnx"]  # no GPU here: no plan
 
 
 def test_serving_answers_with_the_popularity_ranking_minus_seen_items(night):

@@ -15,6 +15,7 @@ from components.data.graph import GraphArtifact
 from components.decide.outcome import FALLBACK_POPULARITY, INCONCLUSIVE, PROMOTED, note_markdown, run_outcome
 from components.decide.registry import (champion, champion_as_of, history, rollback, run_promote, run_register,
                                         version_dir)
+from components.ship.convert import choose_runtime, tensorrt_available
 from components.ship.serving import Recommender
 
 from tests.unit.data_fixtures import day
@@ -96,6 +97,31 @@ def test_a_candidate_that_does_not_qualify_against_a_champion_worse_than_popular
     assert lineage["data"]["graph"]["version"] == blessing.candidate_refs["graph"]["version"]
     metrics = read_json(version_dir(layout, popularity) / "metrics.json")
     assert metrics["parity_topk_overlap"] == 1.0 and metrics["parity_max_abs_diff"] == 0.0
+
+
+def test_the_popularity_version_is_served_by_the_runtime_convert_chooses(fell_back):
+    layout, cfg, registration, _ = fell_back  # tiny_config asks for ONNX Runtime
+    folder = version_dir(layout, registration.fallback_version)
+    serving, engine = read_json(folder / "serving.json"), read_json(folder / "metrics.json")["engine"]
+    assert serving["runtime"] == engine["runtime"] == "onnxruntime"
+    assert serving["tensorrt_status"] == engine["tensorrt_status"] == choose_runtime(cfg.engine).tensorrt_status
+    assert not (folder / "model.plan").exists() and engine["parity_topk_overlap"] == 1.0
+
+
+@pytest.mark.skipif(not tensorrt_available()[0], reason=f"needs TensorRT + CUDA: {tensorrt_available()[1]}")
+def test_a_tensorrt_deployment_gets_an_exact_fp32_plan_of_the_popularity_ranking(fell_back, tmp_path):
+    from components.core.refs import GraphRef
+    from components.decide.fallback import popularity_version_files
+
+    layout, cfg, _, _ = fell_back
+    blessing = Blessing.load(layout.reports(day(2)) / "runs" / "night" / "blessing.json")
+    graph = GraphArtifact.load(layout.artifact(GraphRef.from_dict(blessing.candidate_refs["graph"])))
+    on_tensorrt = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"runtime": "tensorrt"})})
+    files, documents = popularity_version_files(graph, graph.train_interactions(), on_tensorrt, blessing, "v", "run",
+                                                tmp_path)
+    engine = documents["metrics.json"]["engine"]
+    assert files["model.plan"].exists() and documents["serving.json"]["tensorrt_status"] == "built"
+    assert engine["build"]["fp16"] is False and engine["parity_topk_overlap"] == 1.0
 
 
 def test_the_night_says_popularity_serves_and_why(fell_back):
