@@ -196,6 +196,25 @@ def ladder_models(student: LightGCN, train, val, teacher: Teacher,
     return models
 
 
+def build_ladder(student: LightGCN, train, val, train_all, teacher: Teacher, teacher_val_ndcg: float | None,
+                 cfg: PipelineConfig) -> tuple[dict, list[tuple[LightGCN, list[dict]]]]:
+    """(ladder record, (model, prune report) of each of its rungs): every ladder model of ``student``
+    measured at every precision on the validation split (final embeddings over the fit split
+    ``train``; latency with ``train_all``'s items excluded, as served)."""
+    tic = time.perf_counter()
+    models = ladder_models(student, train, val, teacher, cfg)
+    backend = resolve_backend(cfg.teacher.propagation, "cpu")
+    fit_adj = adjacency_of(train, student.num_users, student.num_items, cfg.teacher.edge_weights == "weighted")
+    seen = seen_items_csr(train_all, student.num_users) if cfg.export.exclude_seen else None
+    rungs, rung_models = [], []
+    for ratio, model, report in models:
+        measured = measure_rungs(ratio, *final_embeddings(model, fit_adj, backend), count_parameters(model, nonzero=True),
+                                 train, val, seen, teacher_val_ndcg, cfg)
+        rungs += measured
+        rung_models += [(model, report)] * len(measured)
+    return ladder_record(rungs, teacher_val_ndcg, cfg.ladder, time.perf_counter() - tic), rung_models
+
+
 def pruned_record(model: LightGCN, ladder: dict, report: list[dict], student_params: int, teacher_metrics: dict,
                   num_users: int, cfg: PipelineConfig) -> dict:
     """The shipped rung's size, compression and provenance (method, ladder choice, device, KD targets)."""
@@ -228,21 +247,12 @@ def run_prune(layout: Layout, day: str, cfg: PipelineConfig, *, graph: GraphRef,
     teacher = load_teacher(teacher_ref.path, train_all, resolve_device(cfg.teacher.device), cfg.compute.block_bytes)
     teacher_metrics = read_json(Path(teacher_ref.path) / "metrics.json")
     student_params = count_parameters(student)
-    tic = time.perf_counter()
-    models = ladder_models(student, train, val, teacher, cfg)
+    ladder, rung_models = build_ladder(student, train, val, train_all, teacher, teacher_metrics["val"].get("ndcg@20"),
+                                       cfg)
+    model, report = rung_models[ladder["chosen"]]
     weighted = cfg.teacher.edge_weights == "weighted"
     backend = resolve_backend(cfg.teacher.propagation, "cpu")
     fit_adj = adjacency_of(train, graph.num_users, graph.num_items, weighted)
-    seen = seen_items_csr(train_all, graph.num_users) if cfg.export.exclude_seen else None
-    teacher_val = teacher_metrics["val"].get("ndcg@20")
-    rungs, rung_model = [], []
-    for index, (ratio, model, _) in enumerate(models):
-        measured = measure_rungs(ratio, *final_embeddings(model, fit_adj, backend), count_parameters(model, nonzero=True),
-                                 train, val, seen, teacher_val, cfg)
-        rungs += measured
-        rung_model += [index] * len(measured)
-    ladder = ladder_record(rungs, teacher_val, cfg.ladder, time.perf_counter() - tic)
-    _, model, report = models[rung_model[ladder["chosen"]]]
     full_adj = adjacency_of(train_all, graph.num_users, graph.num_items, weighted)
     user_emb, item_emb = final_embeddings(model, full_adj, backend)
     val_metrics = evaluate_model(model, fit_adj, backend, train, val, tuple(cfg.eval.ks), cfg.eval.user_batch_size,
@@ -261,6 +271,6 @@ def run_prune(layout: Layout, day: str, cfg: PipelineConfig, *, graph: GraphRef,
                                               "metrics": summary_metrics(metrics)})
     log.info("pruned %s v%s: ladder chose prune %.2f / %s (dim %d, %d table bytes) of %d rungs in %.1f s: %s; "
              "holdout ndcg@20 %.4f (retention %.3f)", day, ref.version, metrics["prune_ratio"], metrics["precision"],
-             metrics["embedding_dim"], ladder["chosen_rung"]["table_bytes"], len(rungs), ladder["seconds"],
+             metrics["embedding_dim"], ladder["chosen_rung"]["table_bytes"], len(ladder["rungs"]), ladder["seconds"],
              ladder["reason"], metrics["holdout"].get("ndcg@20", 0), metrics["ndcg_retention_holdout"])
     return ModelArtifact(KIND, day, ref.version, ref.path, metrics["num_params"], summary_metrics(metrics))
