@@ -51,12 +51,14 @@ def ended_as(context: dict[str, Any]) -> str:
 
 def goes_to_promote(registration: dict[str, Any]) -> bool:
     """Whether the promote task runs on the register task's result: a blessed candidate, or the
-    night's popularity fallback (registered when the champion conclusively lost to popularity and
-    the candidate did not qualify); otherwise the champion keeps serving, said in the log."""
+    night's popularity fallback (registered when the champion conclusively lost to popularity, or
+    there is none yet, and the candidate did not qualify); otherwise the champion keeps serving, said
+    in the log."""
     if registration.get("fallback_version"):
-        log.warning("candidate %s %s and champion %s worse than popularity: promote decides the popularity "
-                    "fallback %s", registration["version"], registration["status"], registration["judged_against"],
-                    registration["fallback_version"])
+        log.warning("candidate %s %s and champion %s: promote decides the popularity fallback %s",
+                    registration["version"], registration["status"],
+                    f"{registration['judged_against']} worse than popularity" if registration["judged_against"]
+                    else "none yet", registration["fallback_version"])
         return True
     if not registration["blessed"]:
         log.warning("candidate %s NOT promoted (%s by the gates; judged against %s; champion %s keeps serving)",

@@ -1,7 +1,8 @@
 """The popularity fallback: popularity as a registry version that serving answers with like any champion.
 
-When the champion as served conclusively loses to popularity on the day and the candidate does not
-qualify (the blessing's ``fallback == "popularity"``, config ``champion_health.fallback``), the
+When the champion as served conclusively loses to popularity on the day, or there is no champion
+yet, and the candidate does not qualify (the blessing's ``fallback == "popularity"``, config
+``champion_health.fallback`` / ``champion_health.no_champion``), the
 register stage also registers this version (``registry.register_popularity_fallback``) and the
 promote stage moves the champion to it through the registry's compare-and-swap
 (``decide_promotion``), judged against the same champion.
@@ -53,7 +54,10 @@ def popularity_version_id(blessing: Blessing, cfg: PipelineConfig) -> str:
 
 
 def fallback_reason(blessing: Blessing) -> str:
-    """Why popularity serves: the champion's loss and the candidate's verdict, with the numbers."""
+    """Why popularity serves: the champion's loss (or that there is none yet) and the candidate's verdict."""
+    if blessing.champion_version is None:
+        return (f"fallback: no champion yet; candidate {blessing.candidate_version} {blessing.verdict}: popularity "
+                f"serves until a candidate qualifies")
     return (f"fallback: champion {blessing.champion_version} worse than popularity "
             f"({blessing.champion_health.describe()}); candidate {blessing.candidate_version} {blessing.verdict}")
 
@@ -109,7 +113,7 @@ def popularity_version_files(graph: GraphArtifact, train: Interactions, cfg: Pip
             candidate_refs={"graph": blessing.candidate_refs["graph"]}, gates=(), failed=(), inconclusive=(),
             overridden=(), wins=(), conclusive_win=False, reason=fallback_reason(blessing), path="")),
         "metrics.json": {"kind": KIND, "evaluation": evaluation, "popularity": evaluation.get("popularity"),
-                         "champion_health": asdict(blessing.champion_health),
+                         "champion_health": asdict(blessing.champion_health) if blessing.champion_health else None,
                          "onnx_bytes": (scratch / ONNX_FILE).stat().st_size, "parity_users": int(users.size),
                          "parity_max_abs_diff": max_abs_diff, "parity_topk_overlap": overlap,
                          "engine": {"runtime": choice.runtime, "runtime_reason": choice.reason,

@@ -9,7 +9,8 @@ are skipped and say so. A gate's role is decision or diagnostic: a diagnostic FA
 is overridden when the candidate conclusively beats the champion and popularity (``candidate_wins``).
 The champion's health against popularity is judged alongside (``champion_health``; it never
 blocks a candidate); when it conclusively loses and the candidate is not blessed, the blessing
-says the night falls back to popularity (``fallback``, config ``champion_health.fallback``). The
+says the night falls back to popularity (``fallback``, config ``champion_health.fallback``), as it
+does at bootstrap when no candidate has qualified yet (``champion_health.no_champion``). The
 blessing records n, point value and interval of every gate and comparison. The registry decides
 promotion (components/decide/registry.py); nothing here imports it back.
 """
@@ -290,8 +291,11 @@ def judge(evaluation: EvaluationResult, per_user: PerUser | None, engine_result,
         if inconclusive:
             reason += f"; inconclusive treated as pass: {'; '.join(inconclusive)}"
     health = champion_health(per_user, gates, seed)
-    # Popularity serves only when both hold: the champion conclusively lost and the candidate does not qualify.
-    falls_back = health.verdict == "fail" and blocked and gates.champion_health.fallback == "popularity"
+    # Popularity serves only when the candidate does not qualify and either the champion conclusively
+    # lost to it or there is no champion to serve at all.
+    bootstrap = evaluation.champion_version is None
+    falls_back = blocked and (gates.champion_health.no_champion if bootstrap else
+                              gates.champion_health.fallback if health.verdict == "fail" else None) == "popularity"
     return Blessing(
         day=evaluation.day,
         run_key=evaluation.run_key,
@@ -301,7 +305,7 @@ def judge(evaluation: EvaluationResult, per_user: PerUser | None, engine_result,
         candidate_refs=evaluation.candidate_refs,
         champion_version=evaluation.champion_version,
         baseline_reason=evaluation.baseline_reason,
-        bootstrap=evaluation.champion_version is None,
+        bootstrap=bootstrap,
         runtime=engine_result.runtime if engine_result else None,
         runtime_description=engine_result.runtime_description if engine_result else None,
         tensorrt_status=engine_result.tensorrt_status if engine_result else None,

@@ -35,8 +35,9 @@ NOT_PROMOTED = "not_promoted"  # blessed, but the compare-and-swap refused (stal
 SKIPPED = "skipped"  # nothing to judge (e.g. no training window yet)
 QUARANTINED = "quarantined"  # the day's data failed validation; nothing downstream ran
 INCOMPLETE = "incomplete"  # no decision recorded: a stage failed or the run is still going
-# The champion conclusively lost to popularity and the candidate did not qualify: the popularity
-# version serves now (config champion_health.fallback: popularity; components/decide/fallback.py).
+# The champion conclusively lost to popularity (or there is none yet) and the candidate did not
+# qualify: the popularity version serves now (config champion_health.fallback / no_champion;
+# components/decide/fallback.py).
 FALLBACK_POPULARITY = "fallback_popularity"
 KINDS = (PROMOTED, REJECTED, INCONCLUSIVE, NOT_PROMOTED, SKIPPED, QUARANTINED, INCOMPLETE, FALLBACK_POPULARITY)
 
@@ -183,7 +184,7 @@ def run_outcome(layout: Layout, day: str, run_id: str | None = None) -> Outcome:
         )
     reason = recorded["reason"]
     if recorded["kind"] == FALLBACK_POPULARITY and blessing:  # the loss itself is appended below, with its numbers
-        reason = (f"champion {recorded.get('champion_before')} -> {recorded.get('champion_after')} (popularity); "
+        reason = (f"champion {recorded.get('champion_before') or 'none (bootstrap)'} -> {recorded.get('champion_after')} (popularity); "
                   f"candidate {recorded.get('candidate')} {blessing['verdict']}: {blessing['reason']}")
     if recorded["kind"] == PROMOTED:  # the headline ops scan for: old -> new champion, with its numbers
         numbers = ", ".join(f"{k} {v:.4f}" for k, v in common.get("metrics", {}).get("candidate", {}).items())

@@ -43,6 +43,7 @@ class FilterParams:
     ideal_weight: float = 0.3
     svd_oversample: int = 16
     svd_iterations: int = 2
+    svd_exact_max_side: int = 2048
     blur_time: float = 1.0
     blur_steps: int = 1
     sharpen_time: float = 2.5
@@ -65,6 +66,15 @@ def _csr(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tu
     with warnings.catch_warnings():  # "sparse CSR support is in beta": known, covered by tests
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(indptr, cols[order], values[order].float(), shape)
+
+
+def exact_svd(num_users: int, num_items: int, params: FilterParams, block_bytes: int | None) -> bool:
+    """Whether the filter takes the exact SVD: the graph's smaller side is at most
+    ``params.svd_exact_max_side`` and the dense R~ fits ``block_bytes``. Where the rank is a large
+    share of the smaller side, the randomized SVD's power iterations converge slowly (on the Instacart
+    sample, 593 users: -5.9% NDCG@20 at 2 iterations, -0.5% at 6) and the exact one costs seconds."""
+    budget = block_bytes if block_bytes is not None else 2 ** 30  # None: the compute.block_bytes default
+    return min(num_users, num_items) <= params.svd_exact_max_side and 4 * num_users * num_items <= budget
 
 
 class GraphFilter:
@@ -108,19 +118,26 @@ class GraphFilter:
     def fit(cls, user: np.ndarray, item: np.ndarray, strength: np.ndarray, norm: np.ndarray, num_users: int,
             num_items: int, params: FilterParams, device: torch.device | str = "cpu",
             block_bytes: int | None = None) -> "GraphFilter":
-        """Randomized rank-``params.rank`` SVD of R~ (seeded) on ``device``, then the filter. The sketch
-        is drawn on ``device``: a CUDA SVD is seeded too, but its singular vectors are not the CPU's bits."""
+        """Rank-``params.rank`` SVD of R~ on ``device``, then the filter: exact (LAPACK) when
+        :func:`exact_svd` says so, else randomized and seeded. The sketch is drawn on ``device``: a CUDA
+        SVD is seeded too, but its singular vectors are not the CPU's bits."""
         device = torch.device(device)
         tic = time.perf_counter()
         rank = min(params.rank, num_users, num_items)
         q = min(rank + params.svd_oversample, num_users, num_items)
         matrix = torch.sparse_coo_tensor(torch.from_numpy(np.stack([np.asarray(user, np.int64), np.asarray(item, np.int64)])),
                                          torch.from_numpy(np.asarray(norm, np.float32)), (num_users, num_items), check_invariants=False).coalesce().to(device)
-        with torch.random.fork_rng():  # svd_lowrank draws its Gaussian sketch from the global generator
-            torch.manual_seed(params.seed)
-            _, s, v = torch.svd_lowrank(matrix, q=q, niter=params.svd_iterations)
-        log.info("graph filter %s: rank-%d randomized SVD of R~ (%d x %d, %d nnz) on %s in %.1fs; top singular values %s",
-                 params.variant, rank, num_users, num_items, len(norm), device, time.perf_counter() - tic,
+        exact = exact_svd(num_users, num_items, params, block_bytes)
+        if exact:
+            _, s, vh = torch.linalg.svd(matrix.to_dense(), full_matrices=False)
+            v = vh.T
+        else:
+            with torch.random.fork_rng():  # svd_lowrank draws its Gaussian sketch from the global generator
+                torch.manual_seed(params.seed)
+                _, s, v = torch.svd_lowrank(matrix, q=q, niter=params.svd_iterations)
+        log.info("graph filter %s: rank-%d %s SVD of R~ (%d x %d, %d nnz) on %s in %.1fs; top singular values %s",
+                 params.variant, rank, "exact" if exact else f"randomized ({params.svd_iterations} power iterations)",
+                 num_users, num_items, len(norm), device, time.perf_counter() - tic,
                  np.round(s[:3].cpu().numpy(), 4).tolist())
         return cls(user, item, strength, norm, num_users, num_items, v[:, :rank], s[:rank], params,
                    device, block_bytes)

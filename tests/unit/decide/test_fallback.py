@@ -99,6 +99,31 @@ def test_a_candidate_that_does_not_qualify_against_a_champion_worse_than_popular
     assert metrics["parity_topk_overlap"] == 1.0 and metrics["parity_max_abs_diff"] == 0.0
 
 
+@pytest.mark.parametrize("no_champion", ["popularity", "none"])
+def test_with_no_champion_yet_a_candidate_that_does_not_qualify_puts_popularity_in_service(tmp_path, no_champion):
+    root = tmp_path / "root"
+    root.mkdir()
+    layout = Layout.at(root)
+    strict = tiny_config(root, gates_file=str(write_gates(root / "strict.yaml", DECISION,
+                                                          champion_health={"no_champion": no_champion})))
+    registration, promotion = _night(layout, 1, strict, "anti", "first")
+    blessing = Blessing.load(layout.reports(day(1)) / "runs" / "first" / "blessing.json")
+    assert blessing.bootstrap and not blessing.blessed and blessing.champion_health is None
+    outcome = run_outcome(layout, day(1), "first")
+    if no_champion == "none":
+        assert blessing.fallback is None and registration.fallback_version is None and not promotion.promoted
+        assert champion(layout) is None and outcome.kind == blessing.verdict
+        return
+    popularity = registration.fallback_version
+    assert blessing.fallback == "popularity" and promotion.promoted and promotion.outcome == FALLBACK_POPULARITY
+    assert champion(layout).version == popularity and not champion(layout).previous
+    assert history(layout)[-1]["reason"] == (f"fallback: no champion yet; candidate {registration.version} "
+                                             f"{blessing.verdict}: popularity serves until a candidate qualifies")
+    assert outcome.kind == FALLBACK_POPULARITY and outcome.reason.startswith(
+        f"champion none (bootstrap) -> {popularity} (popularity); candidate {registration.version} {blessing.verdict}: ")
+    assert Recommender.load(layout, runtime="onnxruntime").version == popularity
+
+
 def test_the_popularity_version_is_served_by_the_runtime_convert_chooses(fell_back):
     layout, cfg, registration, _ = fell_back  # tiny_config asks for ONNX Runtime
     folder = version_dir(layout, registration.fallback_version)

@@ -473,6 +473,18 @@ def test_the_night_falls_back_to_popularity_only_when_the_champion_loses_and_no_
     assert Blessing.load(_saved(blessing)).fallback == expected
 
 
+@pytest.mark.parametrize("candidate, no_champion, expected", [
+    (0.5 * BASE + NOISE, "popularity", "popularity"),  # nothing serves yet and the candidate is rejected
+    (0.5 * BASE + NOISE, "none", None),  # the same night, configured to serve nothing
+    (WINNER, "popularity", None),  # the candidate qualifies: it becomes the first champion
+])
+def test_at_bootstrap_popularity_serves_until_a_candidate_qualifies(candidate, no_champion, expected):
+    lift = {"metric": "ndcg@20", "kind": "min_lift_over", "baseline": "popularity", "threshold": 0.05}
+    blessing = _roles(candidate, None, BASE, lift, champion_health={"no_champion": no_champion})
+    assert blessing.bootstrap and blessing.fallback == expected and blessing.blessed is (candidate is WINNER)
+    assert blessing.champion_health is None and not blessing.champion_worse_than_popularity
+
+
 def test_the_history_segment_judges_the_users_models_can_answer_differently():
     # 300 users with history (the candidate is 10% better there); 700 without any: every model
     # answers them with the same popularity ranking, so their values are identical.

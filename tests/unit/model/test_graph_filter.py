@@ -1,6 +1,8 @@
 """Graph-filter teacher (GF-CF / BSPM), DGL normalization with edge weights, spectral student init,
 and both teacher kinds through one interface (distill, evaluation)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ from components.core.config import load_config
 from components.model.distill import run_distill
 from components.model.metrics import evaluate_scorer, popularity_scorer
 from components.core.interactions import Interactions, normalized_edges
-from components.model.models.graph_filter import FilterParams, GraphFilter
+from components.model.models.graph_filter import FilterParams, GraphFilter, exact_svd
 from components.model.models.lightgcn import build_adjacency
 from components.core.catalog import Layout, read_json
 from components.core.refs import TeacherRef
@@ -63,6 +65,22 @@ def _fit(weighted=False, **params):
     edges = normalized_edges(Interactions(user, item, weight), 40, 30, weighted)
     params = FilterParams(rank=30, svd_oversample=0, block_users=7, **params)
     return GraphFilter.fit(edges.user, edges.item, edges.strength, edges.norm, 40, 30, params), edges
+
+
+def test_a_graph_with_a_small_side_takes_the_exact_svd():
+    user, item, weight = random_pairs()
+    edges = normalized_edges(Interactions(user, item, weight), 40, 30, False)
+    _, norm, _ = dense_normalized(*np.unique(np.stack([user, item]), axis=1), 1.0, 40, 30)
+    reference = np.linalg.svd(norm, compute_uv=False)[:10]
+    params = FilterParams(rank=10, svd_oversample=0, svd_iterations=0)  # the roughest sketch
+    fit = lambda p, budget=None: GraphFilter.fit(edges.user, edges.item, edges.strength, edges.norm, 40, 30, p,  # noqa: E731
+                                                 block_bytes=budget)
+    assert exact_svd(40, 30, params, None) and np.allclose(fit(params).s.numpy(), reference, atol=1e-5)
+    off = dataclasses.replace(params, svd_exact_max_side=0)
+    assert not exact_svd(40, 30, off, None) and not np.allclose(fit(off).s.numpy(), reference, atol=1e-2)
+    over_budget = 4 * 40 * 30 - 1  # the dense R~ would not fit
+    assert not exact_svd(40, 30, params, over_budget)
+    assert not np.allclose(fit(params, over_budget).s.numpy(), reference, atol=1e-2)
 
 
 @pytest.mark.parametrize("weighted", [False, True])
