@@ -65,11 +65,10 @@ def fallback_reason(blessing: Blessing) -> str:
 def popularity_version_files(graph: GraphArtifact, train: Interactions, cfg: PipelineConfig, blessing: Blessing,
                              version: str, run_key: str, scratch: Path) -> tuple[dict[str, Path], dict[str, Any]]:
     """(files to copy, JSON documents) of the popularity version ``version`` of ``blessing``'s night
-    over ``graph`` (its ``train`` interactions): the ONNX serving graph, the TensorRT plan where the
-    convert stage would build one (fp32) and the embeddings, written to ``scratch``; the ID maps; a blessing (the champion-health comparison), metrics, lineage (kind
+    over ``graph`` (its ``train`` interactions): the ONNX serving graph and embeddings, written to
+    ``scratch``; the ID maps; a blessing (the champion-health comparison), metrics, lineage (kind
     ``popularity``, day, training window) and serving settings. The registry adds seen.npz and
     popularity.npy as for any version and registers it (``registry.register_popularity_fallback``)."""
-    from components.ship.convert import PLAN_FILE, build_engine, choose_runtime, runner_parity
     from components.ship.export import (INPUT_NAME, ONNX_FILE, OUTPUT_NAMES, export_onnx, onnxruntime_session, parity,
                                         serving_io, torch_outputs)
     from components.model.models.serving_graph import ServingGraph, parity_users, seen_items_csr
@@ -82,27 +81,13 @@ def popularity_version_files(graph: GraphArtifact, train: Interactions, cfg: Pip
     module = ServingGraph(user_emb, item_emb, cfg.export.top_k, seen, "fp32")
     export_onnx(module, scratch / ONNX_FILE, cfg.export.opset)
     users = parity_users(graph.num_users, cfg.seed)
-    reference = torch_outputs(module, users)
-    max_abs_diff, overlap = parity(*reference,
+    max_abs_diff, overlap = parity(*torch_outputs(module, users),
                                    *onnxruntime_session(scratch / ONNX_FILE).run(list(OUTPUT_NAMES), {INPUT_NAME: users}))
     if overlap != 1.0:  # a ranking has no near-ties to forgive: ONNX Runtime must reproduce it exactly
         raise ValueError(f"popularity version {version}: ONNX Runtime top-{module.top_k} overlap {overlap:.4f} "
                          f"with PyTorch over {users.size} users, expected 1.0")
-    # The runtime the convert stage would choose, so a TensorRT deployment can load this version too;
-    # in fp32: the scores are ranks up to num_items, which fp16 cannot tell apart above 2,048.
-    choice, tensorrt_status, runner, engine_bytes, build = build_engine(
-        choose_runtime(cfg.engine), scratch / ONNX_FILE, scratch,
-        cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"fp16": False})}), blessing.day)
-    engine_parity = (max_abs_diff, overlap)
-    if tensorrt_status == "built":
-        engine_parity = runner_parity(runner, users, *reference, max(cfg.export.batch_sizes))
-        if engine_parity[1] != 1.0:
-            raise ValueError(f"popularity version {version}: TensorRT top-{module.top_k} overlap {engine_parity[1]:.4f} "
-                             f"with PyTorch over {users.size} users, expected 1.0")
     np.savez(scratch / "embeddings.npz", user=user_emb, item=item_emb)
     files = {name: scratch / name for name in (ONNX_FILE, "embeddings.npz")}
-    if tensorrt_status == "built":
-        files["model.plan"] = scratch / PLAN_FILE
     files.update({name: graph.path / name for name in ("users.parquet", "items.parquet")})
     stats = read_json(graph.path / "stats.json")
     train_days = stats.get("train_days") or []
@@ -115,11 +100,7 @@ def popularity_version_files(graph: GraphArtifact, train: Interactions, cfg: Pip
         "metrics.json": {"kind": KIND, "evaluation": evaluation, "popularity": evaluation.get("popularity"),
                          "champion_health": asdict(blessing.champion_health) if blessing.champion_health else None,
                          "onnx_bytes": (scratch / ONNX_FILE).stat().st_size, "parity_users": int(users.size),
-                         "parity_max_abs_diff": max_abs_diff, "parity_topk_overlap": overlap,
-                         "engine": {"runtime": choice.runtime, "runtime_reason": choice.reason,
-                                    "tensorrt_status": tensorrt_status, "engine_bytes": engine_bytes,
-                                    "parity_max_abs_diff": engine_parity[0],
-                                    "parity_topk_overlap": engine_parity[1], "build": build}},
+                         "parity_max_abs_diff": max_abs_diff, "parity_topk_overlap": overlap},
         "lineage.json": {"kind": KIND, "day": blessing.day, "candidate_id": version,
                          "judged_against": blessing.champion_version, "fallback_for": blessing.candidate_version,
                          "window": {"train_days": [train_days[0], train_days[-1]] if train_days else None,
@@ -130,6 +111,6 @@ def popularity_version_files(graph: GraphArtifact, train: Interactions, cfg: Pip
                          "registered_by_run": run_key},
         "serving.json": {"top_k": module.top_k, "max_batch": max(cfg.export.batch_sizes),
                          "batch_sizes": list(cfg.export.batch_sizes), "io": serving_io(module.top_k),
-                         "runtime": choice.runtime, "tensorrt_status": tensorrt_status},
+                         "runtime": "onnxruntime"},  # the registry adds the engine it builds (popularity_engine)
     }
     return files, documents

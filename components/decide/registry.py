@@ -279,6 +279,31 @@ def serving_arrays(train, num_users: int, num_items: int) -> dict[str, dict[str,
     return {"seen.npz": {"indptr": indptr, "indices": indices}, "popularity.npy": {"array": popularity}}
 
 
+def popularity_engine(scratch: Path, num_users: int, cfg: PipelineConfig, day: str) -> tuple[dict[str, Path], dict]:
+    """(files, record) of the popularity version's engine: the runtime the convert stage would choose,
+    so a TensorRT deployment can load the version too; a plan in fp32 (the scores are ranks up to
+    num_items, which fp16 cannot tell apart above 2,048) whose top-K must equal ONNX Runtime's exactly."""
+    from components.model.models.serving_graph import parity_users
+    from components.ship.convert import PLAN_FILE, OnnxRuntimeRunner, build_engine, choose_runtime, runner_parity
+    from components.ship.export import ONNX_FILE
+
+    fp32 = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"fp16": False})})
+    choice, status, runner, engine_bytes, build = build_engine(choose_runtime(cfg.engine), scratch / ONNX_FILE,
+                                                               scratch, fp32, day)
+    record = {"runtime": choice.runtime, "runtime_reason": choice.reason, "tensorrt_status": status,
+              "engine_bytes": engine_bytes, "build": build}
+    if status != "built":
+        return {}, record
+    users = parity_users(num_users, cfg.seed)
+    max_abs_diff, overlap = runner_parity(runner, users, *OnnxRuntimeRunner(scratch / ONNX_FILE).run(users),
+                                          max(cfg.export.batch_sizes))
+    if overlap != 1.0:  # a ranking has no near-ties to forgive
+        raise ValueError(f"popularity engine {day}: TensorRT top-K overlap {overlap:.4f} with ONNX Runtime over "
+                         f"{users.size} users, expected 1.0")
+    return {"model.plan": scratch / PLAN_FILE}, {**record, "parity_max_abs_diff": max_abs_diff,
+                                                  "parity_topk_overlap": overlap}
+
+
 def register_popularity_fallback(layout: Layout, day: str, cfg: PipelineConfig, blessing: Blessing, *,
                                  run_key: str) -> tuple[str, bool]:
     """Register the popularity version of a night that falls back (components/decide/fallback.py):
@@ -294,6 +319,10 @@ def register_popularity_fallback(layout: Layout, day: str, cfg: PipelineConfig, 
     train = graph.train_interactions()
     with staging_dir(layout.registry()) as scratch:  # the ONNX model is written here, copied into the version
         files, documents = popularity_version_files(graph, train, cfg, blessing, version, run_key, scratch)
+        engine_files, engine = popularity_engine(scratch, graph.num_users, cfg, day)
+        files.update(engine_files)
+        documents["metrics.json"]["engine"] = engine
+        documents["serving.json"].update(runtime=engine["runtime"], tensorrt_status=engine["tensorrt_status"])
         _, created = register_candidate(layout, version, day, files,
                                         serving_arrays(train, graph.num_users, graph.num_items), documents,
                                         STATUS_BLESSED)

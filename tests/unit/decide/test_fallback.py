@@ -130,22 +130,22 @@ def test_the_popularity_version_is_served_by_the_runtime_convert_chooses(fell_ba
     serving, engine = read_json(folder / "serving.json"), read_json(folder / "metrics.json")["engine"]
     assert serving["runtime"] == engine["runtime"] == "onnxruntime"
     assert serving["tensorrt_status"] == engine["tensorrt_status"] == choose_runtime(cfg.engine).tensorrt_status
-    assert not (folder / "model.plan").exists() and engine["parity_topk_overlap"] == 1.0
+    assert not (folder / "model.plan").exists()
 
 
 @pytest.mark.skipif(not tensorrt_available()[0], reason=f"needs TensorRT + CUDA: {tensorrt_available()[1]}")
 def test_a_tensorrt_deployment_gets_an_exact_fp32_plan_of_the_popularity_ranking(fell_back, tmp_path):
     from components.core.refs import GraphRef
-    from components.decide.fallback import popularity_version_files
+    from components.decide.registry import popularity_engine
 
-    layout, cfg, _, _ = fell_back
-    blessing = Blessing.load(layout.reports(day(2)) / "runs" / "night" / "blessing.json")
-    graph = GraphArtifact.load(layout.artifact(GraphRef.from_dict(blessing.candidate_refs["graph"])))
+    layout, cfg, registration, _ = fell_back
+    folder = version_dir(layout, registration.fallback_version)
+    graph = GraphRef.from_dict(read_json(folder / "lineage.json")["data"]["graph"])
+    shutil.copy(folder / "model.onnx", tmp_path / "model.onnx")
     on_tensorrt = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"runtime": "tensorrt"})})
-    files, documents = popularity_version_files(graph, graph.train_interactions(), on_tensorrt, blessing, "v", "run",
-                                                tmp_path)
-    engine = documents["metrics.json"]["engine"]
-    assert files["model.plan"].exists() and documents["serving.json"]["tensorrt_status"] == "built"
+    files, engine = popularity_engine(tmp_path, GraphArtifact.load(layout.artifact(graph)).num_users, on_tensorrt,
+                                      day(2))
+    assert files["model.plan"].exists() and engine["tensorrt_status"] == "built"
     assert engine["build"]["fp16"] is False and engine["parity_topk_overlap"] == 1.0
 
 

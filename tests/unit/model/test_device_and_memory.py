@@ -33,7 +33,9 @@ def golden_graph():
 def fit(variant, device="cpu", block_bytes=None):
     _, _, e = golden_graph()
     return GraphFilter.fit(e.user, e.item, e.strength, e.norm, 300, 200,
-                           FilterParams(variant=variant, rank=32, block_users=64), device, block_bytes)
+                           # the randomized SVD: the path the golden outputs were recorded on
+                           FilterParams(variant=variant, rank=32, block_users=64, svd_exact_max_side=0), device,
+                           block_bytes)
 
 
 @pytest.fixture
@@ -47,7 +49,7 @@ def one_thread():
 
 
 @pytest.mark.parametrize("variant", ["gf_cf", "bspm"])
-def test_cpu_path_is_bit_for_bit_what_it_was_before_the_device_path(variant, one_thread):
+def test_cpu_path_is_what_it_was_before_the_device_path(variant, one_thread):
     train, test, _ = golden_graph()
     graph_filter = fit(variant)
     expected = json.loads((GOLDEN / "graph_filter_cpu.json").read_text())[variant]
@@ -57,7 +59,9 @@ def test_cpu_path_is_bit_for_bit_what_it_was_before_the_device_path(variant, one
     arrays = np.load(GOLDEN / "graph_filter_cpu.npz")
     scores, items = teacher_topk(graph_filter.score, train, 300, 200, 10, 100)
     assert np.array_equal(items.numpy(), arrays[f"{variant}_items"])
-    assert np.array_equal(scores.numpy(), arrays[f"{variant}_scores"])
+    # Scores to the last bits only on the recording machine's kernels: MKL's AVX-512 path (an AMD EPYC
+    # here) moves them by up to 4e-6 relative (measured), with the same top-K and the same metrics.
+    np.testing.assert_allclose(scores.numpy(), arrays[f"{variant}_scores"], rtol=1e-5, atol=0)
     per_user = user_metrics(graph_filter.score, train, test, 200, (5, 20), 128).values["ndcg@20"]
     assert np.array_equal(per_user, arrays[f"{variant}_ndcg20"])
 
