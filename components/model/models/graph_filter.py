@@ -42,7 +42,7 @@ class FilterParams:
     rank: int = 256
     ideal_weight: float = 0.3
     svd_oversample: int = 16
-    svd_iterations: int = 2
+    svd_iterations: int = 4
     svd_exact_max_side: int = 2048
     blur_time: float = 1.0
     blur_steps: int = 1
