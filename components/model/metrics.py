@@ -181,16 +181,18 @@ def plan_evaluation(train: Interactions, test: Interactions, num_items: int,
 
 
 class MetricTally:
-    """Per-user metrics accumulated block by block from ranked blocks of a plan's users (in sorted
-    order, as ``ranked_blocks`` over ``plan.users`` gives them)."""
+    """Per-user metrics accumulated block by block from ranked blocks of a plan's users, in any
+    order (each user once): the vectors come out in ``plan.users``' sorted order."""
 
     def __init__(self, plan: EvaluationPlan, ks: Sequence[int], num_items: int):
         self.plan, self.ks, self.num_items = plan, tuple(ks), num_items
         self.parts: dict[str, list[torch.Tensor]] = {f"{name}@{k}": [] for k in self.ks for name in PER_USER_METRICS}
+        self.users: list[torch.Tensor] = []
         self.recommended: dict[int, torch.Tensor] = {}
 
     def add(self, users: torch.Tensor, top: torch.Tensor) -> None:
-        """``users`` [B] (evaluated users, ascending across calls) and their top items [B, >= max k]."""
+        """``users`` [B] (evaluated users) and their top items [B, >= max k]."""
+        self.users.append(users.cpu())
         where, ks, num_items = top.device, self.ks, self.num_items
         if not self.recommended:  # constants move to the evaluation device once
             kmax = top.shape[1]
@@ -216,7 +218,12 @@ class MetricTally:
             self.recommended[k][top[:, :k].reshape(-1)] = True
 
     def result(self) -> UserMetrics:
-        values = {name: (torch.cat(chunks).cpu().numpy() if chunks else np.zeros(0)) for name, chunks in self.parts.items()}
+        added = torch.cat(self.users).numpy() if self.users else np.zeros(0, np.int64)
+        if not np.array_equal(np.sort(added), self.plan.users):
+            raise ValueError(f"ranked blocks held {added.size} evaluated users, expected each of {self.plan.users.size} once")
+        order = np.argsort(added, kind="stable")
+        values = {name: (torch.cat(chunks).cpu().numpy()[order] if chunks else np.zeros(0))
+                  for name, chunks in self.parts.items()}
         evaluated = self.plan.users.size
         coverage = {f"coverage@{k}": (float(self.recommended[k].sum()) / self.num_items if evaluated else 0.0)
                     for k in self.ks}

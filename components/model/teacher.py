@@ -21,6 +21,7 @@ Nightly semantics: the graph of run day D holds the window ending D-1; the teach
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import shutil
 import time
@@ -232,9 +233,12 @@ def holdout_and_targets(scorer: Scorer, train_all: Interactions, holdout: Intera
     distill.kd_topk of :func:`target_users` with every window pair excluded, from ONE scoring pass
     over the union of both user sets (issue 19: at 100k users the two passes took 372 + 559 s).
 
-    Every block gets one ``torch.topk`` per k, so the targets are exactly ``teacher_topk``'s and the
-    metrics exactly ``evaluate_scorer``'s, as long as a user's scores do not depend on which other
-    users share the block (tested; true of both teacher kinds' scorers on the CPU)."""
+    The target users are ranked first, in ``teacher_topk``'s very blocks, then the evaluated users
+    without a target: a score's last bits can depend on how many users share its block (the
+    matrix product's kernel does), so the targets are bit for bit ``teacher_topk``'s (distill trains
+    the same student), and the metrics are ``evaluate_scorer``'s unless that moves a near-tie
+    across a rank (tested equal). Every block gets one ``torch.topk`` per k (not a prefix of the
+    larger: the order among tied scores may differ between k)."""
     started = time.perf_counter()
     ks = sorted_ks(cfg.eval.ks)
     plan = plan_evaluation(train_all, holdout, num_items)
@@ -242,28 +246,28 @@ def holdout_and_targets(scorer: Scorer, train_all: Interactions, holdout: Intera
     kmax = min(ks[-1], num_items)
     kd = min(cfg.distill.kd_topk, num_items) if cfg.distill.kd_weight > 0 else None
     targets_for = target_users(num_users, cfg) if kd else np.zeros(0, np.int64)
-    users = np.union1d(plan.users, targets_for)
+    others = np.setdiff1d(plan.users, targets_for, assume_unique=True)
     is_evaluated = torch.zeros(num_users, dtype=torch.bool)
     is_evaluated[torch.from_numpy(plan.users)] = True
-    is_target = torch.zeros(num_users, dtype=torch.bool)
-    is_target[torch.from_numpy(targets_for)] = True
     top_scores, top_items = torch.zeros(num_users, kd or 0), torch.full((num_users, kd or 0), -1, dtype=torch.long)
     block = block_rows(cfg.compute.block_bytes, SCORE_BYTES * num_items, cfg.eval.user_batch_size)
-    tic = time.perf_counter()
+    passes = [(targets_for, sorted({kmax, kd or kmax}), True), (others, [kmax], False)]
+    blocks = itertools.chain.from_iterable(
+        ((ranked, targeted) for ranked in ranked_blocks(scorer, users, train_all, num_users, num_items, pass_ks, block))
+        for users, pass_ks, targeted in passes)
+    tic, done = time.perf_counter(), 0
     with torch.no_grad():
-        for done, ranked in enumerate(ranked_blocks(scorer, users, train_all, num_users, num_items,
-                                                    sorted({kmax, kd or kmax}), block), 1):
+        for ranked, targeted in blocks:
             evaluated = is_evaluated[ranked.users]
             if evaluated.any():
                 where = evaluated.to(ranked.users_on_device.device)
                 tally.add(ranked.users_on_device[where], ranked.top[kmax][1][where])
-            if kd:
-                chosen = is_target[ranked.users]
-                rows = ranked.users[chosen]
-                top_scores[rows], top_items[rows] = (t[chosen.to(t.device)].cpu() for t in ranked.top[kd])
+            if targeted:
+                top_scores[ranked.users], top_items[ranked.users] = (t.cpu() for t in ranked.top[kd])
+            done += ranked.users.numel()
             if time.perf_counter() - tic > 10:  # progress for the long (Gowalla-size) passes only
-                log.info("teacher holdout + top-%s: %d/%d users in %.0fs", kd, min(done * block, users.size),
-                         users.size, time.perf_counter() - tic)
+                log.info("teacher holdout + top-%s: %d/%d users in %.0fs", kd, done, targets_for.size + others.size,
+                         time.perf_counter() - tic)
     metrics = metric_summary(tally.result(), ks, started)
     if not kd:
         return metrics, None

@@ -7,7 +7,8 @@ import torch
 
 from components.core.catalog import Layout, read_json
 from components.core.config import load_config
-from components.model.distill import known_pairs, load_stage_inputs, run_distill, train_student
+from components.model.distill import (distill_targets, known_pairs, load_stage_inputs, run_distill,
+                                      stored_targets_mismatch, train_student)
 from components.model.metrics import embedding_scorer, evaluate_scorer
 from components.model.models.graph_filter import FilterParams, GraphFilter
 from components.model.models.lightgcn import LightGCN
@@ -16,7 +17,7 @@ from components.model.teacher import (TARGETS_FILE, DistillTargets, holdout_and_
                                       target_users, teacher_topk)
 from components.model.train import (bounded_batch_size, fit_lightgcn, load_model, split_validation,
                                     validation_sample)
-from components.core.interactions import normalized_edges
+from components.core.interactions import Interactions, normalized_edges
 from tests.unit.data_fixtures import current_inputs
 from tests.unit.model_fixtures import planted, write_graph
 
@@ -27,8 +28,10 @@ CFG = {"teacher.kind": "graph_filter", "teacher.graph_filter.rank": 16, "distill
 
 
 def world():
+    """(window pairs, fresh holdout of a third of the users): as at night, most users have no holdout."""
     train_all, holdout = planted(300, 200, per_user=12, holdout_per_user=4, seed=3)
-    return train_all, holdout
+    keep = holdout.user % 3 == 0
+    return train_all, Interactions(holdout.user[keep], holdout.item[keep], holdout.weight[keep])
 
 
 def graph_filter_scorer(train_all):
@@ -45,20 +48,22 @@ def embedding(train_all):
 
 @pytest.mark.parametrize("scorer_of", [graph_filter_scorer, embedding], ids=["graph_filter", "embeddings"])
 @pytest.mark.parametrize("sample", [None, 50])
-def test_one_pass_gives_exactly_the_holdout_metrics_and_the_targets_of_two_passes(scorer_of, sample):
+@pytest.mark.parametrize("kd", [10, 20])  # 20: the same k as the metrics' largest
+def test_one_pass_gives_exactly_the_holdout_metrics_and_the_targets_of_two_passes(scorer_of, sample, kd):
     train_all, holdout = world()
     scorer = scorer_of(train_all)
-    cfg = load_config(None, {"distill.kd_topk": 10, "distill.teacher_target_users": sample, "eval.user_batch_size": 64,
+    cfg = load_config(None, {"distill.kd_topk": kd, "distill.teacher_target_users": sample, "eval.user_batch_size": 64,
                              "eval.ks": [5, 20]})
     metrics, targets = holdout_and_targets(scorer, train_all, holdout, 300, 200, cfg)
     # before: evaluate_scorer on the holdout users, then distill's teacher_topk over the fit + validation pairs
     before = evaluate_scorer(scorer, train_all, holdout, 200, (5, 20), 64)
     fit, val = split_validation(train_all, cfg.teacher.val_fraction, cfg.seed)
-    scores, items = teacher_topk(scorer, known_pairs(fit, val), 300, 200, 10, 64, target_users(300, cfg))
+    scores, items = teacher_topk(scorer, known_pairs(fit, val), 300, 200, kd, 64, target_users(300, cfg))
     metrics.pop("eval_seconds"), before.pop("eval_seconds")
     assert metrics == before  # exact floats
     assert torch.equal(targets.items, items) and torch.equal(targets.scores, scores)
-    assert targets.users.size == (sample or 300) and targets.record()["k"] == 10
+    assert targets.users.size == (sample or 300) and targets.record()["k"] == kd
+    assert metrics["users_evaluated"] == 100
     # no distillation: the same metrics, no targets
     no_kd, none = holdout_and_targets(scorer, train_all, holdout, 300, 200,
                                       load_config(None, {"distill.kd_weight": 0, "eval.user_batch_size": 64,
@@ -106,6 +111,24 @@ def test_a_distill_config_the_stored_targets_do_not_fit_ranks_its_own(day):
     pruned_metrics = read_json(f"{pruned.path}/metrics.json")
     assert pruned_metrics["teacher_targets"]["source"] == "teacher_artifact"
     assert {row["batch_size"] for row in pruned_metrics["steps"]} == {256}  # the demo's budget does not bind
+
+
+def test_stored_targets_are_used_only_for_the_same_k_users_and_excluded_pairs(day):
+    layout, teacher_artifact = day
+    cfg = load_config(None, CFG)
+    _, _, _, train_all, train, val = load_stage_inputs(layout, current_inputs(layout, "distill", DAY)["graph"],
+                                                       current_inputs(layout, "distill", DAY)["teacher"], cfg)
+    teacher = load_teacher(teacher_artifact.path, train_all)
+    stored = DistillTargets.load(teacher_artifact.path)
+    # fit + validation pairs are the window's pairs in another order: the same excluded set
+    assert stored_targets_mismatch(stored, teacher, known_pairs(train, val), cfg) is None
+    assert "excluded pairs" in stored_targets_mismatch(stored, teacher, train, cfg)  # validation pairs missing
+    assert "kd_topk" in stored_targets_mismatch(stored, teacher, train_all, load_config(None, {**CFG, "distill.kd_topk": 6}))
+    assert "target users" in stored_targets_mismatch(
+        stored, teacher, train_all, load_config(None, {**CFG, "distill.teacher_target_users": 60}))
+    assert "no targets file" in stored_targets_mismatch(None, teacher, train_all, cfg)
+    (scores, items), source = distill_targets(teacher_artifact.path, teacher, train, cfg)
+    assert source == "scored" and torch.equal(items, teacher_topk(teacher.scorer, train, 120, 80, 5)[1])
 
 
 def test_the_teacher_hash_covers_what_its_targets_depend_on():
