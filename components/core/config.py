@@ -526,8 +526,9 @@ def _field(payload: dict, dotted: str):
     return payload
 
 
-# The config sections (or single fields, "section.field") each stage's output depends on (upstream artifacts are pinned by version
-# in the stage's lineage, so only the stage's own knobs are listed, plus the seed).
+# The config sections (or single fields, "section.field") each stage's output depends on (upstream
+# artifacts are pinned by version in the stage's lineage, so only the stage's own knobs are listed,
+# plus the seed).
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "validate": ("data", "validation"),
     "features": ("features",),
