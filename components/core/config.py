@@ -257,7 +257,8 @@ class DistillConfig(_Section):
     # pairs; the batch grows (an epoch still covers every pair once) until steps x pairs <= this.
     # Also bounds pruning's fine-tune. 4e8 leaves the 30k world's ~0.82-0.85 M pairs at batch 2048
     # (401-414 steps); at 100k users (2.83 M pairs) an epoch takes 141 steps of ~20k pairs instead of
-    # 1,382 (370-657 s per epoch on 2 shared cores, issue 19). None: batch_size always.
+    # 1,382: 20-23 s instead of 370-657 s on 2 cores (issue 19, benchmarks/nightly_scale/results).
+    # None: batch_size always.
     epoch_edge_budget: int | None = Field(400_000_000, ge=1)
     # Measured on Gowalla, 16-dim student from the GF-CF teacher, 30 CPU minutes each
     # (benchmarks/gowalla/results/students.md): kd_weight 0.2 with ranking distillation only beat its
