@@ -257,7 +257,8 @@ class DistillConfig(_Section):
     # pairs; the batch grows (an epoch still covers every pair once) until steps x pairs <= this.
     # Also bounds pruning's fine-tune. 4e8 leaves the 30k world's ~0.82-0.85 M pairs at batch 2048
     # (401-414 steps); at 100k users (2.83 M pairs) an epoch takes 141 steps of ~20k pairs instead of
-    # 1,382: 20-23 s instead of 370-657 s on 2 cores (issue 19, benchmarks/nightly_scale/results).
+    # 1,382: 101-176 s per epoch at load ~4 on 2 shared cores (20-23 s at ~1.7) instead of 370-657 s
+    # at load 3-7 (issue 19, benchmarks/nightly_scale/results).
     # None: batch_size always.
     epoch_edge_budget: int | None = Field(400_000_000, ge=1)
     # Measured on Gowalla, 16-dim student from the GF-CF teacher, 30 CPU minutes each
