@@ -1,6 +1,7 @@
 """Gowalla benchmark: the size ladder the nightly ships from, measured on the paper's split.
 
-The nightly's protocol on Gowalla's train.txt: a seeded validation split (``teacher.val_fraction``),
+The nightly's protocol on Gowalla's train.txt: a seeded validation split (``teacher.val_fraction``,
+scored on ``teacher.val_users`` of its users; results/ladder.* predate that setting: whole split),
 the GF-CF teacher of the fit split (its validation NDCG@20 is what retention divides by), a student
 distilled from it on the fit split (``distill.*``, capped at ``--minutes`` of training), then the
 prune stage's ladder itself (``components.model.prune.build_ladder``: every ``ladder.prune_ratios``
@@ -32,12 +33,12 @@ import torch  # noqa: E402
 
 from components.core.config import load_config  # noqa: E402
 from components.data.sources.lightgcn_split import load_lightgcn_split  # noqa: E402
-from components.model.distill import train_student  # noqa: E402
+from components.model.distill import known_pairs, teacher_targets, train_student  # noqa: E402
 from components.model.metrics import embedding_scorer, evaluate_scorer  # noqa: E402
 from components.model.models.quantize import dequantize, quantize_rows  # noqa: E402
-from components.model.prune import build_ladder  # noqa: E402
+from components.model.prune import build_ladder, needs_targets  # noqa: E402
 from components.model.teacher import fit_graph_filter, graph_filter_teacher  # noqa: E402
-from components.model.train import adjacency_of, final_embeddings, split_validation  # noqa: E402
+from components.model.train import adjacency_of, final_embeddings, split_validation, validation_sample  # noqa: E402
 
 
 def test_ndcg(model, train, test, num_users, num_items, precision, cfg) -> float:
@@ -82,15 +83,18 @@ def main() -> int:
     cfg = load_config(overrides=overrides)
     started, tic = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), time.perf_counter()
     train_all, test, num_users, num_items = load_lightgcn_split(args.data)
-    train, val = split_validation(train_all, cfg.teacher.val_fraction, cfg.seed)
+    train, val_all = split_validation(train_all, cfg.teacher.val_fraction, cfg.seed)
+    val = validation_sample(val_all, cfg.teacher.val_users, cfg.seed)  # what every nightly validation scores
     teacher = graph_filter_teacher(fit_graph_filter(train, num_users, num_items, cfg))
     teacher_val = evaluate_scorer(teacher.scorer, train, val, num_items, (20,), cfg.eval.user_batch_size,
                                   cfg.compute.block_bytes)["ndcg@20"]
     whole = fit_graph_filter(train_all, num_users, num_items, cfg)
     teacher_test = evaluate_scorer(whole.score, train_all, test, num_items, (20,), cfg.eval.user_batch_size,
                                    cfg.compute.block_bytes)["ndcg@20"]
-    fit = train_student(train, val, num_users, num_items, teacher, cfg, max_seconds=args.minutes * 60)
-    ladder, rung_models = build_ladder(fit.model, train, val, train_all, teacher, teacher_val, cfg)
+    targets = teacher_targets(teacher, known_pairs(train, val_all), cfg)  # the window's pairs excluded
+    fit = train_student(train, val, num_users, num_items, teacher, cfg, max_seconds=args.minutes * 60, targets=targets)
+    ladder, rung_models = build_ladder(fit.model, train, val, train_all, teacher, teacher_val, cfg,
+                                       targets if needs_targets(cfg) else None)
     tests = [test_ndcg(model, train_all, test, num_users, num_items, rung["precision"], cfg)
              for rung, (model, _) in zip(ladder["rungs"], rung_models)]
     report = {"command": " ".join(sys.argv), "started": started, "seconds": time.perf_counter() - tic,

@@ -224,6 +224,12 @@ class TeacherConfig(_Section):
     eval_every: int = Field(5, ge=1)
     early_stop_patience: int = Field(3, ge=1)
     val_fraction: float = Field(0.1, ge=0, lt=1)
+    # Validation (teacher, student early stopping, pruning, the size ladder) is scored on the pairs of
+    # this many of the split's users, drawn with the config seed; None = all. Full ranking costs
+    # users x items: at 100k users the teacher's validation of 78k users took 498 s (issue 19). 10,000
+    # keeps every user of the demo and 42% of the 30k world's 23,706 (a per-user NDCG@20 spread of
+    # ~0.3 gives its mean a standard error of ~0.003, estimated).
+    val_users: int | None = Field(10_000, ge=1)
     # The one device of the model stages: the graph filter (SVD and scoring), LightGCN training,
     # distillation, pruning and every evaluation of their scores. "auto": CUDA when present, else CPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -255,6 +261,15 @@ class DistillConfig(_Section):
     lr: float = Field(2e-2, gt=0)
     l2: float = Field(1e-4, ge=0)
     batch_size: int = Field(2048, ge=1)
+    # Bound on an epoch's cost, deterministic (not wall time: a version must not depend on the
+    # machine's speed): every step propagates the whole graph, so an epoch costs steps x training
+    # pairs; the batch grows (an epoch still covers every pair once) until steps x pairs <= this.
+    # Also bounds pruning's fine-tune. 4e8 leaves the 30k world's ~0.82-0.85 M pairs at batch 2048
+    # (401-414 steps); at 100k users (2.83 M pairs) an epoch takes 141 steps of ~20k pairs instead of
+    # 1,382: 101-176 s per epoch at load ~4 on 2 shared cores (20-23 s at ~1.7) instead of 370-657 s
+    # at load 3-7 (issue 19, benchmarks/nightly_scale/results).
+    # None: batch_size always.
+    epoch_edge_budget: int | None = Field(400_000_000, ge=1)
     # Measured on Gowalla, 16-dim student from the GF-CF teacher, 30 CPU minutes each
     # (benchmarks/gowalla/results/students.md): kd_weight 0.2 with ranking distillation only beat its
     # no-KD twin (NDCG@20 0.1320 vs 0.1295); kd_weight 1 with KL fell below it (0.1158 vs 0.1240 at epoch 60).
@@ -515,18 +530,27 @@ class PipelineConfig(_Section):
         if stage is not None:
             if stage not in STAGE_SECTIONS:
                 raise KeyError(f"no config sections declared for stage {stage!r}; known: {sorted(STAGE_SECTIONS)}")
-            payload = {key: payload[key] for key in STAGE_SECTIONS[stage]}
+            payload = {key: _field(payload, key) for key in STAGE_SECTIONS[stage]}
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-# The config sections each stage's output depends on (upstream artifacts are pinned by version
-# in the stage's lineage, so only the stage's own knobs are listed, plus the seed).
+def _field(payload: dict, dotted: str):
+    """``payload``'s section or ``section.field``."""
+    for part in dotted.split("."):
+        payload = payload[part]
+    return payload
+
+
+# The config sections (or single fields, "section.field") each stage's output depends on (upstream
+# artifacts are pinned by version in the stage's lineage, so only the stage's own knobs are listed,
+# plus the seed).
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "validate": ("data", "validation"),
     "features": ("features",),
     "graph": ("data", "graph", "validation"),  # validation: the graph-level check thresholds
-    "teacher": ("seed", "teacher", "eval"),
+    # the teacher stores distill's targets (components/model/teacher.py holdout_and_targets)
+    "teacher": ("seed", "teacher", "eval", "distill.kd_weight", "distill.kd_topk", "distill.teacher_target_users"),
     "distill": ("seed", "teacher", "eval", "distill"),
     # export: the ladder times each rung's serving graph at export.top_k and the largest batch size
     "prune": ("seed", "teacher", "eval", "distill", "prune", "ladder", "export"),

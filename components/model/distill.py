@@ -34,7 +34,7 @@ from components.data.graph import GraphArtifact
 from components.model.models.lightgcn import LightGCN, count_parameters, gather_rows, resolve_backend
 from components.model.models.losses import kl_distillation_loss, rank_discount_weights, ranking_distillation_loss
 from components.core.catalog import Layout, read_json, staging_dir
-from components.model.teacher import Teacher, load_teacher, teacher_topk
+from components.model.teacher import DistillTargets, Teacher, load_teacher, pairs_fingerprint, target_users, teacher_topk
 from components.model.train import (
     ExtraLoss,
     FitResult,
@@ -47,6 +47,8 @@ from components.model.train import (
     resolve_device,
     split_validation,
     summary_metrics,
+    validation_record,
+    validation_sample,
     work_dir,
     write_model_files,
 )
@@ -118,21 +120,14 @@ def training_signal(train: Interactions, top_items: torch.Tensor | None, num_ite
     return corrupt_labels(train, cfg.seed), top_items
 
 
-def target_users(num_users: int, cfg: PipelineConfig) -> np.ndarray:
-    """Users the teacher's targets are computed for: all, or distill.teacher_target_users of them
-    drawn with the config seed (sorted)."""
-    sample = cfg.distill.teacher_target_users
-    if sample is None or sample >= num_users:
-        return np.arange(num_users)
-    return np.sort(np.random.default_rng([cfg.seed, 97]).choice(num_users, sample, replace=False))
-
-
-def targets_record(num_users: int, cfg: PipelineConfig) -> dict:
-    """What the distill record says about the targets: how many users, of how many, sampled how."""
+def targets_record(num_users: int, cfg: PipelineConfig, source: str) -> dict:
+    """What the distill record says about the targets: how many users, of how many, sampled how,
+    and where they came from (``source``: "teacher_artifact", read from the teacher's targets file,
+    or "scored", ranked here)."""
     sample = cfg.distill.teacher_target_users
     sampled = sample is not None and sample < num_users
     return {"users": int(min(sample, num_users)) if sampled else num_users, "of_users": num_users,
-            "sampled": sampled, "seed": cfg.seed if sampled else None}
+            "sampled": sampled, "seed": cfg.seed if sampled else None, "source": source}
 
 
 def teacher_targets(teacher: Teacher, known: Interactions, cfg: PipelineConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,6 +135,35 @@ def teacher_targets(teacher: Teacher, known: Interactions, cfg: PipelineConfig) 
     :func:`target_users` (other rows: items -1), in blocks within compute.block_bytes."""
     return teacher_topk(teacher.scorer, known, teacher.num_users, teacher.num_items, cfg.distill.kd_topk,
                         cfg.eval.user_batch_size, target_users(teacher.num_users, cfg), cfg.compute.block_bytes)
+
+
+def stored_targets_mismatch(stored: DistillTargets | None, teacher: Teacher, known: Interactions,
+                            cfg: PipelineConfig) -> str | None:
+    """Why the teacher artifact's stored targets are not what :func:`teacher_targets` would rank
+    here (None: they are the same): absent, another k, other users or other excluded pairs."""
+    if stored is None:
+        return "the teacher artifact has no targets file"
+    if stored.k != min(cfg.distill.kd_topk, teacher.num_items):
+        return f"stored top-{stored.k}, distill.kd_topk is {cfg.distill.kd_topk}"
+    if stored.items.shape[0] != teacher.num_users or not np.array_equal(stored.users, target_users(teacher.num_users, cfg)):
+        return f"stored for {stored.users.size} users of {stored.items.shape[0]}, not distill's target users"
+    if stored.known != pairs_fingerprint(known, teacher.num_items):
+        return "stored with other excluded pairs"
+    return None
+
+
+def distill_targets(teacher_path: str | Path, teacher: Teacher, known: Interactions,
+                    cfg: PipelineConfig) -> tuple[tuple[torch.Tensor, torch.Tensor], str]:
+    """((scores, items), source): the targets the teacher stage stored (source "teacher_artifact")
+    when they are exactly :func:`teacher_targets`' (same k, users and excluded pairs), else ranked
+    here (source "scored"), so a distill config other than the teacher's still gets its own."""
+    stored = DistillTargets.load(teacher_path)
+    why = stored_targets_mismatch(stored, teacher, known, cfg)
+    if why is None:
+        log.info("teacher targets: top-%d of %d users read from %s", stored.k, stored.users.size, teacher_path)
+        return (stored.scores, stored.items), "teacher_artifact"
+    log.info("teacher targets: ranking them here (%s)", why)
+    return teacher_targets(teacher, known, cfg), "scored"
 
 
 def train_student(train: Interactions, val: Interactions | None, num_users: int, num_items: int, teacher: Teacher,
@@ -172,7 +196,7 @@ def train_student(train: Interactions, val: Interactions | None, num_users: int,
                         user_batch_size=cfg.eval.user_batch_size, block_bytes=cfg.compute.block_bytes, extra_loss=kd,
                         checkpoint_path=checkpoint_path,
                         max_seconds=max_seconds, name="student", weighted=cfg.teacher.edge_weights == "weighted",
-                        keep_start=init == "teacher")
+                        keep_start=init == "teacher", epoch_edge_budget=dcfg.epoch_edge_budget)
 
 
 def load_stage_inputs(layout: Layout, graph: GraphRef, model: Ref, cfg: PipelineConfig):
@@ -210,7 +234,11 @@ def run_distill(layout: Layout, day: str, cfg: PipelineConfig, *, graph: GraphRe
     teacher = load_teacher(teacher_ref.path, train_all, device, cfg.compute.block_bytes)
     teacher_metrics = read_json(Path(teacher_ref.path) / "metrics.json")
     work = work_dir(layout, "student", day, f"{config_hash}-{teacher_ref.version}")
-    fit = train_student(train, val, graph.num_users, graph.num_items, teacher, cfg, work / "checkpoint.pt")
+    targets, source = distill_targets(teacher_ref.path, teacher, known_pairs(train, val), cfg) \
+        if cfg.distill.kd_weight > 0 else (None, None)
+    val_eval = validation_sample(val, cfg.teacher.val_users, cfg.seed)
+    fit = train_student(train, val_eval, graph.num_users, graph.num_items, teacher, cfg, work / "checkpoint.pt",
+                        targets=targets)
     full_adj = adjacency_of(train_all, graph.num_users, graph.num_items, cfg.teacher.edge_weights == "weighted")
     user_emb, item_emb = final_embeddings(fit.model, full_adj, resolve_backend(cfg.teacher.propagation, "cpu"))
     num_params = count_parameters(fit.model)
@@ -220,8 +248,10 @@ def run_distill(layout: Layout, day: str, cfg: PipelineConfig, *, graph: GraphRe
         "compression_ratio": teacher_metrics["num_params"] / num_params,
         "embedding_dim": fit.model.embedding_dim, "shuffle_labels": cfg.distill.shuffle_labels,
         "train": {"epochs_run": len(fit.history), "best_epoch": fit.best_epoch + 1, "stopped": fit.stopped,
-                  "seconds": fit.train_seconds, **ran_on(device)},
-        "teacher_targets": targets_record(graph.num_users, cfg) if cfg.distill.kd_weight > 0 else None,
+                  "seconds": fit.train_seconds, "batch_size": fit.batch_size,
+                  "epoch_edge_budget": cfg.distill.epoch_edge_budget, **ran_on(device)},
+        "validation": validation_record(val, val_eval, cfg.teacher.val_users, cfg.seed),
+        "teacher_targets": targets_record(graph.num_users, cfg, source) if source else None,
     }
     with staging_dir(layout.artifacts(KIND)) as tmp:
         write_model_files(tmp, fit.model, user_emb, item_emb, graph_ref.version, metrics, fit.history)

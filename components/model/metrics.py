@@ -82,19 +82,20 @@ def block_rows(block_bytes: int | None, row_bytes: int, cap: int) -> int:
 @dataclass(frozen=True)
 class RankedBlock:
     """One block of ``ranked_blocks``: ``users`` (CPU) and, on the evaluation device, the same users
-    (``users_on_device``) and their top-k ``scores`` / ``items`` [B, k], best first."""
+    (``users_on_device``) and, per asked k, their top-k ``(scores, items)`` [B, k], best first."""
 
     users: torch.Tensor
     users_on_device: torch.Tensor
-    scores: torch.Tensor
-    items: torch.Tensor
+    top: dict[int, tuple[torch.Tensor, torch.Tensor]]
 
 
-def ranked_blocks(scorer: Scorer, users: np.ndarray, seen: Interactions, num_users: int, num_items: int, k: int,
-                  block_users: int, device: torch.device | str | None = None) -> Iterator[RankedBlock]:
+def ranked_blocks(scorer: Scorer, users: np.ndarray, seen: Interactions, num_users: int, num_items: int,
+                  ks: Sequence[int], block_users: int, device: torch.device | str | None = None) -> Iterator[RankedBlock]:
     """Score ``users`` (sorted or not) a block at a time, set each user's ``seen`` items to -inf and
-    keep the top ``k``: the fused scoring -> exclusion -> top-K pass that evaluation and the
-    teacher's distillation targets share. Runs on ``device``, or where the scorer's scores are."""
+    keep the top k for each of ``ks``: the fused scoring -> exclusion -> top-K pass that evaluation
+    and the teacher's distillation targets share. Each k is its own ``torch.topk`` of the masked
+    block (not a prefix of a larger one: the order among tied scores may differ between k).
+    Runs on ``device``, or where the scorer's scores are."""
     indptr, indices = _csr(seen.user, seen.item, num_users)
     where = None
     for start in range(0, len(users), block_users):
@@ -109,8 +110,7 @@ def ranked_blocks(scorer: Scorer, users: np.ndarray, seen: Interactions, num_use
         batch_on = batch.to(where)
         rows, cols = _batch_rows(indptr, indices, batch_on)
         scores[rows, cols] = -torch.inf
-        top = torch.topk(scores, k, dim=1)
-        yield RankedBlock(batch, batch_on, top.values, top.indices)
+        yield RankedBlock(batch, batch_on, {k: tuple(torch.topk(scores, k, dim=1)) for k in ks})
 
 
 PER_USER_METRICS = ("recall", "ndcg", "precision", "hitrate")
@@ -138,6 +138,105 @@ class UserMetrics:
         return out
 
 
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """Who ``test`` evaluates and on which pairs (see ``user_metrics``): ``users`` sorted, the kept
+    test pair keys (user * num_items + item, sorted), each user's count of them, and the counts."""
+
+    users: np.ndarray
+    kept_keys: np.ndarray
+    test_count: np.ndarray
+    counts: dict[str, int]
+    num_users: int
+
+
+def plan_evaluation(train: Interactions, test: Interactions, num_items: int,
+                    include_cold: bool = False) -> EvaluationPlan:
+    """The users and test pairs ``user_metrics`` evaluates, with what it drops counted."""
+    if len(test) and (int(test.item.max()) >= num_items or int(test.item.min()) < 0):
+        raise ValueError(f"test item index out of range [0, {num_items}): max {int(test.item.max())}")
+    if len(train) and int(train.item.max()) >= num_items:
+        raise ValueError(f"train item index out of range [0, {num_items}): max {int(train.item.max())}")
+    num_users = int(max(train.user.max(initial=-1), test.user.max(initial=-1))) + 1
+
+    train_keys = np.unique(_pair_keys(train.user, train.item, num_items))
+    test_keys = np.unique(_pair_keys(test.user, test.item, num_items))
+    seen = np.isin(test_keys, train_keys, assume_unique=True)
+    unseen_keys = test_keys[~seen]
+    test_users_all = np.unique(test_keys // num_items)
+    has_train = np.bincount(train.user, minlength=num_users) > 0
+    cold = ~has_train[test_users_all]
+    kept_keys = unseen_keys if include_cold else unseen_keys[has_train[unseen_keys // num_items]]
+    users = np.unique(kept_keys // num_items)
+    counts = {
+        "users_evaluated": int(users.size),
+        "cold_users_skipped": 0 if include_cold else int(cold.sum()),
+        "cold_users_evaluated": int((~has_train[users]).sum()) if include_cold else 0,
+        "users_without_unseen_test_items": int(test_users_all.size - users.size - (0 if include_cold else cold.sum())),
+        "test_pairs_seen_in_train": int(seen.sum()),
+        "test_pairs_evaluated": int(kept_keys.size),
+    }
+    return EvaluationPlan(users, kept_keys, np.bincount(kept_keys // num_items, minlength=num_users), counts,
+                          num_users)
+
+
+class MetricTally:
+    """Per-user metrics accumulated block by block from ranked blocks of a plan's users, in any
+    order (each user once): the vectors come out in ``plan.users``' sorted order."""
+
+    def __init__(self, plan: EvaluationPlan, ks: Sequence[int], num_items: int):
+        self.plan, self.ks, self.num_items = plan, tuple(ks), num_items
+        self.parts: dict[str, list[torch.Tensor]] = {f"{name}@{k}": [] for k in self.ks for name in PER_USER_METRICS}
+        self.users: list[torch.Tensor] = []
+        self.recommended: dict[int, torch.Tensor] = {}
+
+    def add(self, users: torch.Tensor, top: torch.Tensor) -> None:
+        """``users`` [B] (evaluated users) and their top items [B, >= max k]."""
+        self.users.append(users.cpu())
+        where, ks, num_items = top.device, self.ks, self.num_items
+        if not self.recommended:  # constants move to the evaluation device once
+            kmax = top.shape[1]
+            discounts = 1.0 / torch.log2(torch.arange(2, kmax + 2, dtype=torch.float64, device=where))
+            self.discounts = discounts
+            self.cum_discounts = torch.cat([torch.zeros(1, dtype=torch.float64, device=where), torch.cumsum(discounts, 0)])
+            self.sorted_test = torch.from_numpy(self.plan.kept_keys).to(where)
+            self.test_count = torch.from_numpy(self.plan.test_count).to(where)
+            self.recommended = {k: torch.zeros(num_items, dtype=torch.bool, device=where) for k in ks}
+        sorted_test, discounts = self.sorted_test, self.discounts
+        keys = users[:, None] * num_items + top
+        pos = torch.searchsorted(sorted_test, keys).clamp_(max=sorted_test.numel() - 1)
+        hits = (sorted_test[pos] == keys).to(torch.float64)  # [B, kmax] binary relevance
+        n_test = self.test_count[users].to(torch.float64)
+        for k in ks:
+            hits_k = hits[:, :k].sum(1)
+            dcg = (hits[:, :k] * discounts[:k]).sum(1)
+            idcg = self.cum_discounts[torch.clamp(n_test, max=k).long()]
+            self.parts[f"recall@{k}"].append(hits_k / n_test)
+            self.parts[f"precision@{k}"].append(hits_k / k)
+            self.parts[f"ndcg@{k}"].append(dcg / idcg)
+            self.parts[f"hitrate@{k}"].append((hits_k > 0).to(torch.float64))
+            self.recommended[k][top[:, :k].reshape(-1)] = True
+
+    def result(self) -> UserMetrics:
+        added = torch.cat(self.users).numpy() if self.users else np.zeros(0, np.int64)
+        if not np.array_equal(np.sort(added), self.plan.users):
+            raise ValueError(f"ranked blocks held {added.size} evaluated users, expected each of {self.plan.users.size} once")
+        order = np.argsort(added, kind="stable")
+        values = {name: (torch.cat(chunks).cpu().numpy()[order] if chunks else np.zeros(0))
+                  for name, chunks in self.parts.items()}
+        evaluated = self.plan.users.size
+        coverage = {f"coverage@{k}": (float(self.recommended[k].sum()) / self.num_items if evaluated else 0.0)
+                    for k in self.ks}
+        return UserMetrics(users=self.plan.users, values=values, counts=self.plan.counts, coverage=coverage)
+
+
+def sorted_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    ks = tuple(sorted(int(k) for k in ks))
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    return ks
+
+
 def user_metrics(
     scorer: Scorer,
     train: Interactions,
@@ -158,68 +257,16 @@ def user_metrics(
     ``user_batch_size``, fewer when a block of scores would pass ``block_bytes``; exclusion, top-K
     and metrics run on ``device`` (None: where the scorer's scores are).
     """
-    ks = tuple(sorted(int(k) for k in ks))
-    if not ks or ks[0] < 1:
-        raise ValueError(f"ks must be positive integers, got {ks}")
-    if len(test) and (int(test.item.max()) >= num_items or int(test.item.min()) < 0):
-        raise ValueError(f"test item index out of range [0, {num_items}): max {int(test.item.max())}")
-    if len(train) and int(train.item.max()) >= num_items:
-        raise ValueError(f"train item index out of range [0, {num_items}): max {int(train.item.max())}")
-    num_users = int(max(train.user.max(initial=-1), test.user.max(initial=-1))) + 1
-
-    train_keys = np.unique(_pair_keys(train.user, train.item, num_items))
-    test_keys = np.unique(_pair_keys(test.user, test.item, num_items))
-    seen = np.isin(test_keys, train_keys, assume_unique=True)
-    unseen_keys = test_keys[~seen]
-    test_users_all = np.unique(test_keys // num_items)
-    has_train = np.bincount(train.user, minlength=num_users) > 0
-    cold = ~has_train[test_users_all]
-    kept_keys = unseen_keys if include_cold else unseen_keys[has_train[unseen_keys // num_items]]
-    users = np.unique(kept_keys // num_items)
-    test_count = np.bincount(kept_keys // num_items, minlength=num_users)
-    cold_evaluated = int((~has_train[users]).sum()) if include_cold else 0
-
-    counts = {
-        "users_evaluated": int(users.size),
-        "cold_users_skipped": 0 if include_cold else int(cold.sum()),
-        "cold_users_evaluated": cold_evaluated,
-        "users_without_unseen_test_items": int(test_users_all.size - users.size - (0 if include_cold else cold.sum())),
-        "test_pairs_seen_in_train": int(seen.sum()),
-        "test_pairs_evaluated": int(kept_keys.size),
-    }
-    parts: dict[str, list[torch.Tensor]] = {f"{name}@{k}": [] for k in ks for name in PER_USER_METRICS}
-    recommended: dict[int, torch.Tensor] = {}
-    if users.size:
+    ks = sorted_ks(ks)
+    plan = plan_evaluation(train, test, num_items, include_cold)
+    tally = MetricTally(plan, ks, num_items)
+    if plan.users.size:
         kmax = min(ks[-1], num_items)
         block = block_rows(block_bytes, SCORE_BYTES * num_items, user_batch_size)
-        sorted_test = torch.from_numpy(kept_keys)
-        test_count_t = torch.from_numpy(test_count)
         with torch.no_grad():
-            for ranked in ranked_blocks(scorer, users, train, num_users, num_items, kmax, block, device):
-                where = ranked.items.device
-                if not recommended:  # constants move to the evaluation device once
-                    discounts = 1.0 / torch.log2(torch.arange(2, kmax + 2, dtype=torch.float64, device=where))
-                    cum_discounts = torch.cat([torch.zeros(1, dtype=torch.float64, device=where),
-                                               torch.cumsum(discounts, 0)])
-                    sorted_test, test_count_t = sorted_test.to(where), test_count_t.to(where)
-                    recommended = {k: torch.zeros(num_items, dtype=torch.bool, device=where) for k in ks}
-                batch, top = ranked.users_on_device, ranked.items  # [B, kmax], best first
-                keys = batch[:, None] * num_items + top
-                pos = torch.searchsorted(sorted_test, keys).clamp_(max=sorted_test.numel() - 1)
-                hits = (sorted_test[pos] == keys).to(torch.float64)  # [B, kmax] binary relevance
-                n_test = test_count_t[batch].to(torch.float64)
-                for k in ks:
-                    hits_k = hits[:, :k].sum(1)
-                    dcg = (hits[:, :k] * discounts[:k]).sum(1)
-                    idcg = cum_discounts[torch.clamp(n_test, max=k).long()]
-                    parts[f"recall@{k}"].append(hits_k / n_test)
-                    parts[f"precision@{k}"].append(hits_k / k)
-                    parts[f"ndcg@{k}"].append(dcg / idcg)
-                    parts[f"hitrate@{k}"].append((hits_k > 0).to(torch.float64))
-                    recommended[k][top[:, :k].reshape(-1)] = True
-    values = {name: (torch.cat(chunks).cpu().numpy() if chunks else np.zeros(0)) for name, chunks in parts.items()}
-    coverage = {f"coverage@{k}": (float(recommended[k].sum()) / num_items if users.size else 0.0) for k in ks}
-    return UserMetrics(users=users, values=values, counts=counts, coverage=coverage)
+            for ranked in ranked_blocks(scorer, plan.users, train, plan.num_users, num_items, (kmax,), block, device):
+                tally.add(ranked.users_on_device, ranked.top[kmax][1])
+    return tally.result()
 
 
 def evaluate_scorer(
@@ -238,8 +285,13 @@ def evaluate_scorer(
     ``test_pairs_evaluated`` and ``eval_seconds``. Empty evaluation gives zeros, not NaN.
     """
     started = time.perf_counter()
-    metrics = user_metrics(scorer, train, test, num_items, ks, user_batch_size, block_bytes=block_bytes,
-                           device=device).summary()
+    return metric_summary(user_metrics(scorer, train, test, num_items, ks, user_batch_size, block_bytes=block_bytes,
+                                       device=device), ks, started)
+
+
+def metric_summary(measured: UserMetrics, ks: Sequence[int], started: float) -> dict[str, float]:
+    """``evaluate_scorer``'s dict of ``measured`` (timed from ``started``), logged in one line."""
+    metrics = measured.summary()
     metrics.pop("cold_users_evaluated")
     metrics["eval_seconds"] = time.perf_counter() - started
     k = sorted(int(k) for k in ks)[min(1, len(ks) - 1)]

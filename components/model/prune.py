@@ -32,8 +32,8 @@ import torch
 
 from components.core.config import PipelineConfig
 from components.core.refs import GraphRef, StudentRef, TeacherRef
-from components.model.distill import (holdout_and_retention, known_pairs, load_stage_inputs, make_kd_loss, targets_record,
-                                teacher_targets, training_signal)
+from components.model.distill import (distill_targets, holdout_and_retention, known_pairs, load_stage_inputs, make_kd_loss,
+                                      targets_record, teacher_targets, training_signal)
 from components.model.models.lightgcn import (
     Backend,
     LightGCN,
@@ -58,6 +58,8 @@ from components.model.train import (
     ran_on,
     resolve_device,
     summary_metrics,
+    validation_record,
+    validation_sample,
     write_model_files,
 )
 
@@ -157,7 +159,7 @@ def prune_model(base: LightGCN, train, val, teacher: Teacher, cfg: PipelineConfi
                                user_batch_size=cfg.eval.user_batch_size, block_bytes=cfg.compute.block_bytes,
                                extra_loss=kd, after_step=after_step,
                                max_seconds=max_seconds, name=f"prune step {step}", weighted=weighted,
-                               keep_start=True)
+                               keep_start=True, epoch_edge_budget=dcfg.epoch_edge_budget)
             model = fit.model
         val_metrics = fit.best_val if fit is not None and fit.best_val else (
             evaluate_model(model, adjacency, backend, train, val, tuple(cfg.eval.ks), cfg.eval.user_batch_size,
@@ -170,7 +172,7 @@ def prune_model(base: LightGCN, train, val, teacher: Teacher, cfg: PipelineConfi
             "num_params_nonzero": nonzero, "sparsity": 1 - nonzero / base_params,
             "bytes_model_pt": model_bytes(model),
             "bytes_packed_sparse": len(packed_sparse_bytes(model)) if pcfg.method == "magnitude" else None,
-            "finetune_epochs": len(fit.history) if fit else 0,
+            "finetune_epochs": len(fit.history) if fit else 0, "batch_size": fit.batch_size if fit else None,
             **{f"val_{k}": v for k, v in val_metrics.items()},
         }
         report.append(row)
@@ -180,13 +182,17 @@ def prune_model(base: LightGCN, train, val, teacher: Teacher, cfg: PipelineConfi
     return model, report
 
 
-def ladder_models(student: LightGCN, train, val, teacher: Teacher,
-                  cfg: PipelineConfig) -> list[tuple[float, LightGCN, list[dict]]]:
+def needs_targets(cfg: PipelineConfig) -> bool:
+    """Whether any rung's fine-tune distils: a prune ratio > 0, fine-tune epochs and a KD weight."""
+    return any(ratio > 0 for ratio in cfg.ladder.prune_ratios) and cfg.distill.kd_weight > 0 \
+        and cfg.prune.finetune_epochs > 0
+
+
+def ladder_models(student: LightGCN, train, val, teacher: Teacher, cfg: PipelineConfig,
+                  targets: tuple[torch.Tensor, torch.Tensor] | None) -> list[tuple[float, LightGCN, list[dict]]]:
     """(prune ratio, model, per-step report) for every ladder.prune_ratios entry; ratio 0 is the
-    student as distilled. The teacher's top-k is computed once for all pruned rungs."""
-    targets = None
-    if any(ratio > 0 for ratio in cfg.ladder.prune_ratios) and cfg.distill.kd_weight > 0 and cfg.prune.finetune_epochs > 0:
-        targets = teacher_targets(teacher, known_pairs(train, val), cfg)
+    student as distilled. Every pruned rung distils from the same ``targets`` (when
+    :func:`needs_targets`)."""
     models = []
     for ratio in cfg.ladder.prune_ratios:
         if ratio == 0:
@@ -197,12 +203,13 @@ def ladder_models(student: LightGCN, train, val, teacher: Teacher,
 
 
 def build_ladder(student: LightGCN, train, val, train_all, teacher: Teacher, teacher_val_ndcg: float | None,
-                 cfg: PipelineConfig) -> tuple[dict, list[tuple[LightGCN, list[dict]]]]:
+                 cfg: PipelineConfig, targets: tuple[torch.Tensor, torch.Tensor] | None
+                 ) -> tuple[dict, list[tuple[LightGCN, list[dict]]]]:
     """(ladder record, (model, prune report) of each of its rungs): every ladder model of ``student``
-    measured at every precision on the validation split (final embeddings over the fit split
-    ``train``; latency with ``train_all``'s items excluded, as served)."""
+    (pruned rungs distil from ``targets``) measured at every precision on the validation split
+    (final embeddings over the fit split ``train``; latency with ``train_all``'s items excluded, as served)."""
     tic = time.perf_counter()
-    models = ladder_models(student, train, val, teacher, cfg)
+    models = ladder_models(student, train, val, teacher, cfg, targets)
     backend = resolve_backend(cfg.teacher.propagation, "cpu")
     fit_adj = adjacency_of(train, student.num_users, student.num_items, cfg.teacher.edge_weights == "weighted")
     seen = seen_items_csr(train_all, student.num_users) if cfg.export.exclude_seen else None
@@ -216,7 +223,7 @@ def build_ladder(student: LightGCN, train, val, train_all, teacher: Teacher, tea
 
 
 def pruned_record(model: LightGCN, ladder: dict, report: list[dict], student_params: int, teacher_metrics: dict,
-                  num_users: int, cfg: PipelineConfig) -> dict:
+                  num_users: int, cfg: PipelineConfig, targets_source: str | None) -> dict:
     """The shipped rung's size, compression and provenance (method, ladder choice, device, KD targets)."""
     nonzero = count_parameters(model, nonzero=True)
     return {
@@ -228,7 +235,7 @@ def pruned_record(model: LightGCN, ladder: dict, report: list[dict], student_par
         "compression_ratio": teacher_metrics["num_params"] / max(nonzero, 1),
         "size_ratio_vs_student": student_params / count_parameters(model),
         **ran_on(resolve_device(cfg.teacher.device)),
-        "teacher_targets": targets_record(num_users, cfg) if cfg.distill.kd_weight > 0 else None,
+        "teacher_targets": targets_record(num_users, cfg, targets_source) if targets_source else None,
     }
 
 
@@ -247,8 +254,11 @@ def run_prune(layout: Layout, day: str, cfg: PipelineConfig, *, graph: GraphRef,
     teacher = load_teacher(teacher_ref.path, train_all, resolve_device(cfg.teacher.device), cfg.compute.block_bytes)
     teacher_metrics = read_json(Path(teacher_ref.path) / "metrics.json")
     student_params = count_parameters(student)
+    targets, source = distill_targets(teacher_ref.path, teacher, known_pairs(train, val), cfg) \
+        if needs_targets(cfg) else (None, None)
+    val_all, val = val, validation_sample(val, cfg.teacher.val_users, cfg.seed)
     ladder, rung_models = build_ladder(student, train, val, train_all, teacher, teacher_metrics["val"].get("ndcg@20"),
-                                       cfg)
+                                       cfg, targets)
     model, report = rung_models[ladder["chosen"]]
     weighted = cfg.teacher.edge_weights == "weighted"
     backend = resolve_backend(cfg.teacher.propagation, "cpu")
@@ -259,7 +269,8 @@ def run_prune(layout: Layout, day: str, cfg: PipelineConfig, *, graph: GraphRef,
                                  cfg.compute.block_bytes) \
         if val is not None and len(val) else {}
     metrics = {**holdout_and_retention(user_emb, item_emb, graph, train_all, cfg, val_metrics, teacher_metrics),
-               **pruned_record(model, ladder, report, student_params, teacher_metrics, graph.num_users, cfg)}
+               **pruned_record(model, ladder, report, student_params, teacher_metrics, graph.num_users, cfg, source),
+               "validation": validation_record(val_all, val, cfg.teacher.val_users, cfg.seed)}
     with staging_dir(layout.artifacts(KIND)) as tmp:
         if cfg.prune.method == "magnitude" and metrics["prune_ratio"] > 0:
             (tmp / "model_sparse.npz").write_bytes(packed_sparse_bytes(model))

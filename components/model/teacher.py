@@ -20,6 +20,8 @@ Nightly semantics: the graph of run day D holds the window ending D-1; the teach
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import logging
 import shutil
 import time
@@ -34,8 +36,9 @@ from components.core.catalog import ArtifactRef, Layout, read_json, staging_dir,
 from components.core.config import PipelineConfig
 from components.core.errors import StageSkipped
 from components.core.refs import GraphRef, TeacherRef
-from components.model.metrics import (SCORE_BYTES, Scorer, block_rows, embedding_scorer, evaluate_scorer,
-                                      popularity_scorer, ranked_blocks)
+from components.model.metrics import (SCORE_BYTES, MetricTally, Scorer, block_rows, embedding_scorer,
+                                      evaluate_scorer, metric_summary, plan_evaluation, popularity_scorer,
+                                      ranked_blocks, sorted_ks)
 from components.core.interactions import Interactions, normalized_edges
 from components.data.graph import GraphArtifact
 from components.model.models.graph_filter import FilterParams, GraphFilter
@@ -43,12 +46,15 @@ from components.model.models.lightgcn import (LightGCN, principal_axes, project_
                                                uniform_layer_weights)
 from components.model.train import (FitResult, ModelArtifact, adjacency_of, existing_artifact, final_embeddings,
                                     fit_lightgcn, load_embeddings, load_model, ran_on, resolve_device,
-                                    split_validation, summary_metrics, warm_start_rows, work_dir, write_model_files)
+                                    split_validation, summary_metrics, validation_record, validation_sample,
+                                    warm_start_rows, work_dir, write_model_files)
 
 log = logging.getLogger(__name__)
 
 KIND = "models/teacher"
 FILTER_FILE, FILTER_META = "filter.npz", "filter.json"
+# The whole-window teacher's distillation targets, ranked in the same pass as its holdout metrics
+TARGETS_FILE = "targets.npz"
 
 
 class InsufficientHistory(StageSkipped):
@@ -162,12 +168,110 @@ def teacher_topk(scorer: Scorer, known: Interactions, num_users: int, num_items:
     top_items = torch.full((num_users, k), -1, dtype=torch.long)
     block = block_rows(block_bytes, SCORE_BYTES * num_items, user_batch_size)
     tic, done = time.perf_counter(), 0
-    for ranked in ranked_blocks(scorer, users, known, num_users, num_items, k, block, device):
-        top_scores[ranked.users], top_items[ranked.users] = ranked.scores.cpu(), ranked.items.cpu()
+    for ranked in ranked_blocks(scorer, users, known, num_users, num_items, (k,), block, device):
+        top_scores[ranked.users], top_items[ranked.users] = (t.cpu() for t in ranked.top[k])
         done += ranked.users.numel()
         if time.perf_counter() - tic > 10:  # progress for the long (Gowalla-size) passes only
             log.info("teacher top-%d: %d/%d users in %.0fs", k, done, users.size, time.perf_counter() - tic)
     return top_scores, top_items
+
+
+def target_users(num_users: int, cfg: PipelineConfig) -> np.ndarray:
+    """Users the teacher's distillation targets are computed for: all, or
+    distill.teacher_target_users of them drawn with the config seed (sorted)."""
+    sample = cfg.distill.teacher_target_users
+    if sample is None or sample >= num_users:
+        return np.arange(num_users)
+    return np.sort(np.random.default_rng([cfg.seed, 97]).choice(num_users, sample, replace=False))
+
+
+def pairs_fingerprint(pairs: Interactions, num_items: int) -> str:
+    """sha256 of the distinct (user, item) pairs: what a top-k excluded, whatever their order or
+    repeats (the exclusion is a set: ``metrics.ranked_blocks`` masks every seen pair)."""
+    keys = np.unique(pairs.user.astype(np.int64) * np.int64(num_items) + pairs.item.astype(np.int64))
+    return hashlib.sha256(keys.tobytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class DistillTargets:
+    """The teacher's top-``k`` of ``users`` with the pairs fingerprinted ``known`` excluded: ``scores``
+    / ``items`` [num_users, k] on the CPU, other users' rows 0 / -1 (as ``teacher_topk`` gives them)."""
+
+    scores: torch.Tensor
+    items: torch.Tensor
+    users: np.ndarray
+    known: str  # pairs_fingerprint of the excluded pairs
+
+    @property
+    def k(self) -> int:
+        return int(self.items.shape[1])
+
+    def record(self) -> dict:
+        """What the teacher's metrics say the file covers."""
+        return {"file": TARGETS_FILE, "k": self.k, "users": int(self.users.size), "of_users": int(self.items.shape[0]),
+                "known_pairs_sha256": self.known}
+
+    def write(self, out: Path) -> None:
+        np.savez(out / TARGETS_FILE, scores=self.scores.numpy(), items=self.items.numpy().astype(np.int32),
+                 users=self.users.astype(np.int64), known=np.array(self.known))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "DistillTargets | None":
+        """The targets stored in the teacher artifact at ``path``; None when it has none."""
+        file = Path(path) / TARGETS_FILE
+        if not file.exists():
+            return None
+        with np.load(file) as data:
+            return cls(torch.from_numpy(data["scores"]), torch.from_numpy(data["items"].astype(np.int64)),
+                       data["users"], str(data["known"]))
+
+
+def holdout_and_targets(scorer: Scorer, train_all: Interactions, holdout: Interactions, num_users: int,
+                        num_items: int, cfg: PipelineConfig) -> tuple[dict, DistillTargets | None]:
+    """The whole-window teacher's fresh-holdout metrics (``evaluate_scorer``'s dict) and, when
+    distillation needs them (distill.kd_weight > 0), its distillation targets: the top
+    distill.kd_topk of :func:`target_users` with every window pair excluded, from ONE scoring pass
+    over the union of both user sets (issue 19: at 100k users the two passes took 372 + 559 s).
+
+    The target users are ranked first, in ``teacher_topk``'s very blocks, then the evaluated users
+    without a target: a score's last bits can depend on how many users share its block (the
+    matrix product's kernel does), so the targets are bit for bit ``teacher_topk``'s (distill trains
+    the same student), and the metrics are ``evaluate_scorer``'s unless that moves a near-tie
+    across a rank (tested equal). Every block gets one ``torch.topk`` per k (not a prefix of the
+    larger: the order among tied scores may differ between k)."""
+    started = time.perf_counter()
+    ks = sorted_ks(cfg.eval.ks)
+    plan = plan_evaluation(train_all, holdout, num_items)
+    tally = MetricTally(plan, ks, num_items)
+    kmax = min(ks[-1], num_items)
+    kd = min(cfg.distill.kd_topk, num_items) if cfg.distill.kd_weight > 0 else None
+    targets_for = target_users(num_users, cfg) if kd else np.zeros(0, np.int64)
+    others = np.setdiff1d(plan.users, targets_for, assume_unique=True)
+    is_evaluated = torch.zeros(num_users, dtype=torch.bool)
+    is_evaluated[torch.from_numpy(plan.users)] = True
+    top_scores, top_items = torch.zeros(num_users, kd or 0), torch.full((num_users, kd or 0), -1, dtype=torch.long)
+    block = block_rows(cfg.compute.block_bytes, SCORE_BYTES * num_items, cfg.eval.user_batch_size)
+    passes = [(targets_for, sorted({kmax, kd or kmax}), True), (others, [kmax], False)]
+    blocks = itertools.chain.from_iterable(
+        ((ranked, targeted) for ranked in ranked_blocks(scorer, users, train_all, num_users, num_items, pass_ks, block))
+        for users, pass_ks, targeted in passes)
+    tic, done = time.perf_counter(), 0
+    with torch.no_grad():
+        for ranked, targeted in blocks:
+            evaluated = is_evaluated[ranked.users]
+            if evaluated.any():
+                where = evaluated.to(ranked.users_on_device.device)
+                tally.add(ranked.users_on_device[where], ranked.top[kmax][1][where])
+            if targeted:
+                top_scores[ranked.users], top_items[ranked.users] = (t.cpu() for t in ranked.top[kd])
+            done += ranked.users.numel()
+            if time.perf_counter() - tic > 10:  # progress for the long (Gowalla-size) passes only
+                log.info("teacher holdout + top-%s: %d/%d users in %.0fs", kd, done, targets_for.size + others.size,
+                         time.perf_counter() - tic)
+    metrics = metric_summary(tally.result(), ks, started)
+    if not kd:
+        return metrics, None
+    return metrics, DistillTargets(top_scores, top_items, targets_for, pairs_fingerprint(train_all, num_items))
 
 
 @dataclass(frozen=True)
@@ -272,7 +376,8 @@ def run_teacher(layout: Layout, day: str, cfg: PipelineConfig, *, graph: GraphRe
     if done is not None:
         return done
 
-    train, val = split_validation(train_all, tcfg.val_fraction, cfg.seed)
+    train, val_all = split_validation(train_all, tcfg.val_fraction, cfg.seed)
+    val = validation_sample(val_all, tcfg.val_users, cfg.seed)
     ks = tuple(cfg.eval.ks)
     work = work_dir(layout, "teacher", day, f"{config_hash}-{graph_ref.version}-{previous_ref.version if previous_ref else 'cold'}")
     if tcfg.kind == "graph_filter":
@@ -281,19 +386,22 @@ def run_teacher(layout: Layout, day: str, cfg: PipelineConfig, *, graph: GraphRe
         built = build_lightgcn_teacher(train_all, train, val, graph, cfg, previous_ref, work)
     teacher = built.teacher
     holdout = graph.holdout_interactions()
-    holdout_metrics = evaluate_scorer(teacher.scorer, train_all, holdout, graph.num_items, ks, cfg.eval.user_batch_size,
-                                      cfg.compute.block_bytes)
+    holdout_metrics, targets = holdout_and_targets(teacher.scorer, train_all, holdout, graph.num_users,
+                                                   graph.num_items, cfg)
     popularity = evaluate_scorer(popularity_scorer(train_all, graph.num_items), train_all, holdout,
                                  graph.num_items, ks, cfg.eval.user_batch_size, cfg.compute.block_bytes)
     stats = read_json(graph.path / "stats.json")
     metrics = {
         "kind": tcfg.kind, "edge_weights": tcfg.edge_weights, **ran_on(resolve_device(tcfg.device)),
-        "val": built.val_metrics, "holdout": holdout_metrics, "popularity_holdout": popularity,
+        "val": built.val_metrics, "validation": validation_record(val_all, val, tcfg.val_users, cfg.seed),
+        "holdout": holdout_metrics, "popularity_holdout": popularity,
         "holdout_counts": stats.get("holdout", {}), "new_users": stats.get("new_users"),
         "new_items": stats.get("new_items"), "num_params": teacher.num_params, "train": built.train_info,
-        "warm_start": built.warm_start,
+        "warm_start": built.warm_start, "distill_targets": targets.record() if targets else None,
     }
     with staging_dir(layout.artifacts(KIND)) as tmp:
+        if targets is not None:
+            targets.write(tmp)
         built.write(tmp, metrics, graph_ref.version)
         metrics = read_json(tmp / "metrics.json")
         ref = layout.publish(KIND, day, tmp, {"inputs": inputs, "config_hash": config_hash,

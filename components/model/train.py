@@ -87,6 +87,7 @@ class FitResult:
     best_val: dict[str, float]
     stopped: str  # "epochs", "early_stop", "time_budget"
     train_seconds: float
+    batch_size: int  # as applied: the asked batch, or larger within an epoch_edge_budget
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -127,6 +128,24 @@ def split_validation(train: Interactions, fraction: float, seed: int) -> tuple[I
     return pick(~held), pick(held)
 
 
+def validation_sample(val: Interactions, users: int | None, seed: int) -> Interactions:
+    """The pairs of ``val`` of a seeded sample of ``users`` of its users (None, or at least as many as
+    there are: all of it). What every validation is scored on (teacher.val_users); the split itself,
+    and so what is trained on and excluded, stays whole."""
+    present = np.unique(val.user)
+    if users is None or users >= present.size:
+        return val
+    chosen = np.random.default_rng([seed, 96]).choice(present, users, replace=False)
+    keep = np.isin(val.user, chosen)
+    return Interactions(val.user[keep], val.item[keep], val.weight[keep])
+
+
+def validation_record(val: Interactions, sample: Interactions, users: int | None, seed: int) -> dict:
+    """What a stage's metrics say about the validation it was scored on."""
+    return {"users": int(np.unique(sample.user).size), "of_users": int(np.unique(val.user).size),
+            "pairs": len(sample), "of_pairs": len(val), "val_users": users, "seed": seed}
+
+
 def adjacency_of(pairs: Interactions, num_users: int, num_items: int, weighted: bool) -> NormalizedAdjacency:
     """The normalized adjacency of ``pairs``: binary, or weighted by ``pairs.weight`` (teacher.edge_weights)."""
     return build_adjacency(pairs.user, pairs.item, num_users, num_items, pairs.weight if weighted else None)
@@ -137,6 +156,16 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def bounded_batch_size(batch_size: int, num_pairs: int, epoch_edge_budget: int | None) -> int:
+    """The batch size an epoch over ``num_pairs`` uses: ``batch_size``, or the smallest larger one
+    whose steps x ``num_pairs`` (each step propagates every training edge) stays within
+    ``epoch_edge_budget`` (at least one step). Depends on the data only, never on the machine."""
+    if epoch_edge_budget is None or num_pairs == 0:
+        return batch_size
+    max_steps = max(1, epoch_edge_budget // num_pairs)
+    return max(batch_size, -(-num_pairs // max_steps))
 
 
 def train_step(model: LightGCN, adjacency: NormalizedAdjacency, backend: Backend, optimizer: torch.optim.Optimizer,
@@ -185,6 +214,7 @@ def fit_lightgcn(
     name: str = "lightgcn",
     weighted: bool = False,
     keep_start: bool = False,
+    epoch_edge_budget: int | None = None,
 ) -> FitResult:
     """Train ``model`` with BPR (+ ``extra_loss``) on ``train``; early-stop on ``val`` NDCG@20.
 
@@ -192,6 +222,8 @@ def fit_lightgcn(
     after each optimizer step (pruning masks). The best state (by val NDCG@20) is restored at the end.
     ``keep_start``: the starting state (a teacher-derived init, a pruned model) is evaluated first and
     is itself a candidate, so training that only makes it worse returns it unchanged (best_epoch -1).
+    ``epoch_edge_budget`` bounds an epoch's steps x training pairs by growing the batch
+    (:func:`bounded_batch_size`); the batch applied is in the result.
     """
     device = torch.device(device)
     backend_ = resolve_backend(backend, device)
@@ -225,6 +257,10 @@ def fit_lightgcn(
                  best_val.get("recall@20", float("nan")))
     stopped = "epochs"
     n = len(train)
+    asked, batch_size = batch_size, bounded_batch_size(batch_size, n, epoch_edge_budget)
+    if batch_size != asked:
+        log.info("%s: batches of %d pairs, not %d: %d steps x %d pairs per epoch within the edge budget %d", name,
+                 batch_size, asked, -(-n // batch_size), n, epoch_edge_budget)
     for epoch in range(start_epoch, epochs):
         if stopped != "epochs":
             break
@@ -274,7 +310,7 @@ def fit_lightgcn(
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return FitResult(model.cpu(), history, best_epoch, best_val, stopped, train_seconds)
+    return FitResult(model.cpu(), history, best_epoch, best_val, stopped, train_seconds, batch_size)
 
 
 def warm_start_rows(model: LightGCN, previous: LightGCN) -> dict[str, int]:

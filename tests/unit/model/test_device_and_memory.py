@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from components.core.config import load_config
-from components.model.distill import make_kd_loss, target_users, targets_record, teacher_targets
+from components.model.distill import make_kd_loss, targets_record, teacher_targets
 from components.model.metrics import block_rows, embedding_scorer, evaluate_scorer, user_metrics
 from components.core.interactions import normalized_edges
 from components.model.models.graph_filter import FilterParams, GraphFilter
-from components.model.teacher import graph_filter_teacher, teacher_topk
+from components.model.teacher import graph_filter_teacher, target_users, teacher_topk
 from tests.unit.model_fixtures import planted
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -149,8 +149,10 @@ def test_teacher_targets_from_a_seeded_sample_of_users():
     assert torch.equal(items[chosen], full_items[chosen]) and torch.equal(scores[chosen], full_scores[chosen])
     others = np.setdiff1d(np.arange(300), chosen)
     assert bool((items[others] == -1).all())
-    assert targets_record(300, cfg) == {"users": 50, "of_users": 300, "sampled": True, "seed": 0}
-    assert targets_record(300, load_config(None, {})) == {"users": 300, "of_users": 300, "sampled": False, "seed": None}
+    assert targets_record(300, cfg, "scored") == {"users": 50, "of_users": 300, "sampled": True, "seed": 0,
+                                                  "source": "scored"}
+    assert targets_record(300, load_config(None, {}), "teacher_artifact") == {
+        "users": 300, "of_users": 300, "sampled": False, "seed": None, "source": "teacher_artifact"}
     # the KD term of a batch is the term of its users that have a target: the others add nothing
     kd = make_kd_loss(scores, items, cfg, torch.device("cpu"))
     torch.manual_seed(0)
