@@ -23,7 +23,9 @@ from tests.unit.data_fixtures import current_inputs, read_online_features
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
-    """The stack's Postgres and Redis in a temporary state folder."""
+    """The stack's Postgres and Redis in a temporary state folder (installed first where missing, as
+    `make stack` does: on a fresh machine this module runs before any test that starts the stack)."""
+    stack_mod.ensure_installed()
     with stack_mod.services(tmp_path_factory.mktemp("feast-stores"), stack_mod.start_postgres,
                             stack_mod.start_redis) as stack:
         yield stack
